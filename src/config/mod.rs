@@ -1,0 +1,1 @@
+//! The configuration file: TOML, serde, unknown keys rejected.
