@@ -1,5 +1,12 @@
 //! relayd: a primary/warm-standby SMTP relay whose 250 means "on disk".
 //!
-//! See docs/ARCHITECTURE.md for the map of the code.
+//! The modules follow the data (see docs/ARCHITECTURE.md for the map):
+//! [`smtp`] receives mail into the [`spool`]; [`node`] wires them together for the
+//! [`cli`]; [`config`] and [`logging`] serve them all.
 
+pub mod cli;
 pub mod config;
+pub mod logging;
+pub mod node;
+pub mod smtp;
+pub mod spool;

@@ -1,1 +1,302 @@
 //! The configuration file: TOML, serde, unknown keys rejected.
+//!
+//! `Config::load` reads a file, `Config::embedded_default` parses `config/default.toml` (built
+//! in), both through the same path: serde into the private raw structs of `raw.rs` (which
+//! reject unknown keys and bad values, with the line from the TOML span), defaults applied in
+//! `RawConfig::resolve`, then the rules between values in `validate.rs`. Every error names the
+//! file, the line and the key; see `docs/configuration.md`.
+
+mod error;
+mod raw;
+mod validate;
+mod values;
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+use values::keyword_enum;
+
+/// `Config::source` of the embedded default.
+const EMBEDDED_SOURCE: &str = "<embedded default>";
+
+/// The embedded default config, the one used without --config.
+const EMBEDDED_TOML: &str = include_str!("../../config/default.toml");
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file path, or "<embedded default>".
+    pub source: String,
+    pub node: NodeConfig,
+    pub smtp: SmtpConfig,
+    pub relay: RelayConfig,
+    /// The `[[route]]` tables in file order. When none of them is "*", a default route
+    /// `"*" -> mx` (opportunistic TLS) is appended.
+    pub routes: Vec<RouteConfig>,
+    pub delivery: DeliveryConfig,
+    /// Absent: a single node, no replication.
+    pub cluster: Option<ClusterConfig>,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Primary,
+    Standby,
+    /// A third voter that holds no mail.
+    Witness,
+}
+
+keyword_enum!(Role, "role", {
+    Primary => "primary",
+    Standby => "standby",
+    Witness => "witness",
+});
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub role: Role,
+    /// The sled spool and the node's persisted state.
+    pub data_dir: PathBuf,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub hostname: String,
+    /// Bytes.
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub command_timeout: Duration,
+    /// Inactivity limit while reading DATA/BDAT.
+    pub data_timeout: Duration,
+    /// Bad commands in one session before a 421 and the close.
+    pub max_bad_commands: u32,
+    /// Both set (validated): STARTTLS offered.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[relay]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Lowercased, trailing dot removed; ".example.com" stands for the subdomains.
+    pub domains: Vec<String>,
+    pub trusted_networks: Vec<ipnet::IpNet>,
+}
+
+impl RelayConfig {
+    /// Whether mail for `domain` is accepted from anyone. Case-insensitive, a trailing dot
+    /// ignored. An entry "example.com" matches exactly that domain; an entry ".example.com"
+    /// matches every subdomain of example.com, but not example.com itself (Postfix style).
+    pub fn is_relay_domain(&self, domain: &str) -> bool {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        if domain.is_empty() {
+            return false;
+        }
+        self.domains.iter().any(|entry| {
+            if entry.starts_with('.') {
+                domain.len() > entry.len()
+                    && domain.is_char_boundary(domain.len() - entry.len())
+                    && domain[domain.len() - entry.len()..].eq_ignore_ascii_case(entry)
+            } else {
+                domain.eq_ignore_ascii_case(entry)
+            }
+        })
+    }
+
+    /// Whether a client at `ip` may relay to any domain. An IPv4-mapped IPv6 address
+    /// (`::ffff:127.0.0.1`) is checked as its IPv4 address.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// A `[[route]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Lowercased, trailing dot removed; "*" is the default route.
+    pub domain: String,
+    pub next_hop: NextHop,
+    pub tls: RouteTls,
+}
+
+/// Where a route sends mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// Look up the recipient domain's MX records.
+    Mx,
+    /// A fixed host. An IPv6 address is kept without brackets (`Display` adds them).
+    Host { host: String, port: u16 },
+}
+
+/// TLS towards a route's next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteTls {
+    /// Plain text, STARTTLS is not tried.
+    None,
+    /// STARTTLS when the next hop offers it, plain text otherwise.
+    Opportunistic,
+    /// STARTTLS must succeed, or the delivery is deferred.
+    Required,
+}
+
+keyword_enum!(RouteTls, "tls mode", {
+    None => "none",
+    Opportunistic => "opportunistic",
+    Required => "required",
+});
+
+/// `[delivery]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Waits between attempts; after the last one, the last interval again and again.
+    pub retry: Vec<Duration>,
+    /// Then a bounce (DSN) to the sender.
+    pub max_queue_lifetime: Duration,
+    pub concurrency_per_host: usize,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's cluster address.
+    pub listen: SocketAddr,
+    /// The other data node, HOST:PORT (validated). Required for primary and standby.
+    pub peer: Option<String>,
+    /// The witness, HOST:PORT (validated).
+    pub witness: Option<String>,
+    pub replication: Replication,
+    pub sync_timeout: Duration,
+    pub on_standby_loss: StandbyLoss,
+    pub heartbeat_interval: Duration,
+    pub failover_timeout: Duration,
+    pub auto_failover: bool,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub tls_ca: PathBuf,
+    pub on_promote: Option<PathBuf>,
+    pub on_demote: Option<PathBuf>,
+}
+
+/// When a 250 may be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Replication {
+    /// Only once the standby has the message on disk too.
+    Sync,
+    /// Once this node has it on disk; the standby follows.
+    Async,
+}
+
+keyword_enum!(Replication, "replication mode", {
+    Sync => "sync",
+    Async => "async",
+});
+
+/// What a sync primary does while its standby is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StandbyLoss {
+    /// Accept anyway and replicate later.
+    Degrade,
+    /// Answer 451.
+    Refuse,
+}
+
+keyword_enum!(StandbyLoss, "on_standby_loss mode", {
+    Degrade => "degrade",
+    Refuse => "refuse",
+});
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, requests need this bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive string (validated), such as "info" or "relayd=debug,warn".
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+keyword_enum!(LogFormat, "log format", {
+    Text => "text",
+    Json => "json",
+});
+
+impl Config {
+    /// Reads and validates a file. Errors name file, line and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::file(&source, format!("cannot read: {e}")))?;
+        Self::parse(&text, source)
+    }
+
+    /// The embedded default (`config/default.toml`): one primary, SMTP on 127.0.0.1:2525,
+    /// spool in ./relayd-data, admin on 127.0.0.1:8025, mail from loopback relayed by MX lookup.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::parse(EMBEDDED_TOML, EMBEDDED_SOURCE.to_string())
+    }
+
+    /// --role overrides [node].role; re-runs the validation, which depends on the role.
+    pub fn with_role(mut self, role: Role) -> Result<Config, ConfigError> {
+        self.node.role = role;
+        if let Err(invalid) = validate::validate(&self) {
+            // The text is needed only to name the line; the file was read moments ago.
+            let text: Option<Cow<'_, str>> = if self.source == EMBEDDED_SOURCE {
+                Some(Cow::Borrowed(EMBEDDED_TOML))
+            } else {
+                std::fs::read_to_string(&self.source).ok().map(Cow::Owned)
+            };
+            return Err(invalid.locate(&self.source, text.as_deref()));
+        }
+        Ok(self)
+    }
+
+    /// Finds the route for a recipient domain: the exact domain first, then "*".
+    /// Case-insensitive, a trailing dot ignored.
+    pub fn route_for(&self, domain: &str) -> Option<&RouteConfig> {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        self.routes
+            .iter()
+            .find(|r| r.domain != "*" && r.domain.eq_ignore_ascii_case(domain))
+            .or_else(|| self.routes.iter().find(|r| r.domain == "*"))
+    }
+
+    /// Parses and validates TOML text; `source` names it in errors.
+    fn parse(text: &str, source: String) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| ConfigError::from_serde(&source, text, e))?;
+        let config = raw
+            .resolve(source.clone())
+            .and_then(|c| validate::validate(&c).map(|()| c))
+            .map_err(|invalid| invalid.locate(&source, Some(text)))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests;

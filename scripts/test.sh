@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of relayd on a fresh Debian machine: installs the test peers that are
+# missing (swaks, Postfix for smtp-source/smtp-sink, curl, openssl, python3, strace), then
+# runs cargo test. Needs root for apt-get when something is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+for pair in swaks:swaks smtp-source:postfix postfix:postfix curl:curl openssl:openssl python3:python3 strace:strace; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test peers: ${missing[*]}"
+  apt-get update -qq
+  # Postfix's installer asks how to configure it; "No configuration" leaves it stopped.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked "$@"

@@ -1,0 +1,549 @@
+//! The value types of the config file and their parsers: durations, sizes, addresses,
+//! networks, domains, next hops and keyword enums.
+//!
+//! Each parser returns a message that names the bad value and says what is allowed. The serde
+//! wrappers below run these parsers during deserialization, so that a bad value is reported
+//! with the key path and the line of the value (the TOML deserializer attaches the span).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use super::NextHop;
+
+/// Parses a duration such as "200ms", "3s", "5m", "1h 30m" or "5d".
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!(
+            "invalid duration {s:?}: expected a number with a unit such as \
+             \"200ms\", \"3s\", \"5m\", \"1h\" or \"5d\""
+        )
+    })
+}
+
+/// Parses a size such as "25MiB", "512KiB", "10MB" or a bare number of bytes ("1048576").
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<bytesize::ByteSize>().map(|b| b.as_u64()) {
+        // bytesize saturates on overflow.
+        Ok(u64::MAX) => Err(format!("invalid size {s:?}: too large")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "invalid size {s:?}: expected a number with a unit such as \"25MiB\" or \"512KiB\""
+        )),
+    }
+}
+
+/// Formats a duration for messages: "3s", "200ms", "1h 30m".
+pub(crate) fn show_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Checks DNS name syntax: dot-separated labels of ASCII letters, digits and hyphens, a label
+/// neither starting nor ending with a hyphen and at most 63 characters, the whole at most 253.
+/// A single label ("localhost") is allowed. The caller strips a trailing dot first.
+pub(crate) fn check_domain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("a domain name must not be empty".to_string());
+    }
+    if s.len() > 253 {
+        return Err(format!("domain name {s:?} is longer than 253 characters"));
+    }
+    if !s.is_ascii() {
+        return Err(format!(
+            "invalid domain name {s:?}: write internationalized names in their ASCII \
+             (\"xn--\") form"
+        ));
+    }
+    for label in s.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(format!(
+                "invalid domain name {s:?}: expected labels of letters, digits and hyphens \
+                 separated by dots, such as \"mail.example.com\""
+            ));
+        }
+    }
+    // "999.1.2.3" is label syntax but clearly meant as an address.
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.parse::<Ipv4Addr>().is_err() {
+        return Err(format!("invalid address {s:?}"));
+    }
+    Ok(())
+}
+
+/// Lowercases a domain and removes one trailing dot.
+pub(crate) fn normalize_domain(s: &str) -> String {
+    s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase()
+}
+
+const HOST_PORT_HINT: &str =
+    "expected HOST:PORT such as \"mail.example.com:25\", \"10.0.0.2:7400\" or \"[2001:db8::1]:25\"";
+
+/// Parses "host:port" or "[ipv6]:port"; the returned host has no brackets.
+pub(crate) fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (inside, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("invalid address {s:?}: {HOST_PORT_HINT}"))?;
+        inside
+            .parse::<Ipv6Addr>()
+            .map_err(|_| format!("invalid IPv6 address {inside:?} in {s:?}"))?;
+        (inside.to_string(), port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("invalid address {s:?}: {HOST_PORT_HINT}"))?;
+        if host.contains(':') {
+            return Err(format!(
+                "invalid address {s:?}: write an IPv6 address in brackets, such as \
+                 \"[2001:db8::1]:25\""
+            ));
+        }
+        check_domain(host).map_err(|e| format!("{e}: {HOST_PORT_HINT}"))?;
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p >= 1 => p,
+        _ => {
+            return Err(format!(
+                "invalid port {port:?} in {s:?}: expected a number from 1 to 65535"
+            ));
+        }
+    };
+    Ok((host, port))
+}
+
+impl FromStr for NextHop {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("mx") {
+            return Ok(NextHop::Mx);
+        }
+        let (host, port) =
+            parse_host_port(s).map_err(|e| format!("{e} (or \"mx\" for a DNS MX lookup)"))?;
+        Ok(NextHop::Host { host, port })
+    }
+}
+
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NextHop::Mx => f.write_str("mx"),
+            NextHop::Host { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            NextHop::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NextHop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "\"mx\" or a HOST:PORT string")
+    }
+}
+
+/// Deserializes a string through `FromStr`, the error message being the parser's.
+pub(crate) fn from_str_value<'de, D, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    struct StrVisitor<T>(&'static str, PhantomData<T>);
+
+    impl<T: FromStr<Err = String>> Visitor<'_> for StrVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            v.parse().map_err(E::custom)
+        }
+    }
+
+    d.deserialize_str(StrVisitor(expecting, PhantomData))
+}
+
+/// Implements `as_str`, `Display`, `FromStr` (ASCII case-insensitive) and `Deserialize` for a
+/// field-less enum whose config words are given; the error lists the allowed words.
+macro_rules! keyword_enum {
+    ($ty:ident, $what:literal, { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The word for this value in the config file.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                $(
+                    if s.eq_ignore_ascii_case($word) {
+                        return Ok($ty::$variant);
+                    }
+                )+
+                Err(format!(
+                    "invalid {} {:?}: expected one of {}",
+                    $what,
+                    s,
+                    [$($word),+].join(", ")
+                ))
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::config::values::from_str_value(d, concat!("a ", $what, " string"))
+            }
+        }
+    };
+}
+pub(crate) use keyword_enum;
+
+/// A duration string ("5m").
+pub(crate) struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "a duration string such as \"5m\"")
+    }
+}
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Dur)
+    }
+}
+
+/// A size: a string with a unit ("25MiB") or a bare number of bytes.
+pub(crate) struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size string such as \"25MiB\", or a number of bytes")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("invalid size {v}: must not be negative")))
+            }
+        }
+
+        d.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A socket address to listen on: "IP:PORT".
+pub(crate) struct Listen(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "an address string such as \"127.0.0.1:2525\"")
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(Listen).map_err(|_| {
+            format!(
+                "invalid address {s:?}: expected IP:PORT such as \"0.0.0.0:25\", \
+                 \"127.0.0.1:2525\" or \"[::1]:2525\""
+            )
+        })
+    }
+}
+
+/// A network: "10.0.0.0/8", "::1/128", or a single address (a /32 or /128).
+pub(crate) struct Net(pub IpNet);
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "a network string such as \"10.0.0.0/8\"")
+    }
+}
+
+impl FromStr for Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Net(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Net(IpNet::from(ip)))
+            .map_err(|_| {
+                format!(
+                    "invalid network {s:?}: expected ADDRESS/PREFIX such as \"10.0.0.0/8\" or \
+                 \"::1/128\", or a single address"
+                )
+            })
+    }
+}
+
+/// The address of another cluster node: "HOST:PORT", kept as written.
+pub(crate) struct PeerAddr(pub String);
+
+impl<'de> Deserialize<'de> for PeerAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "a HOST:PORT string such as \"10.0.0.2:7400\"")
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_host_port(s).map(|_| PeerAddr(s.to_string()))
+    }
+}
+
+/// A relay domain: "example.com" or ".example.com" (any subdomain); normalized.
+pub(crate) struct RelayDomain(pub String);
+
+impl<'de> Deserialize<'de> for RelayDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "a domain string such as \"example.com\"")
+    }
+}
+
+impl FromStr for RelayDomain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d = normalize_domain(s);
+        check_domain(d.strip_prefix('.').unwrap_or(&d))?;
+        Ok(RelayDomain(d))
+    }
+}
+
+/// A route's domain: "example.com" or "*"; normalized.
+pub(crate) struct RouteDomain(pub String);
+
+impl<'de> Deserialize<'de> for RouteDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "a domain string such as \"example.com\", or \"*\"")
+    }
+}
+
+impl FromStr for RouteDomain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "*" {
+            return Ok(RouteDomain(s.to_string()));
+        }
+        let d = normalize_domain(s);
+        if d.starts_with('.') {
+            return Err(format!(
+                "invalid route domain {s:?}: a route names one domain exactly, or \"*\" for \
+                 the default route"
+            ));
+        }
+        check_domain(&d)?;
+        Ok(RouteDomain(d))
+    }
+}
+
+/// A file or directory path; must not be empty.
+pub(crate) struct FilePath(pub PathBuf);
+
+impl<'de> Deserialize<'de> for FilePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_value(d, "a path string")
+    }
+}
+
+impl FromStr for FilePath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("a path must not be empty".to_string());
+        }
+        Ok(FilePath(PathBuf::from(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "5 parsecs", "-1s", "soon"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.starts_with(&format!("invalid duration {bad:?}")), "{e}");
+            assert!(e.contains("\"200ms\""), "{e}");
+        }
+        assert_eq!(show_duration(Duration::from_millis(200)), "200ms");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("25MiB"), Ok(25 * 1024 * 1024));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(
+            parse_size("25 parsecs").unwrap_err(),
+            "invalid size \"25 parsecs\": expected a number with a unit such as \"25MiB\" or \
+             \"512KiB\""
+        );
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-5MiB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(
+            parse_size("99999999999EiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn domains() {
+        assert!(check_domain("example.com").is_ok());
+        assert!(check_domain("localhost").is_ok());
+        assert!(check_domain("xn--bcher-kva.example").is_ok());
+        assert!(check_domain("10.0.0.2").is_ok());
+        for bad in [
+            "",
+            "exa mple.com",
+            "-a.example",
+            "a-.example",
+            "a..b",
+            "ex_ample.com",
+            "bücher.example",
+            "999.1.2.3",
+        ] {
+            assert!(check_domain(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_domain(&"a".repeat(64)).is_err());
+        assert!(check_domain(&["a"; 128].join(".")).is_err());
+        assert_eq!(normalize_domain("Example.COM."), "example.com");
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(
+            parse_host_port("Mail.Example.com:25"),
+            Ok(("mail.example.com".to_string(), 25))
+        );
+        assert_eq!(parse_host_port("[::1]:25"), Ok(("::1".to_string(), 25)));
+        assert_eq!(
+            parse_host_port("10.0.0.2:7400"),
+            Ok(("10.0.0.2".to_string(), 7400))
+        );
+        assert_eq!(parse_host_port("h:65535"), Ok(("h".to_string(), 65535)));
+        for bad in [
+            "mail.example.com",
+            "mail.example.com:0",
+            "mail.example.com:65536",
+            "mail.example.com:smtp",
+            "::1:25",
+            "[::1]25",
+            "[nope]:25",
+            ":25",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_host_port("h:0").unwrap_err().contains("1 to 65535"));
+    }
+
+    #[test]
+    fn next_hops() {
+        assert_eq!("mx".parse::<NextHop>(), Ok(NextHop::Mx));
+        assert_eq!("MX".parse::<NextHop>(), Ok(NextHop::Mx));
+        let hop: NextHop = "[2001:db8::1]:2525".parse().unwrap();
+        assert_eq!(
+            hop,
+            NextHop::Host {
+                host: "2001:db8::1".to_string(),
+                port: 2525
+            }
+        );
+        assert_eq!(hop.to_string(), "[2001:db8::1]:2525");
+        assert_eq!(
+            "mail.example.com:25"
+                .parse::<NextHop>()
+                .map(|h| h.to_string()),
+            Ok("mail.example.com:25".to_string())
+        );
+        assert!(
+            "mail.example.com"
+                .parse::<NextHop>()
+                .unwrap_err()
+                .contains("\"mx\"")
+        );
+    }
+
+    #[test]
+    fn networks() {
+        let Net(n) = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(n.to_string(), "10.0.0.0/8");
+        let Net(n) = "192.0.2.7".parse().unwrap();
+        assert_eq!(n.to_string(), "192.0.2.7/32");
+        let Net(n) = "::1".parse().unwrap();
+        assert_eq!(n.to_string(), "::1/128");
+        assert!("10.0.0.0/33".parse::<Net>().is_err());
+        assert!("localhost".parse::<Net>().is_err());
+    }
+
+    #[test]
+    fn relay_and_route_domains() {
+        assert_eq!(
+            RelayDomain::from_str(".Example.COM.").unwrap().0,
+            ".example.com"
+        );
+        assert!(RelayDomain::from_str("..example.com").is_err());
+        assert!(RelayDomain::from_str(".").is_err());
+        assert_eq!(RouteDomain::from_str("*").unwrap().0, "*");
+        assert_eq!(
+            RouteDomain::from_str("Example.com.").unwrap().0,
+            "example.com"
+        );
+        assert!(RouteDomain::from_str(".example.com").is_err());
+        assert!(RouteDomain::from_str("*.example.com").is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The SMTP listener: accepts connections, enforces the connection limits before the greeting,
+//! and runs a [`session::Session`] for each client.
+//!
+//! `proto` is the grammar (no I/O), `session` the state machine over a socket.
+
+pub mod limits;
+pub mod proto;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, Role};
+use crate::spool::Spool;
+use limits::{ConnectionLimiter, LimitExceeded};
+use proto::Reply;
+use session::Session;
+
+/// Everything a listener needs to serve connections.
+#[derive(Clone)]
+pub struct Server {
+    config: Arc<Config>,
+    spool: Spool,
+    tls: Option<TlsAcceptor>,
+    limiter: ConnectionLimiter,
+}
+
+impl Server {
+    /// Prepares the server; fails if the TLS certificate or key cannot be loaded.
+    pub fn new(config: Arc<Config>, spool: Spool) -> Result<Server, String> {
+        let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        Ok(Server {
+            config,
+            spool,
+            tls,
+            limiter: ConnectionLimiter::default(),
+        })
+    }
+
+    /// Binds every address in `[smtp].listen`.
+    pub async fn bind(&self) -> std::io::Result<Vec<TcpListener>> {
+        let mut listeners = Vec::new();
+        for address in &self.config.smtp.listen {
+            let listener = TcpListener::bind(address).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
+            })?;
+            tracing::info!(%address, "SMTP listening");
+            listeners.push(listener);
+        }
+        Ok(listeners)
+    }
+
+    /// Accepts connections on `listener` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let server = self.clone();
+                    tokio::spawn(async move { server.handle(stream, peer).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors, typically: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let smtp = &self.config.smtp;
+        let hostname = &smtp.hostname;
+        let slot =
+            self.limiter
+                .try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
+        let refusal = match (&slot, self.config.node.role) {
+            (Err(LimitExceeded::Total), _) => Some(Reply::new(
+                421,
+                "4.7.0",
+                format!("{hostname} Error: too many connections"),
+            )),
+            (Err(LimitExceeded::PerIp), _) => Some(Reply::new(
+                421,
+                "4.7.0",
+                format!("{hostname} Error: too many connections from {}", peer.ip()),
+            )),
+            (Ok(_), Role::Primary) => None,
+            (Ok(_), _) => Some(Reply::new(
+                421,
+                "4.3.2",
+                format!("{hostname} not primary, try another MX"),
+            )),
+        };
+        if let Some(reply) = refusal {
+            tracing::info!(client = %peer.ip(), reply = %reply, "connection refused");
+            let mut out = Vec::new();
+            reply.write_to(&mut out);
+            let _ = tokio::time::timeout(smtp.command_timeout, stream.write_all(&out)).await;
+            return;
+        }
+        tracing::debug!(client = %peer, "connect");
+        Session::new(
+            self.config.clone(),
+            self.spool.clone(),
+            self.tls.clone(),
+            peer,
+        )
+        .run(Box::new(stream))
+        .await;
+        tracing::debug!(client = %peer, "disconnect");
+        drop(slot);
+    }
+}

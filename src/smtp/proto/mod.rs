@@ -1,0 +1,12 @@
+//! The SMTP grammar, free of I/O: commands, addresses, replies and the body readers. Everything
+//! a client can send passes through here first, which is what makes it the fuzzing surface.
+
+pub mod address;
+pub mod body;
+pub mod command;
+pub mod reply;
+
+pub use address::Address;
+pub use body::{BodyDecoder, Decoded};
+pub use command::{Command, MailFrom};
+pub use reply::Reply;

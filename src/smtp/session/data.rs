@@ -1,0 +1,234 @@
+//! DATA and BDAT: the message content, streamed into the spool, then committed.
+//!
+//! The 250 is written only after [`Spool::accept`](crate::spool::Spool::accept) returns, that
+//! is after the group commit's fdatasync.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncBufReadExt;
+
+use super::proto::{BodyDecoder, Reply};
+use super::{Conn, End, Session};
+use crate::spool::{BodyWriter, Envelope, ErrorKind, QueueId, SpoolError};
+
+/// A body on its way into the spool, with the size limit applied as it arrives.
+struct IncomingBody {
+    writer: BodyWriter,
+    /// Content bytes received (the Received: header not counted).
+    size: u64,
+    max_size: u64,
+    too_big: bool,
+    failed: Option<SpoolError>,
+}
+
+impl IncomingBody {
+    fn take(&mut self, content: &[u8]) {
+        self.size += content.len() as u64;
+        if self.size > self.max_size {
+            // Keep reading to the end of the body, storing nothing more.
+            self.too_big = true;
+        }
+        if self.too_big || self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.writer.write(content) {
+            self.failed = Some(e);
+        }
+    }
+}
+
+/// A BDAT body between its chunks.
+pub(super) struct ChunkedBody {
+    body: IncomingBody,
+    decoder: BodyDecoder,
+}
+
+impl Session {
+    pub(super) async fn data(&mut self, conn: &mut Conn) -> Result<Reply, End> {
+        if let Some(refusal) = self.refuse_body(false) {
+            return Ok(refusal);
+        }
+        conn.reply(&Reply::plain(
+            354,
+            vec!["End data with <CR><LF>.<CR><LF>".into()],
+        ));
+        conn.flush().await.map_err(|_| End::Close)?;
+        let mut body = self.start_body();
+        let mut decoder = BodyDecoder::data();
+        let mut content = Vec::new();
+        loop {
+            let available = self.fill(conn).await?;
+            let decoded = decoder.decode(available, &mut content);
+            conn.io.consume(decoded.consumed);
+            body.take(&content);
+            content.clear();
+            if decoded.end {
+                return Ok(self.complete(body).await);
+            }
+        }
+    }
+
+    pub(super) async fn bdat(
+        &mut self,
+        conn: &mut Conn,
+        size: u64,
+        last: bool,
+    ) -> Result<Reply, End> {
+        // The chunk's bytes follow the command whatever we answer: read them all, so that
+        // none is taken for a command.
+        let refusal = self.refuse_body(true);
+        let mut chunk = match (refusal.is_none(), self.transaction.as_mut()) {
+            (true, Some(transaction)) => transaction.chunked.take(),
+            _ => None,
+        };
+        if refusal.is_none() && chunk.is_none() {
+            chunk = Some(ChunkedBody {
+                body: self.start_body(),
+                decoder: BodyDecoder::bdat(),
+            });
+        }
+        let mut content = Vec::new();
+        let mut remaining = size;
+        while remaining > 0 {
+            let available = self.fill(conn).await?;
+            let n = available
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            if let Some(chunk) = chunk.as_mut() {
+                chunk.decoder.decode(&available[..n], &mut content);
+                chunk.body.take(&content);
+                content.clear();
+            }
+            conn.io.consume(n);
+            remaining -= n as u64;
+        }
+        let Some(mut chunk) = chunk else {
+            return Ok(
+                refusal.unwrap_or_else(|| Reply::new(503, "5.5.1", "Error: need MAIL command"))
+            );
+        };
+        if last {
+            chunk.decoder.finish(&mut content);
+            chunk.body.take(&content);
+            return Ok(self.complete(chunk.body).await);
+        }
+        if chunk.body.too_big {
+            self.transaction = None;
+            return Ok(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
+        }
+        let reply = Reply::new(250, "2.0.0", format!("{size} octets received"));
+        if let Some(transaction) = self.transaction.as_mut() {
+            transaction.chunked = Some(chunk);
+        }
+        Ok(reply)
+    }
+
+    /// Why a body may not start now, if it may not.
+    fn refuse_body(&self, chunked: bool) -> Option<Reply> {
+        let Some(transaction) = &self.transaction else {
+            return Some(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        };
+        if transaction.recipients.is_empty() {
+            return Some(Reply::new(554, "5.5.1", "Error: no valid recipients"));
+        }
+        if !chunked && transaction.chunked.is_some() {
+            return Some(Reply::new(503, "5.5.1", "Error: DATA after BDAT"));
+        }
+        None
+    }
+
+    /// A new queue id and body writer, with our Received: header already written.
+    fn start_body(&self) -> IncomingBody {
+        let id = QueueId::new();
+        let mut writer = self.spool.body_writer(id);
+        let (recipients, smtputf8) = match &self.transaction {
+            Some(t) => (&t.recipients[..], t.mail.smtputf8),
+            None => (&[][..], false),
+        };
+        let header = self.received_header(id, recipients, smtputf8);
+        let failed = writer.write(header.as_bytes()).err();
+        IncomingBody {
+            writer,
+            size: 0,
+            max_size: self.config.smtp.max_message_size,
+            too_big: false,
+            failed,
+        }
+    }
+
+    /// Ends the transaction: commits the message and gives the 250 once it is durable.
+    async fn complete(&mut self, body: IncomingBody) -> Reply {
+        let Some(transaction) = self.transaction.take() else {
+            return Reply::new(503, "5.5.1", "Error: need MAIL command");
+        };
+        if body.too_big {
+            return Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
+        }
+        if let Some(error) = body.failed {
+            return self.spool_failure(body.writer.id(), error);
+        }
+        let id = body.writer.id();
+        let envelope = Envelope {
+            id,
+            sender: transaction
+                .mail
+                .sender
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            recipients: transaction
+                .recipients
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            received_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            client: self.peer.ip().to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            size: body.writer.size(),
+            eight_bit: transaction.mail.eight_bit,
+            smtputf8: transaction.mail.smtputf8,
+        };
+        let (from, rcpts, size) = (
+            envelope.sender.clone(),
+            envelope.recipients.len(),
+            envelope.size,
+        );
+        match self.spool.accept(envelope, body.writer).await {
+            Ok(_) => {
+                tracing::info!(
+                    id = %id,
+                    from = %format_args!("<{from}>"),
+                    rcpts,
+                    size,
+                    client = %self.peer.ip(),
+                    "accepted"
+                );
+                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+            }
+            Err(error) => self.spool_failure(id, error),
+        }
+    }
+
+    fn spool_failure(&self, id: QueueId, error: SpoolError) -> Reply {
+        tracing::error!(id = %id, client = %self.peer.ip(), error = %error, "message not queued");
+        match error.kind {
+            ErrorKind::NoSpace => Reply::new(452, "4.3.1", "Insufficient system storage"),
+            _ => Reply::new(451, "4.3.0", "Error: queue file write error"),
+        }
+    }
+
+    /// Waits for body bytes, within the data timeout.
+    async fn fill<'c>(&self, conn: &'c mut Conn) -> Result<&'c [u8], End> {
+        match tokio::time::timeout(self.config.smtp.data_timeout, conn.io.fill_buf()).await {
+            Ok(Ok(available)) if !available.is_empty() => {}
+            Ok(_) => return Err(End::Close),
+            Err(_) => {
+                conn.reply(&self.timeout_reply());
+                return Err(End::Close);
+            }
+        }
+        Ok(conn.io.buffer())
+    }
+}

@@ -1,0 +1,330 @@
+//! One SMTP session: the command loop and its I/O, with a file per phase of the transaction
+//! (as RFC 5321 orders them): [`ehlo`], [`mail`], [`rcpt`], [`data`].
+//!
+//! Replies are buffered and written when the client has nothing more in flight, which is what
+//! makes PIPELINING (RFC 2920) cheap: one write answers a whole pipelined group.
+
+mod data;
+mod ehlo;
+mod mail;
+mod rcpt;
+mod received;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio_rustls::TlsAcceptor;
+
+use super::proto::{self, Address, Command, MailFrom, Reply};
+use crate::config::Config;
+use crate::spool::Spool;
+
+/// Longest command line we read, CRLF included. RFC 5321 asks for at least 512 octets;
+/// Postfix reads up to 2048 (line_length_limit), and so do we.
+const MAX_COMMAND_LINE: usize = 2048;
+
+/// Anything a session can run over: a TCP stream, or TLS over one after STARTTLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The client's connection: buffered input, and the replies not yet written.
+struct Conn {
+    io: BufReader<Box<dyn Stream>>,
+    out: Vec<u8>,
+    write_timeout: Duration,
+}
+
+/// Why a session stopped reading commands.
+enum End {
+    /// The session is over (QUIT, the client went away, a timeout, a fatal limit).
+    Close,
+    /// STARTTLS was accepted: the caller runs the handshake and the session goes on over TLS.
+    StartTls,
+}
+
+/// The TLS facts the Received: header records.
+struct TlsInfo {
+    version: String,
+    cipher: String,
+}
+
+/// The state of one session.
+pub struct Session {
+    config: Arc<Config>,
+    spool: Spool,
+    tls_acceptor: Option<TlsAcceptor>,
+    peer: SocketAddr,
+    /// The name from EHLO/HELO, once given.
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    transaction: Option<Transaction>,
+    errors: u32,
+}
+
+/// A mail transaction, from MAIL to the end of its body.
+struct Transaction {
+    mail: MailFrom,
+    recipients: Vec<Address>,
+    /// The BDAT body received so far, when the client uses CHUNKING.
+    chunked: Option<data::ChunkedBody>,
+}
+
+impl Session {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Spool,
+        tls_acceptor: Option<TlsAcceptor>,
+        peer: SocketAddr,
+    ) -> Session {
+        Session {
+            config,
+            spool,
+            tls_acceptor,
+            peer,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            transaction: None,
+            errors: 0,
+        }
+    }
+
+    /// Runs the session to its end: greeting, commands, and at most one STARTTLS upgrade.
+    pub async fn run(mut self, stream: Box<dyn Stream>) {
+        let mut conn = Conn {
+            io: BufReader::new(stream),
+            out: Vec::new(),
+            write_timeout: self.config.smtp.command_timeout,
+        };
+        let greeting = format!("{} ESMTP relayd", self.config.smtp.hostname);
+        conn.reply(&Reply::plain(220, vec![greeting.into()]));
+        loop {
+            match self.serve(&mut conn).await {
+                End::Close => break,
+                End::StartTls => {
+                    let Some(acceptor) = self.tls_acceptor.clone() else {
+                        break;
+                    };
+                    // Whatever the client pipelined behind STARTTLS is dropped with the buffer
+                    // (the CVE-2011-0411 class of command injection).
+                    let plain = conn.io.into_inner();
+                    let tls = match acceptor.accept(plain).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::info!(client = %self.peer.ip(), error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                    let (_, state) = tls.get_ref();
+                    self.tls = Some(TlsInfo {
+                        version: state.protocol_version().map_or("TLS".into(), |v| {
+                            v.as_str().unwrap_or("TLS").replace("TLSv1_", "TLSv1.")
+                        }),
+                        cipher: state
+                            .negotiated_cipher_suite()
+                            .and_then(|s| s.suite().as_str())
+                            .unwrap_or("unknown")
+                            .to_string(),
+                    });
+                    conn = Conn {
+                        io: BufReader::new(Box::new(tls)),
+                        out: Vec::new(),
+                        ..conn
+                    };
+                    // RFC 3207 section 4.2: forget everything learnt before TLS.
+                    self.helo = None;
+                    self.esmtp = false;
+                    self.transaction = None;
+                }
+            }
+        }
+        let _ = conn.flush().await;
+    }
+
+    async fn serve(&mut self, conn: &mut Conn) -> End {
+        loop {
+            if conn.flush_if_idle().await.is_err() {
+                return End::Close;
+            }
+            let line = match conn.read_line(self.config.smtp.command_timeout).await {
+                Ok(line) => line,
+                Err(Closed::Timeout) => {
+                    conn.reply(&self.timeout_reply());
+                    return End::Close;
+                }
+                Err(Closed::Eof) => return End::Close,
+            };
+            let reply = match line.and_then(|line| proto::command::parse(&line)) {
+                Ok(command) => match self.execute(command, conn).await {
+                    Ok(reply) => reply,
+                    Err(end) => return end,
+                },
+                Err(reply) => reply,
+            };
+            conn.reply(&reply);
+            if !reply.is_positive() {
+                self.errors += 1;
+                if self.errors >= self.config.smtp.max_bad_commands {
+                    let text = format!("{} Error: too many errors", self.config.smtp.hostname);
+                    conn.reply(&Reply::new(421, "4.7.0", text));
+                    tracing::info!(client = %self.peer.ip(), errors = self.errors, "disconnected after too many errors");
+                    return End::Close;
+                }
+            }
+        }
+    }
+
+    /// Runs one command and returns its reply, or how the session ends.
+    async fn execute(&mut self, command: Command, conn: &mut Conn) -> Result<Reply, End> {
+        Ok(match command {
+            Command::Quit => {
+                conn.reply(&Reply::new(221, "2.0.0", "Bye"));
+                return Err(End::Close);
+            }
+            Command::StartTls => match self.starttls() {
+                Ok(ready) => {
+                    conn.reply(&ready);
+                    return Err(match conn.flush().await {
+                        Ok(()) => End::StartTls,
+                        Err(_) => End::Close,
+                    });
+                }
+                Err(refusal) => refusal,
+            },
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail(mail) => self.mail(mail),
+            Command::Rcpt(address) => self.rcpt(address),
+            Command::Data => return self.data(conn).await,
+            Command::Bdat { size, last } => return self.bdat(conn, size, last).await,
+            Command::Rset => {
+                self.transaction = None;
+                Reply::new(250, "2.0.0", "Ok")
+            }
+            Command::Noop => Reply::new(250, "2.0.0", "Ok"),
+            Command::Help => Reply::new(
+                214,
+                "2.0.0",
+                "See RFC 5321; relayd is a relay, not a mailbox",
+            ),
+            Command::Vrfy => Reply::new(
+                252,
+                "2.0.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Command::Expn => Reply::new(502, "5.5.1", "Error: EXPN not available"),
+            Command::Auth => Reply::new(503, "5.5.1", "Error: authentication not enabled"),
+        })
+    }
+
+    fn starttls(&self) -> Result<Reply, Reply> {
+        if self.tls_acceptor.is_none() {
+            return Err(Reply::new(502, "5.5.1", "Error: STARTTLS not available"));
+        }
+        if self.tls.is_some() {
+            return Err(Reply::new(503, "5.5.1", "Error: TLS already active"));
+        }
+        if self.transaction.is_some() {
+            return Err(Reply::new(
+                503,
+                "5.5.1",
+                "Error: MAIL transaction in progress",
+            ));
+        }
+        Ok(Reply::new(220, "2.0.0", "Ready to start TLS"))
+    }
+
+    fn timeout_reply(&self) -> Reply {
+        let text = format!("{} Error: timeout exceeded", self.config.smtp.hostname);
+        Reply::new(421, "4.4.2", text)
+    }
+}
+
+/// The client went away, or said nothing for too long.
+enum Closed {
+    Eof,
+    Timeout,
+}
+
+impl Conn {
+    fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    /// Writes the buffered replies if the client has sent nothing more yet: pipelined
+    /// commands are answered together, and nobody waits for a reply still in our buffer.
+    async fn flush_if_idle(&mut self) -> std::io::Result<()> {
+        if self.io.buffer().is_empty() {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.io.get_mut().write_all(&self.out).await?;
+            self.io.get_mut().flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads one command line. The outer error ends the session; the inner one is the reply
+    /// to a line that cannot be a command (too long, a bare LF, a NUL byte).
+    async fn read_line(&mut self, timeout: Duration) -> Result<Result<Vec<u8>, Reply>, Closed> {
+        let mut line = Vec::new();
+        let mut too_long = false;
+        loop {
+            let available = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
+                Err(_) => return Err(Closed::Timeout),
+                Ok(Err(_)) => return Err(Closed::Eof),
+                Ok(Ok([])) => return Err(Closed::Eof),
+                Ok(Ok(available)) => available,
+            };
+            let (taken, complete) = match available.iter().position(|&b| b == b'\n') {
+                Some(lf) => (lf + 1, true),
+                None => (available.len(), false),
+            };
+            if !too_long {
+                line.extend_from_slice(&available[..taken]);
+                if line.len() > MAX_COMMAND_LINE {
+                    too_long = true;
+                    line = Vec::new();
+                }
+            }
+            self.io.consume(taken);
+            if complete {
+                break;
+            }
+        }
+        if too_long {
+            return Ok(Err(Reply::new(500, "5.5.2", "Error: line too long")));
+        }
+        let Some(content) = line.strip_suffix(b"\r\n") else {
+            return Ok(Err(Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare LF received; end commands with CRLF",
+            )));
+        };
+        if content.contains(&0) {
+            return Ok(Err(Reply::new(
+                501,
+                "5.5.2",
+                "Error: NUL character in command",
+            )));
+        }
+        Ok(Ok(content.to_vec()))
+    }
+}

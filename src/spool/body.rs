@@ -1,0 +1,104 @@
+//! Message bodies, written and read in chunks so that no message is ever held whole in memory.
+
+use super::{QueueId, Spool, SpoolError, keys};
+
+/// Streams a body into the spool while the client sends it. The chunks are plain inserts: they
+/// become durable with the group commit that records the message ([`Spool::accept`]), and a
+/// body whose message is never committed is removed (on drop, or at the next start if the
+/// process died first).
+pub struct BodyWriter {
+    spool: Spool,
+    id: QueueId,
+    pending: Vec<u8>,
+    chunks_written: u32,
+    size: u64,
+    committed: bool,
+}
+
+impl BodyWriter {
+    pub(super) fn new(spool: Spool, id: QueueId) -> BodyWriter {
+        BodyWriter {
+            spool,
+            id,
+            pending: Vec::with_capacity(keys::CHUNK_SIZE),
+            chunks_written: 0,
+            size: 0,
+            committed: false,
+        }
+    }
+
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), SpoolError> {
+        self.size += data.len() as u64;
+        while !data.is_empty() {
+            let room = keys::CHUNK_SIZE - self.pending.len();
+            let (now, later) = data.split_at(room.min(data.len()));
+            self.pending.extend_from_slice(now);
+            data = later;
+            if self.pending.len() == keys::CHUNK_SIZE {
+                self.write_chunk()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the last partial chunk. Called by [`Spool::accept`].
+    pub(super) fn finish(&mut self) -> Result<(), SpoolError> {
+        if !self.pending.is_empty() {
+            self.write_chunk()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_committed(&mut self) {
+        self.committed = true;
+    }
+
+    fn write_chunk(&mut self) -> Result<(), SpoolError> {
+        let key = keys::body_chunk(self.id, self.chunks_written);
+        self.spool.db().insert(&key[..], &self.pending[..])?;
+        self.chunks_written += 1;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if self.committed || self.chunks_written == 0 {
+            return;
+        }
+        if let Err(e) = self.spool.remove_body(self.id) {
+            tracing::warn!(id = %self.id, error = %e, "could not remove an abandoned body; it is removed at the next start");
+        }
+    }
+}
+
+/// The body chunks of a message, in order.
+pub struct BodyChunks {
+    inner: sled::Iter,
+}
+
+impl BodyChunks {
+    pub(super) fn new(inner: sled::Iter) -> BodyChunks {
+        BodyChunks { inner }
+    }
+}
+
+impl Iterator for BodyChunks {
+    type Item = Result<sled::IVec, SpoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner
+            .next()
+            .map(|item| item.map(|(_, chunk)| chunk).map_err(SpoolError::from))
+    }
+}

@@ -1,0 +1,75 @@
+//! Spool errors, classified by what the SMTP layer must answer.
+
+use std::fmt;
+
+/// Why the spool could not do what was asked. Cloneable, because one failed group commit
+/// answers every session that was waiting on it.
+#[derive(Clone, Debug)]
+pub struct SpoolError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The disk is full: senders get 452 4.3.1 and retry later.
+    NoSpace,
+    /// Any other I/O or storage failure.
+    Io,
+    /// A stored record does not decode: the spool was damaged or written by another version.
+    Corrupt,
+    /// The spool is shutting down.
+    Closed,
+}
+
+impl SpoolError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> SpoolError {
+        SpoolError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn corrupt(what: impl fmt::Display) -> SpoolError {
+        SpoolError::new(ErrorKind::Corrupt, what.to_string())
+    }
+
+    pub fn closed() -> SpoolError {
+        SpoolError::new(ErrorKind::Closed, "the spool is shutting down")
+    }
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+impl From<std::io::Error> for SpoolError {
+    fn from(e: std::io::Error) -> SpoolError {
+        let kind = if e.kind() == std::io::ErrorKind::StorageFull {
+            ErrorKind::NoSpace
+        } else {
+            ErrorKind::Io
+        };
+        SpoolError::new(kind, e.to_string())
+    }
+}
+
+impl From<sled::Error> for SpoolError {
+    fn from(e: sled::Error) -> SpoolError {
+        match e {
+            sled::Error::Io(io) => io.into(),
+            sled::Error::Corruption { .. } => SpoolError::corrupt(e),
+            other => SpoolError::new(ErrorKind::Io, other.to_string()),
+        }
+    }
+}
+
+impl From<postcard::Error> for SpoolError {
+    fn from(e: postcard::Error) -> SpoolError {
+        SpoolError::corrupt(format!("record encoding: {e}"))
+    }
+}

@@ -1,0 +1,209 @@
+//! The spool: where accepted mail lives until it is delivered or bounced.
+//!
+//! Storage is one sled tree behind this module's API (see [`keys`] for the layout), so that
+//! the rest of relayd never touches sled and the engine could be replaced. Every change is a
+//! record of the ordered change log ([`LogRecord`]), staged in the same atomic batch as the
+//! state it changes and made durable by the group committer ([`commit`]). A 250 is given only
+//! once [`Spool::accept`] has returned, i.e. after a real fdatasync.
+
+mod body;
+mod commit;
+mod error;
+mod id;
+mod keys;
+mod record;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+pub use body::{BodyChunks, BodyWriter};
+pub use error::{ErrorKind, SpoolError};
+pub use id::QueueId;
+pub use record::{
+    Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState,
+};
+
+/// sled's page cache. Bodies are streamed through it, so it bounds the spool's memory.
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+/// sled's segment size: values up to a quarter of it stay inline in the data file (see
+/// [`keys::CHUNK_SIZE`]); an envelope with the most recipients the config allows fits.
+const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+
+/// A handle on the spool; cheap to clone, shared by every session and task.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    committer: commit::Committer,
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `data_dir/spool`. Removes the bodies of messages that
+    /// were being received when the process last stopped: they were never acknowledged.
+    pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
+        let dir = data_dir.join("spool");
+        std::fs::create_dir_all(&dir)?;
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .segment_size(SEGMENT_SIZE)
+            // Durability is ours to schedule: the committer flushes and syncs.
+            .flush_every_ms(None)
+            .open()?;
+        // sled created its files: make their directory entries durable too.
+        File::open(&dir)?.sync_all()?;
+        File::open(data_dir)?.sync_all()?;
+        let data_file = File::open(dir.join("db"))?;
+
+        let history = match db.get(keys::EPOCH_HISTORY)? {
+            Some(bytes) => postcard::from_bytes(&bytes)?,
+            None => Vec::new(),
+        };
+        let last_seq = match db.scan_prefix([keys::LOG]).next_back() {
+            Some(entry) => keys::seq_of(&entry?.0).ok_or_else(|| SpoolError::corrupt("log key"))?,
+            None => 0,
+        };
+        let tail = commit::LogTail {
+            next_seq: last_seq + 1,
+            history,
+        };
+        let committer = commit::Committer::spawn(db.clone(), data_file, tail)?;
+        let spool = Spool {
+            inner: Arc::new(Inner { db, committer, dir }),
+        };
+        let removed = spool.remove_orphan_bodies()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed the bodies of messages never acknowledged");
+        }
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Starts writing the body of a new message.
+    pub fn body_writer(&self, id: QueueId) -> BodyWriter {
+        BodyWriter::new(self.clone(), id)
+    }
+
+    /// Records an accepted message and returns once it is durable: its body chunks, its
+    /// message record and its log record, all synced by one group commit.
+    pub async fn accept(
+        &self,
+        envelope: Envelope,
+        mut body: BodyWriter,
+    ) -> Result<LogPosition, SpoolError> {
+        debug_assert_eq!(envelope.id, body.id());
+        body.finish()?;
+        let position = self
+            .submit(|done| commit::Request::Append(Change::Accepted(envelope), done))
+            .await?;
+        body.mark_committed();
+        Ok(position)
+    }
+
+    /// Makes sure the log has an epoch, starting epoch 1 on a fresh spool, and returns the
+    /// current one. The epoch is durable before this returns, so it is never used unpersisted.
+    pub async fn ensure_epoch(&self) -> Result<u64, SpoolError> {
+        if let Some(current) = self.epoch_history()?.last() {
+            return Ok(current.epoch);
+        }
+        let position = self
+            .submit(|done| commit::Request::BeginEpoch(1, done))
+            .await?;
+        Ok(position.epoch)
+    }
+
+    pub fn epoch_history(&self) -> Result<Vec<EpochStart>, SpoolError> {
+        match self.db().get(keys::EPOCH_HISTORY)? {
+            Some(bytes) => Ok(postcard::from_bytes(&bytes)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
+        match self.db().get(keys::message(id))? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every queued message, oldest first.
+    pub fn messages(&self) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
+        self.db()
+            .scan_prefix([keys::MESSAGE])
+            .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+    }
+
+    /// The body of a queued message, chunk by chunk.
+    pub fn body(&self, id: QueueId) -> BodyChunks {
+        BodyChunks::new(self.db().scan_prefix(keys::body_prefix(id)))
+    }
+
+    /// The change log from sequence `from_seq` on, in order.
+    pub fn log_from(
+        &self,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<LogRecord, SpoolError>> + '_ {
+        self.db()
+            .range(keys::log(from_seq)..=keys::log(u64::MAX))
+            .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+    }
+
+    /// Syncs everything written so far (used at shutdown).
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        self.db().flush()?;
+        File::open(self.dir().join("db"))?.sync_data()?;
+        Ok(())
+    }
+
+    fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    async fn submit(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<LogPosition, SpoolError>>) -> commit::Request,
+    ) -> Result<LogPosition, SpoolError> {
+        let (done, result) = oneshot::channel();
+        self.inner.committer.send(request(done)).await?;
+        result.await.map_err(|_| SpoolError::closed())?
+    }
+
+    fn remove_body(&self, id: QueueId) -> Result<(), SpoolError> {
+        for key in self.db().scan_prefix(keys::body_prefix(id)).keys() {
+            self.db().remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Removes body chunks that belong to no message record; returns how many bodies.
+    fn remove_orphan_bodies(&self) -> Result<usize, SpoolError> {
+        let mut orphans = Vec::new();
+        let mut last: Option<QueueId> = None;
+        for key in self.db().scan_prefix([keys::BODY]).keys() {
+            let id = keys::id_of(&key?).ok_or_else(|| SpoolError::corrupt("body key"))?;
+            if last != Some(id) {
+                last = Some(id);
+                if !self.db().contains_key(keys::message(id))? {
+                    orphans.push(id);
+                }
+            }
+        }
+        for id in &orphans {
+            self.remove_body(*id)?;
+        }
+        Ok(orphans.len())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,80 @@
+//! What the spool stores: message records and the ordered change log.
+//!
+//! Every change to the spool is a [`LogRecord`] carrying `(epoch, seq)`, written in the same
+//! atomic batch as the state it changes. The log is what replication ships to a standby and
+//! what a rejoining node compares against its peer's epoch history to find the divergence
+//! point; the message records are the current state derived from it.
+
+use serde::{Deserialize, Serialize};
+
+use super::QueueId;
+
+/// A position in the change log. `seq` grows by one per record and never restarts, across
+/// epochs; `epoch` is the epoch of the primary that wrote the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct LogPosition {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// One entry of the change log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub position: LogPosition,
+    pub change: Change,
+}
+
+/// A change to the spool. New variants are appended at the end so that stored records keep
+/// decoding (postcard encodes the variant index).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A primary began a new epoch at this record's sequence number.
+    EpochStarted,
+    /// A message was accepted: its envelope. Its body chunks were written before this record
+    /// and are made durable by the same flush.
+    Accepted(Envelope),
+}
+
+/// What the SMTP transaction established about a message, besides its body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: QueueId,
+    /// The reverse path without angle brackets; empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Unix time in milliseconds at which the 250 was given.
+    pub received_at_ms: u64,
+    /// The client's IP address, as text.
+    pub client: String,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+    /// Body size in bytes, the Received: header included.
+    pub size: u64,
+    /// The client declared BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// The client asked for SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// Per-recipient delivery state of a queued message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientState {
+    Pending,
+}
+
+/// A queued message as stored under its id: the envelope plus its delivery state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub envelope: Envelope,
+    pub recipients: Vec<RecipientState>,
+    /// Where in the log the message was accepted.
+    pub accepted_at: LogPosition,
+}
+
+/// One entry of the epoch history: epoch `epoch` began at log sequence `first_seq`.
+/// Compared between two nodes, the histories give the divergence point of their logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStart {
+    pub epoch: u64,
+    pub first_seq: u64,
+}

@@ -1,0 +1,112 @@
+use super::*;
+
+fn envelope(id: QueueId) -> Envelope {
+    Envelope {
+        id,
+        sender: "a@client.test".into(),
+        recipients: vec!["b@example.com".into(), "c@example.com".into()],
+        received_at_ms: 1,
+        client: "127.0.0.1".into(),
+        helo: "client.test".into(),
+        size: 0,
+        eight_bit: false,
+        smtputf8: false,
+    }
+}
+
+#[tokio::test]
+async fn accepted_messages_are_read_back_with_their_log_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    assert_eq!(spool.ensure_epoch().await.expect("epoch"), 1);
+    let id = QueueId::new();
+    let mut body = spool.body_writer(id);
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    body.write(&content[..1000]).expect("write");
+    body.write(&content[1000..]).expect("write");
+    let position = spool.accept(envelope(id), body).await.expect("accept");
+    assert_eq!(position, LogPosition { epoch: 1, seq: 2 });
+
+    let record = spool.get(id).expect("get").expect("queued");
+    assert_eq!(record.recipients, vec![RecipientState::Pending; 2]);
+    assert_eq!(record.accepted_at, position);
+    let stored: Vec<u8> = spool
+        .body(id)
+        .map(|c| c.expect("chunk").to_vec())
+        .collect::<Vec<_>>()
+        .concat();
+    assert_eq!(stored, content);
+    assert_eq!(spool.body(id).count(), 4, "100,000 bytes in 32 KiB chunks");
+    let log: Vec<LogRecord> = spool.log_from(2).collect::<Result<_, _>>().expect("log");
+    assert_eq!(
+        log,
+        vec![LogRecord {
+            position,
+            change: Change::Accepted(envelope(id))
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_spool_continues_the_log_and_keeps_the_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.ensure_epoch().await.expect("epoch");
+        let id = QueueId::new();
+        spool
+            .accept(envelope(id), spool.body_writer(id))
+            .await
+            .expect("accept");
+    }
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(
+        spool.ensure_epoch().await.expect("epoch"),
+        1,
+        "no new epoch on restart"
+    );
+    let id = QueueId::new();
+    let position = spool
+        .accept(envelope(id), spool.body_writer(id))
+        .await
+        .expect("accept");
+    assert_eq!(position.seq, 3);
+    assert_eq!(
+        spool.epoch_history().expect("history"),
+        vec![EpochStart {
+            epoch: 1,
+            first_seq: 1
+        }]
+    );
+}
+
+#[tokio::test]
+async fn bodies_never_committed_are_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kept = QueueId::new();
+    let abandoned = QueueId::new();
+    let crashed = QueueId::new();
+    {
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.ensure_epoch().await.expect("epoch");
+        let mut body = spool.body_writer(kept);
+        body.write(&[b'k'; 40_000]).expect("write");
+        spool.accept(envelope(kept), body).await.expect("accept");
+        // A session that gave up: its writer is dropped and cleans up.
+        let mut body = spool.body_writer(abandoned);
+        body.write(&[b'a'; 40_000]).expect("write");
+        drop(body);
+        assert_eq!(spool.body(abandoned).count(), 0);
+        // A process that died mid-body: its chunks are written, its cleanup never runs
+        // (marking the writer committed skips it, as a kill -9 would).
+        let mut body = spool.body_writer(crashed);
+        body.write(&[b'c'; 70_000]).expect("write");
+        body.mark_committed();
+        drop(body);
+        spool.sync().expect("sync");
+        assert_eq!(spool.body(crashed).count(), 2);
+    }
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.body(crashed).count(), 0, "removed at start");
+    assert_eq!(spool.body(kept).count(), 2, "a committed body stays");
+}

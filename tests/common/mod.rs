@@ -1,0 +1,365 @@
+//! The test harness: runs the real relayd binary on loopback ports with a config of the test's
+//! making, talks to it over real sockets, and reads its spool back once it has stopped.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use relayd::spool::{MessageRecord, Spool};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_relayd");
+
+/// How long a test waits for a condition before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; the tiny race with another process taking it
+/// before relayd binds is acceptable in tests).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Polls `condition` until it holds or `PATIENCE` runs out.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One relayd process and its data directory.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub smtp_port: u16,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Writes a config with the given extra `[smtp]` keys and extra sections, and starts relayd.
+    pub fn start(smtp_extra: &str, sections: &str) -> Node {
+        Node::start_as("primary", smtp_extra, sections)
+    }
+
+    /// The same, in the given role.
+    pub fn start_as(role: &str, smtp_extra: &str, sections: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let smtp_port = free_port();
+        let config = format!(
+            r#"[node]
+name = "test"
+role = "{role}"
+data_dir = "{data}"
+
+[smtp]
+listen = ["127.0.0.1:{smtp_port}"]
+hostname = "mx.test"
+{smtp_extra}
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[log]
+level = "info"
+
+{sections}
+"#,
+            data = dir.path().join("data").display(),
+            admin_port = free_port(),
+        );
+        let config_path = dir.path().join("relayd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut node = Node {
+            dir,
+            smtp_port,
+            config_path,
+            child: None,
+        };
+        node.launch();
+        node
+    }
+
+    /// A node with the relay settings most tests want: relay for example.com from anyone,
+    /// and for anything from 127.0.0.1 (but not from 127.0.0.2, to test relay control).
+    pub fn relay(smtp_extra: &str) -> Node {
+        Node::start(
+            smtp_extra,
+            "[relay]\ndomains = [\"example.com\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n",
+        )
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.smtp_port))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("relayd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the process (again) and waits until it answers on its SMTP port.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RELAYD_LOG", "info")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn relayd");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_for("relayd to listen", || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten()
+            {
+                panic!("relayd exited with {status}:\n{}", self.log());
+            }
+            TcpStream::connect(addr).is_ok()
+        });
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "relayd did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Opens the spool of a stopped node.
+    pub fn spool(&self) -> Spool {
+        assert!(
+            self.child.is_none(),
+            "stop the node before reading its spool"
+        );
+        Spool::open(&self.dir.path().join("data")).expect("open spool")
+    }
+
+    /// Every queued message with its body, read from the spool of a stopped node.
+    pub fn queued(&self) -> Vec<(MessageRecord, Vec<u8>)> {
+        let spool = self.spool();
+        let messages: Vec<MessageRecord> = spool
+            .messages()
+            .collect::<Result<_, _>>()
+            .expect("read messages");
+        messages
+            .into_iter()
+            .map(|m| {
+                let body = spool
+                    .body(m.envelope.id)
+                    .map(|chunk| chunk.expect("read chunk").to_vec())
+                    .collect::<Vec<_>>()
+                    .concat();
+                (m, body)
+            })
+            .collect()
+    }
+
+    /// A node's data with its Received: header (the first header, with its folded lines) removed.
+    pub fn without_received(body: &[u8]) -> &[u8] {
+        assert!(
+            body.starts_with(b"Received: "),
+            "the body starts with our Received: header"
+        );
+        let mut at = 0;
+        loop {
+            let eol = body[at..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("header line end")
+                + at
+                + 2;
+            at = eol;
+            if !matches!(body.get(at), Some(b' ' | b'\t')) {
+                return &body[at..];
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A raw SMTP client for sending what well-behaved clients never send.
+pub struct Raw {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        Raw::connect_from(addr, None)
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.2 is "untrusted" in tests).
+    pub fn connect_from(addr: SocketAddr, source: Option<[u8; 4]>) -> Raw {
+        let stream = match source {
+            None => TcpStream::connect(addr).expect("connect"),
+            Some(ip) => {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                socket
+                    .bind(&SocketAddr::from((ip, 0)).into())
+                    .expect("bind source");
+                socket.connect(&addr.into()).expect("connect");
+                socket.into()
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        Raw {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            stream,
+        }
+    }
+
+    /// Reads one reply (all its lines); returns it with CRLFs as "\n".
+    pub fn read_reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed; reply so far: {reply:?}");
+            reply.push_str(line.trim_end_matches(['\r', '\n']));
+            reply.push('\n');
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return reply;
+            }
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends a command line (CRLF added) and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// True when the server has closed the connection (reads EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok()
+    }
+}
+
+/// Runs a program and returns its output, failing the test if it cannot be started.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (run scripts/test.sh, which installs it)")
+        })
+}
+
+/// Runs tests/peers/smtp_client.py (Python's smtplib) with the given arguments.
+pub fn smtplib(args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtplib_send.py");
+    let mut all = vec![script.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    run("python3", &all)
+}
+
+/// Makes a self-signed certificate for `mx.test` with openssl; returns (cert, key) paths.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("mx.pem");
+    let key = dir.join("mx.key");
+    let out = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().expect("path"),
+            "-out",
+            cert.to_str().expect("path"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mx.test",
+            "-addext",
+            "subjectAltName=DNS:mx.test",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Asserts two byte strings are equal; on a mismatch, shows where they part, readably.
+#[track_caller]
+pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let at = actual
+        .iter()
+        .zip(expected)
+        .position(|(a, e)| a != e)
+        .unwrap_or(actual.len().min(expected.len()));
+    let context = |bytes: &[u8]| {
+        String::from_utf8_lossy(&bytes[at.saturating_sub(40)..(at + 40).min(bytes.len())])
+            .into_owned()
+    };
+    panic!(
+        "{what}: {} bytes stored, {} expected; they part at byte {at}:\n  stored:   {:?}\n  expected: {:?}",
+        actual.len(),
+        expected.len(),
+        context(actual),
+        context(expected)
+    );
+}
