@@ -80,6 +80,9 @@ accept_rate() { # port -> messages per second until smtp-source had every 250
   smtp-source -s "$SESS" -m "$N" -l "$SIZE" $SRC_OPTS -f bench@src.test -t rcpt@example.test "127.0.0.1:$1" > "$W/src.out" 2>&1
   t1=$(now)
   if grep -qiE 'error|fatal' "$W/src.out"; then echo "smtp-source reported: $(head -3 "$W/src.out")" >&2; fi
+  # Let Postfix finish relaying to the sink before anything else is measured: its
+  # delivery must not eat the CPU of the next run.
+  while [ -n "$(postqueue -j 2>/dev/null | head -1)" ]; do sleep 0.2; done
   echo "$N / ($t1 - $t0)" | bc -l
 }
 median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }

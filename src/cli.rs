@@ -49,10 +49,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig) => match crate::node::check(&config) {
             Ok(()) => {
-                println!(
-                    "{}: ok ({} node {})",
-                    config.source, config.node.role, config.node.name
-                );
+                println!("{}: ok ({} node {})", config.source, config.node.role, config.node.name);
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -11,9 +11,7 @@ pub fn init(log: &LogConfig) {
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .or_else(|| EnvFilter::try_new(&log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let installed = match log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

@@ -5,25 +5,19 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, Role};
+use crate::config::{Config, ConfigError, Role};
 use crate::smtp::Server;
 use crate::spool::Spool;
 
 /// What `check-config` checks beyond the file itself: the files the config points to.
-pub fn check(config: &Config) -> Result<(), String> {
-    if let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) {
-        crate::smtp::tls::acceptor(cert, key)?;
-    }
-    Ok(())
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    crate::smtp::starttls_acceptor(config).map(|_| ())
 }
 
 /// Runs the node until SIGTERM or SIGINT; returns the exit status.
 pub fn run(config: Config) -> ExitCode {
     crate::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -47,12 +41,9 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     let spool = Spool::open(data_dir)
         .map_err(|e| format!("cannot open the spool in {}: {e}", data_dir.display()))?;
     let epoch = match config.node.role {
-        Role::Primary => Some(
-            spool
-                .ensure_epoch()
-                .await
-                .map_err(|e| format!("cannot start an epoch: {e}"))?,
-        ),
+        Role::Primary => {
+            Some(spool.ensure_epoch().await.map_err(|e| format!("cannot start an epoch: {e}"))?)
+        }
         _ => None,
     };
     let queued = spool.messages().count();
@@ -64,7 +55,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         data_dir = %data_dir.display(),
         "relayd started"
     );
-    let server = Server::new(config.clone(), spool.clone())?;
+    let server = Server::new(config.clone(), spool.clone()).map_err(|e| e.to_string())?;
     let listeners = server.bind().await.map_err(|e| e.to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -79,9 +70,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     // Stop accepting. Sessions still open lose their connection before any 250 they were
     // not given yet: nothing acknowledged is at stake.
     tasks.abort_all();
-    spool
-        .sync()
-        .map_err(|e| format!("spool sync at shutdown: {e}"))?;
+    spool.sync().map_err(|e| format!("spool sync at shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }

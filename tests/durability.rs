@@ -16,13 +16,8 @@ fn send_one(addr: SocketAddr, subject: &str) -> String {
     assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
     assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
     assert!(smtp.cmd("DATA").starts_with("354"));
-    let reply = smtp.cmd(&format!(
-        "Subject: {subject}\r\n\r\n{}\r\n.",
-        "body ".repeat(20_000)
-    ));
-    let id = reply
-        .strip_prefix("250 2.0.0 Ok: queued as ")
-        .unwrap_or_else(|| panic!("{reply}"));
+    let reply = smtp.cmd(&format!("Subject: {subject}\r\n\r\n{}\r\n.", "body ".repeat(20_000)));
+    let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{reply}"));
     id.trim().to_string()
 }
 
@@ -37,17 +32,10 @@ fn kill_9_right_after_each_250_loses_nothing() {
     }
     node.kill9();
     let queued = node.queued();
-    let ids: BTreeSet<String> = queued
-        .iter()
-        .map(|(m, _)| m.envelope.id.to_string())
-        .collect();
+    let ids: BTreeSet<String> = queued.iter().map(|(m, _)| m.envelope.id.to_string()).collect();
     assert_eq!(ids, acknowledged);
     for (record, body) in &queued {
-        assert_eq!(
-            record.envelope.size,
-            body.len() as u64,
-            "the whole body survived"
-        );
+        assert_eq!(record.envelope.size, body.len() as u64, "the whole body survived");
         assert!(body.len() > 100_000, "several chunks");
     }
 }
@@ -59,16 +47,12 @@ fn restart_finds_every_message_and_the_log_orders_them() {
         .map(|t| {
             let addr = node.addr();
             std::thread::spawn(move || {
-                (0..5)
-                    .map(|i| send_one(addr, &format!("t{t} m{i}")))
-                    .collect::<Vec<_>>()
+                (0..5).map(|i| send_one(addr, &format!("t{t} m{i}"))).collect::<Vec<_>>()
             })
         })
         .collect();
-    let acknowledged: BTreeSet<String> = senders
-        .into_iter()
-        .flat_map(|s| s.join().expect("sender thread"))
-        .collect();
+    let acknowledged: BTreeSet<String> =
+        senders.into_iter().flat_map(|s| s.join().expect("sender thread")).collect();
     assert_eq!(acknowledged.len(), 40);
 
     node.kill9();
@@ -76,10 +60,8 @@ fn restart_finds_every_message_and_the_log_orders_them() {
     assert_eq!(node.stop(), Some(0));
 
     let spool = node.spool();
-    let queued: BTreeSet<String> = spool
-        .messages()
-        .map(|m| m.expect("record").envelope.id.to_string())
-        .collect();
+    let queued: BTreeSet<String> =
+        spool.messages().map(|m| m.expect("record").envelope.id.to_string()).collect();
     assert_eq!(queued, acknowledged);
 
     // The change log: epoch 1 began at seq 1, then one Accepted record per message, in order.
@@ -88,11 +70,7 @@ fn restart_finds_every_message_and_the_log_orders_them() {
     assert_eq!((log[0].position.epoch, log[0].position.seq), (1, 1));
     assert_eq!(log.len(), 41);
     for pair in log.windows(2) {
-        assert_eq!(
-            pair[1].position.seq,
-            pair[0].position.seq + 1,
-            "no gap, no repeat"
-        );
+        assert_eq!(pair[1].position.seq, pair[0].position.seq + 1, "no gap, no repeat");
         assert_eq!(pair[1].position.epoch, 1);
     }
     let logged: BTreeSet<String> = log

@@ -25,25 +25,15 @@ fn write_message(node: &Node, name: &str, content: &[u8]) -> String {
 
 /// The queue id in a "250 2.0.0 Ok: queued as ID" reply.
 fn queue_id(reply: &str) -> String {
-    let at = reply
-        .find("queued as ")
-        .unwrap_or_else(|| panic!("no queue id in {reply:?}"));
-    reply[at + 10..]
-        .split_whitespace()
-        .next()
-        .expect("id")
-        .to_string()
+    let at = reply.find("queued as ").unwrap_or_else(|| panic!("no queue id in {reply:?}"));
+    reply[at + 10..].split_whitespace().next().expect("id").to_string()
 }
 
 #[test]
 fn smtplib_plain_8bitmime_and_smtputf8_bodies_are_stored_exactly() {
     let mut node = Node::relay("");
     let plain = message("plain");
-    let eight_bit = [
-        &message("eightbit")[..],
-        "Grüße, ça va? 日本語\r\n".as_bytes(),
-    ]
-    .concat();
+    let eight_bit = [&message("eightbit")[..], "Grüße, ça va? 日本語\r\n".as_bytes()].concat();
     let utf8 = [&message("utf8")[..], "Ünïcödé\r\n".as_bytes()].concat();
     let cases = [
         ("sender@client.test", "rcpt@example.com", &plain, vec![]),
@@ -53,51 +43,24 @@ fn smtplib_plain_8bitmime_and_smtputf8_bodies_are_stored_exactly() {
             &eight_bit,
             vec!["--8bitmime"],
         ),
-        (
-            "jöran@client.test",
-            "bücher@example.com",
-            &utf8,
-            vec!["--smtputf8", "--8bitmime"],
-        ),
+        ("jöran@client.test", "bücher@example.com", &utf8, vec!["--smtputf8", "--8bitmime"]),
     ];
     let mut sent = Vec::new();
     for (i, (from, to, body, flags)) in cases.iter().enumerate() {
         let file = write_message(&node, &format!("m{i}.eml"), body);
-        let mut args = vec![
-            "127.0.0.1",
-            &node.smtp_port.to_string()[..],
-            from,
-            to,
-            &file[..],
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+        let mut args = vec!["127.0.0.1", &node.smtp_port.to_string()[..], from, to, &file[..]]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
         args.extend(flags.iter().map(|f| f.to_string()));
         let out = smtplib(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "smtplib: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for ext in [
-            "PIPELINING",
-            "SIZE",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-        ] {
-            assert!(
-                stdout.contains(&format!("ext {ext}")),
-                "{ext} announced: {stdout}"
-            );
+        assert!(out.status.success(), "smtplib: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        for ext in ["PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        {
+            assert!(stdout.contains(&format!("ext {ext}")), "{ext} announced: {stdout}");
         }
-        assert!(
-            !stdout.contains("ext STARTTLS"),
-            "no STARTTLS without a certificate"
-        );
+        assert!(!stdout.contains("ext STARTTLS"), "no STARTTLS without a certificate");
         sent.push((
             queue_id(&stdout),
             from.to_string(),
@@ -115,38 +78,21 @@ fn smtplib_plain_8bitmime_and_smtputf8_bodies_are_stored_exactly() {
             .unwrap_or_else(|| panic!("{id} is queued"));
         assert_eq!(record.envelope.sender, from);
         assert_eq!(record.envelope.recipients, to);
-        common::assert_same_bytes(
-            Node::without_received(stored),
-            &body,
-            &format!("body of {id}"),
-        );
+        common::assert_same_bytes(Node::without_received(stored), &body, &format!("body of {id}"));
         assert_eq!(record.envelope.size, stored.len() as u64);
         let received = String::from_utf8_lossy(&stored[..stored.len() - body.len()]).to_string();
-        assert!(
-            received.contains(&format!("id {id}")),
-            "Received: names the queue id: {received}"
-        );
-        assert!(
-            received.contains("from client.test (unknown [127.0.0.1])"),
-            "{received}"
-        );
+        assert!(received.contains(&format!("id {id}")), "Received: names the queue id: {received}");
+        assert!(received.contains("from client.test (unknown [127.0.0.1])"), "{received}");
     }
-    assert!(
-        queued
-            .iter()
-            .any(|(m, _)| m.envelope.smtputf8 && m.envelope.eight_bit)
-    );
+    assert!(queued.iter().any(|(m, _)| m.envelope.smtputf8 && m.envelope.eight_bit));
 }
 
 #[test]
 fn smtplib_over_starttls() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = self_signed(dir.path());
-    let mut node = Node::relay(&format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        cert.display(),
-        key.display()
-    ));
+    let mut node =
+        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
     let body = message("tls");
     let file = write_message(&node, "tls.eml", &body);
     let out = smtplib(&[
@@ -158,15 +104,8 @@ fn smtplib_over_starttls() {
         "--starttls",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "smtplib: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !stdout.contains("ext STARTTLS"),
-        "STARTTLS is not offered again inside TLS: {stdout}"
-    );
+    assert!(out.status.success(), "smtplib: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("ext STARTTLS"), "STARTTLS is not offered again inside TLS: {stdout}");
     node.stop();
     let queued = node.queued();
     assert_eq!(queued.len(), 1);
@@ -182,21 +121,13 @@ fn smtplib_over_starttls() {
 fn swaks_plain_pipelined_and_starttls() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = self_signed(dir.path());
-    let mut node = Node::relay(&format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        cert.display(),
-        key.display()
-    ));
+    let mut node =
+        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
     let port = node.smtp_port.to_string();
     let body = message("swaks");
     let file = write_message(&node, "swaks.eml", &body);
     let server = format!("127.0.0.1:{port}");
-    for extra in [
-        &[][..],
-        &["--pipeline"][..],
-        &["--tls"][..],
-        &["--tls", "--pipeline"][..],
-    ] {
+    for extra in [&[][..], &["--pipeline"][..], &["--tls"][..], &["--tls", "--pipeline"][..]] {
         let mut args = vec![
             "--server",
             &server,
@@ -241,11 +172,8 @@ fn swaks_plain_pipelined_and_starttls() {
 fn curl_plain_and_starttls() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = self_signed(dir.path());
-    let mut node = Node::relay(&format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        cert.display(),
-        key.display()
-    ));
+    let mut node =
+        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
     let body = message("curl");
     let file = write_message(&node, "curl.eml", &body);
     let url = format!("smtp://127.0.0.1:{}/client.test", node.smtp_port);
@@ -263,11 +191,7 @@ fn curl_plain_and_starttls() {
         ];
         args.extend_from_slice(extra);
         let out = run("curl", &args);
-        assert!(
-            out.status.success(),
-            "curl {extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "curl {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     node.stop();
     let queued = node.queued();

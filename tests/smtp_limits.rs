@@ -37,15 +37,9 @@ fn long_lines_bare_lf_and_nul_get_500_or_501_and_the_session_goes_on() {
     let reply = smtp.cmd(&format!("NOOP {}", "x".repeat(5000)));
     assert_eq!(reply, "500 5.5.2 Error: line too long\n");
     smtp.send(b"NOOP\n");
-    assert_eq!(
-        smtp.read_reply(),
-        "500 5.5.2 Error: bare LF received; end commands with CRLF\n"
-    );
+    assert_eq!(smtp.read_reply(), "500 5.5.2 Error: bare LF received; end commands with CRLF\n");
     smtp.send(b"NO\0OP\r\n");
-    assert_eq!(
-        smtp.read_reply(),
-        "501 5.5.2 Error: NUL character in command\n"
-    );
+    assert_eq!(smtp.read_reply(), "501 5.5.2 Error: NUL character in command\n");
     assert!(smtp.cmd("FROB").starts_with("500 5.5.2"));
     assert!(smtp.cmd("MAIL FROM:<bad@@x>").starts_with("501 5.1.7"));
     assert_eq!(
@@ -68,30 +62,18 @@ fn message_size_limit_552_before_and_after_data() {
         smtp.cmd("MAIL FROM:<a@client.test> SIZE=4096"),
         "552 5.3.4 Message size exceeds fixed limit\n"
     );
-    assert!(
-        smtp.cmd("MAIL FROM:<a@client.test> SIZE=100")
-            .starts_with("250")
-    );
+    assert!(smtp.cmd("MAIL FROM:<a@client.test> SIZE=100").starts_with("250"));
     assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
     assert!(smtp.cmd("DATA").starts_with("354"));
     // The whole body is read (so no part of it is taken for a command), then refused.
     let big = format!("Subject: big\r\n\r\n{}\r\nRSET\r\n.", "y".repeat(3000));
-    assert_eq!(
-        smtp.cmd(&big),
-        "552 5.3.4 Message size exceeds fixed limit\n"
-    );
+    assert_eq!(smtp.cmd(&big), "552 5.3.4 Message size exceeds fixed limit\n");
     // BDAT: a chunk past the limit is read whole and refused too.
     start_transaction(&mut smtp);
     smtp.send(format!("BDAT 3000\r\n{}", "z".repeat(3000)).as_bytes());
-    assert_eq!(
-        smtp.read_reply(),
-        "552 5.3.4 Message size exceeds fixed limit\n"
-    );
+    assert_eq!(smtp.read_reply(), "552 5.3.4 Message size exceeds fixed limit\n");
     smtp.send(b"BDAT 6 LAST\r\nQUIT\r\n");
-    assert!(
-        smtp.read_reply().starts_with("503 5.5.1"),
-        "the transaction is over"
-    );
+    assert!(smtp.read_reply().starts_with("503 5.5.1"), "the transaction is over");
     assert_serves(&mut smtp);
     node.stop();
     let queued = node.queued();
@@ -105,15 +87,9 @@ fn too_many_recipients_452() {
     assert!(smtp.cmd("EHLO client.test").starts_with("250"));
     assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
     for i in 0..3 {
-        assert!(
-            smtp.cmd(&format!("RCPT TO:<r{i}@example.com>"))
-                .starts_with("250")
-        );
+        assert!(smtp.cmd(&format!("RCPT TO:<r{i}@example.com>")).starts_with("250"));
     }
-    assert_eq!(
-        smtp.cmd("RCPT TO:<r3@example.com>"),
-        "452 4.5.3 Error: too many recipients\n"
-    );
+    assert_eq!(smtp.cmd("RCPT TO:<r3@example.com>"), "452 4.5.3 Error: too many recipients\n");
     assert!(smtp.cmd("DATA").starts_with("354"));
     assert!(smtp.cmd("Subject: three\r\n\r\n.").starts_with("250"));
     node.stop();
@@ -127,14 +103,8 @@ fn command_timeout_421() {
     let mut smtp = connect(&node);
     assert!(smtp.cmd("EHLO client.test").starts_with("250"));
     let started = Instant::now();
-    assert_eq!(
-        smtp.read_reply(),
-        "421 4.4.2 mx.test Error: timeout exceeded\n"
-    );
-    assert!(
-        started.elapsed().as_millis() >= 900,
-        "not before the timeout"
-    );
+    assert_eq!(smtp.read_reply(), "421 4.4.2 mx.test Error: timeout exceeded\n");
+    assert!(started.elapsed().as_millis() >= 900, "not before the timeout");
     assert!(smtp.is_closed());
     let mut again = connect(&node);
     assert_serves(&mut again);
@@ -147,10 +117,7 @@ fn data_timeout_421_and_nothing_queued() {
     start_transaction(&mut smtp);
     assert!(smtp.cmd("DATA").starts_with("354"));
     smtp.send(b"Subject: stalled\r\n\r\nhalf a message");
-    assert_eq!(
-        smtp.read_reply(),
-        "421 4.4.2 mx.test Error: timeout exceeded\n"
-    );
+    assert_eq!(smtp.read_reply(), "421 4.4.2 mx.test Error: timeout exceeded\n");
     assert!(smtp.is_closed());
     let mut again = connect(&node);
     assert_serves(&mut again);
@@ -173,10 +140,7 @@ fn connection_limits_421_at_greeting() {
     let mut other = Raw::connect_from(node.addr(), Some([127, 0, 0, 2]));
     assert!(other.read_reply().starts_with("220"));
     let mut fourth = Raw::connect_from(node.addr(), Some([127, 0, 0, 3]));
-    assert_eq!(
-        fourth.read_reply(),
-        "421 4.7.0 mx.test Error: too many connections\n"
-    );
+    assert_eq!(fourth.read_reply(), "421 4.7.0 mx.test Error: too many connections\n");
     // A slot frees when its session ends.
     assert!(first.cmd("QUIT").starts_with("221"));
     assert!(first.is_closed());
@@ -197,10 +161,7 @@ fn too_many_errors_421() {
     assert!(smtp.cmd("FOO").starts_with("500"));
     assert!(smtp.cmd("BAR").starts_with("500"));
     assert_eq!(smtp.cmd("BAZ"), "500 5.5.2 Error: command not recognized\n");
-    assert_eq!(
-        smtp.read_reply(),
-        "421 4.7.0 mx.test Error: too many errors\n"
-    );
+    assert_eq!(smtp.read_reply(), "421 4.7.0 mx.test Error: too many errors\n");
     assert!(smtp.is_closed());
     let mut again = connect(&node);
     assert_serves(&mut again);
@@ -212,30 +173,14 @@ fn relay_control_550_for_untrusted_clients() {
     let mut untrusted = Raw::connect_from(node.addr(), Some([127, 0, 0, 2]));
     assert!(untrusted.read_reply().starts_with("220"));
     assert!(untrusted.cmd("EHLO outside.test").starts_with("250"));
-    assert!(
-        untrusted
-            .cmd("MAIL FROM:<a@outside.test>")
-            .starts_with("250")
-    );
-    assert_eq!(
-        untrusted.cmd("RCPT TO:<victim@elsewhere.test>"),
-        "550 5.7.1 relaying denied\n"
-    );
-    assert_eq!(
-        untrusted.cmd("RCPT TO:<customer@EXAMPLE.com>"),
-        "250 2.1.5 Ok\n"
-    );
+    assert!(untrusted.cmd("MAIL FROM:<a@outside.test>").starts_with("250"));
+    assert_eq!(untrusted.cmd("RCPT TO:<victim@elsewhere.test>"), "550 5.7.1 relaying denied\n");
+    assert_eq!(untrusted.cmd("RCPT TO:<customer@EXAMPLE.com>"), "250 2.1.5 Ok\n");
     let mut trusted = connect(&node);
     assert!(trusted.cmd("EHLO inside.test").starts_with("250"));
     assert!(trusted.cmd("MAIL FROM:<a@inside.test>").starts_with("250"));
-    assert_eq!(
-        trusted.cmd("RCPT TO:<anyone@elsewhere.test>"),
-        "250 2.1.5 Ok\n"
-    );
-    assert!(
-        node.log().contains("rejected: relaying denied"),
-        "the refusal is logged"
-    );
+    assert_eq!(trusted.cmd("RCPT TO:<anyone@elsewhere.test>"), "250 2.1.5 Ok\n");
+    assert!(node.log().contains("rejected: relaying denied"), "the refusal is logged");
 }
 
 #[test]
@@ -251,11 +196,7 @@ fn smuggled_end_of_data_is_content() {
     );
     let reply = smtp.read_reply();
     assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
-    assert_eq!(
-        smtp.cmd("NOOP"),
-        "250 2.0.0 Ok\n",
-        "no stray replies to smuggled commands"
-    );
+    assert_eq!(smtp.cmd("NOOP"), "250 2.0.0 Ok\n", "no stray replies to smuggled commands");
     node.stop();
     let queued = node.queued();
     assert_eq!(queued.len(), 1, "one message, not two");
@@ -284,10 +225,7 @@ fn bdat_chunks_with_pipelining_and_no_unstuffing() {
     smtp.send(&pipelined);
     assert!(smtp.read_reply().starts_with("250 2.1.0"));
     assert!(smtp.read_reply().starts_with("250 2.1.5"));
-    assert_eq!(
-        smtp.read_reply(),
-        format!("250 2.0.0 {} octets received\n", first.len())
-    );
+    assert_eq!(smtp.read_reply(), format!("250 2.0.0 {} octets received\n", first.len()));
     assert!(smtp.read_reply().starts_with("250 2.0.0 Ok: queued as"));
     // BDAT with no transaction: its bytes are swallowed, not run as commands.
     smtp.send(b"BDAT 6\r\nQUIT\r\n");
@@ -306,11 +244,8 @@ fn bdat_chunks_with_pipelining_and_no_unstuffing() {
 fn commands_pipelined_behind_starttls_are_discarded() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = common::self_signed(dir.path());
-    let node = Node::relay(&format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        cert.display(),
-        key.display()
-    ));
+    let node =
+        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
     // Python's ssl does the handshake; the injected command must get no reply inside TLS.
     let script = r#"
 import socket, ssl, sys
@@ -335,15 +270,8 @@ print("first-in-tls", g.readline().decode().strip())
 "#;
     let out = common::run("python3", &["-c", script, &node.smtp_port.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("starttls 220 2.0.0 Ready to start TLS"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("starttls 220 2.0.0 Ready to start TLS"), "{stdout}");
     assert!(
         stdout.contains("first-in-tls 250-mx.test"),
         "the first reply in TLS answers EHLO: {stdout}"
@@ -354,36 +282,21 @@ print("first-in-tls", g.readline().decode().strip())
 fn sequence_errors_and_standby_refusal() {
     let node = Node::relay("");
     let mut smtp = connect(&node);
-    assert_eq!(
-        smtp.cmd("MAIL FROM:<a@b.test>"),
-        "503 5.5.1 Error: send HELO/EHLO first\n"
-    );
+    assert_eq!(smtp.cmd("MAIL FROM:<a@b.test>"), "503 5.5.1 Error: send HELO/EHLO first\n");
     assert!(smtp.cmd("HELO client.test").starts_with("250 mx.test"));
-    assert_eq!(
-        smtp.cmd("RCPT TO:<a@example.com>"),
-        "503 5.5.1 Error: need MAIL command\n"
-    );
+    assert_eq!(smtp.cmd("RCPT TO:<a@example.com>"), "503 5.5.1 Error: need MAIL command\n");
     assert!(smtp.cmd("MAIL FROM:<>").starts_with("250"));
-    assert_eq!(
-        smtp.cmd("MAIL FROM:<>"),
-        "503 5.5.1 Error: nested MAIL command\n"
-    );
+    assert_eq!(smtp.cmd("MAIL FROM:<>"), "503 5.5.1 Error: nested MAIL command\n");
     assert_eq!(smtp.cmd("DATA"), "554 5.5.1 Error: no valid recipients\n");
     assert_eq!(
         smtp.cmd("RCPT TO:<jöran@example.com>"),
         "553 5.6.7 Non-ASCII address requires SMTPUTF8\n"
     );
-    assert_eq!(
-        smtp.cmd("STARTTLS"),
-        "502 5.5.1 Error: STARTTLS not available\n"
-    );
+    assert_eq!(smtp.cmd("STARTTLS"), "502 5.5.1 Error: STARTTLS not available\n");
     assert_eq!(smtp.cmd("QUIT"), "221 2.0.0 Bye\n");
 
     let standby = Node::start_as("standby", "", "");
     let mut refused = Raw::connect(standby.addr());
-    assert_eq!(
-        refused.read_reply(),
-        "421 4.3.2 mx.test not primary, try another MX\n"
-    );
+    assert_eq!(refused.read_reply(), "421 4.3.2 mx.test not primary, try another MX\n");
     assert!(refused.is_closed());
 }

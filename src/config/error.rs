@@ -37,12 +37,7 @@ impl std::error::Error for ConfigError {}
 impl ConfigError {
     /// An error about the file as a whole (cannot read it).
     pub(crate) fn file(file: &str, message: String) -> Self {
-        ConfigError {
-            file: file.to_string(),
-            line: None,
-            key: None,
-            message,
-        }
+        ConfigError { file: file.to_string(), line: None, key: None, message }
     }
 
     /// An error from deserializing the TOML text: syntax, unknown key, wrong type, bad value.
@@ -89,16 +84,14 @@ impl ConfigError {
 /// Rewords a message from the TOML parser or serde for a TOML file's reader: one line, keys
 /// rather than fields, tables and arrays rather than maps and sequences.
 fn toml_words(message: &str) -> String {
-    let mut m = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let mut m =
+        message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ");
     if let Some(rest) = m.strip_prefix("unknown field") {
-        let rest = rest
-            .replacen(", expected one of", "; allowed keys:", 1)
-            .replacen(", expected", "; the only allowed key is", 1);
+        let rest = rest.replacen(", expected one of", "; allowed keys:", 1).replacen(
+            ", expected",
+            "; the only allowed key is",
+            1,
+        );
         m = format!("unknown key{rest}");
     }
     if let Some(i) = m.find("expected struct ") {
@@ -127,10 +120,7 @@ pub(crate) struct Invalid {
 
 impl Invalid {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Invalid {
-            key: key.into(),
-            message: message.into(),
-        }
+        Invalid { key: key.into(), message: message.into() }
     }
 
     /// Names the file and, when `text` is given, the line of the key (or of the nearest
@@ -148,11 +138,7 @@ impl Invalid {
 /// The 1-based line holding byte `offset` of `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// A step of a key path: a key, or a 0-based index into an array.
@@ -251,15 +237,9 @@ mod tests {
             key: Some("smtp.max_message_size".into()),
             message: "bad".into(),
         };
-        assert_eq!(
-            e.to_string(),
-            "/etc/relayd.toml:12: smtp.max_message_size: bad"
-        );
+        assert_eq!(e.to_string(), "/etc/relayd.toml:12: smtp.max_message_size: bad");
         e.line = None;
-        assert_eq!(
-            e.to_string(),
-            "/etc/relayd.toml: smtp.max_message_size: bad"
-        );
+        assert_eq!(e.to_string(), "/etc/relayd.toml: smtp.max_message_size: bad");
         e.key = None;
         assert_eq!(e.to_string(), "/etc/relayd.toml: bad");
     }
@@ -278,10 +258,7 @@ mod tests {
             steps("route[2].next_hop"),
             vec![Step::Key("route"), Step::Index(1), Step::Key("next_hop")]
         );
-        assert_eq!(
-            steps("smtp.listen"),
-            vec![Step::Key("smtp"), Step::Key("listen")]
-        );
+        assert_eq!(steps("smtp.listen"), vec![Step::Key("smtp"), Step::Key("listen")]);
     }
 
     #[test]

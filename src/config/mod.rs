@@ -265,15 +265,22 @@ impl Config {
     pub fn with_role(mut self, role: Role) -> Result<Config, ConfigError> {
         self.node.role = role;
         if let Err(invalid) = validate::validate(&self) {
-            // The text is needed only to name the line; the file was read moments ago.
-            let text: Option<Cow<'_, str>> = if self.source == EMBEDDED_SOURCE {
-                Some(Cow::Borrowed(EMBEDDED_TOML))
-            } else {
-                std::fs::read_to_string(&self.source).ok().map(Cow::Owned)
-            };
-            return Err(invalid.locate(&self.source, text.as_deref()));
+            return Err(self.error_at(&invalid.key, invalid.message));
         }
         Ok(self)
+    }
+
+    /// An error about `key` (a path such as `smtp.tls_cert`) found after loading, for example
+    /// a certificate file that cannot be read: names the file and the key's line like any
+    /// other config error.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        // The text is needed only to name the line; the file was read moments ago.
+        let text: Option<Cow<'_, str>> = if self.source == EMBEDDED_SOURCE {
+            Some(Cow::Borrowed(EMBEDDED_TOML))
+        } else {
+            std::fs::read_to_string(&self.source).ok().map(Cow::Owned)
+        };
+        error::Invalid::new(key, message).locate(&self.source, text.as_deref())
     }
 
     /// Finds the route for a recipient domain: the exact domain first, then "*".

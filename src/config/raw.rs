@@ -141,16 +141,7 @@ impl RawConfig {
     /// Applies the defaults and builds the public config. Checks only what the types need
     /// (required keys); the rules between values are in `validate`.
     pub(super) fn resolve(self, source: String) -> Result<Config, Invalid> {
-        let RawConfig {
-            node,
-            smtp,
-            relay,
-            route,
-            delivery,
-            cluster,
-            admin,
-            log,
-        } = self;
+        let RawConfig { node, smtp, relay, route, delivery, cluster, admin, log } = self;
 
         let node = NodeConfig {
             name: node.name.unwrap_or_else(system_hostname),
@@ -211,11 +202,7 @@ impl RawConfig {
 
         let delivery = DeliveryConfig {
             retry: delivery.retry.map_or_else(
-                || {
-                    [MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 4 * HOUR]
-                        .map(secs)
-                        .to_vec()
-                },
+                || [MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 4 * HOUR].map(secs).to_vec(),
                 |r| r.into_iter().map(|Dur(d)| d).collect(),
             ),
             max_queue_lifetime: dur(delivery.max_queue_lifetime, secs(5 * DAY)),
@@ -254,9 +241,7 @@ impl RawConfig {
         };
 
         let admin = AdminConfig {
-            listen: admin
-                .listen
-                .map_or(addr([127, 0, 0, 1], 8025), |Listen(a)| a),
+            listen: admin.listen.map_or(addr([127, 0, 0, 1], 8025), |Listen(a)| a),
             token_file: path(admin.token_file),
         };
 
@@ -265,16 +250,6 @@ impl RawConfig {
             level: log.level.unwrap_or_else(|| "info".to_string()),
         };
 
-        Ok(Config {
-            source,
-            node,
-            smtp,
-            relay,
-            routes,
-            delivery,
-            cluster,
-            admin,
-            log,
-        })
+        Ok(Config { source, node, smtp, relay, routes, delivery, cluster, admin, log })
     }
 }

@@ -3,9 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::*;
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("config")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name)
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -88,24 +86,12 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.max_bad_commands, 20);
     assert_eq!(c.smtp.tls_cert, None);
     let mins = |m: u64| Duration::from_secs(m * 60);
-    assert_eq!(
-        c.delivery.retry,
-        vec![mins(1), mins(5), mins(15), mins(60), mins(240)]
-    );
-    assert_eq!(
-        c.delivery.max_queue_lifetime,
-        Duration::from_secs(5 * 86400)
-    );
+    assert_eq!(c.delivery.retry, vec![mins(1), mins(5), mins(15), mins(60), mins(240)]);
+    assert_eq!(c.delivery.max_queue_lifetime, Duration::from_secs(5 * 86400));
     assert_eq!(c.delivery.concurrency_per_host, 10);
     // The embedded file spells out some defaults; it must agree with the built-in ones.
     let embedded = Config::embedded_default().unwrap();
-    assert_eq!(
-        Config {
-            source: embedded.source.clone(),
-            ..c
-        },
-        embedded
-    );
+    assert_eq!(Config { source: embedded.source.clone(), ..c }, embedded);
 }
 
 #[test]
@@ -131,20 +117,14 @@ fn example_primary_loads() {
     assert_eq!(c.node.name, "mx1");
     assert_eq!(c.node.role, Role::Primary);
     assert_eq!(c.smtp.hostname, "mx1.example.net");
-    assert_eq!(
-        c.smtp.tls_key,
-        Some(PathBuf::from("/etc/relayd/tls/smtp.key"))
-    );
+    assert_eq!(c.smtp.tls_key, Some(PathBuf::from("/etc/relayd/tls/smtp.key")));
     assert_eq!(c.routes.len(), 2);
     let cl = c.cluster.unwrap();
     assert_eq!(cl.listen, "10.0.0.1:7400".parse().unwrap());
     assert_eq!(cl.peer.as_deref(), Some("10.0.0.2:7400"));
     assert_eq!(cl.witness.as_deref(), Some("10.0.0.3:7400"));
     assert_eq!(cl.tls_ca, PathBuf::from("/etc/relayd/cluster/ca.pem"));
-    assert_eq!(
-        cl.on_demote,
-        Some(PathBuf::from("/etc/relayd/hooks/demote"))
-    );
+    assert_eq!(cl.on_demote, Some(PathBuf::from("/etc/relayd/hooks/demote")));
     assert_eq!(c.log.format, LogFormat::Json);
 }
 
@@ -175,10 +155,7 @@ fn missing_file() {
     assert_eq!(e.file, "/nonexistent/relayd.toml");
     assert_eq!((e.line, e.key.as_deref()), (None, None));
     assert!(e.message.starts_with("cannot read: "), "{e}");
-    assert!(
-        e.to_string()
-            .starts_with("/nonexistent/relayd.toml: cannot read: ")
-    );
+    assert!(e.to_string().starts_with("/nonexistent/relayd.toml: cannot read: "));
 }
 
 #[test]
@@ -200,12 +177,7 @@ fn error_display_names_file_line_and_key() {
 #[test]
 fn syntax_errors() {
     assert_err("[smtp]\nlisten = [\n", Some(3), None, &[]);
-    assert_err(
-        "[node]\nname = \"a\"\nname = \"b\"\n",
-        Some(3),
-        None,
-        &["duplicate"],
-    );
+    assert_err("[node]\nname = \"a\"\nname = \"b\"\n", Some(3), None, &["duplicate"]);
     assert_err("[node\n", Some(1), None, &[]);
 }
 
@@ -217,12 +189,7 @@ fn unknown_keys() {
         Some("smtp.max_msg_size"),
         &["unknown key", "max_message_size", "max_bad_commands"],
     );
-    assert_err(
-        "[node]\n[smpt]\n",
-        Some(2),
-        Some("smpt"),
-        &["unknown key", "smtp", "cluster"],
-    );
+    assert_err("[node]\n[smpt]\n", Some(2), Some("smpt"), &["unknown key", "smtp", "cluster"]);
     assert_err(
         "[[route]]\ndomain = \"*\"\n[[route]]\ndomain = \"a.example\"\nhop = \"mx\"\n",
         Some(5),
@@ -245,12 +212,7 @@ fn wrong_types() {
         Some("smtp.max_recipients"),
         &["invalid type"],
     );
-    assert_err(
-        "[smtp]\nmax_connections = -1\n",
-        Some(2),
-        Some("smtp.max_connections"),
-        &[],
-    );
+    assert_err("[smtp]\nmax_connections = -1\n", Some(2), Some("smtp.max_connections"), &[]);
     assert_err(
         "[cluster]\nauto_failover = \"yes\"\n",
         Some(2),
@@ -264,12 +226,7 @@ fn wrong_types() {
         &["invalid type", "duration"],
     );
     assert_err("smtp = 5\n", Some(1), Some("smtp"), &["invalid type"]);
-    assert_err(
-        "[route]\ndomain = \"*\"\n",
-        Some(1),
-        Some("route"),
-        &["invalid type"],
-    );
+    assert_err("[route]\ndomain = \"*\"\n", Some(1), Some("route"), &["invalid type"]);
 }
 
 #[test]
@@ -328,24 +285,14 @@ fn bad_values() {
         Some("cluster.replication"),
         &["expected one of sync, async"],
     );
-    assert_err(
-        "[cluster]\npeer = \"10.0.0.2\"\n",
-        Some(2),
-        Some("cluster.peer"),
-        &["HOST:PORT"],
-    );
+    assert_err("[cluster]\npeer = \"10.0.0.2\"\n", Some(2), Some("cluster.peer"), &["HOST:PORT"]);
     assert_err(
         "[log]\nformat = \"xml\"\n",
         Some(2),
         Some("log.format"),
         &["expected one of text, json"],
     );
-    assert_err(
-        "[node]\ndata_dir = \"\"\n",
-        Some(2),
-        Some("node.data_dir"),
-        &["empty"],
-    );
+    assert_err("[node]\ndata_dir = \"\"\n", Some(2), Some("node.data_dir"), &["empty"]);
 }
 
 #[test]
@@ -358,10 +305,7 @@ fn sizes_and_durations_in_files() {
     assert_eq!(c.smtp.max_message_size, 2048);
     assert_eq!(c.smtp.command_timeout, Duration::from_secs(90));
     assert_eq!(c.smtp.data_timeout, Duration::from_secs(90));
-    assert_eq!(
-        c.delivery.retry,
-        vec![Duration::from_millis(200), Duration::from_secs(5 * 86400)]
-    );
+    assert_eq!(c.delivery.retry, vec![Duration::from_millis(200), Duration::from_secs(5 * 86400)]);
     let c = parse(&format!("{SMTP}max_message_size = \"512KiB\"\n")).unwrap();
     assert_eq!(c.smtp.max_message_size, 512 * 1024);
     assert_err(
@@ -428,30 +372,10 @@ fn smtp_rules() {
         Some("smtp.hostname"),
         &["invalid domain name"],
     );
-    assert_err(
-        &format!("{SMTP}listen = []\n"),
-        Some(3),
-        Some("smtp.listen"),
-        &["role primary"],
-    );
-    assert_err(
-        &format!("{SMTP}tls_cert = \"a.pem\"\n"),
-        Some(1),
-        Some("smtp.tls_key"),
-        &["both"],
-    );
-    assert_err(
-        &format!("{SMTP}tls_key = \"a.key\"\n"),
-        Some(1),
-        Some("smtp.tls_cert"),
-        &["both"],
-    );
-    assert_err(
-        "[node]\nname = \"mx 1\"\n",
-        Some(2),
-        Some("node.name"),
-        &["invalid node name"],
-    );
+    assert_err(&format!("{SMTP}listen = []\n"), Some(3), Some("smtp.listen"), &["role primary"]);
+    assert_err(&format!("{SMTP}tls_cert = \"a.pem\"\n"), Some(1), Some("smtp.tls_key"), &["both"]);
+    assert_err(&format!("{SMTP}tls_key = \"a.key\"\n"), Some(1), Some("smtp.tls_cert"), &["both"]);
+    assert_err("[node]\nname = \"mx 1\"\n", Some(2), Some("node.name"), &["invalid node name"]);
 }
 
 #[test]
@@ -533,10 +457,7 @@ fn cluster_rules() {
         &["missing", "tls_ca"],
     );
     assert_err(
-        &format!(
-            "{SMTP}{}",
-            CLUSTER.replace("peer = \"10.0.0.2:7400\"\n", "")
-        ),
+        &format!("{SMTP}{}", CLUSTER.replace("peer = \"10.0.0.2:7400\"\n", "")),
         Some(3),
         Some("cluster.peer"),
         &["missing", "primary"],
@@ -559,12 +480,7 @@ fn cluster_rules() {
         Some("cluster.sync_timeout"),
         &["longer than 0s"],
     );
-    assert_err(
-        "[node]\nrole = \"witness\"\n",
-        None,
-        Some("cluster"),
-        &["witness", "[cluster]"],
-    );
+    assert_err("[node]\nrole = \"witness\"\n", None, Some("cluster"), &["witness", "[cluster]"]);
     // A witness needs no peer, and its (defaulted) SMTP settings are not checked.
     let c = parse(
         "[node]\nrole = \"witness\"\n[cluster]\ntls_cert = \"c\"\ntls_key = \"k\"\ntls_ca = \"a\"\n",
@@ -575,10 +491,8 @@ fn cluster_rules() {
 
 #[test]
 fn relay_domains() {
-    let c = parse(&format!(
-        "{SMTP}[relay]\ndomains = [\"Example.com.\", \".sub.example.org\"]\n"
-    ))
-    .unwrap();
+    let c = parse(&format!("{SMTP}[relay]\ndomains = [\"Example.com.\", \".sub.example.org\"]\n"))
+        .unwrap();
     assert_eq!(c.relay.domains, vec!["example.com", ".sub.example.org"]);
     let r = &c.relay;
     assert!(r.is_relay_domain("example.com"));
@@ -614,10 +528,7 @@ fn trusted_networks() {
     assert!(!r.is_trusted(ip("::ffff:10.0.0.1")));
 
     let d = Config::embedded_default().unwrap();
-    assert!(
-        d.relay
-            .is_trusted(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()))
-    );
+    assert!(d.relay.is_trusted(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped())));
 }
 
 #[test]
@@ -631,22 +542,10 @@ fn routes() {
     assert_eq!(c.routes.len(), 3);
     let r = c.route_for("EXAMPLE.com.").unwrap();
     assert_eq!(r.domain, "example.com");
-    assert_eq!(
-        r.next_hop,
-        NextHop::Host {
-            host: "mail.example.com".into(),
-            port: 25
-        }
-    );
+    assert_eq!(r.next_hop, NextHop::Host { host: "mail.example.com".into(), port: 25 });
     assert_eq!(r.tls, RouteTls::Required);
     let r = c.route_for("v6.example").unwrap();
-    assert_eq!(
-        r.next_hop,
-        NextHop::Host {
-            host: "::1".into(),
-            port: 2525
-        }
-    );
+    assert_eq!(r.next_hop, NextHop::Host { host: "::1".into(), port: 2525 });
     assert_eq!(r.tls, RouteTls::Opportunistic);
     let r = c.route_for("sub.example.com").unwrap();
     assert_eq!((r.domain.as_str(), &r.next_hop), ("*", &NextHop::Mx));
@@ -665,10 +564,8 @@ fn routes() {
     );
 
     // Inline-table form, with errors located inside it.
-    let c = parse(&format!(
-        "route = [{{ domain = \"a.example\", next_hop = \"mx\" }}]\n{SMTP}"
-    ))
-    .unwrap();
+    let c = parse(&format!("route = [{{ domain = \"a.example\", next_hop = \"mx\" }}]\n{SMTP}"))
+        .unwrap();
     assert_eq!(c.route_for("a.example").unwrap().domain, "a.example");
     assert_err(
         "route = [{ domain = \"*\" },\n  { domain = \"*\" }]\n",
@@ -689,10 +586,7 @@ fn with_role() {
 
     // A witness's file lacks the peer a data node needs: named with the [cluster] line.
     let path = example("witness.toml");
-    let e = Config::load(&path)
-        .unwrap()
-        .with_role(Role::Primary)
-        .unwrap_err();
+    let e = Config::load(&path).unwrap().with_role(Role::Primary).unwrap_err();
     assert_eq!(e.file, path.display().to_string());
     assert_eq!(e.key.as_deref(), Some("cluster.peer"));
     let text = std::fs::read_to_string(&path).unwrap();
@@ -700,18 +594,10 @@ fn with_role() {
     assert_eq!(e.line, Some(cluster_line));
 
     // The embedded default has no [cluster], which a witness needs.
-    let e = Config::embedded_default()
-        .unwrap()
-        .with_role(Role::Witness)
-        .unwrap_err();
+    let e = Config::embedded_default().unwrap().with_role(Role::Witness).unwrap_err();
     assert_eq!(e.file, "<embedded default>");
     assert_eq!((e.line, e.key.as_deref()), (None, Some("cluster")));
-    assert!(
-        Config::embedded_default()
-            .unwrap()
-            .with_role(Role::Standby)
-            .is_ok()
-    );
+    assert!(Config::embedded_default().unwrap().with_role(Role::Standby).is_ok());
 }
 
 #[test]

@@ -41,9 +41,7 @@ fn positive(key: &str, d: Duration) -> Result<(), Invalid> {
 fn check_node_name(name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
     if !ok {
         return Err(Invalid::new(
             "node.name",
@@ -92,10 +90,7 @@ fn check_smtp(s: &SmtpConfig, role: Role) -> Result<(), Invalid> {
     if s.max_message_size < MIN_MESSAGE_SIZE {
         return Err(Invalid::new(
             "smtp.max_message_size",
-            format!(
-                "{} bytes is too small: expected at least 1KiB",
-                s.max_message_size
-            ),
+            format!("{} bytes is too small: expected at least 1KiB", s.max_message_size),
         ));
     }
     if !(1..=MAX_RECIPIENTS_LIMIT).contains(&s.max_recipients) {
@@ -163,10 +158,7 @@ fn check_delivery(c: &Config) -> Result<(), Invalid> {
     }
     positive("delivery.max_queue_lifetime", d.max_queue_lifetime)?;
     if d.concurrency_per_host < 1 {
-        return Err(Invalid::new(
-            "delivery.concurrency_per_host",
-            "must be at least 1",
-        ));
+        return Err(Invalid::new("delivery.concurrency_per_host", "must be at least 1"));
     }
     Ok(())
 }
@@ -237,13 +229,7 @@ mod tests {
 
     #[test]
     fn log_levels() {
-        for ok in [
-            "info",
-            "WARN",
-            "off",
-            "relayd=debug,warn",
-            "relayd::smtp=trace",
-        ] {
+        for ok in ["info", "WARN", "off", "relayd=debug,warn", "relayd::smtp=trace"] {
             assert_eq!(check_log_level(ok), Ok(()), "{ok}");
         }
         for bad in ["", " ", "infoo", "relayd", "relayd=loud", "info,nope"] {

@@ -65,9 +65,7 @@ pub(crate) fn check_domain(s: &str) -> Result<(), String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
             return Err(format!(
                 "invalid domain name {s:?}: expected labels of letters, digits and hyphens \
@@ -101,9 +99,8 @@ pub(crate) fn parse_host_port(s: &str) -> Result<(String, u16), String> {
             .map_err(|_| format!("invalid IPv6 address {inside:?} in {s:?}"))?;
         (inside.to_string(), port)
     } else {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("invalid address {s:?}: {HOST_PORT_HINT}"))?;
+        let (host, port) =
+            s.rsplit_once(':').ok_or_else(|| format!("invalid address {s:?}: {HOST_PORT_HINT}"))?;
         if host.contains(':') {
             return Err(format!(
                 "invalid address {s:?}: write an IPv6 address in brackets, such as \
@@ -307,14 +304,12 @@ impl FromStr for Net {
         if let Ok(net) = s.parse::<IpNet>() {
             return Ok(Net(net.trunc()));
         }
-        s.parse::<IpAddr>()
-            .map(|ip| Net(IpNet::from(ip)))
-            .map_err(|_| {
-                format!(
-                    "invalid network {s:?}: expected ADDRESS/PREFIX such as \"10.0.0.0/8\" or \
+        s.parse::<IpAddr>().map(|ip| Net(IpNet::from(ip))).map_err(|_| {
+            format!(
+                "invalid network {s:?}: expected ADDRESS/PREFIX such as \"10.0.0.0/8\" or \
                  \"::1/128\", or a single address"
-                )
-            })
+            )
+        })
     }
 }
 
@@ -434,11 +429,7 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("-5MiB").is_err());
         assert!(parse_size("MiB").is_err());
-        assert!(
-            parse_size("99999999999EiB")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_size("99999999999EiB").unwrap_err().contains("too large"));
     }
 
     #[test]
@@ -471,10 +462,7 @@ mod tests {
             Ok(("mail.example.com".to_string(), 25))
         );
         assert_eq!(parse_host_port("[::1]:25"), Ok(("::1".to_string(), 25)));
-        assert_eq!(
-            parse_host_port("10.0.0.2:7400"),
-            Ok(("10.0.0.2".to_string(), 7400))
-        );
+        assert_eq!(parse_host_port("10.0.0.2:7400"), Ok(("10.0.0.2".to_string(), 7400)));
         assert_eq!(parse_host_port("h:65535"), Ok(("h".to_string(), 65535)));
         for bad in [
             "mail.example.com",
@@ -496,26 +484,13 @@ mod tests {
         assert_eq!("mx".parse::<NextHop>(), Ok(NextHop::Mx));
         assert_eq!("MX".parse::<NextHop>(), Ok(NextHop::Mx));
         let hop: NextHop = "[2001:db8::1]:2525".parse().unwrap();
-        assert_eq!(
-            hop,
-            NextHop::Host {
-                host: "2001:db8::1".to_string(),
-                port: 2525
-            }
-        );
+        assert_eq!(hop, NextHop::Host { host: "2001:db8::1".to_string(), port: 2525 });
         assert_eq!(hop.to_string(), "[2001:db8::1]:2525");
         assert_eq!(
-            "mail.example.com:25"
-                .parse::<NextHop>()
-                .map(|h| h.to_string()),
+            "mail.example.com:25".parse::<NextHop>().map(|h| h.to_string()),
             Ok("mail.example.com:25".to_string())
         );
-        assert!(
-            "mail.example.com"
-                .parse::<NextHop>()
-                .unwrap_err()
-                .contains("\"mx\"")
-        );
+        assert!("mail.example.com".parse::<NextHop>().unwrap_err().contains("\"mx\""));
     }
 
     #[test]
@@ -532,17 +507,11 @@ mod tests {
 
     #[test]
     fn relay_and_route_domains() {
-        assert_eq!(
-            RelayDomain::from_str(".Example.COM.").unwrap().0,
-            ".example.com"
-        );
+        assert_eq!(RelayDomain::from_str(".Example.COM.").unwrap().0, ".example.com");
         assert!(RelayDomain::from_str("..example.com").is_err());
         assert!(RelayDomain::from_str(".").is_err());
         assert_eq!(RouteDomain::from_str("*").unwrap().0, "*");
-        assert_eq!(
-            RouteDomain::from_str("Example.com.").unwrap().0,
-            "example.com"
-        );
+        assert_eq!(RouteDomain::from_str("Example.com.").unwrap().0, "example.com");
         assert!(RouteDomain::from_str(".example.com").is_err());
         assert!(RouteDomain::from_str("*.example.com").is_err());
     }

@@ -40,18 +40,12 @@ impl ConnectionLimiter {
         }
         *from_ip += 1;
         counts.total += 1;
-        Ok(ConnectionSlot {
-            limiter: self.clone(),
-            ip,
-        })
+        Ok(ConnectionSlot { limiter: self.clone(), ip })
     }
 
     /// Open connections, for the metrics.
     pub fn active(&self) -> usize {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .total
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).total
     }
 }
 
@@ -63,11 +57,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut counts = self
-            .limiter
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.limiter.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total -= 1;
         if let Some(from_ip) = counts.per_ip.get_mut(&self.ip) {
             *from_ip -= 1;
@@ -89,15 +79,9 @@ mod tests {
         let b: IpAddr = [127, 0, 0, 2].into();
         let first = limiter.try_acquire(a, 3, 2).ok();
         let _second = limiter.try_acquire(a, 3, 2).ok();
-        assert_eq!(
-            limiter.try_acquire(a, 3, 2).err(),
-            Some(LimitExceeded::PerIp)
-        );
+        assert_eq!(limiter.try_acquire(a, 3, 2).err(), Some(LimitExceeded::PerIp));
         let _third = limiter.try_acquire(b, 3, 2).ok();
-        assert_eq!(
-            limiter.try_acquire(b, 3, 2).err(),
-            Some(LimitExceeded::Total)
-        );
+        assert_eq!(limiter.try_acquire(b, 3, 2).err(), Some(LimitExceeded::Total));
         drop(first);
         assert_eq!(limiter.active(), 2);
         assert!(limiter.try_acquire(a, 3, 2).is_ok());

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, Role};
+use crate::config::{Config, ConfigError, Role};
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
 use proto::Reply;
@@ -32,17 +32,9 @@ pub struct Server {
 
 impl Server {
     /// Prepares the server; fails if the TLS certificate or key cannot be loaded.
-    pub fn new(config: Arc<Config>, spool: Spool) -> Result<Server, String> {
-        let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
-            _ => None,
-        };
-        Ok(Server {
-            config,
-            spool,
-            tls,
-            limiter: ConnectionLimiter::default(),
-        })
+    pub fn new(config: Arc<Config>, spool: Spool) -> Result<Server, ConfigError> {
+        let tls = starttls_acceptor(&config)?;
+        Ok(Server { config, spool, tls, limiter: ConnectionLimiter::default() })
     }
 
     /// Binds every address in `[smtp].listen`.
@@ -79,44 +71,44 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let smtp = &self.config.smtp;
         let hostname = &smtp.hostname;
-        let slot =
-            self.limiter
-                .try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
-        let refusal = match (&slot, self.config.node.role) {
-            (Err(LimitExceeded::Total), _) => Some(Reply::new(
-                421,
-                "4.7.0",
-                format!("{hostname} Error: too many connections"),
-            )),
-            (Err(LimitExceeded::PerIp), _) => Some(Reply::new(
+        let acquired =
+            self.limiter.try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
+        let refusal = match (acquired, self.config.node.role) {
+            (Ok(slot), Role::Primary) => {
+                tracing::debug!(client = %peer, "connect");
+                let session =
+                    Session::new(self.config.clone(), self.spool.clone(), self.tls.clone(), peer);
+                session.run(Box::new(stream), slot).await;
+                tracing::debug!(client = %peer, "disconnect");
+                return;
+            }
+            (Ok(_), _) => {
+                Reply::new(421, "4.3.2", format!("{hostname} not primary, try another MX"))
+            }
+            (Err(LimitExceeded::Total), _) => {
+                Reply::new(421, "4.7.0", format!("{hostname} Error: too many connections"))
+            }
+            (Err(LimitExceeded::PerIp), _) => Reply::new(
                 421,
                 "4.7.0",
                 format!("{hostname} Error: too many connections from {}", peer.ip()),
-            )),
-            (Ok(_), Role::Primary) => None,
-            (Ok(_), _) => Some(Reply::new(
-                421,
-                "4.3.2",
-                format!("{hostname} not primary, try another MX"),
-            )),
+            ),
         };
-        if let Some(reply) = refusal {
-            tracing::info!(client = %peer.ip(), reply = %reply, "connection refused");
-            let mut out = Vec::new();
-            reply.write_to(&mut out);
-            let _ = tokio::time::timeout(smtp.command_timeout, stream.write_all(&out)).await;
-            return;
-        }
-        tracing::debug!(client = %peer, "connect");
-        Session::new(
-            self.config.clone(),
-            self.spool.clone(),
-            self.tls.clone(),
-            peer,
-        )
-        .run(Box::new(stream))
-        .await;
-        tracing::debug!(client = %peer, "disconnect");
-        drop(slot);
+        tracing::info!(client = %peer.ip(), reply = %refusal, "connection refused");
+        let mut out = Vec::new();
+        refusal.write_to(&mut out);
+        let _ = tokio::time::timeout(smtp.command_timeout, stream.write_all(&out)).await;
     }
+}
+
+/// The STARTTLS acceptor for `[smtp].tls_cert` and `tls_key`, if both are set. A file that
+/// cannot be used is a config error naming the key (check-config runs this too).
+pub fn starttls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
+    let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) else {
+        return Ok(None);
+    };
+    tls::acceptor(cert, key).map(Some).map_err(|e| match e {
+        tls::TlsFileError::Cert(message) => config.error_at("smtp.tls_cert", message),
+        tls::TlsFileError::Key(message) => config.error_at("smtp.tls_key", message),
+    })
 }

@@ -97,8 +97,6 @@ impl Iterator for BodyChunks {
     type Item = Result<sled::IVec, SpoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner
-            .next()
-            .map(|item| item.map(|(_, chunk)| chunk).map_err(SpoolError::from))
+        self.inner.next().map(|item| item.map(|(_, chunk)| chunk).map_err(SpoolError::from))
     }
 }

@@ -10,6 +10,8 @@
 //! Invariant: the log's sequence numbers are assigned here and only here, in commit order.
 
 use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +46,8 @@ impl LogTail {
 pub(super) struct Committer {
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Group commits made durable so far (each one flush and one fdatasync).
+    syncs: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -53,21 +57,21 @@ impl Committer {
         tail: LogTail,
     ) -> std::io::Result<Committer> {
         let (requests, rx) = mpsc::channel(MAX_BATCH);
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counter = syncs.clone();
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(db, data_file, tail, rx))?;
-        Ok(Committer {
-            requests: Some(requests),
-            thread: Some(thread),
-        })
+            .spawn(move || run(db, data_file, tail, rx, &counter))?;
+        Ok(Committer { requests: Some(requests), thread: Some(thread), syncs })
+    }
+
+    pub(super) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     pub(super) async fn send(&self, request: Request) -> Result<(), SpoolError> {
         let requests = self.requests.as_ref().ok_or_else(SpoolError::closed)?;
-        requests
-            .send(request)
-            .await
-            .map_err(|_| SpoolError::closed())
+        requests.send(request).await.map_err(|_| SpoolError::closed())
     }
 }
 
@@ -80,7 +84,13 @@ impl Drop for Committer {
     }
 }
 
-fn run(db: sled::Db, data_file: File, mut tail: LogTail, mut rx: mpsc::Receiver<Request>) {
+fn run(
+    db: sled::Db,
+    data_file: File,
+    mut tail: LogTail,
+    mut rx: mpsc::Receiver<Request>,
+    syncs: &AtomicU64,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut requests = vec![first];
         while requests.len() < MAX_BATCH {
@@ -90,10 +100,7 @@ fn run(db: sled::Db, data_file: File, mut tail: LogTail, mut rx: mpsc::Receiver<
             }
         }
         let mut batch = sled::Batch::default();
-        let mut staged = LogTail {
-            next_seq: tail.next_seq,
-            history: tail.history.clone(),
-        };
+        let mut staged = LogTail { next_seq: tail.next_seq, history: tail.history.clone() };
         let mut waiting = Vec::with_capacity(requests.len());
         let mut staging = Ok(());
         for request in requests {
@@ -101,13 +108,8 @@ fn run(db: sled::Db, data_file: File, mut tail: LogTail, mut rx: mpsc::Receiver<
                 Request::Append(change, done) => (staged.epoch(), change, done),
                 Request::BeginEpoch(epoch, done) => (epoch, Change::EpochStarted, done),
             };
-            let record = LogRecord {
-                position: LogPosition {
-                    epoch,
-                    seq: staged.next_seq,
-                },
-                change,
-            };
+            let record =
+                LogRecord { position: LogPosition { epoch, seq: staged.next_seq }, change };
             if staging.is_ok() {
                 staging = stage(&mut batch, &mut staged.history, &record);
             }
@@ -121,6 +123,7 @@ fn run(db: sled::Db, data_file: File, mut tail: LogTail, mut rx: mpsc::Receiver<
             tail = staged;
             db.flush()?;
             data_file.sync_data()?;
+            syncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
         for (done, position) in waiting {
@@ -143,10 +146,8 @@ pub(super) fn stage(
 ) -> Result<(), SpoolError> {
     match &record.change {
         Change::EpochStarted => {
-            history.push(EpochStart {
-                epoch: record.position.epoch,
-                first_seq: record.position.seq,
-            });
+            history
+                .push(EpochStart { epoch: record.position.epoch, first_seq: record.position.seq });
             batch.insert(keys::EPOCH_HISTORY, postcard::to_stdvec(history)?);
         }
         Change::Accepted(envelope) => {
@@ -155,15 +156,9 @@ pub(super) fn stage(
                 envelope: envelope.clone(),
                 accepted_at: record.position,
             };
-            batch.insert(
-                &keys::message(envelope.id)[..],
-                postcard::to_stdvec(&message)?,
-            );
+            batch.insert(&keys::message(envelope.id)[..], postcard::to_stdvec(&message)?);
         }
     }
-    batch.insert(
-        &keys::log(record.position.seq)[..],
-        postcard::to_stdvec(record)?,
-    );
+    batch.insert(&keys::log(record.position.seq)[..], postcard::to_stdvec(record)?);
     Ok(())
 }

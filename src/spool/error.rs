@@ -24,10 +24,7 @@ pub enum ErrorKind {
 
 impl SpoolError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> SpoolError {
-        SpoolError {
-            kind,
-            message: message.into(),
-        }
+        SpoolError { kind, message: message.into() }
     }
 
     pub fn corrupt(what: impl fmt::Display) -> SpoolError {

@@ -70,14 +70,9 @@ impl Spool {
             Some(entry) => keys::seq_of(&entry?.0).ok_or_else(|| SpoolError::corrupt("log key"))?,
             None => 0,
         };
-        let tail = commit::LogTail {
-            next_seq: last_seq + 1,
-            history,
-        };
+        let tail = commit::LogTail { next_seq: last_seq + 1, history };
         let committer = commit::Committer::spawn(db.clone(), data_file, tail)?;
-        let spool = Spool {
-            inner: Arc::new(Inner { db, committer, dir }),
-        };
+        let spool = Spool { inner: Arc::new(Inner { db, committer, dir }) };
         let removed = spool.remove_orphan_bodies()?;
         if removed > 0 {
             tracing::info!(removed, "removed the bodies of messages never acknowledged");
@@ -103,9 +98,8 @@ impl Spool {
     ) -> Result<LogPosition, SpoolError> {
         debug_assert_eq!(envelope.id, body.id());
         body.finish()?;
-        let position = self
-            .submit(|done| commit::Request::Append(Change::Accepted(envelope), done))
-            .await?;
+        let position =
+            self.submit(|done| commit::Request::Append(Change::Accepted(envelope), done)).await?;
         body.mark_committed();
         Ok(position)
     }
@@ -116,9 +110,7 @@ impl Spool {
         if let Some(current) = self.epoch_history()?.last() {
             return Ok(current.epoch);
         }
-        let position = self
-            .submit(|done| commit::Request::BeginEpoch(1, done))
-            .await?;
+        let position = self.submit(|done| commit::Request::BeginEpoch(1, done)).await?;
         Ok(position.epoch)
     }
 
@@ -138,9 +130,7 @@ impl Spool {
 
     /// Every queued message, oldest first.
     pub fn messages(&self) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
-        self.db()
-            .scan_prefix([keys::MESSAGE])
-            .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+        self.db().scan_prefix([keys::MESSAGE]).map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
     }
 
     /// The body of a queued message, chunk by chunk.
@@ -156,6 +146,12 @@ impl Spool {
         self.db()
             .range(keys::log(from_seq)..=keys::log(u64::MAX))
             .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+    }
+
+    /// How many group commits were made durable since the spool was opened: one flush and
+    /// one fdatasync each, however many changes they carried.
+    pub fn syncs(&self) -> u64 {
+        self.inner.committer.syncs()
     }
 
     /// Syncs everything written so far (used at shutdown).

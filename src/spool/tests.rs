@@ -30,21 +30,12 @@ async fn accepted_messages_are_read_back_with_their_log_records() {
     let record = spool.get(id).expect("get").expect("queued");
     assert_eq!(record.recipients, vec![RecipientState::Pending; 2]);
     assert_eq!(record.accepted_at, position);
-    let stored: Vec<u8> = spool
-        .body(id)
-        .map(|c| c.expect("chunk").to_vec())
-        .collect::<Vec<_>>()
-        .concat();
+    let stored: Vec<u8> =
+        spool.body(id).map(|c| c.expect("chunk").to_vec()).collect::<Vec<_>>().concat();
     assert_eq!(stored, content);
     assert_eq!(spool.body(id).count(), 4, "100,000 bytes in 32 KiB chunks");
     let log: Vec<LogRecord> = spool.log_from(2).collect::<Result<_, _>>().expect("log");
-    assert_eq!(
-        log,
-        vec![LogRecord {
-            position,
-            change: Change::Accepted(envelope(id))
-        }]
-    );
+    assert_eq!(log, vec![LogRecord { position, change: Change::Accepted(envelope(id)) }]);
 }
 
 #[tokio::test]
@@ -54,29 +45,16 @@ async fn a_reopened_spool_continues_the_log_and_keeps_the_epoch() {
         let spool = Spool::open(dir.path()).expect("open");
         spool.ensure_epoch().await.expect("epoch");
         let id = QueueId::new();
-        spool
-            .accept(envelope(id), spool.body_writer(id))
-            .await
-            .expect("accept");
+        spool.accept(envelope(id), spool.body_writer(id)).await.expect("accept");
     }
     let spool = Spool::open(dir.path()).expect("reopen");
-    assert_eq!(
-        spool.ensure_epoch().await.expect("epoch"),
-        1,
-        "no new epoch on restart"
-    );
+    assert_eq!(spool.ensure_epoch().await.expect("epoch"), 1, "no new epoch on restart");
     let id = QueueId::new();
-    let position = spool
-        .accept(envelope(id), spool.body_writer(id))
-        .await
-        .expect("accept");
+    let position = spool.accept(envelope(id), spool.body_writer(id)).await.expect("accept");
     assert_eq!(position.seq, 3);
     assert_eq!(
         spool.epoch_history().expect("history"),
-        vec![EpochStart {
-            epoch: 1,
-            first_seq: 1
-        }]
+        vec![EpochStart { epoch: 1, first_seq: 1 }]
     );
 }
 
@@ -109,4 +87,34 @@ async fn bodies_never_committed_are_removed() {
     let spool = Spool::open(dir.path()).expect("reopen");
     assert_eq!(spool.body(crashed).count(), 0, "removed at start");
     assert_eq!(spool.body(kept).count(), 2, "a committed body stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_share_group_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.ensure_epoch().await.expect("epoch");
+    let before = spool.syncs();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                let id = QueueId::new();
+                let mut body = spool.body_writer(id);
+                body.write(b"Subject: concurrent\r\n\r\nbody\r\n").expect("write");
+                spool.accept(envelope(id), body).await.expect("accept")
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.expect("task").seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..202).collect::<Vec<u64>>(), "every change got its own sequence number");
+    let syncs = spool.syncs() - before;
+    assert!(
+        syncs < 50,
+        "200 concurrent accepts took {syncs} fdatasyncs: group commit is not grouping"
+    );
 }

@@ -73,12 +73,7 @@ level = "info"
         );
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut node = Node {
-            dir,
-            smtp_port,
-            config_path,
-            child: None,
-        };
+        let mut node = Node { dir, smtp_port, config_path, child: None };
         node.launch();
         node
     }
@@ -123,12 +118,7 @@ level = "info"
         self.child = Some(child);
         let addr = self.addr();
         wait_for("relayd to listen", || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten()
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()).flatten() {
                 panic!("relayd exited with {status}:\n{}", self.log());
             }
             TcpStream::connect(addr).is_ok()
@@ -147,10 +137,7 @@ level = "info"
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let pid = child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -167,20 +154,15 @@ level = "info"
 
     /// Opens the spool of a stopped node.
     pub fn spool(&self) -> Spool {
-        assert!(
-            self.child.is_none(),
-            "stop the node before reading its spool"
-        );
+        assert!(self.child.is_none(), "stop the node before reading its spool");
         Spool::open(&self.dir.path().join("data")).expect("open spool")
     }
 
     /// Every queued message with its body, read from the spool of a stopped node.
     pub fn queued(&self) -> Vec<(MessageRecord, Vec<u8>)> {
         let spool = self.spool();
-        let messages: Vec<MessageRecord> = spool
-            .messages()
-            .collect::<Result<_, _>>()
-            .expect("read messages");
+        let messages: Vec<MessageRecord> =
+            spool.messages().collect::<Result<_, _>>().expect("read messages");
         messages
             .into_iter()
             .map(|m| {
@@ -196,18 +178,11 @@ level = "info"
 
     /// A node's data with its Received: header (the first header, with its folded lines) removed.
     pub fn without_received(body: &[u8]) -> &[u8] {
-        assert!(
-            body.starts_with(b"Received: "),
-            "the body starts with our Received: header"
-        );
+        assert!(body.starts_with(b"Received: "), "the body starts with our Received: header");
         let mut at = 0;
         loop {
-            let eol = body[at..]
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .expect("header line end")
-                + at
-                + 2;
+            let eol =
+                body[at..].windows(2).position(|w| w == b"\r\n").expect("header line end") + at + 2;
             at = eol;
             if !matches!(body.get(at), Some(b' ' | b'\t')) {
                 return &body[at..];
@@ -241,18 +216,13 @@ impl Raw {
                 let socket =
                     socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                         .expect("socket");
-                socket
-                    .bind(&SocketAddr::from((ip, 0)).into())
-                    .expect("bind source");
+                socket.bind(&SocketAddr::from((ip, 0)).into()).expect("bind source");
                 socket.connect(&addr.into()).expect("connect");
                 socket.into()
             }
         };
         stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-        Raw {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            stream,
-        }
+        Raw { reader: BufReader::new(stream.try_clone().expect("clone")), stream }
     }
 
     /// Reads one reply (all its lines); returns it with CRLFs as "\n".
@@ -289,13 +259,9 @@ impl Raw {
 
 /// Runs a program and returns its output, failing the test if it cannot be started.
 pub fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program}: {e} (run scripts/test.sh, which installs it)")
-        })
+    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("cannot run {program}: {e} (run scripts/test.sh, which installs it)")
+    })
 }
 
 /// Runs tests/peers/smtp_client.py (Python's smtplib) with the given arguments.
@@ -332,11 +298,7 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
             "subjectAltName=DNS:mx.test",
         ],
     );
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
     (cert, key)
 }
 

@@ -114,18 +114,11 @@ fn parse_mailbox(mailbox: &str) -> Result<Address, AddressError> {
     if local.len() > MAX_LOCAL_PART || domain.len() > MAX_DOMAIN {
         return Err(AddressError::TooLong);
     }
-    let local_ok = if local.starts_with('"') {
-        true
-    } else {
-        is_dot_string(local)
-    };
+    let local_ok = if local.starts_with('"') { true } else { is_dot_string(local) };
     if !local_ok || !(is_domain(domain) || is_address_literal(domain)) {
         return Err(AddressError::Syntax);
     }
-    Ok(Address {
-        local: local.to_string(),
-        domain: domain.to_string(),
-    })
+    Ok(Address { local: local.to_string(), domain: domain.to_string() })
 }
 
 /// The index just past the closing quote of a quoted string at the start of `s`.
@@ -153,9 +146,7 @@ fn is_atext(c: char) -> bool {
 }
 
 fn is_dot_string(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.')
-            .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+    !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 /// A domain name: dot-separated labels of letters, digits and hyphens (or UTF-8, RFC 6531),
@@ -168,9 +159,7 @@ pub fn is_domain(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
         })
 }
 
@@ -205,10 +194,7 @@ mod tests {
         assert_eq!(mailbox("<\"x@y z\"@example.com>").local, "\"x@y z\"");
         assert_eq!(mailbox("<\"a\\\"b\"@example.com>").local, "\"a\\\"b\"");
         assert_eq!(mailbox("<u@[192.0.2.1]>").domain, "[192.0.2.1]");
-        assert_eq!(
-            mailbox("<u@[IPv6:2001:db8::1]>").domain,
-            "[IPv6:2001:db8::1]"
-        );
+        assert_eq!(mailbox("<u@[IPv6:2001:db8::1]>").domain, "[IPv6:2001:db8::1]");
         assert!(mailbox("<jöran@bücher.de>").is_utf8());
         assert!(!mailbox("<a@b.c>").is_utf8());
     }
@@ -216,19 +202,10 @@ mod tests {
     #[test]
     fn null_path_bare_address_and_source_route() {
         assert_eq!(parse_path("<>"), Ok((None, "")));
-        assert_eq!(
-            parse_path("<> SIZE=10").map(|(_, rest)| rest),
-            Ok(" SIZE=10")
-        );
+        assert_eq!(parse_path("<> SIZE=10").map(|(_, rest)| rest), Ok(" SIZE=10"));
         assert_eq!(mailbox(" a@b.c").to_string(), "a@b.c");
-        assert_eq!(
-            parse_path("a@b.c SIZE=1").map(|(_, rest)| rest),
-            Ok(" SIZE=1")
-        );
-        assert_eq!(
-            mailbox("<@hop1.test,@hop2.test:u@d.test>").to_string(),
-            "u@d.test"
-        );
+        assert_eq!(parse_path("a@b.c SIZE=1").map(|(_, rest)| rest), Ok(" SIZE=1"));
+        assert_eq!(mailbox("<@hop1.test,@hop2.test:u@d.test>").to_string(), "u@d.test");
     }
 
     #[test]
@@ -250,21 +227,11 @@ mod tests {
             "<@hop:>",
             "<@:a@b.c>",
         ] {
-            assert_eq!(
-                parse_path(bad).map(|_| ()),
-                Err(AddressError::Syntax),
-                "{bad}"
-            );
+            assert_eq!(parse_path(bad).map(|_| ()), Err(AddressError::Syntax), "{bad}");
         }
         let long_local = format!("<{}@b.c>", "x".repeat(65));
-        assert_eq!(
-            parse_path(&long_local).map(|_| ()),
-            Err(AddressError::TooLong)
-        );
+        assert_eq!(parse_path(&long_local).map(|_| ()), Err(AddressError::TooLong));
         let long_path = format!("<a@{}.c>", "b.".repeat(130));
-        assert_eq!(
-            parse_path(&long_path).map(|_| ()),
-            Err(AddressError::TooLong)
-        );
+        assert_eq!(parse_path(&long_path).map(|_| ()), Err(AddressError::TooLong));
     }
 }

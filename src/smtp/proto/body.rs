@@ -53,19 +53,11 @@ pub struct Decoded {
 
 impl BodyDecoder {
     pub fn data() -> BodyDecoder {
-        BodyDecoder {
-            mode: Mode::Data,
-            state: State::LineStart,
-            after_crlf: true,
-        }
+        BodyDecoder { mode: Mode::Data, state: State::LineStart, after_crlf: true }
     }
 
     pub fn bdat() -> BodyDecoder {
-        BodyDecoder {
-            mode: Mode::Bdat,
-            state: State::InLine,
-            after_crlf: true,
-        }
+        BodyDecoder { mode: Mode::Bdat, state: State::InLine, after_crlf: true }
     }
 
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Decoded {
@@ -89,10 +81,7 @@ impl BodyDecoder {
                     if byte == b'\n' {
                         if self.after_crlf {
                             self.state = State::LineStart;
-                            return Decoded {
-                                consumed: i,
-                                end: true,
-                            };
+                            return Decoded { consumed: i, end: true };
                         }
                         out.extend_from_slice(b".\r\n");
                         self.line_ended(true);
@@ -106,10 +95,7 @@ impl BodyDecoder {
                 State::Cr => self.after_cr(byte, out),
             }
         }
-        Decoded {
-            consumed: i,
-            end: false,
-        }
+        Decoded { consumed: i, end: false }
     }
 
     /// The end of a BDAT ... LAST body: a CR that was waiting for its LF is content.
@@ -197,10 +183,7 @@ mod tests {
     #[test]
     fn smuggling_sequences_are_content_not_the_end() {
         for (input, stored) in [
-            (
-                &b"a\n.\nMAIL FROM:<x@y>\r\n"[..],
-                &b"a\r\n.\r\nMAIL FROM:<x@y>\r\n"[..],
-            ),
+            (&b"a\n.\nMAIL FROM:<x@y>\r\n"[..], &b"a\r\n.\r\nMAIL FROM:<x@y>\r\n"[..]),
             (b"a\r\n.\nb\r\n", b"a\r\n.\r\nb\r\n"),
             (b"a\n.\r\nb\r\n", b"a\r\n.\r\nb\r\n"),
             (b"a\r.\rb\r\n", b"a\r.\rb\r\n"),
@@ -222,13 +205,7 @@ mod tests {
     fn bdat_content_is_not_unstuffed_and_cr_lf_may_straddle_chunks() {
         let mut out = Vec::new();
         let mut decoder = BodyDecoder::bdat();
-        assert_eq!(
-            decoder.decode(b"..a\r", &mut out),
-            Decoded {
-                consumed: 4,
-                end: false
-            }
-        );
+        assert_eq!(decoder.decode(b"..a\r", &mut out), Decoded { consumed: 4, end: false });
         decoder.decode(b"\n.\r\nb\nc\r", &mut out);
         decoder.finish(&mut out);
         assert_eq!(out, b"..a\r\n.\r\nb\r\nc\r");

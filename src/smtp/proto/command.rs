@@ -46,11 +46,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         None => (line, ""),
     };
     let no_args = |command: Command, usage: &'static str| {
-        if args.trim().is_empty() {
-            Ok(command)
-        } else {
-            Err(syntax(usage))
-        }
+        if args.trim().is_empty() { Ok(command) } else { Err(syntax(usage)) }
     };
     match verb.to_ascii_uppercase().as_str() {
         "EHLO" => greeting_name(args, "EHLO hostname").map(Command::Ehlo),
@@ -98,10 +94,7 @@ fn parse_mail(args: &str) -> Result<MailFrom, Reply> {
     const USAGE: &str = "MAIL FROM:<address>";
     let path = keyword(args, "FROM:").ok_or_else(|| syntax(USAGE))?;
     let (sender, params) = parse_path(path).map_err(address_error)?;
-    let mut mail = MailFrom {
-        sender,
-        ..MailFrom::default()
-    };
+    let mut mail = MailFrom { sender, ..MailFrom::default() };
     let mut seen_body = false;
     for param in params.split(' ').filter(|p| !p.is_empty()) {
         let (name, value) = match param.split_once('=') {
@@ -110,9 +103,7 @@ fn parse_mail(args: &str) -> Result<MailFrom, Reply> {
         };
         match (name.to_ascii_uppercase().as_str(), value) {
             ("SIZE", Some(value)) if mail.size.is_none() => {
-                let size = value
-                    .parse()
-                    .map_err(|_| syntax("MAIL FROM:<address> SIZE=octets"))?;
+                let size = value.parse().map_err(|_| syntax("MAIL FROM:<address> SIZE=octets"))?;
                 mail.size = Some(size);
             }
             ("BODY", Some(value)) if !seen_body => {
@@ -125,18 +116,10 @@ fn parse_mail(args: &str) -> Result<MailFrom, Reply> {
             }
             ("SMTPUTF8", None) if !mail.smtputf8 => mail.smtputf8 = true,
             ("SIZE" | "BODY" | "SMTPUTF8", _) => {
-                return Err(Reply::new(
-                    501,
-                    "5.5.4",
-                    format!("Bad or repeated {name} parameter"),
-                ));
+                return Err(Reply::new(501, "5.5.4", format!("Bad or repeated {name} parameter")));
             }
             _ => {
-                return Err(Reply::new(
-                    555,
-                    "5.5.4",
-                    format!("Unsupported parameter {name}"),
-                ));
+                return Err(Reply::new(555, "5.5.4", format!("Unsupported parameter {name}")));
             }
         }
     }
@@ -148,11 +131,9 @@ fn parse_rcpt(args: &str) -> Result<Address, Reply> {
     let path = keyword(args, "TO:").ok_or_else(|| syntax(USAGE))?;
     match parse_path(path).map_err(address_error)? {
         (None, _) => Err(Reply::new(501, "5.1.3", "Null recipient is not allowed")),
-        (Some(_), params) if !params.trim().is_empty() => Err(Reply::new(
-            555,
-            "5.5.4",
-            "RCPT parameters are not supported",
-        )),
+        (Some(_), params) if !params.trim().is_empty() => {
+            Err(Reply::new(555, "5.5.4", "RCPT parameters are not supported"))
+        }
         (Some(address), _) => Ok(address),
     }
 }
@@ -160,10 +141,7 @@ fn parse_rcpt(args: &str) -> Result<Address, Reply> {
 fn parse_bdat(args: &str) -> Result<Command, Reply> {
     const USAGE: &str = "BDAT size [LAST]";
     let mut words = args.split(' ').filter(|w| !w.is_empty());
-    let size = words
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| syntax(USAGE))?;
+    let size = words.next().and_then(|s| s.parse().ok()).ok_or_else(|| syntax(USAGE))?;
     let last = match words.next() {
         None => false,
         Some(word) if word.eq_ignore_ascii_case("LAST") => true,
@@ -196,20 +174,8 @@ mod tests {
         assert_eq!(ok("Helo client.test"), Command::Helo("client.test".into()));
         assert_eq!(ok("data"), Command::Data);
         assert_eq!(ok("NOOP anything"), Command::Noop);
-        assert_eq!(
-            ok("bdat 10 last"),
-            Command::Bdat {
-                size: 10,
-                last: true
-            }
-        );
-        assert_eq!(
-            ok("BDAT 0"),
-            Command::Bdat {
-                size: 0,
-                last: false
-            }
-        );
+        assert_eq!(ok("bdat 10 last"), Command::Bdat { size: 10, last: true });
+        assert_eq!(ok("BDAT 0"), Command::Bdat { size: 0, last: false });
     }
 
     #[test]
@@ -220,9 +186,7 @@ mod tests {
         assert_eq!(mail.size, Some(1000));
         assert!(mail.eight_bit && mail.smtputf8);
         assert_eq!(mail.sender.map(|a| a.to_string()), Some("a@b.c".into()));
-        let Command::Mail(null) = ok("mail from: <>") else {
-            panic!()
-        };
+        let Command::Mail(null) = ok("mail from: <>") else { panic!() };
         assert_eq!(null.sender, None);
         assert_eq!(code(b"MAIL FROM:<a@b.c> BODY=BINARYMIME"), 555);
         assert_eq!(code(b"MAIL FROM:<a@b.c> RET=FULL"), 555);
@@ -234,10 +198,7 @@ mod tests {
 
     #[test]
     fn rcpt_and_errors() {
-        assert_eq!(
-            ok("RCPT TO:<u@example.com>").to_string_lossy(),
-            "u@example.com"
-        );
+        assert_eq!(ok("RCPT TO:<u@example.com>").to_string_lossy(), "u@example.com");
         assert_eq!(code(b"RCPT TO:<>"), 501);
         assert_eq!(code(b"RCPT TO:<u@example.com> NOTIFY=NEVER"), 555);
         assert_eq!(code(b"RCPT <u@example.com>"), 501);

@@ -13,20 +13,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, status: &'static str, text: impl Into<Cow<'static, str>>) -> Reply {
-        Reply {
-            code,
-            status: Some(status),
-            lines: vec![text.into()],
-        }
+        Reply { code, status: Some(status), lines: vec![text.into()] }
     }
 
     /// A reply without an enhanced status code (the greeting, EHLO, HELO).
     pub fn plain(code: u16, lines: Vec<Cow<'static, str>>) -> Reply {
-        Reply {
-            code,
-            status: None,
-            lines,
-        }
+        Reply { code, status: None, lines }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -71,11 +63,8 @@ mod tests {
     #[test]
     fn multiline_replies_use_dashes_until_the_last_line() {
         let mut out = Vec::new();
-        Reply::plain(
-            250,
-            vec!["mx.test".into(), "PIPELINING".into(), "SIZE 10".into()],
-        )
-        .write_to(&mut out);
+        Reply::plain(250, vec!["mx.test".into(), "PIPELINING".into(), "SIZE 10".into()])
+            .write_to(&mut out);
         assert_eq!(out, b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
         out.clear();
         Reply::new(550, "5.7.1", "relaying denied").write_to(&mut out);

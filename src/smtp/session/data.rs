@@ -48,10 +48,7 @@ impl Session {
         if let Some(refusal) = self.refuse_body(false) {
             return Ok(refusal);
         }
-        conn.reply(&Reply::plain(
-            354,
-            vec!["End data with <CR><LF>.<CR><LF>".into()],
-        ));
+        conn.reply(&Reply::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()]));
         conn.flush().await.map_err(|_| End::Close)?;
         let mut body = self.start_body();
         let mut decoder = BodyDecoder::data();
@@ -82,18 +79,13 @@ impl Session {
             _ => None,
         };
         if refusal.is_none() && chunk.is_none() {
-            chunk = Some(ChunkedBody {
-                body: self.start_body(),
-                decoder: BodyDecoder::bdat(),
-            });
+            chunk = Some(ChunkedBody { body: self.start_body(), decoder: BodyDecoder::bdat() });
         }
         let mut content = Vec::new();
         let mut remaining = size;
         while remaining > 0 {
             let available = self.fill(conn).await?;
-            let n = available
-                .len()
-                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let n = available.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
             if let Some(chunk) = chunk.as_mut() {
                 chunk.decoder.decode(&available[..n], &mut content);
                 chunk.body.take(&content);
@@ -170,17 +162,8 @@ impl Session {
         let id = body.writer.id();
         let envelope = Envelope {
             id,
-            sender: transaction
-                .mail
-                .sender
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            recipients: transaction
-                .recipients
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            sender: transaction.mail.sender.as_ref().map(ToString::to_string).unwrap_or_default(),
+            recipients: transaction.recipients.iter().map(ToString::to_string).collect(),
             received_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -190,11 +173,8 @@ impl Session {
             eight_bit: transaction.mail.eight_bit,
             smtputf8: transaction.mail.smtputf8,
         };
-        let (from, rcpts, size) = (
-            envelope.sender.clone(),
-            envelope.recipients.len(),
-            envelope.size,
-        );
+        let (from, rcpts, size) =
+            (envelope.sender.clone(), envelope.recipients.len(), envelope.size);
         match self.spool.accept(envelope, body.writer).await {
             Ok(_) => {
                 tracing::info!(

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::ConnectionSlot;
 use super::proto::{self, Address, Command, MailFrom, Reply};
 use crate::config::Config;
 use crate::spool::Spool;
@@ -93,7 +94,9 @@ impl Session {
     }
 
     /// Runs the session to its end: greeting, commands, and at most one STARTTLS upgrade.
-    pub async fn run(mut self, stream: Box<dyn Stream>) {
+    /// The connection's slot is released before the last reply is written, so that a client
+    /// that reconnects as soon as it reads our 221 finds its slot free.
+    pub async fn run(mut self, stream: Box<dyn Stream>, slot: ConnectionSlot) {
         let mut conn = Conn {
             io: BufReader::new(stream),
             out: Vec::new(),
@@ -129,11 +132,7 @@ impl Session {
                             .unwrap_or("unknown")
                             .to_string(),
                     });
-                    conn = Conn {
-                        io: BufReader::new(Box::new(tls)),
-                        out: Vec::new(),
-                        ..conn
-                    };
+                    conn = Conn { io: BufReader::new(Box::new(tls)), out: Vec::new(), ..conn };
                     // RFC 3207 section 4.2: forget everything learnt before TLS.
                     self.helo = None;
                     self.esmtp = false;
@@ -141,6 +140,7 @@ impl Session {
                 }
             }
         }
+        drop(slot);
         let _ = conn.flush().await;
     }
 
@@ -205,11 +205,9 @@ impl Session {
                 Reply::new(250, "2.0.0", "Ok")
             }
             Command::Noop => Reply::new(250, "2.0.0", "Ok"),
-            Command::Help => Reply::new(
-                214,
-                "2.0.0",
-                "See RFC 5321; relayd is a relay, not a mailbox",
-            ),
+            Command::Help => {
+                Reply::new(214, "2.0.0", "See RFC 5321; relayd is a relay, not a mailbox")
+            }
             Command::Vrfy => Reply::new(
                 252,
                 "2.0.0",
@@ -228,11 +226,7 @@ impl Session {
             return Err(Reply::new(503, "5.5.1", "Error: TLS already active"));
         }
         if self.transaction.is_some() {
-            return Err(Reply::new(
-                503,
-                "5.5.1",
-                "Error: MAIL transaction in progress",
-            ));
+            return Err(Reply::new(503, "5.5.1", "Error: MAIL transaction in progress"));
         }
         Ok(Reply::new(220, "2.0.0", "Ready to start TLS"))
     }
@@ -257,11 +251,7 @@ impl Conn {
     /// Writes the buffered replies if the client has sent nothing more yet: pipelined
     /// commands are answered together, and nobody waits for a reply still in our buffer.
     async fn flush_if_idle(&mut self) -> std::io::Result<()> {
-        if self.io.buffer().is_empty() {
-            self.flush().await
-        } else {
-            Ok(())
-        }
+        if self.io.buffer().is_empty() { self.flush().await } else { Ok(()) }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -319,11 +309,7 @@ impl Conn {
             )));
         };
         if content.contains(&0) {
-            return Ok(Err(Reply::new(
-                501,
-                "5.5.2",
-                "Error: NUL character in command",
-            )));
+            return Ok(Err(Reply::new(501, "5.5.2", "Error: NUL character in command")));
         }
         Ok(Ok(content.to_vec()))
     }

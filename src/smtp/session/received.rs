@@ -24,10 +24,7 @@ impl Session {
             (false, true, false) => "ESMTP",
             (false, false, _) => "SMTP",
         };
-        header += &format!(
-            "\tby {} (relayd) with {protocol} id {id}",
-            self.config.smtp.hostname
-        );
+        header += &format!("\tby {} (relayd) with {protocol} id {id}", self.config.smtp.hostname);
         // Name the recipient only when there is one, so that a copy does not reveal the others.
         if let [only] = recipients {
             header += &format!("\r\n\tfor <{only}>");
