@@ -83,6 +83,12 @@ fn smtplib_plain_8bitmime_and_smtputf8_bodies_are_stored_exactly() {
         let received = String::from_utf8_lossy(&stored[..stored.len() - body.len()]).to_string();
         assert!(received.contains(&format!("id {id}")), "Received: names the queue id: {received}");
         assert!(received.contains("from client.test (unknown [127.0.0.1])"), "{received}");
+        let logged = format!(
+            "accepted id={id} from=<{from}> rcpts={} size={} client=127.0.0.1",
+            record.envelope.recipients.len(),
+            stored.len()
+        );
+        assert!(node.log().contains(&logged), "log line {logged:?} in:\n{}", node.log());
     }
     assert!(queued.iter().any(|(m, _)| m.envelope.smtputf8 && m.envelope.eight_bit));
 }
