@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod smtp;
 pub mod spool;

@@ -9,25 +9,30 @@
 //!
 //! Invariant: the log's sequence numbers are assigned here and only here, in commit order.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::SpoolError;
 use super::keys;
 use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
+use super::{QueueId, SpoolError};
 
 /// At most this many changes share one batch, to bound the batch's memory.
 const MAX_BATCH: usize = 1024;
 
 pub(super) enum Request {
-    /// Append a change in the current epoch.
-    Append(Change, oneshot::Sender<Result<LogPosition, SpoolError>>),
+    /// Append changes in the current epoch, all in one batch, in order.
+    Append(Vec<Change>, Reply),
     /// Start a new epoch (persisted and synced before the caller may use it).
-    BeginEpoch(u64, oneshot::Sender<Result<LogPosition, SpoolError>>),
+    BeginEpoch(u64, Reply),
 }
+
+/// Where the committer sends the position of a request's last record.
+pub(super) type Reply = oneshot::Sender<Result<LogPosition, SpoolError>>;
 
 /// The log's tail, owned by the committer thread.
 pub(super) struct LogTail {
@@ -35,10 +40,13 @@ pub(super) struct LogTail {
     pub history: Vec<EpochStart>,
 }
 
-impl LogTail {
-    fn epoch(&self) -> u64 {
-        self.history.last().map_or(0, |e| e.epoch)
-    }
+/// What the committer counts, shared with the spool's readers.
+#[derive(Default)]
+pub(super) struct Counters {
+    /// Group commits made durable (each one flush and one fdatasync).
+    pub syncs: AtomicU64,
+    /// Messages in the queue.
+    pub queued: AtomicI64,
 }
 
 /// The handle on the committer thread. Dropping it lets the thread finish the requests it
@@ -46,8 +54,6 @@ impl LogTail {
 pub(super) struct Committer {
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Group commits made durable so far (each one flush and one fdatasync).
-    syncs: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -55,18 +61,13 @@ impl Committer {
         db: sled::Db,
         data_file: File,
         tail: LogTail,
+        counters: Arc<Counters>,
     ) -> std::io::Result<Committer> {
         let (requests, rx) = mpsc::channel(MAX_BATCH);
-        let syncs = Arc::new(AtomicU64::new(0));
-        let counter = syncs.clone();
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(db, data_file, tail, rx, &counter))?;
-        Ok(Committer { requests: Some(requests), thread: Some(thread), syncs })
-    }
-
-    pub(super) fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+            .spawn(move || run(db, data_file, tail, rx, &counters))?;
+        Ok(Committer { requests: Some(requests), thread: Some(thread) })
     }
 
     pub(super) async fn send(&self, request: Request) -> Result<(), SpoolError> {
@@ -89,7 +90,7 @@ fn run(
     data_file: File,
     mut tail: LogTail,
     mut rx: mpsc::Receiver<Request>,
-    syncs: &AtomicU64,
+    counters: &Counters,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut requests = vec![first];
@@ -99,31 +100,35 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut batch = sled::Batch::default();
-        let mut staged = LogTail { next_seq: tail.next_seq, history: tail.history.clone() };
+        let mut staging = Staging::new(&db, tail.history.clone());
+        let mut next_seq = tail.next_seq;
         let mut waiting = Vec::with_capacity(requests.len());
-        let mut staging = Ok(());
+        let mut staged = Ok(());
         for request in requests {
-            let (epoch, change, done) = match request {
-                Request::Append(change, done) => (staged.epoch(), change, done),
-                Request::BeginEpoch(epoch, done) => (epoch, Change::EpochStarted, done),
+            let (epoch, changes, done) = match request {
+                Request::Append(changes, done) => (staging.epoch(), changes, done),
+                Request::BeginEpoch(epoch, done) => (epoch, vec![Change::EpochStarted], done),
             };
-            let record =
-                LogRecord { position: LogPosition { epoch, seq: staged.next_seq }, change };
-            if staging.is_ok() {
-                staging = stage(&mut batch, &mut staged.history, &record);
+            let mut position = LogPosition { epoch, seq: next_seq };
+            for change in changes {
+                position = LogPosition { epoch, seq: next_seq };
+                if staged.is_ok() {
+                    staged = staging.stage(&LogRecord { position, change });
+                }
+                next_seq += 1;
             }
-            staged.next_seq += 1;
-            waiting.push((done, record.position));
+            waiting.push((done, position));
         }
-        let result = staging.and_then(|()| {
+        let Staging { batch, history, queued_delta, .. } = staging;
+        let result = staged.and_then(|()| {
             db.apply_batch(batch)?;
             // From here the records are in the tree: their sequence numbers are used even if
             // the sync below fails (the sessions then answer 4xx; a retry may duplicate, never lose).
-            tail = staged;
+            tail = LogTail { next_seq, history };
+            counters.queued.fetch_add(queued_delta, Ordering::Relaxed);
             db.flush()?;
             data_file.sync_data()?;
-            syncs.fetch_add(1, Ordering::Relaxed);
+            counters.syncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
         for (done, position) in waiting {
@@ -136,29 +141,106 @@ fn run(
     }
 }
 
-/// Stages one log record and the state change it describes into `batch`. The primary's
-/// committer and (later) a standby applying a replicated record go through this one function,
-/// so that both derive the same state from the same log.
-pub(super) fn stage(
-    batch: &mut sled::Batch,
-    history: &mut Vec<EpochStart>,
-    record: &LogRecord,
-) -> Result<(), SpoolError> {
-    match &record.change {
-        Change::EpochStarted => {
-            history
-                .push(EpochStart { epoch: record.position.epoch, first_seq: record.position.seq });
-            batch.insert(keys::EPOCH_HISTORY, postcard::to_stdvec(history)?);
-        }
-        Change::Accepted(envelope) => {
-            let message = MessageRecord {
-                recipients: vec![RecipientState::Pending; envelope.recipients.len()],
-                envelope: envelope.clone(),
-                accepted_at: record.position,
-            };
-            batch.insert(&keys::message(envelope.id)[..], postcard::to_stdvec(&message)?);
+/// One batch being staged: the sled batch, and the state it will leave behind, so that several
+/// changes to one message in the same batch build on each other.
+///
+/// The primary's committer and (later) a standby applying replicated records go through this
+/// one type, so that both derive the same state from the same log.
+pub(super) struct Staging<'a> {
+    db: &'a sled::Db,
+    batch: sled::Batch,
+    history: Vec<EpochStart>,
+    /// Message records as this batch leaves them (`None`: removed).
+    messages: HashMap<QueueId, Option<MessageRecord>>,
+    /// Messages added minus messages removed.
+    queued_delta: i64,
+}
+
+impl<'a> Staging<'a> {
+    pub(super) fn new(db: &'a sled::Db, history: Vec<EpochStart>) -> Staging<'a> {
+        Staging {
+            db,
+            batch: sled::Batch::default(),
+            history,
+            messages: HashMap::new(),
+            queued_delta: 0,
         }
     }
-    batch.insert(&keys::log(record.position.seq)[..], postcard::to_stdvec(record)?);
-    Ok(())
+
+    fn epoch(&self) -> u64 {
+        self.history.last().map_or(0, |e| e.epoch)
+    }
+
+    /// Stages one log record and the state change it describes.
+    pub(super) fn stage(&mut self, record: &LogRecord) -> Result<(), SpoolError> {
+        match &record.change {
+            Change::EpochStarted => {
+                let start =
+                    EpochStart { epoch: record.position.epoch, first_seq: record.position.seq };
+                self.history.push(start);
+                self.batch.insert(keys::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?);
+            }
+            Change::Accepted(envelope) => {
+                let message = MessageRecord {
+                    recipients: vec![RecipientState::new(); envelope.recipients.len()],
+                    envelope: envelope.clone(),
+                    accepted_at: record.position,
+                };
+                self.put(message)?;
+                self.queued_delta += 1;
+            }
+            Change::Attempted { id, results } => {
+                // A message removed meanwhile (an operator deleted it) takes no more results.
+                if let Some(mut message) = self.message(*id)? {
+                    for (index, state) in results {
+                        if let Some(slot) = message.recipients.get_mut(*index as usize) {
+                            *slot = state.clone();
+                        }
+                    }
+                    // Once no recipient is pending the message leaves the queue, in the same
+                    // batch: removal is derived from the log, the same way on every node.
+                    if message.recipients.iter().any(RecipientState::is_pending) {
+                        self.put(message)?;
+                    } else {
+                        self.remove(&message);
+                    }
+                }
+            }
+            Change::Removed { id } => {
+                if let Some(message) = self.message(*id)? {
+                    self.remove(&message);
+                }
+            }
+        }
+        self.batch.insert(&keys::log(record.position.seq)[..], postcard::to_stdvec(record)?);
+        Ok(())
+    }
+
+    fn message(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
+        if let Some(staged) = self.messages.get(&id) {
+            return Ok(staged.clone());
+        }
+        match self.db.get(keys::message(id))? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn remove(&mut self, message: &MessageRecord) {
+        let id = message.envelope.id;
+        let chunks = message.envelope.size.div_ceil(keys::CHUNK_SIZE as u64);
+        for index in 0..chunks {
+            self.batch.remove(&keys::body_chunk(id, index as u32)[..]);
+        }
+        self.batch.remove(&keys::message(id)[..]);
+        self.messages.insert(id, None);
+        self.queued_delta -= 1;
+    }
+
+    fn put(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
+        let id = message.envelope.id;
+        self.batch.insert(&keys::message(id)[..], postcard::to_stdvec(&message)?);
+        self.messages.insert(id, Some(message));
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@ mod record;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
@@ -41,6 +42,7 @@ pub struct Spool {
 struct Inner {
     db: sled::Db,
     committer: commit::Committer,
+    counters: Arc<commit::Counters>,
     dir: PathBuf,
 }
 
@@ -71,8 +73,11 @@ impl Spool {
             None => 0,
         };
         let tail = commit::LogTail { next_seq: last_seq + 1, history };
-        let committer = commit::Committer::spawn(db.clone(), data_file, tail)?;
-        let spool = Spool { inner: Arc::new(Inner { db, committer, dir }) };
+        let counters = Arc::new(commit::Counters::default());
+        let queued = db.scan_prefix([keys::MESSAGE]).count();
+        counters.queued.store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
+        let committer = commit::Committer::spawn(db.clone(), data_file, tail, counters.clone())?;
+        let spool = Spool { inner: Arc::new(Inner { db, committer, counters, dir }) };
         let removed = spool.remove_orphan_bodies()?;
         if removed > 0 {
             tracing::info!(removed, "removed the bodies of messages never acknowledged");
@@ -94,13 +99,26 @@ impl Spool {
     pub async fn accept(
         &self,
         envelope: Envelope,
-        mut body: BodyWriter,
+        body: BodyWriter,
     ) -> Result<LogPosition, SpoolError> {
         debug_assert_eq!(envelope.id, body.id());
-        body.finish()?;
-        let position =
-            self.submit(|done| commit::Request::Append(Change::Accepted(envelope), done)).await?;
-        body.mark_committed();
+        self.commit(vec![Change::Accepted(envelope)], vec![body]).await
+    }
+
+    /// Commits `changes` in one atomic batch, with the bodies they accept, and returns the
+    /// position of the last one once all are durable.
+    pub async fn commit(
+        &self,
+        changes: Vec<Change>,
+        mut bodies: Vec<BodyWriter>,
+    ) -> Result<LogPosition, SpoolError> {
+        for body in &mut bodies {
+            body.finish()?;
+        }
+        let position = self.submit(|done| commit::Request::Append(changes, done)).await?;
+        for body in &mut bodies {
+            body.mark_committed();
+        }
         Ok(position)
     }
 
@@ -151,7 +169,12 @@ impl Spool {
     /// How many group commits were made durable since the spool was opened: one flush and
     /// one fdatasync each, however many changes they carried.
     pub fn syncs(&self) -> u64 {
-        self.inner.committer.syncs()
+        self.inner.counters.syncs.load(Ordering::Relaxed)
+    }
+
+    /// How many messages are queued.
+    pub fn queue_len(&self) -> u64 {
+        u64::try_from(self.inner.counters.queued.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     /// Syncs everything written so far (used at shutdown).
@@ -167,7 +190,7 @@ impl Spool {
 
     async fn submit(
         &self,
-        request: impl FnOnce(oneshot::Sender<Result<LogPosition, SpoolError>>) -> commit::Request,
+        request: impl FnOnce(commit::Reply) -> commit::Request,
     ) -> Result<LogPosition, SpoolError> {
         let (done, result) = oneshot::channel();
         self.inner.committer.send(request(done)).await?;

@@ -33,6 +33,11 @@ pub enum Change {
     /// A message was accepted: its envelope. Its body chunks were written before this record
     /// and are made durable by the same flush.
     Accepted(Envelope),
+    /// A delivery attempt's outcome for some recipients of a message (by index). When no
+    /// recipient is left pending, the message leaves the queue with this same record.
+    Attempted { id: QueueId, results: Vec<(u32, RecipientState)> },
+    /// An operator deleted the message: its record and body are removed.
+    Removed { id: QueueId },
 }
 
 /// What the SMTP transaction established about a message, besides its body.
@@ -57,9 +62,32 @@ pub struct Envelope {
 }
 
 /// Per-recipient delivery state of a queued message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientState {
-    Pending,
+    /// Still to be delivered: at `next_attempt_ms` (Unix ms; 0 = now), after `attempts` tries.
+    Pending { attempts: u32, next_attempt_ms: u64, last_reply: Option<String> },
+    /// The next hop accepted it: its reply and its address.
+    Delivered { reply: String, relay: String },
+    /// Given up (permanent failure, or expired): the reason. A DSN went to the sender unless
+    /// the sender was null.
+    Bounced { reply: String },
+}
+
+impl RecipientState {
+    /// A recipient never tried.
+    pub fn new() -> RecipientState {
+        RecipientState::Pending { attempts: 0, next_attempt_ms: 0, last_reply: None }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        matches!(self, RecipientState::Pending { .. })
+    }
+}
+
+impl Default for RecipientState {
+    fn default() -> Self {
+        RecipientState::new()
+    }
 }
 
 /// A queued message as stored under its id: the envelope plus its delivery state.

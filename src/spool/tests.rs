@@ -28,7 +28,7 @@ async fn accepted_messages_are_read_back_with_their_log_records() {
     assert_eq!(position, LogPosition { epoch: 1, seq: 2 });
 
     let record = spool.get(id).expect("get").expect("queued");
-    assert_eq!(record.recipients, vec![RecipientState::Pending; 2]);
+    assert_eq!(record.recipients, vec![RecipientState::new(); 2]);
     assert_eq!(record.accepted_at, position);
     let stored: Vec<u8> =
         spool.body(id).map(|c| c.expect("chunk").to_vec()).collect::<Vec<_>>().concat();

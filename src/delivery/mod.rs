@@ -1,0 +1,65 @@
+//! The delivery engine: the queue runner that relays each accepted message to its route,
+//! retries temporary failures, and bounces permanent and expired ones with a DSN.
+//!
+//! Only a primary runs it. [`DeliveryHandle`] is how the rest of the node talks to it.
+
+use tokio::sync::mpsc;
+
+use crate::spool::{Change, QueueId, Spool, SpoolError};
+
+/// What the runner is told from outside.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A message was just accepted: try it now.
+    Queued(QueueId),
+    /// An operator asked for every deferred message to be tried now.
+    Flush,
+    /// An operator deleted a message: drop it from the schedule.
+    Forget(QueueId),
+}
+
+/// A handle on the queue runner; cheap to clone. On a node that does not deliver (a
+/// standby), the handle is inactive and its requests are refused.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    spool: Spool,
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl DeliveryHandle {
+    /// A handle for a node that does not deliver.
+    pub fn inactive(spool: Spool) -> DeliveryHandle {
+        DeliveryHandle { spool, commands: None }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.commands.is_some()
+    }
+
+    /// A message was accepted: the runner tries it at once.
+    pub fn queued(&self, id: QueueId) {
+        self.send(Command::Queued(id));
+    }
+
+    /// Every deferred message is tried now (`relayd queue flush`). False when this node does
+    /// not deliver.
+    pub fn flush(&self) -> bool {
+        self.send(Command::Flush)
+    }
+
+    /// Removes a message from the queue without delivering it (`relayd queue delete ID`).
+    /// Returns false when no such message is queued. A delivery already in flight for it
+    /// finishes, but its results are ignored.
+    pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
+        if self.spool.get(id)?.is_none() {
+            return Ok(false);
+        }
+        self.spool.commit(vec![Change::Removed { id }], Vec::new()).await?;
+        self.send(Command::Forget(id));
+        Ok(true)
+    }
+
+    fn send(&self, command: Command) -> bool {
+        self.commands.as_ref().is_some_and(|commands| commands.send(command).is_ok())
+    }
+}
