@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, ConfigError, Role};
+use crate::delivery::{self, DeliveryHandle};
+use crate::metrics::Metrics;
 use crate::smtp::Server;
 use crate::spool::Spool;
 
@@ -55,12 +57,28 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         data_dir = %data_dir.display(),
         "relayd started"
     );
-    let server = Server::new(config.clone(), spool.clone()).map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::default());
+    // Only a primary delivers.
+    let delivery = match config.node.role {
+        Role::Primary => delivery::start(config.clone(), spool.clone(), metrics.clone())?,
+        _ => DeliveryHandle::inactive(spool.clone()),
+    };
+    let server = Server::new(config.clone(), spool.clone(), delivery.clone(), metrics.clone())
+        .map_err(|e| e.to_string())?;
     let listeners = server.bind().await.map_err(|e| e.to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         tasks.spawn(server.clone().serve(listener));
     }
+    let admin_listener = crate::admin::bind(&config.admin).await.map_err(|e| e.to_string())?;
+    let admin = crate::admin::AdminContext {
+        config: config.clone(),
+        spool: spool.clone(),
+        delivery: delivery.clone(),
+        metrics: metrics.clone(),
+        sessions: server.limiter(),
+    };
+    tasks.spawn(crate::admin::serve(admin_listener, admin));
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::select! {

@@ -166,6 +166,8 @@ pub struct DeliveryConfig {
     /// Then a bounce (DSN) to the sender.
     pub max_queue_lifetime: Duration,
     pub concurrency_per_host: usize,
+    /// DNS servers (IP:port) for MX and address lookups; empty = the system's (/etc/resolv.conf).
+    pub resolvers: Vec<SocketAddr>,
 }
 
 /// `[cluster]`

@@ -73,6 +73,7 @@ struct RawDelivery {
     retry: Option<Vec<Dur>>,
     max_queue_lifetime: Option<Dur>,
     concurrency_per_host: Option<usize>,
+    resolvers: Option<Vec<Listen>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,6 +208,12 @@ impl RawConfig {
             ),
             max_queue_lifetime: dur(delivery.max_queue_lifetime, secs(5 * DAY)),
             concurrency_per_host: delivery.concurrency_per_host.unwrap_or(10),
+            resolvers: delivery
+                .resolvers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|Listen(a)| a)
+                .collect(),
         };
 
         let cluster = match cluster {

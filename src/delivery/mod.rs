@@ -3,9 +3,46 @@
 //!
 //! Only a primary runs it. [`DeliveryHandle`] is how the rest of the node talks to it.
 
+mod client;
+mod dsn;
+mod outcome;
+mod queue;
+mod route;
+
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::spool::{Change, QueueId, Spool, SpoolError};
+
+/// Starts the queue runner on the current tokio runtime: it loads the queue from the spool
+/// and delivers until the runtime stops.
+pub fn start(
+    config: Arc<Config>,
+    spool: Spool,
+    metrics: Arc<Metrics>,
+) -> Result<DeliveryHandle, String> {
+    let resolver = route::Resolver::new(&config.delivery.resolvers)?;
+    // Certificates are not verified, as with Postfix's "may" and "encrypt" levels: MX
+    // certificates are rarely valid for the MX name, and refusing them would only push the
+    // mail to plain text. Authentication of the next hop (DANE, MTA-STS) is future work.
+    let tls = mail_send::smtp::tls::build_tls_connector(true)?;
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (done, done_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(queue::Shared {
+        config,
+        spool: spool.clone(),
+        metrics,
+        resolver,
+        tls,
+        commands: commands.clone(),
+        done,
+    });
+    tokio::spawn(queue::Runner::new(shared, command_rx, done_rx).run());
+    Ok(DeliveryHandle { spool, commands: Some(commands) })
+}
 
 /// What the runner is told from outside.
 #[derive(Debug)]

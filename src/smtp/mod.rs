@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, Role};
+use crate::delivery::DeliveryHandle;
+use crate::metrics::Metrics;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
 use proto::Reply;
@@ -26,15 +28,27 @@ use session::Session;
 pub struct Server {
     config: Arc<Config>,
     spool: Spool,
+    delivery: DeliveryHandle,
+    metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
 }
 
 impl Server {
     /// Prepares the server; fails if the TLS certificate or key cannot be loaded.
-    pub fn new(config: Arc<Config>, spool: Spool) -> Result<Server, ConfigError> {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Spool,
+        delivery: DeliveryHandle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Server, ConfigError> {
         let tls = starttls_acceptor(&config)?;
-        Ok(Server { config, spool, tls, limiter: ConnectionLimiter::default() })
+        Ok(Server { config, spool, delivery, metrics, tls, limiter: ConnectionLimiter::default() })
+    }
+
+    /// The open-connection counter (for the admin endpoint's metrics).
+    pub fn limiter(&self) -> ConnectionLimiter {
+        self.limiter.clone()
     }
 
     /// Binds every address in `[smtp].listen`.
@@ -76,8 +90,14 @@ impl Server {
         let refusal = match (acquired, self.config.node.role) {
             (Ok(slot), Role::Primary) => {
                 tracing::debug!(client = %peer, "connect");
-                let session =
-                    Session::new(self.config.clone(), self.spool.clone(), self.tls.clone(), peer);
+                let session = Session::new(
+                    self.config.clone(),
+                    self.spool.clone(),
+                    self.delivery.clone(),
+                    self.metrics.clone(),
+                    self.tls.clone(),
+                    peer,
+                );
                 session.run(Box::new(stream), slot).await;
                 tracing::debug!(client = %peer, "disconnect");
                 return;

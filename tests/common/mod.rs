@@ -35,6 +35,8 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub smtp_port: u16,
+    /// The admin endpoint's port ([admin].listen on 127.0.0.1).
+    pub admin_port: u16,
     pub config_path: PathBuf,
     child: Option<Child>,
 }
@@ -46,9 +48,24 @@ impl Node {
     }
 
     /// The same, in the given role.
+    ///
+    /// Unless `sections` has routes or a `[delivery]` section of its own, every domain is
+    /// routed to a loopback port where nobody listens (mail stays queued, deferred) and DNS is
+    /// pointed at loopback too: a test never sends anything off this machine.
     pub fn start_as(role: &str, smtp_extra: &str, sections: &str) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
+        let admin_port = free_port();
+        let mut sections = sections.to_string();
+        if !sections.contains("[[route]]") {
+            sections += &format!(
+                "\n[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{}\"\ntls = \"none\"\n",
+                free_port()
+            );
+        }
+        if !sections.contains("[delivery]") {
+            sections += &format!("\n[delivery]\nresolvers = [\"127.0.0.1:{}\"]\n", free_port());
+        }
         let config = format!(
             r#"[node]
 name = "test"
@@ -69,11 +86,10 @@ level = "info"
 {sections}
 "#,
             data = dir.path().join("data").display(),
-            admin_port = free_port(),
         );
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut node = Node { dir, smtp_port, config_path, child: None };
+        let mut node = Node { dir, smtp_port, admin_port, config_path, child: None };
         node.launch();
         node
     }
@@ -325,3 +341,4 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
         context(expected)
     );
 }
+pub mod postfix;

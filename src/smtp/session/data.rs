@@ -9,6 +9,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::proto::{BodyDecoder, Reply};
 use super::{Conn, End, Session};
+use crate::metrics::Metrics;
 use crate::spool::{BodyWriter, Envelope, ErrorKind, QueueId, SpoolError};
 
 /// A body on its way into the spool, with the size limit applied as it arrives.
@@ -185,6 +186,8 @@ impl Session {
                     client = %self.peer.ip(),
                     "accepted"
                 );
+                Metrics::count(&self.metrics.messages_accepted);
+                self.delivery.queued(id);
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(error) => self.spool_failure(id, error),

@@ -20,6 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use super::limits::ConnectionSlot;
 use super::proto::{self, Address, Command, MailFrom, Reply};
 use crate::config::Config;
+use crate::delivery::DeliveryHandle;
+use crate::metrics::Metrics;
 use crate::spool::Spool;
 
 /// Longest command line we read, CRLF included. RFC 5321 asks for at least 512 octets;
@@ -55,6 +57,8 @@ struct TlsInfo {
 pub struct Session {
     config: Arc<Config>,
     spool: Spool,
+    delivery: DeliveryHandle,
+    metrics: Arc<Metrics>,
     tls_acceptor: Option<TlsAcceptor>,
     peer: SocketAddr,
     /// The name from EHLO/HELO, once given.
@@ -77,12 +81,16 @@ impl Session {
     pub fn new(
         config: Arc<Config>,
         spool: Spool,
+        delivery: DeliveryHandle,
+        metrics: Arc<Metrics>,
         tls_acceptor: Option<TlsAcceptor>,
         peer: SocketAddr,
     ) -> Session {
         Session {
             config,
             spool,
+            delivery,
+            metrics,
             tls_acceptor,
             peer,
             helo: None,

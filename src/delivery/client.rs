@@ -1,0 +1,317 @@
+//! The outbound SMTP client: one connection to a next hop, on mail-send's lower-level calls,
+//! with RFC 5321's per-stage timeouts and the route's TLS policy.
+
+use std::time::Duration;
+
+use mail_send::SmtpClient;
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::outcome::Outcome;
+use super::route::Hop;
+use crate::config::RouteTls;
+use crate::spool::{MessageRecord, Spool};
+
+/// RFC 5321 section 4.5.3.2's minimum timeouts, per stage; connecting gets Postfix's 30 s.
+const CONNECT: Duration = Duration::from_secs(30);
+const GREETING: Duration = Duration::from_secs(300);
+const MAIL_RCPT: Duration = Duration::from_secs(300);
+const DATA_INIT: Duration = Duration::from_secs(120);
+const DATA_BLOCK: Duration = Duration::from_secs(180);
+const DATA_TERM: Duration = Duration::from_secs(600);
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// An open SMTP connection, ready for a transaction.
+pub struct Connection {
+    client: SmtpClient<Box<dyn Stream>>,
+    capabilities: EhloResponse<String>,
+    /// "host[ip]:port", as logged.
+    pub relay: String,
+    /// Transactions done on this connection; from the second on, each starts with RSET.
+    transactions: u32,
+}
+
+/// Opens a connection to the first of `hops` that answers well (trying every address of
+/// every host in order, as with MX fallback). A failure is the outcome for every recipient.
+pub async fn connect(
+    hops: &[Hop],
+    tls: RouteTls,
+    helo: &str,
+    connector: &TlsConnector,
+) -> Result<Connection, Outcome> {
+    let mut last = Outcome::temporary("4.4.1 no host to connect to");
+    for hop in hops {
+        for addr in &hop.addrs {
+            // Postfix's form, "mx.example.com[192.0.2.1]:25", or just the address for an IP hop.
+            let relay = if hop.name.parse::<std::net::IpAddr>().is_ok() {
+                addr.to_string()
+            } else {
+                format!("{}[{}]:{}", hop.name, addr.ip(), addr.port())
+            };
+            match open(&hop.name, *addr, &relay, tls, helo, connector).await {
+                Ok(connection) => return Ok(connection),
+                Err(outcome) => {
+                    tracing::debug!(relay, reply = outcome.reply(), "next hop not usable");
+                    last = outcome;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn open(
+    host: &str,
+    addr: std::net::SocketAddr,
+    relay: &str,
+    tls: RouteTls,
+    helo: &str,
+    connector: &TlsConnector,
+) -> Result<Connection, Outcome> {
+    let lost = |stage: &str, e: mail_send::Error| Outcome::Temporary {
+        reply: format!("4.4.2 {relay}: {stage}: {e}"),
+        relay: Some(relay.to_string()),
+    };
+    let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(Outcome::temporary(format!("4.4.1 connect to {relay}: {e}"))),
+        Err(_) => return Err(Outcome::temporary(format!("4.4.1 connect to {relay}: timed out"))),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut client = SmtpClient { stream, timeout: GREETING };
+    let greeting = client.read().await.map_err(|e| lost("reading the greeting", e))?;
+    if !greeting.is_positive_completion() {
+        // A 4xx or 5xx greeting: try the next host, as RFC 5321 section 5.1 asks.
+        return Err(Outcome::from_reply(&greeting, relay));
+    }
+    client.timeout = MAIL_RCPT;
+    let capabilities = client.ehlo(helo).await.map_err(|e| lost("EHLO", e))?;
+    let offers_tls = capabilities.has_capability(EXT_START_TLS);
+    let (client, capabilities) = match (tls, offers_tls) {
+        (RouteTls::Required, false) => {
+            let _ = client.quit().await;
+            return Err(Outcome::Temporary {
+                reply: format!(
+                    "4.7.4 {relay}: TLS is required, but the host does not offer STARTTLS"
+                ),
+                relay: Some(relay.to_string()),
+            });
+        }
+        (RouteTls::None, _) | (RouteTls::Opportunistic, false) => (
+            SmtpClient {
+                stream: Box::new(client.stream) as Box<dyn Stream>,
+                timeout: client.timeout,
+            },
+            capabilities,
+        ),
+        (RouteTls::Opportunistic | RouteTls::Required, true) => {
+            let mut secure =
+                client.start_tls(connector, host).await.map_err(|e| Outcome::Temporary {
+                    reply: format!("4.7.5 {relay}: STARTTLS failed: {e}"),
+                    relay: Some(relay.to_string()),
+                })?;
+            let capabilities =
+                secure.ehlo(helo).await.map_err(|e| lost("EHLO after STARTTLS", e))?;
+            (
+                SmtpClient {
+                    stream: Box::new(secure.stream) as Box<dyn Stream>,
+                    timeout: secure.timeout,
+                },
+                capabilities,
+            )
+        }
+    };
+    Ok(Connection { client, capabilities, relay: relay.to_string(), transactions: 0 })
+}
+
+impl Connection {
+    /// Delivers `message` to the recipients at `rcpts` (indexes into its envelope). `Err` means
+    /// the connection failed: its outcome holds for every recipient, and the connection must
+    /// not be reused.
+    pub async fn send(
+        &mut self,
+        message: &MessageRecord,
+        rcpts: &[u32],
+        spool: &Spool,
+    ) -> Result<Vec<(u32, Outcome)>, Outcome> {
+        let relay = self.relay.clone();
+        let lost = |stage: &str, e: mail_send::Error| Outcome::Temporary {
+            reply: format!("4.4.2 {relay}: lost connection while {stage}: {e}"),
+            relay: Some(relay.clone()),
+        };
+        let envelope = &message.envelope;
+        if envelope.smtputf8 && !self.capabilities.has_capability(EXT_SMTP_UTF8) {
+            let outcome = Outcome::Permanent {
+                reply: format!(
+                    "5.6.7 {relay}: the message needs SMTPUTF8, which the host does not offer"
+                ),
+                relay: Some(relay.clone()),
+            };
+            return Ok(rcpts.iter().map(|&i| (i, outcome.clone())).collect());
+        }
+        self.client.timeout = MAIL_RCPT;
+        if self.transactions > 0 {
+            self.client.rset().await.map_err(|e| lost("resetting", e))?;
+        }
+        self.transactions += 1;
+
+        let mut params = String::new();
+        if self.capabilities.has_capability(EXT_SIZE) {
+            params += &format!(" SIZE={}", envelope.size);
+        }
+        if envelope.eight_bit && self.capabilities.has_capability(EXT_8BIT_MIME) {
+            params += " BODY=8BITMIME";
+        }
+        if envelope.smtputf8 {
+            params += " SMTPUTF8";
+        }
+        let mut commands = vec![format!("MAIL FROM:<{}>{params}\r\n", envelope.sender)];
+        for &index in rcpts {
+            let address = envelope.recipients.get(index as usize).map_or("", String::as_str);
+            commands.push(format!("RCPT TO:<{address}>\r\n"));
+        }
+        let replies = if self.capabilities.has_capability(EXT_PIPELINING) {
+            self.client.cmds(commands).await.map_err(|e| lost("sending MAIL and RCPT", e))?
+        } else {
+            let mut replies = Vec::with_capacity(commands.len());
+            for command in commands {
+                let reply =
+                    self.client.cmd(command).await.map_err(|e| lost("sending MAIL and RCPT", e))?;
+                let refused_sender = replies.is_empty() && !reply.is_positive_completion();
+                replies.push(reply);
+                if refused_sender {
+                    break;
+                }
+            }
+            replies
+        };
+        let Some((mail, rcpt_replies)) = replies.split_first() else {
+            return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to MAIL")));
+        };
+        if !mail.is_positive_completion() {
+            let outcome = Outcome::from_reply(mail, &relay);
+            return Ok(rcpts.iter().map(|&i| (i, outcome.clone())).collect());
+        }
+        let mut results = Vec::with_capacity(rcpts.len());
+        let mut accepted = Vec::new();
+        for (&index, reply) in rcpts.iter().zip(rcpt_replies) {
+            if reply.is_positive_completion() {
+                accepted.push(index);
+            } else {
+                results.push((index, Outcome::from_reply(reply, &relay)));
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(results);
+        }
+        let final_reply =
+            self.data(message, spool).await.map_err(|e| lost("sending the message", e))?;
+        let outcome = Outcome::from_reply(&final_reply, &relay);
+        results.extend(accepted.into_iter().map(|index| (index, outcome.clone())));
+        Ok(results)
+    }
+
+    /// DATA: the body streamed from the spool chunk by chunk, dot-stuffed on the way.
+    async fn data(
+        &mut self,
+        message: &MessageRecord,
+        spool: &Spool,
+    ) -> Result<Response<String>, mail_send::Error> {
+        self.client.timeout = DATA_INIT;
+        let go_ahead = self.client.cmd(b"DATA\r\n").await?;
+        if go_ahead.code != 354 {
+            return Ok(go_ahead);
+        }
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        for chunk in spool.body(message.envelope.id) {
+            let chunk =
+                chunk.map_err(|e| mail_send::Error::Io(std::io::Error::other(e.to_string())))?;
+            out.clear();
+            stuffer.stuff(&chunk, &mut out);
+            let write = self.client.stream.write_all(&out);
+            tokio::time::timeout(DATA_BLOCK, write)
+                .await
+                .map_err(|_| mail_send::Error::Timeout)??;
+        }
+        out.clear();
+        stuffer.end(&mut out);
+        let stream = &mut self.client.stream;
+        tokio::time::timeout(DATA_BLOCK, async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| mail_send::Error::Timeout)??;
+        self.client.timeout = DATA_TERM;
+        tokio::time::timeout(DATA_TERM, self.client.read())
+            .await
+            .map_err(|_| mail_send::Error::Timeout)?
+    }
+
+    /// Ends the session politely.
+    pub async fn quit(self) {
+        let mut client = self.client;
+        client.timeout = MAIL_RCPT;
+        let _ = client.quit().await;
+    }
+}
+
+/// RFC 5321 section 4.5.2, sending side: a "." at the start of a line is doubled. The spool
+/// holds CRLF line ends only, so a line starts at the body's start and after each LF.
+#[derive(Debug)]
+struct DotStuffer {
+    at_line_start: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer { at_line_start: true }
+    }
+}
+
+impl DotStuffer {
+    fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for &byte in chunk {
+            if self.at_line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            self.at_line_start = byte == b'\n';
+        }
+    }
+
+    /// The end-of-data line, after a CRLF if the body did not end with one.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_at_line_starts_are_doubled_across_chunks() {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        stuffer.stuff(b".a\r\nb\r", &mut out);
+        stuffer.stuff(b"\n.\r\nc.d", &mut out);
+        stuffer.end(&mut out);
+        assert_eq!(out, b"..a\r\nb\r\n..\r\nc.d\r\n.\r\n");
+        let mut out = Vec::new();
+        let mut stuffer = DotStuffer::default();
+        stuffer.stuff(b"x\r\n", &mut out);
+        stuffer.end(&mut out);
+        assert_eq!(out, b"x\r\n.\r\n");
+    }
+}

@@ -1,0 +1,433 @@
+//! The queue runner: decides what to try when, hands the work to per-destination workers,
+//! and records every result in the spool's change log.
+//!
+//! One task owns the schedule (due time → message). A due message's pending recipients are
+//! grouped by destination; each group is one job. A destination runs at most
+//! `concurrency_per_host` workers; a worker keeps its connection open for the next job of the
+//! same destination (RSET between messages) and closes it when the destination has no more
+//! work. A message is not dispatched again while a job of it is in flight: when its last job
+//! is done, it is rescheduled from what the spool then says.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+use super::Command;
+use super::client::{self, Connection};
+use super::dsn;
+use super::outcome::Outcome;
+use super::route::{self, Destination, Resolver};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool};
+
+/// Everything the runner and its workers share.
+pub(super) struct Shared {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    pub metrics: Arc<Metrics>,
+    pub resolver: Resolver,
+    pub tls: TlsConnector,
+    /// Back to the runner: jobs done, DSNs queued.
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub done: mpsc::UnboundedSender<QueueId>,
+}
+
+/// One transaction's worth of work: some recipients of one message, all to one destination.
+struct Job {
+    id: QueueId,
+    rcpts: Vec<u32>,
+}
+
+/// A destination's jobs and how many workers serve it.
+#[derive(Default)]
+struct Lane {
+    jobs: VecDeque<Job>,
+    workers: usize,
+}
+
+pub(super) struct Runner {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    done: mpsc::UnboundedReceiver<QueueId>,
+    /// (due in Unix ms, id), and each scheduled id's due time.
+    schedule: BTreeSet<(u64, QueueId)>,
+    due: HashMap<QueueId, u64>,
+    /// Jobs in flight per message.
+    in_flight: HashMap<QueueId, usize>,
+    lanes: Arc<Mutex<HashMap<Destination, Lane>>>,
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Runner {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        done: mpsc::UnboundedReceiver<QueueId>,
+    ) -> Runner {
+        Runner {
+            shared,
+            commands,
+            done,
+            schedule: BTreeSet::new(),
+            due: HashMap::new(),
+            in_flight: HashMap::new(),
+            lanes: Arc::default(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        // What was queued before this start: every message, at its recipients' next attempt.
+        let ids: Vec<QueueId> =
+            self.shared.spool.messages().filter_map(|m| m.ok()).map(|m| m.envelope.id).collect();
+        for id in ids {
+            self.reschedule(id);
+        }
+        loop {
+            self.dispatch_due();
+            let sleep = match self.schedule.first() {
+                Some(&(due, _)) => Duration::from_millis(due.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Queued(id)) => self.schedule_at(id, 0),
+                    Some(Command::Flush) => {
+                        let ids: Vec<QueueId> = self.due.keys().copied().collect();
+                        for id in ids {
+                            self.schedule_at(id, 0);
+                        }
+                        self.flush_deferred();
+                    }
+                    Some(Command::Forget(id)) => self.unschedule(id),
+                    None => return,
+                },
+                Some(id) = self.done.recv() => {
+                    let left = self.in_flight.get_mut(&id).map(|n| {
+                        *n -= 1;
+                        *n
+                    });
+                    if left == Some(0) {
+                        self.in_flight.remove(&id);
+                        self.reschedule(id);
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// `relayd queue flush`: messages whose recipients wait for a later attempt are tried now,
+    /// without waiting for their retry time.
+    fn flush_deferred(&mut self) {
+        let ids: Vec<QueueId> = self
+            .shared
+            .spool
+            .messages()
+            .filter_map(|m| m.ok())
+            .map(|m| m.envelope.id)
+            .filter(|id| !self.in_flight.contains_key(id))
+            .collect();
+        for id in ids {
+            self.schedule_at(id, 0);
+        }
+    }
+
+    fn schedule_at(&mut self, id: QueueId, at: u64) {
+        self.unschedule(id);
+        self.schedule.insert((at, id));
+        self.due.insert(id, at);
+    }
+
+    fn unschedule(&mut self, id: QueueId) {
+        if let Some(at) = self.due.remove(&id) {
+            self.schedule.remove(&(at, id));
+        }
+    }
+
+    /// Schedules `id` at its earliest pending recipient's next attempt, or forgets it.
+    fn reschedule(&mut self, id: QueueId) {
+        self.unschedule(id);
+        let Ok(Some(message)) = self.shared.spool.get(id) else { return };
+        let next = message
+            .recipients
+            .iter()
+            .filter_map(|state| match state {
+                RecipientState::Pending { next_attempt_ms, .. } => Some(*next_attempt_ms),
+                _ => None,
+            })
+            .min();
+        if let Some(at) = next {
+            self.schedule_at(id, at);
+        }
+    }
+
+    fn dispatch_due(&mut self) {
+        let now = now_ms();
+        while let Some(&(at, id)) = self.schedule.first() {
+            if at > now {
+                break;
+            }
+            self.unschedule(id);
+            if self.in_flight.contains_key(&id) {
+                continue;
+            }
+            let message = match self.shared.spool.get(id) {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "cannot read a queued message; retrying in a minute");
+                    self.schedule_at(id, now + 60_000);
+                    continue;
+                }
+            };
+            let mut groups: HashMap<Destination, Vec<u32>> = HashMap::new();
+            for (index, (address, state)) in
+                message.envelope.recipients.iter().zip(&message.recipients).enumerate()
+            {
+                if matches!(state, RecipientState::Pending { next_attempt_ms, .. } if *next_attempt_ms <= now)
+                {
+                    let destination = route::destination(&self.shared.config, address);
+                    groups.entry(destination).or_default().push(index as u32);
+                }
+            }
+            if groups.is_empty() {
+                self.reschedule(id);
+                continue;
+            }
+            self.in_flight.insert(id, groups.len());
+            for (destination, rcpts) in groups {
+                self.submit(destination, Job { id, rcpts });
+            }
+        }
+    }
+
+    fn submit(&self, destination: Destination, job: Job) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let lane = lanes.entry(destination.clone()).or_default();
+        lane.jobs.push_back(job);
+        if lane.workers < self.shared.config.delivery.concurrency_per_host {
+            lane.workers += 1;
+            tokio::spawn(work(self.shared.clone(), self.lanes.clone(), destination));
+        }
+    }
+}
+
+/// A worker: takes its destination's jobs one by one over one connection, until none is left.
+async fn work(
+    shared: Arc<Shared>,
+    lanes: Arc<Mutex<HashMap<Destination, Lane>>>,
+    destination: Destination,
+) {
+    let mut connection: Option<Connection> = None;
+    loop {
+        let job = {
+            let mut lanes = lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(lane) = lanes.get_mut(&destination) else { break };
+            match lane.jobs.pop_front() {
+                Some(job) => job,
+                None => {
+                    lane.workers -= 1;
+                    if lane.workers == 0 {
+                        lanes.remove(&destination);
+                    }
+                    break;
+                }
+            }
+        };
+        attempt(&shared, &destination, &mut connection, &job).await;
+        let _ = shared.done.send(job.id);
+    }
+    if let Some(connection) = connection {
+        connection.quit().await;
+    }
+}
+
+/// One job: deliver, then record what happened.
+async fn attempt(
+    shared: &Shared,
+    destination: &Destination,
+    connection: &mut Option<Connection>,
+    job: &Job,
+) {
+    let message = match shared.spool.get(job.id) {
+        Ok(Some(message)) => message,
+        // Deleted by an operator meanwhile, or unreadable (already logged by the runner).
+        _ => return,
+    };
+    let rcpts: Vec<u32> = job
+        .rcpts
+        .iter()
+        .copied()
+        .filter(|&i| message.recipients.get(i as usize).is_some_and(RecipientState::is_pending))
+        .collect();
+    if rcpts.is_empty() {
+        return;
+    }
+    let results = deliver(shared, destination, connection, &message, &rcpts).await;
+    record(shared, &message, results).await;
+}
+
+/// Sends over the open connection if there is one (reconnecting once if it turned out dead),
+/// else over a new one.
+async fn deliver(
+    shared: &Shared,
+    destination: &Destination,
+    connection: &mut Option<Connection>,
+    message: &MessageRecord,
+    rcpts: &[u32],
+) -> Vec<(u32, Outcome)> {
+    let all = |outcome: Outcome| rcpts.iter().map(|&i| (i, outcome.clone())).collect();
+    if let Some(open) = connection.as_mut() {
+        match open.send(message, rcpts, &shared.spool).await {
+            Ok(results) => return results,
+            // A cached connection may have been closed by the other side: try a fresh one.
+            Err(_) => *connection = None,
+        }
+    }
+    let hops = match shared.resolver.hops(&destination.target).await {
+        Ok(hops) => hops,
+        Err(outcome) => return all(outcome),
+    };
+    let helo = &shared.config.smtp.hostname;
+    let mut open = match client::connect(&hops, destination.tls, helo, &shared.tls).await {
+        Ok(open) => open,
+        Err(outcome) => return all(outcome),
+    };
+    match open.send(message, rcpts, &shared.spool).await {
+        Ok(results) => {
+            *connection = Some(open);
+            results
+        }
+        Err(outcome) => all(outcome),
+    }
+}
+
+/// Turns outcomes into recipient states, logs and counts them, and commits them with the DSN
+/// for any recipient given up on, in one batch.
+async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Outcome)>) {
+    let envelope = &message.envelope;
+    let now = now_ms();
+    let lifetime =
+        u64::try_from(shared.config.delivery.max_queue_lifetime.as_millis()).unwrap_or(u64::MAX);
+    let expired = now.saturating_sub(envelope.received_at_ms) >= lifetime;
+    let mut states = Vec::with_capacity(results.len());
+    let mut bounced = Vec::new();
+    for (index, outcome) in &results {
+        let rcpt = envelope.recipients.get(*index as usize).map_or("", String::as_str);
+        let attempts = match message.recipients.get(*index as usize) {
+            Some(RecipientState::Pending { attempts, .. }) => attempts + 1,
+            _ => 1,
+        };
+        let state = match outcome {
+            Outcome::Delivered { reply, relay } => {
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, reply = ?reply, "delivered");
+                Metrics::count(&shared.metrics.messages_delivered);
+                RecipientState::Delivered { reply: reply.clone(), relay: relay.clone() }
+            }
+            Outcome::Permanent { reply, relay } => {
+                bounced.push((rcpt, reply.clone(), relay.clone(), false));
+                RecipientState::Bounced { reply: reply.clone() }
+            }
+            Outcome::Temporary { reply, relay } if expired => {
+                bounced.push((rcpt, reply.clone(), relay.clone(), true));
+                RecipientState::Bounced {
+                    reply: format!("4.4.7 message expired; last reply: {reply}"),
+                }
+            }
+            Outcome::Temporary { reply, .. } => {
+                let next = now + retry_delay(&shared.config, attempts);
+                let next_text = chrono::DateTime::from_timestamp_millis(next as i64)
+                    .map_or_else(String::new, |t| {
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    });
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, next_attempt = %next_text, "deferred");
+                Metrics::count(&shared.metrics.messages_deferred);
+                RecipientState::Pending {
+                    attempts,
+                    next_attempt_ms: next,
+                    last_reply: Some(reply.clone()),
+                }
+            }
+        };
+        states.push((*index, state));
+    }
+    for (rcpt, reply, _, expired) in &bounced {
+        let reply = if *expired {
+            format!("4.4.7 message expired; last reply: {reply}")
+        } else {
+            reply.clone()
+        };
+        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, "bounced");
+        Metrics::count(&shared.metrics.messages_bounced);
+    }
+    let mut changes = vec![Change::Attempted { id: envelope.id, results: states }];
+    let mut bodies = Vec::new();
+    let mut dsn_id = None;
+    let mut dsn_size = 0;
+    // A bounce is never bounced: no DSN for the null sender.
+    if !bounced.is_empty() && !envelope.sender.is_empty() {
+        let failed: Vec<dsn::Failed<'_>> = bounced
+            .iter()
+            .map(|(rcpt, reply, relay, expired)| dsn::Failed {
+                recipient: rcpt,
+                reply,
+                relay: relay.as_deref(),
+                expired: *expired,
+            })
+            .collect();
+        let content = dsn::build(&shared.config.smtp.hostname, message, &failed, &shared.spool);
+        dsn_size = content.len();
+        let id = QueueId::new();
+        let mut body = shared.spool.body_writer(id);
+        match body.write(&content) {
+            Ok(()) => {
+                changes.push(Change::Accepted(Envelope {
+                    id,
+                    sender: String::new(),
+                    recipients: vec![envelope.sender.clone()],
+                    received_at_ms: now,
+                    client: "127.0.0.1".into(),
+                    helo: shared.config.smtp.hostname.clone(),
+                    size: content.len() as u64,
+                    eight_bit: true,
+                    smtputf8: envelope.smtputf8,
+                }));
+                bodies.push(body);
+                dsn_id = Some(id);
+            }
+            Err(e) => {
+                tracing::error!(id = %envelope.id, error = %e, "cannot write the DSN; the results are recorded without it")
+            }
+        }
+    }
+    match shared.spool.commit(changes, bodies).await {
+        Ok(_) => {
+            if let Some(id) = dsn_id {
+                tracing::info!(id = %id, from = "<>", rcpts = 1, size = dsn_size, orig_id = %envelope.id, "accepted DSN");
+                let _ = shared.commands.send(Command::Queued(id));
+            }
+        }
+        // Not recorded: the recipients stay pending and are tried again (a duplicate at worst).
+        Err(e) => tracing::error!(id = %envelope.id, error = %e, "cannot record delivery results"),
+    }
+}
+
+/// The wait before attempt `attempts + 1`: the retry schedule's interval for this attempt (the
+/// last one again and again), with ±10% jitter so that a backlog does not retry in lockstep.
+fn retry_delay(config: &Config, attempts: u32) -> u64 {
+    let schedule = &config.delivery.retry;
+    let index = (attempts as usize).saturating_sub(1).min(schedule.len().saturating_sub(1));
+    let base =
+        schedule.get(index).map_or(60_000, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let jitter = 0.9 + fastrand::f64() * 0.2;
+    (base as f64 * jitter) as u64
+}
