@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::commands;
 use crate::config::{Config, ConfigError, Role};
+use crate::spool::QueueId;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,44 @@ struct Cli {
 enum Command {
     /// Check a config file and exit: 0 when valid, 2 with the file, line and key of the first error.
     CheckConfig,
+    /// Show the running node's role, epoch, peer, replication lag and queue.
+    Status {
+        /// Print the admin endpoint's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, show, flush or delete the running node's queued messages.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Every queued message: id, age, size, sender, recipients and their states.
+    List {
+        /// Print the admin endpoint's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message in detail.
+    Show {
+        /// The queue id (32 hexadecimal digits, as in the 250 reply and the logs).
+        #[arg(value_parser = crate::admin::commands::parse_queue_id)]
+        id: QueueId,
+        /// Print the admin endpoint's JSON instead of the details.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try every deferred message now.
+    Flush,
+    /// Remove a message from the queue without delivering it.
+    Delete {
+        /// The queue id.
+        #[arg(value_parser = crate::admin::commands::parse_queue_id)]
+        id: QueueId,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -56,6 +96,13 @@ pub fn main() -> ExitCode {
                 eprintln!("relayd: {e}");
                 ExitCode::from(2)
             }
+        },
+        Some(Command::Status { json }) => commands::status(&config, json),
+        Some(Command::Queue { command }) => match command {
+            QueueCommand::List { json } => commands::queue_list(&config, json),
+            QueueCommand::Show { id, json } => commands::queue_show(&config, id, json),
+            QueueCommand::Flush => commands::queue_flush(&config),
+            QueueCommand::Delete { id } => commands::queue_delete(&config, id),
         },
         None => crate::node::run(config),
     }

@@ -4,6 +4,7 @@
 //! [`smtp`] receives mail into the [`spool`]; [`node`] wires them together for the
 //! [`cli`]; [`config`] and [`logging`] serve them all.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;

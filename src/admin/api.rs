@@ -1,0 +1,192 @@
+//! The admin endpoint's JSON documents (SPEC.md "The admin endpoint"), shared by the server,
+//! which builds them from the spool, and by the CLI, which reads them back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spool::{MessageRecord, RecipientState};
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub role: String,
+    pub epoch: u64,
+    pub node: String,
+    /// The other data node; null without a cluster. Left open (any JSON) so that a CLI keeps
+    /// reading the status of a node that reports more about its peer.
+    pub peer: Option<serde_json::Value>,
+    pub replication: Replication,
+    pub queue: QueueSummary,
+}
+
+/// How far the standby is behind this primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Replication {
+    pub lag_records: u64,
+    pub lag_bytes: u64,
+    pub lag_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueSummary {
+    pub messages: u64,
+    pub recipients_pending: u64,
+    /// Age of the oldest queued message; 0 when the queue is empty.
+    pub oldest_age_seconds: u64,
+}
+
+/// One queued message, in `GET /queue` and `GET /queue/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    /// The reverse path without angle brackets; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Bytes, our Received: header included.
+    pub size: u64,
+    /// RFC 3339, UTC.
+    pub received_at: String,
+    /// The client's IP address.
+    pub client: String,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    /// "pending", "delivered" or "bounced".
+    pub state: String,
+    /// Delivery attempts so far, for a pending recipient; null once delivered or bounced.
+    pub attempts: Option<u32>,
+    /// RFC 3339, for a pending recipient that waits for a retry; null when it is due now, or
+    /// not pending.
+    pub next_attempt: Option<String>,
+    /// The last reply of a next hop (or the reason of a bounce), if any.
+    pub last_reply: Option<String>,
+    /// The next hop that accepted it, once delivered.
+    pub relay: Option<String>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl Message {
+    pub fn from_record(record: &MessageRecord) -> Message {
+        let envelope = &record.envelope;
+        let recipients = envelope
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, address)| {
+                // A record always has one state per recipient; read a missing one as untried.
+                let state = record.recipients.get(i).cloned().unwrap_or_default();
+                Recipient::new(address, state)
+            })
+            .collect();
+        Message {
+            id: envelope.id.to_string(),
+            sender: envelope.sender.clone(),
+            recipients,
+            size: envelope.size,
+            received_at: rfc3339(envelope.received_at_ms).unwrap_or_default(),
+            client: envelope.client.clone(),
+            helo: envelope.helo.clone(),
+        }
+    }
+}
+
+impl Recipient {
+    fn new(address: &str, state: RecipientState) -> Recipient {
+        let address = address.to_string();
+        match state {
+            RecipientState::Pending { attempts, next_attempt_ms, last_reply } => Recipient {
+                address,
+                state: "pending".into(),
+                attempts: Some(attempts),
+                next_attempt: if next_attempt_ms == 0 { None } else { rfc3339(next_attempt_ms) },
+                last_reply,
+                relay: None,
+            },
+            RecipientState::Delivered { reply, relay } => Recipient {
+                address,
+                state: "delivered".into(),
+                attempts: None,
+                next_attempt: None,
+                last_reply: Some(reply),
+                relay: Some(relay),
+            },
+            RecipientState::Bounced { reply } => Recipient {
+                address,
+                state: "bounced".into(),
+                attempts: None,
+                next_attempt: None,
+                last_reply: Some(reply),
+                relay: None,
+            },
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 in UTC, to the second; None if out of chrono's range.
+pub fn rfc3339(unix_ms: u64) -> Option<String> {
+    let ms = i64::try_from(unix_ms).ok()?;
+    let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)?;
+    Some(time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Envelope, LogPosition, QueueId};
+
+    #[test]
+    fn a_record_becomes_its_json_view() {
+        let id = QueueId::new();
+        let record = MessageRecord {
+            envelope: Envelope {
+                id,
+                sender: "a@example.org".into(),
+                recipients: vec!["b@example.com".into(), "c@example.com".into(), "d@x.y".into()],
+                received_at_ms: 1_700_000_000_000,
+                client: "127.0.0.1".into(),
+                helo: "client.test".into(),
+                size: 321,
+                eight_bit: false,
+                smtputf8: false,
+            },
+            recipients: vec![
+                RecipientState::Pending {
+                    attempts: 2,
+                    next_attempt_ms: 1_700_000_060_000,
+                    last_reply: Some("451 4.3.0 later".into()),
+                },
+                RecipientState::Delivered { reply: "250 ok".into(), relay: "mx.test:25".into() },
+                RecipientState::Bounced { reply: "550 5.1.1 no such user".into() },
+            ],
+            accepted_at: LogPosition { epoch: 1, seq: 2 },
+        };
+        let view = Message::from_record(&record);
+        assert_eq!(view.id, id.to_string());
+        assert_eq!(view.received_at, "2023-11-14T22:13:20Z");
+        let json = serde_json::to_value(&view).expect("serialize");
+        assert_eq!(json["recipients"][0]["state"], "pending");
+        assert_eq!(json["recipients"][0]["attempts"], 2);
+        assert_eq!(json["recipients"][0]["next_attempt"], "2023-11-14T22:14:20Z");
+        assert_eq!(json["recipients"][1]["state"], "delivered");
+        assert_eq!(json["recipients"][1]["attempts"], serde_json::Value::Null);
+        assert_eq!(json["recipients"][1]["relay"], "mx.test:25");
+        assert_eq!(json["recipients"][2]["state"], "bounced");
+        assert_eq!(json["recipients"][2]["last_reply"], "550 5.1.1 no such user");
+    }
+
+    #[test]
+    fn an_untried_recipient_has_no_next_attempt() {
+        let view = Recipient::new("b@example.com", RecipientState::new());
+        assert_eq!(view.state, "pending");
+        assert_eq!(view.attempts, Some(0));
+        assert_eq!(view.next_attempt, None);
+    }
+}

@@ -1,0 +1,333 @@
+//! The subcommands that talk to a running node: `relayd status` and `relayd queue ...`.
+//! Each returns the exit status (SPEC.md): 0 done, 1 failed at run time (the node cannot be
+//! reached, or refused: its JSON error is shown), 2 bad config (e.g. an unreadable token file).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use bytesize::ByteSize;
+
+use super::api::{Message, Recipient, Status};
+use super::client::{Client, ClientError};
+use crate::config::Config;
+use crate::spool::QueueId;
+
+/// `relayd status [--json]`.
+pub fn status(config: &Config, json: bool) -> ExitCode {
+    run(config, |client| {
+        if json {
+            let status: serde_json::Value = client.get("/status")?;
+            return Ok(pretty(&status));
+        }
+        let status: Status = client.get("/status")?;
+        Ok(status_table(&status))
+    })
+}
+
+/// `relayd queue list [--json]`.
+pub fn queue_list(config: &Config, json: bool) -> ExitCode {
+    run(config, |client| {
+        if json {
+            let list: serde_json::Value = client.get("/queue")?;
+            return Ok(pretty(&list));
+        }
+        let list: Vec<Message> = client.get("/queue")?;
+        Ok(queue_table(&list, now()))
+    })
+}
+
+/// `relayd queue show ID [--json]`.
+pub fn queue_show(config: &Config, id: QueueId, json: bool) -> ExitCode {
+    run(config, |client| {
+        let path = format!("/queue/{id}");
+        if json {
+            let message: serde_json::Value = client.get(&path)?;
+            return Ok(pretty(&message));
+        }
+        let message: Message = client.get(&path)?;
+        Ok(message_details(&message, now()))
+    })
+}
+
+/// `relayd queue flush`.
+pub fn queue_flush(config: &Config) -> ExitCode {
+    run(config, |client| {
+        client.post("/queue/flush")?;
+        Ok("flush requested: every deferred message is tried now\n".into())
+    })
+}
+
+/// `relayd queue delete ID`.
+pub fn queue_delete(config: &Config, id: QueueId) -> ExitCode {
+    run(config, |client| {
+        client.delete(&format!("/queue/{id}"))?;
+        Ok(format!("deleted {id}\n"))
+    })
+}
+
+/// A queue id on the command line: 32 hexadecimal digits, as in the 250 reply and the logs.
+pub fn parse_queue_id(text: &str) -> Result<QueueId, String> {
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("expected a queue id: 32 hexadecimal digits".into());
+    }
+    text.parse().map_err(|_| "expected a queue id: 32 hexadecimal digits".into())
+}
+
+fn run(config: &Config, command: impl FnOnce(&Client) -> Result<String, ClientError>) -> ExitCode {
+    let client = match Client::new(config) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("relayd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command(&client) {
+        Ok(output) => {
+            // A closed pipe (`relayd queue list | head`) is not an error worth a panic.
+            let _ = std::io::stdout().lock().write_all(output.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relayd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    text.push('\n');
+    text
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+fn status_table(status: &Status) -> String {
+    let peer = match &status.peer {
+        None | Some(serde_json::Value::Null) => "none".to_string(),
+        Some(serde_json::Value::Object(fields)) => fields
+            .iter()
+            .map(|(key, value)| match value {
+                serde_json::Value::String(text) => format!("{key}={text}"),
+                other => format!("{key}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(other) => other.to_string(),
+    };
+    let lag = &status.replication;
+    let queue = &status.queue;
+    let mut out = String::new();
+    let _ = writeln!(out, "node   {}", status.node);
+    let _ = writeln!(out, "role   {}", status.role);
+    let _ = writeln!(out, "epoch  {}", status.epoch);
+    let _ = writeln!(out, "peer   {peer}");
+    let _ = writeln!(
+        out,
+        "lag    {} records, {}, {}",
+        lag.lag_records,
+        ByteSize::b(lag.lag_bytes).display().iec(),
+        age(lag.lag_seconds)
+    );
+    let _ = write!(
+        out,
+        "queue  {} {}, {} {} pending",
+        queue.messages,
+        plural(queue.messages, "message", "messages"),
+        queue.recipients_pending,
+        plural(queue.recipients_pending, "recipient", "recipients"),
+    );
+    if queue.messages > 0 {
+        let _ = write!(out, ", oldest {}", age(queue.oldest_age_seconds));
+    }
+    out.push('\n');
+    out
+}
+
+fn queue_table(list: &[Message], now: chrono::DateTime<chrono::Utc>) -> String {
+    if list.is_empty() {
+        return "the queue is empty\n".into();
+    }
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|m| {
+            let recipients = m
+                .recipients
+                .iter()
+                .map(|r| format!("<{}> {}", r.address, short_state(r)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            [
+                m.id.clone(),
+                received_age(&m.received_at, now),
+                ByteSize::b(m.size).display().iec().to_string(),
+                format!("<{}>", m.sender),
+                recipients,
+            ]
+        })
+        .collect();
+    let header = ["ID", "AGE", "SIZE", "SENDER", "RECIPIENTS"].map(String::from);
+    let mut widths = [0usize; 5];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let [id, age, size, sender, recipients] = row;
+        let _ = writeln!(
+            out,
+            "{id:<w0$}  {age:>w1$}  {size:>w2$}  {sender:<w3$}  {recipients}",
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+        );
+    }
+    let _ = writeln!(out, "{} {}", list.len(), plural(list.len() as u64, "message", "messages"));
+    out
+}
+
+fn message_details(m: &Message, now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "id          {}", m.id);
+    let _ = writeln!(out, "sender      <{}>", m.sender);
+    let _ = writeln!(
+        out,
+        "received    {} ({} ago) from {} (helo {})",
+        m.received_at,
+        received_age(&m.received_at, now),
+        m.client,
+        m.helo
+    );
+    let _ = writeln!(out, "size        {} bytes", m.size);
+    let _ = writeln!(out, "recipients  {}", m.recipients.len());
+    for r in &m.recipients {
+        let _ = write!(out, "  <{}>  {}", r.address, r.state);
+        if let Some(attempts) = r.attempts {
+            let _ = write!(out, "  attempts {attempts}");
+        }
+        if r.state == "pending" {
+            let _ = write!(out, "  next attempt {}", r.next_attempt.as_deref().unwrap_or("now"));
+        }
+        if let Some(relay) = &r.relay {
+            let _ = write!(out, "  relay {relay}");
+        }
+        if let Some(reply) = &r.last_reply {
+            let _ = write!(out, "  reply {reply:?}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn short_state(r: &Recipient) -> String {
+    match r.attempts {
+        Some(attempts) if attempts > 0 => format!(
+            "{} ({attempts} {})",
+            r.state,
+            plural(u64::from(attempts), "attempt", "attempts")
+        ),
+        _ => r.state.clone(),
+    }
+}
+
+fn received_age(received_at: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    match chrono::DateTime::parse_from_rfc3339(received_at) {
+        Ok(at) => {
+            let seconds = now.signed_duration_since(at).num_seconds();
+            age(u64::try_from(seconds).unwrap_or(0))
+        }
+        Err(_) => "?".into(),
+    }
+}
+
+/// A duration, coarsely: "42s", "5m 3s", "2h 10m", "3d 4h".
+fn age(seconds: u64) -> String {
+    let (d, h, m, s) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::api::{QueueSummary, Replication};
+
+    #[test]
+    fn ages_are_coarse() {
+        assert_eq!(age(0), "0s");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(303), "5m 3s");
+        assert_eq!(age(7800), "2h 10m");
+        assert_eq!(age(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+    }
+
+    #[test]
+    fn queue_ids_are_checked() {
+        assert!(parse_queue_id("0190A1B2C3D4E5F60718293A4B5C6D7E").is_ok());
+        assert!(parse_queue_id("0190a1b2c3d4e5f60718293a4b5c6d7e").is_ok());
+        assert!(parse_queue_id("0190").is_err());
+        assert!(parse_queue_id("+190A1B2C3D4E5F60718293A4B5C6D7E").is_err());
+        assert!(parse_queue_id("Z190A1B2C3D4E5F60718293A4B5C6D7E").is_err());
+    }
+
+    #[test]
+    fn status_and_queue_tables_read_well() {
+        let status = Status {
+            role: "primary".into(),
+            epoch: 2,
+            node: "mx1".into(),
+            peer: None,
+            replication: Replication::default(),
+            queue: QueueSummary { messages: 1, recipients_pending: 2, oldest_age_seconds: 65 },
+        };
+        let table = status_table(&status);
+        assert!(table.contains("role   primary\n"), "{table}");
+        assert!(table.contains("peer   none\n"), "{table}");
+        assert!(
+            table.contains("queue  1 message, 2 recipients pending, oldest 1m 5s\n"),
+            "{table}"
+        );
+
+        let message = Message {
+            id: "0190A1B2C3D4E5F60718293A4B5C6D7E".into(),
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient {
+                address: "b@example.com".into(),
+                state: "pending".into(),
+                attempts: Some(2),
+                next_attempt: Some("2030-01-01T00:00:00Z".into()),
+                last_reply: Some("451 4.3.0 try later".into()),
+                relay: None,
+            }],
+            size: 2048,
+            received_at: "2030-01-01T00:00:00Z".into(),
+            client: "127.0.0.1".into(),
+            helo: "client.test".into(),
+        };
+        let at = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:02:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let list = queue_table(std::slice::from_ref(&message), at);
+        assert!(list.starts_with("ID "), "{list}");
+        assert!(
+            list.contains("0190A1B2C3D4E5F60718293A4B5C6D7E  2m 0s  2.0 KiB  <a@example.org>  <b@example.com> pending (2 attempts)"),
+            "{list}"
+        );
+        let details = message_details(&message, at);
+        assert!(details.contains("<b@example.com>  pending  attempts 2  next attempt 2030-01-01T00:00:00Z  reply \"451 4.3.0 try later\""), "{details}");
+    }
+}

@@ -1,0 +1,107 @@
+//! The admin endpoint (SPEC.md "The admin endpoint"): HTTP and JSON on `[admin].listen`, for
+//! operators, their tools and the `relayd status` / `relayd queue ...` subcommands.
+//!
+//! `routes` holds the handlers, `api` the JSON documents (shared with the CLI's `client`),
+//! `metrics` the Prometheus page, `auth` the optional bearer token, `error` the JSON errors.
+
+pub mod api;
+mod auth;
+pub mod client;
+pub mod commands;
+mod error;
+pub mod metrics;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use auth::Token;
+
+use crate::config::{AdminConfig, Config, Role};
+use crate::delivery::DeliveryHandle;
+use crate::metrics::Metrics;
+use crate::smtp::limits::ConnectionLimiter;
+use crate::spool::{Spool, SpoolError};
+
+/// What the endpoint reads and acts on.
+pub struct AdminContext {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    pub delivery: DeliveryHandle,
+    pub metrics: Arc<Metrics>,
+    /// The SMTP listener's limiter: its count is the number of open sessions.
+    pub sessions: ConnectionLimiter,
+}
+
+/// The node's place in the cluster, as the endpoint reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeState {
+    pub role: Role,
+    /// The current epoch: the last of the spool's epoch history, 0 when there is none.
+    pub epoch: u64,
+}
+
+/// Where `/status` and `/metrics` learn the role and the epoch. The role is the configured
+/// one for now; with failover it will be the live one, read here and nowhere else.
+pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
+    let epoch = context.spool.epoch_history()?.last().map_or(0, |start| start.epoch);
+    Ok(NodeState { role: context.config.node.role, epoch })
+}
+
+/// Binds `[admin].listen`. The error names the address. When a token file is set, it is read
+/// here too, so that a node whose token cannot be read stops at start with an error naming it.
+pub async fn bind(config: &AdminConfig) -> std::io::Result<TcpListener> {
+    if let Some(path) = &config.token_file {
+        Token::read(path).map_err(std::io::Error::other)?;
+    }
+    let address = config.listen;
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {address} (admin endpoint): {e}"))
+    })?;
+    tracing::info!(%address, token = config.token_file.is_some(), "admin endpoint listening");
+    Ok(listener)
+}
+
+/// Serves the endpoint on `listener` until the task is dropped or aborted.
+pub async fn serve(listener: TcpListener, context: AdminContext) {
+    let token = match &context.config.admin.token_file {
+        None => None,
+        Some(path) => match Token::read(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                // bind() read it a moment ago; refuse to serve unprotected.
+                tracing::error!(error = %e, "admin endpoint not started");
+                return;
+            }
+        },
+    };
+    let service = router(context, token).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).await {
+        tracing::error!(error = %e, "admin endpoint stopped");
+    }
+}
+
+/// The routes, behind the token check when there is a token. The router needs the client's
+/// address ([`axum::extract::ConnectInfo`]) to log refusals.
+pub fn router(context: AdminContext, token: Option<Token>) -> Router {
+    let router = Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/status", get(routes::status))
+        .route("/metrics", get(routes::metrics))
+        .route("/queue", get(routes::queue_list))
+        .route("/queue/flush", post(routes::queue_flush))
+        .route("/queue/{id}", get(routes::queue_show).delete(routes::queue_delete))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(Arc::new(context));
+    match token {
+        Some(token) => {
+            router.layer(axum::middleware::from_fn_with_state(token, auth::require_token))
+        }
+        None => router,
+    }
+}

@@ -1,0 +1,182 @@
+//! The endpoint's handlers, one per route (SPEC.md "The admin endpoint").
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::api::{Message, QueueSummary, Replication, Status};
+use super::error::ApiError;
+use super::metrics::{self, Snapshot};
+use super::{AdminContext, node_state};
+use crate::config::Role;
+use crate::metrics::Metrics;
+use crate::spool::{QueueId, Spool, SpoolError};
+
+type Context = State<Arc<AdminContext>>;
+
+/// `GET /healthz`: 200 while the node serves its role. Open even when a token is required.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /status`.
+pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
+    blocking(move || {
+        let state = node_state(&context)?;
+        Ok(Json(Status {
+            role: state.role.to_string(),
+            epoch: state.epoch,
+            node: context.config.node.name.clone(),
+            peer: None,
+            replication: Replication::default(),
+            queue: summarize(&context.spool)?,
+        }))
+    })
+    .await
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
+    let page = blocking(move || {
+        let state = node_state(&context)?;
+        let counters = &context.metrics;
+        Ok(metrics::render(&Snapshot {
+            role: Some(state.role),
+            epoch: state.epoch,
+            queue_messages: context.spool.queue_len(),
+            smtp_sessions_active: u64::try_from(context.sessions.active()).unwrap_or(u64::MAX),
+            messages_accepted: Metrics::read(&counters.messages_accepted),
+            messages_delivered: Metrics::read(&counters.messages_delivered),
+            messages_deferred: Metrics::read(&counters.messages_deferred),
+            messages_bounced: Metrics::read(&counters.messages_bounced),
+            replication_lag_records: 0,
+            replication_lag_seconds: 0,
+            failovers: Metrics::read(&counters.failovers),
+            spool_syncs: context.spool.syncs(),
+        }))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], page).into_response())
+}
+
+/// `GET /queue`: every queued message, oldest first.
+pub async fn queue_list(State(context): Context) -> Result<Json<Vec<Message>>, ApiError> {
+    blocking(move || {
+        let mut messages = Vec::new();
+        for record in context.spool.messages() {
+            messages.push(Message::from_record(&record?));
+        }
+        Ok(Json(messages))
+    })
+    .await
+}
+
+/// `GET /queue/{id}`.
+pub async fn queue_show(
+    State(context): Context,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Message>, ApiError> {
+    let id = queue_id(id)?;
+    blocking(move || match context.spool.get(id)? {
+        Some(record) => Ok(Json(Message::from_record(&record))),
+        None => Err(ApiError::not_found(format!("no message {id} in the queue"))),
+    })
+    .await
+}
+
+/// `POST /queue/flush`: every deferred message is tried now.
+pub async fn queue_flush(State(context): Context) -> Result<Response, ApiError> {
+    if !context.delivery.flush() {
+        return Err(ApiError::conflict("this node does not deliver mail: nothing to flush"));
+    }
+    tracing::info!("queue flush requested");
+    let body = serde_json::json!({ "flush": "requested" });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `DELETE /queue/{id}`: removes a message without delivering it. Only a primary changes its
+/// queue: a standby's spool is a copy of the primary's.
+pub async fn queue_delete(
+    State(context): Context,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = queue_id(id)?;
+    let state = {
+        let context = context.clone();
+        blocking(move || Ok(node_state(&context)?)).await?
+    };
+    if state.role != Role::Primary {
+        return Err(ApiError::conflict(format!(
+            "this node is a {}: delete the message on the primary",
+            state.role
+        )));
+    }
+    if !context.delivery.delete(id).await? {
+        return Err(ApiError::not_found(format!("no message {id} in the queue")));
+    }
+    tracing::info!(%id, "deleted by the operator");
+    Ok(Json(serde_json::json!({ "deleted": id.to_string() })))
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// A known path with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+}
+
+/// A queue id from the path: 32 hexadecimal digits, as in the 250 reply and the logs.
+fn queue_id(path: Result<Path<String>, PathRejection>) -> Result<QueueId, ApiError> {
+    let Path(text) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let malformed = || {
+        ApiError::bad_request(format!(
+            "malformed queue id {text:?}: expected 32 hexadecimal digits"
+        ))
+    };
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(malformed());
+    }
+    text.parse().map_err(|_| malformed())
+}
+
+/// The queue's figures for `/status`.
+fn summarize(spool: &Spool) -> Result<QueueSummary, SpoolError> {
+    let mut summary = QueueSummary::default();
+    let mut oldest_ms: Option<u64> = None;
+    for record in spool.messages() {
+        let record = record?;
+        summary.messages += 1;
+        let pending = record.recipients.iter().filter(|r| r.is_pending()).count();
+        summary.recipients_pending += u64::try_from(pending).unwrap_or(u64::MAX);
+        let received = record.envelope.received_at_ms;
+        oldest_ms = Some(oldest_ms.map_or(received, |oldest| oldest.min(received)));
+    }
+    if let Some(oldest_ms) = oldest_ms {
+        summary.oldest_age_seconds = now_ms().saturating_sub(oldest_ms) / 1000;
+    }
+    Ok(summary)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs spool reads (sled is synchronous) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("admin task failed: {e}")))?
+}
