@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, ConfigError, Role};
+use std::path::Path;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::{self, DeliveryHandle};
 use crate::metrics::Metrics;
 use crate::smtp::Server;
@@ -57,13 +62,14 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         data_dir = %data_dir.display(),
         "relayd started"
     );
+    let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
     let metrics = Arc::new(Metrics::default());
     // Only a primary delivers.
     let delivery = match config.node.role {
-        Role::Primary => delivery::start(config.clone(), spool.clone(), metrics.clone())?,
+        Role::Primary => delivery::start(live.clone(), spool.clone(), metrics.clone())?,
         _ => DeliveryHandle::inactive(spool.clone()),
     };
-    let server = Server::new(config.clone(), spool.clone(), delivery.clone(), metrics.clone())
+    let server = Server::new(live.clone(), spool.clone(), delivery.clone(), metrics.clone())
         .map_err(|e| e.to_string())?;
     let listeners = server.bind().await.map_err(|e| e.to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -81,14 +87,81 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     tasks.spawn(crate::admin::serve(admin_listener, admin));
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break tracing::info!("SIGTERM: draining"),
+            _ = interrupt.recv() => break tracing::info!("SIGINT: draining"),
+            _ = hangup.recv() => reload(&live, &server),
+        }
     }
-    // Stop accepting. Sessions still open lose their connection before any 250 they were
-    // not given yet: nothing acknowledged is at stake.
+    drain(&server, &delivery, config.node.drain_timeout).await;
     tasks.abort_all();
     spool.sync().map_err(|e| format!("spool sync at shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lets open sessions and deliveries in flight finish, within `limit`: new connections and
+/// idle sessions get 421 meanwhile, and no new delivery starts. What is cut at the limit was not
+/// acknowledged (a session without its 250) or not recorded (a delivery, tried again at the
+/// next start): nothing is lost.
+async fn drain(server: &Server, delivery: &DeliveryHandle, limit: Duration) {
+    server.drain();
+    delivery.drain();
+    let sessions = server.limiter();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let (open, busy) = (sessions.active(), delivery.in_flight());
+        if open == 0 && busy == 0 {
+            return tracing::info!("drained");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return tracing::warn!(
+                sessions = open,
+                deliveries = busy,
+                "drain timed out; cutting them"
+            );
+        }
+        tick.tick().await;
+    }
+}
+
+/// SIGHUP: reads the config file again and applies what can change while running (routes,
+/// relay domains, limits, TLS certificates, delivery settings). Open sessions keep the config
+/// they started with. What needs a restart (the node, listen addresses, admin, cluster, log)
+/// keeps its running value, with a warning. A file that does not load changes nothing.
+fn reload(live: &LiveConfig, server: &Server) {
+    let running = live.load_full();
+    if running.source == crate::config::EMBEDDED_SOURCE {
+        return tracing::info!("SIGHUP: running on the embedded default; nothing to reload");
+    }
+    let loaded =
+        Config::load(Path::new(&running.source)).and_then(|c| c.with_role(running.node.role));
+    let mut fresh = match loaded {
+        Ok(fresh) => fresh,
+        Err(e) => return tracing::error!("SIGHUP: {e}; the running config is kept"),
+    };
+    let fixed = [
+        ("node", fresh.node != running.node),
+        ("smtp.listen", fresh.smtp.listen != running.smtp.listen),
+        ("admin", fresh.admin != running.admin),
+        ("cluster", fresh.cluster != running.cluster),
+        ("log", fresh.log != running.log),
+    ];
+    for (key, changed) in fixed {
+        if changed {
+            tracing::warn!(key, "SIGHUP: changed in the file; takes effect at the next restart");
+        }
+    }
+    fresh.node = running.node.clone();
+    fresh.smtp.listen = running.smtp.listen.clone();
+    fresh.admin = running.admin.clone();
+    fresh.cluster = running.cluster.clone();
+    fresh.log = running.log.clone();
+    match server.reload(fresh) {
+        Ok(()) => tracing::info!(config = %running.source, "SIGHUP: config reloaded"),
+        Err(e) => tracing::error!("SIGHUP: {e}; the running config is kept"),
+    }
 }

@@ -68,7 +68,15 @@ fn restart_finds_every_message_and_the_log_orders_them() {
     let log: Vec<_> = spool.log_from(1).collect::<Result<_, _>>().expect("log");
     assert_eq!(log[0].change, Change::EpochStarted);
     assert_eq!((log[0].position.epoch, log[0].position.seq), (1, 1));
-    assert_eq!(log.len(), 41);
+    // Besides one Accepted record per message, the log holds the delivery attempts (to a
+    // closed port here: deferred), each an Attempted record.
+    let accepted = log.iter().filter(|r| matches!(r.change, Change::Accepted(_))).count();
+    assert_eq!(accepted, 40);
+    assert!(
+        log.iter()
+            .skip(1)
+            .all(|r| matches!(r.change, Change::Accepted(_) | Change::Attempted { .. }))
+    );
     for pair in log.windows(2) {
         assert_eq!(pair[1].position.seq, pair[0].position.seq + 1, "no gap, no repeat");
         assert_eq!(pair[1].position.epoch, 1);

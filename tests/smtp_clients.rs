@@ -207,3 +207,34 @@ fn curl_plain_and_starttls() {
         common::assert_same_bytes(Node::without_received(stored), &body, "body");
     }
 }
+
+/// CHUNKING with a client nobody here wrote: Stalwart's mail-send sends BDAT ... LAST. (Postfix's
+/// smtp client, curl, swaks and smtplib never send BDAT; tests/smtp_limits.rs covers several
+/// pipelined chunks with a raw client.)
+#[test]
+fn mail_send_bdat_body_is_stored_exactly() {
+    let mut node = Node::relay("");
+    let body = message("bdat");
+    let port = node.smtp_port;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let reply = runtime.block_on(async {
+        let builder = mail_send::SmtpClientBuilder::new("127.0.0.1", port)
+            .expect("builder")
+            .implicit_tls(false)
+            .helo_host("client.test");
+        let mut client = builder.connect_plain().await.expect("connect and EHLO");
+        let none = mail_send::smtp::message::Parameters::new();
+        client.mail_from("bdat@client.test", &none).await.expect("MAIL");
+        client.rcpt_to("r@example.com", &none).await.expect("RCPT");
+        let reply = client.bdat(&body).await.expect("BDAT LAST");
+        client.quit().await.expect("QUIT");
+        reply
+    });
+    let reply = format!("{} {}", reply.code, reply.message);
+    node.stop();
+    let queued = node.queued();
+    assert_eq!(queued.len(), 1);
+    let (record, stored) = &queued[0];
+    assert!(reply.contains(&record.envelope.id.to_string()), "{reply}");
+    common::assert_same_bytes(Node::without_received(stored), &body, "BDAT body");
+}

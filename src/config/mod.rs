@@ -20,7 +20,7 @@ pub use error::ConfigError;
 use values::keyword_enum;
 
 /// `Config::source` of the embedded default.
-const EMBEDDED_SOURCE: &str = "<embedded default>";
+pub const EMBEDDED_SOURCE: &str = "<embedded default>";
 
 /// The embedded default config, the one used without --config.
 const EMBEDDED_TOML: &str = include_str!("../../config/default.toml");
@@ -65,7 +65,13 @@ pub struct NodeConfig {
     pub role: Role,
     /// The sled spool and the node's persisted state.
     pub data_dir: PathBuf,
+    /// On SIGTERM, how long open sessions and deliveries in flight may take to finish.
+    pub drain_timeout: Duration,
 }
+
+/// The config a running node uses now: swapped whole on SIGHUP, read where it is used, so that
+/// a session or a delivery sees one consistent config from its start to its end.
+pub type LiveConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
 
 /// `[smtp]`
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,6 +34,7 @@ struct RawNode {
     name: Option<String>,
     role: Option<Role>,
     data_dir: Option<FilePath>,
+    drain_timeout: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -148,6 +149,7 @@ impl RawConfig {
             name: node.name.unwrap_or_else(system_hostname),
             role: node.role.unwrap_or(Role::Primary),
             data_dir: path(node.data_dir).unwrap_or_else(|| PathBuf::from("./relayd-data")),
+            drain_timeout: dur(node.drain_timeout, secs(30)),
         };
 
         let smtp = SmtpConfig {

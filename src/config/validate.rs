@@ -20,6 +20,7 @@ const MIN_MESSAGE_SIZE: u64 = 1024;
 /// Checks every rule; returns the first broken one.
 pub(super) fn validate(c: &Config) -> Result<(), Invalid> {
     check_node_name(&c.node.name)?;
+    positive("node.drain_timeout", c.node.drain_timeout)?;
     check_smtp(&c.smtp, c.node.role)?;
     check_routes(c)?;
     check_delivery(c)?;

@@ -156,10 +156,10 @@ impl Connection {
             return Ok(rcpts.iter().map(|&i| (i, outcome.clone())).collect());
         }
         self.client.timeout = MAIL_RCPT;
-        if self.transactions > 0 {
-            self.client.rset().await.map_err(|e| lost("resetting", e))?;
-        }
+        // From the second transaction on, RSET first: it also proves the connection alive.
+        let reset = self.transactions > 0;
         self.transactions += 1;
+        let pipelining = self.capabilities.has_capability(EXT_PIPELINING);
 
         let mut params = String::new();
         if self.capabilities.has_capability(EXT_SIZE) {
@@ -171,63 +171,88 @@ impl Connection {
         if envelope.smtputf8 {
             params += " SMTPUTF8";
         }
-        let mut commands = vec![format!("MAIL FROM:<{}>{params}\r\n", envelope.sender)];
+        let mut commands = Vec::with_capacity(rcpts.len() + 3);
+        if reset {
+            commands.push("RSET\r\n".to_string());
+        }
+        commands.push(format!("MAIL FROM:<{}>{params}\r\n", envelope.sender));
         for &index in rcpts {
             let address = envelope.recipients.get(index as usize).map_or("", String::as_str);
             commands.push(format!("RCPT TO:<{address}>\r\n"));
         }
-        let replies = if self.capabilities.has_capability(EXT_PIPELINING) {
-            self.client.cmds(commands).await.map_err(|e| lost("sending MAIL and RCPT", e))?
+        // RFC 2920: with PIPELINING, RSET, MAIL, the RCPTs and DATA go in one write, and their
+        // replies come back together: one round trip instead of one per command.
+        let replies = if pipelining {
+            commands.push("DATA\r\n".to_string());
+            self.client.cmds(commands).await.map_err(|e| lost("sending the envelope", e))?
         } else {
             let mut replies = Vec::with_capacity(commands.len());
             for command in commands {
                 let reply =
-                    self.client.cmd(command).await.map_err(|e| lost("sending MAIL and RCPT", e))?;
-                let refused_sender = replies.is_empty() && !reply.is_positive_completion();
+                    self.client.cmd(command).await.map_err(|e| lost("sending the envelope", e))?;
+                // After a refused RSET or MAIL, nothing else can succeed.
+                let stop =
+                    replies.len() < usize::from(reset) + 1 && !reply.is_positive_completion();
                 replies.push(reply);
-                if refused_sender {
+                if stop {
                     break;
                 }
             }
             replies
         };
-        let Some((mail, rcpt_replies)) = replies.split_first() else {
+        let mut replies = replies.into_iter();
+        if reset && !replies.next().is_some_and(|r| r.is_positive_completion()) {
+            return Err(Outcome::temporary(format!("4.4.2 {relay}: RSET refused")));
+        }
+        let Some(mail) = replies.next() else {
             return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to MAIL")));
         };
         if !mail.is_positive_completion() {
-            let outcome = Outcome::from_reply(mail, &relay);
+            let outcome = Outcome::from_reply(&mail, &relay);
             return Ok(rcpts.iter().map(|&i| (i, outcome.clone())).collect());
         }
         let mut results = Vec::with_capacity(rcpts.len());
         let mut accepted = Vec::new();
-        for (&index, reply) in rcpts.iter().zip(rcpt_replies) {
-            if reply.is_positive_completion() {
-                accepted.push(index);
-            } else {
-                results.push((index, Outcome::from_reply(reply, &relay)));
+        for &index in rcpts {
+            match replies.next() {
+                Some(reply) if reply.is_positive_completion() => accepted.push(index),
+                Some(reply) => results.push((index, Outcome::from_reply(&reply, &relay))),
+                None => return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to RCPT"))),
             }
         }
+        let data_reply = match replies.next() {
+            Some(reply) => reply,
+            None if accepted.is_empty() => return Ok(results),
+            None => {
+                self.client.timeout = DATA_INIT;
+                self.client.cmd(b"DATA\r\n").await.map_err(|e| lost("sending DATA", e))?
+            }
+        };
+        if data_reply.code != 354 {
+            let outcome = Outcome::from_reply(&data_reply, &relay);
+            results.extend(accepted.into_iter().map(|index| (index, outcome.clone())));
+            return Ok(results);
+        }
         if accepted.is_empty() {
+            // A server that said 354 with no recipient accepted: end the empty message.
+            self.client.timeout = DATA_TERM;
+            self.client.cmd(b".\r\n").await.map_err(|e| lost("ending an empty DATA", e))?;
             return Ok(results);
         }
         let final_reply =
-            self.data(message, spool).await.map_err(|e| lost("sending the message", e))?;
+            self.body(message, spool).await.map_err(|e| lost("sending the message", e))?;
         let outcome = Outcome::from_reply(&final_reply, &relay);
         results.extend(accepted.into_iter().map(|index| (index, outcome.clone())));
         Ok(results)
     }
 
-    /// DATA: the body streamed from the spool chunk by chunk, dot-stuffed on the way.
-    async fn data(
+    /// After the 354: the body streamed from the spool chunk by chunk, dot-stuffed on the way,
+    /// then the final reply.
+    async fn body(
         &mut self,
         message: &MessageRecord,
         spool: &Spool,
     ) -> Result<Response<String>, mail_send::Error> {
-        self.client.timeout = DATA_INIT;
-        let go_ahead = self.client.cmd(b"DATA\r\n").await?;
-        if go_ahead.code != 354 {
-            return Ok(go_ahead);
-        }
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
         for chunk in spool.body(message.envelope.id) {

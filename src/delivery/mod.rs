@@ -10,27 +10,29 @@ mod queue;
 mod route;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::LiveConfig;
 use crate::metrics::Metrics;
 use crate::spool::{Change, QueueId, Spool, SpoolError};
 
 /// Starts the queue runner on the current tokio runtime: it loads the queue from the spool
 /// and delivers until the runtime stops.
 pub fn start(
-    config: Arc<Config>,
+    config: LiveConfig,
     spool: Spool,
     metrics: Arc<Metrics>,
 ) -> Result<DeliveryHandle, String> {
-    let resolver = route::Resolver::new(&config.delivery.resolvers)?;
+    let resolver = route::Resolver::new(&config.load().delivery.resolvers)?;
     // Certificates are not verified, as with Postfix's "may" and "encrypt" levels: MX
     // certificates are rarely valid for the MX name, and refusing them would only push the
     // mail to plain text. Authentication of the next hop (DANE, MTA-STS) is future work.
     let tls = mail_send::smtp::tls::build_tls_connector(true)?;
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (done, done_rx) = mpsc::unbounded_channel();
+    let activity = Arc::new(queue::Activity::default());
     let shared = Arc::new(queue::Shared {
         config,
         spool: spool.clone(),
@@ -39,9 +41,10 @@ pub fn start(
         tls,
         commands: commands.clone(),
         done,
+        activity: activity.clone(),
     });
     tokio::spawn(queue::Runner::new(shared, command_rx, done_rx).run());
-    Ok(DeliveryHandle { spool, commands: Some(commands) })
+    Ok(DeliveryHandle { spool, commands: Some(commands), activity })
 }
 
 /// What the runner is told from outside.
@@ -61,12 +64,23 @@ pub(crate) enum Command {
 pub struct DeliveryHandle {
     spool: Spool,
     commands: Option<mpsc::UnboundedSender<Command>>,
+    activity: Arc<queue::Activity>,
 }
 
 impl DeliveryHandle {
     /// A handle for a node that does not deliver.
     pub fn inactive(spool: Spool) -> DeliveryHandle {
-        DeliveryHandle { spool, commands: None }
+        DeliveryHandle { spool, commands: None, activity: Arc::default() }
+    }
+
+    /// SIGTERM: no new delivery starts; the ones in flight finish ([`Self::in_flight`]).
+    pub fn drain(&self) {
+        self.activity.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Deliveries being attempted right now.
+    pub fn in_flight(&self) -> usize {
+        self.activity.busy.load(Ordering::Relaxed)
     }
 
     pub fn is_active(&self) -> bool {

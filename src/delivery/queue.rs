@@ -9,6 +9,7 @@
 //! is done, it is rescheduled from what the spool then says.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,26 +21,43 @@ use super::client::{self, Connection};
 use super::dsn;
 use super::outcome::Outcome;
 use super::route::{self, Destination, Resolver};
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
 use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool};
 
 /// Everything the runner and its workers share.
 pub(super) struct Shared {
-    pub config: Arc<Config>,
+    pub config: LiveConfig,
     pub spool: Spool,
     pub metrics: Arc<Metrics>,
     pub resolver: Resolver,
     pub tls: TlsConnector,
     /// Back to the runner: jobs done, DSNs queued.
     pub commands: mpsc::UnboundedSender<Command>,
-    pub done: mpsc::UnboundedSender<QueueId>,
+    pub done: mpsc::UnboundedSender<JobDone>,
+    pub activity: Arc<Activity>,
+}
+
+/// What a draining node waits for.
+#[derive(Default)]
+pub(super) struct Activity {
+    /// Set on SIGTERM: no new job starts.
+    pub draining: AtomicBool,
+    /// Jobs being attempted now.
+    pub busy: AtomicUsize,
 }
 
 /// One transaction's worth of work: some recipients of one message, all to one destination.
 struct Job {
     id: QueueId,
     rcpts: Vec<u32>,
+}
+
+/// A job's end, reported to the runner.
+pub(super) struct JobDone {
+    id: QueueId,
+    /// The recorded results left no recipient pending: the message has left the queue.
+    finished: bool,
 }
 
 /// A destination's jobs and how many workers serve it.
@@ -52,7 +70,7 @@ struct Lane {
 pub(super) struct Runner {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
-    done: mpsc::UnboundedReceiver<QueueId>,
+    done: mpsc::UnboundedReceiver<JobDone>,
     /// (due in Unix ms, id), and each scheduled id's due time.
     schedule: BTreeSet<(u64, QueueId)>,
     due: HashMap<QueueId, u64>,
@@ -71,7 +89,7 @@ impl Runner {
     pub(super) fn new(
         shared: Arc<Shared>,
         commands: mpsc::UnboundedReceiver<Command>,
-        done: mpsc::UnboundedReceiver<QueueId>,
+        done: mpsc::UnboundedReceiver<JobDone>,
     ) -> Runner {
         Runner {
             shared,
@@ -110,12 +128,16 @@ impl Runner {
                     Some(Command::Forget(id)) => self.unschedule(id),
                     None => return,
                 },
-                Some(id) = self.done.recv() => {
+                Some(JobDone { id, finished }) = self.done.recv() => {
                     let left = self.in_flight.get_mut(&id).map(|n| {
                         *n -= 1;
                         *n
                     });
-                    if left == Some(0) {
+                    if finished {
+                        // Nothing left to schedule: no need to read the spool again.
+                        self.in_flight.remove(&id);
+                        self.unschedule(id);
+                    } else if left == Some(0) {
                         self.in_flight.remove(&id);
                         self.reschedule(id);
                     }
@@ -171,6 +193,10 @@ impl Runner {
     }
 
     fn dispatch_due(&mut self) {
+        if self.shared.activity.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let config = self.shared.config.load();
         let now = now_ms();
         while let Some(&(at, id)) = self.schedule.first() {
             if at > now {
@@ -195,7 +221,7 @@ impl Runner {
             {
                 if matches!(state, RecipientState::Pending { next_attempt_ms, .. } if *next_attempt_ms <= now)
                 {
-                    let destination = route::destination(&self.shared.config, address);
+                    let destination = route::destination(&config, address);
                     groups.entry(destination).or_default().push(index as u32);
                 }
             }
@@ -205,16 +231,16 @@ impl Runner {
             }
             self.in_flight.insert(id, groups.len());
             for (destination, rcpts) in groups {
-                self.submit(destination, Job { id, rcpts });
+                self.submit(&config, destination, Job { id, rcpts });
             }
         }
     }
 
-    fn submit(&self, destination: Destination, job: Job) {
+    fn submit(&self, config: &Config, destination: Destination, job: Job) {
         let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
         let lane = lanes.entry(destination.clone()).or_default();
         lane.jobs.push_back(job);
-        if lane.workers < self.shared.config.delivery.concurrency_per_host {
+        if lane.workers < config.delivery.concurrency_per_host {
             lane.workers += 1;
             tokio::spawn(work(self.shared.clone(), self.lanes.clone(), destination));
         }
@@ -232,8 +258,13 @@ async fn work(
         let job = {
             let mut lanes = lanes.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(lane) = lanes.get_mut(&destination) else { break };
-            match lane.jobs.pop_front() {
-                Some(job) => job,
+            // Draining: jobs not started stay queued in the spool for the next start.
+            let draining = shared.activity.draining.load(Ordering::Relaxed);
+            match lane.jobs.pop_front().filter(|_| !draining) {
+                Some(job) => {
+                    shared.activity.busy.fetch_add(1, Ordering::Relaxed);
+                    job
+                }
                 None => {
                     lane.workers -= 1;
                     if lane.workers == 0 {
@@ -243,25 +274,28 @@ async fn work(
                 }
             }
         };
-        attempt(&shared, &destination, &mut connection, &job).await;
-        let _ = shared.done.send(job.id);
+        let finished = attempt(&shared, &destination, &mut connection, &job).await;
+        shared.activity.busy.fetch_sub(1, Ordering::Relaxed);
+        let _ = shared.done.send(JobDone { id: job.id, finished });
     }
     if let Some(connection) = connection {
         connection.quit().await;
     }
 }
 
-/// One job: deliver, then record what happened.
+/// One job: deliver, then record what happened. True when the message is finished.
 async fn attempt(
     shared: &Shared,
     destination: &Destination,
     connection: &mut Option<Connection>,
     job: &Job,
-) {
+) -> bool {
     let message = match shared.spool.get(job.id) {
         Ok(Some(message)) => message,
-        // Deleted by an operator meanwhile, or unreadable (already logged by the runner).
-        _ => return,
+        // Deleted by an operator meanwhile: finished.
+        Ok(None) => return true,
+        // Unreadable: the runner rereads it when it reschedules, and logs the error.
+        Err(_) => return false,
     };
     let rcpts: Vec<u32> = job
         .rcpts
@@ -270,10 +304,10 @@ async fn attempt(
         .filter(|&i| message.recipients.get(i as usize).is_some_and(RecipientState::is_pending))
         .collect();
     if rcpts.is_empty() {
-        return;
+        return false;
     }
     let results = deliver(shared, destination, connection, &message, &rcpts).await;
-    record(shared, &message, results).await;
+    record(shared, &message, results).await
 }
 
 /// Sends over the open connection if there is one (reconnecting once if it turned out dead),
@@ -297,8 +331,8 @@ async fn deliver(
         Ok(hops) => hops,
         Err(outcome) => return all(outcome),
     };
-    let helo = &shared.config.smtp.hostname;
-    let mut open = match client::connect(&hops, destination.tls, helo, &shared.tls).await {
+    let helo = shared.config.load().smtp.hostname.clone();
+    let mut open = match client::connect(&hops, destination.tls, &helo, &shared.tls).await {
         Ok(open) => open,
         Err(outcome) => return all(outcome),
     };
@@ -312,12 +346,15 @@ async fn deliver(
 }
 
 /// Turns outcomes into recipient states, logs and counts them, and commits them with the DSN
-/// for any recipient given up on, in one batch.
-async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Outcome)>) {
+/// for any recipient given up on, in one batch. True when, as far as `message` (read before the
+/// attempt) and these results show, no recipient is left pending. A recipient's state only
+/// ever leaves Pending, so a true here is never wrong; a false may be, and costs one reread.
+async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Outcome)>) -> bool {
+    let config = shared.config.load_full();
     let envelope = &message.envelope;
     let now = now_ms();
     let lifetime =
-        u64::try_from(shared.config.delivery.max_queue_lifetime.as_millis()).unwrap_or(u64::MAX);
+        u64::try_from(config.delivery.max_queue_lifetime.as_millis()).unwrap_or(u64::MAX);
     let expired = now.saturating_sub(envelope.received_at_ms) >= lifetime;
     let mut states = Vec::with_capacity(results.len());
     let mut bounced = Vec::new();
@@ -344,7 +381,7 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                 }
             }
             Outcome::Temporary { reply, .. } => {
-                let next = now + retry_delay(&shared.config, attempts);
+                let next = now + retry_delay(&config, attempts);
                 let next_text = chrono::DateTime::from_timestamp_millis(next as i64)
                     .map_or_else(String::new, |t| {
                         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -369,6 +406,13 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, "bounced");
         Metrics::count(&shared.metrics.messages_bounced);
     }
+    let mut after = message.recipients.clone();
+    for (index, state) in &states {
+        if let Some(slot) = after.get_mut(*index as usize) {
+            *slot = state.clone();
+        }
+    }
+    let finished = !after.iter().any(RecipientState::is_pending);
     let mut changes = vec![Change::Attempted { id: envelope.id, results: states }];
     let mut bodies = Vec::new();
     let mut dsn_id = None;
@@ -384,7 +428,7 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                 expired: *expired,
             })
             .collect();
-        let content = dsn::build(&shared.config.smtp.hostname, message, &failed, &shared.spool);
+        let content = dsn::build(&config.smtp.hostname, message, &failed, &shared.spool);
         dsn_size = content.len();
         let id = QueueId::new();
         let mut body = shared.spool.body_writer(id);
@@ -396,7 +440,7 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                     recipients: vec![envelope.sender.clone()],
                     received_at_ms: now,
                     client: "127.0.0.1".into(),
-                    helo: shared.config.smtp.hostname.clone(),
+                    helo: config.smtp.hostname.clone(),
                     size: content.len() as u64,
                     eight_bit: true,
                     smtputf8: envelope.smtputf8,
@@ -415,9 +459,13 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                 tracing::info!(id = %id, from = "<>", rcpts = 1, size = dsn_size, orig_id = %envelope.id, "accepted DSN");
                 let _ = shared.commands.send(Command::Queued(id));
             }
+            finished
         }
         // Not recorded: the recipients stay pending and are tried again (a duplicate at worst).
-        Err(e) => tracing::error!(id = %envelope.id, error = %e, "cannot record delivery results"),
+        Err(e) => {
+            tracing::error!(id = %envelope.id, error = %e, "cannot record delivery results");
+            false
+        }
     }
 }
 

@@ -15,7 +15,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError, Role};
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
@@ -26,24 +29,50 @@ use session::Session;
 /// Everything a listener needs to serve connections.
 #[derive(Clone)]
 pub struct Server {
-    config: Arc<Config>,
+    config: LiveConfig,
+    /// The STARTTLS acceptor, swapped with the config on reload.
+    tls: Arc<ArcSwap<Option<TlsAcceptor>>>,
     spool: Spool,
     delivery: DeliveryHandle,
     metrics: Arc<Metrics>,
-    tls: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
+    /// Set on SIGTERM: new connections get 421, idle sessions are closed.
+    draining: Arc<watch::Sender<bool>>,
 }
 
 impl Server {
     /// Prepares the server; fails if the TLS certificate or key cannot be loaded.
     pub fn new(
-        config: Arc<Config>,
+        config: LiveConfig,
         spool: Spool,
         delivery: DeliveryHandle,
         metrics: Arc<Metrics>,
     ) -> Result<Server, ConfigError> {
+        let tls = Arc::new(ArcSwap::from_pointee(starttls_acceptor(&config.load())?));
+        Ok(Server {
+            config,
+            tls,
+            spool,
+            delivery,
+            metrics,
+            limiter: ConnectionLimiter::default(),
+            draining: Arc::new(watch::Sender::new(false)),
+        })
+    }
+
+    /// Makes `config` the one new sessions use (SIGHUP). Sessions already open keep the config
+    /// they started with. Fails, changing nothing, if the new TLS files cannot be used.
+    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let tls = starttls_acceptor(&config)?;
-        Ok(Server { config, spool, delivery, metrics, tls, limiter: ConnectionLimiter::default() })
+        self.tls.store(Arc::new(tls));
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// SIGTERM: from now on new connections get 421, and sessions waiting for a command with
+    /// no transaction open are closed with 421; a transaction in progress may finish.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
     }
 
     /// The open-connection counter (for the admin endpoint's metrics).
@@ -54,7 +83,7 @@ impl Server {
     /// Binds every address in `[smtp].listen`.
     pub async fn bind(&self) -> std::io::Result<Vec<TcpListener>> {
         let mut listeners = Vec::new();
-        for address in &self.config.smtp.listen {
+        for address in &self.config.load().smtp.listen {
             let listener = TcpListener::bind(address).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
             })?;
@@ -83,20 +112,26 @@ impl Server {
 
     async fn handle(self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let smtp = &self.config.smtp;
+        let config = self.config.load_full();
+        let smtp = &config.smtp;
         let hostname = &smtp.hostname;
         let acquired =
             self.limiter.try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
-        let refusal = match (acquired, self.config.node.role) {
+        let draining = *self.draining.borrow();
+        let refusal = match (acquired, config.node.role) {
+            (Ok(_), _) if draining => {
+                Reply::new(421, "4.3.2", format!("{hostname} shutting down, try another MX"))
+            }
             (Ok(slot), Role::Primary) => {
                 tracing::debug!(client = %peer, "connect");
                 let session = Session::new(
-                    self.config.clone(),
+                    config.clone(),
                     self.spool.clone(),
                     self.delivery.clone(),
                     self.metrics.clone(),
-                    self.tls.clone(),
+                    self.tls.load_full().as_ref().clone(),
                     peer,
+                    self.draining.subscribe(),
                 );
                 session.run(Box::new(stream), slot).await;
                 tracing::debug!(client = %peer, "disconnect");

@@ -63,6 +63,15 @@ impl BodyDecoder {
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Decoded {
         let mut i = 0;
         while i < input.len() {
+            if self.state == State::InLine {
+                // Most of a body is ordinary bytes inside lines: copy them in one go.
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                out.extend_from_slice(&input[i..i + run]);
+                i += run;
+                if i == input.len() {
+                    break;
+                }
+            }
             let byte = input[i];
             i += 1;
             match self.state {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::limits::ConnectionSlot;
@@ -67,6 +68,8 @@ pub struct Session {
     tls: Option<TlsInfo>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Becomes true when the node starts to drain (SIGTERM).
+    draining: watch::Receiver<bool>,
 }
 
 /// A mail transaction, from MAIL to the end of its body.
@@ -85,6 +88,7 @@ impl Session {
         metrics: Arc<Metrics>,
         tls_acceptor: Option<TlsAcceptor>,
         peer: SocketAddr,
+        draining: watch::Receiver<bool>,
     ) -> Session {
         Session {
             config,
@@ -98,6 +102,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
+            draining,
         }
     }
 
@@ -157,8 +162,22 @@ impl Session {
             if conn.flush_if_idle().await.is_err() {
                 return End::Close;
             }
-            let line = match conn.read_line(self.config.smtp.command_timeout).await {
+            // While draining, a session with no transaction open is closed instead of waiting
+            // for its next command; one in the middle of a transaction may finish it.
+            let idle = self.transaction.is_none();
+            let mut draining = self.draining.clone();
+            let read = tokio::select! {
+                read = conn.read_line(self.config.smtp.command_timeout) => read,
+                _ = draining.wait_for(|&draining| draining && idle) => Err(Closed::Draining),
+            };
+            let line = match read {
                 Ok(line) => line,
+                Err(Closed::Draining) => {
+                    let text =
+                        format!("{} shutting down, try another MX", self.config.smtp.hostname);
+                    conn.reply(&Reply::new(421, "4.3.2", text));
+                    return End::Close;
+                }
                 Err(Closed::Timeout) => {
                     conn.reply(&self.timeout_reply());
                     return End::Close;
@@ -245,10 +264,11 @@ impl Session {
     }
 }
 
-/// The client went away, or said nothing for too long.
+/// The client went away, or said nothing for too long, or the node is shutting down.
 enum Closed {
     Eof,
     Timeout,
+    Draining,
 }
 
 impl Conn {
