@@ -342,3 +342,4 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
     );
 }
 pub mod postfix;
+pub mod sink;
