@@ -43,6 +43,24 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Certificates for the cluster link's mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a CA (DIR/ca.pem, DIR/ca.key) and, for each node, DIR/NAME.pem and DIR/NAME.key,
+    /// signed by that CA and usable as client and server.
+    Init {
+        /// Where to write the files.
+        dir: PathBuf,
+        /// The node names, comma-separated: as in each node's [node].name.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +97,19 @@ fn parse_role(s: &str) -> Result<Role, String> {
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Making certificates needs no config.
+    if let Some(Command::Certs { command: CertsCommand::Init { dir, nodes } }) = &cli.command {
+        return match crate::certs::init(dir, nodes) {
+            Ok(()) => {
+                println!("{}: ca.pem, ca.key and a certificate and key per node", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relayd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match load(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -104,6 +135,7 @@ pub fn main() -> ExitCode {
             QueueCommand::Flush => commands::queue_flush(&config),
             QueueCommand::Delete { id } => commands::queue_delete(&config, id),
         },
+        Some(Command::Certs { .. }) => ExitCode::SUCCESS,
         None => crate::node::run(config),
     }
 }

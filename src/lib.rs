@@ -6,10 +6,12 @@
 
 pub mod admin;
 pub mod cli;
+pub mod certs;
 pub mod config;
 pub mod delivery;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 pub mod smtp;
 pub mod spool;

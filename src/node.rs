@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::{self, DeliveryHandle};
 use crate::metrics::Metrics;
-use crate::smtp::Server;
+use crate::replication::Replication;
+use crate::smtp::{Server, Services};
 use crate::spool::Spool;
 
 /// What `check-config` checks beyond the file itself: the files the config points to.
@@ -69,8 +70,14 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         Role::Primary => delivery::start(live.clone(), spool.clone(), metrics.clone())?,
         _ => DeliveryHandle::inactive(spool.clone()),
     };
-    let server = Server::new(live.clone(), spool.clone(), delivery.clone(), metrics.clone())
-        .map_err(|e| e.to_string())?;
+    let replication = Replication::start(&config, &spool).await.map_err(|e| e.to_string())?;
+    let services = Services {
+        spool: spool.clone(),
+        delivery: delivery.clone(),
+        replication: replication.clone(),
+        metrics: metrics.clone(),
+    };
+    let server = Server::new(live.clone(), services).map_err(|e| e.to_string())?;
     let listeners = server.bind().await.map_err(|e| e.to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -83,6 +90,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         delivery: delivery.clone(),
         metrics: metrics.clone(),
         sessions: server.limiter(),
+        replication,
     };
     tasks.spawn(crate::admin::serve(admin_listener, admin));
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

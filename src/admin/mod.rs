@@ -35,6 +35,8 @@ pub struct AdminContext {
     pub metrics: Arc<Metrics>,
     /// The SMTP listener's limiter: its count is the number of open sessions.
     pub sessions: ConnectionLimiter,
+    /// The peer and the replication lag.
+    pub replication: crate::replication::Replication,
 }
 
 /// The node's place in the cluster, as the endpoint reports it.

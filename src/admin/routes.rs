@@ -28,12 +28,17 @@ pub async fn healthz() -> &'static str {
 pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
     blocking(move || {
         let state = node_state(&context)?;
+        let replication = context.replication.status(&context.spool);
         Ok(Json(Status {
             role: state.role.to_string(),
             epoch: state.epoch,
             node: context.config.node.name.clone(),
-            peer: None,
-            replication: Replication::default(),
+            peer: replication.peer.and_then(|peer| serde_json::to_value(peer).ok()),
+            replication: Replication {
+                lag_records: replication.lag_records,
+                lag_bytes: replication.lag_bytes,
+                lag_seconds: replication.lag_seconds as u64,
+            },
             queue: summarize(&context.spool)?,
         }))
     })
@@ -45,6 +50,7 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
     let page = blocking(move || {
         let state = node_state(&context)?;
         let counters = &context.metrics;
+        let replication = context.replication.status(&context.spool);
         Ok(metrics::render(&Snapshot {
             role: Some(state.role),
             epoch: state.epoch,
@@ -54,8 +60,8 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
             messages_delivered: Metrics::read(&counters.messages_delivered),
             messages_deferred: Metrics::read(&counters.messages_deferred),
             messages_bounced: Metrics::read(&counters.messages_bounced),
-            replication_lag_records: 0,
-            replication_lag_seconds: 0,
+            replication_lag_records: replication.lag_records,
+            replication_lag_seconds: replication.lag_seconds as u64,
             failovers: Metrics::read(&counters.failovers),
             spool_syncs: context.spool.syncs(),
         }))

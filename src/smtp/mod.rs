@@ -21,10 +21,20 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
+use crate::replication::Replication;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
 use proto::Reply;
 use session::Session;
+
+/// The parts of the node a session works with.
+#[derive(Clone)]
+pub struct Services {
+    pub spool: Spool,
+    pub delivery: DeliveryHandle,
+    pub replication: Replication,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Everything a listener needs to serve connections.
 #[derive(Clone)]
@@ -32,9 +42,7 @@ pub struct Server {
     config: LiveConfig,
     /// The STARTTLS acceptor, swapped with the config on reload.
     tls: Arc<ArcSwap<Option<TlsAcceptor>>>,
-    spool: Spool,
-    delivery: DeliveryHandle,
-    metrics: Arc<Metrics>,
+    services: Services,
     limiter: ConnectionLimiter,
     /// Set on SIGTERM: new connections get 421, idle sessions are closed.
     draining: Arc<watch::Sender<bool>>,
@@ -42,19 +50,12 @@ pub struct Server {
 
 impl Server {
     /// Prepares the server; fails if the TLS certificate or key cannot be loaded.
-    pub fn new(
-        config: LiveConfig,
-        spool: Spool,
-        delivery: DeliveryHandle,
-        metrics: Arc<Metrics>,
-    ) -> Result<Server, ConfigError> {
+    pub fn new(config: LiveConfig, services: Services) -> Result<Server, ConfigError> {
         let tls = Arc::new(ArcSwap::from_pointee(starttls_acceptor(&config.load())?));
         Ok(Server {
             config,
             tls,
-            spool,
-            delivery,
-            metrics,
+            services,
             limiter: ConnectionLimiter::default(),
             draining: Arc::new(watch::Sender::new(false)),
         })
@@ -126,9 +127,7 @@ impl Server {
                 tracing::debug!(client = %peer, "connect");
                 let session = Session::new(
                     config.clone(),
-                    self.spool.clone(),
-                    self.delivery.clone(),
-                    self.metrics.clone(),
+                    self.services.clone(),
                     self.tls.load_full().as_ref().clone(),
                     peer,
                     self.draining.subscribe(),

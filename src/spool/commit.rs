@@ -7,7 +7,8 @@
 //! file-size metadata; the fdatasync does both. While one fsync runs, new requests queue up and
 //! share the next one, so the fsync rate stays bounded however many sessions commit.
 //!
-//! Invariant: the log's sequence numbers are assigned here and only here, in commit order.
+//! Invariant: the log's sequence numbers are assigned here and only here, in commit order —
+//! or, on a standby, taken from the primary's records, which must continue the log exactly.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::keys;
 use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
@@ -29,6 +30,15 @@ pub(super) enum Request {
     Append(Vec<Change>, Reply),
     /// Start a new epoch (persisted and synced before the caller may use it).
     BeginEpoch(u64, Reply),
+    /// A standby applies the primary's records. Records it already has are skipped (a resumed
+    /// stream may repeat a few); a record past the next sequence number (a gap) is refused.
+    Apply(Vec<LogRecord>, Reply),
+    /// A standby starts a snapshot: everything is erased.
+    Wipe(Reply),
+    /// A standby installs a snapshot's message records (their bodies were written already).
+    Install(Vec<MessageRecord>, Reply),
+    /// A standby ends a snapshot: the log continues after `last` with this epoch history.
+    Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
 }
 
 /// Where the committer sends the position of a request's last record.
@@ -40,13 +50,14 @@ pub(super) struct LogTail {
     pub history: Vec<EpochStart>,
 }
 
-/// What the committer counts, shared with the spool's readers.
-#[derive(Default)]
+/// What the committer counts and publishes, shared with the spool's readers.
 pub(super) struct Counters {
     /// Group commits made durable (each one flush and one fdatasync).
     pub syncs: AtomicU64,
     /// Messages in the queue.
     pub queued: AtomicI64,
+    /// The position of the last durable record: replication waits on it.
+    pub durable: watch::Sender<LogPosition>,
 }
 
 /// The handle on the committer thread. Dropping it lets the thread finish the requests it
@@ -102,25 +113,69 @@ fn run(
         }
         let mut staging = Staging::new(&db, tail.history.clone());
         let mut next_seq = tail.next_seq;
-        let mut waiting = Vec::with_capacity(requests.len());
+        let mut last = counters.durable.borrow().to_owned();
+        let mut answers = Vec::with_capacity(requests.len());
         let mut staged = Ok(());
         for request in requests {
-            let (epoch, changes, done) = match request {
-                Request::Append(changes, done) => (staging.epoch(), changes, done),
-                Request::BeginEpoch(epoch, done) => (epoch, vec![Change::EpochStarted], done),
-            };
-            let mut position = LogPosition { epoch, seq: next_seq };
-            for change in changes {
-                position = LogPosition { epoch, seq: next_seq };
-                if staged.is_ok() {
-                    staged = staging.stage(&LogRecord { position, change });
+            let (outcome, done) = match request {
+                Request::Append(changes, done) => {
+                    let (epoch, first) = (staging.epoch(), next_seq);
+                    let records = changes.into_iter().enumerate().map(move |(i, change)| {
+                        LogRecord { position: LogPosition { epoch, seq: first + i as u64 }, change }
+                    });
+                    (stage_all(&mut staging, &mut staged, &mut next_seq, records), done)
                 }
-                next_seq += 1;
+                Request::BeginEpoch(epoch, done) => {
+                    let record = LogRecord {
+                        position: LogPosition { epoch, seq: next_seq },
+                        change: Change::EpochStarted,
+                    };
+                    (stage_all(&mut staging, &mut staged, &mut next_seq, [record]), done)
+                }
+                Request::Apply(records, done) => {
+                    let fresh: Vec<LogRecord> =
+                        records.into_iter().filter(|r| r.position.seq >= next_seq).collect();
+                    match fresh.first() {
+                        Some(first) if first.position.seq != next_seq => (
+                            Err(SpoolError::corrupt(format!(
+                                "replicated record {} does not follow {}: a gap",
+                                first.position.seq,
+                                next_seq - 1
+                            ))),
+                            done,
+                        ),
+                        None => (Ok(last), done),
+                        Some(_) => {
+                            (stage_all(&mut staging, &mut staged, &mut next_seq, fresh), done)
+                        }
+                    }
+                }
+                Request::Wipe(done) => {
+                    staging.wipe();
+                    next_seq = 1;
+                    (Ok(LogPosition::default()), done)
+                }
+                Request::Install(messages, done) => {
+                    let result = messages.into_iter().try_for_each(|m| staging.install(m));
+                    (result.map(|()| last), done)
+                }
+                Request::Resume { history, last: resumed, done } => {
+                    staging.resume(history, resumed);
+                    next_seq = resumed.seq + 1;
+                    (Ok(resumed), done)
+                }
+            };
+            if let Ok(position) = &outcome {
+                last = *position;
             }
-            waiting.push((done, position));
+            answers.push((done, outcome));
         }
-        let Staging { batch, history, queued_delta, .. } = staging;
+        let Staging { batch, history, queued_delta, wiped, .. } = staging;
         let result = staged.and_then(|()| {
+            if wiped {
+                db.clear()?;
+                counters.queued.store(0, Ordering::Relaxed);
+            }
             db.apply_batch(batch)?;
             // From here the records are in the tree: their sequence numbers are used even if
             // the sync below fails (the sessions then answer 4xx; a retry may duplicate, never lose).
@@ -131,14 +186,36 @@ fn run(
             counters.syncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
-        for (done, position) in waiting {
+        if result.is_ok() {
+            counters.durable.send_replace(last);
+        }
+        for (done, outcome) in answers {
             // A session that gave up waiting (its client went away) no longer listens.
-            let _ = done.send(result.clone().map(|()| position));
+            let _ = done.send(result.clone().and(outcome));
         }
         if let Err(e) = result {
             tracing::error!(error = %e, "spool commit failed");
         }
     }
+}
+
+/// Stages records in order; the position of the last, or the first staging error.
+fn stage_all(
+    staging: &mut Staging<'_>,
+    staged: &mut Result<(), SpoolError>,
+    next_seq: &mut u64,
+    records: impl IntoIterator<Item = LogRecord>,
+) -> Result<LogPosition, SpoolError> {
+    let mut position = None;
+    for record in records {
+        position = Some(record.position);
+        if staged.is_ok() {
+            *staged = staging.stage(&record);
+        }
+        *next_seq = record.position.seq + 1;
+    }
+    staged.clone()?;
+    position.ok_or_else(|| SpoolError::corrupt("an empty commit"))
 }
 
 /// One batch being staged: the sled batch, and the state it will leave behind, so that several
@@ -154,6 +231,8 @@ pub(super) struct Staging<'a> {
     messages: HashMap<QueueId, Option<MessageRecord>>,
     /// Messages added minus messages removed.
     queued_delta: i64,
+    /// Everything stored before this batch is erased first (a snapshot begins).
+    wiped: bool,
 }
 
 impl<'a> Staging<'a> {
@@ -164,6 +243,35 @@ impl<'a> Staging<'a> {
             history,
             messages: HashMap::new(),
             queued_delta: 0,
+            wiped: false,
+        }
+    }
+
+    /// Erases everything: what was staged so far, and (when the batch is applied) the tree.
+    fn wipe(&mut self) {
+        self.batch = sled::Batch::default();
+        self.history.clear();
+        self.messages.clear();
+        self.queued_delta = 0;
+        self.wiped = true;
+    }
+
+    /// A snapshot's message record, as the primary had it.
+    fn install(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
+        if self.message(message.envelope.id)?.is_none() {
+            self.queued_delta += 1;
+        }
+        self.put(message)
+    }
+
+    /// After a snapshot: the epoch history the log continues with, and where.
+    fn resume(&mut self, history: Vec<EpochStart>, last: LogPosition) {
+        self.history = history;
+        if let (Ok(history), Ok(last)) =
+            (postcard::to_stdvec(&self.history), postcard::to_stdvec(&last))
+        {
+            self.batch.insert(keys::EPOCH_HISTORY, history);
+            self.batch.insert(keys::RESUMED, last);
         }
     }
 
@@ -219,6 +327,9 @@ impl<'a> Staging<'a> {
     fn message(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
         if let Some(staged) = self.messages.get(&id) {
             return Ok(staged.clone());
+        }
+        if self.wiped {
+            return Ok(None);
         }
         match self.db.get(keys::message(id))? {
             Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),

@@ -23,6 +23,9 @@ pub const CHUNK_SIZE: usize = 32 * 1024;
 
 /// Under the `s` prefix: the epoch history, a list of [`EpochStart`](super::EpochStart).
 pub const EPOCH_HISTORY: &[u8] = b"sepochs";
+/// Under the `s` prefix: where a snapshot left the log (a [`LogPosition`](super::LogPosition)),
+/// for a log that holds no record after it yet.
+pub const RESUMED: &[u8] = b"sresumed";
 
 pub fn body_chunk(id: QueueId, index: u32) -> [u8; 21] {
     let mut key = [0u8; 21];

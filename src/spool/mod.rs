@@ -68,12 +68,22 @@ impl Spool {
             Some(bytes) => postcard::from_bytes(&bytes)?,
             None => Vec::new(),
         };
-        let last_seq = match db.scan_prefix([keys::LOG]).next_back() {
-            Some(entry) => keys::seq_of(&entry?.0).ok_or_else(|| SpoolError::corrupt("log key"))?,
-            None => 0,
+        // The log's last record, or where a snapshot left the log, whichever is later.
+        let logged: LogPosition = match db.scan_prefix([keys::LOG]).next_back() {
+            Some(entry) => postcard::from_bytes::<LogRecord>(&entry?.1)?.position,
+            None => LogPosition::default(),
         };
-        let tail = commit::LogTail { next_seq: last_seq + 1, history };
-        let counters = Arc::new(commit::Counters::default());
+        let resumed: LogPosition = match db.get(keys::RESUMED)? {
+            Some(bytes) => postcard::from_bytes(&bytes)?,
+            None => LogPosition::default(),
+        };
+        let last = logged.max(resumed);
+        let tail = commit::LogTail { next_seq: last.seq + 1, history };
+        let counters = Arc::new(commit::Counters {
+            syncs: Default::default(),
+            queued: Default::default(),
+            durable: tokio::sync::watch::Sender::new(last),
+        });
         let queued = db.scan_prefix([keys::MESSAGE]).count();
         counters.queued.store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
         let committer = commit::Committer::spawn(db.clone(), data_file, tail, counters.clone())?;
@@ -120,6 +130,108 @@ impl Spool {
             body.mark_committed();
         }
         Ok(position)
+    }
+
+    /// The position of the last durable record.
+    pub fn last_position(&self) -> LogPosition {
+        *self.inner.counters.durable.borrow()
+    }
+
+    /// Follows the last durable position (replication ships what lies behind it).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<LogPosition> {
+        self.inner.counters.durable.subscribe()
+    }
+
+    /// A standby applies records shipped by the primary, with the bodies their `Accepted`
+    /// records need; returns the position of the last once durable. Records it already holds
+    /// are skipped; a gap is an error.
+    pub async fn apply(
+        &self,
+        records: Vec<LogRecord>,
+        mut bodies: Vec<BodyWriter>,
+    ) -> Result<LogPosition, SpoolError> {
+        for body in &mut bodies {
+            body.finish()?;
+        }
+        let position = self.submit(|done| commit::Request::Apply(records, done)).await?;
+        for body in &mut bodies {
+            body.mark_committed();
+        }
+        Ok(position)
+    }
+
+    /// A standby starts taking a snapshot: erases everything it holds.
+    pub async fn wipe(&self) -> Result<(), SpoolError> {
+        self.submit(commit::Request::Wipe).await.map(|_| ())
+    }
+
+    /// A standby stores a snapshot's messages, with their bodies.
+    pub async fn install(
+        &self,
+        messages: Vec<MessageRecord>,
+        mut bodies: Vec<BodyWriter>,
+    ) -> Result<(), SpoolError> {
+        for body in &mut bodies {
+            body.finish()?;
+        }
+        self.submit(|done| commit::Request::Install(messages, done)).await?;
+        for body in &mut bodies {
+            body.mark_committed();
+        }
+        Ok(())
+    }
+
+    /// A standby ends a snapshot: its log continues after `last`, with `history`.
+    pub async fn resume(
+        &self,
+        history: Vec<EpochStart>,
+        last: LogPosition,
+    ) -> Result<(), SpoolError> {
+        self.submit(|done| commit::Request::Resume { history, last, done }).await.map(|_| ())
+    }
+
+    /// The log record at `seq`, if the log still holds it.
+    pub fn log_record(&self, seq: u64) -> Result<Option<LogRecord>, SpoolError> {
+        match self.db().get(keys::log(seq))? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes of the log records `from..=to` and of the bodies they accept: what a standby that
+    /// lacks them has to receive.
+    pub fn log_bytes(&self, from: u64, to: u64) -> u64 {
+        self.db()
+            .range(keys::log(from)..=keys::log(to))
+            .filter_map(Result::ok)
+            .map(|(_, value)| {
+                let body = match postcard::from_bytes::<LogRecord>(&value) {
+                    Ok(LogRecord { change: Change::Accepted(envelope), .. }) => envelope.size,
+                    _ => 0,
+                };
+                value.len() as u64 + body
+            })
+            .sum()
+    }
+
+    /// The oldest sequence number the log still holds (0 when it holds none).
+    pub fn first_logged_seq(&self) -> Result<u64, SpoolError> {
+        match self.db().scan_prefix([keys::LOG]).next() {
+            Some(entry) => keys::seq_of(&entry?.0).ok_or_else(|| SpoolError::corrupt("log key")),
+            None => Ok(0),
+        }
+    }
+
+    /// Drops log records below `seq`, always keeping the newest one. Housekeeping, not a
+    /// change: what a standby may still need is the caller's to judge.
+    pub fn trim_log(&self, seq: u64) -> Result<usize, SpoolError> {
+        let newest = self.last_position().seq;
+        let mut removed = 0;
+        for key in self.db().range(keys::log(0)..keys::log(seq.min(newest))).keys() {
+            self.db().remove(key?)?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Makes sure the log has an epoch, starting epoch 1 on a fresh spool, and returns the

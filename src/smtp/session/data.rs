@@ -10,7 +10,12 @@ use tokio::io::AsyncBufReadExt;
 use super::proto::{BodyDecoder, Reply};
 use super::{Conn, End, Session};
 use crate::metrics::Metrics;
-use crate::spool::{BodyWriter, Envelope, ErrorKind, QueueId, SpoolError};
+use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError};
+
+/// `replication = "sync"`, `on_standby_loss = "refuse"`, and no standby to confirm.
+fn standby_unavailable() -> Reply {
+    Reply::new(451, "4.3.0", "Error: standby unavailable, try again later")
+}
 
 /// A body on its way into the spool, with the size limit applied as it arrives.
 struct IncomingBody {
@@ -118,6 +123,9 @@ impl Session {
 
     /// Why a body may not start now, if it may not.
     fn refuse_body(&self, chunked: bool) -> Option<Reply> {
+        if self.services.replication.refusing() {
+            return Some(standby_unavailable());
+        }
         let Some(transaction) = &self.transaction else {
             return Some(Reply::new(503, "5.5.1", "Error: need MAIL command"));
         };
@@ -133,7 +141,7 @@ impl Session {
     /// A new queue id and body writer, with our Received: header already written.
     fn start_body(&self) -> IncomingBody {
         let id = QueueId::new();
-        let mut writer = self.spool.body_writer(id);
+        let mut writer = self.services.spool.body_writer(id);
         let (recipients, smtputf8) = match &self.transaction {
             Some(t) => (&t.recipients[..], t.mail.smtputf8),
             None => (&[][..], false),
@@ -176,8 +184,11 @@ impl Session {
         };
         let (from, rcpts, size) =
             (envelope.sender.clone(), envelope.recipients.len(), envelope.size);
-        match self.spool.accept(envelope, body.writer).await {
-            Ok(_) => {
+        match self.services.spool.accept(envelope, body.writer).await {
+            Ok(position) => {
+                if self.services.replication.confirm(position).await.is_err() {
+                    return self.withdraw(id).await;
+                }
                 tracing::info!(
                     id = %id,
                     from = %format_args!("<{from}>"),
@@ -186,12 +197,23 @@ impl Session {
                     client = %self.peer.ip(),
                     "accepted"
                 );
-                Metrics::count(&self.metrics.messages_accepted);
-                self.delivery.queued(id);
+                Metrics::count(&self.services.metrics.messages_accepted);
+                self.services.delivery.queued(id);
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(error) => self.spool_failure(id, error),
         }
+    }
+
+    /// Sync replication with `on_standby_loss = "refuse"`, and the standby did not confirm the
+    /// message: it is taken back out of the spool (the removal replicates too, should the
+    /// standby have it after all), and the client, told 451, keeps the only copy it will retry.
+    async fn withdraw(&self, id: QueueId) -> Reply {
+        if let Err(e) = self.services.spool.commit(vec![Change::Removed { id }], Vec::new()).await {
+            tracing::error!(id = %id, error = %e, "cannot withdraw an unreplicated message; it stays queued");
+        }
+        tracing::warn!(id = %id, client = %self.peer.ip(), "not acknowledged: the standby did not confirm it");
+        standby_unavailable()
     }
 
     fn spool_failure(&self, id: QueueId, error: SpoolError) -> Reply {

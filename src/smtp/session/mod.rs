@@ -18,12 +18,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::Services;
 use super::limits::ConnectionSlot;
 use super::proto::{self, Address, Command, MailFrom, Reply};
 use crate::config::Config;
-use crate::delivery::DeliveryHandle;
-use crate::metrics::Metrics;
-use crate::spool::Spool;
 
 /// Longest command line we read, CRLF included. RFC 5321 asks for at least 512 octets;
 /// Postfix reads up to 2048 (line_length_limit), and so do we.
@@ -57,9 +55,7 @@ struct TlsInfo {
 /// The state of one session.
 pub struct Session {
     config: Arc<Config>,
-    spool: Spool,
-    delivery: DeliveryHandle,
-    metrics: Arc<Metrics>,
+    services: Services,
     tls_acceptor: Option<TlsAcceptor>,
     peer: SocketAddr,
     /// The name from EHLO/HELO, once given.
@@ -83,18 +79,14 @@ struct Transaction {
 impl Session {
     pub fn new(
         config: Arc<Config>,
-        spool: Spool,
-        delivery: DeliveryHandle,
-        metrics: Arc<Metrics>,
+        services: Services,
         tls_acceptor: Option<TlsAcceptor>,
         peer: SocketAddr,
         draining: watch::Receiver<bool>,
     ) -> Session {
         Session {
             config,
-            spool,
-            delivery,
-            metrics,
+            services,
             tls_acceptor,
             peer,
             helo: None,

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# relayd's side of the side-by-side benchmark, alone: smtp-source -> relayd -> smtp-sink on
+# loopback, accept rate and end-to-end rate (until the sink has every message), and peak RSS.
+# The full comparison with Postfix is ../shared/bench/side-by-side.sh.
+#
+# Usage: bench/relay.sh PATH/TO/relayd
+# Knobs (environment): RUNS=3 N=20000 SESS=20 SIZE=4096 SRC_OPTS="" (-d: keep the connection)
+# Runs as root (installs postfix for smtp-source/smtp-sink when missing). Leaves nothing running.
+set -u
+relayd=$(readlink -f "${1:?usage: relay.sh PATH/TO/relayd}")
+RUNS=${RUNS:-3}; N=${N:-20000}; SESS=${SESS:-20}; SIZE=${SIZE:-4096}; SRC_OPTS=${SRC_OPTS:-}
+W=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+export PATH=$PATH:/usr/sbin
+if ! command -v smtp-source >/dev/null; then
+  apt-get update -qq
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+
+cat > "$W/relayd.toml" <<CONF
+[node]
+name = "bench"
+data_dir = "$W/data"
+
+[smtp]
+listen = ["127.0.0.1:2537"]
+hostname = "bench.test"
+
+[relay]
+domains = ["example.test"]
+trusted_networks = ["127.0.0.0/8"]
+
+[[route]]
+domain = "*"
+next_hop = "127.0.0.1:2535"
+tls = "none"
+
+[admin]
+listen = "127.0.0.1:2538"
+
+[log]
+level = "warn"
+CONF
+"$relayd" --config "$W/relayd.toml" > "$W/relayd.log" 2>&1 & relayd_pid=$!; pids+=($relayd_pid)
+for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2537) 2>/dev/null && break; sleep 0.1; done
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+: > "$W/res"
+for r in $(seq 1 "$RUNS"); do
+  smtp-sink -u nobody -c 127.0.0.1:2535 1024 > "$W/sink.out" 2>&1 & sink=$!
+  for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2535) 2>/dev/null && break; sleep 0.05; done
+  t0=$(now)
+  smtp-source -s "$SESS" -m "$N" -l "$SIZE" $SRC_OPTS -f bench@src.test -t rcpt@example.test 127.0.0.1:2537 > "$W/src.out" 2>&1
+  t1=$(now)
+  while :; do
+    m=$(tail -c 200 "$W/sink.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2)
+    [ "${m:-0}" -ge "$N" ] && break
+    if [ "$(echo "$(now) - $t0 > 600" | bc)" = 1 ]; then echo "timeout: sink saw ${m:-0} of $N" >&2; break; fi
+    sleep 0.05
+  done
+  t2=$(now); kill "$sink"; wait "$sink" 2>/dev/null
+  a=$(echo "$N / ($t1 - $t0)" | bc -l); e=$(echo "$N / ($t2 - $t0)" | bc -l)
+  printf 'run %d: relayd accept %.0f/s e2e %.0f/s (sink saw %s)\n' "$r" "$a" "$e" "${m:-0}"
+  echo "$a $e" >> "$W/res"
+done
+rss=$(awk '/VmHWM/ {print $2}' "/proc/$relayd_pid/status")
+printf 'median: relayd accept %.0f/s e2e %.0f/s | peak RSS %d MiB | %s cores\n' \
+  "$(cut -d' ' -f1 "$W/res" | median)" "$(cut -d' ' -f2 "$W/res" | median)" "$((rss / 1024))" "$(nproc)"

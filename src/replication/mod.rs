@@ -1,0 +1,276 @@
+//! Replication: the primary streams its spool's change log to the standby over one mutually
+//! authenticated TLS connection; the standby applies each record through the same staging code
+//! as the primary, makes it durable, and acknowledges its position.
+//!
+//! * [`frame`]: the wire format. [`link`]: mutual TLS.
+//! * [`ship`]: the primary's side — dial the peer, agree where to resume (or send a snapshot),
+//!   stream records with the bodies they need, collect acks.
+//! * [`follow`]: the standby's side — accept the primary, apply, ack.
+//!
+//! With `replication = "sync"` a session's 250 waits for the standby's ack of its record
+//! ([`Replication::confirm`]); many sessions' records travel in one frame and share one fsync
+//! on each side.
+
+mod follow;
+pub mod frame;
+pub mod link;
+mod ship;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{ClusterConfig, Config, ConfigError, Replication as Mode, Role, StandbyLoss};
+use crate::spool::{LogPosition, Spool};
+
+/// Log records kept for a standby that has not acknowledged them, at most; a standby further
+/// behind is rebuilt from a snapshot.
+pub const MAX_RETAINED: u64 = 1_000_000;
+/// Log records a node keeps when nobody needs them (for `relayd`'s own inspection).
+const MIN_RETAINED: u64 = 10_000;
+
+/// This node's replication, shared by the sessions, the admin endpoint and the link tasks.
+#[derive(Clone)]
+pub struct Replication {
+    state: Arc<State>,
+}
+
+struct State {
+    /// None on a single node.
+    cluster: Option<ClusterConfig>,
+    /// Primary: the last sequence number durable on the standby.
+    acked: watch::Sender<u64>,
+    /// Standby: how far the primary's log went, as it last said.
+    primary_last: AtomicU64,
+    connected: AtomicBool,
+    /// Sync mode lost its standby and accepts without it until the standby has caught up.
+    degraded: AtomicBool,
+    peer: Mutex<Option<String>>,
+    /// Since when the standby has been missing records (None: caught up).
+    behind_since: Mutex<Option<Instant>>,
+}
+
+/// Why a message may not be acknowledged: `replication = "sync"` with
+/// `on_standby_loss = "refuse"`, and the standby did not confirm in time.
+#[derive(Debug)]
+pub struct NotReplicated;
+
+/// The peer and the lag, for `/status` and `/metrics`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplicationStatus {
+    pub peer: Option<PeerStatus>,
+    pub lag_records: u64,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerStatus {
+    pub node: Option<String>,
+    pub address: Option<String>,
+    pub connected: bool,
+    /// `sync`, `async`, or `degraded` (sync mode running without its standby).
+    pub mode: String,
+}
+
+impl Replication {
+    /// Starts this node's side of the link (if the config has a `[cluster]`): a primary dials
+    /// its peer and ships; a standby listens and follows.
+    pub async fn start(config: &Config, spool: &Spool) -> Result<Replication, ConfigError> {
+        let replication = Replication {
+            state: Arc::new(State {
+                cluster: config.cluster.clone(),
+                acked: watch::Sender::new(0),
+                primary_last: AtomicU64::new(0),
+                connected: AtomicBool::new(false),
+                degraded: AtomicBool::new(false),
+                peer: Mutex::new(None),
+                behind_since: Mutex::new(None),
+            }),
+        };
+        tokio::spawn(trim(replication.clone(), spool.clone(), config.node.role));
+        let Some(cluster) = &config.cluster else { return Ok(replication) };
+        let link = link::load(config, cluster)?;
+        let node = config.node.name.clone();
+        match config.node.role {
+            Role::Primary => {
+                let peer = cluster.peer.clone().unwrap_or_default();
+                tokio::spawn(ship::run(replication.clone(), spool.clone(), link, node, peer));
+            }
+            Role::Standby => {
+                let listener =
+                    tokio::net::TcpListener::bind(cluster.listen).await.map_err(|e| {
+                        config.error_at(
+                            "cluster.listen",
+                            format!("cannot listen on {}: {e}", cluster.listen),
+                        )
+                    })?;
+                tracing::info!(address = %cluster.listen, "cluster link listening");
+                tokio::spawn(follow::run(replication.clone(), spool.clone(), link, node, listener));
+            }
+            Role::Witness => {}
+        }
+        Ok(replication)
+    }
+
+    /// Refuse mode with the standby known to be gone: say 451 before the client sends a body.
+    pub fn refusing(&self) -> bool {
+        self.sync_cluster().is_some_and(|c| {
+            c.on_standby_loss == StandbyLoss::Refuse
+                && !self.state.connected.load(Ordering::Relaxed)
+        })
+    }
+
+    /// Waits, in sync mode, until the standby holds `position`; what happens when it does not
+    /// within `sync_timeout` is `on_standby_loss`'s to say. Async mode and single nodes return
+    /// at once.
+    pub async fn confirm(&self, position: LogPosition) -> Result<(), NotReplicated> {
+        let Some(cluster) = self.sync_cluster() else { return Ok(()) };
+        let state = &self.state;
+        let gone = !state.connected.load(Ordering::Relaxed);
+        if gone && state.degraded.load(Ordering::Relaxed) {
+            // Already degraded and the standby is not there: no need to wait for it again.
+            return Ok(());
+        }
+        let mut acked = state.acked.subscribe();
+        let wait = acked.wait_for(|&seq| seq >= position.seq);
+        if !gone && tokio::time::timeout(cluster.sync_timeout, wait).await.is_ok_and(|r| r.is_ok())
+        {
+            return Ok(());
+        }
+        match cluster.on_standby_loss {
+            StandbyLoss::Refuse => Err(NotReplicated),
+            StandbyLoss::Degrade => {
+                if !state.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "standby lost: accepting without it until it has caught up (on_standby_loss = degrade)"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The peer and the lag, as this node sees them.
+    pub fn status(&self, spool: &Spool) -> ReplicationStatus {
+        let state = &self.state;
+        let Some(cluster) = &state.cluster else {
+            return ReplicationStatus {
+                peer: None,
+                lag_records: 0,
+                lag_bytes: 0,
+                lag_seconds: 0.0,
+            };
+        };
+        let last = spool.last_position().seq;
+        let (behind_from, ahead_to) = match state.acked.borrow().to_owned() {
+            // A primary measures the standby against its own log.
+            acked if state.primary_last.load(Ordering::Relaxed) == 0 => (acked, last),
+            // A standby measures itself against what the primary last said.
+            _ => (last, state.primary_last.load(Ordering::Relaxed).max(last)),
+        };
+        let lag_records = ahead_to.saturating_sub(behind_from);
+        let lag_bytes =
+            if lag_records == 0 { 0 } else { spool.log_bytes(behind_from + 1, ahead_to) };
+        let lag_seconds = match *state.behind_since.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(since) if lag_records > 0 => since.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        let mode = if state.degraded.load(Ordering::Relaxed) {
+            "degraded"
+        } else {
+            cluster.replication.as_str()
+        };
+        let peer = PeerStatus {
+            node: state.peer.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            address: cluster.peer.clone(),
+            connected: state.connected.load(Ordering::Relaxed),
+            mode: mode.to_string(),
+        };
+        ReplicationStatus { peer: Some(peer), lag_records, lag_bytes, lag_seconds }
+    }
+
+    fn sync_cluster(&self) -> Option<&ClusterConfig> {
+        self.state.cluster.as_ref().filter(|c| c.replication == Mode::Sync)
+    }
+
+    /// The link is up with `peer`.
+    fn linked(&self, peer: &str) {
+        *self.state.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(peer.to_string());
+        self.state.connected.store(true, Ordering::Relaxed);
+    }
+
+    fn unlinked(&self) {
+        self.state.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Primary: the standby holds everything up to `seq`.
+    fn acked(&self, seq: u64, last: u64) {
+        self.state.acked.send_if_modified(|acked| {
+            let advanced = seq > *acked;
+            *acked = (*acked).max(seq);
+            advanced
+        });
+        if seq >= last {
+            *self.state.behind_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            if self.state.degraded.swap(false, Ordering::Relaxed) {
+                tracing::info!("standby caught up: synchronous replication again");
+            }
+        }
+    }
+
+    /// Primary: a new link starts with the standby holding our log up to `seq`.
+    fn reset_acked(&self, seq: u64) {
+        self.state.acked.send_replace(seq);
+    }
+
+    /// Primary: records up to `last` exist that the standby may not have yet.
+    fn behind(&self) {
+        self.state
+            .behind_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// Standby: the primary's log goes up to `seq`.
+    fn primary_at(&self, seq: u64, applied: u64) {
+        self.state.primary_last.store(seq, Ordering::Relaxed);
+        let mut since = self.state.behind_since.lock().unwrap_or_else(PoisonError::into_inner);
+        if applied >= seq {
+            *since = None;
+        } else {
+            since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn acked_seq(&self) -> u64 {
+        *self.state.acked.borrow()
+    }
+}
+
+/// Housekeeping: drops log records nobody needs, every few seconds. A primary keeps what its
+/// standby has not acknowledged (up to [`MAX_RETAINED`] records); every node keeps at least
+/// [`MIN_RETAINED`] records, and a standby its last [`MAX_RETAINED`] (it may become primary and
+/// have a rejoining node to resume).
+async fn trim(replication: Replication, spool: Spool, role: Role) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let last = spool.last_position().seq;
+        let keep_from = match (role, replication.state.cluster.is_some()) {
+            (Role::Primary, true) => replication.acked_seq().max(last.saturating_sub(MAX_RETAINED)),
+            (_, true) => last.saturating_sub(MAX_RETAINED),
+            (_, false) => last,
+        }
+        .min(last.saturating_sub(MIN_RETAINED));
+        match spool.trim_log(keep_from) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, keep_from, "change log trimmed"),
+            Err(e) => tracing::warn!(error = %e, "change log trim failed"),
+        }
+    }
+}

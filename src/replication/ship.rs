@@ -1,0 +1,229 @@
+//! The primary's side of the link: dial the standby, agree where its log resumes (or rebuild
+//! it from a snapshot), then stream records as they become durable, with the bodies their
+//! `Accepted` records need, and collect the standby's acks.
+
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+
+use super::Replication;
+use super::frame::{self, Frame, Hello};
+use super::link::{Link, PEER_NAME};
+use crate::spool::{Change, LogRecord, Spool};
+
+/// A frame of records is cut at this many records or bytes.
+const BATCH_RECORDS: usize = 4096;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Messages per snapshot frame.
+const SNAPSHOT_BATCH: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(
+    replication: Replication,
+    spool: Spool,
+    link: Link,
+    node: String,
+    peer: String,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        if let Err(e) = session(&replication, &spool, &link, &node, &peer).await {
+            tracing::warn!(peer = %peer, error = %e, "replication link down");
+        }
+        replication.unlinked();
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn session(
+    replication: &Replication,
+    spool: &Spool,
+    link: &Link,
+    node: &str,
+    peer: &str,
+) -> Result<(), String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(PEER_NAME).map_err(|e| e.to_string())?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, link.connector.connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (mut reader, writer) = tokio::io::split(tls);
+    let mut writer = BufWriter::with_capacity(256 * 1024, writer);
+
+    let ours = Hello {
+        node: node.to_string(),
+        role: "primary".into(),
+        history: spool.epoch_history().map_err(|e| e.to_string())?,
+        last: spool.last_position(),
+    };
+    send(&mut writer, &Frame::Hello(ours)).await?;
+    writer.flush().await.map_err(|e| e.to_string())?;
+    let theirs = match tokio::time::timeout(CONNECT_TIMEOUT, frame::read(&mut reader)).await {
+        Ok(Ok(Frame::Hello(hello))) => hello,
+        Ok(Ok(other)) => return Err(format!("expected Hello, got {other:?}")),
+        Ok(Err(e)) => return Err(format!("reading Hello: {e}")),
+        Err(_) => return Err("no Hello from the peer".into()),
+    };
+    if theirs.role != "standby" {
+        return Err(format!(
+            "peer {} is a {}, not a standby: not shipping to it",
+            theirs.node, theirs.role
+        ));
+    }
+    let resume = resume_point(spool, &theirs)?;
+    replication.linked(&theirs.node);
+    // What the standby holds of our log: its last record if it continues ours, else nothing
+    // until the snapshot is acknowledged.
+    replication.reset_acked(resume.map_or(0, |next| next - 1));
+    tracing::info!(
+        peer = %theirs.node,
+        standby_at = theirs.last.seq,
+        from = ?resume,
+        "replication link up"
+    );
+
+    let acks = async {
+        loop {
+            match frame::read(&mut reader).await {
+                Ok(Frame::Ack { seq }) => replication.acked(seq, spool.last_position().seq),
+                Ok(other) => return Err(format!("unexpected frame from the standby: {other:?}")),
+                Err(e) => return Err(format!("reading acks: {e}")),
+            }
+        }
+    };
+    let shipping = async {
+        let next = match resume {
+            Some(seq) => seq,
+            None => snapshot(&mut writer, spool).await? + 1,
+        };
+        stream(&mut writer, replication, spool, next).await
+    };
+    tokio::select! {
+        result = acks => result,
+        result = shipping => result,
+    }
+}
+
+/// Where the standby's log continues from ours, or None when it needs a snapshot: it is empty,
+/// or ours no longer holds its last record, or that record is not ours (a different epoch).
+fn resume_point(spool: &Spool, theirs: &Hello) -> Result<Option<u64>, String> {
+    let ours = spool.last_position();
+    if theirs.history.is_empty() || theirs.last.seq == 0 || theirs.last.seq > ours.seq {
+        return Ok(None);
+    }
+    if theirs.last == ours {
+        return Ok(Some(ours.seq + 1));
+    }
+    match spool.log_record(theirs.last.seq).map_err(|e| e.to_string())? {
+        Some(record) if record.position == theirs.last => Ok(Some(theirs.last.seq + 1)),
+        _ => Ok(None),
+    }
+}
+
+/// Sends every queued message, then the history and position the log continues from. The
+/// messages are read after the position is taken, and every record is a state assignment, so
+/// replaying the log from there converges whatever changed during the iteration.
+async fn snapshot(writer: &mut (impl AsyncWriteExt + Unpin), spool: &Spool) -> Result<u64, String> {
+    let last = spool.last_position();
+    let history = spool.epoch_history().map_err(|e| e.to_string())?;
+    tracing::info!(
+        at = last.seq,
+        messages = spool.queue_len(),
+        "sending a snapshot to the standby"
+    );
+    send(writer, &Frame::SnapshotBegin { last }).await?;
+    let mut batch = Vec::with_capacity(SNAPSHOT_BATCH);
+    for message in spool.messages() {
+        let message = message.map_err(|e| e.to_string())?;
+        send_body(writer, spool, message.envelope.id).await?;
+        batch.push(message);
+        if batch.len() == SNAPSHOT_BATCH {
+            send(writer, &Frame::SnapshotMessages(std::mem::take(&mut batch))).await?;
+        }
+    }
+    if !batch.is_empty() {
+        send(writer, &Frame::SnapshotMessages(batch)).await?;
+    }
+    send(writer, &Frame::SnapshotEnd { history, last }).await?;
+    writer.flush().await.map_err(|e| e.to_string())?;
+    Ok(last.seq)
+}
+
+/// Ships records from `next` on, as they become durable.
+async fn stream(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    replication: &Replication,
+    spool: &Spool,
+    mut next: u64,
+) -> Result<(), String> {
+    let mut durable = spool.subscribe();
+    loop {
+        let last = durable.borrow_and_update().seq;
+        if last < next {
+            durable.changed().await.map_err(|_| "the spool closed".to_string())?;
+            continue;
+        }
+        replication.behind();
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut bytes = 0;
+        for record in spool.log_from(next) {
+            let record = record.map_err(|e| e.to_string())?;
+            if record.position.seq > last {
+                break;
+            }
+            if record.position.seq != next + records.len() as u64 {
+                return Err(format!(
+                    "the log no longer holds record {}: the standby needs a snapshot",
+                    next + records.len() as u64
+                ));
+            }
+            if let Change::Accepted(envelope) = &record.change {
+                bytes += send_body(writer, spool, envelope.id).await?;
+            }
+            records.push(record);
+            if records.len() >= BATCH_RECORDS || bytes >= BATCH_BYTES {
+                break;
+            }
+        }
+        let Some(end) = records.last().map(|r| r.position.seq) else {
+            return Err(format!(
+                "the log no longer holds record {next}: the standby needs a snapshot"
+            ));
+        };
+        send(writer, &Frame::Records { records, primary_last: last }).await?;
+        writer.flush().await.map_err(|e| e.to_string())?;
+        next = end + 1;
+    }
+}
+
+/// Sends a message's body as chunk frames; returns its size. A body already gone (the message
+/// was delivered and removed since) sends nothing: the record that removed it follows.
+async fn send_body(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    spool: &Spool,
+    id: crate::spool::QueueId,
+) -> Result<usize, String> {
+    let mut size = 0;
+    for chunk in spool.body(id) {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        size += chunk.len();
+        send(writer, &Frame::Chunk { id, data: chunk.to_vec() }).await?;
+    }
+    Ok(size)
+}
+
+async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Result<(), String> {
+    frame::write(writer, frame).await.map_err(|e| e.to_string())
+}
