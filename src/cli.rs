@@ -43,6 +43,16 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Make this standby the primary (refused while the primary is alive, unless --force).
+    Promote {
+        /// Promote even though the primary seems alive (it must really be down: two primaries
+        /// would deliver at once until the old one learns of the new epoch).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned switchover: this primary stops accepting, lets the standby catch up, hands over
+    /// and follows it. No mail lost, none delivered twice.
+    Demote,
     /// Certificates for the cluster link's mutual TLS.
     Certs {
         #[command(subcommand)]
@@ -135,6 +145,8 @@ pub fn main() -> ExitCode {
             QueueCommand::Flush => commands::queue_flush(&config),
             QueueCommand::Delete { id } => commands::queue_delete(&config, id),
         },
+        Some(Command::Promote { force }) => commands::promote(&config, force),
+        Some(Command::Demote) => commands::demote(&config),
         Some(Command::Certs { .. }) => ExitCode::SUCCESS,
         None => crate::node::run(config),
     }

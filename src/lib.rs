@@ -9,6 +9,7 @@ pub mod cli;
 pub mod certs;
 pub mod config;
 pub mod delivery;
+pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod node;

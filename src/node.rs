@@ -12,8 +12,11 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::{self, DeliveryHandle};
+use crate::ha::Ha;
+use crate::ha::monitor::Hold;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
+use crate::replication::link;
 use crate::smtp::{Server, Services};
 use crate::spool::Spool;
 
@@ -43,35 +46,38 @@ pub fn run(config: Config) -> ExitCode {
 
 async fn serve(config: Arc<Config>) -> Result<(), String> {
     if config.node.role == Role::Witness {
-        return Err("the witness role is not implemented in this version".into());
+        return witness(&config).await;
     }
     let data_dir = &config.node.data_dir;
     let spool = Spool::open(data_dir)
         .map_err(|e| format!("cannot open the spool in {}: {e}", data_dir.display()))?;
-    let epoch = match config.node.role {
-        Role::Primary => {
-            Some(spool.ensure_epoch().await.map_err(|e| format!("cannot start an epoch: {e}"))?)
-        }
-        _ => None,
+    let link = match &config.cluster {
+        Some(cluster) => Some(link::load(&config, cluster).map_err(|e| e.to_string())?),
+        None => None,
     };
-    let queued = spool.messages().count();
+    let metrics = Arc::new(Metrics::default());
+    let ha =
+        Ha::start(&config, &spool, link.as_ref().map(|l| l.connector.clone()), metrics.clone())
+            .await?;
+    let status = ha.status();
     tracing::info!(
         node = %config.node.name,
-        role = %config.node.role,
-        epoch = epoch.unwrap_or(0),
-        queued,
+        role = %status.role,
+        epoch = status.epoch,
+        queued = spool.queue_len(),
         data_dir = %data_dir.display(),
         "relayd started"
     );
     let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
-    let metrics = Arc::new(Metrics::default());
-    // Only a primary delivers.
-    let delivery = match config.node.role {
-        Role::Primary => delivery::start(live.clone(), spool.clone(), metrics.clone())?,
-        _ => DeliveryHandle::inactive(spool.clone()),
-    };
-    let replication = Replication::start(&config, &spool).await.map_err(|e| e.to_string())?;
+    // Every data node runs the queue runner; it delivers only while the node serves.
+    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.clone())?;
+    let replication = Replication::start(&config, &spool, link, ha.clone(), delivery.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let hold = Hold::default();
+    tokio::spawn(crate::ha::monitor::run(ha.clone(), hold.clone()));
     let services = Services {
+        ha: ha.clone(),
         spool: spool.clone(),
         delivery: delivery.clone(),
         replication: replication.clone(),
@@ -91,6 +97,8 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         metrics: metrics.clone(),
         sessions: server.limiter(),
         replication,
+        ha,
+        hold,
     };
     tasks.spawn(crate::admin::serve(admin_listener, admin));
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -106,6 +114,20 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     drain(&server, &delivery, config.node.drain_timeout).await;
     tasks.abort_all();
     spool.sync().map_err(|e| format!("spool sync at shutdown: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A witness: grants epochs until SIGTERM or SIGINT.
+async fn witness(config: &Config) -> Result<(), String> {
+    tracing::info!(node = %config.node.name, "relayd started as a witness");
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        result = crate::ha::witness::serve(config) => result?,
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -66,6 +66,25 @@ pub fn queue_delete(config: &Config, id: QueueId) -> ExitCode {
     })
 }
 
+/// `relayd promote [--force]`.
+pub fn promote(config: &Config, force: bool) -> ExitCode {
+    run(config, |client| {
+        let answer = client.post(if force { "/promote?force=true" } else { "/promote" })?;
+        Ok(format!("promoted: primary in epoch {}\n", answer["epoch"]))
+    })
+}
+
+/// `relayd demote`: planned switchover.
+pub fn demote(config: &Config) -> ExitCode {
+    run(config, |client| {
+        let answer = client.post("/demote")?;
+        Ok(format!(
+            "demoted: the standby took over in epoch {}; this node follows it\n",
+            answer["new_primary_epoch"]
+        ))
+    })
+}
+
 /// A queue id on the command line: 32 hexadecimal digits, as in the 250 reply and the logs.
 pub fn parse_queue_id(text: &str) -> Result<QueueId, String> {
     if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {

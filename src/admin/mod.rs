@@ -37,6 +37,10 @@ pub struct AdminContext {
     pub sessions: ConnectionLimiter,
     /// The peer and the replication lag.
     pub replication: crate::replication::Replication,
+    /// The live role and epoch, and the way to change them.
+    pub ha: crate::ha::Ha,
+    /// Held by a switchover in progress.
+    pub hold: crate::ha::monitor::Hold,
 }
 
 /// The node's place in the cluster, as the endpoint reports it.
@@ -47,11 +51,10 @@ pub struct NodeState {
     pub epoch: u64,
 }
 
-/// Where `/status` and `/metrics` learn the role and the epoch. The role is the configured
-/// one for now; with failover it will be the live one, read here and nowhere else.
+/// Where `/status` and `/metrics` learn the role and the epoch: the live ones.
 pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
-    let epoch = context.spool.epoch_history()?.last().map_or(0, |start| start.epoch);
-    Ok(NodeState { role: context.config.node.role, epoch })
+    let status = context.ha.status();
+    Ok(NodeState { role: status.role, epoch: status.epoch })
 }
 
 /// Binds `[admin].listen`. The error names the address. When a token file is set, it is read
@@ -96,6 +99,8 @@ pub fn router(context: AdminContext, token: Option<Token>) -> Router {
         .route("/metrics", get(routes::metrics))
         .route("/queue", get(routes::queue_list))
         .route("/queue/flush", post(routes::queue_flush))
+        .route("/promote", post(routes::promote))
+        .route("/demote", post(routes::demote))
         .route("/queue/{id}", get(routes::queue_show).delete(routes::queue_delete))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -19,9 +19,41 @@ use crate::spool::{QueueId, Spool, SpoolError};
 
 type Context = State<Arc<AdminContext>>;
 
-/// `GET /healthz`: 200 while the node serves its role. Open even when a token is required.
-pub async fn healthz() -> &'static str {
-    "ok"
+/// `GET /healthz`: 200 while the node serves its role (a fenced primary does not: 503). Open
+/// even when a token is required.
+pub async fn healthz(State(context): Context) -> Response {
+    let status = context.ha.status();
+    if status.role == Role::Primary && status.fenced {
+        return (StatusCode::SERVICE_UNAVAILABLE, "fenced").into_response();
+    }
+    "ok".into_response()
+}
+
+/// `POST /promote[?force=true]`: make this standby the primary.
+pub async fn promote(
+    State(context): Context,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
+    tracing::warn!(force, "promotion requested by the operator");
+    let epoch =
+        crate::ha::promote_by_operator(&context.ha, force).await.map_err(ApiError::conflict)?;
+    Ok(Json(serde_json::json!({ "role": "primary", "epoch": epoch })))
+}
+
+/// `POST /demote`: planned switchover from this primary to its standby.
+pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, ApiError> {
+    tracing::warn!("switchover requested by the operator");
+    let epoch = crate::ha::switchover(
+        &context.ha,
+        &context.hold,
+        &context.replication,
+        &context.delivery,
+        &context.spool,
+    )
+    .await
+    .map_err(ApiError::conflict)?;
+    Ok(Json(serde_json::json!({ "role": "standby", "new_primary_epoch": epoch })))
 }
 
 /// `GET /status`.
@@ -97,7 +129,7 @@ pub async fn queue_show(
 
 /// `POST /queue/flush`: every deferred message is tried now.
 pub async fn queue_flush(State(context): Context) -> Result<Response, ApiError> {
-    if !context.delivery.flush() {
+    if !context.ha.serving() || !context.delivery.flush() {
         return Err(ApiError::conflict("this node does not deliver mail: nothing to flush"));
     }
     tracing::info!("queue flush requested");

@@ -190,7 +190,13 @@ pub struct ClusterConfig {
     pub on_standby_loss: StandbyLoss,
     pub heartbeat_interval: Duration,
     pub failover_timeout: Duration,
+    /// How long a primary serves after it last heard the standby or the witness; then it
+    /// fences itself. Must end before a standby may promote (see `check_cluster`).
+    pub lease: Duration,
     pub auto_failover: bool,
+    /// Automatic failover with no witness configured: the standby promotes on silence alone,
+    /// which a cut link between two live nodes turns into two primaries. Off unless set.
+    pub allow_failover_without_witness: bool,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub tls_ca: PathBuf,

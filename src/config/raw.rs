@@ -88,7 +88,9 @@ struct RawCluster {
     on_standby_loss: Option<StandbyLoss>,
     heartbeat_interval: Option<Dur>,
     failover_timeout: Option<Dur>,
+    lease: Option<Dur>,
     auto_failover: Option<bool>,
+    allow_failover_without_witness: Option<bool>,
     tls_cert: Option<FilePath>,
     tls_key: Option<FilePath>,
     tls_ca: Option<FilePath>,
@@ -239,7 +241,11 @@ impl RawConfig {
                     on_standby_loss: c.on_standby_loss.unwrap_or(StandbyLoss::Degrade),
                     heartbeat_interval: dur(c.heartbeat_interval, Duration::from_millis(200)),
                     failover_timeout: dur(c.failover_timeout, secs(3)),
+                    lease: dur(c.lease, secs(2)),
                     auto_failover: c.auto_failover.unwrap_or(true),
+                    allow_failover_without_witness: c
+                        .allow_failover_without_witness
+                        .unwrap_or(false),
                     tls_cert: required(c.tls_cert, "tls_cert")?,
                     tls_key: required(c.tls_key, "tls_key")?,
                     tls_ca: required(c.tls_ca, "tls_ca")?,

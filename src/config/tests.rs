@@ -197,10 +197,10 @@ fn unknown_keys() {
         &["unknown key", "next_hop"],
     );
     assert_err(
-        "[cluster]\nauto_failover = true\nlease = \"2s\"\n",
+        "[cluster]\nauto_failover = true\nleese = \"2s\"\n",
         Some(3),
-        Some("cluster.lease"),
-        &["unknown key", "failover_timeout"],
+        Some("cluster.leese"),
+        &["unknown key", "lease"],
     );
 }
 

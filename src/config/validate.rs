@@ -187,6 +187,24 @@ fn check_cluster(cluster: Option<&ClusterConfig>, role: Role) -> Result<(), Inva
     positive("cluster.sync_timeout", c.sync_timeout)?;
     positive("cluster.heartbeat_interval", c.heartbeat_interval)?;
     positive("cluster.failover_timeout", c.failover_timeout)?;
+    positive("cluster.lease", c.lease)?;
+    // A primary must stop serving before a standby can take over: its lease, plus one
+    // heartbeat (the last one it heard may be that old), plus 5% for clocks that run at
+    // different rates, must end before the failover timeout does.
+    let margin = c.heartbeat_interval + c.failover_timeout / 20;
+    if c.lease + margin >= c.failover_timeout {
+        return Err(Invalid::new(
+            "cluster.lease",
+            format!(
+                "{} plus heartbeat_interval ({}) plus 5% of failover_timeout must be shorter \
+                 than failover_timeout ({}): otherwise a primary cut off from the cluster could \
+                 still be serving when the standby takes over",
+                show_duration(c.lease),
+                show_duration(c.heartbeat_interval),
+                show_duration(c.failover_timeout)
+            ),
+        ));
+    }
     if c.heartbeat_interval >= c.failover_timeout {
         return Err(Invalid::new(
             "cluster.heartbeat_interval",

@@ -15,15 +15,17 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use crate::config::LiveConfig;
+use crate::ha::Ha;
 use crate::metrics::Metrics;
 use crate::spool::{Change, QueueId, Spool, SpoolError};
 
-/// Starts the queue runner on the current tokio runtime: it loads the queue from the spool
-/// and delivers until the runtime stops.
+/// Starts the queue runner on the current tokio runtime. It delivers while the node serves
+/// (a primary that is not fenced), loading the queue from the spool each time it starts to.
 pub fn start(
     config: LiveConfig,
     spool: Spool,
     metrics: Arc<Metrics>,
+    ha: Ha,
 ) -> Result<DeliveryHandle, String> {
     let resolver = route::Resolver::new(&config.load().delivery.resolvers)?;
     // Certificates are not verified, as with Postfix's "may" and "encrypt" levels: MX
@@ -42,6 +44,7 @@ pub fn start(
         commands: commands.clone(),
         done,
         activity: activity.clone(),
+        ha,
     });
     tokio::spawn(queue::Runner::new(shared, command_rx, done_rx).run());
     Ok(DeliveryHandle { spool, commands: Some(commands), activity })

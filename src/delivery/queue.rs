@@ -22,6 +22,7 @@ use super::dsn;
 use super::outcome::Outcome;
 use super::route::{self, Destination, Resolver};
 use crate::config::{Config, LiveConfig};
+use crate::ha::Ha;
 use crate::metrics::Metrics;
 use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool};
 
@@ -36,6 +37,8 @@ pub(super) struct Shared {
     pub commands: mpsc::UnboundedSender<Command>,
     pub done: mpsc::UnboundedSender<JobDone>,
     pub activity: Arc<Activity>,
+    /// Only a serving primary delivers.
+    pub ha: Ha,
 }
 
 /// What a draining node waits for.
@@ -103,11 +106,10 @@ impl Runner {
     }
 
     pub(super) async fn run(mut self) {
-        // What was queued before this start: every message, at its recipients' next attempt.
-        let ids: Vec<QueueId> =
-            self.shared.spool.messages().filter_map(|m| m.ok()).map(|m| m.envelope.id).collect();
-        for id in ids {
-            self.reschedule(id);
+        let mut roles = self.shared.ha.subscribe();
+        let mut serving = roles.borrow_and_update().serving();
+        if serving {
+            self.load();
         }
         loop {
             self.dispatch_due();
@@ -143,6 +145,26 @@ impl Runner {
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
+                Ok(()) = roles.changed() => {
+                    // A standby promoted (or a primary unfenced) takes over the queue it holds.
+                    let now = roles.borrow_and_update().serving();
+                    if now && !serving {
+                        self.load();
+                    }
+                    serving = now;
+                }
+            }
+        }
+    }
+
+    /// Schedules every queued message at its recipients' next attempt: at start, and when the
+    /// node begins to serve (the spool was filled by replication meanwhile).
+    fn load(&mut self) {
+        let ids: Vec<QueueId> =
+            self.shared.spool.messages().filter_map(|m| m.ok()).map(|m| m.envelope.id).collect();
+        for id in ids {
+            if !self.in_flight.contains_key(&id) {
+                self.reschedule(id);
             }
         }
     }
@@ -193,7 +215,7 @@ impl Runner {
     }
 
     fn dispatch_due(&mut self) {
-        if self.shared.activity.draining.load(Ordering::Relaxed) {
+        if self.shared.activity.draining.load(Ordering::Relaxed) || !self.shared.ha.serving() {
             return;
         }
         let config = self.shared.config.load();
@@ -258,9 +280,14 @@ async fn work(
         let job = {
             let mut lanes = lanes.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(lane) = lanes.get_mut(&destination) else { break };
-            // Draining: jobs not started stay queued in the spool for the next start.
-            let draining = shared.activity.draining.load(Ordering::Relaxed);
-            match lane.jobs.pop_front().filter(|_| !draining) {
+            // Draining, or no longer serving (fenced, demoted): the jobs not started are handed
+            // back to the runner (they stay queued in the spool) and the worker stops.
+            if shared.activity.draining.load(Ordering::Relaxed) || !shared.ha.serving() {
+                for job in lane.jobs.drain(..) {
+                    let _ = shared.done.send(JobDone { id: job.id, finished: false });
+                }
+            }
+            match lane.jobs.pop_front() {
                 Some(job) => {
                     shared.activity.busy.fetch_add(1, Ordering::Relaxed);
                     job

@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 use super::Replication;
 use super::frame::{self, Frame, Hello};
 use super::link::Link;
-use crate::spool::{BodyWriter, Change, QueueId, Spool};
+use crate::config::Role;
+use crate::ha::Ha;
+use crate::spool::{BodyWriter, Change, EpochStart, QueueId, Spool};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -19,7 +21,7 @@ pub(super) async fn run(
     replication: Replication,
     spool: Spool,
     link: Link,
-    node: String,
+    ha: Ha,
     listener: TcpListener,
 ) {
     let mut current: Option<JoinHandle<()>> = None;
@@ -47,9 +49,9 @@ pub(super) async fn run(
         if let Some(previous) = current.take() {
             previous.abort();
         }
-        let (replication, spool, node) = (replication.clone(), spool.clone(), node.clone());
+        let (replication, spool, ha) = (replication.clone(), spool.clone(), ha.clone());
         current = Some(tokio::spawn(async move {
-            if let Err(e) = session(&replication, &spool, &node, tls).await {
+            if let Err(e) = session(&replication, &spool, &ha, tls).await {
                 tracing::warn!(peer = %address, error = %e, "replication link down");
             }
             replication.unlinked();
@@ -60,9 +62,10 @@ pub(super) async fn run(
 async fn session(
     replication: &Replication,
     spool: &Spool,
-    node: &str,
+    ha: &Ha,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
 ) -> Result<(), String> {
+    let node = ha.node();
     let (mut reader, mut writer) = tokio::io::split(tls);
     let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
@@ -72,6 +75,38 @@ async fn session(
     };
     if theirs.role != "primary" {
         return Err(format!("peer {} is a {}, not a primary", theirs.node, theirs.role));
+    }
+    let status = ha.status();
+    let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
+    if status.role == Role::Primary {
+        // Two primaries: the newer epoch wins (the lower name on a tie, as the other side decides).
+        if their_epoch > status.epoch
+            || (their_epoch == status.epoch && theirs.node.as_str() < node)
+        {
+            ha.step_down(
+                their_epoch,
+                &format!("peer {} is primary in epoch {their_epoch}", theirs.node),
+            )
+            .await;
+        } else {
+            let ours = Hello {
+                node: node.to_string(),
+                role: "primary".into(),
+                history: spool.epoch_history().map_err(|e| e.to_string())?,
+                last: spool.last_position(),
+            };
+            send(&mut writer, &Frame::Hello(ours)).await?;
+            return Err(format!(
+                "peer {} claims primary in epoch {their_epoch}, ours is {}",
+                theirs.node, status.epoch
+            ));
+        }
+    }
+    ha.heard();
+    // Rejoining after a failover: hand over what we acknowledged that the new primary lacks.
+    let salvaged = salvage(&mut writer, spool, &theirs).await?;
+    if salvaged > 0 {
+        tracing::warn!(salvaged, peer = %theirs.node, "handed the new primary the messages it lacked");
     }
     let ours = Hello {
         node: node.to_string(),
@@ -85,8 +120,14 @@ async fn session(
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
+    let mut roles = ha.subscribe();
     loop {
-        let frame = frame::read(&mut reader).await.map_err(|e| e.to_string())?;
+        let frame = tokio::select! {
+            frame = frame::read(&mut reader) => frame.map_err(|e| e.to_string())?,
+            // Promoted meanwhile (the primary was silent): this link is over.
+            _ = roles.wait_for(|status| status.role == Role::Primary) => return Ok(()),
+        };
+        ha.heard();
         match frame {
             Frame::Chunk { id, data } => {
                 let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
@@ -100,7 +141,11 @@ async fn session(
                         _ => None,
                     })
                     .collect();
+                let epoch = records.iter().map(|r| r.position.epoch).max();
                 let applied = spool.apply(records, needed).await.map_err(|e| e.to_string())?;
+                if let Some(epoch) = epoch {
+                    ha.follow_epoch(epoch);
+                }
                 replication.primary_at(primary_last, applied.seq);
                 send(&mut writer, &Frame::Ack { seq: applied.seq }).await?;
             }
@@ -115,14 +160,22 @@ async fn session(
                 spool.install(messages, needed).await.map_err(|e| e.to_string())?;
             }
             Frame::SnapshotEnd { history, last } => {
+                let epoch = history.last().map_or(0, |e| e.epoch);
                 spool.resume(history, last).await.map_err(|e| e.to_string())?;
+                ha.follow_epoch(epoch);
                 replication.primary_at(last.seq, last.seq);
                 tracing::info!(at = last.seq, messages = spool.queue_len(), "snapshot installed");
                 send(&mut writer, &Frame::Ack { seq: last.seq }).await?;
             }
-            other @ (Frame::Hello(_) | Frame::Ack { .. }) => {
-                return Err(format!("unexpected frame from the primary: {other:?}"));
+            Frame::Heartbeat { .. } => {
+                send(&mut writer, &Frame::Ack { seq: spool.last_position().seq }).await?;
             }
+            Frame::Handover { epoch } => {
+                let taken = take_over(ha, epoch).await?;
+                send(&mut writer, &Frame::TookOver { epoch: taken }).await?;
+                return Ok(());
+            }
+            other => return Err(format!("unexpected frame from the primary: {other:?}")),
         }
     }
 }
@@ -130,4 +183,69 @@ async fn session(
 async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Result<(), String> {
     frame::write(writer, frame).await.map_err(|e| e.to_string())?;
     writer.flush().await.map_err(|e| e.to_string())
+}
+
+/// A planned switchover: the primary, fenced and caught up, asks us to take over.
+async fn take_over(ha: &Ha, epoch: u64) -> Result<u64, String> {
+    let next = epoch.max(ha.status().epoch) + 1;
+    if let (Some(address), Some(connector)) =
+        (ha.cluster().and_then(|c| c.witness.clone()), ha.connector())
+    {
+        let (granted, why) =
+            crate::ha::witness::claim(&address, connector, ha.node(), next, false).await?;
+        if !granted {
+            return Err(format!("the witness refused epoch {next}: {why}"));
+        }
+    }
+    ha.promote(next, "planned switchover: the primary handed over").await?;
+    Ok(next)
+}
+
+/// Where our log and the new primary's part: the first sequence number of the first epoch the
+/// two histories disagree on (u64::MAX when they agree).
+fn divergence(ours: &[EpochStart], theirs: &[EpochStart]) -> u64 {
+    for index in 0..ours.len().max(theirs.len()) {
+        match (ours.get(index), theirs.get(index)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(a), Some(b)) => return a.first_seq.min(b.first_seq),
+            (Some(a), None) => return a.first_seq,
+            (None, Some(b)) => return b.first_seq,
+            (None, None) => break,
+        }
+    }
+    u64::MAX
+}
+
+/// Sends the new primary every message of our divergent suffix that is still queued here with
+/// recipients pending: mail we acknowledged that it never received (async replication, or a
+/// degraded sync). Returns how many.
+async fn salvage(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    spool: &Spool,
+    theirs: &Hello,
+) -> Result<usize, String> {
+    let ours = spool.epoch_history().map_err(|e| e.to_string())?;
+    let from = divergence(&ours, &theirs.history);
+    if from > spool.last_position().seq {
+        return Ok(0);
+    }
+    let mut count = 0;
+    for record in spool.log_from(from) {
+        let record = record.map_err(|e| e.to_string())?;
+        let Change::Accepted(envelope) = &record.change else { continue };
+        let Some(message) = spool.get(envelope.id).map_err(|e| e.to_string())? else { continue };
+        if !message.recipients.iter().any(|state| state.is_pending()) {
+            continue;
+        }
+        for chunk in spool.body(envelope.id) {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            frame::write(writer, &Frame::Chunk { id: envelope.id, data: chunk.to_vec() })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        frame::write(writer, &Frame::Salvage(message)).await.map_err(|e| e.to_string())?;
+        tracing::warn!(id = %envelope.id, "salvaging: acknowledged here, never replicated");
+        count += 1;
+    }
+    Ok(count)
 }

@@ -45,9 +45,52 @@ pub enum Frame {
         history: Vec<EpochStart>,
         last: LogPosition,
     },
-    /// Standby → primary: everything up to `seq` is durable here.
+    /// Standby → primary: everything up to `seq` is durable here (also the answer to a
+    /// heartbeat).
     Ack {
         seq: u64,
+    },
+    /// Primary → standby, while the stream is idle: still here.
+    Heartbeat {
+        epoch: u64,
+    },
+    /// Primary → standby: a planned switchover. The standby has everything; it takes over
+    /// with the next epoch.
+    Handover {
+        epoch: u64,
+    },
+    /// Standby → primary: it is now primary in `epoch`.
+    TookOver {
+        epoch: u64,
+    },
+    /// An old primary → the new primary, before its Hello: a message it acknowledged that the
+    /// new primary never received (its chunks came first). Only the pending recipients count.
+    Salvage(MessageRecord),
+    /// A data node → the witness: who it is and what it does.
+    Ping {
+        node: String,
+        role: String,
+        epoch: u64,
+        serving: bool,
+    },
+    /// The witness → a data node: the highest epoch granted, and how long ago it last heard
+    /// a serving primary.
+    Pong {
+        granted: u64,
+        primary: Option<String>,
+        primary_silent_ms: Option<u64>,
+    },
+    /// A standby → the witness: grant me `epoch`. `force`: an operator's `promote --force`.
+    Claim {
+        node: String,
+        epoch: u64,
+        force: bool,
+    },
+    /// The witness's answer to a claim.
+    Verdict {
+        granted: bool,
+        epoch: u64,
+        reason: String,
     },
 }
 

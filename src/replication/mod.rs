@@ -21,9 +21,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::{ClusterConfig, Config, ConfigError, Replication as Mode, Role, StandbyLoss};
+use crate::delivery::DeliveryHandle;
+use crate::ha::Ha;
 use crate::spool::{LogPosition, Spool};
 
 /// Log records kept for a standby that has not acknowledged them, at most; a standby further
@@ -51,6 +53,11 @@ struct State {
     peer: Mutex<Option<String>>,
     /// Since when the standby has been missing records (None: caught up).
     behind_since: Mutex<Option<Instant>>,
+    /// A planned switchover waiting for the link: our epoch, and where the new one goes.
+    handover: Mutex<Option<(u64, oneshot::Sender<u64>)>>,
+    handover_asked: Notify,
+    /// Told of salvaged messages so that it delivers them.
+    delivery: DeliveryHandle,
 }
 
 /// Why a message may not be acknowledged: `replication = "sync"` with
@@ -77,9 +84,16 @@ pub struct PeerStatus {
 }
 
 impl Replication {
-    /// Starts this node's side of the link (if the config has a `[cluster]`): a primary dials
-    /// its peer and ships; a standby listens and follows.
-    pub async fn start(config: &Config, spool: &Spool) -> Result<Replication, ConfigError> {
+    /// Starts this node's side of the link (if the config has a `[cluster]`): both tasks run
+    /// on every data node, and each acts while the node's role is its own: the shipper dials
+    /// the peer while this node is primary, the follower accepts a primary while it is standby.
+    pub async fn start(
+        config: &Config,
+        spool: &Spool,
+        link: Option<link::Link>,
+        ha: Ha,
+        delivery: DeliveryHandle,
+    ) -> Result<Replication, ConfigError> {
         let replication = Replication {
             state: Arc::new(State {
                 cluster: config.cluster.clone(),
@@ -89,31 +103,70 @@ impl Replication {
                 degraded: AtomicBool::new(false),
                 peer: Mutex::new(None),
                 behind_since: Mutex::new(None),
+                handover: Mutex::new(None),
+                handover_asked: Notify::new(),
+                delivery,
             }),
         };
-        tokio::spawn(trim(replication.clone(), spool.clone(), config.node.role));
-        let Some(cluster) = &config.cluster else { return Ok(replication) };
-        let link = link::load(config, cluster)?;
-        let node = config.node.name.clone();
-        match config.node.role {
-            Role::Primary => {
-                let peer = cluster.peer.clone().unwrap_or_default();
-                tokio::spawn(ship::run(replication.clone(), spool.clone(), link, node, peer));
-            }
-            Role::Standby => {
-                let listener =
-                    tokio::net::TcpListener::bind(cluster.listen).await.map_err(|e| {
-                        config.error_at(
-                            "cluster.listen",
-                            format!("cannot listen on {}: {e}", cluster.listen),
-                        )
-                    })?;
-                tracing::info!(address = %cluster.listen, "cluster link listening");
-                tokio::spawn(follow::run(replication.clone(), spool.clone(), link, node, listener));
-            }
-            Role::Witness => {}
-        }
+        tokio::spawn(trim(replication.clone(), spool.clone(), ha.clone()));
+        let (Some(cluster), Some(link)) = (&config.cluster, link) else { return Ok(replication) };
+        let listener = tokio::net::TcpListener::bind(cluster.listen).await.map_err(|e| {
+            config.error_at("cluster.listen", format!("cannot listen on {}: {e}", cluster.listen))
+        })?;
+        tracing::info!(address = %cluster.listen, "cluster link listening");
+        let peer = cluster.peer.clone().unwrap_or_default();
+        tokio::spawn(ship::run(replication.clone(), spool.clone(), link.clone(), ha.clone(), peer));
+        tokio::spawn(follow::run(replication.clone(), spool.clone(), link, ha, listener));
         Ok(replication)
+    }
+
+    /// Waits until the standby holds record `seq`.
+    pub async fn caught_up(&self, seq: u64, limit: Duration) -> bool {
+        let mut acked = self.state.acked.subscribe();
+        tokio::time::timeout(limit, acked.wait_for(|&acked| acked >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Asks the standby to take over (a planned switchover) and returns the epoch it took.
+    pub async fn hand_over(&self, epoch: u64, limit: Duration) -> Result<u64, String> {
+        let (done, taken) = oneshot::channel();
+        *self.state.handover.lock().unwrap_or_else(PoisonError::into_inner) = Some((epoch, done));
+        self.state.handover_asked.notify_one();
+        match tokio::time::timeout(limit, taken).await {
+            Ok(Ok(epoch)) => Ok(epoch),
+            Ok(Err(_)) => Err("the link went down during the handover".into()),
+            Err(_) => Err("the standby did not take over in time".into()),
+        }
+    }
+
+    /// The switchover the shipper should send, if one is asked.
+    fn handover_request(&self) -> Option<u64> {
+        let handover = self.state.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        handover.as_ref().map(|(epoch, _)| *epoch).filter(|&epoch| epoch != u64::MAX)
+    }
+
+    /// Resolves when a switchover is asked.
+    async fn handover_wanted(&self) {
+        self.state.handover_asked.notified().await;
+    }
+
+    /// The Handover frame went out: it is not sent again unless asked again.
+    fn handover_sent(&self) {
+        let mut handover = self.state.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((epoch, _)) = handover.as_mut() {
+            // Keep the reply channel; mark the request as sent by clearing its epoch marker.
+            *epoch = u64::MAX;
+        }
+    }
+
+    /// The standby took over in `epoch`.
+    fn took_over(&self, epoch: u64) {
+        if let Some((_, done)) =
+            self.state.handover.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            let _ = done.send(epoch);
+        }
     }
 
     /// Refuse mode with the standby known to be gone: say 451 before the client sends a body.
@@ -256,12 +309,12 @@ impl Replication {
 /// standby has not acknowledged (up to [`MAX_RETAINED`] records); every node keeps at least
 /// [`MIN_RETAINED`] records, and a standby its last [`MAX_RETAINED`] (it may become primary and
 /// have a rejoining node to resume).
-async fn trim(replication: Replication, spool: Spool, role: Role) {
+async fn trim(replication: Replication, spool: Spool, ha: Ha) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
         let last = spool.last_position().seq;
-        let keep_from = match (role, replication.state.cluster.is_some()) {
+        let keep_from = match (ha.status().role, replication.state.cluster.is_some()) {
             (Role::Primary, true) => replication.acked_seq().max(last.saturating_sub(MAX_RETAINED)),
             (_, true) => last.saturating_sub(MAX_RETAINED),
             (_, false) => last,

@@ -8,10 +8,14 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
+use std::collections::HashMap;
+
 use super::Replication;
 use super::frame::{self, Frame, Hello};
 use super::link::{Link, PEER_NAME};
-use crate::spool::{Change, LogRecord, Spool};
+use crate::config::Role;
+use crate::ha::Ha;
+use crate::spool::{BodyWriter, Change, LogRecord, QueueId, Spool};
 
 /// A frame of records is cut at this many records or bytes.
 const BATCH_RECORDS: usize = 4096;
@@ -20,17 +24,20 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const SNAPSHOT_BATCH: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) async fn run(
-    replication: Replication,
-    spool: Spool,
-    link: Link,
-    node: String,
-    peer: String,
-) {
+pub(super) async fn run(replication: Replication, spool: Spool, link: Link, ha: Ha, peer: String) {
+    let mut roles = ha.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
+        // Only a primary ships.
+        if roles.wait_for(|status| status.role == Role::Primary).await.is_err() {
+            return;
+        }
         let started = Instant::now();
-        if let Err(e) = session(&replication, &spool, &link, &node, &peer).await {
+        let result = tokio::select! {
+            result = session(&replication, &spool, &link, &ha, &peer) => result,
+            _ = roles.wait_for(|status| status.role != Role::Primary) => Ok(()),
+        };
+        if let Err(e) = result {
             tracing::warn!(peer = %peer, error = %e, "replication link down");
         }
         replication.unlinked();
@@ -38,7 +45,7 @@ pub(super) async fn run(
             backoff = Duration::from_millis(100);
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -46,9 +53,10 @@ async fn session(
     replication: &Replication,
     spool: &Spool,
     link: &Link,
-    node: &str,
+    ha: &Ha,
     peer: &str,
 ) -> Result<(), String> {
+    let node = ha.node();
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -70,17 +78,27 @@ async fn session(
     };
     send(&mut writer, &Frame::Hello(ours)).await?;
     writer.flush().await.map_err(|e| e.to_string())?;
-    let theirs = match tokio::time::timeout(CONNECT_TIMEOUT, frame::read(&mut reader)).await {
-        Ok(Ok(Frame::Hello(hello))) => hello,
-        Ok(Ok(other)) => return Err(format!("expected Hello, got {other:?}")),
-        Ok(Err(e)) => return Err(format!("reading Hello: {e}")),
-        Err(_) => return Err("no Hello from the peer".into()),
-    };
-    if theirs.role != "standby" {
+    // An old primary rejoining sends what it must hand over before its Hello.
+    let theirs = receive_salvage(&mut reader, replication, spool).await?;
+    let our_epoch = ha.status().epoch;
+    let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
+    if theirs.role == "primary" {
+        // Two primaries: the newer epoch wins (an equal epoch cannot be granted twice by a
+        // witness; without one, the lower node name wins, so that both sides agree).
+        if their_epoch > our_epoch || (their_epoch == our_epoch && theirs.node.as_str() < node) {
+            let reason = format!("peer {} is primary in epoch {their_epoch}", theirs.node);
+            ha.step_down(their_epoch, &reason).await;
+            return Ok(());
+        }
         return Err(format!(
-            "peer {} is a {}, not a standby: not shipping to it",
-            theirs.node, theirs.role
+            "peer {} claims primary in epoch {their_epoch}, ours is {our_epoch}",
+            theirs.node
         ));
+    }
+    if their_epoch > our_epoch {
+        ha.step_down(their_epoch, &format!("peer {} has seen epoch {their_epoch}", theirs.node))
+            .await;
+        return Ok(());
     }
     let resume = resume_point(spool, &theirs)?;
     replication.linked(&theirs.node);
@@ -97,7 +115,11 @@ async fn session(
     let acks = async {
         loop {
             match frame::read(&mut reader).await {
-                Ok(Frame::Ack { seq }) => replication.acked(seq, spool.last_position().seq),
+                Ok(Frame::Ack { seq }) => {
+                    ha.heard();
+                    replication.acked(seq, spool.last_position().seq);
+                }
+                Ok(Frame::TookOver { epoch }) => replication.took_over(epoch),
                 Ok(other) => return Err(format!("unexpected frame from the standby: {other:?}")),
                 Err(e) => return Err(format!("reading acks: {e}")),
             }
@@ -108,7 +130,7 @@ async fn session(
             Some(seq) => seq,
             None => snapshot(&mut writer, spool).await? + 1,
         };
-        stream(&mut writer, replication, spool, next).await
+        stream(&mut writer, replication, spool, ha, next).await
     };
     tokio::select! {
         result = acks => result,
@@ -161,18 +183,34 @@ async fn snapshot(writer: &mut (impl AsyncWriteExt + Unpin), spool: &Spool) -> R
     Ok(last.seq)
 }
 
-/// Ships records from `next` on, as they become durable.
+/// Ships records from `next` on, as they become durable; a heartbeat when there is nothing to
+/// ship; the handover when an operator asks for a switchover.
 async fn stream(
     writer: &mut (impl AsyncWriteExt + Unpin),
     replication: &Replication,
     spool: &Spool,
+    ha: &Ha,
     mut next: u64,
 ) -> Result<(), String> {
     let mut durable = spool.subscribe();
+    let interval = ha.cluster().map_or(Duration::from_millis(200), |c| c.heartbeat_interval);
+    let mut heartbeat = tokio::time::interval(interval);
     loop {
         let last = durable.borrow_and_update().seq;
         if last < next {
-            durable.changed().await.map_err(|_| "the spool closed".to_string())?;
+            if let Some(epoch) = replication.handover_request() {
+                send(writer, &Frame::Handover { epoch }).await?;
+                writer.flush().await.map_err(|e| e.to_string())?;
+                replication.handover_sent();
+            }
+            tokio::select! {
+                changed = durable.changed() => changed.map_err(|_| "the spool closed".to_string())?,
+                _ = heartbeat.tick() => {
+                    send(writer, &Frame::Heartbeat { epoch: ha.status().epoch }).await?;
+                    writer.flush().await.map_err(|e| e.to_string())?;
+                }
+                _ = replication.handover_wanted() => {}
+            }
             continue;
         }
         replication.behind();
@@ -205,6 +243,53 @@ async fn stream(
         send(writer, &Frame::Records { records, primary_last: last }).await?;
         writer.flush().await.map_err(|e| e.to_string())?;
         next = end + 1;
+    }
+}
+
+/// Reads what an old primary hands over before its Hello: salvaged messages, accepted here as
+/// new (their pending recipients only), then its Hello.
+async fn receive_salvage(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    replication: &Replication,
+    spool: &Spool,
+) -> Result<Hello, String> {
+    let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
+    loop {
+        let frame = match tokio::time::timeout(CONNECT_TIMEOUT, frame::read(reader)).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => return Err(format!("reading Hello: {e}")),
+            Err(_) => return Err("no Hello from the peer".into()),
+        };
+        match frame {
+            Frame::Hello(hello) => return Ok(hello),
+            Frame::Chunk { id, data } => {
+                let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
+                body.write(&data).map_err(|e| e.to_string())?;
+            }
+            Frame::Salvage(message) => {
+                let id = message.envelope.id;
+                let body = bodies.remove(&id).unwrap_or_else(|| spool.body_writer(id));
+                if spool.get(id).map_err(|e| e.to_string())?.is_some() {
+                    continue;
+                }
+                let mut envelope = message.envelope.clone();
+                envelope.recipients = message
+                    .envelope
+                    .recipients
+                    .iter()
+                    .zip(&message.recipients)
+                    .filter(|(_, state)| state.is_pending())
+                    .map(|(address, _)| address.clone())
+                    .collect();
+                if envelope.recipients.is_empty() {
+                    continue;
+                }
+                spool.accept(envelope, body).await.map_err(|e| e.to_string())?;
+                tracing::warn!(id = %id, "salvaged a message the old primary acknowledged and we lacked");
+                replication.state.delivery.queued(id);
+            }
+            other => return Err(format!("expected Hello, got {other:?}")),
+        }
     }
 }
 

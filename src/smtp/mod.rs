@@ -18,8 +18,9 @@ use tokio_rustls::TlsAcceptor;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, LiveConfig, Role};
+use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
+use crate::ha::Ha;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
 use crate::spool::Spool;
@@ -30,6 +31,8 @@ use session::Session;
 /// The parts of the node a session works with.
 #[derive(Clone)]
 pub struct Services {
+    /// The node's live role: only a serving primary takes mail.
+    pub ha: Ha,
     pub spool: Spool,
     pub delivery: DeliveryHandle,
     pub replication: Replication,
@@ -119,11 +122,11 @@ impl Server {
         let acquired =
             self.limiter.try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
         let draining = *self.draining.borrow();
-        let refusal = match (acquired, config.node.role) {
+        let refusal = match (acquired, self.services.ha.serving()) {
             (Ok(_), _) if draining => {
                 Reply::new(421, "4.3.2", format!("{hostname} shutting down, try another MX"))
             }
-            (Ok(slot), Role::Primary) => {
+            (Ok(slot), true) => {
                 tracing::debug!(client = %peer, "connect");
                 let session = Session::new(
                     config.clone(),
@@ -136,7 +139,7 @@ impl Server {
                 tracing::debug!(client = %peer, "disconnect");
                 return;
             }
-            (Ok(_), _) => {
+            (Ok(_), false) => {
                 Reply::new(421, "4.3.2", format!("{hostname} not primary, try another MX"))
             }
             (Err(LimitExceeded::Total), _) => {

@@ -39,6 +39,8 @@ pub(super) enum Request {
     Install(Vec<MessageRecord>, Reply),
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
+    /// Node state outside the log (the role), made durable like the rest.
+    State { key: &'static [u8], value: Vec<u8>, done: Reply },
 }
 
 /// Where the committer sends the position of a request's last record.
@@ -158,6 +160,10 @@ fn run(
                 Request::Install(messages, done) => {
                     let result = messages.into_iter().try_for_each(|m| staging.install(m));
                     (result.map(|()| last), done)
+                }
+                Request::State { key, value, done } => {
+                    staging.batch.insert(key, value);
+                    (Ok(last), done)
                 }
                 Request::Resume { history, last: resumed, done } => {
                     staging.resume(history, resumed);

@@ -26,6 +26,8 @@ pub const EPOCH_HISTORY: &[u8] = b"sepochs";
 /// Under the `s` prefix: where a snapshot left the log (a [`LogPosition`](super::LogPosition)),
 /// for a log that holds no record after it yet.
 pub const RESUMED: &[u8] = b"sresumed";
+/// Under the `s` prefix: the role this node last held ("primary" or "standby").
+pub const ROLE: &[u8] = b"srole";
 
 pub fn body_chunk(id: QueueId, index: u32) -> [u8; 21] {
     let mut key = [0u8; 21];

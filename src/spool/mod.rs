@@ -20,6 +20,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
+use crate::config::Role;
+
 pub use body::{BodyChunks, BodyWriter};
 pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
@@ -232,6 +234,32 @@ impl Spool {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Starts `epoch`: an `EpochStarted` record, durable before this returns.
+    pub async fn begin_epoch(&self, epoch: u64) -> Result<LogPosition, SpoolError> {
+        self.submit(|done| commit::Request::BeginEpoch(epoch, done)).await
+    }
+
+    /// The role this node last persisted, if any.
+    pub fn persisted_role(&self) -> Result<Option<Role>, SpoolError> {
+        match self.db().get(keys::ROLE)? {
+            Some(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                text.parse()
+                    .map(Some)
+                    .map_err(|_| SpoolError::corrupt(format!("stored role {text:?}")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Persists the role (synced) before the node acts in it.
+    pub async fn persist_role(&self, role: Role) -> Result<(), SpoolError> {
+        let value = role.as_str().as_bytes().to_vec();
+        self.submit(|done| commit::Request::State { key: keys::ROLE, value, done })
+            .await
+            .map(|_| ())
     }
 
     /// Makes sure the log has an epoch, starting epoch 1 on a fresh spool, and returns the

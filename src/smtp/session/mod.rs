@@ -176,6 +176,13 @@ impl Session {
                 }
                 Err(Closed::Eof) => return End::Close,
             };
+            // A node that stopped serving (fenced, or no longer primary) takes no more mail:
+            // the client moves to the next MX.
+            if !self.services.ha.serving() {
+                let text = format!("{} not primary, try another MX", self.config.smtp.hostname);
+                conn.reply(&Reply::new(421, "4.3.2", text));
+                return End::Close;
+            }
             let reply = match line.and_then(|line| proto::command::parse(&line)) {
                 Ok(command) => match self.execute(command, conn).await {
                     Ok(reply) => reply,
