@@ -111,9 +111,34 @@ async fn open(
             capabilities,
         ),
         (RouteTls::Opportunistic | RouteTls::Required, true) => {
+            let mut client = client;
+            let ready = client.cmd(b"STARTTLS\r\n").await.map_err(|e| lost("STARTTLS", e))?;
+            if !ready.is_positive_completion() {
+                if tls == RouteTls::Required {
+                    return Err(Outcome::Temporary {
+                        reply: format!(
+                            "4.7.5 {relay}: STARTTLS refused: {}",
+                            super::outcome::reply_text(&ready)
+                        ),
+                        relay: Some(relay.to_string()),
+                    });
+                }
+                // RFC 3207 section 4.1: after a refusal the session may go on in plain text.
+                tracing::debug!(relay, reply = %super::outcome::reply_text(&ready), "STARTTLS refused; going on in plain text");
+                let plain = SmtpClient {
+                    stream: Box::new(client.stream) as Box<dyn Stream>,
+                    timeout: client.timeout,
+                };
+                return Ok(Connection {
+                    client: plain,
+                    capabilities,
+                    relay: relay.to_string(),
+                    transactions: 0,
+                });
+            }
             let mut secure =
-                client.start_tls(connector, host).await.map_err(|e| Outcome::Temporary {
-                    reply: format!("4.7.5 {relay}: STARTTLS failed: {e}"),
+                client.into_tls(connector, host).await.map_err(|e| Outcome::Temporary {
+                    reply: format!("4.7.5 {relay}: TLS handshake failed: {e}"),
                     relay: Some(relay.to_string()),
                 })?;
             let capabilities =

@@ -470,7 +470,9 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                     helo: config.smtp.hostname.clone(),
                     size: content.len() as u64,
                     eight_bit: true,
-                    smtputf8: envelope.smtputf8,
+                    // The DSN needs SMTPUTF8 only to reach a sender whose address needs it
+                    // (RFC 6533): a UTF-8 recipient inside the report is fine in 8-bit text.
+                    smtputf8: !envelope.sender.is_ascii(),
                 }));
                 bodies.push(body);
                 dsn_id = Some(id);

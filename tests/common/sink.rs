@@ -114,6 +114,8 @@ struct State {
     rsets: usize,
     /// Commands that arrived before the reply to the previous one without PIPELINING offered.
     unasked_pipelining: usize,
+    /// Commands answered 500-503: unknown, bad syntax, not offered, out of sequence.
+    protocol_errors: usize,
     /// Addresses a `flaky…` recipient was already refused for.
     seen: HashSet<String>,
     held: bool,
@@ -210,6 +212,12 @@ impl Sink {
     /// separate reads goes uncounted: zero is evidence, not proof.
     pub fn unasked_pipelining(&self) -> usize {
         self.shared.state().unasked_pipelining
+    }
+
+    /// Commands the sink answered with 500-503 (unknown, bad syntax, not offered, out of
+    /// sequence): what a correct client never provokes.
+    pub fn protocol_errors(&self) -> usize {
+        self.shared.state().protocol_errors
     }
 
     /// From now on, replies to the end of DATA wait until [`Sink::release`] (at most
@@ -431,6 +439,13 @@ impl Session<'_> {
                     return flush(&mut reader, &mut out);
                 }
                 _ => out += "500 5.5.2 command not recognized\r\n",
+            }
+            if out
+                .rsplit("\r\n")
+                .nth(1)
+                .is_some_and(|last| matches!(last.get(..3), Some("500" | "501" | "502" | "503")))
+            {
+                self.shared.state().protocol_errors += 1;
             }
             if !self.shared.pipelining || reader.buffer().is_empty() {
                 flush(&mut reader, &mut out)?;
