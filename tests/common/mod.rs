@@ -53,6 +53,11 @@ impl Node {
     /// routed to a loopback port where nobody listens (mail stays queued, deferred) and DNS is
     /// pointed at loopback too: a test never sends anything off this machine.
     pub fn start_as(role: &str, smtp_extra: &str, sections: &str) -> Node {
+        Node::start_named("test", role, smtp_extra, sections)
+    }
+
+    /// The same, with the given `[node].name` (the two nodes of a cluster need their own).
+    pub fn start_named(name: &str, role: &str, smtp_extra: &str, sections: &str) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
         let admin_port = free_port();
@@ -68,7 +73,7 @@ impl Node {
         }
         let config = format!(
             r#"[node]
-name = "test"
+name = "{name}"
 role = "{role}"
 data_dir = "{data}"
 
@@ -341,5 +346,7 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
         context(expected)
     );
 }
+pub mod cluster;
 pub mod postfix;
+pub mod proxy;
 pub mod sink;
