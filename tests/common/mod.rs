@@ -15,11 +15,20 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_relayd");
 /// How long a test waits for a condition before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; the tiny race with another process taking it
-/// before relayd binds is acceptable in tests).
+/// A free TCP port on 127.0.0.1 for a test's listener. Ports are handed out in order from a
+/// per-process counter, so two tests of one run never get the same one, and below the
+/// kernel's ephemeral range (32768 and up), so no outgoing connection holds one either.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 600) * 20;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 /// Polls `condition` until it holds or `PATIENCE` runs out.
@@ -53,6 +62,11 @@ impl Node {
     /// routed to a loopback port where nobody listens (mail stays queued, deferred) and DNS is
     /// pointed at loopback too: a test never sends anything off this machine.
     pub fn start_as(role: &str, smtp_extra: &str, sections: &str) -> Node {
+        Node::start_named("test", role, smtp_extra, sections)
+    }
+
+    /// The same, with the given `[node].name` (the two nodes of a cluster need their own).
+    pub fn start_named(name: &str, role: &str, smtp_extra: &str, sections: &str) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
         let admin_port = free_port();
@@ -68,7 +82,7 @@ impl Node {
         }
         let config = format!(
             r#"[node]
-name = "test"
+name = "{name}"
 role = "{role}"
 data_dir = "{data}"
 
@@ -132,12 +146,14 @@ level = "info"
             .spawn()
             .expect("spawn relayd");
         self.child = Some(child);
-        let addr = self.addr();
+        // Ready when *this* process says it listens (a connect alone could reach another's).
+        let listening = format!("SMTP listening address={}", self.addr());
+        let before = self.log().matches(&listening).count();
         wait_for("relayd to listen", || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()).flatten() {
                 panic!("relayd exited with {status}:\n{}", self.log());
             }
-            TcpStream::connect(addr).is_ok()
+            self.log().matches(&listening).count() > before
         });
     }
 
@@ -151,15 +167,26 @@ level = "info"
 
     /// SIGTERM, then wait for the exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, ...) to the running process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to exit by itself; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let pid = child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "relayd did not stop on SIGTERM");
+            assert!(Instant::now() < deadline, "relayd did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -341,5 +368,7 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
         context(expected)
     );
 }
+pub mod cluster;
 pub mod postfix;
+pub mod proxy;
 pub mod sink;

@@ -1,0 +1,189 @@
+//! A TCP fault proxy on std threads, for the replication tests: it listens on a loopback port
+//! and forwards every connection to a target, byte for byte, until the test cuts them
+//! ([`Proxy::cut`]) or makes it refuse new ones ([`Proxy::block`]).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A forwarding proxy; stops (and closes what it forwards) when dropped.
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    target: SocketAddr,
+    blocked: AtomicBool,
+    stopping: AtomicBool,
+    /// Connections forwarded to the target since the proxy started.
+    forwarded: AtomicU64,
+    /// Connections closed at once because the proxy was blocked or the target refused.
+    refused: AtomicU64,
+    /// Connections cut by [`Proxy::cut`].
+    cut: AtomicU64,
+    /// Open connections: both sockets of each, by connection number.
+    open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+}
+
+impl Shared {
+    fn close(&self, number: u64) {
+        let pair = self.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&number);
+        if let Some((client, server)) = pair {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Proxy {
+    /// Listens on a fresh loopback port and forwards to `target`.
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            target,
+            blocked: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            forwarded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("fault-proxy".into())
+                .spawn(move || accept_loop(&listener, &shared))
+                .expect("spawn the proxy")
+        };
+        Proxy { addr, shared, acceptor: Some(acceptor) }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every open connection, both sides, at once; returns how many.
+    pub fn cut(&self) -> usize {
+        let open: Vec<(u64, (TcpStream, TcpStream))> =
+            self.shared.open.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+        for (_, (client, server)) in &open {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        }
+        self.shared.cut.fetch_add(open.len() as u64, Ordering::SeqCst);
+        open.len()
+    }
+
+    /// From now on, new connections are closed as soon as they are accepted.
+    pub fn block(&self) {
+        self.shared.blocked.store(true, Ordering::SeqCst);
+    }
+
+    /// New connections are forwarded again.
+    pub fn unblock(&self) {
+        self.shared.blocked.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections forwarded to the target so far.
+    pub fn forwarded(&self) -> u64 {
+        self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Connections refused so far (blocked, or the target did not answer).
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed by [`Proxy::cut`] so far.
+    pub fn cuts(&self) -> u64 {
+        self.shared.cut.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.shared.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop up; it sees `stopping` and returns.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        self.cut();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let mut number = 0u64;
+    for client in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(client) = client else { continue };
+        if shared.blocked.load(Ordering::SeqCst) {
+            refuse(shared, &client);
+            continue;
+        }
+        let Ok(server) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(5)) else {
+            refuse(shared, &client);
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let clones = (client.try_clone(), server.try_clone());
+        let (Ok(client_reader), Ok(server_reader)) = clones else {
+            refuse(shared, &client);
+            continue;
+        };
+        number += 1;
+        // Registered before any byte flows, so that a cut from now on reaches it.
+        shared.open.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            number,
+            (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+        );
+        shared.forwarded.fetch_add(1, Ordering::SeqCst);
+        pump(shared, number, client_reader, server);
+        pump(shared, number, server_reader, client);
+    }
+}
+
+fn refuse(shared: &Shared, client: &TcpStream) {
+    let _ = client.shutdown(Shutdown::Both);
+    shared.refused.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Copies `from` to `to` on a thread of its own; when either side ends, the whole connection
+/// is closed (so the other direction's pump ends too).
+fn pump(shared: &Arc<Shared>, number: u64, mut from: TcpStream, mut to: TcpStream) {
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+        shared.close(number);
+    });
+}
