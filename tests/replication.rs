@@ -411,9 +411,6 @@ fn a_snapshot_taken_while_mail_keeps_coming_converges() {
 }
 
 #[test]
-#[ignore = "relayd bug: a message accepted while a snapshot is read is counted twice in the \
-            standby's queue gauge (installed by the snapshot, then its Accepted record replayed: \
-            Staging::stage adds 1 to queued_delta even when the message exists)"]
 fn a_snapshot_taken_while_mail_keeps_coming_keeps_the_queue_gauge_right() {
     let (pair, _) = snapshot_under_load();
     let queued = status(pair.standby())["queue"]["messages"].as_u64();
@@ -494,8 +491,6 @@ fn peers_with_a_foreign_certificate_or_plaintext_are_refused() {
 }
 
 #[test]
-#[ignore = "relayd bug: the standby does TLS handshakes inline in its accept loop, so each silent \
-            connection to the cluster port holds off the real primary for 5 s (no certificate needed)"]
 fn silent_connections_to_the_cluster_port_do_not_hold_off_the_primary() {
     let pair = Pair::start("async", "");
     // Three connections that never say anything, as a port scanner or an attacker would leave.

@@ -463,6 +463,12 @@ fn cluster_rules() {
         &["missing", "primary"],
     );
     assert_err(
+        &format!("{SMTP}{CLUSTER}lease = \"2800ms\"\n"),
+        Some(8),
+        Some("cluster.lease"),
+        &["must be shorter than failover_timeout (3s)", "still be serving"],
+    );
+    assert_err(
         &format!("{SMTP}{CLUSTER}heartbeat_interval = \"3s\"\n"),
         Some(8),
         Some("cluster.heartbeat_interval"),

@@ -187,6 +187,17 @@ fn check_cluster(cluster: Option<&ClusterConfig>, role: Role) -> Result<(), Inva
     positive("cluster.sync_timeout", c.sync_timeout)?;
     positive("cluster.heartbeat_interval", c.heartbeat_interval)?;
     positive("cluster.failover_timeout", c.failover_timeout)?;
+    if c.heartbeat_interval >= c.failover_timeout {
+        return Err(Invalid::new(
+            "cluster.heartbeat_interval",
+            format!(
+                "{} must be shorter than cluster.failover_timeout ({}), or one late heartbeat \
+                 would start a failover",
+                show_duration(c.heartbeat_interval),
+                show_duration(c.failover_timeout)
+            ),
+        ));
+    }
     positive("cluster.lease", c.lease)?;
     // A primary must stop serving before a standby can take over: its lease, plus one
     // heartbeat (the last one it heard may be that old), plus 5% for clocks that run at
@@ -200,17 +211,6 @@ fn check_cluster(cluster: Option<&ClusterConfig>, role: Role) -> Result<(), Inva
                  than failover_timeout ({}): otherwise a primary cut off from the cluster could \
                  still be serving when the standby takes over",
                 show_duration(c.lease),
-                show_duration(c.heartbeat_interval),
-                show_duration(c.failover_timeout)
-            ),
-        ));
-    }
-    if c.heartbeat_interval >= c.failover_timeout {
-        return Err(Invalid::new(
-            "cluster.heartbeat_interval",
-            format!(
-                "{} must be shorter than cluster.failover_timeout ({}), or one late heartbeat \
-                 would start a failover",
                 show_duration(c.heartbeat_interval),
                 show_duration(c.failover_timeout)
             ),

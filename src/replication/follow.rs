@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+use tokio::task::AbortHandle;
 
 use super::Replication;
 use super::frame::{self, Frame, Hello};
@@ -24,7 +26,8 @@ pub(super) async fn run(
     ha: Ha,
     listener: TcpListener,
 ) {
-    let mut current: Option<JoinHandle<()>> = None;
+    // The session of the primary we follow; a newer authenticated link replaces it.
+    let current: Arc<Mutex<Option<AbortHandle>>> = Arc::default();
     loop {
         let (tcp, address) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -35,27 +38,34 @@ pub(super) async fn run(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
-                continue;
+        let (replication, spool, ha, link) =
+            (replication.clone(), spool.clone(), ha.clone(), link.clone());
+        let current = current.clone();
+        // The handshake runs on its own, so that a peer that connects and says nothing does
+        // not hold off the real primary.
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
+                }
+                Err(_) => {
+                    return tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
+                }
+            };
+            let task = tokio::spawn(async move {
+                if let Err(e) = session(&replication, &spool, &ha, tls).await {
+                    tracing::warn!(peer = %address, error = %e, "replication link down");
+                }
+                replication.unlinked();
+            });
+            let previous =
+                current.lock().unwrap_or_else(PoisonError::into_inner).replace(task.abort_handle());
+            if let Some(previous) = previous {
+                previous.abort();
             }
-            Err(_) => {
-                tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
-                continue;
-            }
-        };
-        if let Some(previous) = current.take() {
-            previous.abort();
-        }
-        let (replication, spool, ha) = (replication.clone(), spool.clone(), ha.clone());
-        current = Some(tokio::spawn(async move {
-            if let Err(e) = session(&replication, &spool, &ha, tls).await {
-                tracing::warn!(peer = %address, error = %e, "replication link down");
-            }
-            replication.unlinked();
-        }));
+        });
     }
 }
 

@@ -300,8 +300,12 @@ impl<'a> Staging<'a> {
                     envelope: envelope.clone(),
                     accepted_at: record.position,
                 };
+                // A snapshot taken while mail kept coming may already hold a message whose
+                // Accepted record is replayed after it: count it once.
+                if self.message(envelope.id)?.is_none() {
+                    self.queued_delta += 1;
+                }
                 self.put(message)?;
-                self.queued_delta += 1;
             }
             Change::Attempted { id, results } => {
                 // A message removed meanwhile (an operator deleted it) takes no more results.

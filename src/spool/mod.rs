@@ -54,13 +54,26 @@ impl Spool {
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let dir = data_dir.join("spool");
         std::fs::create_dir_all(&dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&dir)
             .cache_capacity(CACHE_CAPACITY)
             .segment_size(SEGMENT_SIZE)
             // Durability is ours to schedule: the committer flushes and syncs.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        // sled's lock on its files can outlive a closed spool by a moment (its I/O threads
+        // finish first): wait a little for it, but not for another process that holds it.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && started.elapsed() < std::time::Duration::from_secs(2) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         // sled created its files: make their directory entries durable too.
         File::open(&dir)?.sync_all()?;
         File::open(data_dir)?.sync_all()?;
