@@ -47,7 +47,7 @@ pub fn start(
         ha,
     });
     tokio::spawn(queue::Runner::new(shared, command_rx, done_rx).run());
-    Ok(DeliveryHandle { spool, commands: Some(commands), activity })
+    Ok(DeliveryHandle { spool, commands, activity })
 }
 
 /// What the runner is told from outside.
@@ -61,21 +61,15 @@ pub(crate) enum Command {
     Forget(QueueId),
 }
 
-/// A handle on the queue runner; cheap to clone. On a node that does not deliver (a
-/// standby), the handle is inactive and its requests are refused.
+/// A handle on the queue runner; cheap to clone.
 #[derive(Clone)]
 pub struct DeliveryHandle {
     spool: Spool,
-    commands: Option<mpsc::UnboundedSender<Command>>,
+    commands: mpsc::UnboundedSender<Command>,
     activity: Arc<queue::Activity>,
 }
 
 impl DeliveryHandle {
-    /// A handle for a node that does not deliver.
-    pub fn inactive(spool: Spool) -> DeliveryHandle {
-        DeliveryHandle { spool, commands: None, activity: Arc::default() }
-    }
-
     /// SIGTERM: no new delivery starts; the ones in flight finish ([`Self::in_flight`]).
     pub fn drain(&self) {
         self.activity.draining.store(true, Ordering::Relaxed);
@@ -86,17 +80,13 @@ impl DeliveryHandle {
         self.activity.busy.load(Ordering::Relaxed)
     }
 
-    pub fn is_active(&self) -> bool {
-        self.commands.is_some()
-    }
-
     /// A message was accepted: the runner tries it at once.
     pub fn queued(&self, id: QueueId) {
         self.send(Command::Queued(id));
     }
 
-    /// Every deferred message is tried now (`relayd queue flush`). False when this node does
-    /// not deliver.
+    /// Every deferred message is tried now (`relayd queue flush`). False when the runner is
+    /// gone (the node is stopping).
     pub fn flush(&self) -> bool {
         self.send(Command::Flush)
     }
@@ -114,6 +104,6 @@ impl DeliveryHandle {
     }
 
     fn send(&self, command: Command) -> bool {
-        self.commands.as_ref().is_some_and(|commands| commands.send(command).is_ok())
+        self.commands.send(command).is_ok()
     }
 }
