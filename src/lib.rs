@@ -5,8 +5,8 @@
 //! [`cli`]; [`config`] and [`logging`] serve them all.
 
 pub mod admin;
-pub mod cli;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod ha;

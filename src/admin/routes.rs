@@ -148,10 +148,11 @@ pub async fn queue_delete(
         let context = context.clone();
         blocking(move || Ok(node_state(&context)?)).await?
     };
-    if state.role != Role::Primary {
+    if state.role != Role::Primary || !context.ha.serving() {
         return Err(ApiError::conflict(format!(
-            "this node is a {}: delete the message on the primary",
-            state.role
+            "this node is a {}{}: delete the message on the serving primary",
+            state.role,
+            if context.ha.serving() { "" } else { " that does not serve now" }
         )));
     }
     if !context.delivery.delete(id).await? {

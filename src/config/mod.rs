@@ -41,6 +41,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// The role given with `--role`, if any: it wins over the role a node persisted.
+    pub role_override: Option<Role>,
 }
 
 /// What a node does in the cluster.
@@ -278,6 +280,7 @@ impl Config {
     /// --role overrides [node].role; re-runs the validation, which depends on the role.
     pub fn with_role(mut self, role: Role) -> Result<Config, ConfigError> {
         self.node.role = role;
+        self.role_override = Some(role);
         if let Err(invalid) = validate::validate(&self) {
             return Err(self.error_at(&invalid.key, invalid.message));
         }

@@ -265,6 +265,17 @@ impl RawConfig {
             level: log.level.unwrap_or_else(|| "info".to_string()),
         };
 
-        Ok(Config { source, node, smtp, relay, routes, delivery, cluster, admin, log })
+        Ok(Config {
+            source,
+            node,
+            smtp,
+            relay,
+            routes,
+            delivery,
+            cluster,
+            admin,
+            log,
+            role_override: None,
+        })
     }
 }

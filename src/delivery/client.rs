@@ -88,7 +88,7 @@ async fn open(
     let greeting = client.read().await.map_err(|e| lost("reading the greeting", e))?;
     if !greeting.is_positive_completion() {
         // A 4xx or 5xx greeting: try the next host, as RFC 5321 section 5.1 asks.
-        return Err(Outcome::from_reply(&greeting, relay));
+        return Err(Outcome::refused(&greeting, relay));
     }
     client.timeout = MAIL_RCPT;
     let capabilities = client.ehlo(helo).await.map_err(|e| lost("EHLO", e))?;
@@ -233,7 +233,7 @@ impl Connection {
             return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to MAIL")));
         };
         if !mail.is_positive_completion() {
-            let outcome = Outcome::from_reply(&mail, &relay);
+            let outcome = Outcome::refused(&mail, &relay);
             return Ok(rcpts.iter().map(|&i| (i, outcome.clone())).collect());
         }
         let mut results = Vec::with_capacity(rcpts.len());
@@ -241,7 +241,7 @@ impl Connection {
         for &index in rcpts {
             match replies.next() {
                 Some(reply) if reply.is_positive_completion() => accepted.push(index),
-                Some(reply) => results.push((index, Outcome::from_reply(&reply, &relay))),
+                Some(reply) => results.push((index, Outcome::refused(&reply, &relay))),
                 None => return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to RCPT"))),
             }
         }
@@ -254,7 +254,7 @@ impl Connection {
             }
         };
         if data_reply.code != 354 {
-            let outcome = Outcome::from_reply(&data_reply, &relay);
+            let outcome = Outcome::refused(&data_reply, &relay);
             results.extend(accepted.into_iter().map(|index| (index, outcome.clone())));
             return Ok(results);
         }
@@ -266,7 +266,7 @@ impl Connection {
         }
         let final_reply =
             self.body(message, spool).await.map_err(|e| lost("sending the message", e))?;
-        let outcome = Outcome::from_reply(&final_reply, &relay);
+        let outcome = Outcome::from_final_reply(&final_reply, &relay);
         results.extend(accepted.into_iter().map(|index| (index, outcome.clone())));
         Ok(results)
     }

@@ -24,14 +24,24 @@ impl Outcome {
         Outcome::Permanent { reply: reply.into(), relay: None }
     }
 
-    /// Classifies a reply of the next hop at `relay`.
-    pub fn from_reply(response: &Response<String>, relay: &str) -> Outcome {
-        let reply = reply_text(response);
-        let relay = relay.to_string();
+    /// Classifies the next hop's reply to the end of the message: only a 2xx delivers.
+    pub fn from_final_reply(response: &Response<String>, relay: &str) -> Outcome {
         match response.code {
-            200..=399 => Outcome::Delivered { reply, relay },
-            500..=599 => Outcome::Permanent { reply, relay: Some(relay) },
-            _ => Outcome::Temporary { reply, relay: Some(relay) },
+            200..=299 => {
+                Outcome::Delivered { reply: reply_text(response), relay: relay.to_string() }
+            }
+            _ => Outcome::refused(response, relay),
+        }
+    }
+
+    /// Classifies a refusal (of MAIL, a RCPT, DATA or the message): 5xx is permanent; anything
+    /// else, an unexpected positive reply included, is tried again later.
+    pub fn refused(response: &Response<String>, relay: &str) -> Outcome {
+        let reply = reply_text(response);
+        let relay = Some(relay.to_string());
+        match response.code {
+            500..=599 => Outcome::Permanent { reply, relay },
+            _ => Outcome::Temporary { reply, relay },
         }
     }
 
@@ -44,10 +54,22 @@ impl Outcome {
     }
 }
 
-/// "550 5.1.1 text" (the enhanced code only when the server gave one), on one line.
+/// The most of a next hop's reply text that is kept (logged, stored, replicated).
+const MAX_REPLY: usize = 512;
+
+/// "550 5.1.1 text" (the enhanced code only when the server gave one), on one line, at most
+/// [`MAX_REPLY`] bytes of text.
 pub fn reply_text(response: &Response<String>) -> String {
     let [class, subject, detail] = response.esc;
-    let message = response.message.replace(['\r', '\n'], " ");
+    let mut message = response.message.replace(['\r', '\n'], " ");
+    if message.len() > MAX_REPLY {
+        let mut end = MAX_REPLY;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
     if class > 0 {
         format!("{} {class}.{subject}.{detail} {message}", response.code)
     } else {

@@ -57,8 +57,8 @@ struct Inner {
     connector: Option<tokio_rustls::TlsConnector>,
     metrics: Arc<Metrics>,
     /// Standby: when a frame of the primary last arrived. Primary: when the standby or the
-    /// witness last answered (the lease runs from here).
-    heard: Mutex<Instant>,
+    /// witness last answered (the lease runs from here). None: never since this start.
+    heard: Mutex<Option<Instant>>,
     /// One role change at a time.
     transition: tokio::sync::Mutex<()>,
 }
@@ -75,13 +75,19 @@ impl Ha {
         metrics: Arc<Metrics>,
     ) -> Result<Ha, String> {
         let persisted = spool.persisted_role().map_err(|e| e.to_string())?;
-        let role = match (persisted, config.node.role) {
-            (Some(role), configured) if role != configured => {
+        let role = match (config.role_override, persisted, config.node.role) {
+            // The command line's --role is the operator's word: it wins.
+            (Some(role), ..) => role,
+            (None, Some(role), configured) if role != configured => {
                 tracing::info!(persisted = %role, configured = %configured, "starting in the role this node last held");
                 role
             }
-            (_, configured) => configured,
+            (None, _, configured) => configured,
         };
+        if role != Role::Witness {
+            spool.persist_role(role).await.map_err(|e| format!("cannot persist the role: {e}"))?;
+        }
+        spool.set_writable(role == Role::Primary);
         let epoch = match role {
             Role::Primary => {
                 spool.ensure_epoch().await.map_err(|e| format!("cannot start an epoch: {e}"))?
@@ -97,7 +103,9 @@ impl Ha {
                 cluster: config.cluster.clone(),
                 connector,
                 metrics,
-                heard: Mutex::new(Instant::now()),
+                // A standby gives the primary a full failover_timeout to show up; a primary has
+                // heard nobody yet, so it serves only once it has (when it needs a lease).
+                heard: Mutex::new((role != Role::Primary).then(Instant::now)),
                 transition: tokio::sync::Mutex::new(()),
             }),
         })
@@ -138,12 +146,16 @@ impl Ha {
     /// A sign of life from the other side: the primary (on a standby), or the standby or the
     /// witness (on a primary, renewing its lease).
     pub fn heard(&self) {
-        *self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
-    /// Time since [`Self::heard`].
+    /// Time since [`Self::heard`] (`Duration::MAX` when nothing was heard since this start).
     pub fn silence(&self) -> Duration {
-        self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner).elapsed()
+        self.inner
+            .heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(Duration::MAX, |at| at.elapsed())
     }
 
     /// Becomes primary in `epoch` (granted by the witness, or taken on an operator's order):
@@ -155,7 +167,11 @@ impl Ha {
             return Ok(());
         }
         let spool = &self.inner.spool;
+        if spool.snapshot_incomplete().map_err(|e| e.to_string())? {
+            return Err("this node holds a partial snapshot: it cannot take over".into());
+        }
         spool.begin_epoch(epoch).await.map_err(|e| format!("cannot start epoch {epoch}: {e}"))?;
+        spool.set_writable(true);
         spool
             .persist_role(Role::Primary)
             .await
@@ -176,6 +192,7 @@ impl Ha {
         if current.role != Role::Primary {
             return;
         }
+        self.inner.spool.set_writable(false);
         if let Err(e) = self.inner.spool.persist_role(Role::Standby).await {
             // Not persisted: stop serving all the same; at the next start the node finds the
             // newer epoch again before it may serve (it starts fenced).
@@ -254,6 +271,18 @@ impl Ha {
             }
         });
     }
+}
+
+/// Two primaries met (on the link, or in the witness's answer): does the other one win? The
+/// newer epoch does; a witness never grants an epoch twice, and without one the lower node name
+/// wins, so that both sides reach the same verdict.
+pub fn other_primary_wins(
+    their_epoch: u64,
+    their_node: &str,
+    our_epoch: u64,
+    our_node: &str,
+) -> bool {
+    their_epoch > our_epoch || (their_epoch == our_epoch && their_node < our_node)
 }
 
 fn can_fail_over(cluster: &ClusterConfig) -> bool {

@@ -20,14 +20,30 @@ pub async fn run(ha: Ha, hold: Hold) {
     let (Some(cluster), Some(connector)) = (ha.cluster().cloned(), ha.connector().cloned()) else {
         return;
     };
-    let mut witness =
-        cluster.witness.clone().map(|address| WitnessClient::new(address, connector.clone()));
+    let mut witness = cluster
+        .witness
+        .clone()
+        .map(|address| WitnessClient::new(address, connector.clone(), cluster.heartbeat_interval));
     let mut tick = tokio::time::interval(cluster.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned_no_witness = false;
     let mut last_denial = String::new();
     loop {
         tick.tick().await;
+        // The lease first: nothing the witness says (or how long it takes to say it) may delay
+        // a primary's fencing.
+        let status = ha.status();
+        if status.role == Role::Primary
+            && !status.fenced
+            && ha.leased()
+            && ha.silence() > cluster.lease
+        {
+            ha.fence(&format!(
+                "no word from the standby or the witness for {} ms (lease {} ms)",
+                ha.silence().as_millis(),
+                cluster.lease.as_millis()
+            ));
+        }
         let status = ha.status();
         if let Some(client) = witness.as_mut() {
             let ping = Frame::Ping {
@@ -53,13 +69,6 @@ pub async fn run(ha: Ha, hold: Hold) {
                 if status.fenced && silence <= cluster.lease && !hold.load(Ordering::Relaxed) =>
             {
                 ha.unfence("heard the standby or the witness: lease renewed");
-            }
-            Role::Primary if !status.fenced && ha.leased() && silence > cluster.lease => {
-                ha.fence(&format!(
-                    "no word from the standby or the witness for {} ms (lease {} ms)",
-                    silence.as_millis(),
-                    cluster.lease.as_millis()
-                ));
             }
             Role::Standby if cluster.auto_failover && silence > cluster.failover_timeout => {
                 let epoch = status.epoch + 1;

@@ -18,6 +18,7 @@ use crate::replication::frame::{self, Frame};
 use crate::replication::link::{self, PEER_NAME};
 
 const GRANTS_FILE: &str = "witness-grant";
+/// The witness's own patience with a connection that says nothing.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the witness knows.
@@ -99,15 +100,22 @@ fn answer(witness: &Mutex<Witness>, request: Frame, from: SocketAddr) -> Option<
                 // The primary itself says it no longer serves (fenced, or handing over).
                 w.primary = None;
             }
-            let silent = w.primary.as_ref().map(|(_, _, at)| at.elapsed().as_millis() as u64);
             Some(Frame::Pong {
                 granted: w.granted,
                 primary: w.primary.as_ref().map(|(node, ..)| node.clone()),
-                primary_silent_ms: silent,
             })
         }
         Frame::Claim { node, epoch, force } => {
             let refuse = |reason: String| Frame::Verdict { granted: false, epoch, reason };
+            // The same claim again (the claimant crashed before it could use the grant): the
+            // answer is the same, which grants nothing new.
+            if epoch == w.granted && node == w.granted_to {
+                return Some(Frame::Verdict {
+                    granted: true,
+                    epoch,
+                    reason: "granted before".into(),
+                });
+            }
             if epoch <= w.granted {
                 return Some(refuse(format!(
                     "epoch {epoch} is not newer than {} (granted to {})",
@@ -171,17 +179,20 @@ fn write_grant(path: &Path, epoch: u64, node: &str) -> std::io::Result<()> {
 pub struct WitnessClient {
     address: String,
     connector: TlsConnector,
+    /// How long one request may take: the monitor keeps it under a heartbeat, so that a slow
+    /// witness never delays its lease check.
+    patience: Duration,
     stream: Option<BufStream<tokio_rustls::client::TlsStream<TcpStream>>>,
 }
 
 impl WitnessClient {
-    pub fn new(address: String, connector: TlsConnector) -> WitnessClient {
-        WitnessClient { address, connector, stream: None }
+    pub fn new(address: String, connector: TlsConnector, patience: Duration) -> WitnessClient {
+        WitnessClient { address, connector, patience, stream: None }
     }
 
     /// One request, one answer, over the kept connection (re-opened when it failed).
     pub async fn ask(&mut self, request: &Frame) -> Result<Frame, String> {
-        let result = tokio::time::timeout(IO_TIMEOUT, self.exchange(request)).await;
+        let result = tokio::time::timeout(self.patience, self.exchange(request)).await;
         let answer = match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(e),
@@ -222,7 +233,7 @@ pub async fn claim(
     epoch: u64,
     force: bool,
 ) -> Result<(bool, String), String> {
-    let mut client = WitnessClient::new(address.to_string(), connector.clone());
+    let mut client = WitnessClient::new(address.to_string(), connector.clone(), IO_TIMEOUT);
     match client.ask(&Frame::Claim { node: node.to_string(), epoch, force }).await? {
         Frame::Verdict { granted, reason, .. } => Ok((granted, reason)),
         other => Err(format!("unexpected answer from the witness: {other:?}")),

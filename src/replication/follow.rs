@@ -4,18 +4,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use tokio::task::AbortHandle;
+use tokio::sync::watch;
 
 use super::Replication;
 use super::frame::{self, Frame, Hello};
 use super::link::Link;
 use crate::config::Role;
 use crate::ha::Ha;
-use crate::spool::{BodyWriter, Change, EpochStart, QueueId, Spool};
+use crate::spool::{BodyWriter, Change, EpochStart, MessageRecord, QueueId, Spool};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,8 +26,9 @@ pub(super) async fn run(
     ha: Ha,
     listener: TcpListener,
 ) {
-    // The session of the primary we follow; a newer authenticated link replaces it.
-    let current: Arc<Mutex<Option<AbortHandle>>> = Arc::default();
+    // The session of the primary we follow; a newer primary's link replaces it, once its
+    // Hello has shown it is one.
+    let current: Current = Arc::default();
     loop {
         let (tcp, address) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -41,8 +42,8 @@ pub(super) async fn run(
         let (replication, spool, ha, link) =
             (replication.clone(), spool.clone(), ha.clone(), link.clone());
         let current = current.clone();
-        // The handshake runs on its own, so that a peer that connects and says nothing does
-        // not hold off the real primary.
+        // Each link runs on its own, so that a peer that connects and says nothing does not
+        // hold off the real primary.
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.acceptor.accept(tcp)).await
             {
@@ -54,26 +55,29 @@ pub(super) async fn run(
                     return tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
                 }
             };
-            let task = tokio::spawn(async move {
-                if let Err(e) = session(&replication, &spool, &ha, tls).await {
-                    tracing::warn!(peer = %address, error = %e, "replication link down");
-                }
+            let mut linked = false;
+            if let Err(e) = session(&replication, &spool, &ha, tls, &current, &mut linked).await {
+                tracing::warn!(peer = %address, error = %e, "replication link down");
+            }
+            // Only the session that brought the link up takes it down.
+            if linked {
                 replication.unlinked();
-            });
-            let previous =
-                current.lock().unwrap_or_else(PoisonError::into_inner).replace(task.abort_handle());
-            if let Some(previous) = previous {
-                previous.abort();
             }
         });
     }
 }
+
+/// Which link the follower follows: each new primary's link takes the next number, and a
+/// link whose number is no longer current ends.
+type Current = Arc<watch::Sender<u64>>;
 
 async fn session(
     replication: &Replication,
     spool: &Spool,
     ha: &Ha,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    current: &Current,
+    linked: &mut bool,
 ) -> Result<(), String> {
     let node = ha.node();
     let (mut reader, mut writer) = tokio::io::split(tls);
@@ -88,30 +92,37 @@ async fn session(
     }
     let status = ha.status();
     let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
-    if status.role == Role::Primary {
-        // Two primaries: the newer epoch wins (the lower name on a tie, as the other side decides).
-        if their_epoch > status.epoch
-            || (their_epoch == status.epoch && theirs.node.as_str() < node)
-        {
-            ha.step_down(
-                their_epoch,
-                &format!("peer {} is primary in epoch {their_epoch}", theirs.node),
-            )
-            .await;
-        } else {
-            let ours = Hello {
-                node: node.to_string(),
-                role: "primary".into(),
-                history: spool.epoch_history().map_err(|e| e.to_string())?,
-                last: spool.last_position(),
-            };
-            send(&mut writer, &Frame::Hello(ours)).await?;
-            return Err(format!(
-                "peer {} claims primary in epoch {their_epoch}, ours is {}",
-                theirs.node, status.epoch
-            ));
-        }
+    let newer = crate::ha::other_primary_wins(their_epoch, &theirs.node, status.epoch, node);
+    let stale = match status.role {
+        Role::Primary => !newer,
+        // A standby follows a primary of its own epoch or a newer one, never an older one.
+        _ => their_epoch < status.epoch,
+    };
+    if stale {
+        // Tell it who we are (it steps down on our newer epoch) and keep our current link.
+        let ours = Hello {
+            node: node.to_string(),
+            role: status.role.as_str().into(),
+            history: spool.epoch_history().map_err(|e| e.to_string())?,
+            last: spool.last_position(),
+        };
+        send(&mut writer, &Frame::Hello(ours)).await?;
+        return Err(format!(
+            "peer {} claims primary in epoch {their_epoch}, ours is {}",
+            theirs.node, status.epoch
+        ));
     }
+    if status.role == Role::Primary {
+        ha.step_down(
+            their_epoch,
+            &format!("peer {} is primary in epoch {their_epoch}", theirs.node),
+        )
+        .await;
+    }
+    // This primary is the one to follow: the previous link ends.
+    current.send_modify(|generation| *generation += 1);
+    let mine = *current.borrow();
+    let mut replaced = current.subscribe();
     ha.heard();
     // Rejoining after a failover: hand over what we acknowledged that the new primary lacks.
     let salvaged = salvage(&mut writer, spool, &theirs).await?;
@@ -126,6 +137,7 @@ async fn session(
     };
     send(&mut writer, &Frame::Hello(ours)).await?;
     replication.linked(&theirs.node);
+    *linked = true;
     tracing::info!(peer = %theirs.node, at = spool.last_position().seq, "following the primary");
 
     // Bodies arrive chunk by chunk before the record that accepts them.
@@ -136,6 +148,8 @@ async fn session(
             frame = frame::read(&mut reader) => frame.map_err(|e| e.to_string())?,
             // Promoted meanwhile (the primary was silent): this link is over.
             _ = roles.wait_for(|status| status.role == Role::Primary) => return Ok(()),
+            // A newer link from the primary replaced this one.
+            _ = replaced.wait_for(|&generation| generation != mine) => return Ok(()),
         };
         ha.heard();
         match frame {
@@ -197,7 +211,7 @@ async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Resul
 
 /// A planned switchover: the primary, fenced and caught up, asks us to take over.
 async fn take_over(ha: &Ha, epoch: u64) -> Result<u64, String> {
-    let next = epoch.max(ha.status().epoch) + 1;
+    let next = epoch.max(ha.status().epoch).saturating_add(1);
     if let (Some(address), Some(connector)) =
         (ha.cluster().and_then(|c| c.witness.clone()), ha.connector())
     {
@@ -239,22 +253,23 @@ async fn salvage(
     if from > spool.last_position().seq {
         return Ok(0);
     }
+    // By the message records, not the log: the log may have been trimmed past the divergence.
     let mut count = 0;
-    for record in spool.log_from(from) {
-        let record = record.map_err(|e| e.to_string())?;
-        let Change::Accepted(envelope) = &record.change else { continue };
-        let Some(message) = spool.get(envelope.id).map_err(|e| e.to_string())? else { continue };
-        if !message.recipients.iter().any(|state| state.is_pending()) {
-            continue;
-        }
-        for chunk in spool.body(envelope.id) {
+    let divergent: Vec<MessageRecord> = spool
+        .messages()
+        .filter_map(Result::ok)
+        .filter(|m| m.accepted_at.seq >= from && m.recipients.iter().any(|r| r.is_pending()))
+        .collect();
+    for message in divergent {
+        let id = message.envelope.id;
+        for chunk in spool.body(id) {
             let chunk = chunk.map_err(|e| e.to_string())?;
-            frame::write(writer, &Frame::Chunk { id: envelope.id, data: chunk.to_vec() })
+            frame::write(writer, &Frame::Chunk { id, data: chunk.to_vec() })
                 .await
                 .map_err(|e| e.to_string())?;
         }
         frame::write(writer, &Frame::Salvage(message)).await.map_err(|e| e.to_string())?;
-        tracing::warn!(id = %envelope.id, "salvaging: acknowledged here, never replicated");
+        tracing::warn!(id = %id, "salvaging: acknowledged here, never replicated");
         count += 1;
     }
     Ok(count)

@@ -73,12 +73,11 @@ pub enum Frame {
         epoch: u64,
         serving: bool,
     },
-    /// The witness → a data node: the highest epoch granted, and how long ago it last heard
-    /// a serving primary.
+    /// The witness → a data node: the highest epoch granted, and the serving primary it
+    /// hears, if any.
     Pong {
         granted: u64,
         primary: Option<String>,
-        primary_silent_ms: Option<u64>,
     },
     /// A standby → the witness: grant me `epoch`. `force`: an operator's `promote --force`.
     Claim {

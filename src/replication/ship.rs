@@ -83,9 +83,7 @@ async fn session(
     let our_epoch = ha.status().epoch;
     let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
     if theirs.role == "primary" {
-        // Two primaries: the newer epoch wins (an equal epoch cannot be granted twice by a
-        // witness; without one, the lower node name wins, so that both sides agree).
-        if their_epoch > our_epoch || (their_epoch == our_epoch && theirs.node.as_str() < node) {
+        if crate::ha::other_primary_wins(their_epoch, &theirs.node, our_epoch, node) {
             let reason = format!("peer {} is primary in epoch {their_epoch}", theirs.node);
             ha.step_down(their_epoch, &reason).await;
             return Ok(());
@@ -167,11 +165,14 @@ async fn snapshot(writer: &mut (impl AsyncWriteExt + Unpin), spool: &Spool) -> R
     );
     send(writer, &Frame::SnapshotBegin { last }).await?;
     let mut batch = Vec::with_capacity(SNAPSHOT_BATCH);
+    let mut batch_bytes = 0;
     for message in spool.messages() {
         let message = message.map_err(|e| e.to_string())?;
         send_body(writer, spool, message.envelope.id).await?;
+        batch_bytes += postcard::to_stdvec(&message).map_or(0, |encoded| encoded.len());
         batch.push(message);
-        if batch.len() == SNAPSHOT_BATCH {
+        if batch.len() == SNAPSHOT_BATCH || batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
             send(writer, &Frame::SnapshotMessages(std::mem::take(&mut batch))).await?;
         }
     }
@@ -230,6 +231,8 @@ async fn stream(
             if let Change::Accepted(envelope) = &record.change {
                 bytes += send_body(writer, spool, envelope.id).await?;
             }
+            // Records count by their encoded size: a frame must stay under frame::MAX_FRAME.
+            bytes += postcard::to_stdvec(&record).map_or(0, |encoded| encoded.len());
             records.push(record);
             if records.len() >= BATCH_RECORDS || bytes >= BATCH_BYTES {
                 break;
@@ -263,8 +266,11 @@ async fn receive_salvage(
         match frame {
             Frame::Hello(hello) => return Ok(hello),
             Frame::Chunk { id, data } => {
-                let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
-                body.write(&data).map_err(|e| e.to_string())?;
+                // A message we hold already (a salvage resent after a cut) keeps its body.
+                if spool.get(id).map_err(|e| e.to_string())?.is_none() {
+                    let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
+                    body.write(&data).map_err(|e| e.to_string())?;
+                }
             }
             Frame::Salvage(message) => {
                 let id = message.envelope.id;

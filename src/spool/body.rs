@@ -76,6 +76,11 @@ impl Drop for BodyWriter {
         if self.committed || self.chunks_written == 0 {
             return;
         }
+        // A body that arrived again for a message already stored (a resent replication or
+        // salvage frame) rewrote the same chunks: they belong to that message, keep them.
+        if self.spool.get(self.id).is_ok_and(|stored| stored.is_some()) {
+            return;
+        }
         if let Err(e) = self.spool.remove_body(self.id) {
             tracing::warn!(id = %self.id, error = %e, "could not remove an abandoned body; it is removed at the next start");
         }

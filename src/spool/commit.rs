@@ -60,6 +60,8 @@ pub(super) struct Counters {
     pub queued: AtomicI64,
     /// The position of the last durable record: replication waits on it.
     pub durable: watch::Sender<LogPosition>,
+    /// Whether this node may append to its log (a primary), or only apply a primary's records.
+    pub writable: std::sync::atomic::AtomicBool,
 }
 
 /// The handle on the committer thread. Dropping it lets the thread finish the requests it
@@ -120,6 +122,13 @@ fn run(
         let mut staged = Ok(());
         for request in requests {
             let (outcome, done) = match request {
+                Request::Append(_, done) if !counters.writable.load(Ordering::Relaxed) => (
+                    Err(SpoolError::new(
+                        super::ErrorKind::ReadOnly,
+                        "this node is not the primary: its log takes only the primary's records",
+                    )),
+                    done,
+                ),
                 Request::Append(changes, done) => {
                     let (epoch, first) = (staging.epoch(), next_seq);
                     let records = changes.into_iter().enumerate().map(move |(i, change)| {
@@ -135,9 +144,23 @@ fn run(
                     (stage_all(&mut staging, &mut staged, &mut next_seq, [record]), done)
                 }
                 Request::Apply(records, done) => {
+                    // A record we already hold must be the very same record: same sequence
+                    // number in the same epoch. Anything else means the logs have diverged.
+                    let diverged = records.iter().filter(|r| r.position.seq < next_seq).find(|r| {
+                        let ours = db.get(super::keys::log(r.position.seq)).ok().flatten();
+                        ours.and_then(|bytes| postcard::from_bytes::<LogRecord>(&bytes).ok())
+                            .is_some_and(|ours| ours.position != r.position)
+                    });
                     let fresh: Vec<LogRecord> =
-                        records.into_iter().filter(|r| r.position.seq >= next_seq).collect();
+                        records.iter().filter(|r| r.position.seq >= next_seq).cloned().collect();
                     match fresh.first() {
+                        _ if diverged.is_some() => (
+                            Err(SpoolError::corrupt(format!(
+                                "replicated record {:?} differs from ours: the logs have diverged",
+                                diverged.map(|r| r.position)
+                            ))),
+                            done,
+                        ),
                         Some(first) if first.position.seq != next_seq => (
                             Err(SpoolError::corrupt(format!(
                                 "replicated record {} does not follow {}: a gap",
@@ -167,7 +190,7 @@ fn run(
                 }
                 Request::Resume { history, last: resumed, done } => {
                     staging.resume(history, resumed);
-                    next_seq = resumed.seq + 1;
+                    next_seq = resumed.seq.saturating_add(1);
                     (Ok(resumed), done)
                 }
             };
@@ -179,7 +202,14 @@ fn run(
         let Staging { batch, history, queued_delta, wiped, .. } = staging;
         let result = staged.and_then(|()| {
             if wiped {
-                db.clear()?;
+                // Everything goes but the node's own state (its persisted role).
+                for prefix in [keys::BODY, keys::MESSAGE, keys::LOG] {
+                    for key in db.scan_prefix([prefix]).keys() {
+                        db.remove(key?)?;
+                    }
+                }
+                db.remove(keys::EPOCH_HISTORY)?;
+                db.remove(keys::RESUMED)?;
                 counters.queued.store(0, Ordering::Relaxed);
             }
             db.apply_batch(batch)?;
@@ -253,9 +283,11 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Erases everything: what was staged so far, and (when the batch is applied) the tree.
+    /// Erases everything: what was staged so far, and (when the batch is applied) the spool,
+    /// marking the snapshot incomplete until `resume`.
     fn wipe(&mut self) {
         self.batch = sled::Batch::default();
+        self.batch.insert(keys::SNAPSHOT_INCOMPLETE, &[1u8][..]);
         self.history.clear();
         self.messages.clear();
         self.queued_delta = 0;
@@ -278,6 +310,7 @@ impl<'a> Staging<'a> {
         {
             self.batch.insert(keys::EPOCH_HISTORY, history);
             self.batch.insert(keys::RESUMED, last);
+            self.batch.remove(keys::SNAPSHOT_INCOMPLETE);
         }
     }
 

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Corrupt,
     /// The spool is shutting down.
     Closed,
+    /// This node is not the primary: it does not write its own records.
+    ReadOnly,
 }
 
 impl SpoolError {

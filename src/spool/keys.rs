@@ -26,6 +26,9 @@ pub const EPOCH_HISTORY: &[u8] = b"sepochs";
 /// Under the `s` prefix: where a snapshot left the log (a [`LogPosition`](super::LogPosition)),
 /// for a log that holds no record after it yet.
 pub const RESUMED: &[u8] = b"sresumed";
+/// Under the `s` prefix: present while a snapshot is being installed (a node in that state
+/// holds a partial spool and must not be promoted).
+pub const SNAPSHOT_INCOMPLETE: &[u8] = b"ssnapshot";
 /// Under the `s` prefix: the role this node last held ("primary" or "standby").
 pub const ROLE: &[u8] = b"srole";
 
@@ -56,12 +59,6 @@ pub fn log(seq: u64) -> [u8; 9] {
 pub fn id_of(key: &[u8]) -> Option<QueueId> {
     let bytes: [u8; 16] = key.get(1..17)?.try_into().ok()?;
     Some(QueueId::from_bytes(bytes))
-}
-
-/// The sequence number in an `l` key.
-pub fn seq_of(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
 }
 
 fn prefixed_id(prefix: u8, id: QueueId) -> [u8; 17] {

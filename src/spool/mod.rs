@@ -98,6 +98,7 @@ impl Spool {
             syncs: Default::default(),
             queued: Default::default(),
             durable: tokio::sync::watch::Sender::new(last),
+            writable: std::sync::atomic::AtomicBool::new(true),
         });
         let queued = db.scan_prefix([keys::MESSAGE]).count();
         counters.queued.store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -158,8 +159,9 @@ impl Spool {
     }
 
     /// A standby applies records shipped by the primary, with the bodies their `Accepted`
-    /// records need; returns the position of the last once durable. Records it already holds
-    /// are skipped; a gap is an error.
+    /// records need; returns the position of the last once durable. A record at a sequence
+    /// number it holds already is skipped if it is the same record (same epoch), and is an
+    /// error if not (the logs diverged); a gap is an error.
     pub async fn apply(
         &self,
         records: Vec<LogRecord>,
@@ -229,12 +231,15 @@ impl Spool {
             .sum()
     }
 
-    /// The oldest sequence number the log still holds (0 when it holds none).
-    pub fn first_logged_seq(&self) -> Result<u64, SpoolError> {
-        match self.db().scan_prefix([keys::LOG]).next() {
-            Some(entry) => keys::seq_of(&entry?.0).ok_or_else(|| SpoolError::corrupt("log key")),
-            None => Ok(0),
-        }
+    /// Whether this node appends its own records (a primary) or only applies a primary's (a
+    /// standby): an append on a standby would take sequence numbers that are the primary's.
+    pub fn set_writable(&self, writable: bool) {
+        self.inner.counters.writable.store(writable, Ordering::Relaxed);
+    }
+
+    /// A snapshot was begun and not finished: the spool is partial.
+    pub fn snapshot_incomplete(&self) -> Result<bool, SpoolError> {
+        Ok(self.db().contains_key(keys::SNAPSHOT_INCOMPLETE)?)
     }
 
     /// Drops log records below `seq`, always keeping the newest one. Housekeeping, not a

@@ -119,10 +119,20 @@ impl Session {
                     // Whatever the client pipelined behind STARTTLS is dropped with the buffer
                     // (the CVE-2011-0411 class of command injection).
                     let plain = conn.io.into_inner();
-                    let tls = match acceptor.accept(plain).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
+                    let handshake = acceptor.accept(plain);
+                    let tls = match tokio::time::timeout(
+                        self.config.smtp.command_timeout,
+                        handshake,
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
                             tracing::info!(client = %self.peer.ip(), error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(client = %self.peer.ip(), "TLS handshake timed out");
                             return;
                         }
                     };
