@@ -204,7 +204,7 @@ fn smuggled_end_of_data_is_content() {
     common::assert_same_bytes(
         body,
         b"Subject: smuggle\r\n\r\nline\r\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@example.com>\r\n\
-           DATA\r\nsmuggled\r\n\r.\r\nafter\r\n",
+           DATA\r\nsmuggled\r\n.\r\n.\r\nafter\r\n",
         "smuggling body",
     );
 }

@@ -60,7 +60,7 @@ pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, 
 pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
     blocking(move || {
         let state = node_state(&context)?;
-        let replication = context.replication.status(&context.spool);
+        let replication = context.replication.status(&context.spool, state.role);
         Ok(Json(Status {
             role: state.role.to_string(),
             epoch: state.epoch,
@@ -82,7 +82,7 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
     let page = blocking(move || {
         let state = node_state(&context)?;
         let counters = &context.metrics;
-        let replication = context.replication.status(&context.spool);
+        let replication = context.replication.status(&context.spool, state.role);
         Ok(metrics::render(&Snapshot {
             role: Some(state.role),
             epoch: state.epoch,

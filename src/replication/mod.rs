@@ -207,8 +207,8 @@ impl Replication {
         }
     }
 
-    /// The peer and the lag, as this node sees them.
-    pub fn status(&self, spool: &Spool) -> ReplicationStatus {
+    /// The peer and the lag, as this node sees them in its current role.
+    pub fn status(&self, spool: &Spool, role: Role) -> ReplicationStatus {
         let state = &self.state;
         let Some(cluster) = &state.cluster else {
             return ReplicationStatus {
@@ -219,9 +219,9 @@ impl Replication {
             };
         };
         let last = spool.last_position().seq;
-        let (behind_from, ahead_to) = match state.acked.borrow().to_owned() {
+        let (behind_from, ahead_to) = match role {
             // A primary measures the standby against its own log.
-            acked if state.primary_last.load(Ordering::Relaxed) == 0 => (acked, last),
+            Role::Primary => (*state.acked.borrow(), last),
             // A standby measures itself against what the primary last said.
             _ => (last, state.primary_last.load(Ordering::Relaxed).max(last)),
         };

@@ -248,7 +248,7 @@ fn stage_all(
         if staged.is_ok() {
             *staged = staging.stage(&record);
         }
-        *next_seq = record.position.seq + 1;
+        *next_seq = record.position.seq.saturating_add(1);
     }
     staged.clone()?;
     position.ok_or_else(|| SpoolError::corrupt("an empty commit"))

@@ -7,8 +7,9 @@
 //!   content, never the end (the SMTP smuggling attacks of 2023 rely on receivers that disagree
 //!   on this). Such a line is stored as ".", CRLF-terminated, and is dot-stuffed again when
 //!   relayed.
-//! * A bare LF becomes CRLF (as Postfix's `smtpd_forbid_bare_newline = normalize`); a bare CR
-//!   inside a line is content.
+//! * A bare LF or a bare CR becomes CRLF (as Postfix's `smtpd_forbid_bare_newline =
+//!   normalize`, and for CR too): the next hop can then never see a line end that we did not,
+//!   whatever it makes of bare CRs. A line ended that way is never the end of DATA.
 //! * RFC 5321 section 4.5.2: a leading "." followed by more characters is removed.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,22 +96,27 @@ impl BodyDecoder {
                         out.extend_from_slice(b".\r\n");
                         self.line_ended(true);
                     } else {
-                        // ".\r" then more: a stuffed dot before a bare CR.
-                        self.state = State::Cr;
-                        self.after_cr(byte, out);
+                        // A "." line ended by a bare CR: content; the byte starts a new line.
+                        out.extend_from_slice(b".\r\n");
+                        self.line_ended(false);
+                        i -= 1;
                     }
                 }
                 State::InLine => self.in_line(byte, out),
-                State::Cr => self.after_cr(byte, out),
+                State::Cr => {
+                    if !self.after_cr(byte, out) {
+                        i -= 1;
+                    }
+                }
             }
         }
         Decoded { consumed: i, end: false }
     }
 
-    /// The end of a BDAT ... LAST body: a CR that was waiting for its LF is content.
+    /// The end of a BDAT ... LAST body: a CR that was waiting for its LF ends the last line.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.state == State::Cr {
-            out.push(b'\r');
+            out.extend_from_slice(b"\r\n");
         }
         self.state = State::InLine;
     }
@@ -129,14 +135,13 @@ impl BodyDecoder {
         }
     }
 
-    fn after_cr(&mut self, byte: u8, out: &mut Vec<u8>) {
-        if byte == b'\n' {
-            out.extend_from_slice(b"\r\n");
-            self.line_ended(true);
-        } else {
-            out.push(b'\r');
-            self.in_line(byte, out);
-        }
+    /// The byte after a CR: an LF completes the line; anything else means the CR was bare —
+    /// it ends the line, and the byte (false: not consumed) starts the next one.
+    fn after_cr(&mut self, byte: u8, out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(b"\r\n");
+        let crlf = byte == b'\n';
+        self.line_ended(crlf);
+        crlf
     }
 
     fn line_ended(&mut self, crlf: bool) {
@@ -195,8 +200,9 @@ mod tests {
             (&b"a\n.\nMAIL FROM:<x@y>\r\n"[..], &b"a\r\n.\r\nMAIL FROM:<x@y>\r\n"[..]),
             (b"a\r\n.\nb\r\n", b"a\r\n.\r\nb\r\n"),
             (b"a\n.\r\nb\r\n", b"a\r\n.\r\nb\r\n"),
-            (b"a\r.\rb\r\n", b"a\r.\rb\r\n"),
-            (b"a\r\n.\rb\r\n", b"a\r\n\rb\r\n"),
+            (b"a\r.\rb\r\n", b"a\r\n.\r\nb\r\n"),
+            (b"a\r\n.\rb\r\n", b"a\r\n.\r\nb\r\n"),
+            (b"a\r.\r\nb\r\n", b"a\r\n.\r\nb\r\n"),
         ] {
             let (body, end) = decode_data(input);
             assert_eq!(end, None, "{input:?} must not end the data");
@@ -205,9 +211,9 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_is_normalised_and_bare_cr_kept() {
-        let (body, _) = decode_data(b"one\ntwo\rthree\r\n.\r\n");
-        assert_eq!(body, b"one\r\ntwo\rthree\r\n");
+    fn bare_lf_and_bare_cr_are_normalised() {
+        let (body, _) = decode_data(b"one\ntwo\rthree\r\n..four\r.\r\n");
+        assert_eq!(body, b"one\r\ntwo\r\nthree\r\n.four\r\n.\r\n");
     }
 
     #[test]
@@ -217,6 +223,6 @@ mod tests {
         assert_eq!(decoder.decode(b"..a\r", &mut out), Decoded { consumed: 4, end: false });
         decoder.decode(b"\n.\r\nb\nc\r", &mut out);
         decoder.finish(&mut out);
-        assert_eq!(out, b"..a\r\n.\r\nb\r\nc\r");
+        assert_eq!(out, b"..a\r\n.\r\nb\r\nc\r\n");
     }
 }
