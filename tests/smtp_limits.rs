@@ -300,3 +300,36 @@ fn sequence_errors_and_standby_refusal() {
     assert_eq!(refused.read_reply(), "421 4.3.2 mx.test not primary, try another MX\n");
     assert!(refused.is_closed());
 }
+
+#[test]
+fn open_relay_battery_550_from_untrusted_clients() {
+    let node = Node::relay("");
+    let mut untrusted = Raw::connect_from(node.addr(), Some([127, 0, 0, 2]));
+    assert!(untrusted.read_reply().starts_with("220"));
+    assert!(untrusted.cmd("EHLO outside.test").starts_with("250"));
+    assert!(untrusted.cmd("MAIL FROM:<a@outside.test> SMTPUTF8").starts_with("250"));
+    for trick in [
+        "victim%elsewhere.test@example.com",
+        "elsewhere.test!victim@example.com",
+        "\"victim@elsewhere.test\"@example.com",
+        "@example.com:victim@elsewhere.test",
+        "victim@[192.0.2.1]",
+        "victim@elsewhere.test.",
+        "victim@ELSEWHERE.test",
+        "victim@xn--bcher-kva.test",
+        "victim@bücher.test",
+        "victim@example.com.elsewhere.test",
+    ] {
+        assert_eq!(
+            untrusted.cmd(&format!("RCPT TO:<{trick}>")),
+            "550 5.7.1 relaying denied\n",
+            "{trick}"
+        );
+    }
+    assert_eq!(
+        untrusted.cmd("RCPT TO:<customer@EXAMPLE.com.>"),
+        "250 2.1.5 Ok\n",
+        "our domain, fully qualified"
+    );
+    assert_eq!(untrusted.cmd("RCPT TO:<Customer@Example.Com>"), "250 2.1.5 Ok\n");
+}

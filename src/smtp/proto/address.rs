@@ -24,6 +24,13 @@ impl Address {
         self.domain.to_lowercase()
     }
 
+    /// True when the local part routes further: the "percent hack" (`user%host`), a bang path
+    /// (`host!user`), or an "@" inside a quoted local part. A relay must not let an outsider
+    /// route through it that way (Postfix's `allow_untrusted_routing = no`).
+    pub fn has_routing(&self) -> bool {
+        self.local.contains(['%', '!', '@'])
+    }
+
     /// True when any part needs SMTPUTF8 (RFC 6531).
     pub fn is_utf8(&self) -> bool {
         !self.local.is_ascii() || !self.domain.is_ascii()
@@ -111,6 +118,11 @@ fn parse_mailbox(mailbox: &str) -> Result<Address, AddressError> {
     };
     let (local, at_domain) = mailbox.split_at(local_end);
     let domain = at_domain.strip_prefix('@').ok_or(AddressError::Syntax)?;
+    // A fully qualified "example.com." is example.com (as Postfix reads it).
+    let domain = match domain.strip_suffix('.') {
+        Some(bare) if !bare.ends_with('.') && !bare.starts_with('[') => bare,
+        _ => domain,
+    };
     if local.len() > MAX_LOCAL_PART || domain.len() > MAX_DOMAIN {
         return Err(AddressError::TooLong);
     }
@@ -194,6 +206,11 @@ mod tests {
         assert_eq!(mailbox("<\"x@y z\"@example.com>").local, "\"x@y z\"");
         assert_eq!(mailbox("<\"a\\\"b\"@example.com>").local, "\"a\\\"b\"");
         assert_eq!(mailbox("<u@[192.0.2.1]>").domain, "[192.0.2.1]");
+        assert_eq!(mailbox("<u@Example.COM.>").domain, "Example.COM", "a trailing dot is dropped");
+        assert!(mailbox("<u%elsewhere.test@example.com>").has_routing());
+        assert!(mailbox("<elsewhere.test!u@example.com>").has_routing());
+        assert!(mailbox("<\"u@elsewhere.test\"@example.com>").has_routing());
+        assert!(!mailbox("<u.v@example.com>").has_routing());
         assert_eq!(mailbox("<u@[IPv6:2001:db8::1]>").domain, "[IPv6:2001:db8::1]");
         assert!(mailbox("<jöran@bücher.de>").is_utf8());
         assert!(!mailbox("<a@b.c>").is_utf8());
@@ -219,7 +236,7 @@ mod tests {
             "<a..b@c.d>",
             "<.a@c.d>",
             "<a@b..c>",
-            "<a@b.c.>",
+            "<a@b.c..>",
             "<a@-b.c>",
             "<a@[300.1.1.1]>",
             "<\"unterminated@b.c>",

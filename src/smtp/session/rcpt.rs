@@ -19,7 +19,9 @@ impl Session {
         if recipient.is_utf8() && !transaction.mail.smtputf8 {
             return Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
         }
-        if !relay.is_relay_domain(&recipient.domain) && !relay.is_trusted(client) {
+        // From an outsider: only our customers' domains, and no routing hidden in the local part.
+        let outsider = !relay.is_trusted(client);
+        if outsider && (!relay.is_relay_domain(&recipient.domain) || recipient.has_routing()) {
             tracing::info!(rcpt = %format_args!("<{recipient}>"), %client, "rejected: relaying denied");
             return Reply::new(550, "5.7.1", "relaying denied");
         }
