@@ -65,8 +65,9 @@ impl Spool {
         let started = std::time::Instant::now();
         let db = loop {
             match config.open() {
+                // sled reports the lock as an `Other` error with this text.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if e.to_string().starts_with("could not acquire lock")
                         && started.elapsed() < std::time::Duration::from_secs(2) =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
