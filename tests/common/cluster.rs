@@ -1,6 +1,10 @@
 //! A primary/standby pair of real relayd processes for the replication tests: certificates made
 //! by `relayd certs init`, a standby `b`, a primary `a` that reaches `b` through a fault
 //! [`Proxy`], and the admin endpoint's `/status` to tell when the standby has caught up.
+//!
+//! For the failover tests, a [`Trio`]: a witness `w` too, every cluster link through a proxy of
+//! its own (`a → b`, `b → a`, `a → w`, `b → w`), automatic failover, and deliveries to a
+//! scripted [`Sink`] where messages are counted by Message-ID.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::proxy::Proxy;
+use super::sink::Sink;
 use super::{BIN, Node, free_port, run, wait_for};
 
 /// Where mail and DNS queries go: nothing listens on port 1 of this loopback address.
@@ -239,4 +244,288 @@ pub fn all_attempted(node: &Node, messages: usize) -> bool {
                 .iter()
                 .all(|r| r["attempts"].as_u64().is_some_and(|n| n >= 1))
         })
+}
+
+/// The failover timings of a trio's data nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    pub heartbeat: Duration,
+    pub lease: Duration,
+    pub failover: Duration,
+    /// Written into the configs; false leaves the keys out, so that relayd's own defaults apply.
+    pub written: bool,
+}
+
+impl Timings {
+    /// Short but valid: 1 s + 100 ms + 2 s / 20 < 2 s.
+    pub const FAST: Timings = Timings {
+        heartbeat: Duration::from_millis(100),
+        lease: Duration::from_secs(1),
+        failover: Duration::from_secs(2),
+        written: true,
+    };
+
+    /// relayd's defaults (docs/configuration.md), left out of the configs.
+    pub const DEFAULTS: Timings = Timings {
+        heartbeat: Duration::from_millis(200),
+        lease: Duration::from_secs(2),
+        failover: Duration::from_secs(3),
+        written: false,
+    };
+
+    fn keys(&self) -> String {
+        if !self.written {
+            return String::new();
+        }
+        format!(
+            "heartbeat_interval = \"{}ms\"\nlease = \"{}ms\"\nfailover_timeout = \"{}ms\"\n",
+            self.heartbeat.as_millis(),
+            self.lease.as_millis(),
+            self.failover.as_millis()
+        )
+    }
+}
+
+/// How a [`Trio`] is set up.
+#[derive(Clone, Debug)]
+pub struct TrioOptions {
+    /// "sync" or "async".
+    pub replication: &'static str,
+    pub timings: Timings,
+    /// `[delivery].retry` of both data nodes, as TOML (`["1s"]`).
+    pub retry: &'static str,
+    /// More `[cluster]` keys for both data nodes.
+    pub extra_cluster: String,
+    /// Whether the data nodes name the witness (it runs either way).
+    pub witness: bool,
+    /// Whether the witness's config carries the data nodes' timings too (when they are not
+    /// the defaults); false: only what docs/configuration.md says a witness needs.
+    pub witness_timings: bool,
+}
+
+impl Default for TrioOptions {
+    fn default() -> Self {
+        TrioOptions {
+            replication: "sync",
+            timings: Timings::FAST,
+            retry: r#"["1s"]"#,
+            extra_cluster: String::new(),
+            witness: true,
+            witness_timings: true,
+        }
+    }
+}
+
+/// The sections of a trio data node's config besides `[node]`, `[smtp]`, `[admin]` and
+/// `[log]`: relaying from 127.0.0.1, every domain routed to `next_hop` (the trio's sink), DNS
+/// pointed at a closed loopback port, and a `[cluster]` section with the `witness` (unless
+/// `options.witness` is false) and automatic failover (the default).
+#[allow(clippy::too_many_arguments)]
+pub fn trio_sections(
+    certs: &Path,
+    name: &str,
+    listen: SocketAddr,
+    peer: SocketAddr,
+    witness: SocketAddr,
+    next_hop: SocketAddr,
+    options: &TrioOptions,
+) -> String {
+    let file = |f: &str| certs.join(f).display().to_string();
+    format!(
+        r#"[relay]
+domains = ["example.com"]
+trusted_networks = ["127.0.0.1/32"]
+
+[[route]]
+domain = "*"
+next_hop = "{next_hop}"
+tls = "none"
+
+[delivery]
+retry = {retry}
+resolvers = ["{CLOSED}"]
+
+[cluster]
+listen = "{listen}"
+peer = "{peer}"
+{witness}replication = "{replication}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+tls_ca = "{ca}"
+{timings}{extra}
+"#,
+        retry = options.retry,
+        witness =
+            if options.witness { format!("witness = \"{witness}\"\n") } else { String::new() },
+        replication = options.replication,
+        timings = options.timings.keys(),
+        extra = options.extra_cluster,
+        cert = file(&format!("{name}.pem")),
+        key = file(&format!("{name}.key")),
+        ca = file("ca.pem"),
+    )
+}
+
+/// A witness's whole config: only `[node]` and `[cluster]` (listen, the three TLS keys, and
+/// the data nodes' timings when they are not the defaults: the witness grants an epoch only
+/// after it has not heard a serving primary for *its own* `failover_timeout`).
+pub fn witness_config(
+    certs: &Path,
+    data_dir: &Path,
+    listen: SocketAddr,
+    timings: &Timings,
+) -> String {
+    let file = |f: &str| certs.join(f).display().to_string();
+    format!(
+        r#"[node]
+name = "w"
+role = "witness"
+data_dir = "{data}"
+
+[cluster]
+listen = "{listen}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+tls_ca = "{ca}"
+{timings}"#,
+        data = data_dir.display(),
+        timings = timings.keys(),
+        cert = file("w.pem"),
+        key = file("w.key"),
+        ca = file("ca.pem"),
+    )
+}
+
+/// Two data nodes and a witness: `w` (started first), the standby `b`, the primary `a`. Every
+/// link a test may break goes through a fault [`Proxy`] of its own: `a → b` (replication while
+/// `a` is primary: `a`'s `peer`), `b → a` (replication once `b` is primary: `b`'s `peer`),
+/// `a → w` and `b → w` (each node's `witness`). Both nodes deliver to one scripted [`Sink`].
+pub struct Trio {
+    certs: tempfile::TempDir,
+    pub a: Node,
+    pub b: Node,
+    pub w: Node,
+    pub ab: Proxy,
+    pub ba: Proxy,
+    pub aw: Proxy,
+    pub bw: Proxy,
+    pub sink: Sink,
+    pub options: TrioOptions,
+    w_cluster: SocketAddr,
+}
+
+impl Trio {
+    /// Starts the trio and waits until `a` serves, the link is up and `b` has caught up.
+    pub fn start(options: TrioOptions) -> Trio {
+        Trio::start_with(options, None)
+    }
+
+    /// The same, with `a`'s deliveries sent to `a_next_hop` instead of the sink (a node's
+    /// routes are its own: a primary whose next hop is unreachable keeps its mail queued).
+    pub fn start_with(options: TrioOptions, a_next_hop: Option<SocketAddr>) -> Trio {
+        let certs = tempfile::tempdir().expect("temp dir");
+        certs_init(certs.path(), "a,b,w");
+        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (a_cluster, b_cluster, w_cluster) = (port(), port(), port());
+        let (ab, ba) = (Proxy::start(b_cluster), Proxy::start(a_cluster));
+        let (aw, bw) = (Proxy::start(w_cluster), Proxy::start(w_cluster));
+        let sink = Sink::plain();
+        let timings = if options.witness_timings { options.timings } else { Timings::DEFAULTS };
+        let mut w = Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &timings));
+        w.launch_until(&witness_ready(w_cluster));
+        let b = Node::start_named(
+            "b",
+            "standby",
+            "",
+            &trio_sections(
+                certs.path(),
+                "b",
+                b_cluster,
+                ba.addr(),
+                bw.addr(),
+                sink.addr(),
+                &options,
+            ),
+        );
+        let a = Node::start_named(
+            "a",
+            "primary",
+            "",
+            &trio_sections(
+                certs.path(),
+                "a",
+                a_cluster,
+                ab.addr(),
+                aw.addr(),
+                a_next_hop.unwrap_or(sink.addr()),
+                &options,
+            ),
+        );
+        let trio = Trio { certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster };
+        if trio.options.witness {
+            // A primary that needs a lease starts fenced, and serves once it has heard the
+            // standby or the witness.
+            wait_for("a to serve (its lease renewed)", || {
+                count(&trio.a.log(), "serving reason=") >= 1
+            });
+        }
+        wait_for("b to follow a, caught up", || {
+            try_status(&trio.a).is_some_and(|s| {
+                s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0
+            })
+        });
+        trio
+    }
+
+    /// The directory with ca.pem and the pairs of a, b and w.
+    pub fn certs(&self) -> &Path {
+        self.certs.path()
+    }
+
+    /// Restarts the witness (after [`Node::stop`] or [`Node::kill9`]).
+    pub fn relaunch_witness(&mut self) {
+        self.w.launch_until(&witness_ready(self.w_cluster));
+    }
+
+    /// The witness's grant file: "EPOCH NODE", or None before its first grant.
+    pub fn grant_file(&self) -> Option<String> {
+        std::fs::read_to_string(self.w.dir.path().join("data/witness-grant"))
+            .ok()
+            .map(|text| text.trim().to_string())
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        match name {
+            "a" => &self.a,
+            "b" => &self.b,
+            "w" => &self.w,
+            other => panic!("no node {other} in the trio"),
+        }
+    }
+}
+
+/// The witness's line that says it listens at `address`.
+fn witness_ready(address: SocketAddr) -> String {
+    format!("witness listening address={address} ")
+}
+
+/// A break of both kinds: new connections refused, open ones closed (FIN/RST).
+pub fn sever(proxy: &Proxy) {
+    proxy.block();
+    proxy.cut();
+}
+
+/// A node's role and epoch from `/status`; None if it does not answer.
+pub fn role_epoch(node: &Node) -> Option<(String, u64)> {
+    let status = try_status(node)?;
+    Some((status["role"].as_str()?.to_string(), status["epoch"].as_u64()?))
+}
+
+/// The time stamp of the first line of `log` that contains `needle`.
+pub fn log_time(log: &str, needle: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    log.lines().find(|line| line.contains(needle)).map(|line| {
+        let stamp = line.split_whitespace().next().unwrap_or("");
+        chrono::DateTime::parse_from_rfc3339(stamp)
+            .unwrap_or_else(|e| panic!("a log line without a time stamp ({e}): {line}"))
+    })
 }

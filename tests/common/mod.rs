@@ -129,9 +129,29 @@ level = "info"
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// A node whose whole config file the caller writes: `config` is given the node's data
+    /// directory (to name as `[node].data_dir`) and returns the file's text. Not started: see
+    /// [`Node::launch_until`]. Its SMTP and admin ports are 0 unless the caller sets them.
+    pub fn prepare(config: impl FnOnce(&Path) -> String) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config(&dir.path().join("data"));
+        let config_path = dir.path().join("relayd.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        Node { dir, smtp_port: 0, admin_port: 0, config_path, child: None }
+    }
+
     /// Starts the process (again) and waits until it answers on its SMTP port.
     pub fn launch(&mut self) {
+        let listening = format!("SMTP listening address={}", self.addr());
+        self.launch_until(&listening);
+    }
+
+    /// Starts the process (again) and waits until *this* process logs a line containing `ready`
+    /// (one more such line than the log held before).
+    pub fn launch_until(&mut self, ready: &str) {
         assert!(self.child.is_none(), "already running");
+        // Counted before the spawn, so that a fast start cannot log its line uncounted.
+        let before = self.log().matches(ready).count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -147,13 +167,11 @@ level = "info"
             .expect("spawn relayd");
         self.child = Some(child);
         // Ready when *this* process says it listens (a connect alone could reach another's).
-        let listening = format!("SMTP listening address={}", self.addr());
-        let before = self.log().matches(&listening).count();
         wait_for("relayd to listen", || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()).flatten() {
                 panic!("relayd exited with {status}:\n{}", self.log());
             }
-            self.log().matches(&listening).count() > before
+            self.log().matches(ready).count() > before
         });
     }
 

@@ -1,6 +1,7 @@
 //! A TCP fault proxy on std threads, for the replication tests: it listens on a loopback port
 //! and forwards every connection to a target, byte for byte, until the test cuts them
-//! ([`Proxy::cut`]) or makes it refuse new ones ([`Proxy::block`]).
+//! ([`Proxy::cut`]) or makes it refuse new ones ([`Proxy::block`]), or holds every byte back
+//! without closing anything, as a silent network partition does ([`Proxy::pause`]).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -20,6 +21,8 @@ pub struct Proxy {
 struct Shared {
     target: SocketAddr,
     blocked: AtomicBool,
+    /// A silent partition: nothing is forwarded and nothing is closed (see [`Proxy::pause`]).
+    paused: AtomicBool,
     stopping: AtomicBool,
     /// Connections forwarded to the target since the proxy started.
     forwarded: AtomicU64,
@@ -49,6 +52,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             target,
             blocked: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -90,6 +94,20 @@ impl Proxy {
     /// New connections are forwarded again.
     pub fn unblock(&self) {
         self.shared.blocked.store(false, Ordering::SeqCst);
+    }
+
+    /// A silent partition, as when a network drops packets: from now on no byte goes through
+    /// in either direction, on open connections or on new ones (accepted, but not connected to
+    /// the target until [`Proxy::resume`]), and nothing is closed: no FIN, no RST, so each side
+    /// learns of it only by its own timeouts. What is held back is delivered, in order, on
+    /// resume, as TCP retransmissions would after the partition heals.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a [`Proxy::pause`].
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
     }
 
     /// Connections forwarded to the target so far.
@@ -136,27 +154,43 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             refuse(shared, &client);
             continue;
         }
-        let Ok(server) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(5)) else {
-            refuse(shared, &client);
-            continue;
-        };
-        let _ = client.set_nodelay(true);
-        let _ = server.set_nodelay(true);
-        let clones = (client.try_clone(), server.try_clone());
-        let (Ok(client_reader), Ok(server_reader)) = clones else {
-            refuse(shared, &client);
-            continue;
-        };
         number += 1;
-        // Registered before any byte flows, so that a cut from now on reaches it.
-        shared.open.lock().unwrap_or_else(PoisonError::into_inner).insert(
-            number,
-            (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
-        );
-        shared.forwarded.fetch_add(1, Ordering::SeqCst);
-        pump(shared, number, client_reader, server);
-        pump(shared, number, server_reader, client);
+        if shared.paused.load(Ordering::SeqCst) {
+            // Held silent on a thread of its own, and connected once the partition heals.
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                if wait_paused(&shared) {
+                    forward(&shared, number, client);
+                }
+            });
+            continue;
+        }
+        forward(shared, number, client);
     }
+}
+
+/// Connects `client` to the target and pumps both ways.
+fn forward(shared: &Arc<Shared>, number: u64, client: TcpStream) {
+    let Ok(server) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(5)) else {
+        refuse(shared, &client);
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let clones = (client.try_clone(), server.try_clone());
+    let (Ok(client_reader), Ok(server_reader)) = clones else {
+        refuse(shared, &client);
+        return;
+    };
+    // Registered before any byte flows, so that a cut from now on reaches it.
+    shared
+        .open
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(number, (client.try_clone().expect("clone"), server.try_clone().expect("clone")));
+    shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    pump(shared, number, client_reader, server);
+    pump(shared, number, server_reader, client);
 }
 
 fn refuse(shared: &Shared, client: &TcpStream) {
@@ -174,7 +208,7 @@ fn pump(shared: &Arc<Shared>, number: u64, mut from: TcpStream, mut to: TcpStrea
             match from.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if to.write_all(&buffer[..n]).is_err() {
+                    if !wait_paused(&shared) || to.write_all(&buffer[..n]).is_err() {
                         break;
                     }
                 }
@@ -182,8 +216,21 @@ fn pump(shared: &Arc<Shared>, number: u64, mut from: TcpStream, mut to: TcpStrea
                 Err(_) => break,
             }
         }
+        // A partition carries no FIN either: the close goes through once it heals.
+        wait_paused(&shared);
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
         shared.close(number);
     });
+}
+
+/// Waits while the proxy is paused; false when it is stopping instead.
+fn wait_paused(shared: &Shared) -> bool {
+    while shared.paused.load(Ordering::SeqCst) {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    !shared.stopping.load(Ordering::SeqCst)
 }
