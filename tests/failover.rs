@@ -527,11 +527,6 @@ fn a_silently_partitioned_primary_fences_itself_within_its_lease() {
 /// standby's ack (sync_timeout), then is acknowledged in degraded mode: that 250 must not come
 /// from a primary that has fenced itself (and so, perhaps, after the standby took over).
 #[test]
-#[ignore = "relayd bug: smtp/session/data.rs complete() answers 250 once confirm() returns \
-            (after sync_timeout, degraded) without checking that the node still serves: the \
-            fenced primary a answers 250 up to ~1 s after its fence ('iso-a-3 answered 1014 ms \
-            after the fence'), and 0.8 s after b's first 250 (a's last 250 at +2.98 s, b's \
-            first session at +2.18 s)"]
 fn a_silently_partitioned_primary_gives_no_250_once_fenced() {
     let episode = isolation(true);
     episode.assert_no_250_once_fenced();
@@ -764,10 +759,6 @@ fn async_mail_acknowledged_by_a_killed_primary_is_salvaged_when_it_returns() {
 /// hands over with the next epoch (granted by the witness), and no message is lost or
 /// delivered twice.
 #[test]
-#[ignore = "relayd bug: with a witness, the standby's claim on Handover races the fenced \
-            primary's next ping: the witness refuses ('the witness refused epoch 2: primary a \
-            (epoch 1) was heard 35 ms ago'), the link drops, the Handover is never sent again, \
-            and relayd demote fails after 30 s ('the standby did not take over in time')"]
 fn switchover_there_and_back_twice_loses_nothing_and_duplicates_nothing() {
     switchovers(TrioOptions::default());
 }
@@ -981,11 +972,6 @@ fn check_config_rejects_a_lease_that_could_outlive_the_failover_timeout() {
 /// valid) and the witness configured as documented, a killed primary's standby should serve
 /// within failover_timeout and about a second (HA.md, guarantee 3).
 #[test]
-#[ignore = "relayd bug (docs or design): the witness grants only once it has not heard a \
-            serving primary for its own [cluster].failover_timeout (default 3 s), a key the docs \
-            never say a witness needs: with the data nodes on 1 s, b's claims are refused \
-            ('primary a (epoch 1) was heard 1049 ms ago' ... '2949 ms ago') and b serves 3045 ms \
-            after the kill"]
 fn a_witness_configured_as_documented_follows_the_data_nodes_failover_timeout() {
     let timings = Timings {
         heartbeat: Duration::from_millis(100),

@@ -306,7 +306,9 @@ pub async fn promote_by_operator(ha: &Ha, force: bool) -> Result<u64, String> {
     }
     let epoch = status.epoch + 1;
     if let (Some(address), Some(connector)) = (&cluster.witness, ha.connector()) {
-        let (granted, why) = witness::claim(address, connector, ha.node(), epoch, force).await?;
+        let (granted, why) =
+            witness::claim(address, connector, ha.node(), epoch, force, cluster.failover_timeout)
+                .await?;
         if !granted {
             return Err(format!("the witness refused epoch {epoch}: {why}"));
         }
@@ -348,9 +350,19 @@ pub async fn switchover(
         if !replication.caught_up(last, monitor::SWITCHOVER_STEP).await {
             return Err(format!("the standby did not catch up to record {last} in time"));
         }
-        let epoch = replication.hand_over(status.epoch, monitor::SWITCHOVER_STEP).await?;
-        ha.step_down(epoch, "planned switchover: the standby took over").await;
-        Ok(epoch)
+        // The standby's TookOver, or the witness telling us of its new epoch first (which
+        // steps us down by itself): either way the standby took over.
+        let mut roles = ha.subscribe();
+        tokio::select! {
+            taken = replication.hand_over(status.epoch, monitor::SWITCHOVER_STEP) => {
+                let epoch = taken?;
+                ha.step_down(epoch, "planned switchover: the standby took over").await;
+                Ok(epoch)
+            }
+            _ = async { roles.wait_for(|now| now.role != Role::Primary).await.is_ok() } => {
+                Ok(status.epoch + 1)
+            }
+        }
     }
     .await;
     hold.store(false, std::sync::atomic::Ordering::Relaxed);

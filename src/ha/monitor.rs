@@ -27,7 +27,8 @@ pub async fn run(ha: Ha, hold: Hold) {
     let mut tick = tokio::time::interval(cluster.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned_no_witness = false;
-    let mut last_denial = String::new();
+    // The epoch last refused, so that a refusal is logged once, not every heartbeat.
+    let mut last_denied = 0;
     loop {
         tick.tick().await;
         // The lease first: nothing the witness says (or how long it takes to say it) may delay
@@ -75,7 +76,16 @@ pub async fn run(ha: Ha, hold: Hold) {
                 let reason = format!("primary silent for {} ms", silence.as_millis());
                 match (&cluster.witness, cluster.allow_failover_without_witness) {
                     (Some(address), _) => {
-                        match witness::claim(address, &connector, ha.node(), epoch, false).await {
+                        match witness::claim(
+                            address,
+                            &connector,
+                            ha.node(),
+                            epoch,
+                            false,
+                            cluster.failover_timeout,
+                        )
+                        .await
+                        {
                             Ok((true, _)) => {
                                 if let Err(e) = ha
                                     .promote(
@@ -88,9 +98,9 @@ pub async fn run(ha: Ha, hold: Hold) {
                                 }
                             }
                             Ok((false, why)) => {
-                                if why != last_denial {
+                                if epoch != last_denied {
                                     tracing::info!(epoch, reason = %why, "the witness refused to grant an epoch");
-                                    last_denial = why;
+                                    last_denied = epoch;
                                 }
                             }
                             Err(e) => tracing::debug!(error = %e, "cannot ask the witness"),

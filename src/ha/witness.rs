@@ -1,6 +1,7 @@
 //! The witness: a third voter that holds no mail. It hears every data node's pings, remembers
 //! when it last heard a serving primary, and grants each new epoch at most once — persisted
-//! before it answers — and only when no primary has been heard serving for `failover_timeout`
+//! before it answers — and only when no primary has been heard serving for the claimant's
+//! `failover_timeout`
 //! (unless an operator forces it). The data nodes' client for it is here too.
 
 use std::net::SocketAddr;
@@ -28,7 +29,6 @@ struct Witness {
     granted_to: String,
     /// The last primary heard serving, its epoch, and when.
     primary: Option<(String, u64, Instant)>,
-    failover_timeout: Duration,
     grants: PathBuf,
 }
 
@@ -42,13 +42,7 @@ pub async fn serve(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
     let grants = config.node.data_dir.join(GRANTS_FILE);
     let (granted, granted_to) = read_grant(&grants)?;
-    let witness = Arc::new(Mutex::new(Witness {
-        granted,
-        granted_to,
-        primary: None,
-        failover_timeout: cluster.failover_timeout,
-        grants,
-    }));
+    let witness = Arc::new(Mutex::new(Witness { granted, granted_to, primary: None, grants }));
     let listener = TcpListener::bind(cluster.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cluster.listen))?;
@@ -105,7 +99,8 @@ fn answer(witness: &Mutex<Witness>, request: Frame, from: SocketAddr) -> Option<
                 primary: w.primary.as_ref().map(|(node, ..)| node.clone()),
             })
         }
-        Frame::Claim { node, epoch, force } => {
+        Frame::Claim { node, epoch, force, failover_timeout_ms } => {
+            let window = Duration::from_millis(failover_timeout_ms);
             let refuse = |reason: String| Frame::Verdict { granted: false, epoch, reason };
             // The same claim again (the claimant crashed before it could use the grant): the
             // answer is the same, which grants nothing new.
@@ -125,7 +120,7 @@ fn answer(witness: &Mutex<Witness>, request: Frame, from: SocketAddr) -> Option<
             if let Some((primary, primary_epoch, at)) = &w.primary
                 && !force
                 && primary != &node
-                && at.elapsed() < w.failover_timeout
+                && at.elapsed() < window
             {
                 let ago = at.elapsed().as_millis();
                 return Some(refuse(format!(
@@ -232,9 +227,18 @@ pub async fn claim(
     node: &str,
     epoch: u64,
     force: bool,
+    failover_timeout: Duration,
 ) -> Result<(bool, String), String> {
     let mut client = WitnessClient::new(address.to_string(), connector.clone(), IO_TIMEOUT);
-    match client.ask(&Frame::Claim { node: node.to_string(), epoch, force }).await? {
+    match client
+        .ask(&Frame::Claim {
+            node: node.to_string(),
+            epoch,
+            force,
+            failover_timeout_ms: u64::try_from(failover_timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+        .await?
+    {
         Frame::Verdict { granted, reason, .. } => Ok((granted, reason)),
         other => Err(format!("unexpected answer from the witness: {other:?}")),
     }

@@ -14,7 +14,7 @@ use super::Replication;
 use super::frame::{self, Frame, Hello};
 use super::link::Link;
 use crate::config::Role;
-use crate::ha::Ha;
+use crate::ha::{Ha, witness};
 use crate::spool::{BodyWriter, Change, EpochStart, MessageRecord, QueueId, Spool};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,16 +209,32 @@ async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Resul
     writer.flush().await.map_err(|e| e.to_string())
 }
 
-/// A planned switchover: the primary, fenced and caught up, asks us to take over.
+/// A planned switchover: the primary, fenced and caught up, asks us to take over. The witness
+/// may not have heard yet that the primary stopped serving (its next ping says so): the claim
+/// is repeated for up to `failover_timeout`, a heartbeat apart.
 async fn take_over(ha: &Ha, epoch: u64) -> Result<u64, String> {
     let next = epoch.max(ha.status().epoch).saturating_add(1);
-    if let (Some(address), Some(connector)) =
-        (ha.cluster().and_then(|c| c.witness.clone()), ha.connector())
-    {
-        let (granted, why) =
-            crate::ha::witness::claim(&address, connector, ha.node(), next, false).await?;
-        if !granted {
-            return Err(format!("the witness refused epoch {next}: {why}"));
+    if let (Some(cluster), Some(connector)) = (ha.cluster().cloned(), ha.connector()) {
+        if let Some(address) = &cluster.witness {
+            let deadline = tokio::time::Instant::now() + cluster.failover_timeout;
+            loop {
+                let claim = witness::claim(
+                    address,
+                    connector,
+                    ha.node(),
+                    next,
+                    false,
+                    cluster.failover_timeout,
+                );
+                match claim.await {
+                    Ok((true, _)) => break,
+                    Ok((false, why)) if tokio::time::Instant::now() >= deadline => {
+                        return Err(format!("the witness refused epoch {next}: {why}"));
+                    }
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                    _ => tokio::time::sleep(cluster.heartbeat_interval).await,
+                }
+            }
         }
     }
     ha.promote(next, "planned switchover: the primary handed over").await?;

@@ -84,6 +84,9 @@ pub enum Frame {
         node: String,
         epoch: u64,
         force: bool,
+        /// The claimant's failover_timeout: how long the witness must not have heard a serving
+        /// primary (the data nodes' timings, checked against their lease by check-config).
+        failover_timeout_ms: u64,
     },
     /// The witness's answer to a claim.
     Verdict {

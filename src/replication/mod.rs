@@ -60,6 +60,15 @@ struct State {
     delivery: DeliveryHandle,
 }
 
+/// Where a confirmed message is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copies {
+    /// On this node's disk only (a single node, async replication, or a degraded sync).
+    Local,
+    /// On the standby's disk too: it acknowledged the record.
+    Standby,
+}
+
 /// Why a message may not be acknowledged: `replication = "sync"` with
 /// `on_standby_loss = "refuse"`, and the standby did not confirm in time.
 #[derive(Debug)]
@@ -180,19 +189,19 @@ impl Replication {
     /// Waits, in sync mode, until the standby holds `position`; what happens when it does not
     /// within `sync_timeout` is `on_standby_loss`'s to say. Async mode and single nodes return
     /// at once.
-    pub async fn confirm(&self, position: LogPosition) -> Result<(), NotReplicated> {
-        let Some(cluster) = self.sync_cluster() else { return Ok(()) };
+    pub async fn confirm(&self, position: LogPosition) -> Result<Copies, NotReplicated> {
+        let Some(cluster) = self.sync_cluster() else { return Ok(Copies::Local) };
         let state = &self.state;
         let gone = !state.connected.load(Ordering::Relaxed);
         if gone && state.degraded.load(Ordering::Relaxed) {
             // Already degraded and the standby is not there: no need to wait for it again.
-            return Ok(());
+            return Ok(Copies::Local);
         }
         let mut acked = state.acked.subscribe();
         let wait = acked.wait_for(|&seq| seq >= position.seq);
         if !gone && tokio::time::timeout(cluster.sync_timeout, wait).await.is_ok_and(|r| r.is_ok())
         {
-            return Ok(());
+            return Ok(Copies::Standby);
         }
         match cluster.on_standby_loss {
             StandbyLoss::Refuse => Err(NotReplicated),
@@ -202,7 +211,7 @@ impl Replication {
                         "standby lost: accepting without it until it has caught up (on_standby_loss = degrade)"
                     );
                 }
-                Ok(())
+                Ok(Copies::Local)
             }
         }
     }

@@ -10,6 +10,7 @@ use tokio::io::AsyncBufReadExt;
 use super::proto::{BodyDecoder, Reply};
 use super::{Conn, End, Session};
 use crate::metrics::Metrics;
+use crate::replication::Copies;
 use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError};
 
 /// `replication = "sync"`, `on_standby_loss = "refuse"`, and no standby to confirm.
@@ -186,8 +187,18 @@ impl Session {
             (envelope.sender.clone(), envelope.recipients.len(), envelope.size);
         match self.services.spool.accept(envelope, body.writer).await {
             Ok(position) => {
-                if self.services.replication.confirm(position).await.is_err() {
-                    return self.withdraw(id).await;
+                let copies = match self.services.replication.confirm(position).await {
+                    Ok(copies) => copies,
+                    Err(_) => return self.withdraw(id, standby_unavailable()).await,
+                };
+                // The wait may have outlasted this node's time as the serving primary (fenced,
+                // or handing over). A message the standby holds is safe there: the 250 is
+                // true, and the node that serves next delivers it. One only here gets no 250:
+                // it is withdrawn, and the client takes it to the next MX.
+                if !self.services.ha.serving() && copies == Copies::Local {
+                    let text =
+                        format!("{} not primary now, try another MX", self.config.smtp.hostname);
+                    return self.withdraw(id, Reply::new(451, "4.3.2", text)).await;
                 }
                 tracing::info!(
                     id = %id,
@@ -205,15 +216,16 @@ impl Session {
         }
     }
 
-    /// Sync replication with `on_standby_loss = "refuse"`, and the standby did not confirm the
-    /// message: it is taken back out of the spool (the removal replicates too, should the
-    /// standby have it after all), and the client, told 451, keeps the only copy it will retry.
-    async fn withdraw(&self, id: QueueId) -> Reply {
+    /// A committed message that may not be acknowledged (sync replication refusing without its
+    /// standby, or a node that stopped serving meanwhile): it is taken back out of the spool
+    /// (the removal replicates too, should the standby have it after all), and the client,
+    /// told 4xx, keeps the copy it will retry.
+    async fn withdraw(&self, id: QueueId, reply: Reply) -> Reply {
         if let Err(e) = self.services.spool.commit(vec![Change::Removed { id }], Vec::new()).await {
             tracing::error!(id = %id, error = %e, "cannot withdraw an unreplicated message; it stays queued");
         }
-        tracing::warn!(id = %id, client = %self.peer.ip(), "not acknowledged: the standby did not confirm it");
-        standby_unavailable()
+        tracing::warn!(id = %id, client = %self.peer.ip(), reply = %reply, "not acknowledged");
+        reply
     }
 
     fn spool_failure(&self, id: QueueId, error: SpoolError) -> Reply {
