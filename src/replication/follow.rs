@@ -214,26 +214,26 @@ async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Resul
 /// is repeated for up to `failover_timeout`, a heartbeat apart.
 async fn take_over(ha: &Ha, epoch: u64) -> Result<u64, String> {
     let next = epoch.max(ha.status().epoch).saturating_add(1);
-    if let (Some(cluster), Some(connector)) = (ha.cluster().cloned(), ha.connector()) {
-        if let Some(address) = &cluster.witness {
-            let deadline = tokio::time::Instant::now() + cluster.failover_timeout;
-            loop {
-                let claim = witness::claim(
-                    address,
-                    connector,
-                    ha.node(),
-                    next,
-                    false,
-                    cluster.failover_timeout,
-                );
-                match claim.await {
-                    Ok((true, _)) => break,
-                    Ok((false, why)) if tokio::time::Instant::now() >= deadline => {
-                        return Err(format!("the witness refused epoch {next}: {why}"));
-                    }
-                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                    _ => tokio::time::sleep(cluster.heartbeat_interval).await,
+    if let (Some(cluster), Some(connector)) = (ha.cluster().cloned(), ha.connector())
+        && let Some(address) = &cluster.witness
+    {
+        let deadline = tokio::time::Instant::now() + cluster.failover_timeout;
+        loop {
+            let claim = witness::claim(
+                address,
+                connector,
+                ha.node(),
+                next,
+                false,
+                cluster.failover_timeout,
+            );
+            match claim.await {
+                Ok((true, _)) => break,
+                Ok((false, why)) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("the witness refused epoch {next}: {why}"));
                 }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                _ => tokio::time::sleep(cluster.heartbeat_interval).await,
             }
         }
     }
