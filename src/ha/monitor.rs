@@ -24,8 +24,11 @@ pub async fn run(ha: Ha, hold: Hold) {
         .witness
         .clone()
         .map(|address| WitnessClient::new(address, connector.clone(), cluster.heartbeat_interval));
-    let mut tick = tokio::time::interval(cluster.heartbeat_interval);
+    // The clocks are read four times a heartbeat, so that a fence or a failover happens within
+    // a quarter heartbeat of its deadline; the witness is pinged once a heartbeat.
+    let mut tick = tokio::time::interval(cluster.heartbeat_interval / TICKS_PER_HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
     let mut warned_no_witness = false;
     // The epoch last refused, so that a refusal is logged once, not every heartbeat.
     let mut last_denied = 0;
@@ -46,7 +49,9 @@ pub async fn run(ha: Ha, hold: Hold) {
             ));
         }
         let status = ha.status();
-        if let Some(client) = witness.as_mut() {
+        ticks = ticks.wrapping_add(1);
+        let ping_now = ticks % TICKS_PER_HEARTBEAT == 1;
+        if let Some(client) = witness.as_mut().filter(|_| ping_now) {
             let ping = Frame::Ping {
                 node: ha.node().to_string(),
                 role: status.role.as_str().to_string(),
@@ -71,6 +76,8 @@ pub async fn run(ha: Ha, hold: Hold) {
             {
                 ha.unfence("heard the standby or the witness: lease renewed");
             }
+            // Claimed every tick (a quarter heartbeat) while the witness still hears the old
+            // primary: it grants as soon as its own window has passed.
             Role::Standby if cluster.auto_failover && silence > cluster.failover_timeout => {
                 let epoch = status.epoch + 1;
                 let reason = format!("primary silent for {} ms", silence.as_millis());
@@ -132,6 +139,8 @@ pub async fn run(ha: Ha, hold: Hold) {
         }
     }
 }
+
+const TICKS_PER_HEARTBEAT: u32 = 4;
 
 /// How long the monitor waits, at most, for a switchover's steps.
 pub const SWITCHOVER_STEP: Duration = Duration::from_secs(30);
