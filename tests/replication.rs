@@ -573,7 +573,7 @@ fn refuse_mode_answers_451_without_the_standby_and_keeps_nothing() {
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
     assert!(took >= Duration::from_millis(500), "refused after sync_timeout, not before: {took:?}");
     drop(smtp);
-    assert!(pair.primary().log().contains("not acknowledged: the standby did not confirm it"));
+    assert!(pair.primary().log().contains("not acknowledged"), "the withdrawal is logged");
     assert_eq!(status(pair.primary())["queue"]["messages"], 2, "the withdrawn message is gone");
     send_signal(pair.standby(), "CONT");
     pair.wait_caught_up();
