@@ -137,16 +137,9 @@ impl Spool {
     pub async fn commit(
         &self,
         changes: Vec<Change>,
-        mut bodies: Vec<BodyWriter>,
+        bodies: Vec<BodyWriter>,
     ) -> Result<LogPosition, SpoolError> {
-        for body in &mut bodies {
-            body.finish()?;
-        }
-        let position = self.submit(|done| commit::Request::Append(changes, done)).await?;
-        for body in &mut bodies {
-            body.mark_committed();
-        }
-        Ok(position)
+        self.submit_with(bodies, |done| commit::Request::Append(changes, done)).await
     }
 
     /// The position of the last durable record.
@@ -166,16 +159,9 @@ impl Spool {
     pub async fn apply(
         &self,
         records: Vec<LogRecord>,
-        mut bodies: Vec<BodyWriter>,
+        bodies: Vec<BodyWriter>,
     ) -> Result<LogPosition, SpoolError> {
-        for body in &mut bodies {
-            body.finish()?;
-        }
-        let position = self.submit(|done| commit::Request::Apply(records, done)).await?;
-        for body in &mut bodies {
-            body.mark_committed();
-        }
-        Ok(position)
+        self.submit_with(bodies, |done| commit::Request::Apply(records, done)).await
     }
 
     /// A standby starts taking a snapshot: erases everything it holds.
@@ -187,16 +173,9 @@ impl Spool {
     pub async fn install(
         &self,
         messages: Vec<MessageRecord>,
-        mut bodies: Vec<BodyWriter>,
+        bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
-        for body in &mut bodies {
-            body.finish()?;
-        }
-        self.submit(|done| commit::Request::Install(messages, done)).await?;
-        for body in &mut bodies {
-            body.mark_committed();
-        }
-        Ok(())
+        self.submit_with(bodies, |done| commit::Request::Install(messages, done)).await.map(|_| ())
     }
 
     /// A standby ends a snapshot: its log continues after `last`, with `history`.
@@ -345,6 +324,23 @@ impl Spool {
 
     fn db(&self) -> &sled::Db {
         &self.inner.db
+    }
+
+    /// Submits a request whose records accept `bodies`: their last chunks are written first,
+    /// and they are marked committed (kept) once the request is durable.
+    async fn submit_with(
+        &self,
+        mut bodies: Vec<BodyWriter>,
+        request: impl FnOnce(commit::Reply) -> commit::Request,
+    ) -> Result<LogPosition, SpoolError> {
+        for body in &mut bodies {
+            body.finish()?;
+        }
+        let position = self.submit(request).await?;
+        for body in &mut bodies {
+            body.mark_committed();
+        }
+        Ok(position)
     }
 
     async fn submit(
