@@ -1,7 +1,6 @@
 //! The endpoint's handlers, one per route (SPEC.md "The admin endpoint").
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -15,7 +14,7 @@ use super::metrics::{self, Snapshot};
 use super::{AdminContext, node_state};
 use crate::config::Role;
 use crate::metrics::Metrics;
-use crate::spool::{QueueId, Spool, SpoolError};
+use crate::spool::{QueueId, Spool, SpoolError, now_ms};
 
 type Context = State<Arc<AdminContext>>;
 
@@ -202,13 +201,6 @@ fn summarize(spool: &Spool) -> Result<QueueSummary, SpoolError> {
         summary.oldest_age_seconds = now_ms().saturating_sub(oldest_ms) / 1000;
     }
     Ok(summary)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Runs spool reads (sled is synchronous) off the async workers.

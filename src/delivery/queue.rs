@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -24,7 +24,7 @@ use super::route::{self, Destination, Resolver};
 use crate::config::{Config, LiveConfig};
 use crate::ha::Ha;
 use crate::metrics::Metrics;
-use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool};
+use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool, now_ms};
 
 /// Everything the runner and its workers share.
 pub(super) struct Shared {
@@ -80,12 +80,6 @@ pub(super) struct Runner {
     /// Jobs in flight per message.
     in_flight: HashMap<QueueId, usize>,
     lanes: Arc<Mutex<HashMap<Destination, Lane>>>,
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Runner {

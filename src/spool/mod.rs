@@ -26,7 +26,7 @@ pub use body::{BodyChunks, BodyWriter};
 pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
 pub use record::{
-    Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState,
+    Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
 };
 
 /// sled's page cache. Bodies are streamed through it, so it bounds the spool's memory.

@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::QueueId;
 
+/// Now, in Unix milliseconds: the unit of every time the spool stores.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A position in the change log. `seq` grows by one per record and never restarts, across
 /// epochs; `epoch` is the epoch of the primary that wrote the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]

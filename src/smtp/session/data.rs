@@ -3,15 +3,13 @@
 //! The 250 is written only after [`Spool::accept`](crate::spool::Spool::accept) returns, that
 //! is after the group commit's fdatasync.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use tokio::io::AsyncBufReadExt;
 
 use super::proto::{BodyDecoder, Reply};
 use super::{Conn, End, Session};
 use crate::metrics::Metrics;
 use crate::replication::Copies;
-use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError};
+use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
 
 /// `replication = "sync"`, `on_standby_loss = "refuse"`, and no standby to confirm.
 fn standby_unavailable() -> Reply {
@@ -174,9 +172,7 @@ impl Session {
             id,
             sender: transaction.mail.sender.as_ref().map(ToString::to_string).unwrap_or_default(),
             recipients: transaction.recipients.iter().map(ToString::to_string).collect(),
-            received_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            received_at_ms: now_ms(),
             client: self.peer.ip().to_string(),
             helo: self.helo.clone().unwrap_or_default(),
             size: body.writer.size(),
