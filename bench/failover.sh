@@ -4,7 +4,7 @@
 # steady trickle of mail (one message every 100 ms, sent as an MTA does: a, else b).
 #
 # Per drill: kill -9 the primary and measure the time from the kill to the first 250 on the
-# standby (polled every 50 ms with Python's smtplib, one message per poll); then start the old
+# standby (polled every 10 ms with Python's smtplib, one message per poll); then start the old
 # primary again (it rejoins as the standby) and switch back with `relayd demote`, so that the
 # next drill starts the same way. Prints each drill, then the median and the maximum.
 #
@@ -138,7 +138,7 @@ while True:
     time.sleep(max(0.0, 0.1 - (time.monotonic() - start)))
 PY
 
-# Kills the primary's process and polls the standby every 50 ms until it answers 250; prints
+# Kills the primary's process and polls the standby every 10 ms until it answers 250; prints
 # the time from the kill to that 250 in ms.
 drill() { # primary-pid standby-port
   python3 - "$1" "$2" <<'PY'
@@ -155,7 +155,7 @@ while time.monotonic() - killed < 60:
         sys.exit(0)
     except Exception:
         pass
-    tick += 0.05
+    tick += 0.01
     time.sleep(max(0.0, tick - time.monotonic()))
 print("none")
 PY
