@@ -149,6 +149,15 @@ impl Ha {
         *self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
+    /// A sign of life that answered something sent at `sent`: the lease runs from then, not
+    /// from the answer's arrival, so a late answer cannot stretch it.
+    pub fn heard_at(&self, sent: Instant) {
+        let mut heard = self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner);
+        if heard.is_none_or(|at| at < sent) {
+            *heard = Some(sent);
+        }
+    }
+
     /// Time since [`Self::heard`] (`Duration::MAX` when nothing was heard since this start).
     pub fn silence(&self) -> Duration {
         self.inner

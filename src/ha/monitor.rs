@@ -58,13 +58,14 @@ pub async fn run(ha: Ha, hold: Hold) {
                 epoch: status.epoch,
                 serving: status.serving(),
             };
+            let sent = std::time::Instant::now();
             match client.ask(&ping).await {
                 Ok(Frame::Pong { granted, .. })
                     if status.role == Role::Primary && granted > status.epoch =>
                 {
                     ha.step_down(granted, "the witness granted a newer epoch").await;
                 }
-                Ok(Frame::Pong { .. }) if status.role == Role::Primary => ha.heard(),
+                Ok(Frame::Pong { .. }) if status.role == Role::Primary => ha.heard_at(sent),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "witness unreachable"),
             }

@@ -143,6 +143,8 @@ async fn session(
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
     let mut roles = ha.subscribe();
+    // The last beat received: acks echo it.
+    let mut beat = 0;
     loop {
         let frame = tokio::select! {
             frame = frame::read(&mut reader) => frame.map_err(|e| e.to_string())?,
@@ -157,7 +159,8 @@ async fn session(
                 let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
                 body.write(&data).map_err(|e| e.to_string())?;
             }
-            Frame::Records { records, primary_last } => {
+            Frame::Records { records, primary_last, beat: sent } => {
+                beat = sent;
                 let needed = records
                     .iter()
                     .filter_map(|r| match &r.change {
@@ -171,7 +174,7 @@ async fn session(
                     ha.follow_epoch(epoch);
                 }
                 replication.primary_at(primary_last, applied.seq);
-                send(&mut writer, &Frame::Ack { seq: applied.seq }).await?;
+                send(&mut writer, &Frame::Ack { seq: applied.seq, beat }).await?;
             }
             Frame::SnapshotBegin { last } => {
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
@@ -189,10 +192,11 @@ async fn session(
                 ha.follow_epoch(epoch);
                 replication.primary_at(last.seq, last.seq);
                 tracing::info!(at = last.seq, messages = spool.queue_len(), "snapshot installed");
-                send(&mut writer, &Frame::Ack { seq: last.seq }).await?;
+                send(&mut writer, &Frame::Ack { seq: last.seq, beat }).await?;
             }
-            Frame::Heartbeat { .. } => {
-                send(&mut writer, &Frame::Ack { seq: spool.last_position().seq }).await?;
+            Frame::Heartbeat { beat: sent, .. } => {
+                beat = sent;
+                send(&mut writer, &Frame::Ack { seq: spool.last_position().seq, beat }).await?;
             }
             Frame::Handover { epoch } => {
                 let taken = take_over(ha, epoch).await?;

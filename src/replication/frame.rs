@@ -29,10 +29,12 @@ pub enum Frame {
         id: QueueId,
         data: Vec<u8>,
     },
-    /// Primary → standby: log records, in order, and how far the primary's log goes.
+    /// Primary → standby: log records, in order, and how far the primary's log goes. `beat`
+    /// numbers the frame, so that the ack can tell which one it answers.
     Records {
         records: Vec<LogRecord>,
         primary_last: u64,
+        beat: u64,
     },
     /// Primary → standby: a snapshot follows; erase everything.
     SnapshotBegin {
@@ -46,13 +48,16 @@ pub enum Frame {
         last: LogPosition,
     },
     /// Standby → primary: everything up to `seq` is durable here (also the answer to a
-    /// heartbeat).
+    /// heartbeat). `beat`: the last Records or Heartbeat frame received, whose sending time
+    /// renews the primary's lease.
     Ack {
         seq: u64,
+        beat: u64,
     },
     /// Primary → standby, while the stream is idle: still here.
     Heartbeat {
         epoch: u64,
+        beat: u64,
     },
     /// Primary → standby: a planned switchover. The standby has everything; it takes over
     /// with the next epoch.
@@ -157,7 +162,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_oversized_lengths_are_refused() {
-        let frame = Frame::Ack { seq: 42 };
+        let frame = Frame::Ack { seq: 42, beat: 7 };
         let bytes = encode(&frame).expect("encode");
         assert_eq!(decode(&bytes[4..]).expect("decode"), frame);
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

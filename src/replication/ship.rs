@@ -110,11 +110,16 @@ async fn session(
         "replication link up"
     );
 
+    let beats = Beats::default();
     let acks = async {
         loop {
             match frame::read(&mut reader).await {
-                Ok(Frame::Ack { seq }) => {
-                    ha.heard();
+                Ok(Frame::Ack { seq, beat }) => {
+                    // The lease runs from when the answered frame was *sent*: a late ack
+                    // must not stretch it.
+                    if let Some(sent) = beats.sent_at(beat) {
+                        ha.heard_at(sent);
+                    }
                     replication.acked(seq, spool.last_position().seq);
                 }
                 Ok(Frame::TookOver { epoch }) => replication.took_over(epoch),
@@ -128,7 +133,7 @@ async fn session(
             Some(seq) => seq,
             None => snapshot(&mut writer, spool).await? + 1,
         };
-        stream(&mut writer, replication, spool, ha, next).await
+        stream(&mut writer, replication, spool, ha, &beats, next).await
     };
     tokio::select! {
         result = acks => result,
@@ -191,6 +196,7 @@ async fn stream(
     replication: &Replication,
     spool: &Spool,
     ha: &Ha,
+    beats: &Beats,
     mut next: u64,
 ) -> Result<(), String> {
     let mut durable = spool.subscribe();
@@ -207,7 +213,8 @@ async fn stream(
             tokio::select! {
                 changed = durable.changed() => changed.map_err(|_| "the spool closed".to_string())?,
                 _ = heartbeat.tick() => {
-                    send(writer, &Frame::Heartbeat { epoch: ha.status().epoch }).await?;
+                    let beat = beats.next();
+                    send(writer, &Frame::Heartbeat { epoch: ha.status().epoch, beat }).await?;
                     writer.flush().await.map_err(|e| e.to_string())?;
                 }
                 _ = replication.handover_wanted() => {}
@@ -243,7 +250,8 @@ async fn stream(
                 "the log no longer holds record {next}: the standby needs a snapshot"
             ));
         };
-        send(writer, &Frame::Records { records, primary_last: last }).await?;
+        let beat = beats.next();
+        send(writer, &Frame::Records { records, primary_last: last, beat }).await?;
         writer.flush().await.map_err(|e| e.to_string())?;
         next = end + 1;
     }
@@ -317,4 +325,31 @@ async fn send_body(
 
 async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Result<(), String> {
     frame::write(writer, frame).await.map_err(|e| e.to_string())
+}
+
+/// When each recent frame that an ack may answer (Records, Heartbeat) was sent.
+#[derive(Default)]
+struct Beats {
+    sent: std::sync::Mutex<std::collections::VecDeque<(u64, Instant)>>,
+}
+
+/// Beats remembered; an ack answers one of the last few.
+const BEATS_KEPT: usize = 1024;
+
+impl Beats {
+    /// Numbers the next frame and notes when it leaves.
+    fn next(&self) -> u64 {
+        let mut sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let beat = sent.back().map_or(1, |(beat, _)| beat + 1);
+        sent.push_back((beat, Instant::now()));
+        if sent.len() > BEATS_KEPT {
+            sent.pop_front();
+        }
+        beat
+    }
+
+    fn sent_at(&self, beat: u64) -> Option<Instant> {
+        let sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sent.iter().find(|(b, _)| *b == beat).map(|(_, at)| *at)
+    }
 }
