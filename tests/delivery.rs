@@ -862,10 +862,10 @@ fn concurrency_per_host_is_per_destination_domain_with_mx_routes() {
     assert_eq!(sink.max_simultaneous(), 2, "one connection per destination domain at once");
 }
 
-/// tls = "required": delivered over STARTTLS to a sink that offers it; deferred with 4.7.4,
-/// and nothing sent, to one that does not.
-#[test]
-fn tls_required_delivers_only_over_tls() {
+/// Two sinks, one offering STARTTLS and one not, each the next hop of its own domain
+/// (secure.test, plain.test) under the same TLS `policy`, and one message sent to each. The
+/// certificates' directory is returned so that it outlives the test.
+fn tls_pair(policy: &str, keys: &str) -> (Node, Sink, Sink, Vec<String>, tempfile::TempDir) {
     let certs = tempfile::tempdir().expect("temp dir");
     let (cert, key) = self_signed(certs.path());
     let secure =
@@ -873,18 +873,26 @@ fn tls_required_delivers_only_over_tls() {
     let plain = Sink::plain();
     let sections = format!(
         "{}{}{}",
-        route("secure.test", &format!("127.0.0.1:{}", secure.port()), "required"),
-        route("plain.test", &format!("127.0.0.1:{}", plain.port()), "required"),
-        delivery("retry = [\"1h\"]"),
+        route("secure.test", &format!("127.0.0.1:{}", secure.port()), policy),
+        route("plain.test", &format!("127.0.0.1:{}", plain.port()), policy),
+        delivery(keys),
     );
     let node = start_node(&sections);
     let ids = send(
         &node,
         &[
-            Mail::new("oksender@client.test", &["ok1@secure.test"], "tls-required"),
-            Mail::new("oksender@client.test", &["ok1@plain.test"], "tls-missing"),
+            Mail::new("oksender@client.test", &["ok1@secure.test"], &format!("{policy}-tls")),
+            Mail::new("oksender@client.test", &["ok1@plain.test"], &format!("{policy}-plain")),
         ],
     );
+    (node, secure, plain, ids, certs)
+}
+
+/// tls = "required": delivered over STARTTLS to a sink that offers it; deferred with 4.7.4,
+/// and nothing sent, to one that does not.
+#[test]
+fn tls_required_delivers_only_over_tls() {
+    let (node, secure, plain, ids, _certs) = tls_pair("required", "retry = [\"1h\"]");
     wait_explained(
         "delivered over TLS, and deferred without",
         || {
@@ -906,25 +914,7 @@ fn tls_required_delivers_only_over_tls() {
 /// tls = "opportunistic": STARTTLS when offered, plain text when not.
 #[test]
 fn opportunistic_tls_is_used_when_offered() {
-    let certs = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = self_signed(certs.path());
-    let secure =
-        Sink::start("127.0.0.1:0", Options { starttls: Some((cert, key)), ..Options::default() });
-    let plain = Sink::plain();
-    let sections = format!(
-        "{}{}{}",
-        route("secure.test", &format!("127.0.0.1:{}", secure.port()), "opportunistic"),
-        route("plain.test", &format!("127.0.0.1:{}", plain.port()), "opportunistic"),
-        delivery(""),
-    );
-    let node = start_node(&sections);
-    let ids = send(
-        &node,
-        &[
-            Mail::new("oksender@client.test", &["ok1@secure.test"], "opportunistic-tls"),
-            Mail::new("oksender@client.test", &["ok1@plain.test"], "opportunistic-plain"),
-        ],
-    );
+    let (node, secure, plain, ids, _certs) = tls_pair("opportunistic", "");
     wait_explained(
         "both delivered",
         || {
