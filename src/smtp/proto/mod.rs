@@ -6,6 +6,9 @@ pub mod body;
 pub mod command;
 pub mod reply;
 
+#[cfg(test)]
+mod properties;
+
 pub use address::Address;
 pub use body::{BodyDecoder, Decoded};
 pub use command::{Command, MailFrom};
