@@ -74,6 +74,8 @@ pub async fn serve(config: &Config) -> Result<(), String> {
 }
 
 fn answer(witness: &Mutex<Witness>, request: Frame, from: SocketAddr) -> Option<Frame> {
+    // Held across the grant's fsync on purpose: a grant must be on disk before the next claim
+    // is judged. Grants are rare (one per epoch); pings and refusals write nothing.
     let mut w = witness.lock().unwrap_or_else(PoisonError::into_inner);
     match request {
         Frame::Ping { node, role, epoch, serving } => {

@@ -54,10 +54,20 @@ struct State {
     /// Since when the standby has been missing records (None: caught up).
     behind_since: Mutex<Option<Instant>>,
     /// A planned switchover waiting for the link: our epoch, and where the new one goes.
-    handover: Mutex<Option<(u64, oneshot::Sender<u64>)>>,
+    handover: Mutex<Option<Handover>>,
     handover_asked: Notify,
     /// Told of salvaged messages so that it delivers them.
     delivery: DeliveryHandle,
+}
+
+/// A planned switchover asked of the shipper.
+struct Handover {
+    /// Our epoch, which the standby succeeds.
+    epoch: u64,
+    /// The Handover frame went out: it is not sent twice.
+    sent: bool,
+    /// Where the standby's new epoch goes.
+    done: oneshot::Sender<u64>,
 }
 
 /// Where a confirmed message is durable.
@@ -140,7 +150,8 @@ impl Replication {
     /// Asks the standby to take over (a planned switchover) and returns the epoch it took.
     pub async fn hand_over(&self, epoch: u64, limit: Duration) -> Result<u64, String> {
         let (done, taken) = oneshot::channel();
-        *self.state.handover.lock().unwrap_or_else(PoisonError::into_inner) = Some((epoch, done));
+        *self.state.handover.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Handover { epoch, sent: false, done });
         self.state.handover_asked.notify_one();
         match tokio::time::timeout(limit, taken).await {
             Ok(Ok(epoch)) => Ok(epoch),
@@ -149,10 +160,12 @@ impl Replication {
         }
     }
 
-    /// The switchover the shipper should send, if one is asked.
-    fn handover_request(&self) -> Option<u64> {
-        let handover = self.state.handover.lock().unwrap_or_else(PoisonError::into_inner);
-        handover.as_ref().map(|(epoch, _)| *epoch).filter(|&epoch| epoch != u64::MAX)
+    /// The switchover the shipper should send, if one is asked and not sent yet: marked sent.
+    fn handover_to_send(&self) -> Option<u64> {
+        let mut handover = self.state.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        let pending = handover.as_mut().filter(|h| !h.sent)?;
+        pending.sent = true;
+        Some(pending.epoch)
     }
 
     /// Resolves when a switchover is asked.
@@ -160,18 +173,9 @@ impl Replication {
         self.state.handover_asked.notified().await;
     }
 
-    /// The Handover frame went out: it is not sent again unless asked again.
-    fn handover_sent(&self) {
-        let mut handover = self.state.handover.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((epoch, _)) = handover.as_mut() {
-            // Keep the reply channel; mark the request as sent by clearing its epoch marker.
-            *epoch = u64::MAX;
-        }
-    }
-
     /// The standby took over in `epoch`.
     fn took_over(&self, epoch: u64) {
-        if let Some((_, done)) =
+        if let Some(Handover { done, .. }) =
             self.state.handover.lock().unwrap_or_else(PoisonError::into_inner).take()
         {
             let _ = done.send(epoch);

@@ -205,10 +205,9 @@ async fn stream(
     loop {
         let last = durable.borrow_and_update().seq;
         if last < next {
-            if let Some(epoch) = replication.handover_request() {
+            if let Some(epoch) = replication.handover_to_send() {
                 send(writer, &Frame::Handover { epoch }).await?;
                 writer.flush().await.map_err(|e| e.to_string())?;
-                replication.handover_sent();
             }
             tokio::select! {
                 changed = durable.changed() => changed.map_err(|_| "the spool closed".to_string())?,
@@ -224,8 +223,8 @@ async fn stream(
         replication.behind();
         let mut records: Vec<LogRecord> = Vec::new();
         let mut bytes = 0;
-        for record in spool.log_from(next) {
-            let record = record.map_err(|e| e.to_string())?;
+        for entry in spool.log_entries_from(next) {
+            let (record, encoded) = entry.map_err(|e| e.to_string())?;
             if record.position.seq > last {
                 break;
             }
@@ -239,7 +238,7 @@ async fn stream(
                 bytes += send_body(writer, spool, envelope.id).await?;
             }
             // Records count by their encoded size: a frame must stay under frame::MAX_FRAME.
-            bytes += postcard::to_stdvec(&record).map_or(0, |encoded| encoded.len());
+            bytes += encoded;
             records.push(record);
             if records.len() >= BATCH_RECORDS || bytes >= BATCH_BYTES {
                 break;

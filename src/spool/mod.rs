@@ -299,9 +299,18 @@ impl Spool {
         &self,
         from_seq: u64,
     ) -> impl Iterator<Item = Result<LogRecord, SpoolError>> + '_ {
-        self.db()
-            .range(keys::log(from_seq)..=keys::log(u64::MAX))
-            .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+        self.log_entries_from(from_seq).map(|entry| entry.map(|(record, _)| record))
+    }
+
+    /// The same, with each record's encoded size (what it weighs in a replication frame).
+    pub fn log_entries_from(
+        &self,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<(LogRecord, usize), SpoolError>> + '_ {
+        self.db().range(keys::log(from_seq)..=keys::log(u64::MAX)).map(|entry| {
+            let (_, value) = entry?;
+            Ok((postcard::from_bytes(&value)?, value.len()))
+        })
     }
 
     /// How many group commits were made durable since the spool was opened: one flush and

@@ -19,11 +19,6 @@ pub struct Address {
 }
 
 impl Address {
-    /// The domain in lower case, as used to match relay domains and routes.
-    pub fn domain_key(&self) -> String {
-        self.domain.to_lowercase()
-    }
-
     /// True when the local part routes further: the "percent hack" (`user%host`), a bang path
     /// (`host!user`), or an "@" inside a quoted local part. A relay must not let an outsider
     /// route through it that way (Postfix's `allow_untrusted_routing = no`).
@@ -202,7 +197,6 @@ mod tests {
     #[test]
     fn plain_quoted_literal_and_utf8_mailboxes() {
         assert_eq!(mailbox("<a.b@Example.COM>").to_string(), "a.b@Example.COM");
-        assert_eq!(mailbox("<a.b@Example.COM>").domain_key(), "example.com");
         assert_eq!(mailbox("<\"x@y z\"@example.com>").local, "\"x@y z\"");
         assert_eq!(mailbox("<\"a\\\"b\"@example.com>").local, "\"a\\\"b\"");
         assert_eq!(mailbox("<u@[192.0.2.1]>").domain, "[192.0.2.1]");
