@@ -14,6 +14,7 @@ use tokio_rustls::TlsConnector;
 use super::outcome::Outcome;
 use super::route::Hop;
 use crate::config::RouteTls;
+use crate::smtp::proto::DotStuffer;
 use crate::spool::{MessageRecord, Spool};
 
 /// RFC 5321 section 4.5.3.2's minimum timeouts, per stage; connecting gets Postfix's 30 s.
@@ -310,58 +311,5 @@ impl Connection {
         let mut client = self.client;
         client.timeout = MAIL_RCPT;
         let _ = client.quit().await;
-    }
-}
-
-/// RFC 5321 section 4.5.2, sending side: a "." at the start of a line is doubled. The spool
-/// holds CRLF line ends only, so a line starts at the body's start and after each LF.
-#[derive(Debug)]
-struct DotStuffer {
-    at_line_start: bool,
-}
-
-impl Default for DotStuffer {
-    fn default() -> Self {
-        DotStuffer { at_line_start: true }
-    }
-}
-
-impl DotStuffer {
-    fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for &byte in chunk {
-            if self.at_line_start && byte == b'.' {
-                out.push(b'.');
-            }
-            out.push(byte);
-            self.at_line_start = byte == b'\n';
-        }
-    }
-
-    /// The end-of-data line, after a CRLF if the body did not end with one.
-    fn end(&mut self, out: &mut Vec<u8>) {
-        if !self.at_line_start {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dots_at_line_starts_are_doubled_across_chunks() {
-        let mut stuffer = DotStuffer::default();
-        let mut out = Vec::new();
-        stuffer.stuff(b".a\r\nb\r", &mut out);
-        stuffer.stuff(b"\n.\r\nc.d", &mut out);
-        stuffer.end(&mut out);
-        assert_eq!(out, b"..a\r\nb\r\n..\r\nc.d\r\n.\r\n");
-        let mut out = Vec::new();
-        let mut stuffer = DotStuffer::default();
-        stuffer.stuff(b"x\r\n", &mut out);
-        stuffer.end(&mut out);
-        assert_eq!(out, b"x\r\n.\r\n");
     }
 }

@@ -153,6 +153,41 @@ impl BodyDecoder {
     }
 }
 
+/// RFC 5321 section 4.5.2, sending side (the delivery client's): a "." at the start of a line
+/// is doubled. The spool holds CRLF line ends only, so a line starts at the body's start and
+/// after each LF. Kept beside the decoder because the two must agree: what [`BodyDecoder`]
+/// stored, stuffed and read again by a [`BodyDecoder`], is the same content.
+#[derive(Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer { at_line_start: true }
+    }
+}
+
+impl DotStuffer {
+    pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for &byte in chunk {
+            if self.at_line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            self.at_line_start = byte == b'\n';
+        }
+    }
+
+    /// The end-of-data line, after a CRLF if the body did not end with one.
+    pub fn end(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +259,20 @@ mod tests {
         decoder.decode(b"\n.\r\nb\nc\r", &mut out);
         decoder.finish(&mut out);
         assert_eq!(out, b"..a\r\n.\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn dots_at_line_starts_are_doubled_across_chunks() {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        stuffer.stuff(b".a\r\nb\r", &mut out);
+        stuffer.stuff(b"\n.\r\nc.d", &mut out);
+        stuffer.end(&mut out);
+        assert_eq!(out, b"..a\r\nb\r\n..\r\nc.d\r\n.\r\n");
+        let mut out = Vec::new();
+        let mut stuffer = DotStuffer::default();
+        stuffer.stuff(b"x\r\n", &mut out);
+        stuffer.end(&mut out);
+        assert_eq!(out, b"x\r\n.\r\n");
     }
 }

@@ -4,12 +4,14 @@
 pub mod address;
 pub mod body;
 pub mod command;
+pub mod line;
 pub mod reply;
 
 #[cfg(test)]
 mod properties;
 
 pub use address::Address;
-pub use body::{BodyDecoder, Decoded};
+pub use body::{BodyDecoder, Decoded, DotStuffer};
 pub use command::{Command, MailFrom};
+pub use line::{LineReader, Pushed};
 pub use reply::Reply;

@@ -20,12 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Services;
 use super::limits::ConnectionSlot;
-use super::proto::{self, Address, Command, MailFrom, Reply};
+use super::proto::{self, Address, Command, LineReader, MailFrom, Reply};
 use crate::config::Config;
-
-/// Longest command line we read, CRLF included. RFC 5321 asks for at least 512 octets;
-/// Postfix reads up to 2048 (line_length_limit), and so do we.
-const MAX_COMMAND_LINE: usize = 2048;
 
 /// Anything a session can run over: a TCP stream, or TLS over one after STARTTLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -310,8 +306,7 @@ impl Conn {
     /// Reads one command line. The outer error ends the session; the inner one is the reply
     /// to a line that cannot be a command (too long, a bare LF, a NUL byte).
     async fn read_line(&mut self, timeout: Duration) -> Result<Result<Vec<u8>, Reply>, Closed> {
-        let mut line = Vec::new();
-        let mut too_long = false;
+        let mut reader = LineReader::default();
         loop {
             let available = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
                 Err(_) => return Err(Closed::Timeout),
@@ -319,35 +314,11 @@ impl Conn {
                 Ok(Ok([])) => return Err(Closed::Eof),
                 Ok(Ok(available)) => available,
             };
-            let (taken, complete) = match available.iter().position(|&b| b == b'\n') {
-                Some(lf) => (lf + 1, true),
-                None => (available.len(), false),
-            };
-            if !too_long {
-                line.extend_from_slice(&available[..taken]);
-                if line.len() > MAX_COMMAND_LINE {
-                    too_long = true;
-                    line = Vec::new();
-                }
-            }
-            self.io.consume(taken);
-            if complete {
-                break;
+            let pushed = reader.push(available);
+            self.io.consume(pushed.consumed);
+            if let Some(line) = pushed.line {
+                return Ok(line);
             }
         }
-        if too_long {
-            return Ok(Err(Reply::new(500, "5.5.2", "Error: line too long")));
-        }
-        let Some(content) = line.strip_suffix(b"\r\n") else {
-            return Ok(Err(Reply::new(
-                500,
-                "5.5.2",
-                "Error: bare LF received; end commands with CRLF",
-            )));
-        };
-        if content.contains(&0) {
-            return Ok(Err(Reply::new(501, "5.5.2", "Error: NUL character in command")));
-        }
-        Ok(Ok(content.to_vec()))
     }
 }
