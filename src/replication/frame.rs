@@ -9,6 +9,9 @@ use crate::spool::{EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
 /// The largest frame either side accepts: a batch of records is cut well below it.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The first piece of a frame's body read into memory; the buffer then doubles as bytes arrive.
+const READ_STEP: usize = 64 * 1024;
+
 /// What a node says about itself when the link opens (each side sends one, first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -151,8 +154,17 @@ pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> Result<Frame, FrameE
     if length > MAX_FRAME {
         return Err(FrameError::TooLarge(length));
     }
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.map_err(FrameError::Io)?;
+    // Memory follows the bytes that arrive, not the length announced: a peer that announces
+    // 16 MiB and then sends nothing holds READ_STEP bytes here, not 16 MiB. The buffer grows by
+    // at most its own size per step, so it never holds more than twice what was received.
+    let mut body = Vec::new();
+    while body.len() < length {
+        let start = body.len();
+        let step = (length - start).min(start.max(READ_STEP));
+        body.reserve_exact(step);
+        body.resize(start + step, 0);
+        stream.read_exact(&mut body[start..]).await.map_err(FrameError::Io)?;
+    }
     decode(&body)
 }
 
@@ -170,5 +182,20 @@ mod tests {
         assert!(matches!(runtime.block_on(read(&mut huge)), Err(FrameError::TooLarge(_))));
         let mut garbage: &[u8] = &[0, 0, 0, 2, 0xff, 0xff];
         assert!(matches!(runtime.block_on(read(&mut garbage)), Err(FrameError::Garbled(_))));
+    }
+
+    #[test]
+    fn bodies_longer_than_a_read_step_arrive_whole_and_short_ones_are_an_error() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        // Longer than READ_STEP and not a multiple of it: the buffer grows over several steps.
+        let frame = Frame::Chunk { id: QueueId::from_bytes([7; 16]), data: vec![0xa5; 200_003] };
+        let bytes = encode(&frame).expect("encode");
+        let mut stream: &[u8] = &bytes;
+        assert_eq!(runtime.block_on(read(&mut stream)).expect("read"), frame);
+        // 16 MiB announced, a few bytes sent: an end of stream, with no 16 MiB buffer made.
+        let mut announced = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        announced.extend_from_slice(b"short");
+        let mut stream: &[u8] = &announced;
+        assert!(matches!(runtime.block_on(read(&mut stream)), Err(FrameError::Io(_))));
     }
 }
