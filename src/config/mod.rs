@@ -310,8 +310,10 @@ impl Config {
             .or_else(|| self.routes.iter().find(|r| r.domain == "*"))
     }
 
-    /// Parses and validates TOML text; `source` names it in errors.
-    fn parse(text: &str, source: String) -> Result<Config, ConfigError> {
+    /// Parses and validates TOML text; `source` names it in errors. What `load` does after
+    /// reading the file; public so that the fuzz targets (`fuzz/`) reach the whole loader
+    /// without a file per input.
+    pub fn parse(text: &str, source: String) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| ConfigError::from_serde(&source, text, e))?;
         let config = raw
