@@ -171,6 +171,7 @@ pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> Result<Frame, FrameE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::{Change, Envelope, RecipientState};
 
     #[test]
     fn frames_round_trip_and_oversized_lengths_are_refused() {
@@ -197,5 +198,134 @@ mod tests {
         announced.extend_from_slice(b"short");
         let mut stream: &[u8] = &announced;
         assert!(matches!(runtime.block_on(read(&mut stream)), Err(FrameError::Io(_))));
+    }
+
+    /// One frame of each kind, as the fuzz seeds hold them (`fuzz/corpus/cluster_frame/`).
+    fn seed_frames() -> Vec<(&'static str, Frame)> {
+        let id = QueueId::from_bytes(*b"0123456789abcdef");
+        let at = LogPosition { epoch: 3, seq: 41 };
+        let history =
+            vec![EpochStart { epoch: 1, first_seq: 1 }, EpochStart { epoch: 3, first_seq: 30 }];
+        let envelope = Envelope {
+            id,
+            sender: "alice@example.org".into(),
+            recipients: vec!["bob@example.com".into(), "jöran@bücher.de".into()],
+            received_at_ms: 1_700_000_000_000,
+            client: "192.0.2.7".into(),
+            helo: "client.example.org".into(),
+            size: 1234,
+            eight_bit: true,
+            smtputf8: true,
+        };
+        let message = MessageRecord {
+            envelope: envelope.clone(),
+            recipients: vec![
+                RecipientState::Pending {
+                    attempts: 2,
+                    next_attempt_ms: 9,
+                    last_reply: Some("451 4.7.1 later".into()),
+                },
+                RecipientState::Delivered {
+                    reply: "250 ok".into(),
+                    relay: "mx.example.com[198.51.100.1]".into(),
+                },
+            ],
+            accepted_at: at,
+        };
+        let record = |seq, change| LogRecord { position: LogPosition { epoch: 3, seq }, change };
+        vec![
+            (
+                "hello",
+                Frame::Hello(Hello {
+                    node: "mx1".into(),
+                    role: "primary".into(),
+                    history: history.clone(),
+                    last: at,
+                }),
+            ),
+            ("chunk", Frame::Chunk { id, data: b"Subject: hi\r\n\r\nbody\r\n".to_vec() }),
+            (
+                "records",
+                Frame::Records {
+                    records: vec![
+                        record(40, Change::EpochStarted),
+                        record(41, Change::Accepted(envelope)),
+                        record(
+                            42,
+                            Change::Attempted {
+                                id,
+                                results: vec![(
+                                    1,
+                                    RecipientState::Bounced { reply: "550 5.1.1 no".into() },
+                                )],
+                            },
+                        ),
+                        record(43, Change::Removed { id }),
+                    ],
+                    primary_last: 43,
+                    beat: 17,
+                },
+            ),
+            ("snapshot_begin", Frame::SnapshotBegin { last: at }),
+            ("snapshot_messages", Frame::SnapshotMessages(vec![message.clone()])),
+            ("snapshot_end", Frame::SnapshotEnd { history, last: at }),
+            ("ack", Frame::Ack { seq: 43, beat: 17 }),
+            ("heartbeat", Frame::Heartbeat { epoch: 3, beat: 18 }),
+            ("handover", Frame::Handover { epoch: 3 }),
+            ("took_over", Frame::TookOver { epoch: 4 }),
+            ("salvage", Frame::Salvage(message)),
+            (
+                "ping",
+                Frame::Ping {
+                    node: "mx2".into(),
+                    role: "standby".into(),
+                    epoch: 3,
+                    serving: false,
+                },
+            ),
+            ("pong", Frame::Pong { granted: 3, primary: Some("mx1".into()) }),
+            (
+                "claim",
+                Frame::Claim {
+                    node: "mx2".into(),
+                    epoch: 4,
+                    force: false,
+                    failover_timeout_ms: 30_000,
+                },
+            ),
+            ("verdict", Frame::Verdict { granted: true, epoch: 4, reason: "granted".into() }),
+        ]
+    }
+
+    /// The committed fuzz seeds are these frames as encoded today, each alone and all in one
+    /// stream, so that a change of the wire format cannot leave the fuzzer starting from
+    /// frames that no longer decode. `RELAYD_WRITE_SEEDS=1 cargo test seeds` rewrites them.
+    #[test]
+    fn fuzz_seeds_are_the_frames_encoded_today() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/cluster_frame");
+        let write = std::env::var_os("RELAYD_WRITE_SEEDS").is_some();
+        let mut stream = Vec::new();
+        let mut seeds = Vec::new();
+        for (name, frame) in seed_frames() {
+            let bytes = encode(&frame).expect("encode");
+            stream.extend_from_slice(&bytes);
+            seeds.push((name, bytes));
+        }
+        seeds.push(("stream", stream));
+        for (name, bytes) in seeds {
+            let path = dir.join(format!("{name}.bin"));
+            if write {
+                std::fs::create_dir_all(&dir).expect("corpus directory");
+                std::fs::write(&path, &bytes).expect("write seed");
+            }
+            let committed =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                committed == bytes,
+                "{} is stale: RELAYD_WRITE_SEEDS=1 cargo test seeds",
+                path.display()
+            );
+        }
     }
 }
