@@ -2,7 +2,8 @@
 # Runs every test of relayd on a fresh Debian machine: installs the test peers that are
 # missing (swaks, Postfix for smtp-source/smtp-sink, curl, openssl, python3, strace, dnsmasq,
 # iproute2 for ss, procps for kill), then
-# runs cargo test. Needs root for apt-get when something is missing.
+# runs cargo test, then the fuzz targets for a bounded time. Needs root for apt-get when
+# something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -25,8 +26,17 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --locked --all-targets "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Then each fuzz target for a bounded time (docs/security.md, Fuzzing); a finding fails the
+# run. RELAYD_FUZZ_SECONDS=0 skips it, and so does a test filter (arguments for cargo test).
+fuzz_seconds=${RELAYD_FUZZ_SECONDS:-20}
+if [ "$fuzz_seconds" -gt 0 ] && [ $# -eq 0 ]; then
+  bash scripts/fuzz.sh --quick "$fuzz_seconds" 2>&1 | tee -a "$log"
+  fuzz_status=${PIPESTATUS[0]}
+  [ "$status" -ne 0 ] || status=$fuzz_status
+fi
 set -e
-# One closing line for the whole run.
+# One closing line for the whole run; each fuzz target counts as a test.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^fuzz: [0-9]+ targets, / { p += $2 - $6; f += $6 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
