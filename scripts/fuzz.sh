@@ -30,7 +30,10 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-cargo build --locked --profile "$profile" --target "$host" --bins -q
+# Not --locked: fuzz/Cargo.lock pins what it holds, and a dependency the main crate gained since
+# it was last written is added rather than failing the build. To bring it back in line with
+# the main lock: `cp Cargo.lock fuzz/ && cargo metadata --manifest-path fuzz/Cargo.toml`.
+cargo build --profile "$profile" --target "$host" --bins -q
 
 runs=0
 failed=0
@@ -55,7 +58,7 @@ for target in "${targets[@]}"; do
     grep -E "panicked at|^fuzz:|ERROR: libFuzzer|SUMMARY" "$log" | head -20 || true
     echo "  full log: fuzz/$log"
   else
-    echo "fuzz: $target ok, ${executed:-0} runs, $(find "$scratch" -type f | wc -l) new inputs"
+    echo "fuzz: $target ok, ${executed:-0} runs, $(find "$scratch" -type f | wc -l) inputs in fuzz/$scratch"
   fi
 done
 echo "fuzz: ${#targets[@]} targets, $runs runs, $failed failed ($seconds s each)"
