@@ -229,6 +229,18 @@ fn check_log_level(level: &str) -> Result<(), String> {
         return Err(format!("must not be empty: {ALLOWED}"));
     }
     for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // A span field's value (`[span{field=value}]`) is compiled by EnvFilter into a DFA,
+        // which a pattern of a few dozen characters can make take minutes and hundreds of MiB
+        // (found by the config fuzz target: check-config hung). Field names alone are cheap.
+        let field_value = directive
+            .split('{')
+            .skip(1)
+            .any(|fields| fields.split('}').next().is_some_and(|f| f.contains('=')));
+        if field_value {
+            return Err(format!(
+                "span field values ({{field=value}}) are not supported in {level:?}: {ALLOWED}"
+            ));
+        }
         let bare = !directive.contains('=') && !directive.contains('[');
         if bare && directive.parse::<LevelFilter>().is_err() {
             return Err(format!(
@@ -254,5 +266,17 @@ mod tests {
         for bad in ["", " ", "infoo", "relayd", "relayd=loud", "info,nope"] {
             assert!(check_log_level(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn span_field_values_are_refused_before_envfilter_compiles_them() {
+        assert_eq!(check_log_level("relayd[session{client}]=debug"), Ok(()));
+        // Found by the config fuzz target: EnvFilter took minutes over this one.
+        let slow = format!("x[s{{f=.*a{}}}]=debug", ".".repeat(60));
+        let started = std::time::Instant::now();
+        for bad in [slow.as_str(), "relayd[session{client=1}]=debug", "[{a=1,b=x}]"] {
+            assert!(check_log_level(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }
