@@ -6,7 +6,7 @@
 //! accepted thrown away, few duplicates (none on a planned switchover).
 //!
 //! Most tests use short timings (heartbeat 100 ms, lease 1 s, failover_timeout 2 s); the kill -9
-//! under load runs on relayd's defaults (200 ms, 2 s, 3 s) for the recovery time it measures.
+//! under load runs on relayd's defaults (200 ms, 2 s, 2.5 s) for the recovery time it measures.
 
 mod common;
 

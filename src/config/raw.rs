@@ -240,7 +240,7 @@ impl RawConfig {
                     sync_timeout: dur(c.sync_timeout, secs(2)),
                     on_standby_loss: c.on_standby_loss.unwrap_or(StandbyLoss::Degrade),
                     heartbeat_interval: dur(c.heartbeat_interval, Duration::from_millis(200)),
-                    failover_timeout: dur(c.failover_timeout, secs(3)),
+                    failover_timeout: dur(c.failover_timeout, Duration::from_millis(2500)),
                     lease: dur(c.lease, secs(2)),
                     auto_failover: c.auto_failover.unwrap_or(true),
                     allow_failover_without_witness: c

@@ -105,7 +105,7 @@ fn cluster_defaults() {
     assert_eq!(cl.sync_timeout, Duration::from_secs(2));
     assert_eq!(cl.on_standby_loss, StandbyLoss::Degrade);
     assert_eq!(cl.heartbeat_interval, Duration::from_millis(200));
-    assert_eq!(cl.failover_timeout, Duration::from_secs(3));
+    assert_eq!(cl.failover_timeout, Duration::from_millis(2500));
     assert!(cl.auto_failover);
     assert_eq!(cl.on_promote, None);
 }
@@ -463,16 +463,16 @@ fn cluster_rules() {
         &["missing", "primary"],
     );
     assert_err(
-        &format!("{SMTP}{CLUSTER}lease = \"2800ms\"\n"),
+        &format!("{SMTP}{CLUSTER}lease = \"2300ms\"\n"),
         Some(8),
         Some("cluster.lease"),
-        &["must be shorter than failover_timeout (3s)", "still be serving"],
+        &["must be shorter than failover_timeout (2s 500ms)", "still be serving"],
     );
     assert_err(
-        &format!("{SMTP}{CLUSTER}heartbeat_interval = \"3s\"\n"),
+        &format!("{SMTP}{CLUSTER}heartbeat_interval = \"2500ms\"\n"),
         Some(8),
         Some("cluster.heartbeat_interval"),
-        &["shorter than cluster.failover_timeout (3s)"],
+        &["shorter than cluster.failover_timeout (2s 500ms)"],
     );
     assert_err(
         &format!("{SMTP}{CLUSTER}heartbeat_interval = \"0s\"\n"),
