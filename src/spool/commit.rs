@@ -300,6 +300,10 @@ fn commit(
                 });
                 let fresh: Vec<LogRecord> =
                     records.iter().filter(|r| r.position.seq >= next_seq).cloned().collect();
+                // Each new record must take the next sequence number, in the epoch the log is
+                // in there: a record of an older epoch comes from a primary that was deposed.
+                let gap = (next_seq..).zip(&fresh).find(|(seq, r)| r.position.seq != *seq);
+                let misplaced = staging.misplaced_epoch(&fresh);
                 match fresh.first() {
                     _ if diverged.is_some() => (
                         Err(SpoolError::corrupt(format!(
@@ -308,11 +312,18 @@ fn commit(
                         ))),
                         done,
                     ),
-                    Some(first) if first.position.seq != next_seq => (
+                    _ if gap.is_some() => (
                         Err(SpoolError::corrupt(format!(
-                            "replicated record {} does not follow {}: a gap",
-                            first.position.seq,
-                            next_seq - 1
+                            "replicated record {:?} is not record {}: a gap",
+                            gap.map(|(_, r)| r.position),
+                            gap.map_or(0, |(seq, _)| seq),
+                        ))),
+                        done,
+                    ),
+                    _ if misplaced.is_some() => (
+                        Err(SpoolError::corrupt(format!(
+                            "replicated record {misplaced:?} is not of the epoch our log is in \
+                             there: a stale primary's"
                         ))),
                         done,
                     ),
@@ -522,6 +533,27 @@ impl<'a> Staging<'a> {
 
     fn epoch(&self) -> u64 {
         self.history.last().map_or(0, |e| e.epoch)
+    }
+
+    /// The first of `records` (to be appended to the log, in order) whose epoch is not the
+    /// one the epoch history says the log is in at its sequence number, or an `EpochStarted`
+    /// that does not go up: what only a primary of an older epoch would send.
+    fn misplaced_epoch(&self, records: &[LogRecord]) -> Option<LogPosition> {
+        let mut history = self.history.clone();
+        for record in records {
+            let LogPosition { epoch, seq } = record.position;
+            let current = history.iter().rev().find(|e| e.first_seq <= seq).map_or(0, |e| e.epoch);
+            let start = EpochStart { epoch, first_seq: seq };
+            match record.change {
+                // A snapshot's history may name it already.
+                Change::EpochStarted if history.contains(&start) => {}
+                Change::EpochStarted if epoch > current => history.push(start),
+                Change::EpochStarted => return Some(record.position),
+                _ if epoch != current => return Some(record.position),
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Stages one log record and the state change it describes.
