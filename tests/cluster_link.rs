@@ -12,11 +12,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{Pair, count, status, try_get};
-use common::{Node, Raw, run, wait_for};
+use common::{Node, Raw, free_port, run, self_signed, wait_for};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, date_time_ymd,
@@ -310,4 +311,80 @@ fn the_cluster_link_refuses_bad_peers_and_frames_and_the_real_link_recovers() {
         pair.wait_settled(before.len() + n + 1);
     }
     assert_eq!(status(pair.standby())["epoch"], epoch);
+}
+
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `openssl s_client` handshake limited to `version` (`-tls1`, `-tls1_1`, ...), at
+/// security level 0 so that it offers the old versions at all: the protocol agreed, or None
+/// when the handshake failed.
+fn handshake(version: &str, target: &[&str]) -> Option<String> {
+    let mut args = vec!["s_client", "-brief", version, "-cipher", "DEFAULT@SECLEVEL=0"];
+    args.extend_from_slice(target);
+    let out = run("openssl", &args);
+    // -brief reports the handshake on stderr as soon as it is done.
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let agreed = said.lines().find_map(|l| l.strip_prefix("Protocol version: "));
+    match (out.status.success(), said.contains("CONNECTION ESTABLISHED")) {
+        (true, true) => agreed.map(str::to_string),
+        _ => None,
+    }
+}
+
+/// rustls speaks TLS 1.2 and 1.3 only; shown rather than assumed: openssl, which does offer
+/// 1.0 and 1.1 (an openssl server agrees to them), gets no handshake below 1.2 from the cluster
+/// port or from SMTP STARTTLS, and gets 1.2 and 1.3.
+#[test]
+fn the_cluster_port_and_starttls_speak_tls_1_2_and_1_3_only() {
+    let pair = Pair::start("async", "");
+    let certs = pair.certs();
+    let file = |f: &str| certs.join(f).to_str().expect("utf-8").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = self_signed(dir.path());
+    let smtp =
+        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
+
+    let control = format!("127.0.0.1:{}", free_port());
+    let (b_pem, b_key) = (file("b.pem"), file("b.key"));
+    let server = Command::new("openssl")
+        .args(["s_server", "-accept", &control, "-cert", &b_pem, "-key", &b_key])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0", "-www"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Killed)
+        .expect("openssl s_server");
+    wait_for("openssl s_server", || TcpStream::connect(&control).is_ok());
+
+    let cluster = pair.standby_cluster().to_string();
+    let (a_pem, a_key, ca) = (file("a.pem"), file("a.key"), file("ca.pem"));
+    let member = ["-connect", &cluster, "-cert", &a_pem, "-key", &a_key, "-CAfile", &ca];
+    let smtp_addr = smtp.addr().to_string();
+    let starttls = ["-connect", &smtp_addr, "-starttls", "smtp"];
+    let versions = [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1"), ("-tls1_2", "TLSv1.2")];
+    for (flag, name) in versions {
+        let agreed = handshake(flag, &["-connect", &control]);
+        assert_eq!(agreed.as_deref(), Some(name), "openssl's own server, {flag}");
+    }
+    for (target, args) in [("the cluster port", &member[..]), ("SMTP STARTTLS", &starttls[..])] {
+        for flag in ["-tls1", "-tls1_1"] {
+            assert_eq!(handshake(flag, args), None, "{target} agreed to {flag}");
+        }
+        assert_eq!(handshake("-tls1_2", args).as_deref(), Some("TLSv1.2"), "{target}");
+        assert_eq!(handshake("-tls1_3", args).as_deref(), Some("TLSv1.3"), "{target}");
+    }
+    drop(server);
+    // The refusals are the server's, and logged: the two handshakes below 1.2.
+    wait_for("the cluster port's refusals in the log", || {
+        count(&pair.standby().log(), "cluster peer refused: TLS handshake failed") == 2
+    });
 }
