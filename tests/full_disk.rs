@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::cluster::{CLOSED, count, try_get_text};
+use common::cluster::{CLOSED, count, try_get, try_get_text};
 use common::sink::{Options, Sink};
 use common::{BIN, Node, Raw, free_port, run, wait_for};
 
@@ -238,6 +238,16 @@ fn a_full_disk_gets_452_keeps_the_spool_and_recovers_when_space_returns() {
         other => panic!("the disk has room again: {other:?}"),
     }
     assert_eq!(disk.metric("relayd_spool_reopens_total"), 1);
+    // The queue runner reloads the queue from the reopened spool: a message whose delivery
+    // result could not be recorded while the disk was full is tried again, not forgotten.
+    wait_for("every queued message tried after the reopen", || {
+        try_get(&disk.node, "/queue").is_some_and(|queue| {
+            queue.as_array().expect("an array").iter().all(|m| {
+                let rcpts = m["recipients"].as_array().expect("recipients");
+                rcpts.iter().all(|r| r["attempts"].as_u64().is_some_and(|n| n >= 1))
+            })
+        })
+    });
     assert!(disk.metric("relayd_smtp_storage_refusals_total") >= 2);
 
     // Nothing acknowledged was damaged: after a restart, each message is there, whole.

@@ -106,6 +106,7 @@ impl Runner {
     pub(super) async fn run(mut self) {
         let mut roles = self.shared.ha.subscribe();
         let mut serving = roles.borrow_and_update().serving();
+        let mut reopens = self.shared.spool.watch_reopens();
         if serving {
             self.load();
         }
@@ -146,6 +147,15 @@ impl Runner {
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
+                Ok(()) = reopens.changed() => {
+                    // The spool was reopened after a failed write. Results that could not be
+                    // recorded meanwhile left their messages unscheduled (their reschedule found
+                    // no spool), and a message whose commit failed may be on disk after all:
+                    // the queue is what the disk holds now.
+                    if serving {
+                        self.load();
+                    }
+                }
                 Ok(()) = roles.changed() => {
                     // A standby promoted (or a primary unfenced) takes over the queue it holds.
                     let now = roles.borrow_and_update().serving();

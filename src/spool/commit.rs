@@ -147,8 +147,9 @@ pub(super) struct LogTail {
 pub(super) struct Counters {
     /// Group commits made durable (each one flush and one fdatasync).
     pub syncs: AtomicU64,
-    /// Times the tree was reopened after a failed write.
-    pub reopens: AtomicU64,
+    /// Times the tree was reopened after a failed write; watched by the queue runner, which
+    /// then reloads the queue from what the disk holds.
+    pub reopens: watch::Sender<u64>,
     /// Messages in the queue.
     pub queued: AtomicI64,
     /// The position of the last durable record: replication waits on it.
@@ -434,8 +435,8 @@ fn reopen(
                     *durable = last;
                     moved
                 });
-                counters.reopens.fetch_add(1, Ordering::Relaxed);
                 store.publish(db);
+                counters.reopens.send_modify(|reopens| *reopens += 1);
                 tracing::info!(at = last.seq, messages = queued, orphans, "spool reopened");
                 return Some((data_file, tail));
             }

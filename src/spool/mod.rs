@@ -89,7 +89,7 @@ impl Spool {
         let Opened { db, data_file, tail, last, queued } = opened;
         let counters = Arc::new(commit::Counters {
             syncs: Default::default(),
-            reopens: Default::default(),
+            reopens: tokio::sync::watch::Sender::new(0),
             queued: Default::default(),
             durable: tokio::sync::watch::Sender::new(last),
             writable: std::sync::atomic::AtomicBool::new(true),
@@ -333,7 +333,12 @@ impl Spool {
 
     /// How many times the spool was reopened after a failed write.
     pub fn reopens(&self) -> u64 {
-        self.inner.counters.reopens.load(Ordering::Relaxed)
+        *self.inner.counters.reopens.borrow()
+    }
+
+    /// Follows the count of reopens: after one, what is queued is what the disk holds.
+    pub fn watch_reopens(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.counters.reopens.subscribe()
     }
 
     /// Syncs everything written so far (used at shutdown).
