@@ -1,5 +1,6 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
-//! The names are SPEC.md's; `relayd_spool_syncs_total` is an addition.
+//! The names are SPEC.md's; `relayd_spool_syncs_total`, `relayd_spool_reopens_total` and
+//! `relayd_smtp_storage_refusals_total` are additions.
 
 use std::fmt::Write;
 
@@ -23,6 +24,8 @@ pub struct Snapshot {
     pub replication_lag_seconds: u64,
     pub failovers: u64,
     pub spool_syncs: u64,
+    pub spool_reopens: u64,
+    pub storage_refusals: u64,
 }
 
 /// Renders the page.
@@ -70,6 +73,16 @@ pub fn render(s: &Snapshot) -> String {
         "Group commits made durable (one flush and one fdatasync each).",
         s.spool_syncs,
     );
+    page.counter(
+        "relayd_spool_reopens_total",
+        "Times the spool was reopened after a failed write (a full disk).",
+        s.spool_reopens,
+    );
+    page.counter(
+        "relayd_smtp_storage_refusals_total",
+        "Transactions and messages refused with 452 4.3.1: the spool's disk low or full.",
+        s.storage_refusals,
+    );
     page.0
 }
 
@@ -116,7 +129,7 @@ mod tests {
             "# TYPE relayd_messages_accepted_total counter\nrelayd_messages_accepted_total 7\n"
         ));
         let families: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
-        assert_eq!(families.len(), 12);
+        assert_eq!(families.len(), 14);
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("sample line");
             assert!(value.parse::<u64>().is_ok(), "{line}");

@@ -95,6 +95,8 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
             replication_lag_seconds: replication.lag_seconds as u64,
             failovers: Metrics::read(&counters.failovers),
             spool_syncs: context.spool.syncs(),
+            spool_reopens: context.spool.reopens(),
+            storage_refusals: Metrics::read(&counters.storage_refusals),
         }))
     })
     .await?;

@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// On SIGTERM, how long open sessions and deliveries in flight may take to finish.
     pub drain_timeout: Duration,
+    /// Bytes that must stay free on the spool's file system for a new transaction to start
+    /// (452 4.3.1 below): room kept for the mail already accepted (delivery results, bounces).
+    pub min_free_space: u64,
 }
 
 /// The config a running node uses now: swapped whole on SIGHUP, read where it is used, so that

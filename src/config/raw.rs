@@ -35,6 +35,7 @@ struct RawNode {
     role: Option<Role>,
     data_dir: Option<FilePath>,
     drain_timeout: Option<Dur>,
+    min_free_space: Option<Size>,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,6 +153,7 @@ impl RawConfig {
             role: node.role.unwrap_or(Role::Primary),
             data_dir: path(node.data_dir).unwrap_or_else(|| PathBuf::from("./relayd-data")),
             drain_timeout: dur(node.drain_timeout, secs(30)),
+            min_free_space: node.min_free_space.map_or(64 * 1024 * 1024, |Size(s)| s),
         };
 
         let smtp = SmtpConfig {

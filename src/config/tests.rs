@@ -85,6 +85,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.data_timeout, Duration::from_secs(300));
     assert_eq!(c.smtp.max_bad_commands, 20);
     assert_eq!(c.smtp.tls_cert, None);
+    assert_eq!(c.node.min_free_space, 64 * 1024 * 1024);
     let mins = |m: u64| Duration::from_secs(m * 60);
     assert_eq!(c.delivery.retry, vec![mins(1), mins(5), mins(15), mins(60), mins(240)]);
     assert_eq!(c.delivery.max_queue_lifetime, Duration::from_secs(5 * 86400));
@@ -308,6 +309,9 @@ fn sizes_and_durations_in_files() {
     assert_eq!(c.delivery.retry, vec![Duration::from_millis(200), Duration::from_secs(5 * 86400)]);
     let c = parse(&format!("{SMTP}max_message_size = \"512KiB\"\n")).unwrap();
     assert_eq!(c.smtp.max_message_size, 512 * 1024);
+    let c = parse("[node]\nmin_free_space = \"1GiB\"\n").unwrap();
+    assert_eq!(c.node.min_free_space, 1 << 30);
+    assert_eq!(parse("[node]\nmin_free_space = 0\n").unwrap().node.min_free_space, 0);
     assert_err(
         "[smtp]\nmax_message_size = -5\n",
         Some(2),

@@ -67,6 +67,20 @@ impl Node {
 
     /// The same, with the given `[node].name` (the two nodes of a cluster need their own).
     pub fn start_named(name: &str, role: &str, smtp_extra: &str, sections: &str) -> Node {
+        let mut node = Node::configure(name, role, "", smtp_extra, sections);
+        node.launch();
+        node
+    }
+
+    /// The config of [`Node::start_named`], with extra `[node]` keys, written but not started
+    /// (see [`Node::launch`]): a test may prepare the data directory first.
+    pub fn configure(
+        name: &str,
+        role: &str,
+        node_extra: &str,
+        smtp_extra: &str,
+        sections: &str,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
         let admin_port = free_port();
@@ -85,6 +99,7 @@ impl Node {
 name = "{name}"
 role = "{role}"
 data_dir = "{data}"
+{node_extra}
 
 [smtp]
 listen = ["127.0.0.1:{smtp_port}"]
@@ -103,9 +118,7 @@ level = "info"
         );
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut node = Node { dir, smtp_port, admin_port, config_path, child: None };
-        node.launch();
-        node
+        Node { dir, smtp_port, admin_port, config_path, child: None }
     }
 
     /// A node with the relay settings most tests want: relay for example.com from anyone,

@@ -227,7 +227,10 @@ impl Session {
     fn spool_failure(&self, id: QueueId, error: SpoolError) -> Reply {
         tracing::error!(id = %id, client = %self.peer.ip(), error = %error, "message not queued");
         match error.kind {
-            ErrorKind::NoSpace => Reply::new(452, "4.3.1", "Insufficient system storage"),
+            ErrorKind::NoSpace => {
+                Metrics::count(&self.services.metrics.storage_refusals);
+                super::mail::insufficient_storage()
+            }
             _ => Reply::new(451, "4.3.0", "Error: queue file write error"),
         }
     }
