@@ -53,6 +53,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+for number in "$drills" "$rate" "$backlog"; do
+  [[ $number =~ ^[1-9][0-9]*$ ]] || die "--drills, --rate and --backlog take whole numbers from 1, not $number"
+done
 [ "$(id -u)" = 0 ] || die "needs root: it builds its hosts from network namespaces, veth links and a bridge"
 if [ -z "$relayd" ]; then
   for candidate in "$repo/target/release/relayd" "$repo/target/debug/relayd"; do
@@ -183,6 +186,9 @@ data_dir = "$W/$1"
 [smtp]
 listen = ["${ip[$1]}:25"]
 hostname = "$1.drill.test"
+# The sending Postfix stands for every sender on the Internet, all from one address: its
+# sessions and cached connections together pass relayd's default of 20 per address.
+max_connections_per_ip = 100
 
 [relay]
 domains = ["customer.test"]
@@ -248,8 +254,9 @@ start_node() { # name
 start_node wit
 start_node dc2
 start_node dc1
+# (ip netns exec itself, never ns_exec, for what runs in the background: see start_node.)
 for n in dc1 dc2; do
-  ns_exec "$n" python3 "$tool" poll --node "$n" --admin 127.0.0.1:8025 --out "$W/$n.poll" --latest "$W/$n.latest" &
+  ip netns exec "$P-$n" python3 "$tool" poll --node "$n" --admin 127.0.0.1:8025 --out "$W/$n.poll" --latest "$W/$n.latest" &
 done
 
 # --- the sending MTA: a private Postfix instance in rdd-snd -------------------------------------
@@ -375,18 +382,32 @@ await "the sending Postfix" 60 sender_ready || { fail - - "Postfix did not start
 await "dc1 primary and dc2 its standby, caught up" 60 settled dc1 dc2 \
   || { tail -5 "$W/dc1.log" "$W/dc2.log" "$W/wit.log" >&2; exit 1; }
 log "dc1 primary, dc2 standby, witness up; load: $rate msgs/s through the sending Postfix"
-ns_exec snd python3 "$tool" load --to 127.0.0.1:25 --rate "$rate" --out "$W/load.acked" 2> "$W/load.log" &
+ip netns exec "$P-snd" python3 "$tool" load --to 127.0.0.1:25 --rate "$rate" --out "$W/load.acked" 2> "$W/load.log" &
 load_pid=$!
 event - - load
 
 # --- the drills -------------------------------------------------------------------------------
 caught_up() { settled dc2 dc1; }
 switched_back() { settled dc1 dc2; }
+# The previous drill's backlog is delivered: what dc1 holds is the steady load's (at most a
+# second's worth, or 10), the mail whose delivery a failure may repeat.
+drained_to_load() {
+  local queue
+  read -r _ _ _ _ _ queue _ < <(state dc1)
+  [ "$queue" != - ] && [ "$queue" -le $(( rate > 10 ? rate : 10 )) ]
+}
 via_dc2_since() { [ "$(sent_via dc2)" -ge $(( $1 + 5 )) ]; }
+via_dc1_since() { [ "$(sent_via dc1)" -ge $(( $1 + 5 )) ]; }
 
 drill() { # number kind
   local d=$1 kind=$2 fault base rc how
   await "the cluster to settle before drill $d" 60 switched_back || { fail "$d" "$kind" "the cluster did not settle"; return 1; }
+  await "dc1's queue to come down to the steady load's" 120 drained_to_load \
+    || { fail "$d" "$kind" "dc1 did not deliver the previous backlog"; return 1; }
+  # The failure strikes a cluster under load: mail flows through dc1 when it comes.
+  base=$(sent_via dc1)
+  await "the sending Postfix to deliver through dc1 (MX 10)" 60 via_dc1_since "$base" \
+    || { fail "$d" "$kind" "no mail flows through dc1"; return 1; }
   if [ "$kind" = kill ]; then
     fault="kill -9 ${pid[dc1]}"
   else
@@ -402,7 +423,11 @@ drill() { # number kind
   # The sending Postfix moves to MX 20 by itself: nothing here tells it to.
   await "the sending Postfix to deliver through dc2 (MX 20)" 60 via_dc2_since "$base" \
     || fail "$d" "$kind" "the sending Postfix did not move to MX 20"
-  log "drill $d: dc2 serves; the sender delivers through MX 20; a backlog of $backlog messages into dc2"
+  # The backlog dc1 misses stays queued at dc2 until dc1 has caught up: the customer's server
+  # is out of reach meanwhile (its link down), so that catching up means copying every message
+  # of it, not only the records of mail delivered long ago.
+  ip link set "$P-sink" down
+  log "drill $d: dc2 serves; the sender delivers through MX 20; the sink held; a backlog of $backlog messages into dc2"
   ns_exec snd python3 "$tool" backlog --to "${ip[dc2]}:25" --count "$backlog" --prefix "backlog-$d" --out "$W/backlog-$d.acked" \
     || fail "$d" "$kind" "dc2 did not take the backlog"
   local snapshots
@@ -416,7 +441,9 @@ drill() { # number kind
   else
     fail "$d" "$kind" "dc1 did not catch up within 120 s"; return 1
   fi
-  log "drill $d: dc1 caught up ($how); switchover back to dc1"
+  ip link set "$P-sink" up
+  event "$d" "$kind" sink_back
+  log "drill $d: dc1 caught up ($how); the sink back; switchover back to dc1"
   event "$d" "$kind" switchover
   timeout 60 ip netns exec "$P-dc2" "$relayd" demote --config "$W/dc2.toml" > "$W/demote-$d.out" 2>&1
   rc=$?
