@@ -414,8 +414,14 @@ def report(args):
             d["dc1_fenced_s"] = round(fenced["t"] - fault, 3) if fenced else None
         promoted = fault and first_after(polls["dc2"], fault, lambda s: s.get("serving"))
         d["dc2_serving_s"] = round(promoted["t"] - fault, 3) if promoted else None
-        before = [s for s in polls["dc1"] if fault and fault - 1.0 <= s["t"] < fault and s["up"]]
-        d["in_flight"] = max((s["queue"] for s in before), default=0)
+        # In flight at the failure: what dc1 held undelivered (any of it may have reached the
+        # sink unrecorded), plus the records dc2 lacked (delivery results are replicated after
+        # the delivery: each one missing makes dc2 send that message again). The last look
+        # before; after a cut also the first look after, since dc1 lives on.
+        looks = [at(polls["dc1"], fault)] if fault else []
+        if fault and d["kind"] == "cut":
+            looks.append(first_after(polls["dc1"], fault, lambda s: True))
+        d["in_flight"] = max((s["queue"] + s["lag"] for s in looks if s and s["up"]), default=0)
         d["sender_via_dc2"] = ev.get("back", {}).get("via_dc2")
         d["backlog"] = len(backlog_ids)
         back, caught = ev.get("back", {}).get("t"), ev.get("caught_up", {}).get("t")
@@ -452,6 +458,11 @@ def report(args):
          f"{len(lost)} of {len(acked)} acknowledged never delivered" + (f", e.g. {lost[:5]}" if lost else "")),
         ("never two serving primaries (HA.md 2)", not overlaps,
          "seen at " + ", ".join(f"+{rel(a)}..+{rel(b)} s" for a, b in overlaps[:5]) if overlaps else "never"),
+        ("a cut primary fenced itself before the standby served (HA.md 2)",
+         all(d.get("dc1_fenced_s") is not None and d["dc2_serving_s"] is not None
+             and d["dc1_fenced_s"] < d["dc2_serving_s"] for d in drills if d["kind"] == "cut"),
+         ", ".join(f"drill {d['drill']}: fenced {d.get('dc1_fenced_s')} s, dc2 served {d['dc2_serving_s']} s"
+                   for d in drills if d["kind"] == "cut") or "no cut drill"),
         (f"failover within failover_timeout + 1 s = {limit:g} s (HA.md 3)",
          bool(drills) and all(d["rto_s"] is not None and d["rto_s"] <= limit for d in drills),
          ", ".join(f"drill {d['drill']}: {d['rto_s']}" for d in drills)),
