@@ -94,7 +94,8 @@ teardown() {
   for signal in TERM KILL; do
     for n in "${NODES[@]}"; do
       pids=$(ip netns pids "$P-$n" 2>/dev/null)
-      [ -n "$pids" ] && kill -s "$signal" $pids 2>/dev/null
+      # (CONT: a process stopped by the drill, the sink, gets its TERM only once running.)
+      [ -n "$pids" ] && kill -s "$signal" $pids 2>/dev/null && kill -s CONT $pids 2>/dev/null
     done
     deadline=$(( $(date +%s) + 10 ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
@@ -172,7 +173,8 @@ ns_exec dns dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-
 
 # --- the customer's mail server -----------------------------------------------------------------
 mkdir -p "$W/sink" && chown nobody "$W/sink"
-ns_exec sink smtp-sink -u nobody -d "$W/sink/%H/%M." "${ip[sink]}:25" 1024 > "$W/sink.log" 2>&1 &
+ip netns exec "$P-sink" smtp-sink -u nobody -d "$W/sink/%H/%M." "${ip[sink]}:25" 1024 > "$W/sink.log" 2>&1 &
+sink_pid=$!
 
 # --- relayd: the witness, dc1 and dc2 -----------------------------------------------------------
 "$relayd" certs init "$W/certs" --nodes dc1,dc2,wit > /dev/null || die "relayd certs init failed"
@@ -425,9 +427,10 @@ drill() { # number kind
   await "the sending Postfix to deliver through dc2 (MX 20)" 60 via_dc2_since "$base" \
     || fail "$d" "$kind" "the sending Postfix did not move to MX 20"
   # The backlog dc1 misses stays queued at dc2 until dc1 has caught up: the customer's server
-  # is out of reach meanwhile (its link down), so that catching up means copying every message
-  # of it, not only the records of mail delivered long ago.
-  ip link set "$P-sink" down
+  # stalls meanwhile (SIGSTOP: sessions wait, none is cut half-way, so the hold itself makes
+  # no duplicate), and catching up means copying every message of it, not only the records
+  # of mail delivered long ago.
+  kill -STOP "$sink_pid"
   log "drill $d: dc2 serves; the sender delivers through MX 20; the sink held; a backlog of $backlog messages into dc2"
   ns_exec snd python3 "$tool" backlog --to "${ip[dc2]}:25" --count "$backlog" --prefix "backlog-$d" --out "$W/backlog-$d.acked" \
     || fail "$d" "$kind" "dc2 did not take the backlog"
@@ -442,7 +445,7 @@ drill() { # number kind
   else
     fail "$d" "$kind" "dc1 did not catch up within 120 s"; return 1
   fi
-  ip link set "$P-sink" up
+  kill -CONT "$sink_pid"
   event "$d" "$kind" sink_back
   log "drill $d: dc1 caught up ($how); the sink back; switchover back to dc1"
   event "$d" "$kind" switchover

@@ -205,8 +205,15 @@ def poll(args):
         while not stop.flag.is_set():
             began = time.monotonic()
             sample = {"t": time.time(), "node": args.node, "up": False}
+            # /status tells the role, /healthz whether a primary is fenced (503); asked one
+            # after the other, they may straddle a change of role. A standby answers /healthz
+            # 200 too, so a demotion between the two would pass for a serving primary: the
+            # node counts as serving only when /healthz says 200 both before and after a
+            # /status that says primary.
+            before = fetch(base + "/healthz", 1.0)
             status = fetch(base + "/status", 1.0)
-            health = fetch(base + "/healthz", 1.0)
+            after = fetch(base + "/healthz", 1.0)
+            healthy = all(h is not None and h[0] == 200 for h in (before, after))
             if status is not None and status[0] == 200:
                 doc = json.loads(status[1])
                 peer = doc.get("peer") or {}
@@ -215,7 +222,7 @@ def poll(args):
                     role=doc["role"],
                     epoch=doc["epoch"],
                     # /healthz is 503 on a fenced primary: it answers 421 and does not deliver.
-                    serving=doc["role"] == "primary" and health is not None and health[0] == 200,
+                    serving=doc["role"] == "primary" and healthy,
                     connected=bool(peer.get("connected")),
                     lag=doc["replication"]["lag_records"],
                     queue=doc["queue"]["messages"],
