@@ -35,7 +35,8 @@ repo=$(dirname "$here")
 tool="$here/drill/drill.py"
 
 usage() { sed -n '/^# Usage/,/^# Everything/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-die() { echo "drill: $*" >&2; exit 2; }
+die() { echo "drill: $*" >&2; exit 2; }          # bad usage, or a machine without what it needs
+abort() { echo "drill: $*" >&2; exit 1; }        # a failure while it runs
 
 relayd="" drills=1 rate=50 backlog=1000 kinds="kill,cut" json="" keep=0
 while [ $# -gt 0 ]; do
@@ -78,10 +79,11 @@ P=rdd
 NODES=(dc1 dc2 wit dns snd sink)
 declare -A ip=([dc1]=10.77.0.11 [dc2]=10.77.0.12 [wit]=10.77.0.13 [dns]=10.77.0.14 [snd]=10.77.0.15 [sink]=10.77.0.16)
 FAILOVER_TIMEOUT=3
+mkdir -p /run/lock
 exec 9>/run/lock/relayd-drill.lock
 if ! flock -n 9; then
   echo "drill: another drill is running on this machine; waiting for it (at most 30 min)" >&2
-  flock -w 1800 9 || die "the other drill did not finish within 30 min"
+  flock -w 1800 9 || abort "the other drill did not finish within 30 min"
 fi
 
 ns_exec() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
@@ -134,10 +136,13 @@ chmod 755 "$W"
 now() { date +%s.%N; }
 # One line per moment of the run, for the report: event DRILL KIND NAME [KEY VALUE]...
 event() {
-  local extra="" k
+  local extra="" value
   local drill=$1 kind=$2 name=$3; shift 3
   while [ $# -ge 2 ]; do
-    if [[ $2 =~ ^[0-9]+$ ]]; then extra+=", \"$1\": $2"; else extra+=", \"$1\": \"${2//\"/\'}\""; fi
+    # A JSON string without escapes: quotes become ', backslashes and control characters
+    # (a log excerpt's newlines) spaces.
+    value=$(printf '%s' "$2" | tr '"\\\n\t\r' "'   " )
+    if [[ $value =~ ^[0-9]+$ ]]; then extra+=", \"$1\": $value"; else extra+=", \"$1\": \"$value\""; fi
     shift 2
   done
   if [ "$drill" = - ]; then
@@ -150,7 +155,7 @@ event - - start
 log() { printf '[drill %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 # --- the network ------------------------------------------------------------------------------
-ip link add "$P-br" type bridge || die "cannot create the bridge $P-br"
+ip link add "$P-br" type bridge || abort "cannot create the bridge $P-br"
 ip link set "$P-br" up
 for n in "${NODES[@]}"; do
   ip netns add "$P-$n" &&
@@ -158,7 +163,7 @@ for n in "${NODES[@]}"; do
     ip link set "$P-$n" master "$P-br" up &&
     ip -n "$P-$n" addr add "${ip[$n]}/24" dev eth0 &&
     ip -n "$P-$n" link set eth0 up &&
-    ip -n "$P-$n" link set lo up || die "cannot build the host $P-$n"
+    ip -n "$P-$n" link set lo up || abort "cannot build the host $P-$n"
 done
 # ip netns exec bind-mounts this over /etc/resolv.conf for everything run in rdd-snd.
 mkdir -p "/etc/netns/$P-snd"
@@ -177,7 +182,7 @@ ip netns exec "$P-sink" smtp-sink -u nobody -d "$W/sink/%H/%M." "${ip[sink]}:25"
 sink_pid=$!
 
 # --- relayd: the witness, dc1 and dc2 -----------------------------------------------------------
-"$relayd" certs init "$W/certs" --nodes dc1,dc2,wit > /dev/null || die "relayd certs init failed"
+"$relayd" certs init "$W/certs" --nodes dc1,dc2,wit > /dev/null || abort "relayd certs init failed"
 node_conf() { # name role peer
   cat <<CONF
 [node]
@@ -240,7 +245,7 @@ tls_key = "$W/certs/wit.key"
 tls_ca = "$W/certs/ca.pem"
 CONF
 for n in dc1 dc2 wit; do
-  "$relayd" check-config --config "$W/$n.toml" > /dev/null || die "relayd check-config refused $W/$n.toml"
+  "$relayd" check-config --config "$W/$n.toml" > /dev/null || abort "relayd check-config refused $W/$n.toml"
 done
 
 declare -A pid
@@ -333,9 +338,9 @@ anvil      unix  -       -       n       -       1       anvil
 scache     unix  -       -       n       -       1       scache
 postlog    unix-dgram n  -       n       -       1       postlogd
 CONF
-postfix -c "$S/conf" check > "$W/postfix-check.log" 2>&1 || die "postfix check: $(cat "$W/postfix-check.log")"
+postfix -c "$S/conf" check > "$W/postfix-check.log" 2>&1 || abort "postfix check: $(cat "$W/postfix-check.log")"
 chown postfix "$S/data"
-ns_exec snd postfix -c "$S/conf" start > "$W/postfix-start.log" 2>&1 || die "postfix start: $(cat "$W/postfix-start.log")"
+ns_exec snd postfix -c "$S/conf" start > "$W/postfix-start.log" 2>&1 || abort "postfix start: $(cat "$W/postfix-start.log")"
 
 # --- waiting for conditions -------------------------------------------------------------------
 # The node's latest state as its poller saw it: role epoch serving connected lag queue seen_at
