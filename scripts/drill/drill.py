@@ -52,6 +52,14 @@ def connect(to, timeout=10.0):
     return smtplib.SMTP(host, port, local_hostname="snd.drill.test", timeout=timeout)
 
 
+def note_retry(out, ident):
+    """A message sent again under the same Message-ID after a failed attempt: the failure may
+    have come after the server took it, so a second delivery of it is nobody's loss. The
+    report counts these as in flight."""
+    with open(out + ".retried", "a") as f:
+        f.write(ident + "\n")
+
+
 class Stop:
     """Set by SIGTERM: the loops finish the message they are sending, then leave."""
 
@@ -82,8 +90,9 @@ def load(args):
                 n += 1
             except (OSError, smtplib.SMTPException) as error:
                 # The sending MTA is local and always up; a failure here is worth a line, and
-                # the message is tried again under the same Message-ID.
+                # the message is tried again under the same Message-ID (so it may arrive twice).
                 print(f"load: {ident}: {error}", file=sys.stderr)
+                note_retry(args.out, ident)
                 session = None
                 stop.flag.wait(0.2)
                 continue
@@ -128,6 +137,8 @@ def backlog(args):
                     break
                 except (OSError, smtplib.SMTPException) as error:
                     session = None
+                    with lock:
+                        note_retry(args.out, ident)
                     if time.monotonic() > deadline:
                         with lock:
                             failures.append(f"{ident}: {error}")
@@ -455,7 +466,8 @@ def report(args):
     lost = sorted(i for i in acked if delivered[i] == 0)
     duplicates = sum(c - 1 for c in delivered.values() if c > 1)
     undelivered = [i for i in submitted if delivered[i] == 0]
-    in_flight = sum(d["in_flight"] for d in drills) + uncertain
+    retried = sum(len(read_lines(os.path.join(work, name))) for name in os.listdir(work) if name.endswith(".retried"))
+    in_flight = sum(d["in_flight"] for d in drills) + uncertain + retried
     overlaps = two_primaries(polls["dc1"], polls["dc2"])
     failures = [e for e in events if e["event"] == "failure"]
     limit = args.failover_timeout + 1.0
@@ -514,6 +526,7 @@ def report(args):
         "duplicates": duplicates,
         "in_flight": in_flight,
         "sender_uncertain": uncertain,
+        "sent_again": retried,
         "two_serving_primaries": len(overlaps),
     }
     timeline = [
