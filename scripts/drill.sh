@@ -34,7 +34,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 tool="$here/drill/drill.py"
 
-usage() { sed -n '/^# Usage/,/^# Everything/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '/^# Usage/,/^# Everything/p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "drill: $*" >&2; exit 2; }          # bad usage, or a machine without what it needs
 abort() { echo "drill: $*" >&2; exit 1; }        # a failure while it runs
 
@@ -49,8 +49,8 @@ while [ $# -gt 0 ]; do
     --relayd) relayd=${2:?}; shift ;;
     --json) json=${2:?}; shift ;;
     --keep) keep=1 ;;
-    -h|--help) usage ;;
-    *) echo "drill: unknown option $1" >&2; usage ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "drill: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
