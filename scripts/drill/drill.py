@@ -518,6 +518,14 @@ def report(args):
                        "max": max((d["catch_up_s"] for d in drills if d["catch_up_s"] is not None), default=None)},
         "switchover_s": {"median": median([d["switchover_s"] for d in drills if d["switchover_s"] is not None]),
                          "max": max((d["switchover_s"] for d in drills if d["switchover_s"] is not None), default=None)},
+        # The same medians per kind of failure: a kill and a cut reach dc2 differently.
+        "by_kind": {
+            kind: {
+                field: median([d[field] for d in drills if d["kind"] == kind and d[field] is not None])
+                for field in ("rto_s", "catch_up_s", "switchover_s")
+            }
+            for kind in sorted({d["kind"] for d in drills})
+        },
         "submitted_to_sender": len(submitted),
         "acknowledged_by_relayd": len(acked),
         "backlog_messages": backlog_total,
@@ -565,6 +573,9 @@ def report(args):
     print(f"RTO median {s['rto_s']['median']} s, max {s['rto_s']['max']} s | catch-up median "
           f"{s['catch_up_s']['median']} s, max {s['catch_up_s']['max']} s | switchover median "
           f"{s['switchover_s']['median']} s, max {s['switchover_s']['max']} s")
+    for kind, figures in s["by_kind"].items():
+        print(f"  {kind}: RTO median {figures['rto_s']} s | catch-up median {figures['catch_up_s']} s | "
+              f"switchover median {figures['switchover_s']} s")
     print(f"mail: {s['submitted_to_sender']} submitted to the sending Postfix, {s['acknowledged_by_relayd']} "
           f"acknowledged by relayd, {s['delivered_unique']} delivered, lost {s['lost']}, duplicates "
           f"{s['duplicates']} (in flight at the failures: {s['in_flight']})")
