@@ -113,6 +113,7 @@ teardown() {
   done
   ip link del "$P-br" 2>/dev/null
   rm -rf "/etc/netns/$P-snd"
+  rmdir /etc/netns 2>/dev/null  # only if nothing else uses it
 }
 
 W=""
