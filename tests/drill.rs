@@ -11,10 +11,6 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// HA.md guarantee 3 with the drill's failover_timeout (3 s): a standby serves within
-/// failover_timeout plus about a second.
-const RTO_LIMIT_S: f64 = 4.0;
-
 #[test]
 fn the_short_drill_keeps_every_guarantee() {
     let uid = Command::new("id").arg("-u").output().expect("run id -u");
@@ -64,18 +60,21 @@ fn the_short_drill_keeps_every_guarantee() {
     // The drill really ran: mail through relayd, a backlog at dc2, both kinds of failure.
     assert!(number(&summary["acknowledged_by_relayd"], "acknowledged") > 0.0, "{summary}");
     assert!(number(&summary["backlog_messages"], "backlog") >= 200.0, "{summary}");
+    // HA.md guarantee 3: a standby serves within failover_timeout plus about a second.
+    let rto_limit = number(&report["settings"]["failover_timeout_s"], "failover_timeout_s") + 1.0;
     let drills = report["drills"].as_array().expect("drills");
     let kinds: Vec<&str> = drills.iter().map(|d| d["kind"].as_str().unwrap_or("?")).collect();
     assert_eq!(kinds, ["kill", "cut"]);
     for drill in drills {
         let rto = number(&drill["rto_s"], "rto_s");
-        assert!(rto > 0.0 && rto <= RTO_LIMIT_S, "RTO {rto} s: {drill}");
+        assert!(rto > 0.0 && rto <= rto_limit, "RTO {rto} s, more than {rto_limit} s: {drill}");
         assert!(number(&drill["sender_via_dc2"], "sender_via_dc2") > 0.0, "{drill}");
         assert!(number(&drill["catch_up_s"], "catch_up_s") > 0.0, "{drill}");
         assert!(number(&drill["switchover_s"], "switchover_s") > 0.0, "{drill}");
         assert_eq!(drill["switchover_by"], "demote", "{drill}");
     }
-    // A cut primary fences itself (its lease, 2 s) before the standby is promoted (3 s).
+    // A cut primary fences itself (its lease, 2 s) before the standby is promoted
+    // (failover_timeout).
     let cut = &drills[1];
     assert!(
         number(&cut["dc1_fenced_s"], "dc1_fenced_s")
