@@ -83,6 +83,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.max_connections_per_ip, 20);
     assert_eq!(c.smtp.command_timeout, Duration::from_secs(300));
     assert_eq!(c.smtp.data_timeout, Duration::from_secs(300));
+    assert_eq!(c.smtp.min_data_rate, 500);
     assert_eq!(c.smtp.max_bad_commands, 20);
     assert_eq!(c.smtp.tls_cert, None);
     assert_eq!(c.node.min_free_space, 64 * 1024 * 1024);
@@ -357,6 +358,12 @@ fn smtp_rules() {
         Some(3),
         Some("smtp.data_timeout"),
         &["longer than 0s"],
+    );
+    assert_err(
+        &format!("{SMTP}min_data_rate = 0\n"),
+        Some(3),
+        Some("smtp.min_data_rate"),
+        &["at least 1"],
     );
     assert_err(
         &format!("{SMTP}command_timeout = \"0s\"\n"),

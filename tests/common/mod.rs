@@ -324,6 +324,22 @@ impl Raw {
         self.read_reply()
     }
 
+    /// A slow client (slowloris): sends `bytes` one at a time, `every` apart, on a thread of
+    /// its own, until they are all sent or a write fails because the server has closed the
+    /// connection. The thread returns how many bytes it sent.
+    pub fn trickle(&self, bytes: Vec<u8>, every: Duration) -> std::thread::JoinHandle<usize> {
+        let mut stream = self.stream.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for (sent, byte) in bytes.iter().enumerate() {
+                if stream.write_all(std::slice::from_ref(byte)).is_err() {
+                    return sent;
+                }
+                std::thread::sleep(every);
+            }
+            bytes.len()
+        })
+    }
+
     /// True when the server has closed the connection (reads EOF).
     pub fn is_closed(&mut self) -> bool {
         let mut rest = Vec::new();

@@ -3,10 +3,14 @@
 //! The 250 is written only after [`Spool::accept`](crate::spool::Spool::accept) returns, that
 //! is after the group commit's fdatasync.
 
+use std::time::Duration;
+
 use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
 
 use super::proto::{BodyDecoder, Reply};
-use super::{Conn, End, Session};
+use super::{Conn, End, Session, later};
+use crate::config::SmtpConfig;
 use crate::metrics::Metrics;
 use crate::replication::Copies;
 use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
@@ -42,6 +46,29 @@ impl IncomingBody {
     }
 }
 
+/// The time a body (DATA's, or one BDAT chunk) may take. Silence may last `data_timeout`; in
+/// all, the body may take `data_timeout` plus the time its bytes need at `min_data_rate`. A
+/// client that sends a byte now and then cannot hold its session for ever (slowloris), while
+/// one on a slow link that moves real data keeps earning time.
+struct BodyClock {
+    started: Instant,
+    received: u64,
+}
+
+impl BodyClock {
+    fn start() -> BodyClock {
+        BodyClock { started: Instant::now(), received: 0 }
+    }
+
+    /// When the next read must have returned.
+    fn deadline(&self, smtp: &SmtpConfig) -> Instant {
+        let nanos = u128::from(self.received) * 1_000_000_000 / u128::from(smtp.min_data_rate);
+        let earned = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let total = later(later(self.started, smtp.data_timeout), earned);
+        total.min(later(Instant::now(), smtp.data_timeout))
+    }
+}
+
 /// A BDAT body between its chunks.
 pub(super) struct ChunkedBody {
     body: IncomingBody,
@@ -58,10 +85,12 @@ impl Session {
         let mut body = self.start_body();
         let mut decoder = BodyDecoder::data();
         let mut content = Vec::new();
+        let mut clock = BodyClock::start();
         loop {
-            let available = self.fill(conn).await?;
+            let available = self.fill(conn, &clock).await?;
             let decoded = decoder.decode(available, &mut content);
             conn.io.consume(decoded.consumed);
+            clock.received += decoded.consumed as u64;
             body.take(&content);
             content.clear();
             if decoded.end {
@@ -88,8 +117,9 @@ impl Session {
         }
         let mut content = Vec::new();
         let mut remaining = size;
+        let mut clock = BodyClock::start();
         while remaining > 0 {
-            let available = self.fill(conn).await?;
+            let available = self.fill(conn, &clock).await?;
             let n = available.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
             if let Some(chunk) = chunk.as_mut() {
                 chunk.decoder.decode(&available[..n], &mut content);
@@ -98,6 +128,7 @@ impl Session {
             }
             conn.io.consume(n);
             remaining -= n as u64;
+            clock.received += n as u64;
         }
         let Some(mut chunk) = chunk else {
             return Ok(
@@ -235,13 +266,14 @@ impl Session {
         }
     }
 
-    /// Waits for body bytes, within the data timeout.
-    async fn fill<'c>(&self, conn: &'c mut Conn) -> Result<&'c [u8], End> {
-        match tokio::time::timeout(self.config.smtp.data_timeout, conn.io.fill_buf()).await {
+    /// Waits for body bytes, within the body's time (see [`BodyClock`]).
+    async fn fill<'c>(&self, conn: &'c mut Conn, clock: &BodyClock) -> Result<&'c [u8], End> {
+        let deadline = clock.deadline(&self.config.smtp);
+        match tokio::time::timeout_at(deadline, conn.io.fill_buf()).await {
             Ok(Ok(available)) if !available.is_empty() => {}
             Ok(_) => return Err(End::Close),
             Err(_) => {
-                conn.reply(&self.timeout_reply());
+                self.timed_out(conn, "data");
                 return Err(End::Close);
             }
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::Services;
@@ -181,7 +182,7 @@ impl Session {
                     return End::Close;
                 }
                 Err(Closed::Timeout) => {
-                    conn.reply(&self.timeout_reply());
+                    self.timed_out(conn, "command");
                     return End::Close;
                 }
                 Err(Closed::Eof) => return End::Close,
@@ -267,10 +268,20 @@ impl Session {
         Ok(Reply::new(220, "2.0.0", "Ready to start TLS"))
     }
 
-    fn timeout_reply(&self) -> Reply {
+    /// The client took too long (in `phase`: a command line, or a body): 421, and the caller
+    /// ends the session.
+    fn timed_out(&self, conn: &mut Conn, phase: &str) {
+        tracing::info!(client = %self.peer.ip(), phase, "timeout exceeded");
         let text = format!("{} Error: timeout exceeded", self.config.smtp.hostname);
-        Reply::new(421, "4.4.2", text)
+        conn.reply(&Reply::new(421, "4.4.2", text));
     }
+}
+
+/// `from + d`, or a time too far away to matter when `d` is too long to add (a config may say
+/// "100000000d"): a deadline must never overflow.
+fn later(from: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    from.checked_add(d).unwrap_or_else(|| from + FAR)
 }
 
 /// The client went away, or said nothing for too long, or the node is shutting down.
@@ -307,13 +318,18 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads one command line. The outer error ends the session; the inner one is the reply
-    /// to a line that cannot be a command (too long, a bare LF, a NUL byte).
+    /// Reads one command line, which must arrive whole within `timeout`. The outer error ends
+    /// the session; the inner one is the reply to a line that cannot be a command (too long, a
+    /// bare LF, a NUL byte).
+    ///
+    /// The timeout bounds the whole line, not each read: a client trickling a byte at a time
+    /// (slowloris) would otherwise hold its session for as long as it cares to.
     async fn read_line(&mut self, timeout: Duration) -> Result<Result<Vec<u8>, Reply>, Closed> {
+        let deadline = later(Instant::now(), timeout);
         let mut line = Vec::new();
         let mut too_long = false;
         loop {
-            let available = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
+            let available = match tokio::time::timeout_at(deadline, self.io.fill_buf()).await {
                 Err(_) => return Err(Closed::Timeout),
                 Ok(Err(_)) => return Err(Closed::Eof),
                 Ok(Ok([])) => return Err(Closed::Eof),
