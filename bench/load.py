@@ -304,7 +304,7 @@ async def slowloris(args):
 
 
 async def flood(args):
-    gate = asyncio.Semaphore(1000)
+    gate = asyncio.Semaphore(args.flood)
 
     async def one(i):
         async with gate:

@@ -390,3 +390,32 @@ fn open_relay_battery_550_from_untrusted_clients() {
     );
     assert_eq!(untrusted.cmd("RCPT TO:<Customer@Example.Com>"), "250 2.1.5 Ok\n");
 }
+
+#[test]
+fn open_files_limit_raised_warned_about_and_a_long_listen_queue() {
+    let mut node = Node::relay("max_connections = 4000\nmax_connections_per_ip = 20");
+    node.stop();
+    // A soft limit of 256 is raised to the hard one, 2,048; that is still too few for 4,000
+    // sessions, which the log says.
+    let listening = format!("SMTP listening address={}", node.addr());
+    node.launch_wrapped_until(&["prlimit", "--nofile=256:2048"], &listening);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).expect("limits");
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).expect("nofile");
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["2048", "2048"]);
+    let log = node.log();
+    assert!(log.contains("the open-files limit is too low for smtp.max_connections"), "{log}");
+    assert!(log.contains("open_files=2048 max_connections=4000 needed=4256"), "{log}");
+    // The listen queue is 1,024 long (or what the kernel allows), not the usual 128.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let sport = format!("sport = :{}", node.smtp_port);
+    let ss = common::run("ss", &["-ltnH", &sport]);
+    let listen = String::from_utf8_lossy(&ss.stdout).to_string();
+    let backlog = listen.split_whitespace().nth(2);
+    assert_eq!(backlog, Some(somaxconn.min(1024).to_string().as_str()), "{listen}");
+    let mut smtp = connect(&node);
+    assert_serves(&mut smtp);
+}
