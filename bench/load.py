@@ -7,9 +7,9 @@ usage: load.py SCENARIO --port PORT --pid PID [options]
   idle       SESSIONS sessions connect, are greeted, say EHLO and stay idle; peak and steady
              RSS; a legitimate client sends messages meanwhile (latency); then the sessions
              are left until relayd's command timeout closes them.
-  slowloris  SLOW clients trickle a command line that never ends, SLOW more trickle a body
-             after DATA, one byte a second each; when relayd closes each of them, with what
-             reply; a legitimate client sends meanwhile.
+  slowloris  SLOW clients trickle a command line that never ends, SLOW more whole NOOP
+             lines, SLOW more a body after DATA, one byte a second each; when relayd closes
+             each of them, with what reply; a legitimate client sends meanwhile.
   flood      FLOOD connections opened at once against max_connections: how many are admitted,
              what the rest are told and how fast; admitted sessions still take mail; the
              per-IP limit; a legitimate client after the flood.
@@ -260,7 +260,8 @@ async def trickle(client, data, since, limit):
 
 
 async def slow_client(args, i, phase):
-    """A session that starts trickling in PHASE ("command" or "data"): (seconds, last reply)."""
+    """A session that starts trickling in PHASE: "command" (a line that never ends), "noop"
+    (whole NOOP lines, each in time) or "data" (a body): (seconds, last reply)."""
     session = await greeted_session(args.port, source(i, args.per_ip, 2))
     if not isinstance(session, Client):
         return None, f"not admitted: {session}"
@@ -273,6 +274,9 @@ async def slow_client(args, i, phase):
                 return None, f"{line}: {reply}"
         data = b"Subject: slow\r\n\r\n" + b"a byte a second, never the end\r\n" * 100
         limit = args.data_timeout * 3 + 10
+    elif phase == "noop":
+        data = b"NOOP\r\n"
+        limit = args.command_timeout * 3 + 10
     else:
         data = b"NOOP " + b"x" * 100000
         limit = args.command_timeout * 3 + 10
@@ -280,25 +284,34 @@ async def slow_client(args, i, phase):
 
 
 async def slowloris(args):
-    crowd = [slow_client(args, i, "command") for i in range(args.slow)]
-    crowd += [slow_client(args, args.slow + i, "data") for i in range(args.slow)]
+    phases = ("command", "noop", "data")
+    crowd = [slow_client(args, n * args.slow + i, phase)
+             for n, phase in enumerate(phases) for i in range(args.slow)]
     everyone = asyncio.gather(*crowd)
     # Let the crowd take its places before the legitimate client comes.
     await asyncio.sleep(2)
     await legitimate(args.port, args.messages, 1.0)
     results = await everyone
-    for phase, timeout, part in (("command", args.command_timeout, results[:args.slow]),
-                                 ("data", args.data_timeout, results[args.slow:])):
+    # What closes each crowd, the reply it should get, and by when (s from its first byte).
+    junk_by = (args.junk + 1) * len(b"NOOP\r\n") + 5
+    expected = {"command": (f"command_timeout {args.command_timeout:.0f} s", "421 4.4.2",
+                            args.command_timeout + 5),
+                "noop": (f"max_junk_commands {args.junk}", "421 4.7.0", junk_by),
+                "data": (f"data_timeout {args.data_timeout:.0f} s + body at min_data_rate",
+                         "421 4.4.2", args.data_timeout + 5)}
+    for n, phase in enumerate(phases):
+        part = results[n * args.slow:(n + 1) * args.slow]
+        limit, code, by = expected[phase]
         closed = [t for t, _ in part if t is not None]
         replies = sorted({reply for t, reply in part if t is not None})
         open_ = sum(1 for t, _ in part if t is None)
-        report(f"slowloris in {phase} phase ({phase}_timeout {timeout:.0f} s)",
+        report(f"slowloris, {phase} ({limit})",
                f"{len(closed)}/{len(part)} closed, after "
                + summary([t * 1000 for t in closed]) + f"; last replies {replies}; "
-               f"still open after {timeout * 3 + 10:.0f} s: {open_}")
-        check(open_ == 0, f"the {phase} timeout closes a byte-a-second client")
-        check(all(r.startswith("421 4.4.2") for r in replies), f"{phase}: 421 4.4.2 on timeout")
-        check(all(t < timeout + 5 for t in closed), f"{phase}: closed within the timeout + 5 s")
+               f"still open at the end: {open_}")
+        check(open_ == 0, f"{phase}: a byte-a-second client is closed")
+        check(all(r.startswith(code) for r in replies), f"{phase}: {code}")
+        check(all(t < by for t in closed), f"{phase}: closed within {by:.0f} s")
     rss, hwm = memory(args.pid)
     report("RSS", f"{rss:.1f} MiB, peak (VmHWM) {hwm:.1f} MiB")
 
@@ -425,6 +438,7 @@ def main():
     p.add_argument("--per-ip-limit", type=int, default=20)
     p.add_argument("--command-timeout", type=float, default=30)
     p.add_argument("--data-timeout", type=float, default=30)
+    p.add_argument("--junk", type=int, default=100, help="relayd's max_junk_commands")
     p.add_argument("--messages", type=int, default=10)
     p.add_argument("--rss-goal", type=float, default=100)
     args = p.parse_args()

@@ -4,8 +4,8 @@
 #
 #   idle       1,000 sessions greeted and idle (EHLO, then nothing): all admitted, peak and
 #              steady RSS, a legitimate client's latency meanwhile, then command_timeout fires.
-#   slowloris  50 clients trickling a command line, 50 trickling a body, a byte a second: when
-#              each is closed and with what reply; a legitimate client meanwhile.
+#   slowloris  50 clients trickling a command line, 50 whole NOOP lines, 50 a body, a byte a
+#              second: when each is closed and with what reply; a legitimate client meanwhile.
 #   flood      2,000 connections at once against max_connections = 100: the excess gets
 #              421 4.7.0 at once, admitted sessions take mail, the per-IP limit, service after.
 #   emfile     400 connections against a relayd limited to 256 descriptors (prlimit): no
@@ -87,8 +87,8 @@ for scenario in "${scenarios[@]}"; do
     start $'max_connections = 1100\nmax_connections_per_ip = 20\ncommand_timeout = "30s"'
     load idle --sessions "$SESSIONS" --per-ip 10 --command-timeout 30 || failed=1 ;;
   slowloris)
-    start $'command_timeout = "10s"\ndata_timeout = "10s"'
-    load slowloris --slow "$SLOW" --per-ip 10 --command-timeout 10 --data-timeout 10 || failed=1 ;;
+    start $'command_timeout = "10s"\ndata_timeout = "10s"\nmax_junk_commands = 3'
+    load slowloris --slow "$SLOW" --per-ip 10 --command-timeout 10 --data-timeout 10 --junk 3 || failed=1 ;;
   flood)
     start $'max_connections = 100\nmax_connections_per_ip = 20\ncommand_timeout = "30s"'
     load flood --flood "$FLOOD" --per-ip 10 --max-connections 100 --per-ip-limit 20 || failed=1

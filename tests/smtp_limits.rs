@@ -227,6 +227,28 @@ fn too_many_errors_421() {
 }
 
 #[test]
+fn commands_that_move_no_mail_are_limited_between_messages() {
+    // A client may keep its session only by sending mail: NOOP, RSET, EHLO and the like, each
+    // line whole in time, would otherwise hold it for ever.
+    let mut node = Node::relay("max_junk_commands = 3");
+    let mut smtp = connect(&node);
+    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
+    // RSET and EHLO again: three, the most allowed before a message. The message accepted
+    // starts the count again, so that connection reuse (RSET, EHLO between messages) goes on.
+    assert_serves(&mut smtp);
+    for command in ["RSET", "NOOP", "EHLO client.test"] {
+        assert!(smtp.cmd(command).starts_with("250"), "{command}");
+    }
+    assert_eq!(smtp.cmd("NOOP"), "421 4.7.0 mx.test Error: too many commands without mail\n");
+    assert!(smtp.is_closed());
+    assert!(node.log().contains("disconnected after too many commands without mail"));
+    let mut again = connect(&node);
+    assert_serves(&mut again);
+    node.stop();
+    assert_eq!(node.queued().len(), 2);
+}
+
+#[test]
 fn relay_control_550_for_untrusted_clients() {
     let node = Node::relay("");
     let mut untrusted = Raw::connect_from(node.addr(), Some([127, 0, 0, 2]));

@@ -97,6 +97,9 @@ pub struct SmtpConfig {
     pub min_data_rate: u64,
     /// Bad commands in one session before a 421 and the close.
     pub max_bad_commands: u32,
+    /// Commands that move no mail (NOOP, RSET, EHLO, ...) between accepted messages before a
+    /// 421 and the close.
+    pub max_junk_commands: u32,
     /// Both set (validated): STARTTLS offered.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

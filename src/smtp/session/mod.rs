@@ -65,6 +65,9 @@ pub struct Session {
     tls: Option<TlsInfo>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Commands that moved no mail (see [`Command::moves_no_mail`]) since the session began
+    /// or last had a message accepted.
+    idle_commands: u32,
     /// Becomes true when the node starts to drain (SIGTERM).
     draining: watch::Receiver<bool>,
 }
@@ -95,6 +98,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
+            idle_commands: 0,
             draining,
         }
     }
@@ -195,20 +199,25 @@ impl Session {
                 return End::Close;
             }
             let reply = match line.and_then(|line| proto::command::parse(&line)) {
-                Ok(command) => match self.execute(command, conn).await {
-                    Ok(reply) => reply,
-                    Err(end) => return end,
-                },
+                Ok(command) => {
+                    if command.moves_no_mail() {
+                        self.idle_commands += 1;
+                        if self.idle_commands > self.config.smtp.max_junk_commands {
+                            return self.too_many(conn, "commands without mail");
+                        }
+                    }
+                    match self.execute(command, conn).await {
+                        Ok(reply) => reply,
+                        Err(end) => return end,
+                    }
+                }
                 Err(reply) => reply,
             };
             conn.reply(&reply);
             if !reply.is_positive() {
                 self.errors += 1;
                 if self.errors >= self.config.smtp.max_bad_commands {
-                    let text = format!("{} Error: too many errors", self.config.smtp.hostname);
-                    conn.reply(&Reply::new(421, "4.7.0", text));
-                    tracing::info!(client = %self.peer.ip(), errors = self.errors, "disconnected after too many errors");
-                    return End::Close;
+                    return self.too_many(conn, "errors");
                 }
             }
         }
@@ -266,6 +275,19 @@ impl Session {
             return Err(Reply::new(503, "5.5.1", "Error: MAIL transaction in progress"));
         }
         Ok(Reply::new(220, "2.0.0", "Ready to start TLS"))
+    }
+
+    /// Ends a session that has used up one of its limits: 421 4.7.0 "too many `what`".
+    fn too_many(&self, conn: &mut Conn, what: &str) -> End {
+        let text = format!("{} Error: too many {what}", self.config.smtp.hostname);
+        conn.reply(&Reply::new(421, "4.7.0", text));
+        tracing::info!(
+            client = %self.peer.ip(),
+            errors = self.errors,
+            idle_commands = self.idle_commands,
+            "disconnected after too many {what}"
+        );
+        End::Close
     }
 
     /// The client took too long (in `phase`: a command line, or a body): 421, and the caller
