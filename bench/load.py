@@ -7,6 +7,8 @@ usage: load.py SCENARIO --port PORT --pid PID [options]
   idle       SESSIONS sessions connect, are greeted, say EHLO and stay idle; peak and steady
              RSS; a legitimate client sends messages meanwhile (latency); then the sessions
              are left until relayd's command timeout closes them.
+  busy       SESSIONS sessions in the middle of DATA, each having sent BODY bytes; RSS; then
+             every message ends at once (SESSIONS commits together).
   slowloris  SLOW clients trickle a command line that never ends, SLOW more whole NOOP
              lines, SLOW more a body after DATA, one byte a second each; when relayd closes
              each of them, with what reply; a legitimate client sends meanwhile.
@@ -148,6 +150,19 @@ async def legitimate(port, count, every):
     check(not errors, f"legitimate client refused: {errors[:3]}")
 
 
+ENVELOPE = (("MAIL FROM:<load@client.test>", "250"), ("RCPT TO:<rcpt@example.test>", "250"),
+            ("DATA", "354"))
+
+
+async def commands(client, steps):
+    """Sends each (command, expected reply code); None, or what went wrong."""
+    for line, code in steps:
+        reply = await client.cmd(line)
+        if not reply.startswith(code):
+            return f"{line.split()[0]}: {reply}"
+    return None
+
+
 async def greeted_session(port, src):
     """Connect, 220, EHLO, 250: a Client, or the first reply that was not positive."""
     try:
@@ -197,6 +212,8 @@ async def closed_by_timeout(sessions, since, limit):
 
 
 async def idle(args):
+    base, _ = memory(args.pid)
+    report("RSS before", f"{base:.1f} MiB")
     started = time.monotonic()
     sessions, refused = await open_sessions(args, args.sessions, block=1)
     took = time.monotonic() - started
@@ -222,6 +239,42 @@ async def idle(args):
     check(len(fired) == len(sessions), "every idle session closed with 421 4.4.2")
     rss, hwm = memory(args.pid)
     report("RSS after they closed", f"{rss:.1f} MiB")
+
+
+async def busy(args):
+    """SESSIONS sessions in the middle of DATA, BODY bytes of content sent by each; then all
+    end their messages at once."""
+    base, _ = memory(args.pid)
+    sessions, refused = await open_sessions(args, args.sessions, block=6)
+    report("sessions admitted", f"{len(sessions)}/{args.sessions} (refused: {sorted(set(refused))[:3]})")
+    check(len(sessions) == args.sessions, "every session admitted")
+    body = b"Subject: busy\r\n\r\n" + (b"x" * 78 + b"\r\n") * (args.body // 80)
+
+    async def start(client):
+        refused = await commands(client, ENVELOPE)
+        if not refused:
+            client.writer.write(body)
+            await client.writer.drain()
+        return refused
+
+    refusals = [r for r in await asyncio.gather(*(start(c) for c in sessions)) if r]
+    check(not refusals, f"every session in DATA: {refusals[:3]}")
+    # The generator cannot ask relayd whether it has read the content (no command in DATA);
+    # VmHWM below is the peak whenever it came.
+    await asyncio.sleep(2)
+    rss, _ = memory(args.pid)
+    report("RSS with the sessions in DATA", f"{rss:.1f} MiB ({base:.1f} MiB before), "
+           f"{len(sessions)} sessions, {len(body)} bytes of content sent by each")
+    started = time.monotonic()
+    replies = await asyncio.gather(*(c.cmd(".") for c in sessions), return_exceptions=True)
+    took = time.monotonic() - started
+    accepted = sum(1 for r in replies if isinstance(r, str) and r.startswith("250"))
+    report("messages ended at once", f"{accepted}/{len(sessions)} got 250 in {took:.1f} s")
+    check(accepted == len(sessions), "every message accepted")
+    for client in sessions:
+        client.close()
+    rss, hwm = memory(args.pid)
+    report("RSS after", f"{rss:.1f} MiB, peak (VmHWM) {hwm:.1f} MiB")
 
 
 async def trickle(client, data, since, limit):
@@ -266,12 +319,10 @@ async def slow_client(args, i, phase):
     if not isinstance(session, Client):
         return None, f"not admitted: {session}"
     if phase == "data":
-        for line, code in (("MAIL FROM:<slow@client.test>", "250"),
-                           ("RCPT TO:<rcpt@example.test>", "250"), ("DATA", "354")):
-            reply = await session.cmd(line)
-            if not reply.startswith(code):
-                session.close()
-                return None, f"{line}: {reply}"
+        refused = await commands(session, ENVELOPE)
+        if refused:
+            session.close()
+            return None, refused
         data = b"Subject: slow\r\n\r\n" + b"a byte a second, never the end\r\n" * 100
         limit = args.data_timeout * 3 + 10
     elif phase == "noop":
@@ -356,13 +407,9 @@ async def flood(args):
     report("RSS after the flood", f"{rss:.1f} MiB, peak (VmHWM) {hwm:.1f} MiB")
 
     async def transaction(client):
-        for line, code in (("EHLO admitted.test", "250"), ("MAIL FROM:<a@client.test>", "250"),
-                           ("RCPT TO:<rcpt@example.test>", "250"), ("DATA", "354"),
-                           ("Subject: admitted\r\n\r\nin the flood\r\n.", "250")):
-            reply = await client.cmd(line)
-            if not reply.startswith(code):
-                return f"{line.split()[0]}: {reply}"
-        return "250"
+        steps = (("EHLO admitted.test", "250"),) + ENVELOPE
+        steps += (("Subject: admitted\r\n\r\nin the flood\r\n.", "250"),)
+        return await commands(client, steps) or "250"
 
     outcomes = await asyncio.gather(*(transaction(c) for c in admitted[:10]))
     report("admitted sessions sending a message", f"{outcomes.count('250')}/{len(outcomes)} got 250")
@@ -427,10 +474,11 @@ async def emfile(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["idle", "slowloris", "flood", "emfile"])
+    p.add_argument("scenario", choices=["idle", "busy", "slowloris", "flood", "emfile"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--pid", type=int, required=True)
     p.add_argument("--sessions", type=int, default=1000)
+    p.add_argument("--body", type=int, default=16384, help="busy: content bytes per session")
     p.add_argument("--slow", type=int, default=50)
     p.add_argument("--flood", type=int, default=2000)
     p.add_argument("--per-ip", type=int, default=10, help="clients to a source address")

@@ -4,6 +4,8 @@
 #
 #   idle       1,000 sessions greeted and idle (EHLO, then nothing): all admitted, peak and
 #              steady RSS, a legitimate client's latency meanwhile, then command_timeout fires.
+#   busy       1,000 sessions in the middle of DATA, 16 KiB of content sent by each: RSS; then
+#              all end their messages at once.
 #   slowloris  50 clients trickling a command line, 50 whole NOOP lines, 50 a body, a byte a
 #              second: when each is closed and with what reply; a legitimate client meanwhile.
 #   flood      2,000 connections at once against max_connections = 100: the excess gets
@@ -11,14 +13,14 @@
 #   emfile     400 connections against a relayd limited to 256 descriptors (prlimit): no
 #              spinning accept loop, and service once descriptors are free.
 #
-# Usage: bench/load.sh PATH/TO/relayd [SCENARIO...]   (default: all four, in that order)
+# Usage: bench/load.sh PATH/TO/relayd [SCENARIO...]   (default: all five, in that order)
 # Knobs (environment): SESSIONS=1000 SLOW=50 FLOOD=2000
 # Mail is routed to a closed loopback port (it stays queued): nothing leaves the machine.
 # Runs as root or not; needs python3 and prlimit (util-linux). Leaves nothing running.
 set -u
-relayd=$(readlink -f "${1:?usage: load.sh PATH/TO/relayd [idle|slowloris|flood|emfile]...}")
+relayd=$(readlink -f "${1:?usage: load.sh PATH/TO/relayd [idle|busy|slowloris|flood|emfile]...}")
 shift
-scenarios=("$@"); [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle slowloris flood emfile)
+scenarios=("$@"); [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle busy slowloris flood emfile)
 SESSIONS=${SESSIONS:-1000}; SLOW=${SLOW:-50}; FLOOD=${FLOOD:-2000}
 here=$(dirname "$(readlink -f "$0")")
 W=$(mktemp -d -p /var/tmp); relayd_pid=
@@ -86,6 +88,9 @@ for scenario in "${scenarios[@]}"; do
   idle)
     start $'max_connections = 1100\nmax_connections_per_ip = 20\ncommand_timeout = "30s"'
     load idle --sessions "$SESSIONS" --per-ip 10 --command-timeout 30 || failed=1 ;;
+  busy)
+    start $'max_connections = 1100\nmax_connections_per_ip = 20'
+    load busy --sessions "$SESSIONS" --per-ip 10 || failed=1 ;;
   slowloris)
     start $'command_timeout = "10s"\ndata_timeout = "10s"\nmax_junk_commands = 3'
     load slowloris --slow "$SLOW" --per-ip 10 --command-timeout 10 --data-timeout 10 --junk 3 || failed=1 ;;
