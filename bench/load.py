@@ -28,6 +28,7 @@ import smtplib
 import statistics
 import sys
 import time
+import urllib.request
 
 failures = []
 
@@ -59,6 +60,26 @@ def cpu_seconds(pid):
         # The command name may hold spaces; the fields after its closing parenthesis do not.
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100
+
+
+def sessions_active(admin):
+    """relayd_smtp_sessions_active from relayd's admin endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith("relayd_smtp_sessions_active "):
+                return int(line.split()[1])
+    raise RuntimeError("no relayd_smtp_sessions_active in /metrics")
+
+
+async def until_no_sessions(args, patience=20):
+    """Waits until relayd has seen every session end (clients closing is not enough: it
+    learns of each close when it next reads)."""
+    deadline = time.monotonic() + patience
+    while (active := await asyncio.to_thread(sessions_active, args.admin)) > 0:
+        if time.monotonic() > deadline:
+            check(False, f"sessions ended within {patience} s ({active} still open)")
+            return
+        await asyncio.sleep(0.05)
 
 
 def alive(pid):
@@ -416,6 +437,7 @@ async def flood(args):
     check(outcomes.count("250") == len(outcomes), "admitted sessions take mail")
     for client in admitted:
         client.close()
+    await until_no_sessions(args)
 
     # The per-IP limit: one address, more connections than it may have.
     wanted = args.per_ip_limit + 5
@@ -477,6 +499,7 @@ def main():
     p.add_argument("scenario", choices=["idle", "busy", "slowloris", "flood", "emfile"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--admin", type=int, required=True, help="relayd's admin port")
     p.add_argument("--sessions", type=int, default=1000)
     p.add_argument("--body", type=int, default=16384, help="busy: content bytes per session")
     p.add_argument("--slow", type=int, default=50)

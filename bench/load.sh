@@ -79,7 +79,7 @@ stop() {
   echo "relayd exit status after SIGTERM: $status"
   relayd_pid=
 }
-load() { python3 "$here/load.py" "$@" --port "$port" --pid "$relayd_pid"; }
+load() { python3 "$here/load.py" "$@" --port "$port" --admin "$admin" --pid "$relayd_pid"; }
 
 failed=0
 for scenario in "${scenarios[@]}"; do
