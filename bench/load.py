@@ -24,7 +24,9 @@ with "FAIL" is a check that did not hold, and the exit status is then 1.
 """
 import argparse
 import asyncio
+import functools
 import smtplib
+import ssl
 import statistics
 import sys
 import time
@@ -184,20 +186,36 @@ async def commands(client, steps):
     return None
 
 
-async def greeted_session(port, src):
-    """Connect, 220, EHLO, 250: a Client, or the first reply that was not positive."""
+@functools.cache
+def any_certificate():
+    """A TLS context that takes relayd's certificate, whoever signed it (a benchmark). Made
+    once: loading the system's CA store takes tens of milliseconds, which a thousand sessions
+    would otherwise spend on the generator's one thread."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def greeted_session(port, src, tls=False):
+    """Connect, 220, EHLO, 250 (and with TLS: STARTTLS, 220, the handshake, EHLO, 250): a
+    Client, or the first reply that was not positive."""
     try:
         client = await Client.open(port, src)
         greeting = await client.reply()
         if not greeting.startswith("220"):
             client.close()
             return greeting or "closed"
-        ehlo = await client.cmd("EHLO load.test")
-        if not ehlo.startswith("250"):
+        steps = [("EHLO load.test", "250")] + [("STARTTLS", "220")] * tls
+        refused = await commands(client, steps)
+        if tls and not refused:
+            await client.writer.start_tls(any_certificate())
+            refused = await commands(client, [("EHLO load.test", "250")])
+        if refused:
             client.close()
-            return ehlo.split("\n")[0] or "closed"
+            return refused.split("\n")[0]
         return client
-    except (OSError, asyncio.TimeoutError) as e:
+    except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
         return f"{type(e).__name__}: {e}"
 
 
@@ -207,7 +225,7 @@ async def open_sessions(args, count, block):
 
     async def one(i):
         async with gate:
-            return await greeted_session(args.port, source(i, args.per_ip, block))
+            return await greeted_session(args.port, source(i, args.per_ip, block), args.tls)
 
     results = await asyncio.gather(*(one(i) for i in range(count)))
     sessions = [r for r in results if isinstance(r, Client)]
@@ -512,6 +530,7 @@ def main():
     p.add_argument("--junk", type=int, default=100, help="relayd's max_junk_commands")
     p.add_argument("--messages", type=int, default=10)
     p.add_argument("--rss-goal", type=float, default=100)
+    p.add_argument("--tls", action="store_true", help="idle, busy: STARTTLS in every session")
     args = p.parse_args()
     asyncio.run(globals()[args.scenario](args))
     if failures:

@@ -4,6 +4,7 @@
 #
 #   idle       1,000 sessions greeted and idle (EHLO, then nothing): all admitted, peak and
 #              steady RSS, a legitimate client's latency meanwhile, then command_timeout fires.
+#   idle-tls   the same, each session after STARTTLS (a certificate from `relayd certs init`).
 #   busy       1,000 sessions in the middle of DATA, 16 KiB of content sent by each: RSS; then
 #              all end their messages at once.
 #   slowloris  50 clients trickling a command line, 50 whole NOOP lines, 50 a body, a byte a
@@ -13,14 +14,14 @@
 #   emfile     400 connections against a relayd limited to 256 descriptors (prlimit): no
 #              spinning accept loop, and service once descriptors are free.
 #
-# Usage: bench/load.sh PATH/TO/relayd [SCENARIO...]   (default: all five, in that order)
+# Usage: bench/load.sh PATH/TO/relayd [SCENARIO...]   (default: all six, in that order)
 # Knobs (environment): SESSIONS=1000 SLOW=50 FLOOD=2000
 # Mail is routed to a closed loopback port (it stays queued): nothing leaves the machine.
 # Runs as root or not; needs python3 and prlimit (util-linux). Leaves nothing running.
 set -u
-relayd=$(readlink -f "${1:?usage: load.sh PATH/TO/relayd [idle|busy|slowloris|flood|emfile]...}")
+relayd=$(readlink -f "${1:?usage: load.sh PATH/TO/relayd [idle|idle-tls|busy|slowloris|flood|emfile]...}")
 shift
-scenarios=("$@"); [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle busy slowloris flood emfile)
+scenarios=("$@"); [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle idle-tls busy slowloris flood emfile)
 SESSIONS=${SESSIONS:-1000}; SLOW=${SLOW:-50}; FLOOD=${FLOOD:-2000}
 here=$(dirname "$(readlink -f "$0")")
 W=$(mktemp -d -p /var/tmp); relayd_pid=
@@ -88,6 +89,12 @@ for scenario in "${scenarios[@]}"; do
   idle)
     start $'max_connections = 1100\nmax_connections_per_ip = 20\ncommand_timeout = "30s"'
     load idle --sessions "$SESSIONS" --per-ip 10 --command-timeout 30 || failed=1 ;;
+  idle-tls)
+    [ -f "$W/certs/load.pem" ] || "$relayd" certs init "$W/certs" --nodes load >/dev/null || exit 1
+    start $'max_connections = 1100\nmax_connections_per_ip = 20\ncommand_timeout = "30s"'"
+tls_cert = \"$W/certs/load.pem\"
+tls_key = \"$W/certs/load.key\""
+    load idle --tls --sessions "$SESSIONS" --per-ip 10 --command-timeout 30 || failed=1 ;;
   busy)
     start $'max_connections = 1100\nmax_connections_per_ip = 20'
     load busy --sessions "$SESSIONS" --per-ip 10 || failed=1 ;;
