@@ -62,11 +62,16 @@ impl BodyClock {
 
     /// When the next read must have returned.
     fn deadline(&self, smtp: &SmtpConfig) -> Instant {
-        let nanos = u128::from(self.received) * 1_000_000_000 / u128::from(smtp.min_data_rate);
-        let earned = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let earned = earned(self.received, smtp.min_data_rate);
         let total = later(later(self.started, smtp.data_timeout), earned);
         total.min(later(Instant::now(), smtp.data_timeout))
     }
+}
+
+/// The time `bytes` need at `rate` bytes per second (saturating, for absurd values).
+fn earned(bytes: u64, rate: u64) -> Duration {
+    let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// A BDAT body between its chunks.
@@ -90,7 +95,7 @@ impl Session {
             let available = self.fill(conn, &clock).await?;
             let decoded = decoder.decode(available, &mut content);
             conn.io.consume(decoded.consumed);
-            clock.received += decoded.consumed as u64;
+            clock.received = clock.received.saturating_add(decoded.consumed as u64);
             body.take(&content);
             content.clear();
             if decoded.end {
@@ -128,7 +133,7 @@ impl Session {
             }
             conn.io.consume(n);
             remaining -= n as u64;
-            clock.received += n as u64;
+            clock.received = clock.received.saturating_add(n as u64);
         }
         let Some(mut chunk) = chunk else {
             return Ok(
@@ -281,5 +286,35 @@ impl Session {
             }
         }
         Ok(conn.io.buffer())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_body_earns_time_at_min_data_rate_and_the_deadline_never_overflows() {
+        // A byte a second for an hour earns 7.2 s at 500 bytes/s; 25 MiB earns 14.6 hours.
+        assert_eq!(earned(3600, 500), Duration::from_millis(7200));
+        assert_eq!(earned(25 << 20, 500).as_secs(), 52_428);
+        let mut smtp = Config::embedded_default().expect("the embedded default").smtp;
+        smtp.data_timeout = Duration::from_secs(10);
+        smtp.min_data_rate = 500;
+        let started = Instant::now();
+        let mut clock = BodyClock { started, received: 0 };
+        // Nothing received: data_timeout from the start.
+        assert_eq!(clock.deadline(&smtp), started + Duration::from_secs(10));
+        // Much received: still no more than data_timeout of silence from now.
+        clock.received = 1_000_000;
+        let deadline = clock.deadline(&smtp);
+        assert!(deadline <= Instant::now() + Duration::from_secs(10));
+        assert!(deadline > started + Duration::from_secs(9));
+        // Absurd values give a far deadline, not a panic.
+        clock.received = u64::MAX;
+        smtp.min_data_rate = 1;
+        smtp.data_timeout = Duration::MAX;
+        assert!(clock.deadline(&smtp) > Instant::now());
     }
 }
