@@ -19,6 +19,7 @@
 # Mail is routed to a closed loopback port (it stays queued): nothing leaves the machine.
 # Runs as root or not; needs python3 and prlimit (util-linux). Leaves nothing running.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: load.sh PATH/TO/relayd [idle|idle-tls|busy|slowloris|flood|emfile]...}")
 shift
 scenarios=("$@"); [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle idle-tls busy slowloris flood emfile)
@@ -52,17 +53,7 @@ listen = ["127.0.0.1:$port"]
 hostname = "load.bench.test"
 $keys
 
-[relay]
-domains = ["example.test"]
-trusted_networks = ["127.0.0.0/8"]
-
-[[route]]
-domain = "*"
-next_hop = "127.0.0.1:9"
-tls = "none"
-
-[delivery]
-retry = ["1h"]
+$(queued_mail_sections)
 
 [admin]
 listen = "127.0.0.1:$admin"
