@@ -244,7 +244,7 @@ impl Session {
                 self.services.delivery.queued(id);
                 // A session that moves mail may go on: connection reuse sends RSET and
                 // EHLO between messages.
-                self.idle_commands = 0;
+                self.junk_commands = 0;
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(error) => self.spool_failure(id, error),

@@ -67,7 +67,7 @@ pub struct Session {
     errors: u32,
     /// Commands that moved no mail (see [`Command::moves_no_mail`]) since the session began
     /// or last had a message accepted.
-    idle_commands: u32,
+    junk_commands: u32,
     /// Becomes true when the node starts to drain (SIGTERM).
     draining: watch::Receiver<bool>,
 }
@@ -98,7 +98,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
-            idle_commands: 0,
+            junk_commands: 0,
             draining,
         }
     }
@@ -201,8 +201,8 @@ impl Session {
             let reply = match line.and_then(|line| proto::command::parse(&line)) {
                 Ok(command) => {
                     if command.moves_no_mail() {
-                        self.idle_commands += 1;
-                        if self.idle_commands > self.config.smtp.max_junk_commands {
+                        self.junk_commands = self.junk_commands.saturating_add(1);
+                        if self.junk_commands > self.config.smtp.max_junk_commands {
                             return self.too_many(conn, "commands without mail");
                         }
                     }
@@ -284,7 +284,7 @@ impl Session {
         tracing::info!(
             client = %self.peer.ip(),
             errors = self.errors,
-            idle_commands = self.idle_commands,
+            junk_commands = self.junk_commands,
             "disconnected after too many {what}"
         );
         End::Close
