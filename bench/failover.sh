@@ -11,6 +11,7 @@
 # Usage: bench/failover.sh PATH/TO/relayd [DRILLS=10]
 # Mail is routed to a closed loopback port (it stays queued): nothing leaves the machine.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: failover.sh PATH/TO/relayd [DRILLS]}")
 DRILLS=${2:-10}
 W=$(mktemp -d -p /var/tmp); pids=()
@@ -41,16 +42,7 @@ data_dir = "$W/$1"
 listen = ["127.0.0.1:${smtp[$1]}"]
 hostname = "$1.bench.test"
 
-[relay]
-domains = ["example.test"]
-
-[[route]]
-domain = "*"
-next_hop = "127.0.0.1:9"
-tls = "none"
-
-[delivery]
-retry = ["1h"]
+$(queued_mail_sections)
 
 [admin]
 listen = "127.0.0.1:${admin[$1]}"

@@ -49,7 +49,9 @@ struct RawSmtp {
     max_connections_per_ip: Option<usize>,
     command_timeout: Option<Dur>,
     data_timeout: Option<Dur>,
+    min_data_rate: Option<Size>,
     max_bad_commands: Option<u32>,
+    max_junk_commands: Option<u32>,
     tls_cert: Option<FilePath>,
     tls_key: Option<FilePath>,
 }
@@ -168,7 +170,9 @@ impl RawConfig {
             max_connections_per_ip: smtp.max_connections_per_ip.unwrap_or(20),
             command_timeout: dur(smtp.command_timeout, secs(5 * MINUTE)),
             data_timeout: dur(smtp.data_timeout, secs(5 * MINUTE)),
+            min_data_rate: smtp.min_data_rate.map_or(500, |Size(s)| s),
             max_bad_commands: smtp.max_bad_commands.unwrap_or(20),
+            max_junk_commands: smtp.max_junk_commands.unwrap_or(100),
             tls_cert: path(smtp.tls_cert),
             tls_key: path(smtp.tls_key),
         };

@@ -83,7 +83,9 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.max_connections_per_ip, 20);
     assert_eq!(c.smtp.command_timeout, Duration::from_secs(300));
     assert_eq!(c.smtp.data_timeout, Duration::from_secs(300));
+    assert_eq!(c.smtp.min_data_rate, 500);
     assert_eq!(c.smtp.max_bad_commands, 20);
+    assert_eq!(c.smtp.max_junk_commands, 100);
     assert_eq!(c.smtp.tls_cert, None);
     assert_eq!(c.node.min_free_space, 64 * 1024 * 1024);
     let mins = |m: u64| Duration::from_secs(m * 60);
@@ -364,12 +366,10 @@ fn smtp_rules() {
         Some("smtp.command_timeout"),
         &["longer than 0s"],
     );
-    assert_err(
-        &format!("{SMTP}max_bad_commands = 0\n"),
-        Some(3),
-        Some("smtp.max_bad_commands"),
-        &["at least 1"],
-    );
+    for key in ["max_bad_commands", "max_junk_commands", "min_data_rate"] {
+        let key_path = format!("smtp.{key}");
+        assert_err(&format!("{SMTP}{key} = 0\n"), Some(3), Some(&key_path), &["at least 1"]);
+    }
     assert_err(
         "[smtp]\nhostname = \"mx_1.example.net\"\n",
         Some(2),

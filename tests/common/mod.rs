@@ -162,6 +162,12 @@ level = "info"
     /// Starts the process (again) and waits until *this* process logs a line containing `ready`
     /// (one more such line than the log held before).
     pub fn launch_until(&mut self, ready: &str) {
+        self.launch_wrapped_until(&[], ready);
+    }
+
+    /// As [`Node::launch_until`], with relayd run by `wrapper` (a program and its arguments
+    /// that execs the rest of its command line, such as `prlimit --nofile=256`).
+    pub fn launch_wrapped_until(&mut self, wrapper: &[&str], ready: &str) {
         assert!(self.child.is_none(), "already running");
         // Counted before the spawn, so that a fast start cannot log its line uncounted.
         let before = self.log().matches(ready).count();
@@ -170,7 +176,15 @@ level = "info"
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env("RELAYD_LOG", "info")
@@ -186,6 +200,12 @@ level = "info"
             }
             self.log().matches(ready).count() > before
         });
+    }
+
+    /// The running process's id (the wrapper's, which is relayd's once the wrapper has
+    /// exec'd it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// kill -9: no chance to flush anything.
@@ -322,6 +342,22 @@ impl Raw {
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
         self.read_reply()
+    }
+
+    /// A slow client (slowloris): sends `bytes` one at a time, `every` apart, on a thread of
+    /// its own, until they are all sent or a write fails because the server has closed the
+    /// connection. The thread returns how many bytes it sent.
+    pub fn trickle(&self, bytes: Vec<u8>, every: Duration) -> std::thread::JoinHandle<usize> {
+        let mut stream = self.stream.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for (sent, byte) in bytes.iter().enumerate() {
+                if stream.write_all(std::slice::from_ref(byte)).is_err() {
+                    return sent;
+                }
+                std::thread::sleep(every);
+            }
+            bytes.len()
+        })
     }
 
     /// True when the server has closed the connection (reads EOF).
