@@ -212,6 +212,7 @@ fn the_cluster_link_refuses_bad_peers_and_frames_and_the_real_link_recovers() {
         role: "primary".into(),
         history,
         last: LogPosition::default(),
+        rewind: None,
     };
     tls.write_all(&encoded(&Frame::Hello(hello(stale.clone())))).expect("Hello");
     let Frame::Hello(theirs) = read_frame(&mut tls) else { panic!("the standby's Hello") };

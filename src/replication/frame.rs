@@ -16,8 +16,13 @@ pub struct Hello {
     /// "primary" or "standby".
     pub role: String,
     pub history: Vec<EpochStart>,
-    /// The last record this node holds durably.
+    /// The last record this node holds durably (a rejoining old primary: the last one its log
+    /// shares with the primary's, see `rewind`).
     pub last: LogPosition,
+    /// A standby whose log goes on past `last` on a branch the primary's history does not
+    /// share (an old primary, rejoining): the messages that branch touched. The primary answers
+    /// with [`Frame::Rewind`] before it streams, and the standby drops the branch.
+    pub rewind: Option<Vec<QueueId>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +103,13 @@ pub enum Frame {
         granted: bool,
         epoch: u64,
         reason: String,
+    },
+    /// Primary → standby, first, when the standby's Hello asked for a rewind: the current state
+    /// of the messages its branch touched (their chunks came first), and those the primary no
+    /// longer holds. The standby drops its branch and takes these in one commit.
+    Rewind {
+        messages: Vec<MessageRecord>,
+        absent: Vec<QueueId>,
     },
 }
 

@@ -103,6 +103,17 @@ pub(super) enum Request {
     Install(Vec<MessageRecord>, Reply),
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
+    /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
+    /// primary's history does not share, and takes the primary's state of the messages that
+    /// branch touched: `messages` as the primary holds them (their bodies were written
+    /// already), `absent` ones it no longer holds.
+    Rewind {
+        to: LogPosition,
+        history: Vec<EpochStart>,
+        messages: Vec<MessageRecord>,
+        absent: Vec<QueueId>,
+        done: Reply,
+    },
     /// Node state outside the log (the role), made durable like the rest.
     State { key: &'static [u8], value: Vec<u8>, done: Reply },
     /// Nothing to stage: a flush and a sync, which tell whether the tree still writes (a
@@ -123,6 +134,7 @@ impl Request {
             | Request::Wipe(done)
             | Request::Install(_, done)
             | Request::Resume { done, .. }
+            | Request::Rewind { done, .. }
             | Request::State { done, .. }
             | Request::Sync(done) => done,
         };
@@ -341,6 +353,13 @@ fn commit(
                 let result = messages.into_iter().try_for_each(|m| staging.install(m));
                 (result.map(|()| last), done)
             }
+            Request::Rewind { to, history, messages, absent, done } => {
+                let result = staging.rewind(to, next_seq, history, messages, absent);
+                if result.is_ok() {
+                    next_seq = to.seq.saturating_add(1);
+                }
+                (result.map(|()| to), done)
+            }
             Request::State { key, value, done } => {
                 staging.batch.insert(key, value);
                 (Ok(last), done)
@@ -530,6 +549,32 @@ impl<'a> Staging<'a> {
             self.batch.insert(keys::RESUMED, last);
             self.batch.remove(keys::SNAPSHOT_INCOMPLETE);
         }
+    }
+
+    /// Drops the log records from `to` + 1 up to (not including) `next_seq`, takes `history`,
+    /// and sets the given messages to the primary's state.
+    fn rewind(
+        &mut self,
+        to: LogPosition,
+        next_seq: u64,
+        history: Vec<EpochStart>,
+        messages: Vec<MessageRecord>,
+        absent: Vec<QueueId>,
+    ) -> Result<(), SpoolError> {
+        for seq in to.seq.saturating_add(1)..next_seq {
+            self.batch.remove(&keys::log(seq)[..]);
+        }
+        self.history = history;
+        self.batch.insert(keys::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?);
+        for message in messages {
+            self.install(message)?;
+        }
+        for id in absent {
+            if let Some(message) = self.message(id)? {
+                self.remove(&message);
+            }
+        }
+        Ok(())
     }
 
     fn epoch(&self) -> u64 {

@@ -183,6 +183,27 @@ impl Spool {
         self.submit_with(bodies, |done| commit::Request::Install(messages, done)).await.map(|_| ())
     }
 
+    /// A standby (an old primary, rejoining) drops the branch of its log after `to` and takes
+    /// the primary's state of the messages it touched (see `commit::Request::Rewind`).
+    pub async fn rewind(
+        &self,
+        to: LogPosition,
+        history: Vec<EpochStart>,
+        messages: Vec<MessageRecord>,
+        absent: Vec<QueueId>,
+        bodies: Vec<BodyWriter>,
+    ) -> Result<(), SpoolError> {
+        self.submit_with(bodies, |done| commit::Request::Rewind {
+            to,
+            history,
+            messages,
+            absent,
+            done,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// A standby ends a snapshot: its log continues after `last`, with `history`.
     pub async fn resume(
         &self,
@@ -220,6 +241,15 @@ impl Spool {
     /// standby): an append on a standby would take sequence numbers that are the primary's.
     pub fn set_writable(&self, writable: bool) {
         self.inner.counters.writable.store(writable, Ordering::Relaxed);
+    }
+
+    /// Where the snapshot this spool was built from left the log (its log continues after it),
+    /// if it was built from one.
+    pub fn snapshot_point(&self) -> Result<Option<LogPosition>, SpoolError> {
+        match self.db()?.get(keys::RESUMED)? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// A snapshot was begun and not finished: the spool is partial.
