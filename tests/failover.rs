@@ -554,6 +554,11 @@ fn isolation(silent: bool) -> Episode {
     let trio = Trio::start(TrioOptions::default());
     let probe = Probe::start(&[("a", trio.a.addr()), ("b", trio.b.addr())], "iso");
     wait_for("the probe to get 250s from a", || probe.accepted("a") >= 3);
+    let serving = |node: &Node| {
+        let status = common::cluster::try_status(node).expect("/status");
+        (status["role"].as_str().map(str::to_string), status["serving"].as_bool())
+    };
+    assert_eq!(serving(&trio.a), (Some("primary".into()), Some(true)));
     let links = [&trio.ab, &trio.ba, &trio.aw];
     for link in links {
         if silent { link.pause() } else { sever(link) }
@@ -561,6 +566,8 @@ fn isolation(silent: bool) -> Episode {
     let isolated = Instant::now();
     wait_log(&trio.b, "b promoted", "promoted epoch=2", 1);
     wait_log(&trio.a, "a fenced", "fenced reason=", 1);
+    // What monitoring sees of the fenced primary: its role, but not serving.
+    assert_eq!(serving(&trio.a), (Some("primary".into()), Some(false)));
     wait_for("the probe to get 250s from b", || probe.accepted("b") >= 3);
     for link in links {
         if silent { link.resume() } else { link.unblock() }

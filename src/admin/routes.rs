@@ -63,6 +63,7 @@ pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
         Ok(Json(Status {
             role: state.role.to_string(),
             epoch: state.epoch,
+            serving: state.serving,
             node: context.config.node.name.clone(),
             peer: replication.peer.and_then(|peer| serde_json::to_value(peer).ok()),
             replication: Replication {
@@ -85,6 +86,7 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
         Ok(metrics::render(&Snapshot {
             role: Some(state.role),
             epoch: state.epoch,
+            serving: state.serving,
             queue_messages: context.spool.queue_len(),
             smtp_sessions_active: u64::try_from(context.sessions.active()).unwrap_or(u64::MAX),
             messages_accepted: Metrics::read(&counters.messages_accepted),
