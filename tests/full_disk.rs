@@ -103,8 +103,17 @@ impl SmallDisk {
             .unwrap_or_else(|| panic!("{name} in /metrics:\n{page}"))
     }
 
-    fn healthy(&self) -> bool {
-        try_get_text(&self.node, "/healthz").is_some_and(|body| body == "ok")
+    /// `GET /healthz`: the status line's code and the body.
+    fn health(&self) -> (u16, String) {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.node.admin_port)).expect("admin");
+        let request = "GET /healthz HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\n\r\n";
+        std::io::Write::write_all(&mut stream, request.as_bytes()).expect("request");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+        let code = answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        (code, body.to_string())
     }
 }
 
@@ -197,7 +206,7 @@ fn a_full_disk_gets_452_keeps_the_spool_and_recovers_when_space_returns() {
     }
     assert!(disk.node.log().contains("insufficient storage: transaction refused"));
     assert_eq!(disk.metric("relayd_smtp_storage_refusals_total"), 2);
-    assert!(disk.healthy());
+    assert_eq!(disk.health(), (200, "ok".to_string()));
 
     // No reserve, and a disk full to the last page: the spool's own writes meet ENOSPC.
     disk.unfill("filler");
@@ -228,11 +237,13 @@ fn a_full_disk_gets_452_keeps_the_spool_and_recovers_when_space_returns() {
         Sent::AtMail(reply) => assert_452(&reply),
         other => panic!("a closed spool: {other:?}"),
     }
-    assert!(disk.node.is_running() && disk.healthy(), "{}", disk.node.log());
+    assert!(disk.node.is_running(), "{}", disk.node.log());
+    assert_eq!(disk.health(), (503, "spool closed after a failed write".to_string()));
 
     // Space returns: the spool reopens by itself and mail is taken again.
     disk.unfill("filler");
     wait_for("the spool to reopen", || count(&disk.node.log(), "spool reopened") == 1);
+    assert_eq!(disk.health(), (200, "ok".to_string()));
     match send(&disk.node, 80, 20_000, None) {
         Sent::Queued(id) => queued.push((80, id)),
         other => panic!("the disk has room again: {other:?}"),

@@ -25,6 +25,11 @@ pub async fn healthz(State(context): Context) -> Response {
     if status.role == Role::Primary && status.fenced {
         return (StatusCode::SERVICE_UNAVAILABLE, "fenced").into_response();
     }
+    // Closed after a failed write (a full disk): every sender gets 452 until it reopens.
+    if !context.spool.is_open() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "spool closed after a failed write")
+            .into_response();
+    }
     "ok".into_response()
 }
 

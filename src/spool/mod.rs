@@ -119,6 +119,11 @@ impl Spool {
         BodyWriter::new(self.clone(), id, self.inner.store.generation())
     }
 
+    /// False while the spool is closed after a failed write and not yet reopened.
+    pub fn is_open(&self) -> bool {
+        self.db().is_ok()
+    }
+
     /// Bytes free for the spool on its file system (what an unprivileged process may still
     /// write), or an error while the spool is closed after a failed write and not yet reopened.
     pub fn free_space(&self) -> Result<u64, SpoolError> {
