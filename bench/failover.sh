@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Failover drills on loopback, with relayd's default timings (heartbeat 200ms, lease 2s,
-# failover_timeout 3s): a witness w, a primary a and a standby b (sync replication), and a
+# failover_timeout 2.5s): a witness w, a primary a and a standby b (sync replication), and a
 # steady trickle of mail (one message every 100 ms, sent as an MTA does: a, else b).
 #
 # Per drill: kill -9 the primary and measure the time from the kill to the first 250 on the
@@ -11,6 +11,7 @@
 # Usage: bench/failover.sh PATH/TO/relayd [DRILLS=10]
 # Mail is routed to a closed loopback port (it stays queued): nothing leaves the machine.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: failover.sh PATH/TO/relayd [DRILLS]}")
 DRILLS=${2:-10}
 W=$(mktemp -d -p /var/tmp); pids=()
@@ -41,16 +42,7 @@ data_dir = "$W/$1"
 listen = ["127.0.0.1:${smtp[$1]}"]
 hostname = "$1.bench.test"
 
-[relay]
-domains = ["example.test"]
-
-[[route]]
-domain = "*"
-next_hop = "127.0.0.1:9"
-tls = "none"
-
-[delivery]
-retry = ["1h"]
+$(queued_mail_sections)
 
 [admin]
 listen = "127.0.0.1:${admin[$1]}"
@@ -192,7 +184,7 @@ sorted=($(printf '%s\n' "${results[@]}" | sort -n))
 n=${#sorted[@]}
 if (( n % 2 )); then median=${sorted[$((n / 2))]}
 else median=$(( (sorted[n / 2 - 1] + sorted[n / 2]) / 2 )); fi
-printf 'failover (default timings: heartbeat 200ms, lease 2s, failover_timeout 3s), %d drills: median %d ms, max %d ms\n' \
+printf 'failover (default timings: heartbeat 200ms, lease 2s, failover_timeout 2.5s), %d drills: median %d ms, max %d ms\n' \
   "$n" "$median" "${sorted[$((n - 1))]}"
 [ "$forced" -gt 0 ] && printf '%d of %d switch-backs needed promote --force (relayd demote failed)\n' "$forced" "$n"
 exit 0

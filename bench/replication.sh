@@ -9,6 +9,7 @@
 # Usage: bench/replication.sh PATH/TO/relayd catchup|snapshot
 # Knobs: N=10000 SIZE=4096 (catchup), GIB=1 (snapshot: 256 KiB messages). Runs as root.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: replication.sh PATH/TO/relayd catchup|snapshot}")
 mode=${2:?catchup or snapshot}
 N=${N:-10000}; SIZE=${SIZE:-4096}; GIB=${GIB:-1}
@@ -31,16 +32,7 @@ listen = ["127.0.0.1:$3"]
 hostname = "$1.bench.test"
 max_message_size = "1MiB"
 
-[relay]
-domains = ["example.test"]
-
-[[route]]
-domain = "*"
-next_hop = "127.0.0.1:9"
-tls = "none"
-
-[delivery]
-retry = ["1h"]
+$(queued_mail_sections)
 
 [admin]
 listen = "127.0.0.1:$6"

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub messages_bounced: AtomicU64,
     /// Promotions of this node to primary.
     pub failovers: AtomicU64,
+    /// Transactions and messages refused with `452 4.3.1`: the spool's disk low or full.
+    pub storage_refusals: AtomicU64,
 }
 
 impl Metrics {

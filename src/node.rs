@@ -84,6 +84,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         metrics: metrics.clone(),
     };
     let server = Server::new(live.clone(), services).map_err(|e| e.to_string())?;
+    crate::smtp::limits::raise_descriptor_limit(config.smtp.max_connections);
     let listeners = server.bind().await.map_err(|e| e.to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {

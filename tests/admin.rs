@@ -249,6 +249,37 @@ fn a_standby_reports_its_role_and_refuses_queue_changes() {
     assert!(stderr.contains("HTTP 409: this node does not deliver"), "{stderr}");
 }
 
+/// With no `[admin]` section, the endpoint listens on 127.0.0.1:8025 only: `ss` shows no other
+/// listener on that port, and `relayd status`, which reads the same default, reaches it.
+#[test]
+fn the_admin_endpoint_binds_loopback_by_default() {
+    // The default port is fixed: another relayd on this machine may hold it.
+    if std::net::TcpListener::bind(("0.0.0.0", 8025)).is_err() {
+        eprintln!("SKIPPED the_admin_endpoint_binds_loopback_by_default: port 8025 is in use");
+        return;
+    }
+    let smtp_port = free_port();
+    let mut node = Node::prepare(|data| {
+        format!(
+            "[node]\nname = \"loopback\"\ndata_dir = \"{}\"\n\n[smtp]\n\
+             listen = [\"127.0.0.1:{smtp_port}\"]\nhostname = \"mx.test\"\n\n{}",
+            data.display(),
+            sections()
+        )
+    });
+    node.smtp_port = smtp_port;
+    node.launch_until("admin endpoint listening address=127.0.0.1:8025");
+    let out = run("ss", &["-Hltn", "sport", "= :8025"]);
+    let listeners: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(3).map(str::to_string))
+        .collect();
+    assert_eq!(listeners, ["127.0.0.1:8025"], "listening on port 8025");
+    let (code, stdout, stderr) = cli(&node, &["status"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("role   primary"), "{stdout}");
+}
+
 /// Adds `token_file` to the node's [admin] section and restarts it.
 fn require_token(node: &mut Node, token_file: &Path) {
     node.stop();

@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sink::{Options, Sink, Transaction};
-use common::{Node, Raw, self_signed, wait_for};
+use common::{BIN, Node, Raw, run, self_signed, wait_for};
 use relayd::spool::RecipientState;
 use serde_json::Value;
 
@@ -661,6 +661,26 @@ fn a_deferred_recipient_is_retried_and_delivered_once() {
     let at_sink = sink.transactions();
     assert_eq!(at_sink.len(), 1, "exactly one copy: {at_sink:#?}");
     assert_eq!(at_sink[0].recipients, [rcpt]);
+}
+
+/// `relayd queue flush` tries a deferred recipient now, not at its retry time an hour away.
+#[test]
+fn a_flush_tries_deferred_recipients_before_their_retry_time() {
+    let sink = Sink::plain();
+    let node = node_for(&sink, "retry = [\"1h\"]");
+    let rcpt = "flaky2@dest.test";
+    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], "flushed"));
+    wait_explained("flaky2 deferred", || has(&node, "deferred", &id, rcpt), || state(&node, &sink));
+    assert!(!has(&node, "delivered", &id, rcpt));
+    let config = node.config_path.to_str().expect("utf-8 path");
+    let out = run(BIN, &["queue", "flush", "--config", config]);
+    assert!(out.status.success(), "queue flush: {}", String::from_utf8_lossy(&out.stderr));
+    wait_explained(
+        "flaky2 delivered after the flush",
+        || has(&node, "delivered", &id, rcpt),
+        || state(&node, &sink),
+    );
+    assert_eq!(sink.transactions().len(), 1);
 }
 
 /// A recipient refused with 550 is reported to the sender in an RFC 3464 DSN from the null

@@ -6,7 +6,7 @@
 //! accepted thrown away, few duplicates (none on a planned switchover).
 //!
 //! Most tests use short timings (heartbeat 100 ms, lease 1 s, failover_timeout 2 s); the kill -9
-//! under load runs on relayd's defaults (200 ms, 2 s, 3 s) for the recovery time it measures.
+//! under load runs on relayd's defaults (200 ms, 2 s, 2.5 s) for the recovery time it measures.
 
 mod common;
 
@@ -367,7 +367,9 @@ fn wait_queue_empty(node: &Node, name: &str) {
 
 /// The lines of a node's log that matter to a failover, for failure messages.
 fn ha_lines(node: &Node) -> String {
-    const EVENTS: [&str; 9] = [
+    const EVENTS: [&str; 11] = [
+        "snapshot",
+        "divergent records",
         "promoted",
         "demoted",
         "fenced",
@@ -552,6 +554,11 @@ fn isolation(silent: bool) -> Episode {
     let trio = Trio::start(TrioOptions::default());
     let probe = Probe::start(&[("a", trio.a.addr()), ("b", trio.b.addr())], "iso");
     wait_for("the probe to get 250s from a", || probe.accepted("a") >= 3);
+    let serving = |node: &Node| {
+        let status = common::cluster::try_status(node).expect("/status");
+        (status["role"].as_str().map(str::to_string), status["serving"].as_bool())
+    };
+    assert_eq!(serving(&trio.a), (Some("primary".into()), Some(true)));
     let links = [&trio.ab, &trio.ba, &trio.aw];
     for link in links {
         if silent { link.pause() } else { sever(link) }
@@ -559,6 +566,8 @@ fn isolation(silent: bool) -> Episode {
     let isolated = Instant::now();
     wait_log(&trio.b, "b promoted", "promoted epoch=2", 1);
     wait_log(&trio.a, "a fenced", "fenced reason=", 1);
+    // What monitoring sees of the fenced primary: its role, but not serving.
+    assert_eq!(serving(&trio.a), (Some("primary".into()), Some(false)));
     wait_for("the probe to get 250s from b", || probe.accepted("b") >= 3);
     for link in links {
         if silent { link.resume() } else { link.unblock() }
@@ -753,6 +762,35 @@ fn async_mail_acknowledged_by_a_killed_primary_is_salvaged_when_it_returns() {
     assert!(duplicates(&counts).is_empty(), "duplicates: {:?}", duplicates(&counts));
     assert_eq!(counts.len(), ids.len(), "the sink got exactly the test's messages: {counts:?}");
     wait_queue_empty(&trio.b, "b");
+    // Catch-up, not copy-all (HA.md 4): a dropped its divergent records and resumed from
+    // where the two logs part; b sent no snapshot.
+    assert_eq!(
+        count(&trio.a.log(), "dropped our divergent records"),
+        1,
+        "a rewound its log once:\n{}",
+        ha_lines(&trio.a)
+    );
+    let b_log = trio.b.log();
+    assert_eq!(count(&b_log, "sending a snapshot"), 0, "b sent a snapshot:\n{}", ha_lines(&trio.b));
+    wait_queue_empty(&trio.a, "a");
+}
+
+/// A standby built from a snapshot is promoted; the old primary returns, holding exactly the
+/// position that snapshot was taken at. The new primary's log holds no record there (its log
+/// starts after it), yet the old primary resumes from it: no second snapshot (HA.md 4).
+#[test]
+fn a_node_that_stopped_at_the_snapshot_point_resumes_without_a_snapshot() {
+    let mut trio = Trio::start(TrioOptions::default());
+    wait_following(&trio.a, "b to follow a");
+    assert_eq!(count(&trio.a.log(), "sending a snapshot"), 1, "b, empty, got a snapshot first");
+    trio.a.kill9();
+    wait_log(&trio.b, "b promoted", "promoted epoch=2", 1);
+    trio.a.launch();
+    wait_role(&trio.a, "a", "standby", 2);
+    wait_following(&trio.b, "a to follow b, caught up");
+    let b_log = trio.b.log();
+    assert_eq!(count(&b_log, "sending a snapshot"), 0, "b sent a snapshot:\n{}", ha_lines(&trio.b));
+    assert_eq!(count(&b_log, "replication link up peer=a"), 1, "{}", ha_lines(&trio.b));
 }
 
 /// A planned switchover (`relayd demote`) while mail flows, from a to b and back, twice: each

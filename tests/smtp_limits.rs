@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{Node, Raw};
 
@@ -12,6 +12,14 @@ fn start_transaction(smtp: &mut Raw) {
     assert!(smtp.cmd("EHLO client.test").starts_with("250"));
     assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
     assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
+}
+
+/// A new session, past DATA's 354: what it sends next is content.
+fn connect_in_data(node: &Node) -> Raw {
+    let mut smtp = connect(node);
+    start_transaction(&mut smtp);
+    assert!(smtp.cmd("DATA").starts_with("354"));
+    smtp
 }
 
 fn connect(node: &Node) -> Raw {
@@ -97,32 +105,83 @@ fn too_many_recipients_452() {
     assert_eq!(queued[0].0.envelope.recipients.len(), 3);
 }
 
-#[test]
-fn command_timeout_421() {
-    let node = Node::relay("command_timeout = \"1s\"");
-    let mut smtp = connect(&node);
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    let started = Instant::now();
+/// A byte every 200 ms: far more often than any timeout in these tests, so that a timeout that
+/// restarted with each read would never fire.
+const TRICKLE: Duration = Duration::from_millis(200);
+
+/// Waits for the 421 that ends a trickling session, and checks that the client was still
+/// sending when it came (so that the deadline, not silence, closed it) and that the server
+/// closed the connection (the trickle's writes failed before its last byte).
+fn assert_trickle_cut_off(smtp: &mut Raw, trickle: std::thread::JoinHandle<usize>, len: usize) {
     assert_eq!(smtp.read_reply(), "421 4.4.2 mx.test Error: timeout exceeded\n");
-    assert!(started.elapsed().as_millis() >= 900, "not before the timeout");
-    assert!(smtp.is_closed());
+    let sent = trickle.join().expect("trickle thread");
+    assert!(sent >= 3, "the client kept sending through the timeout: {sent} bytes");
+    assert!(sent < len, "the server closed the connection before the client was done");
+}
+
+#[test]
+fn command_timeout_421_for_silence_and_for_a_trickled_line() {
+    let node = Node::relay("command_timeout = \"2s\"");
+    let mut silent = connect(&node);
+    assert!(silent.cmd("EHLO client.test").starts_with("250"));
+    let started = Instant::now();
+    // The deadline is for the whole line, however often its bytes come.
+    let mut slow = connect(&node);
+    assert!(slow.cmd("EHLO client.test").starts_with("250"));
+    let line = format!("NOOP {}", "x".repeat(1000)).into_bytes();
+    let len = line.len();
+    let trickle = slow.trickle(line, TRICKLE);
+    assert_eq!(silent.read_reply(), "421 4.4.2 mx.test Error: timeout exceeded\n");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the timeout");
+    assert!(silent.is_closed());
+    assert_trickle_cut_off(&mut slow, trickle, len);
+    assert!(node.log().contains("timeout exceeded client=127.0.0.1 phase=\"command\""));
     let mut again = connect(&node);
     assert_serves(&mut again);
 }
 
 #[test]
-fn data_timeout_421_and_nothing_queued() {
-    let mut node = Node::relay("data_timeout = \"1s\"");
-    let mut smtp = connect(&node);
-    start_transaction(&mut smtp);
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    smtp.send(b"Subject: stalled\r\n\r\nhalf a message");
-    assert_eq!(smtp.read_reply(), "421 4.4.2 mx.test Error: timeout exceeded\n");
-    assert!(smtp.is_closed());
+fn data_timeout_421_for_silence_and_for_a_trickled_body_and_nothing_queued() {
+    // min_data_rate is 500 bytes/s by default: a byte every 200 ms earns next to nothing.
+    let mut node = Node::relay("data_timeout = \"2s\"");
+    let mut silent = connect_in_data(&node);
+    silent.send(b"Subject: stalled\r\n\r\nhalf a message");
+    let body = format!("Subject: slow\r\n\r\n{}\r\n", "x".repeat(1000)).into_bytes();
+    let mut slow = connect_in_data(&node);
+    let trickle = slow.trickle(body.clone(), TRICKLE);
+    // The same for a BDAT chunk whose announced bytes come one at a time.
+    let mut chunked = connect(&node);
+    start_transaction(&mut chunked);
+    chunked.send(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+    let chunk_trickle = chunked.trickle(body.clone(), TRICKLE);
+    assert_eq!(silent.read_reply(), "421 4.4.2 mx.test Error: timeout exceeded\n");
+    assert!(silent.is_closed());
+    assert_trickle_cut_off(&mut slow, trickle, body.len());
+    assert_trickle_cut_off(&mut chunked, chunk_trickle, body.len());
     let mut again = connect(&node);
     assert_serves(&mut again);
     node.stop();
-    assert_eq!(node.queued().len(), 1, "the stalled message was not queued");
+    assert_eq!(node.queued().len(), 1, "neither the stalled nor the trickled messages were queued");
+}
+
+#[test]
+fn a_slow_body_that_keeps_up_min_data_rate_is_not_cut_off() {
+    let mut node = Node::relay("data_timeout = \"1s\"\nmin_data_rate = 100");
+    let mut smtp = connect_in_data(&node);
+    // 3,000 bytes at about 1,000 bytes/s, ten times min_data_rate: three times data_timeout
+    // in all, never a second of silence.
+    let line = format!("{}\r\n", "y".repeat(98));
+    let started = Instant::now();
+    smtp.send(b"Subject: slow link\r\n\r\n");
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        smtp.send(line.as_bytes());
+    }
+    let reply = smtp.cmd(".");
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    assert!(started.elapsed() > Duration::from_secs(1), "the body outlasted data_timeout");
+    node.stop();
+    assert_eq!(node.queued().len(), 1);
 }
 
 #[test]
@@ -168,6 +227,28 @@ fn too_many_errors_421() {
 }
 
 #[test]
+fn commands_that_move_no_mail_are_limited_between_messages() {
+    // A client may keep its session only by sending mail: NOOP, RSET, EHLO and the like, each
+    // line whole in time, would otherwise hold it for ever.
+    let mut node = Node::relay("max_junk_commands = 3");
+    let mut smtp = connect(&node);
+    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
+    // RSET and EHLO again: three, the most allowed before a message. The message accepted
+    // starts the count again, so that connection reuse (RSET, EHLO between messages) goes on.
+    assert_serves(&mut smtp);
+    for command in ["RSET", "NOOP", "EHLO client.test"] {
+        assert!(smtp.cmd(command).starts_with("250"), "{command}");
+    }
+    assert_eq!(smtp.cmd("NOOP"), "421 4.7.0 mx.test Error: too many commands without mail\n");
+    assert!(smtp.is_closed());
+    assert!(node.log().contains("disconnected after too many commands without mail"));
+    let mut again = connect(&node);
+    assert_serves(&mut again);
+    node.stop();
+    assert_eq!(node.queued().len(), 2);
+}
+
+#[test]
 fn relay_control_550_for_untrusted_clients() {
     let node = Node::relay("");
     let mut untrusted = Raw::connect_from(node.addr(), Some([127, 0, 0, 2]));
@@ -186,9 +267,7 @@ fn relay_control_550_for_untrusted_clients() {
 #[test]
 fn smuggled_end_of_data_is_content() {
     let mut node = Node::relay("");
-    let mut smtp = connect(&node);
-    start_transaction(&mut smtp);
-    assert!(smtp.cmd("DATA").starts_with("354"));
+    let mut smtp = connect_in_data(&node);
     // Bare-LF and bare-CR "dot" lines are data: the smuggled MAIL..DATA stays in this message.
     smtp.send(
         b"Subject: smuggle\r\n\r\nline\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@example.com>\r\n\
@@ -332,4 +411,33 @@ fn open_relay_battery_550_from_untrusted_clients() {
         "our domain, fully qualified"
     );
     assert_eq!(untrusted.cmd("RCPT TO:<Customer@Example.Com>"), "250 2.1.5 Ok\n");
+}
+
+#[test]
+fn open_files_limit_raised_warned_about_and_a_long_listen_queue() {
+    let mut node = Node::relay("max_connections = 4000\nmax_connections_per_ip = 20");
+    node.stop();
+    // A soft limit of 256 is raised to the hard one, 2,048; that is still too few for 4,000
+    // sessions, which the log says.
+    let listening = format!("SMTP listening address={}", node.addr());
+    node.launch_wrapped_until(&["prlimit", "--nofile=256:2048"], &listening);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).expect("limits");
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).expect("nofile");
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["2048", "2048"]);
+    let log = node.log();
+    assert!(log.contains("the open-files limit is too low for smtp.max_connections"), "{log}");
+    assert!(log.contains("open_files=2048 max_connections=4000 needed=4256"), "{log}");
+    // The listen queue is 1,024 long (or what the kernel allows), not the usual 128.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let sport = format!("sport = :{}", node.smtp_port);
+    let ss = common::run("ss", &["-ltnH", &sport]);
+    let listen = String::from_utf8_lossy(&ss.stdout).to_string();
+    let backlog = listen.split_whitespace().nth(2);
+    assert_eq!(backlog, Some(somaxconn.min(1024).to_string().as_str()), "{listen}");
+    let mut smtp = connect(&node);
+    assert_serves(&mut smtp);
 }

@@ -10,6 +10,10 @@ use crate::spool::{MessageRecord, RecipientState};
 pub struct Status {
     pub role: String,
     pub epoch: u64,
+    /// Accepting and delivering mail: a primary that is not fenced. (A fenced primary keeps
+    /// its role and answers 421; an older node does not report this, hence the default.)
+    #[serde(default)]
+    pub serving: bool,
     pub node: String,
     /// The other data node; null without a cluster. Left open (any JSON) so that a CLI keeps
     /// reading the status of a node that reports more about its peer.

@@ -141,7 +141,13 @@ fn status_table(status: &Status) -> String {
     let queue = &status.queue;
     let mut out = String::new();
     let _ = writeln!(out, "node   {}", status.node);
-    let _ = writeln!(out, "role   {}", status.role);
+    let fenced = status.role == "primary" && !status.serving;
+    let _ = writeln!(
+        out,
+        "role   {}{}",
+        status.role,
+        if fenced { " (fenced: not serving)" } else { "" }
+    );
     let _ = writeln!(out, "epoch  {}", status.epoch);
     let _ = writeln!(out, "peer   {peer}");
     let _ = writeln!(
@@ -308,6 +314,7 @@ mod tests {
         let status = Status {
             role: "primary".into(),
             epoch: 2,
+            serving: true,
             node: "mx1".into(),
             peer: None,
             replication: Replication::default(),

@@ -1,5 +1,6 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
-//! The names are SPEC.md's; `relayd_spool_syncs_total` is an addition.
+//! The names are SPEC.md's; `relayd_spool_syncs_total`, `relayd_spool_reopens_total` and
+//! `relayd_smtp_storage_refusals_total` are additions.
 
 use std::fmt::Write;
 
@@ -13,6 +14,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Snapshot {
     pub role: Option<Role>,
     pub epoch: u64,
+    pub serving: bool,
     pub queue_messages: u64,
     pub smtp_sessions_active: u64,
     pub messages_accepted: u64,
@@ -23,6 +25,8 @@ pub struct Snapshot {
     pub replication_lag_seconds: u64,
     pub failovers: u64,
     pub spool_syncs: u64,
+    pub spool_reopens: u64,
+    pub storage_refusals: u64,
 }
 
 /// Renders the page.
@@ -32,6 +36,11 @@ pub fn render(s: &Snapshot) -> String {
         .map(|role| (format!("{{role=\"{role}\"}}"), u64::from(s.role == Some(role))));
     page.family("relayd_role", "gauge", "1 for this node's role, 0 for the others.", &roles);
     page.gauge("relayd_epoch", "The current epoch (0: none yet).", s.epoch);
+    page.gauge(
+        "relayd_serving",
+        "1 while this node accepts and delivers mail (a primary, not fenced).",
+        u64::from(s.serving),
+    );
     page.gauge("relayd_queue_messages", "Messages in the queue.", s.queue_messages);
     page.gauge("relayd_smtp_sessions_active", "Open SMTP sessions.", s.smtp_sessions_active);
     page.counter(
@@ -69,6 +78,16 @@ pub fn render(s: &Snapshot) -> String {
         "relayd_spool_syncs_total",
         "Group commits made durable (one flush and one fdatasync each).",
         s.spool_syncs,
+    );
+    page.counter(
+        "relayd_spool_reopens_total",
+        "Times the spool was reopened after a failed write (a full disk).",
+        s.spool_reopens,
+    );
+    page.counter(
+        "relayd_smtp_storage_refusals_total",
+        "Transactions and messages refused with 452 4.3.1: the spool's disk low or full.",
+        s.storage_refusals,
     );
     page.0
 }
@@ -112,11 +131,12 @@ mod tests {
         assert!(page.contains("relayd_role{role=\"standby\"} 1\n"));
         assert!(page.contains("relayd_role{role=\"witness\"} 0\n"));
         assert!(page.contains("relayd_epoch 3\n"));
+        assert!(page.contains("relayd_serving 0\n"));
         assert!(page.contains(
             "# TYPE relayd_messages_accepted_total counter\nrelayd_messages_accepted_total 7\n"
         ));
         let families: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
-        assert_eq!(families.len(), 12);
+        assert_eq!(families.len(), 15);
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("sample line");
             assert!(value.parse::<u64>().is_ok(), "{line}");

@@ -49,12 +49,14 @@ pub struct NodeState {
     pub role: Role,
     /// The current epoch: the last of the spool's epoch history, 0 when there is none.
     pub epoch: u64,
+    /// A primary that is not fenced.
+    pub serving: bool,
 }
 
 /// Where `/status` and `/metrics` learn the role and the epoch: the live ones.
 pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
     let status = context.ha.status();
-    Ok(NodeState { role: status.role, epoch: status.epoch })
+    Ok(NodeState { role: status.role, epoch: status.epoch, serving: status.serving() })
 }
 
 /// Binds `[admin].listen`. The error names the address. When a token file is set, it is read

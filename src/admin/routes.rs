@@ -25,6 +25,11 @@ pub async fn healthz(State(context): Context) -> Response {
     if status.role == Role::Primary && status.fenced {
         return (StatusCode::SERVICE_UNAVAILABLE, "fenced").into_response();
     }
+    // Closed after a failed write (a full disk): every sender gets 452 until it reopens.
+    if !context.spool.is_open() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "spool closed after a failed write")
+            .into_response();
+    }
     "ok".into_response()
 }
 
@@ -63,6 +68,7 @@ pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
         Ok(Json(Status {
             role: state.role.to_string(),
             epoch: state.epoch,
+            serving: state.serving,
             node: context.config.node.name.clone(),
             peer: replication.peer.and_then(|peer| serde_json::to_value(peer).ok()),
             replication: Replication {
@@ -85,6 +91,7 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
         Ok(metrics::render(&Snapshot {
             role: Some(state.role),
             epoch: state.epoch,
+            serving: state.serving,
             queue_messages: context.spool.queue_len(),
             smtp_sessions_active: u64::try_from(context.sessions.active()).unwrap_or(u64::MAX),
             messages_accepted: Metrics::read(&counters.messages_accepted),
@@ -95,6 +102,8 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
             replication_lag_seconds: replication.lag_seconds as u64,
             failovers: Metrics::read(&counters.failovers),
             spool_syncs: context.spool.syncs(),
+            spool_reopens: context.spool.reopens(),
+            storage_refusals: Metrics::read(&counters.storage_refusals),
         }))
     })
     .await?;

@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// On SIGTERM, how long open sessions and deliveries in flight may take to finish.
     pub drain_timeout: Duration,
+    /// Bytes that must stay free on the spool's file system for a new transaction to start
+    /// (452 4.3.1 below): room kept for the mail already accepted (delivery results, bounces).
+    pub min_free_space: u64,
 }
 
 /// The config a running node uses now: swapped whole on SIGHUP, read where it is used, so that
@@ -85,11 +88,18 @@ pub struct SmtpConfig {
     pub max_recipients: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// The longest a command line may take to arrive, whole (from the wait for its first byte).
     pub command_timeout: Duration,
     /// Inactivity limit while reading DATA/BDAT.
     pub data_timeout: Duration,
+    /// Bytes per second: a body (or BDAT chunk) may take `data_timeout` plus the time its
+    /// bytes need at this rate, and no longer.
+    pub min_data_rate: u64,
     /// Bad commands in one session before a 421 and the close.
     pub max_bad_commands: u32,
+    /// Commands that move no mail (NOOP, RSET, EHLO, ...) between accepted messages before a
+    /// 421 and the close.
+    pub max_junk_commands: u32,
     /// Both set (validated): STARTTLS offered.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

@@ -35,6 +35,7 @@ struct RawNode {
     role: Option<Role>,
     data_dir: Option<FilePath>,
     drain_timeout: Option<Dur>,
+    min_free_space: Option<Size>,
 }
 
 #[derive(Deserialize, Default)]
@@ -48,7 +49,9 @@ struct RawSmtp {
     max_connections_per_ip: Option<usize>,
     command_timeout: Option<Dur>,
     data_timeout: Option<Dur>,
+    min_data_rate: Option<Size>,
     max_bad_commands: Option<u32>,
+    max_junk_commands: Option<u32>,
     tls_cert: Option<FilePath>,
     tls_key: Option<FilePath>,
 }
@@ -152,6 +155,7 @@ impl RawConfig {
             role: node.role.unwrap_or(Role::Primary),
             data_dir: path(node.data_dir).unwrap_or_else(|| PathBuf::from("./relayd-data")),
             drain_timeout: dur(node.drain_timeout, secs(30)),
+            min_free_space: node.min_free_space.map_or(64 * 1024 * 1024, |Size(s)| s),
         };
 
         let smtp = SmtpConfig {
@@ -166,7 +170,9 @@ impl RawConfig {
             max_connections_per_ip: smtp.max_connections_per_ip.unwrap_or(20),
             command_timeout: dur(smtp.command_timeout, secs(5 * MINUTE)),
             data_timeout: dur(smtp.data_timeout, secs(5 * MINUTE)),
+            min_data_rate: smtp.min_data_rate.map_or(500, |Size(s)| s),
             max_bad_commands: smtp.max_bad_commands.unwrap_or(20),
+            max_junk_commands: smtp.max_junk_commands.unwrap_or(100),
             tls_cert: path(smtp.tls_cert),
             tls_key: path(smtp.tls_key),
         };
@@ -240,7 +246,7 @@ impl RawConfig {
                     sync_timeout: dur(c.sync_timeout, secs(2)),
                     on_standby_loss: c.on_standby_loss.unwrap_or(StandbyLoss::Degrade),
                     heartbeat_interval: dur(c.heartbeat_interval, Duration::from_millis(200)),
-                    failover_timeout: dur(c.failover_timeout, secs(3)),
+                    failover_timeout: dur(c.failover_timeout, Duration::from_millis(2500)),
                     lease: dur(c.lease, secs(2)),
                     auto_failover: c.auto_failover.unwrap_or(true),
                     allow_failover_without_witness: c

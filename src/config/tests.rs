@@ -83,8 +83,11 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.max_connections_per_ip, 20);
     assert_eq!(c.smtp.command_timeout, Duration::from_secs(300));
     assert_eq!(c.smtp.data_timeout, Duration::from_secs(300));
+    assert_eq!(c.smtp.min_data_rate, 500);
     assert_eq!(c.smtp.max_bad_commands, 20);
+    assert_eq!(c.smtp.max_junk_commands, 100);
     assert_eq!(c.smtp.tls_cert, None);
+    assert_eq!(c.node.min_free_space, 64 * 1024 * 1024);
     let mins = |m: u64| Duration::from_secs(m * 60);
     assert_eq!(c.delivery.retry, vec![mins(1), mins(5), mins(15), mins(60), mins(240)]);
     assert_eq!(c.delivery.max_queue_lifetime, Duration::from_secs(5 * 86400));
@@ -105,7 +108,7 @@ fn cluster_defaults() {
     assert_eq!(cl.sync_timeout, Duration::from_secs(2));
     assert_eq!(cl.on_standby_loss, StandbyLoss::Degrade);
     assert_eq!(cl.heartbeat_interval, Duration::from_millis(200));
-    assert_eq!(cl.failover_timeout, Duration::from_secs(3));
+    assert_eq!(cl.failover_timeout, Duration::from_millis(2500));
     assert!(cl.auto_failover);
     assert_eq!(cl.on_promote, None);
 }
@@ -308,6 +311,9 @@ fn sizes_and_durations_in_files() {
     assert_eq!(c.delivery.retry, vec![Duration::from_millis(200), Duration::from_secs(5 * 86400)]);
     let c = parse(&format!("{SMTP}max_message_size = \"512KiB\"\n")).unwrap();
     assert_eq!(c.smtp.max_message_size, 512 * 1024);
+    let c = parse("[node]\nmin_free_space = \"1GiB\"\n").unwrap();
+    assert_eq!(c.node.min_free_space, 1 << 30);
+    assert_eq!(parse("[node]\nmin_free_space = 0\n").unwrap().node.min_free_space, 0);
     assert_err(
         "[smtp]\nmax_message_size = -5\n",
         Some(2),
@@ -360,12 +366,10 @@ fn smtp_rules() {
         Some("smtp.command_timeout"),
         &["longer than 0s"],
     );
-    assert_err(
-        &format!("{SMTP}max_bad_commands = 0\n"),
-        Some(3),
-        Some("smtp.max_bad_commands"),
-        &["at least 1"],
-    );
+    for key in ["max_bad_commands", "max_junk_commands", "min_data_rate"] {
+        let key_path = format!("smtp.{key}");
+        assert_err(&format!("{SMTP}{key} = 0\n"), Some(3), Some(&key_path), &["at least 1"]);
+    }
     assert_err(
         "[smtp]\nhostname = \"mx_1.example.net\"\n",
         Some(2),
@@ -463,16 +467,16 @@ fn cluster_rules() {
         &["missing", "primary"],
     );
     assert_err(
-        &format!("{SMTP}{CLUSTER}lease = \"2800ms\"\n"),
+        &format!("{SMTP}{CLUSTER}lease = \"2300ms\"\n"),
         Some(8),
         Some("cluster.lease"),
-        &["must be shorter than failover_timeout (3s)", "still be serving"],
+        &["must be shorter than failover_timeout (2s 500ms)", "still be serving"],
     );
     assert_err(
-        &format!("{SMTP}{CLUSTER}heartbeat_interval = \"3s\"\n"),
+        &format!("{SMTP}{CLUSTER}heartbeat_interval = \"2500ms\"\n"),
         Some(8),
         Some("cluster.heartbeat_interval"),
-        &["shorter than cluster.failover_timeout (3s)"],
+        &["shorter than cluster.failover_timeout (2s 500ms)"],
     );
     assert_err(
         &format!("{SMTP}{CLUSTER}heartbeat_interval = \"0s\"\n"),

@@ -119,8 +119,14 @@ fn check_smtp(s: &SmtpConfig, role: Role) -> Result<(), Invalid> {
     }
     positive("smtp.command_timeout", s.command_timeout)?;
     positive("smtp.data_timeout", s.data_timeout)?;
+    if s.min_data_rate < 1 {
+        return Err(Invalid::new("smtp.min_data_rate", "must be at least 1 (bytes per second)"));
+    }
     if s.max_bad_commands < 1 {
         return Err(Invalid::new("smtp.max_bad_commands", "must be at least 1"));
+    }
+    if s.max_junk_commands < 1 {
+        return Err(Invalid::new("smtp.max_junk_commands", "must be at least 1"));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! work. A message is not dispatched again while a job of it is in flight: when its last job
 //! is done, it is rescheduled from what the spool then says.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -79,6 +79,9 @@ pub(super) struct Runner {
     due: HashMap<QueueId, u64>,
     /// Jobs in flight per message.
     in_flight: HashMap<QueueId, usize>,
+    /// Messages flushed by an operator: their next dispatch tries every pending recipient,
+    /// whatever its retry time says.
+    flushed: HashSet<QueueId>,
     lanes: Arc<Mutex<HashMap<Destination, Lane>>>,
 }
 
@@ -95,6 +98,7 @@ impl Runner {
             schedule: BTreeSet::new(),
             due: HashMap::new(),
             in_flight: HashMap::new(),
+            flushed: HashSet::new(),
             lanes: Arc::default(),
         }
     }
@@ -102,6 +106,7 @@ impl Runner {
     pub(super) async fn run(mut self) {
         let mut roles = self.shared.ha.subscribe();
         let mut serving = roles.borrow_and_update().serving();
+        let mut reopens = self.shared.spool.watch_reopens();
         if serving {
             self.load();
         }
@@ -121,7 +126,10 @@ impl Runner {
                         }
                         self.flush_deferred();
                     }
-                    Some(Command::Forget(id)) => self.unschedule(id),
+                    Some(Command::Forget(id)) => {
+                        self.flushed.remove(&id);
+                        self.unschedule(id);
+                    }
                     None => return,
                 },
                 Some(JobDone { id, finished }) = self.done.recv() => {
@@ -139,6 +147,15 @@ impl Runner {
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
+                Ok(()) = reopens.changed() => {
+                    // The spool was reopened after a failed write. Results that could not be
+                    // recorded meanwhile left their messages unscheduled (their reschedule found
+                    // no spool), and a message whose commit failed may be on disk after all:
+                    // the queue is what the disk holds now.
+                    if serving {
+                        self.load();
+                    }
+                }
                 Ok(()) = roles.changed() => {
                     // A standby promoted (or a primary unfenced) takes over the queue it holds.
                     let now = roles.borrow_and_update().serving();
@@ -175,6 +192,7 @@ impl Runner {
             .filter(|id| !self.in_flight.contains_key(id))
             .collect();
         for id in ids {
+            self.flushed.insert(id);
             self.schedule_at(id, 0);
         }
     }
@@ -231,11 +249,14 @@ impl Runner {
                     continue;
                 }
             };
+            // Without this, a flush would schedule the message now and then find none of its
+            // recipients due before their retry time: nothing would be tried.
+            let flushed = self.flushed.remove(&id);
             let mut groups: HashMap<Destination, Vec<u32>> = HashMap::new();
             for (index, (address, state)) in
                 message.envelope.recipients.iter().zip(&message.recipients).enumerate()
             {
-                if matches!(state, RecipientState::Pending { next_attempt_ms, .. } if *next_attempt_ms <= now)
+                if matches!(state, RecipientState::Pending { next_attempt_ms, .. } if flushed || *next_attempt_ms <= now)
                 {
                     let destination = route::destination(&config, address);
                     groups.entry(destination).or_default().push(index as u32);

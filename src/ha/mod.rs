@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
+use crate::replication::frame::Frame;
 use crate::spool::Spool;
 
 /// What this node is now.
@@ -328,6 +329,23 @@ pub async fn promote_by_operator(ha: &Ha, force: bool) -> Result<u64, String> {
     Ok(epoch)
 }
 
+/// Before a handover: the witness hears from us that we stopped serving, so that it grants the
+/// standby's claim at once instead of refusing it until our next ping reaches it. Best effort:
+/// the standby repeats its claim for a while in any case.
+async fn tell_witness_not_serving(ha: &Ha, epoch: u64) {
+    let (Some(cluster), Some(connector)) = (ha.cluster(), ha.connector()) else { return };
+    let Some(address) = &cluster.witness else { return };
+    let ping = Frame::Ping {
+        node: ha.node().to_string(),
+        role: Role::Primary.as_str().to_string(),
+        epoch,
+        serving: false,
+    };
+    if let Err(e) = witness::ask_once(address, connector, &ping).await {
+        tracing::info!(error = %e, "could not tell the witness that this node stopped serving");
+    }
+}
+
 /// `relayd demote` on a primary: a planned switchover with zero loss and zero duplicates. Stop
 /// accepting (421) and delivering; let the deliveries in flight finish and the standby catch
 /// up; hand over; follow. On failure the node serves again (at the next lease check).
@@ -359,6 +377,7 @@ pub async fn switchover(
         if !replication.caught_up(last, monitor::SWITCHOVER_STEP).await {
             return Err(format!("the standby did not catch up to record {last} in time"));
         }
+        tell_witness_not_serving(ha, status.epoch).await;
         // The standby's TookOver, or the witness telling us of its new epoch first (which
         // steps us down by itself): either way the standby took over.
         let mut roles = ha.subscribe();

@@ -222,7 +222,17 @@ impl WitnessClient {
     }
 }
 
-/// Asks the witness at `address` for `epoch` on one new connection (promotions are rare).
+/// One request to the witness at `address`, on a new connection (for the rare requests:
+/// claims, and a switchover's word that the primary stopped serving).
+pub async fn ask_once(
+    address: &str,
+    connector: &TlsConnector,
+    request: &Frame,
+) -> Result<Frame, String> {
+    WitnessClient::new(address.to_string(), connector.clone(), IO_TIMEOUT).ask(request).await
+}
+
+/// Asks the witness at `address` for `epoch`.
 pub async fn claim(
     address: &str,
     connector: &TlsConnector,
@@ -231,16 +241,13 @@ pub async fn claim(
     force: bool,
     failover_timeout: Duration,
 ) -> Result<(bool, String), String> {
-    let mut client = WitnessClient::new(address.to_string(), connector.clone(), IO_TIMEOUT);
-    match client
-        .ask(&Frame::Claim {
-            node: node.to_string(),
-            epoch,
-            force,
-            failover_timeout_ms: u64::try_from(failover_timeout.as_millis()).unwrap_or(u64::MAX),
-        })
-        .await?
-    {
+    let request = Frame::Claim {
+        node: node.to_string(),
+        epoch,
+        force,
+        failover_timeout_ms: u64::try_from(failover_timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    match ask_once(address, connector, &request).await? {
         Frame::Verdict { granted, reason, .. } => Ok((granted, reason)),
         other => Err(format!("unexpected answer from the witness: {other:?}")),
     }

@@ -1,7 +1,7 @@
 //! The standby's side of the link: accept the primary (one at a time: a new link replaces the
 //! old), say where our log ends, then apply what it ships and acknowledge it once durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use super::frame::{self, Frame, Hello};
 use super::link::Link;
 use crate::config::Role;
 use crate::ha::{Ha, witness};
-use crate::spool::{BodyWriter, Change, EpochStart, MessageRecord, QueueId, Spool};
+use crate::spool::{BodyWriter, Change, EpochStart, LogPosition, MessageRecord, QueueId, Spool};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -105,6 +105,7 @@ async fn session(
             role: status.role.as_str().into(),
             history: spool.epoch_history().map_err(|e| e.to_string())?,
             last: spool.last_position(),
+            rewind: None,
         };
         send(&mut writer, &Frame::Hello(ours)).await?;
         return Err(format!(
@@ -129,16 +130,30 @@ async fn session(
     if salvaged > 0 {
         tracing::warn!(salvaged, peer = %theirs.node, "handed the new primary the messages it lacked");
     }
-    let ours = Hello {
-        node: node.to_string(),
-        role: "standby".into(),
-        history: spool.epoch_history().map_err(|e| e.to_string())?,
-        last: spool.last_position(),
+    // Our log may go on where the new primary's does not: that branch goes (what it accepted
+    // was salvaged just now), and so the log resumes where the two part, without a snapshot.
+    let mut branch = divergent_branch(spool, &theirs)?;
+    let ours = match &branch {
+        Some(branch) => Hello {
+            node: node.to_string(),
+            role: "standby".into(),
+            history: branch.history.clone(),
+            last: branch.to,
+            rewind: Some(branch.touched.clone()),
+        },
+        None => Hello {
+            node: node.to_string(),
+            role: "standby".into(),
+            history: spool.epoch_history().map_err(|e| e.to_string())?,
+            last: spool.last_position(),
+            rewind: None,
+        },
     };
+    let at = ours.last.seq;
     send(&mut writer, &Frame::Hello(ours)).await?;
     replication.linked(&theirs.node);
     *linked = true;
-    tracing::info!(peer = %theirs.node, at = spool.last_position().seq, "following the primary");
+    tracing::info!(peer = %theirs.node, at, "following the primary");
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
@@ -154,7 +169,33 @@ async fn session(
             _ = replaced.wait_for(|&generation| generation != mine) => return Ok(()),
         };
         ha.heard();
+        // Until the rewind is answered our log still holds the branch: nothing may be applied
+        // on top of it, nor acknowledged from it.
+        if branch.is_some()
+            && !matches!(
+                frame,
+                Frame::Chunk { .. } | Frame::Rewind { .. } | Frame::SnapshotBegin { .. }
+            )
+        {
+            return Err("the primary streamed before it answered our rewind".into());
+        }
         match frame {
+            Frame::Rewind { messages, absent } => {
+                let Some(Branch { to, history, touched }) = branch.take() else {
+                    return Err("a rewind nobody asked for".into());
+                };
+                let needed =
+                    messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
+                spool
+                    .rewind(to, history, messages, absent, needed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::warn!(
+                    at = to.seq,
+                    messages = touched.len(),
+                    "dropped our divergent records: the log resumes where it parted from the primary's"
+                );
+            }
             Frame::Chunk { id, data } => {
                 let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
                 body.write(&data).map_err(|e| e.to_string())?;
@@ -178,6 +219,7 @@ async fn session(
             }
             Frame::SnapshotBegin { last } => {
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
+                branch = None;
                 bodies.clear();
                 spool.wipe().await.map_err(|e| e.to_string())?;
             }
@@ -243,6 +285,52 @@ async fn take_over(ha: &Ha, epoch: u64) -> Result<u64, String> {
     }
     ha.promote(next, "planned switchover: the primary handed over").await?;
     Ok(next)
+}
+
+/// The part of our log that the new primary's history does not share, to be dropped.
+struct Branch {
+    /// The last record both logs hold.
+    to: LogPosition,
+    /// Our epoch history up to `to`.
+    history: Vec<EpochStart>,
+    /// The messages the branch's records accepted or changed.
+    touched: Vec<QueueId>,
+}
+
+/// Our log's records past the point where its history and `theirs` part (an old primary's,
+/// written in an epoch the cluster moved past), if there are any and the log still holds them
+/// all (else the primary sends a snapshot, as to a node that lacks history).
+fn divergent_branch(spool: &Spool, theirs: &Hello) -> Result<Option<Branch>, String> {
+    let ours = spool.epoch_history().map_err(|e| e.to_string())?;
+    let from = divergence(&ours, &theirs.history);
+    let last = spool.last_position().seq;
+    // Nothing past the fork, or nothing before it (a snapshot in any case).
+    if from > last || from <= 1 {
+        return Ok(None);
+    }
+    let history: Vec<EpochStart> = ours.into_iter().take_while(|e| e.first_seq < from).collect();
+    let to = LogPosition { epoch: history.last().map_or(0, |e| e.epoch), seq: from - 1 };
+    let (mut touched, mut seen) = (Vec::new(), HashSet::new());
+    let mut expected = from;
+    for record in spool.log_from(from) {
+        let record = record.map_err(|e| e.to_string())?;
+        if record.position.seq != expected {
+            return Ok(None);
+        }
+        expected += 1;
+        let id = match &record.change {
+            Change::Accepted(envelope) => envelope.id,
+            Change::Attempted { id, .. } | Change::Removed { id } => *id,
+            Change::EpochStarted => continue,
+        };
+        if seen.insert(id) {
+            touched.push(id);
+        }
+    }
+    if expected != last + 1 {
+        return Ok(None);
+    }
+    Ok(Some(Branch { to, history, touched }))
 }
 
 /// Where our log and the new primary's part: the first sequence number of the first epoch the

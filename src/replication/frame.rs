@@ -19,8 +19,13 @@ pub struct Hello {
     /// "primary" or "standby".
     pub role: String,
     pub history: Vec<EpochStart>,
-    /// The last record this node holds durably.
+    /// The last record this node holds durably (a rejoining old primary: the last one its log
+    /// shares with the primary's, see `rewind`).
     pub last: LogPosition,
+    /// A standby whose log goes on past `last` on a branch the primary's history does not
+    /// share (an old primary, rejoining): the messages that branch touched. The primary answers
+    /// with [`Frame::Rewind`] before it streams, and the standby drops the branch.
+    pub rewind: Option<Vec<QueueId>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +106,13 @@ pub enum Frame {
         granted: bool,
         epoch: u64,
         reason: String,
+    },
+    /// Primary → standby, first, when the standby's Hello asked for a rewind: the current state
+    /// of the messages its branch touched (their chunks came first), and those the primary no
+    /// longer holds. The standby drops its branch and takes these in one commit.
+    Rewind {
+        messages: Vec<MessageRecord>,
+        absent: Vec<QueueId>,
     },
 }
 
@@ -241,6 +253,17 @@ mod tests {
                     role: "primary".into(),
                     history: history.clone(),
                     last: at,
+                    rewind: None,
+                }),
+            ),
+            (
+                "hello_rewind",
+                Frame::Hello(Hello {
+                    node: "mx2".into(),
+                    role: "standby".into(),
+                    history: history.clone(),
+                    last: at,
+                    rewind: Some(vec![id]),
                 }),
             ),
             ("chunk", Frame::Chunk { id, data: b"Subject: hi\r\n\r\nbody\r\n".to_vec() }),
@@ -273,7 +296,7 @@ mod tests {
             ("heartbeat", Frame::Heartbeat { epoch: 3, beat: 18 }),
             ("handover", Frame::Handover { epoch: 3 }),
             ("took_over", Frame::TookOver { epoch: 4 }),
-            ("salvage", Frame::Salvage(message)),
+            ("salvage", Frame::Salvage(message.clone())),
             (
                 "ping",
                 Frame::Ping {
@@ -294,6 +317,7 @@ mod tests {
                 },
             ),
             ("verdict", Frame::Verdict { granted: true, epoch: 4, reason: "granted".into() }),
+            ("rewind", Frame::Rewind { messages: vec![message], absent: vec![id] }),
         ]
     }
 

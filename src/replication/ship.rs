@@ -75,6 +75,7 @@ async fn session(
         role: "primary".into(),
         history: spool.epoch_history().map_err(|e| e.to_string())?,
         last: spool.last_position(),
+        rewind: None,
     };
     send(&mut writer, &Frame::Hello(ours)).await?;
     writer.flush().await.map_err(|e| e.to_string())?;
@@ -129,9 +130,13 @@ async fn session(
         }
     };
     let shipping = async {
-        let next = match resume {
-            Some(seq) => seq,
-            None => snapshot(&mut writer, spool).await? + 1,
+        let next = match (resume, &theirs.rewind) {
+            (Some(seq), Some(touched)) => {
+                rewind(&mut writer, spool, touched).await?;
+                seq
+            }
+            (Some(seq), None) => seq,
+            (None, _) => snapshot(&mut writer, spool).await? + 1,
         };
         stream(&mut writer, replication, spool, ha, &beats, next).await
     };
@@ -143,6 +148,8 @@ async fn session(
 
 /// Where the standby's log continues from ours, or None when it needs a snapshot: it is empty,
 /// or ours no longer holds its last record, or that record is not ours (a different epoch).
+/// A standby that stopped exactly where the snapshot we were built from left our log continues
+/// too: our log holds no record there, but it goes on from it.
 fn resume_point(spool: &Spool, theirs: &Hello) -> Result<Option<u64>, String> {
     let ours = spool.last_position();
     if theirs.history.is_empty() || theirs.last.seq == 0 || theirs.last.seq > ours.seq {
@@ -153,8 +160,43 @@ fn resume_point(spool: &Spool, theirs: &Hello) -> Result<Option<u64>, String> {
     }
     match spool.log_record(theirs.last.seq).map_err(|e| e.to_string())? {
         Some(record) if record.position == theirs.last => Ok(Some(theirs.last.seq + 1)),
-        _ => Ok(None),
+        Some(_) => Ok(None),
+        None => match spool.snapshot_point().map_err(|e| e.to_string())? {
+            // ... unless the log was trimmed since.
+            Some(point)
+                if point == theirs.last
+                    && spool.log_record(point.seq + 1).map_err(|e| e.to_string())?.is_some() =>
+            {
+                Ok(Some(point.seq + 1))
+            }
+            _ => Ok(None),
+        },
     }
+}
+
+/// Answers a rejoining old primary's request to drop the branch of its log: our state of every
+/// message that branch touched, with their bodies, and the ones we no longer hold.
+async fn rewind(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    spool: &Spool,
+    touched: &[QueueId],
+) -> Result<(), String> {
+    let (mut messages, mut absent) = (Vec::new(), Vec::new());
+    for &id in touched {
+        match spool.get(id).map_err(|e| e.to_string())? {
+            Some(message) => {
+                send_body(writer, spool, id).await?;
+                messages.push(message);
+            }
+            None => absent.push(id),
+        }
+    }
+    tracing::info!(
+        messages = messages.len(),
+        absent = absent.len(),
+        "rewinding the standby's divergent records"
+    );
+    send(writer, &Frame::Rewind { messages, absent }).await
 }
 
 /// Sends every queued message, then the history and position the log continues from. The

@@ -1,4 +1,5 @@
-//! Connection limits: in total and per client IP, checked before the greeting.
+//! Connection limits: in total and per client IP, checked before the greeting; and the
+//! process's own limit on open files, which must leave room for them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +66,37 @@ impl Drop for ConnectionSlot {
                 counts.per_ip.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Descriptors for everything but client sessions: the spool, the listeners, the admin
+/// endpoint, deliveries in flight, the cluster link.
+const DESCRIPTORS_RESERVED: u64 = 256;
+
+/// Raises the soft limit on open files to the hard one, so that `max_connections` sessions fit
+/// (a login shell's soft limit is often 1,024, and the default max_connections is 1,000), and
+/// warns when even the hard limit leaves too few: past it, new clients would not get their
+/// 421 but wait unanswered in the listen queue, and deliveries could not connect.
+pub fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if soft.is_some() && soft != limit.maximum {
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
+    }
+    let needed = (max_connections as u64).saturating_add(DESCRIPTORS_RESERVED);
+    if let Some(open_files) = soft.filter(|&n| n < needed) {
+        tracing::warn!(
+            open_files,
+            max_connections,
+            needed,
+            "the open-files limit is too low for smtp.max_connections: raise it \
+             (LimitNOFILE in the systemd unit, ulimit -n) or lower max_connections"
+        );
     }
 }
 

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use arc_swap::ArcSwap;
@@ -27,6 +27,12 @@ use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
 use proto::Reply;
 use session::Session;
+
+/// The listen queue: connections the kernel has completed and relayd has not accepted yet. The
+/// usual default, 128, drops the SYNs of a burst whenever accepting lags (a flood, many senders
+/// back after an outage, a moment out of descriptors), and each client dropped retries only a
+/// second or more later. The kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The parts of the node a session works with.
 #[derive(Clone)]
@@ -87,8 +93,8 @@ impl Server {
     /// Binds every address in `[smtp].listen`.
     pub async fn bind(&self) -> std::io::Result<Vec<TcpListener>> {
         let mut listeners = Vec::new();
-        for address in &self.config.load().smtp.listen {
-            let listener = TcpListener::bind(address).await.map_err(|e| {
+        for &address in &self.config.load().smtp.listen {
+            let listener = listen(address).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
             })?;
             tracing::info!(%address, "SMTP listening");
@@ -99,15 +105,25 @@ impl Server {
 
     /// Accepts connections on `listener` until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
+        // Accept errors in a row: out of descriptors, typically, which lasts until sessions
+        // end. The connection stays in the listen queue meanwhile; we wait a little between
+        // tries instead of spinning, and say so once, not ten times a second.
+        let mut failures = 0u64;
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "accepting connections again");
+                        failures = 0;
+                    }
                     let server = self.clone();
                     tokio::spawn(async move { server.handle(stream, peer).await });
                 }
                 Err(e) => {
-                    // Out of file descriptors, typically: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "accept failed; trying again every 100ms");
+                    }
+                    failures += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             }
@@ -156,6 +172,15 @@ impl Server {
         refusal.write_to(&mut out);
         let _ = tokio::time::timeout(smtp.command_timeout, stream.write_all(&out)).await;
     }
+}
+
+/// A listening socket on `address`, as `TcpListener::bind` makes it (SO_REUSEADDR, so that a
+/// restart finds its port free at once) but with a longer listen queue.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The STARTTLS acceptor for `[smtp].tls_cert` and `tls_key`, if both are set. A file that

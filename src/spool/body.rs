@@ -9,6 +9,9 @@ use super::{QueueId, Spool, SpoolError, keys};
 pub struct BodyWriter {
     spool: Spool,
     id: QueueId,
+    /// The tree this body is written to (see `Store::generation`): a body begun before the
+    /// tree was reopened lost its chunks with the old tree and may not be committed.
+    generation: u64,
     pending: Vec<u8>,
     chunks_written: u32,
     size: u64,
@@ -16,10 +19,11 @@ pub struct BodyWriter {
 }
 
 impl BodyWriter {
-    pub(super) fn new(spool: Spool, id: QueueId) -> BodyWriter {
+    pub(super) fn new(spool: Spool, id: QueueId, generation: u64) -> BodyWriter {
         BodyWriter {
             spool,
             id,
+            generation,
             pending: Vec::with_capacity(keys::CHUNK_SIZE),
             chunks_written: 0,
             size: 0,
@@ -29,6 +33,10 @@ impl BodyWriter {
 
     pub fn id(&self) -> QueueId {
         self.id
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes written so far.
@@ -64,7 +72,13 @@ impl BodyWriter {
 
     fn write_chunk(&mut self) -> Result<(), SpoolError> {
         let key = keys::body_chunk(self.id, self.chunks_written);
-        self.spool.db().insert(&key[..], &self.pending[..])?;
+        let db = self.spool.db_of(self.generation)?;
+        if let Err(e) = db.insert(&key[..], &self.pending[..]) {
+            // sled may have failed a write of its own meanwhile (a full disk): the committer
+            // must learn it, or nothing would reopen the tree.
+            self.spool.nudge_committer();
+            return Err(e.into());
+        }
         self.chunks_written += 1;
         self.pending.clear();
         Ok(())
@@ -73,7 +87,10 @@ impl BodyWriter {
 
 impl Drop for BodyWriter {
     fn drop(&mut self) {
-        if self.committed || self.chunks_written == 0 {
+        // A body of a closed tree is gone with it (what reached the disk was removed as an
+        // orphan when the tree was reopened).
+        if self.committed || self.chunks_written == 0 || self.spool.db_of(self.generation).is_err()
+        {
             return;
         }
         // A body that arrived again for a message already stored (a resent replication or
@@ -89,11 +106,11 @@ impl Drop for BodyWriter {
 
 /// The body chunks of a message, in order.
 pub struct BodyChunks {
-    inner: sled::Iter,
+    inner: super::Scan,
 }
 
 impl BodyChunks {
-    pub(super) fn new(inner: sled::Iter) -> BodyChunks {
+    pub(super) fn new(inner: super::Scan) -> BodyChunks {
         BodyChunks { inner }
     }
 }
@@ -102,6 +119,6 @@ impl Iterator for BodyChunks {
     type Item = Result<sled::IVec, SpoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|item| item.map(|(_, chunk)| chunk).map_err(SpoolError::from))
+        self.inner.next().map(|item| item.map(|(_, chunk)| chunk))
     }
 }

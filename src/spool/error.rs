@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Closed,
     /// This node is not the primary: it does not write its own records.
     ReadOnly,
+    /// The spool's files are locked by another open spool (another process, or the tree
+    /// closed after a failed write that someone still reads).
+    Locked,
 }
 
 impl SpoolError {
@@ -35,6 +38,21 @@ impl SpoolError {
 
     pub fn closed() -> SpoolError {
         SpoolError::new(ErrorKind::Closed, "the spool is shutting down")
+    }
+
+    /// The tree is closed after a failed write and not reopened yet. Counted as a full disk,
+    /// the usual cause, so that mail gets `452 4.3.1`.
+    pub fn reopening() -> SpoolError {
+        SpoolError::new(
+            ErrorKind::NoSpace,
+            "the spool is closed after a failed write; it reopens once the disk has room",
+        )
+    }
+
+    /// Whether the storage itself failed (the tree must be reopened), as opposed to a refused
+    /// request or a record that does not decode.
+    pub fn is_io(&self) -> bool {
+        matches!(self.kind, ErrorKind::NoSpace | ErrorKind::Io)
     }
 }
 

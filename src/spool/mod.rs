@@ -5,6 +5,11 @@
 //! record of the ordered change log ([`LogRecord`]), staged in the same atomic batch as the
 //! state it changes and made durable by the group committer ([`commit`]). A 250 is given only
 //! once [`Spool::accept`] has returned, i.e. after a real fdatasync.
+//!
+//! sled stops for good after a failed write (a full disk): every later call returns the same
+//! error. The committer then closes the tree and reopens it once the disk has room again
+//! ([`commit`]); meanwhile every change is refused (`452 4.3.1` for mail) and every read is an
+//! error. A body being received across a reopen is refused, never committed with chunks lost.
 
 mod body;
 mod commit;
@@ -19,6 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
+
+use commit::Store;
 
 use crate::config::Role;
 
@@ -42,10 +49,21 @@ pub struct Spool {
 }
 
 struct Inner {
-    db: sled::Db,
+    store: Arc<Store>,
     committer: commit::Committer,
     counters: Arc<commit::Counters>,
     dir: PathBuf,
+}
+
+/// A spool opened from disk: the tree, sled's data file (for our fdatasync), and where the
+/// log ends.
+pub(super) struct Opened {
+    db: sled::Db,
+    data_file: File,
+    tail: commit::LogTail,
+    /// The last record the log holds (or where a snapshot left it).
+    last: LogPosition,
+    queued: i64,
 }
 
 impl Spool {
@@ -54,22 +72,12 @@ impl Spool {
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let dir = data_dir.join("spool");
         std::fs::create_dir_all(&dir)?;
-        let config = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(CACHE_CAPACITY)
-            .segment_size(SEGMENT_SIZE)
-            // Durability is ours to schedule: the committer flushes and syncs.
-            .flush_every_ms(None);
         // sled's lock on its files can outlive a closed spool by a moment (its I/O threads
         // finish first): wait a little for it, but not for another process that holds it.
         let started = std::time::Instant::now();
-        let db = loop {
-            match config.open() {
-                // sled reports the lock as an `Other` error with this text.
-                Err(sled::Error::Io(e))
-                    if e.to_string().starts_with("could not acquire lock")
-                        && started.elapsed() < std::time::Duration::from_secs(2) =>
-                {
+        let opened = loop {
+            match open_db(&dir) {
+                Err(e) if e.kind == ErrorKind::Locked && started.elapsed() < LOCK_PATIENCE => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 other => break other?,
@@ -78,38 +86,28 @@ impl Spool {
         // sled created its files: make their directory entries durable too.
         File::open(&dir)?.sync_all()?;
         File::open(data_dir)?.sync_all()?;
-        let data_file = File::open(dir.join("db"))?;
-
-        let history = match db.get(keys::EPOCH_HISTORY)? {
-            Some(bytes) => postcard::from_bytes(&bytes)?,
-            None => Vec::new(),
-        };
-        // The log's last record, or where a snapshot left the log, whichever is later.
-        let logged: LogPosition = match db.scan_prefix([keys::LOG]).next_back() {
-            Some(entry) => postcard::from_bytes::<LogRecord>(&entry?.1)?.position,
-            None => LogPosition::default(),
-        };
-        let resumed: LogPosition = match db.get(keys::RESUMED)? {
-            Some(bytes) => postcard::from_bytes(&bytes)?,
-            None => LogPosition::default(),
-        };
-        let last = logged.max(resumed);
-        let tail = commit::LogTail { next_seq: last.seq + 1, history };
+        let Opened { db, data_file, tail, last, queued } = opened;
         let counters = Arc::new(commit::Counters {
             syncs: Default::default(),
+            reopens: tokio::sync::watch::Sender::new(0),
             queued: Default::default(),
             durable: tokio::sync::watch::Sender::new(last),
             writable: std::sync::atomic::AtomicBool::new(true),
         });
-        let queued = db.scan_prefix([keys::MESSAGE]).count();
-        counters.queued.store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
-        let committer = commit::Committer::spawn(db.clone(), data_file, tail, counters.clone())?;
-        let spool = Spool { inner: Arc::new(Inner { db, committer, counters, dir }) };
-        let removed = spool.remove_orphan_bodies()?;
+        counters.queued.store(queued, Ordering::Relaxed);
+        let removed = remove_orphan_bodies(&db)?;
         if removed > 0 {
             tracing::info!(removed, "removed the bodies of messages never acknowledged");
         }
-        Ok(spool)
+        let store = Arc::new(Store::new(db));
+        let committer = commit::Committer::spawn(
+            store.clone(),
+            dir.clone(),
+            data_file,
+            tail,
+            counters.clone(),
+        )?;
+        Ok(Spool { inner: Arc::new(Inner { store, committer, counters, dir }) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -118,7 +116,19 @@ impl Spool {
 
     /// Starts writing the body of a new message.
     pub fn body_writer(&self, id: QueueId) -> BodyWriter {
-        BodyWriter::new(self.clone(), id)
+        BodyWriter::new(self.clone(), id, self.inner.store.generation())
+    }
+
+    /// False while the spool is closed after a failed write and not yet reopened.
+    pub fn is_open(&self) -> bool {
+        self.db().is_ok()
+    }
+
+    /// Bytes free for the spool on its file system (what an unprivileged process may still
+    /// write), or an error while the spool is closed after a failed write and not yet reopened.
+    pub fn free_space(&self) -> Result<u64, SpoolError> {
+        self.db()?;
+        free_space(&self.inner.dir)
     }
 
     /// Records an accepted message and returns once it is durable: its body chunks, its
@@ -178,6 +188,27 @@ impl Spool {
         self.submit_with(bodies, |done| commit::Request::Install(messages, done)).await.map(|_| ())
     }
 
+    /// A standby (an old primary, rejoining) drops the branch of its log after `to` and takes
+    /// the primary's state of the messages it touched (see `commit::Request::Rewind`).
+    pub async fn rewind(
+        &self,
+        to: LogPosition,
+        history: Vec<EpochStart>,
+        messages: Vec<MessageRecord>,
+        absent: Vec<QueueId>,
+        bodies: Vec<BodyWriter>,
+    ) -> Result<(), SpoolError> {
+        self.submit_with(bodies, |done| commit::Request::Rewind {
+            to,
+            history,
+            messages,
+            absent,
+            done,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// A standby ends a snapshot: its log continues after `last`, with `history`.
     pub async fn resume(
         &self,
@@ -189,7 +220,7 @@ impl Spool {
 
     /// The log record at `seq`, if the log still holds it.
     pub fn log_record(&self, seq: u64) -> Result<Option<LogRecord>, SpoolError> {
-        match self.db().get(keys::log(seq))? {
+        match self.db()?.get(keys::log(seq))? {
             Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
             None => Ok(None),
         }
@@ -198,8 +229,8 @@ impl Spool {
     /// Bytes of the log records `from..=to` and of the bodies they accept: what a standby that
     /// lacks them has to receive.
     pub fn log_bytes(&self, from: u64, to: u64) -> u64 {
-        self.db()
-            .range(keys::log(from)..=keys::log(to))
+        let Ok(db) = self.db() else { return 0 };
+        db.range(keys::log(from)..=keys::log(to))
             .filter_map(Result::ok)
             .map(|(_, value)| {
                 let body = match postcard::from_bytes::<LogRecord>(&value) {
@@ -217,9 +248,18 @@ impl Spool {
         self.inner.counters.writable.store(writable, Ordering::Relaxed);
     }
 
+    /// Where the snapshot this spool was built from left the log (its log continues after it),
+    /// if it was built from one.
+    pub fn snapshot_point(&self) -> Result<Option<LogPosition>, SpoolError> {
+        match self.db()?.get(keys::RESUMED)? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// A snapshot was begun and not finished: the spool is partial.
     pub fn snapshot_incomplete(&self) -> Result<bool, SpoolError> {
-        Ok(self.db().contains_key(keys::SNAPSHOT_INCOMPLETE)?)
+        Ok(self.db()?.contains_key(keys::SNAPSHOT_INCOMPLETE)?)
     }
 
     /// Drops log records below `seq`, always keeping the newest one. Housekeeping, not a
@@ -227,8 +267,9 @@ impl Spool {
     pub fn trim_log(&self, seq: u64) -> Result<usize, SpoolError> {
         let newest = self.last_position().seq;
         let mut removed = 0;
-        for key in self.db().range(keys::log(0)..keys::log(seq.min(newest))).keys() {
-            self.db().remove(key?)?;
+        let db = self.db()?;
+        for key in db.range(keys::log(0)..keys::log(seq.min(newest))).keys() {
+            db.remove(key?)?;
             removed += 1;
         }
         Ok(removed)
@@ -241,7 +282,7 @@ impl Spool {
 
     /// The role this node last persisted, if any.
     pub fn persisted_role(&self) -> Result<Option<Role>, SpoolError> {
-        match self.db().get(keys::ROLE)? {
+        match self.db()?.get(keys::ROLE)? {
             Some(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 text.parse()
@@ -271,14 +312,14 @@ impl Spool {
     }
 
     pub fn epoch_history(&self) -> Result<Vec<EpochStart>, SpoolError> {
-        match self.db().get(keys::EPOCH_HISTORY)? {
+        match self.db()?.get(keys::EPOCH_HISTORY)? {
             Some(bytes) => Ok(postcard::from_bytes(&bytes)?),
             None => Ok(Vec::new()),
         }
     }
 
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
-        match self.db().get(keys::message(id))? {
+        match self.db()?.get(keys::message(id))? {
             Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
             None => Ok(None),
         }
@@ -286,12 +327,13 @@ impl Spool {
 
     /// Every queued message, oldest first.
     pub fn messages(&self) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
-        self.db().scan_prefix([keys::MESSAGE]).map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+        self.scan(|db| db.scan_prefix([keys::MESSAGE]))
+            .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
     }
 
     /// The body of a queued message, chunk by chunk.
     pub fn body(&self, id: QueueId) -> BodyChunks {
-        BodyChunks::new(self.db().scan_prefix(keys::body_prefix(id)))
+        BodyChunks::new(self.scan(|db| db.scan_prefix(keys::body_prefix(id))))
     }
 
     /// The change log from sequence `from_seq` on, in order.
@@ -307,7 +349,7 @@ impl Spool {
         &self,
         from_seq: u64,
     ) -> impl Iterator<Item = Result<(LogRecord, usize), SpoolError>> + '_ {
-        self.db().range(keys::log(from_seq)..=keys::log(u64::MAX)).map(|entry| {
+        self.scan(|db| db.range(keys::log(from_seq)..=keys::log(u64::MAX))).map(|entry| {
             let (_, value) = entry?;
             Ok((postcard::from_bytes(&value)?, value.len()))
         })
@@ -324,15 +366,43 @@ impl Spool {
         u64::try_from(self.inner.counters.queued.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
+    /// How many times the spool was reopened after a failed write.
+    pub fn reopens(&self) -> u64 {
+        *self.inner.counters.reopens.borrow()
+    }
+
+    /// Follows the count of reopens: after one, what is queued is what the disk holds.
+    pub fn watch_reopens(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.counters.reopens.subscribe()
+    }
+
     /// Syncs everything written so far (used at shutdown).
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.db().flush()?;
+        self.db()?.flush()?;
         File::open(self.dir().join("db"))?.sync_data()?;
         Ok(())
     }
 
-    fn db(&self) -> &sled::Db {
-        &self.inner.db
+    fn nudge_committer(&self) {
+        self.inner.committer.nudge();
+    }
+
+    /// The open tree, or an error while it is being reopened after a failed write.
+    fn db(&self) -> Result<Arc<sled::Db>, SpoolError> {
+        self.inner.store.db()
+    }
+
+    /// The open tree if it is still the one of `generation` (see [`Store::generation`]).
+    fn db_of(&self, generation: u64) -> Result<Arc<sled::Db>, SpoolError> {
+        self.inner.store.db_of(generation)
+    }
+
+    /// An iteration over the tree; a single error while the tree is being reopened.
+    fn scan(&self, start: impl FnOnce(&sled::Db) -> sled::Iter) -> Scan {
+        match self.db() {
+            Ok(db) => Scan::Entries(Box::new(start(&db))),
+            Err(e) => Scan::Failed(Some(e)),
+        }
     }
 
     /// Submits a request whose records accept `bodies`: their last chunks are written first,
@@ -345,7 +415,12 @@ impl Spool {
         for body in &mut bodies {
             body.finish()?;
         }
-        let position = self.submit(request).await?;
+        // The committer refuses the request if the tree was reopened since the oldest of these
+        // bodies was begun: chunks written to the closed tree may be lost.
+        let generation = bodies.iter().map(BodyWriter::generation).min();
+        let (done, result) = oneshot::channel();
+        self.inner.committer.send(generation, request(done)).await?;
+        let position = result.await.map_err(|_| SpoolError::closed())??;
         for body in &mut bodies {
             body.mark_committed();
         }
@@ -357,34 +432,101 @@ impl Spool {
         request: impl FnOnce(commit::Reply) -> commit::Request,
     ) -> Result<LogPosition, SpoolError> {
         let (done, result) = oneshot::channel();
-        self.inner.committer.send(request(done)).await?;
+        self.inner.committer.send(None, request(done)).await?;
         result.await.map_err(|_| SpoolError::closed())?
     }
 
     fn remove_body(&self, id: QueueId) -> Result<(), SpoolError> {
-        for key in self.db().scan_prefix(keys::body_prefix(id)).keys() {
-            self.db().remove(key?)?;
-        }
-        Ok(())
+        remove_body(&*self.db()?, id)
     }
+}
 
-    /// Removes body chunks that belong to no message record; returns how many bodies.
-    fn remove_orphan_bodies(&self) -> Result<usize, SpoolError> {
-        let mut orphans = Vec::new();
-        let mut last: Option<QueueId> = None;
-        for key in self.db().scan_prefix([keys::BODY]).keys() {
-            let id = keys::id_of(&key?).ok_or_else(|| SpoolError::corrupt("body key"))?;
-            if last != Some(id) {
-                last = Some(id);
-                if !self.db().contains_key(keys::message(id))? {
-                    orphans.push(id);
-                }
+/// How long `open` waits for sled's lock from a spool closed a moment ago.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled in `dir` (the spool directory) and reads where its log ends. A lock held by
+/// another open tree is [`ErrorKind::Locked`].
+pub(super) fn open_db(dir: &Path) -> Result<Opened, SpoolError> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_CAPACITY)
+        .segment_size(SEGMENT_SIZE)
+        // Durability is ours to schedule: the committer flushes and syncs.
+        .flush_every_ms(None);
+    let db = match config.open() {
+        // sled reports the lock as an `Other` error with this text.
+        Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+            return Err(SpoolError::new(ErrorKind::Locked, e.to_string()));
+        }
+        other => other?,
+    };
+    let data_file = File::open(dir.join("db"))?;
+    let history = match db.get(keys::EPOCH_HISTORY)? {
+        Some(bytes) => postcard::from_bytes(&bytes)?,
+        None => Vec::new(),
+    };
+    // The log's last record, or where a snapshot left the log, whichever is later.
+    let logged: LogPosition = match db.scan_prefix([keys::LOG]).next_back() {
+        Some(entry) => postcard::from_bytes::<LogRecord>(&entry?.1)?.position,
+        None => LogPosition::default(),
+    };
+    let resumed: LogPosition = match db.get(keys::RESUMED)? {
+        Some(bytes) => postcard::from_bytes(&bytes)?,
+        None => LogPosition::default(),
+    };
+    let last = logged.max(resumed);
+    let tail = commit::LogTail { next_seq: last.seq + 1, history };
+    let queued = i64::try_from(db.scan_prefix([keys::MESSAGE]).count()).unwrap_or(i64::MAX);
+    Ok(Opened { db, data_file, tail, last, queued })
+}
+
+/// Bytes free for an unprivileged writer on the file system that holds `path` (statvfs).
+fn free_space(path: &Path) -> Result<u64, SpoolError> {
+    let stat = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+fn remove_body(db: &sled::Db, id: QueueId) -> Result<(), SpoolError> {
+    for key in db.scan_prefix(keys::body_prefix(id)).keys() {
+        db.remove(key?)?;
+    }
+    Ok(())
+}
+
+/// Removes body chunks that belong to no message record; returns how many bodies.
+pub(super) fn remove_orphan_bodies(db: &sled::Db) -> Result<usize, SpoolError> {
+    let mut orphans = Vec::new();
+    let mut last: Option<QueueId> = None;
+    for key in db.scan_prefix([keys::BODY]).keys() {
+        let id = keys::id_of(&key?).ok_or_else(|| SpoolError::corrupt("body key"))?;
+        if last != Some(id) {
+            last = Some(id);
+            if !db.contains_key(keys::message(id))? {
+                orphans.push(id);
             }
         }
-        for id in &orphans {
-            self.remove_body(*id)?;
+    }
+    for id in &orphans {
+        remove_body(db, *id)?;
+    }
+    Ok(orphans.len())
+}
+
+/// Entries of the tree, or the one error that the tree is closed. (sled's iterator is large;
+/// boxed, a scan costs one allocation.)
+enum Scan {
+    Entries(Box<sled::Iter>),
+    Failed(Option<SpoolError>),
+}
+
+impl Iterator for Scan {
+    type Item = Result<(sled::IVec, sled::IVec), SpoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Scan::Entries(entries) => entries.next().map(|entry| entry.map_err(SpoolError::from)),
+            Scan::Failed(error) => error.take().map(Err),
         }
-        Ok(orphans.len())
     }
 }
 

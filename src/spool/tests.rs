@@ -118,3 +118,35 @@ async fn concurrent_accepts_share_group_commits() {
         "200 concurrent accepts took {syncs} fdatasyncs: group commit is not grouping"
     );
 }
+
+/// A standby takes the primary's records only in the epoch its log is in: a record of an older
+/// epoch, an epoch that does not go up, or a batch with a hole is refused, and nothing of it
+/// is applied.
+#[tokio::test]
+async fn replicated_records_of_an_older_epoch_or_with_a_hole_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.set_writable(false);
+    let at = |epoch, seq| LogPosition { epoch, seq };
+    let record = |position, change| LogRecord { position, change };
+    let accepted = |epoch, seq| record(at(epoch, seq), Change::Accepted(envelope(QueueId::new())));
+    let started = |epoch, seq| record(at(epoch, seq), Change::EpochStarted);
+    spool.apply(vec![started(1, 1), started(2, 2)], Vec::new()).await.expect("epochs 1 and 2");
+
+    let refused = [
+        ("an older epoch", vec![accepted(1, 3)]),
+        ("an epoch that does not go up", vec![started(2, 3)]),
+        ("an older epoch after a good record", vec![accepted(2, 3), accepted(1, 4)]),
+        ("a hole", vec![accepted(2, 3), accepted(2, 5)]),
+        ("a gap", vec![accepted(2, 4)]),
+    ];
+    for (what, records) in refused {
+        let error = spool.apply(records, Vec::new()).await.expect_err(what);
+        assert_eq!(error.kind, ErrorKind::Corrupt, "{what}: {error}");
+        assert_eq!(spool.last_position(), at(2, 2), "{what}: nothing applied");
+        assert_eq!(spool.queue_len(), 0, "{what}: nothing queued");
+    }
+    let applied = spool.apply(vec![accepted(2, 3), started(3, 4)], Vec::new()).await;
+    assert_eq!(applied.expect("the epoch's own records"), at(3, 4));
+    assert_eq!(spool.queue_len(), 1);
+}

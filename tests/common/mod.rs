@@ -67,6 +67,20 @@ impl Node {
 
     /// The same, with the given `[node].name` (the two nodes of a cluster need their own).
     pub fn start_named(name: &str, role: &str, smtp_extra: &str, sections: &str) -> Node {
+        let mut node = Node::configure(name, role, "", smtp_extra, sections);
+        node.launch();
+        node
+    }
+
+    /// The config of [`Node::start_named`], with extra `[node]` keys, written but not started
+    /// (see [`Node::launch`]): a test may prepare the data directory first.
+    pub fn configure(
+        name: &str,
+        role: &str,
+        node_extra: &str,
+        smtp_extra: &str,
+        sections: &str,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
         let admin_port = free_port();
@@ -85,6 +99,7 @@ impl Node {
 name = "{name}"
 role = "{role}"
 data_dir = "{data}"
+{node_extra}
 
 [smtp]
 listen = ["127.0.0.1:{smtp_port}"]
@@ -103,9 +118,7 @@ level = "info"
         );
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut node = Node { dir, smtp_port, admin_port, config_path, child: None };
-        node.launch();
-        node
+        Node { dir, smtp_port, admin_port, config_path, child: None }
     }
 
     /// A node with the relay settings most tests want: relay for example.com from anyone,
@@ -149,6 +162,12 @@ level = "info"
     /// Starts the process (again) and waits until *this* process logs a line containing `ready`
     /// (one more such line than the log held before).
     pub fn launch_until(&mut self, ready: &str) {
+        self.launch_wrapped_until(&[], ready);
+    }
+
+    /// As [`Node::launch_until`], with relayd run by `wrapper` (a program and its arguments
+    /// that execs the rest of its command line, such as `prlimit --nofile=256`).
+    pub fn launch_wrapped_until(&mut self, wrapper: &[&str], ready: &str) {
         assert!(self.child.is_none(), "already running");
         // Counted before the spawn, so that a fast start cannot log its line uncounted.
         let before = self.log().matches(ready).count();
@@ -157,7 +176,15 @@ level = "info"
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env("RELAYD_LOG", "info")
@@ -173,6 +200,12 @@ level = "info"
             }
             self.log().matches(ready).count() > before
         });
+    }
+
+    /// The running process's id (the wrapper's, which is relayd's once the wrapper has
+    /// exec'd it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// kill -9: no chance to flush anything.
@@ -309,6 +342,22 @@ impl Raw {
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
         self.read_reply()
+    }
+
+    /// A slow client (slowloris): sends `bytes` one at a time, `every` apart, on a thread of
+    /// its own, until they are all sent or a write fails because the server has closed the
+    /// connection. The thread returns how many bytes it sent.
+    pub fn trickle(&self, bytes: Vec<u8>, every: Duration) -> std::thread::JoinHandle<usize> {
+        let mut stream = self.stream.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for (sent, byte) in bytes.iter().enumerate() {
+                if stream.write_all(std::slice::from_ref(byte)).is_err() {
+                    return sent;
+                }
+                std::thread::sleep(every);
+            }
+            bytes.len()
+        })
     }
 
     /// True when the server has closed the connection (reads EOF).

@@ -22,6 +22,31 @@ pub enum Command {
     Auth,
 }
 
+impl Command {
+    /// A command that brings no message closer: what a client that only wants to keep its
+    /// session open would send (a byte a second, each line whole within command_timeout).
+    /// EHLO and HELO count too (a client needs them at most twice: before and after
+    /// STARTTLS), and so does an empty BDAT chunk that is not the last.
+    pub fn moves_no_mail(&self) -> bool {
+        match self {
+            Command::Noop
+            | Command::Rset
+            | Command::Help
+            | Command::Vrfy
+            | Command::Expn
+            | Command::Ehlo(_)
+            | Command::Helo(_) => true,
+            Command::Bdat { size, last } => *size == 0 && !*last,
+            Command::Mail(_)
+            | Command::Rcpt(_)
+            | Command::Data
+            | Command::Quit
+            | Command::StartTls
+            | Command::Auth => false,
+        }
+    }
+}
+
 /// `MAIL FROM:<path>` with the parameters we advertise (RFC 1870 SIZE, RFC 6152 BODY,
 /// RFC 6531 SMTPUTF8).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -3,10 +3,14 @@
 //! The 250 is written only after [`Spool::accept`](crate::spool::Spool::accept) returns, that
 //! is after the group commit's fdatasync.
 
+use std::time::Duration;
+
 use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
 
 use super::proto::{BodyDecoder, Reply};
-use super::{Conn, End, Session};
+use super::{Conn, End, Session, later};
+use crate::config::SmtpConfig;
 use crate::metrics::Metrics;
 use crate::replication::Copies;
 use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
@@ -42,6 +46,34 @@ impl IncomingBody {
     }
 }
 
+/// The time a body (DATA's, or one BDAT chunk) may take. Silence may last `data_timeout`; in
+/// all, the body may take `data_timeout` plus the time its bytes need at `min_data_rate`. A
+/// client that sends a byte now and then cannot hold its session for ever (slowloris), while
+/// one on a slow link that moves real data keeps earning time.
+struct BodyClock {
+    started: Instant,
+    received: u64,
+}
+
+impl BodyClock {
+    fn start() -> BodyClock {
+        BodyClock { started: Instant::now(), received: 0 }
+    }
+
+    /// When the next read must have returned.
+    fn deadline(&self, smtp: &SmtpConfig) -> Instant {
+        let earned = earned(self.received, smtp.min_data_rate);
+        let total = later(later(self.started, smtp.data_timeout), earned);
+        total.min(later(Instant::now(), smtp.data_timeout))
+    }
+}
+
+/// The time `bytes` need at `rate` bytes per second (saturating, for absurd values).
+fn earned(bytes: u64, rate: u64) -> Duration {
+    let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 /// A BDAT body between its chunks.
 pub(super) struct ChunkedBody {
     body: IncomingBody,
@@ -58,10 +90,12 @@ impl Session {
         let mut body = self.start_body();
         let mut decoder = BodyDecoder::data();
         let mut content = Vec::new();
+        let mut clock = BodyClock::start();
         loop {
-            let available = self.fill(conn).await?;
+            let available = self.fill(conn, &clock).await?;
             let decoded = decoder.decode(available, &mut content);
             conn.io.consume(decoded.consumed);
+            clock.received = clock.received.saturating_add(decoded.consumed as u64);
             body.take(&content);
             content.clear();
             if decoded.end {
@@ -88,8 +122,9 @@ impl Session {
         }
         let mut content = Vec::new();
         let mut remaining = size;
+        let mut clock = BodyClock::start();
         while remaining > 0 {
-            let available = self.fill(conn).await?;
+            let available = self.fill(conn, &clock).await?;
             let n = available.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
             if let Some(chunk) = chunk.as_mut() {
                 chunk.decoder.decode(&available[..n], &mut content);
@@ -98,6 +133,7 @@ impl Session {
             }
             conn.io.consume(n);
             remaining -= n as u64;
+            clock.received = clock.received.saturating_add(n as u64);
         }
         let Some(mut chunk) = chunk else {
             return Ok(
@@ -206,6 +242,9 @@ impl Session {
                 );
                 Metrics::count(&self.services.metrics.messages_accepted);
                 self.services.delivery.queued(id);
+                // A session that moves mail may go on: connection reuse sends RSET and
+                // EHLO between messages.
+                self.junk_commands = 0;
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(error) => self.spool_failure(id, error),
@@ -227,21 +266,55 @@ impl Session {
     fn spool_failure(&self, id: QueueId, error: SpoolError) -> Reply {
         tracing::error!(id = %id, client = %self.peer.ip(), error = %error, "message not queued");
         match error.kind {
-            ErrorKind::NoSpace => Reply::new(452, "4.3.1", "Insufficient system storage"),
+            ErrorKind::NoSpace => {
+                Metrics::count(&self.services.metrics.storage_refusals);
+                super::mail::insufficient_storage()
+            }
             _ => Reply::new(451, "4.3.0", "Error: queue file write error"),
         }
     }
 
-    /// Waits for body bytes, within the data timeout.
-    async fn fill<'c>(&self, conn: &'c mut Conn) -> Result<&'c [u8], End> {
-        match tokio::time::timeout(self.config.smtp.data_timeout, conn.io.fill_buf()).await {
+    /// Waits for body bytes, within the body's time (see [`BodyClock`]).
+    async fn fill<'c>(&self, conn: &'c mut Conn, clock: &BodyClock) -> Result<&'c [u8], End> {
+        let deadline = clock.deadline(&self.config.smtp);
+        match tokio::time::timeout_at(deadline, conn.io.fill_buf()).await {
             Ok(Ok(available)) if !available.is_empty() => {}
             Ok(_) => return Err(End::Close),
             Err(_) => {
-                conn.reply(&self.timeout_reply());
+                self.timed_out(conn, "data");
                 return Err(End::Close);
             }
         }
         Ok(conn.io.buffer())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_body_earns_time_at_min_data_rate_and_the_deadline_never_overflows() {
+        // A byte a second for an hour earns 7.2 s at 500 bytes/s; 25 MiB earns 14.6 hours.
+        assert_eq!(earned(3600, 500), Duration::from_millis(7200));
+        assert_eq!(earned(25 << 20, 500).as_secs(), 52_428);
+        let mut smtp = Config::embedded_default().expect("the embedded default").smtp;
+        smtp.data_timeout = Duration::from_secs(10);
+        smtp.min_data_rate = 500;
+        let started = Instant::now();
+        let mut clock = BodyClock { started, received: 0 };
+        // Nothing received: data_timeout from the start.
+        assert_eq!(clock.deadline(&smtp), started + Duration::from_secs(10));
+        // Much received: still no more than data_timeout of silence from now.
+        clock.received = 1_000_000;
+        let deadline = clock.deadline(&smtp);
+        assert!(deadline <= Instant::now() + Duration::from_secs(10));
+        assert!(deadline > started + Duration::from_secs(9));
+        // Absurd values give a far deadline, not a panic.
+        clock.received = u64::MAX;
+        smtp.min_data_rate = 1;
+        smtp.data_timeout = Duration::MAX;
+        assert!(clock.deadline(&smtp) > Instant::now());
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::Services;
@@ -60,6 +61,9 @@ pub struct Session {
     tls: Option<TlsInfo>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Commands that moved no mail (see [`Command::moves_no_mail`]) since the session began
+    /// or last had a message accepted.
+    junk_commands: u32,
     /// Becomes true when the node starts to drain (SIGTERM).
     draining: watch::Receiver<bool>,
 }
@@ -90,6 +94,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
+            junk_commands: 0,
             draining,
         }
     }
@@ -177,7 +182,7 @@ impl Session {
                     return End::Close;
                 }
                 Err(Closed::Timeout) => {
-                    conn.reply(&self.timeout_reply());
+                    self.timed_out(conn, "command");
                     return End::Close;
                 }
                 Err(Closed::Eof) => return End::Close,
@@ -190,20 +195,25 @@ impl Session {
                 return End::Close;
             }
             let reply = match line.and_then(|line| proto::command::parse(&line)) {
-                Ok(command) => match self.execute(command, conn).await {
-                    Ok(reply) => reply,
-                    Err(end) => return end,
-                },
+                Ok(command) => {
+                    if command.moves_no_mail() {
+                        self.junk_commands = self.junk_commands.saturating_add(1);
+                        if self.junk_commands > self.config.smtp.max_junk_commands {
+                            return self.too_many(conn, "commands without mail");
+                        }
+                    }
+                    match self.execute(command, conn).await {
+                        Ok(reply) => reply,
+                        Err(end) => return end,
+                    }
+                }
                 Err(reply) => reply,
             };
             conn.reply(&reply);
             if !reply.is_positive() {
                 self.errors += 1;
                 if self.errors >= self.config.smtp.max_bad_commands {
-                    let text = format!("{} Error: too many errors", self.config.smtp.hostname);
-                    conn.reply(&Reply::new(421, "4.7.0", text));
-                    tracing::info!(client = %self.peer.ip(), errors = self.errors, "disconnected after too many errors");
-                    return End::Close;
+                    return self.too_many(conn, "errors");
                 }
             }
         }
@@ -263,10 +273,33 @@ impl Session {
         Ok(Reply::new(220, "2.0.0", "Ready to start TLS"))
     }
 
-    fn timeout_reply(&self) -> Reply {
-        let text = format!("{} Error: timeout exceeded", self.config.smtp.hostname);
-        Reply::new(421, "4.4.2", text)
+    /// Ends a session that has used up one of its limits: 421 4.7.0 "too many `what`".
+    fn too_many(&self, conn: &mut Conn, what: &str) -> End {
+        let text = format!("{} Error: too many {what}", self.config.smtp.hostname);
+        conn.reply(&Reply::new(421, "4.7.0", text));
+        tracing::info!(
+            client = %self.peer.ip(),
+            errors = self.errors,
+            junk_commands = self.junk_commands,
+            "disconnected after too many {what}"
+        );
+        End::Close
     }
+
+    /// The client took too long (in `phase`: a command line, or a body): 421, and the caller
+    /// ends the session.
+    fn timed_out(&self, conn: &mut Conn, phase: &str) {
+        tracing::info!(client = %self.peer.ip(), phase, "timeout exceeded");
+        let text = format!("{} Error: timeout exceeded", self.config.smtp.hostname);
+        conn.reply(&Reply::new(421, "4.4.2", text));
+    }
+}
+
+/// `from + d`, or a time too far away to matter when `d` is too long to add (a config may say
+/// "100000000d"): a deadline must never overflow.
+fn later(from: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    from.checked_add(d).unwrap_or_else(|| from + FAR)
 }
 
 /// The client went away, or said nothing for too long, or the node is shutting down.
@@ -303,12 +336,17 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads one command line. The outer error ends the session; the inner one is the reply
-    /// to a line that cannot be a command (too long, a bare LF, a NUL byte).
+    /// Reads one command line, which must arrive whole within `timeout`. The outer error ends
+    /// the session; the inner one is the reply to a line that cannot be a command (too long, a
+    /// bare LF, a NUL byte).
+    ///
+    /// The timeout bounds the whole line, not each read: a client trickling a byte at a time
+    /// (slowloris) would otherwise hold its session for as long as it cares to.
     async fn read_line(&mut self, timeout: Duration) -> Result<Result<Vec<u8>, Reply>, Closed> {
+        let deadline = later(Instant::now(), timeout);
         let mut reader = LineReader::default();
         loop {
-            let available = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
+            let available = match tokio::time::timeout_at(deadline, self.io.fill_buf()).await {
                 Err(_) => return Err(Closed::Timeout),
                 Ok(Err(_)) => return Err(Closed::Eof),
                 Ok(Ok([])) => return Err(Closed::Eof),
