@@ -44,9 +44,29 @@ pub fn run(config: Config) -> ExitCode {
     }
 }
 
+/// The signals a node acts on. Taken over first thing: until then their default action ends
+/// the process (SIGHUP's too), and a signal that comes once the listeners are up must drain.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take() -> Result<Signals, String> {
+        let take = |kind| signal(kind).map_err(|e| e.to_string());
+        Ok(Signals {
+            terminate: take(SignalKind::terminate())?,
+            interrupt: take(SignalKind::interrupt())?,
+            hangup: take(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn serve(config: Arc<Config>) -> Result<(), String> {
+    let signals = Signals::take()?;
     if config.node.role == Role::Witness {
-        return witness(&config).await;
+        return witness(&config, signals).await;
     }
     let data_dir = &config.node.data_dir;
     let spool = Spool::open(data_dir)
@@ -102,9 +122,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         hold,
     };
     tasks.spawn(crate::admin::serve(admin_listener, admin));
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let Signals { mut terminate, mut interrupt, mut hangup } = signals;
     loop {
         tokio::select! {
             _ = terminate.recv() => break tracing::info!("SIGTERM: draining"),
@@ -120,14 +138,18 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
 }
 
 /// A witness: grants epochs until SIGTERM or SIGINT.
-async fn witness(config: &Config) -> Result<(), String> {
+async fn witness(config: &Config, signals: Signals) -> Result<(), String> {
     tracing::info!(node = %config.node.name, "relayd started as a witness");
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        result = crate::ha::witness::serve(config) => result?,
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+    let Signals { mut terminate, mut interrupt, mut hangup } = signals;
+    let serving = crate::ha::witness::serve(config);
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            result = &mut serving => break result?,
+            _ = terminate.recv() => break tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => break tracing::info!("SIGINT: stopping"),
+            _ = hangup.recv() => tracing::info!("SIGHUP: a witness has nothing to reload"),
+        }
     }
     tracing::info!("stopped");
     Ok(())
