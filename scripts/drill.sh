@@ -318,30 +318,11 @@ smtp_data_xfer_timeout = 5s
 smtp_data_done_timeout = 5s
 smtp_quit_timeout = 5s
 CONF
-cat > "$S/conf/master.cf" <<'CONF'
-# service  type  private unpriv  chroot  wakeup  maxproc command
-smtp       inet  n       -       n       -       -       smtpd
-pickup     unix  n       -       n       60      1       pickup
-cleanup    unix  n       -       n       -       0       cleanup
-qmgr       unix  n       -       n       300     1       qmgr
-rewrite    unix  -       -       n       -       -       trivial-rewrite
-bounce     unix  -       -       n       -       0       bounce
-defer      unix  -       -       n       -       0       bounce
-trace      unix  -       -       n       -       0       bounce
-verify     unix  -       -       n       -       1       verify
-flush      unix  n       -       n       1000?   0       flush
-proxymap   unix  -       -       n       -       -       proxymap
-proxywrite unix  -       -       n       -       1       proxymap
-smtp       unix  -       -       n       -       -       smtp
-relay      unix  -       -       n       -       -       smtp
-showq      unix  n       -       n       -       -       showq
-error      unix  -       -       n       -       -       error
-retry      unix  -       -       n       -       -       error
-discard    unix  -       -       n       -       -       discard
-anvil      unix  -       -       n       -       1       anvil
-scache     unix  -       -       n       -       1       scache
-postlog    unix-dgram n  -       n       -       1       postlogd
-CONF
+# The services of the tests' private Postfix, plus an smtpd that takes the load.
+{
+  echo "smtp       inet  n       -       n       -       -       smtpd"
+  cat "$repo/tests/peers/postfix-master.cf"
+} > "$S/conf/master.cf"
 postfix -c "$S/conf" check > "$W/postfix-check.log" 2>&1 || abort "postfix check: $(cat "$W/postfix-check.log")"
 chown postfix "$S/data"
 ns_exec snd postfix -c "$S/conf" start > "$W/postfix-start.log" 2>&1 || abort "postfix start: $(cat "$W/postfix-start.log")"

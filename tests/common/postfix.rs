@@ -202,27 +202,5 @@ bounce_queue_lifetime = 1m
 }
 
 /// The services needed to submit with sendmail and relay with smtp; no smtpd, no local
-/// delivery, no TLS.
-const MASTER_CF: &str = "\
-# service  type  private unpriv  chroot  wakeup  maxproc command
-pickup     unix  n       -       n       60      1       pickup
-cleanup    unix  n       -       n       -       0       cleanup
-qmgr       unix  n       -       n       300     1       qmgr
-rewrite    unix  -       -       n       -       -       trivial-rewrite
-bounce     unix  -       -       n       -       0       bounce
-defer      unix  -       -       n       -       0       bounce
-trace      unix  -       -       n       -       0       bounce
-verify     unix  -       -       n       -       1       verify
-flush      unix  n       -       n       1000?   0       flush
-proxymap   unix  -       -       n       -       -       proxymap
-proxywrite unix  -       -       n       -       1       proxymap
-smtp       unix  -       -       n       -       -       smtp
-relay      unix  -       -       n       -       -       smtp
-showq      unix  n       -       n       -       -       showq
-error      unix  -       -       n       -       -       error
-retry      unix  -       -       n       -       -       error
-discard    unix  -       -       n       -       -       discard
-anvil      unix  -       -       n       -       1       anvil
-scache     unix  -       -       n       -       1       scache
-postlog    unix-dgram n  -       n       -       1       postlogd
-";
+/// delivery, no TLS. (scripts/drill.sh's sending Postfix adds its smtpd to the same file.)
+const MASTER_CF: &str = include_str!("../peers/postfix-master.cf");
