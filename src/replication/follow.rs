@@ -18,6 +18,8 @@ use crate::ha::{Ha, witness};
 use crate::spool::{BodyWriter, Change, EpochStart, LogPosition, MessageRecord, QueueId, Spool};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most messages a rewind may name (16 bytes each in the Hello).
+const MAX_REWIND_MESSAGES: usize = 65_536;
 
 pub(super) async fn run(
     replication: Replication,
@@ -325,6 +327,10 @@ fn divergent_branch(spool: &Spool, theirs: &Hello) -> Result<Option<Branch>, Str
         };
         if seen.insert(id) {
             touched.push(id);
+        }
+        // Named in one Hello, and answered in one frame: past this, a snapshot.
+        if touched.len() > MAX_REWIND_MESSAGES {
+            return Ok(None);
         }
     }
     if expected != last + 1 {

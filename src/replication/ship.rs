@@ -131,12 +131,9 @@ async fn session(
     };
     let shipping = async {
         let next = match (resume, &theirs.rewind) {
-            (Some(seq), Some(touched)) => {
-                rewind(&mut writer, spool, touched).await?;
-                seq
-            }
+            (Some(seq), Some(touched)) if rewind(&mut writer, spool, touched).await? => seq,
             (Some(seq), None) => seq,
-            (None, _) => snapshot(&mut writer, spool).await? + 1,
+            _ => snapshot(&mut writer, spool).await? + 1,
         };
         stream(&mut writer, replication, spool, ha, &beats, next).await
     };
@@ -175,28 +172,41 @@ fn resume_point(spool: &Spool, theirs: &Hello) -> Result<Option<u64>, String> {
 }
 
 /// Answers a rejoining old primary's request to drop the branch of its log: our state of every
-/// message that branch touched, with their bodies, and the ones we no longer hold.
+/// message that branch touched, with their bodies, and the ones we no longer hold. False, with
+/// nothing sent, when that state would not fit in one frame: a snapshot then.
 async fn rewind(
     writer: &mut (impl AsyncWriteExt + Unpin),
     spool: &Spool,
     touched: &[QueueId],
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let (mut messages, mut absent) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
     for &id in touched {
         match spool.get(id).map_err(|e| e.to_string())? {
             Some(message) => {
-                send_body(writer, spool, id).await?;
+                bytes += postcard::to_stdvec(&message).map_or(frame::MAX_FRAME, |m| m.len());
                 messages.push(message);
             }
             None => absent.push(id),
         }
+        if bytes + absent.len() * std::mem::size_of::<QueueId>() > frame::MAX_FRAME / 2 {
+            tracing::info!(
+                messages = touched.len(),
+                "the standby's divergent records touch too much for a rewind"
+            );
+            return Ok(false);
+        }
+    }
+    for message in &messages {
+        send_body(writer, spool, message.envelope.id).await?;
     }
     tracing::info!(
         messages = messages.len(),
         absent = absent.len(),
         "rewinding the standby's divergent records"
     );
-    send(writer, &Frame::Rewind { messages, absent }).await
+    send(writer, &Frame::Rewind { messages, absent }).await?;
+    Ok(true)
 }
 
 /// Sends every queued message, then the history and position the log continues from. The
