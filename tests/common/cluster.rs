@@ -42,6 +42,21 @@ pub fn sections(
     replication: &str,
     extra: &str,
 ) -> String {
+    let cluster = format!("replication = \"{replication}\"\nauto_failover = false\n{extra}");
+    node_sections(certs, name, (listen, peer), CLOSED, r#"["1h"]"#, &cluster)
+}
+
+/// What [`sections`] and [`trio_sections`] share: relaying from 127.0.0.1 to `next_hop`, retried
+/// on `retry`, DNS at a closed port, and a `[cluster]` section between `listen` and `peer` with
+/// this node's certificate `name` from `certs`, plus the `cluster` keys.
+fn node_sections(
+    certs: &Path,
+    name: &str,
+    (listen, peer): (SocketAddr, SocketAddr),
+    next_hop: impl std::fmt::Display,
+    retry: &str,
+    cluster: &str,
+) -> String {
     let file = |f: &str| certs.join(f).display().to_string();
     format!(
         r#"[relay]
@@ -50,22 +65,20 @@ trusted_networks = ["127.0.0.1/32"]
 
 [[route]]
 domain = "*"
-next_hop = "{CLOSED}"
+next_hop = "{next_hop}"
 tls = "none"
 
 [delivery]
-retry = ["1h"]
+retry = {retry}
 resolvers = ["{CLOSED}"]
 
 [cluster]
 listen = "{listen}"
 peer = "{peer}"
-replication = "{replication}"
-auto_failover = false
 tls_cert = "{cert}"
 tls_key = "{key}"
 tls_ca = "{ca}"
-{extra}
+{cluster}
 "#,
         cert = file(&format!("{name}.pem")),
         key = file(&format!("{name}.key")),
@@ -330,40 +343,15 @@ pub fn trio_sections(
     next_hop: SocketAddr,
     options: &TrioOptions,
 ) -> String {
-    let file = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"[relay]
-domains = ["example.com"]
-trusted_networks = ["127.0.0.1/32"]
-
-[[route]]
-domain = "*"
-next_hop = "{next_hop}"
-tls = "none"
-
-[delivery]
-retry = {retry}
-resolvers = ["{CLOSED}"]
-
-[cluster]
-listen = "{listen}"
-peer = "{peer}"
-{witness}replication = "{replication}"
-tls_cert = "{cert}"
-tls_key = "{key}"
-tls_ca = "{ca}"
-{timings}{extra}
-"#,
-        retry = options.retry,
-        witness =
-            if options.witness { format!("witness = \"{witness}\"\n") } else { String::new() },
-        replication = options.replication,
-        timings = options.timings.keys(),
-        extra = options.extra_cluster,
-        cert = file(&format!("{name}.pem")),
-        key = file(&format!("{name}.key")),
-        ca = file("ca.pem"),
-    )
+    let witness =
+        if options.witness { format!("witness = \"{witness}\"\n") } else { String::new() };
+    let cluster = format!(
+        "{witness}replication = \"{}\"\n{}{}",
+        options.replication,
+        options.timings.keys(),
+        options.extra_cluster
+    );
+    node_sections(certs, name, (listen, peer), next_hop, options.retry, &cluster)
 }
 
 /// A witness's whole config: only `[node]` and `[cluster]` (listen, the three TLS keys, and
