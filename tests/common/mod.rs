@@ -437,5 +437,6 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
 }
 pub mod cluster;
 pub mod postfix;
+pub mod powercut;
 pub mod proxy;
 pub mod sink;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -23,10 +23,10 @@ const TTL: Duration = Duration::ZERO;
 /// What the control file takes: this word, optionally followed by a newline.
 const CUT_COMMAND: &[u8] = b"cut";
 
-/// The tree and the open handles, shared by the FUSE session and the [`crate::Cutter`].
+/// The tree and the open handles.
 #[derive(Default)]
-pub struct State {
-    pub tree: Tree,
+struct State {
+    tree: Tree,
     /// Open handles of tree inodes: handle → inode. A cut empties it, so that a handle opened
     /// before a cut fails with EIO (the disk it was opened on is gone).
     handles: HashMap<u64, u64>,
@@ -35,7 +35,7 @@ pub struct State {
 
 impl State {
     /// The power cut.
-    pub fn cut(&mut self) {
+    fn cut(&mut self) {
         self.tree.cut();
         self.handles.clear();
     }
@@ -54,8 +54,9 @@ impl State {
 }
 
 /// The file system served over FUSE.
+#[derive(Default)]
 pub struct CutFs {
-    pub state: Arc<Mutex<State>>,
+    state: Mutex<State>,
 }
 
 impl CutFs {
@@ -304,7 +305,8 @@ impl Filesystem for CutFs {
         reply: ReplyData,
     ) {
         if ino.0 == CONTROL {
-            let status = format!("cuts {}\n", self.state().tree.cuts());
+            let tree = &self.state().tree;
+            let status = format!("cuts {}\n{}", tree.cuts(), tree.last_cut());
             let bytes = status.as_bytes();
             let from = (offset as usize).min(bytes.len());
             return reply.data(&bytes[from..(from + size as usize).min(bytes.len())]);

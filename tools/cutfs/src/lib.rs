@@ -3,15 +3,17 @@
 //!
 //! A file's data and size are durable once the file is fsynced (or fdatasynced); a directory's
 //! entries once the directory is fsynced. A cut (a write of `cut` to the control file
-//! `/.cutfs` at the mount's root, or [`Cutter::cut`]) reverts the whole tree to that durable
+//! `/.cutfs` at the mount's root, as [`Mount::cut`] does) reverts the whole tree to that durable
 //! state; handles opened before it fail with EIO. See README.md for the whole model.
+//!
+//! The session runs on one thread ([`fuser::Config`]'s default), which is what makes a cut
+//! through the control file come after every request queued before it.
 
 mod fs;
 mod tree;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use fuser::{BackgroundSession, Config, MountOption};
 
@@ -29,26 +31,7 @@ pub fn unavailable() -> Option<String> {
 /// A cutfs mounted on a directory, served by a thread of this process; unmounted when dropped.
 pub struct Mount {
     session: Option<BackgroundSession>,
-    cutter: Cutter,
     path: PathBuf,
-}
-
-/// Cuts the power of a mounted cutfs (from any thread).
-#[derive(Clone)]
-pub struct Cutter {
-    state: Arc<Mutex<fs::State>>,
-}
-
-impl Cutter {
-    /// Drops every change not made durable: the tree reverts to its durable state.
-    pub fn cut(&self) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).cut();
-    }
-
-    /// Cuts made so far.
-    pub fn cuts(&self) -> u64 {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).tree.cuts()
-    }
 }
 
 fn config() -> Config {
@@ -64,19 +47,16 @@ fn config() -> Config {
 impl Mount {
     /// Mounts an empty cutfs on `path` (an existing directory) and serves it on a thread.
     pub fn new(path: &Path) -> io::Result<Mount> {
-        let state = Arc::new(Mutex::new(fs::State::default()));
-        let filesystem = fs::CutFs { state: state.clone() };
-        let session = fuser::spawn_mount(filesystem, path, &config())?;
-        Ok(Mount { session: Some(session), cutter: Cutter { state }, path: path.to_owned() })
+        let session = fuser::spawn_mount(fs::CutFs::default(), path, &config())?;
+        Ok(Mount { session: Some(session), path: path.to_owned() })
     }
 
-    pub fn cutter(&self) -> Cutter {
-        self.cutter.clone()
-    }
-
-    /// Drops every change not made durable (see [`Cutter::cut`]).
-    pub fn cut(&self) {
-        self.cutter.cut();
+    /// The power cut: drops every change not made durable, through the control file. Through
+    /// the kernel on purpose: the session serves one request at a time in the order the kernel
+    /// queued them, so the cut comes after every request a process killed just before had
+    /// already sent (a rename still in the queue cannot land on the tree after the cut).
+    pub fn cut(&self) -> io::Result<()> {
+        std::fs::write(self.path.join(CONTROL_NAME), "cut\n")
     }
 
     pub fn path(&self) -> &Path {
@@ -102,6 +82,5 @@ impl Drop for Mount {
 
 /// Mounts an empty cutfs on `path` and serves it until it is unmounted (`umount PATH`).
 pub fn serve(path: &Path) -> io::Result<()> {
-    let state = Arc::new(Mutex::new(fs::State::default()));
-    fuser::mount(fs::CutFs { state }, path, &config())
+    fuser::mount(fs::CutFs::default(), path, &config())
 }

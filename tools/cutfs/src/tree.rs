@@ -185,6 +185,41 @@ pub struct Tree {
     next_ino: u64,
     /// Power cuts so far.
     cuts: u64,
+    /// What the last cut reverted.
+    last_cut: CutReport,
+}
+
+/// What a cut threw away, counted over what it left: files whose data or size went back,
+/// directories whose entries did, and the inodes that vanished altogether.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CutReport {
+    pub files_reverted: usize,
+    pub dirs_reverted: usize,
+    pub inodes_gone: usize,
+}
+
+impl std::fmt::Display for CutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "files_reverted {}\ndirs_reverted {}\ninodes_gone {}\n",
+            self.files_reverted, self.dirs_reverted, self.inodes_gone
+        )
+    }
+}
+
+impl Contents {
+    /// Whether `other` holds the same bytes (pages compared by identity first: a page not
+    /// written since the last sync is shared).
+    fn same_as(&self, other: &Contents) -> bool {
+        self.size == other.size
+            && self.pages.len() == other.pages.len()
+            && self.pages.iter().zip(&other.pages).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            })
+    }
 }
 
 impl Default for Tree {
@@ -199,12 +234,22 @@ impl Tree {
         let root = Kind::Dir { entries: BTreeMap::new(), durable: BTreeMap::new(), parent: ROOT };
         let mut inode = Inode::new(root, 0o755, 0, 0);
         inode.durable_links = 1;
-        Tree { inodes: HashMap::from([(ROOT, inode)]), next_ino: CONTROL + 1, cuts: 0 }
+        Tree {
+            inodes: HashMap::from([(ROOT, inode)]),
+            next_ino: CONTROL + 1,
+            cuts: 0,
+            last_cut: CutReport::default(),
+        }
     }
 
     /// How many cuts this tree has been through.
     pub fn cuts(&self) -> u64 {
         self.cuts
+    }
+
+    /// What the last cut reverted.
+    pub fn last_cut(&self) -> CutReport {
+        self.last_cut
     }
 
     fn inode(&self, ino: u64) -> Result<&Inode, Errno> {
@@ -551,14 +596,19 @@ impl Tree {
     /// something gone finds nothing.
     pub fn cut(&mut self) {
         self.cuts += 1;
+        let mut report = CutReport::default();
         let mut old = std::mem::take(&mut self.inodes);
         let mut links: HashMap<u64, u32> = HashMap::from([(ROOT, 1)]);
         let mut work = vec![(ROOT, ROOT)];
         while let Some((ino, parent_ino)) = work.pop() {
             let Some(mut inode) = old.remove(&ino) else { continue };
             match &mut inode.kind {
-                Kind::File { volatile, durable } => *volatile = durable.clone(),
+                Kind::File { volatile, durable } => {
+                    report.files_reverted += usize::from(!volatile.same_as(durable));
+                    *volatile = durable.clone();
+                }
                 Kind::Dir { entries, durable, parent } => {
+                    report.dirs_reverted += usize::from(entries != durable);
                     *entries = durable.clone();
                     *parent = parent_ino;
                     for &child in durable.values() {
@@ -572,6 +622,8 @@ impl Tree {
             inode.open = 0;
             self.inodes.insert(ino, inode);
         }
+        report.inodes_gone = old.len();
+        self.last_cut = report;
         // A durable entry whose inode the tree no longer has cannot come back: drop it, so
         // that what is listed can be opened.
         let known: std::collections::HashSet<u64> = self.inodes.keys().copied().collect();
@@ -627,6 +679,8 @@ mod tests {
         tree.cut();
         assert_eq!(contents(&mut tree, file), b"kept");
         assert_eq!(tree.attr(file).expect("attr").size, 4);
+        let report = CutReport { files_reverted: 1, dirs_reverted: 0, inodes_gone: 0 };
+        assert_eq!(tree.last_cut(), report);
     }
 
     #[test]
@@ -638,6 +692,8 @@ mod tests {
         tree.cut();
         assert!(names(&tree, ROOT).is_empty());
         assert_eq!(tree.attr(file).err(), Some(Errno::ENOENT));
+        let report = CutReport { files_reverted: 0, dirs_reverted: 1, inodes_gone: 1 };
+        assert_eq!(tree.last_cut(), report);
     }
 
     #[test]

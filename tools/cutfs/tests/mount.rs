@@ -42,7 +42,7 @@ fn unsynced_writes_are_lost_and_synced_ones_kept() {
     assert_eq!(fs::read(root.join("f")).expect("read after the cut"), b"durable");
     assert_eq!(fs::metadata(root.join("f")).expect("stat").len(), 7);
     let status = fs::read_to_string(root.join(cutfs::CONTROL_NAME)).expect("read control");
-    assert_eq!(status, "cuts 1\n");
+    assert_eq!(status, "cuts 1\nfiles_reverted 1\ndirs_reverted 0\ninodes_gone 0\n");
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn a_file_created_and_fsynced_without_its_directory_is_gone() {
     let mut file = File::create(root.join("d/new")).expect("create");
     file.write_all(b"data").expect("write");
     file.sync_all().expect("fsync");
-    mount.cut();
+    mount.cut().expect("cut");
     assert!(root.join("d").is_dir(), "the directory's own entry was synced");
     assert!(!root.join("d/new").exists(), "the file's entry was not");
     assert_eq!(fs::read_dir(root.join("d")).expect("list").count(), 0);
@@ -74,11 +74,11 @@ fn a_rename_over_a_file_is_durable_only_with_its_directory() {
     sync_dir(root);
     replace("2 b");
     assert_eq!(fs::read_to_string(root.join("grant")).expect("read"), "2 b");
-    mount.cut();
+    mount.cut().expect("cut");
     assert_eq!(fs::read_to_string(root.join("grant")).expect("read"), "1 a");
     replace("2 b");
     sync_dir(root);
-    mount.cut();
+    mount.cut().expect("cut");
     assert_eq!(fs::read_to_string(root.join("grant")).expect("read"), "2 b");
     let names: Vec<_> =
         fs::read_dir(root).expect("list").map(|e| e.expect("entry").file_name()).collect();
@@ -99,7 +99,7 @@ fn a_handle_opened_before_a_cut_fails_and_a_new_one_works() {
     file.write_all(&[5; 100_000]).expect("write");
     file.sync_all().expect("fsync");
     sync_dir(root);
-    mount.cut();
+    mount.cut().expect("cut");
     assert!(file.write_all(b"late").is_err(), "a write through a stale handle");
     assert!(file.sync_all().is_err(), "an fsync through a stale handle");
     let mut again = File::open(root.join("f")).expect("reopen");
@@ -130,7 +130,7 @@ fn locks_truncation_and_fallocate_work_as_a_storage_engine_uses_them() {
     file.sync_all().expect("fsync");
     sync_dir(root);
     file.set_len(0).expect("ftruncate");
-    mount.cut();
+    mount.cut().expect("cut");
     assert_eq!(fs::metadata(root.join("db")).expect("stat").len(), 4096);
     let mut statfs: libc::statvfs = unsafe { std::mem::zeroed() };
     let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).expect("path");
