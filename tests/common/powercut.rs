@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use cutfs::Cut;
+
 use super::{Node, PATIENCE};
 
 /// A node on a cutfs mount of its own (its `data_dir`); killed, then unmounted, when dropped.
@@ -36,12 +38,12 @@ impl CutNode {
     }
 
     /// The power cut: kill -9 (nothing flushed), then every write not fsynced is lost, and
-    /// every directory change whose directory was not fsynced. Returns what cutfs says the cut
-    /// reverted, on one line.
-    pub fn power_cut(&mut self) -> String {
+    /// (with [`Cut::Unsynced`]) every directory change whose directory was not fsynced.
+    /// Returns what cutfs says the cut reverted, on one line.
+    pub fn power_cut(&mut self, cut: Cut) -> String {
         self.node.kill9();
         let mount = self.mount.as_ref().expect("mounted");
-        mount.cut().expect("cut the power");
+        mount.cut(cut).expect("cut the power");
         let status = std::fs::read_to_string(mount.path().join(cutfs::CONTROL_NAME))
             .expect("read the control file");
         status.lines().skip(1).collect::<Vec<_>>().join(", ")
@@ -64,6 +66,13 @@ pub fn seed(test: &str) -> u64 {
     };
     eprintln!("{test}: seed {seed} (replay with RELAYD_POWERCUT_SEED={seed})");
     seed
+}
+
+/// A cut of either kind, drawn from `rng`: of everything unsynced (the strict model), or of
+/// unsynced file data only (directory changes kept, as LazyFS models a cut). Each finds what
+/// the other cannot: a file missing, or a file there but empty.
+pub fn any_cut(rng: &mut fastrand::Rng) -> Cut {
+    if rng.bool() { Cut::Unsynced } else { Cut::UnsyncedData }
 }
 
 /// Rounds per test: `RELAYD_POWERCUT_ROUNDS`, or `default`.

@@ -16,12 +16,13 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::tree::{Attr, CONTROL, CONTROL_NAME, ROOT, Tree};
+use crate::tree::{Attr, CONTROL, CONTROL_NAME, Cut, ROOT, Tree};
 
 /// Entries and attributes are never cached by the kernel (see the module's doc).
 const TTL: Duration = Duration::ZERO;
-/// What the control file takes: this word, optionally followed by a newline.
-const CUT_COMMAND: &[u8] = b"cut";
+/// What the control file takes (each optionally followed by a newline): the cut of
+/// everything unsynced, and the cut of unsynced file data only.
+const CUT_COMMANDS: [(&[u8], Cut); 2] = [(b"cut", Cut::Unsynced), (b"cut-data", Cut::UnsyncedData)];
 
 /// The tree and the open handles.
 #[derive(Default)]
@@ -35,8 +36,8 @@ struct State {
 
 impl State {
     /// The power cut.
-    fn cut(&mut self) {
-        self.tree.cut();
+    fn cut(&mut self, cut: Cut) {
+        self.tree.cut(cut);
         self.handles.clear();
     }
 
@@ -334,10 +335,10 @@ impl Filesystem for CutFs {
         let mut state = self.state();
         if ino.0 == CONTROL {
             let command = data.strip_suffix(b"\n").unwrap_or(data);
-            if command != CUT_COMMAND {
+            let Some(&(_, cut)) = CUT_COMMANDS.iter().find(|(word, _)| *word == command) else {
                 return reply.error(Errno::EINVAL);
-            }
-            state.cut();
+            };
+            state.cut(cut);
             return reply.written(data.len() as u32);
         }
         let result = state.handle(fh).and_then(|ino| state.tree.write(ino, offset, data));

@@ -4,7 +4,8 @@
 //! A file's data and size are durable once the file is fsynced (or fdatasynced); a directory's
 //! entries once the directory is fsynced. A cut (a write of `cut` to the control file
 //! `/.cutfs` at the mount's root, as [`Mount::cut`] does) reverts the whole tree to that durable
-//! state; handles opened before it fail with EIO. See README.md for the whole model.
+//! state; `cut-data` reverts only file data and sizes, keeping every directory change. Handles
+//! opened before a cut fail with EIO. See README.md for the whole model.
 //!
 //! The session runs on one thread ([`fuser::Config`]'s default), which is what makes a cut
 //! through the control file come after every request queued before it.
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{BackgroundSession, Config, MountOption};
 
-pub use tree::CONTROL_NAME;
+pub use tree::{CONTROL_NAME, Cut};
 
 /// Why cutfs cannot mount here, if it cannot: no `/dev/fuse`.
 pub fn unavailable() -> Option<String> {
@@ -55,8 +56,12 @@ impl Mount {
     /// the kernel on purpose: the session serves one request at a time in the order the kernel
     /// queued them, so the cut comes after every request a process killed just before had
     /// already sent (a rename still in the queue cannot land on the tree after the cut).
-    pub fn cut(&self) -> io::Result<()> {
-        std::fs::write(self.path.join(CONTROL_NAME), "cut\n")
+    pub fn cut(&self, cut: Cut) -> io::Result<()> {
+        let command = match cut {
+            Cut::Unsynced => "cut\n",
+            Cut::UnsyncedData => "cut-data\n",
+        };
+        std::fs::write(self.path.join(CONTROL_NAME), command)
     }
 
     pub fn path(&self) -> &Path {

@@ -189,6 +189,17 @@ pub struct Tree {
     last_cut: CutReport,
 }
 
+/// What a cut throws away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Every change not made durable: file data and sizes, and directory entries.
+    Unsynced,
+    /// File data and sizes not made durable; directory changes all survive (as on a file
+    /// system that journals its metadata at once, and as LazyFS models a cut): a file created
+    /// and never fsynced comes back empty, a renamed one under its new name.
+    UnsyncedData,
+}
+
 /// What a cut threw away, counted over what it left: files whose data or size went back,
 /// directories whose entries did, and the inodes that vanished altogether.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -593,8 +604,17 @@ impl Tree {
     /// The power cut: the tree becomes what its durable state holds. Everything reachable
     /// from the root through durable entries comes back with its durable contents; the rest
     /// is gone. Inode numbers are kept (never reused), so a handle or a kernel inode of
-    /// something gone finds nothing.
-    pub fn cut(&mut self) {
+    /// something gone finds nothing. With [`Cut::UnsyncedData`], every directory is taken as
+    /// synced first: only file data and sizes go back.
+    pub fn cut(&mut self, cut: Cut) {
+        if cut == Cut::UnsyncedData {
+            let dirs: Vec<u64> =
+                self.inodes.iter().filter(|(_, i)| i.is_dir()).map(|(&ino, _)| ino).collect();
+            for dir in dirs {
+                // A directory of the tree: its sync cannot fail.
+                let _ = self.sync(dir);
+            }
+        }
         self.cuts += 1;
         let mut report = CutReport::default();
         let mut old = std::mem::take(&mut self.inodes);
@@ -676,7 +696,7 @@ mod tests {
         tree.write(file, 4, b" and lost").expect("write");
         tree.write(file, 0, b"KEPT").expect("overwrite");
         assert_eq!(contents(&mut tree, file), b"KEPT and lost");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(contents(&mut tree, file), b"kept");
         assert_eq!(tree.attr(file).expect("attr").size, 4);
         let report = CutReport { files_reverted: 1, dirs_reverted: 0, inodes_gone: 0 };
@@ -689,7 +709,7 @@ mod tests {
         let file = tree.create(ROOT, name("new"), 0o644, OWNER).expect("create").ino;
         tree.write(file, 0, b"data").expect("write");
         tree.sync(file).expect("fsync");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert!(names(&tree, ROOT).is_empty());
         assert_eq!(tree.attr(file).err(), Some(Errno::ENOENT));
         let report = CutReport { files_reverted: 0, dirs_reverted: 1, inodes_gone: 1 };
@@ -702,7 +722,7 @@ mod tests {
         let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
         tree.write(file, 0, b"lost").expect("write");
         tree.sync(ROOT).expect("sync dir");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(names(&tree, ROOT), ["f"]);
         assert_eq!(contents(&mut tree, file), b"");
     }
@@ -715,7 +735,7 @@ mod tests {
         tree.write(file, 0, &[7; 10_000]).expect("write");
         tree.sync(file).expect("fsync");
         tree.truncate(file, 5000).expect("truncate");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(contents(&mut tree, file), vec![7; 10_000]);
         tree.truncate(file, 5000).expect("truncate");
         tree.truncate(file, 9000).expect("extend");
@@ -736,12 +756,12 @@ mod tests {
             tree.sync(dir).expect("sync dir");
         }
         tree.rename(a, name("f"), b, name("g"), false).expect("rename");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!((names(&tree, a), names(&tree, b)), (vec!["f".to_string()], vec![]));
 
         tree.rename(a, name("f"), b, name("g"), false).expect("rename");
         tree.sync(b).expect("sync b");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         // Only the target's directory was synced: the file has both names now.
         assert_eq!(names(&tree, a), ["f"]);
         assert_eq!(names(&tree, b), ["g"]);
@@ -762,7 +782,7 @@ mod tests {
         tree.rename(ROOT, name("grant.new"), ROOT, name("grant"), false).expect("rename");
         assert_eq!(names(&tree, ROOT), ["grant"]);
         assert_eq!(tree.lookup(ROOT, name("grant")).expect("lookup").ino, new);
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(tree.lookup(ROOT, name("grant")).expect("lookup").ino, old);
         assert_eq!(contents(&mut tree, old), b"1 a");
 
@@ -771,7 +791,7 @@ mod tests {
         tree.sync(new).expect("fsync");
         tree.rename(ROOT, name("grant.new"), ROOT, name("grant"), false).expect("rename");
         tree.sync(ROOT).expect("sync dir");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(names(&tree, ROOT), ["grant"]);
         assert_eq!(contents(&mut tree, new), b"2 b");
         assert_eq!(tree.attr(old).err(), Some(Errno::ENOENT), "the replaced file is gone");
@@ -801,12 +821,12 @@ mod tests {
         tree.sync(file).expect("fsync");
         tree.sync(ROOT).expect("sync dir");
         tree.remove(ROOT, name("f"), false).expect("unlink");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(contents(&mut tree, file), b"body", "the unlinked file is back");
         tree.remove(ROOT, name("f"), false).expect("unlink");
         tree.sync(ROOT).expect("sync dir");
         assert_eq!(tree.attr(file).err(), Some(Errno::ENOENT), "and now forgotten");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert!(names(&tree, ROOT).is_empty());
     }
 
@@ -818,8 +838,26 @@ mod tests {
         tree.create(d, name("synced"), 0o644, OWNER).expect("create");
         tree.sync(d).expect("sync d");
         tree.create(d, name("unsynced"), 0o644, OWNER).expect("create");
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(names(&tree, d), ["synced"]);
+    }
+
+    #[test]
+    fn a_data_only_cut_keeps_every_directory_change_and_loses_unsynced_data() {
+        let mut tree = Tree::new();
+        let kept = tree.create(ROOT, name("kept"), 0o644, OWNER).expect("create").ino;
+        tree.write(kept, 0, b"synced").expect("write");
+        tree.sync(kept).expect("fsync");
+        tree.write(kept, 6, b", not synced").expect("write");
+        let blob = tree.create(ROOT, name("blob"), 0o644, OWNER).expect("create").ino;
+        tree.write(blob, 0, b"never synced").expect("write");
+        tree.rename(ROOT, name("kept"), ROOT, name("renamed"), false).expect("rename");
+        tree.cut(Cut::UnsyncedData);
+        assert_eq!(names(&tree, ROOT), ["blob", "renamed"]);
+        assert_eq!(contents(&mut tree, kept), b"synced");
+        assert_eq!(contents(&mut tree, blob), b"", "created, never synced: empty");
+        let report = CutReport { files_reverted: 2, dirs_reverted: 0, inodes_gone: 0 };
+        assert_eq!(tree.last_cut(), report);
     }
 
     #[test]
@@ -835,7 +873,7 @@ mod tests {
         assert_eq!(tree.attr(file).expect("attr").size, 10 * PAGE as u64 + 3);
         let read = tree.read(file, 5 * PAGE as u64, 10).expect("read a hole");
         assert_eq!(read, vec![0; 10]);
-        tree.cut();
+        tree.cut(Cut::Unsynced);
         assert_eq!(contents(&mut tree, file), data);
     }
 }

@@ -54,7 +54,7 @@ fn a_file_created_and_fsynced_without_its_directory_is_gone() {
     let mut file = File::create(root.join("d/new")).expect("create");
     file.write_all(b"data").expect("write");
     file.sync_all().expect("fsync");
-    mount.cut().expect("cut");
+    mount.cut(cutfs::Cut::Unsynced).expect("cut");
     assert!(root.join("d").is_dir(), "the directory's own entry was synced");
     assert!(!root.join("d/new").exists(), "the file's entry was not");
     assert_eq!(fs::read_dir(root.join("d")).expect("list").count(), 0);
@@ -74,15 +74,24 @@ fn a_rename_over_a_file_is_durable_only_with_its_directory() {
     sync_dir(root);
     replace("2 b");
     assert_eq!(fs::read_to_string(root.join("grant")).expect("read"), "2 b");
-    mount.cut().expect("cut");
+    mount.cut(cutfs::Cut::Unsynced).expect("cut");
     assert_eq!(fs::read_to_string(root.join("grant")).expect("read"), "1 a");
     replace("2 b");
     sync_dir(root);
-    mount.cut().expect("cut");
+    mount.cut(cutfs::Cut::Unsynced).expect("cut");
     assert_eq!(fs::read_to_string(root.join("grant")).expect("read"), "2 b");
     let names: Vec<_> =
         fs::read_dir(root).expect("list").map(|e| e.expect("entry").file_name()).collect();
     assert_eq!(names, ["grant"], "the control file is not listed, grant.new is gone");
+}
+
+#[test]
+fn a_data_only_cut_keeps_the_new_file_and_empties_it() {
+    let Some((dir, mount)) = mounted() else { return };
+    let root = dir.path();
+    fs::write(root.join("blob"), "never synced").expect("write");
+    mount.cut(cutfs::Cut::UnsyncedData).expect("cut");
+    assert_eq!(fs::read(root.join("blob")).expect("read"), b"");
 }
 
 #[test]
@@ -99,7 +108,7 @@ fn a_handle_opened_before_a_cut_fails_and_a_new_one_works() {
     file.write_all(&[5; 100_000]).expect("write");
     file.sync_all().expect("fsync");
     sync_dir(root);
-    mount.cut().expect("cut");
+    mount.cut(cutfs::Cut::Unsynced).expect("cut");
     assert!(file.write_all(b"late").is_err(), "a write through a stale handle");
     assert!(file.sync_all().is_err(), "an fsync through a stale handle");
     let mut again = File::open(root.join("f")).expect("reopen");
@@ -130,7 +139,7 @@ fn locks_truncation_and_fallocate_work_as_a_storage_engine_uses_them() {
     file.sync_all().expect("fsync");
     sync_dir(root);
     file.set_len(0).expect("ftruncate");
-    mount.cut().expect("cut");
+    mount.cut(cutfs::Cut::Unsynced).expect("cut");
     assert_eq!(fs::metadata(root.join("db")).expect("stat").len(), 4096);
     let mut statfs: libc::statvfs = unsafe { std::mem::zeroed() };
     let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).expect("path");
