@@ -276,8 +276,11 @@ fn a_sync_standby_keeps_every_acknowledged_message_through_power_cuts() {
         standby.node.launch();
         let on_standby = queue_ids(&standby.node);
         for message in &acked {
-            if !on_standby.contains(&message.queue_id) && lost.insert(message.message_id.clone()) {
+            if !on_standby.contains(&message.queue_id) && !lost.contains_key(&message.message_id) {
                 eprintln!("{test}: round {round}: lost {}", message.message_id);
+                let detail =
+                    format!(" (queued as {}, missed after round {round})", message.queue_id);
+                lost.insert(message.message_id.clone(), detail);
             }
         }
         primary.launch();
