@@ -148,8 +148,7 @@ fn single_node(kind: Kind) {
         let got =
             load_then_cut(&mut rng, load, &mut disk, || {}, &format!("{test}: round {round}"));
         acked.extend(got);
-        // Panics, with the log, if relayd does not start on what the cut left.
-        disk.node.launch();
+        disk.restart(&format!("{test}: round {round}"));
     }
     assert!(!acked.is_empty(), "{test}: no message was acknowledged in any round");
 
@@ -160,7 +159,7 @@ fn single_node(kind: Kind) {
     let config = config
         .replace(&format!("next_hop = \"{CLOSED}\""), &format!("next_hop = \"{}\"", sink.addr()));
     std::fs::write(&disk.node.config_path, config).expect("config");
-    disk.node.launch();
+    disk.restart(&format!("{test}: the last restart"));
     let missing = wait_delivered(&sink, kind, &acked);
     let log = disk.node.log();
     assert!(panics(&log).is_empty(), "{test}: relayd panicked:\n{}", panics(&log).join("\n"));
@@ -273,7 +272,7 @@ fn a_sync_standby_keeps_every_acknowledged_message_through_power_cuts() {
         let label = format!("{test}: round {round} ({} mail)", kind.name());
         let got = load_then_cut(&mut rng, load, &mut standby, || primary.kill9(), &label);
         acked.extend(got);
-        standby.node.launch();
+        standby.restart(&label);
         let on_standby = queue_ids(&standby.node);
         for message in &acked {
             if !on_standby.contains(&message.queue_id) && !lost.contains_key(&message.message_id) {
@@ -368,7 +367,7 @@ fn a_witness_keeps_every_grant_it_answered_through_power_cuts() {
             let reverted = witness.power_cut(cut);
             (claimant.join().expect("claimant"), reverted)
         });
-        witness.node.launch_until(&witness_ready(w_cluster));
+        witness.restart_until(&format!("{test}: round {round}"), &witness_ready(w_cluster));
         eprintln!(
             "{test}: round {round}: {cut:?} cut after {moment:?}, last grant answered: {answered:?}; \
              the cut reverted {reverted}"

@@ -50,6 +50,38 @@ impl CutNode {
     }
 }
 
+impl CutNode {
+    /// Starts the node again on what the cut left, waiting for `ready` in its log (see
+    /// [`Node::launch_until`]). If it does not come up, fails saying whether it exited or
+    /// hangs, with the end of its log (where a panic shows).
+    pub fn restart_until(&mut self, what: &str, ready: &str) {
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.node.launch_until(ready)
+        }));
+        if let Err(failure) = started {
+            let reason = failure
+                .downcast_ref::<String>()
+                .map(|s| s.lines().next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            let state = if self.node.is_running() { "still not ready" } else { "exited" };
+            let log = self.node.log();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{what}: relayd did not start again on what the cut left ({state}: {reason}); \
+                 its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+
+    /// [`CutNode::restart_until`] its SMTP listener is up.
+    pub fn restart(&mut self, what: &str) {
+        let listening = format!("SMTP listening address={}", self.node.addr());
+        self.restart_until(what, &listening);
+    }
+}
+
 impl Drop for CutNode {
     fn drop(&mut self) {
         self.node.kill9();
