@@ -341,7 +341,7 @@ fn a_witness_keeps_every_grant_it_answered_through_power_cuts() {
             Err(e) => Err(e),
         }
     };
-    let claimant = |epoch: u64| if epoch % 2 == 0 { "a" } else { "b" };
+    let claimant = |epoch: u64| if epoch.is_multiple_of(2) { "a" } else { "b" };
 
     let mut next = 2;
     let mut grants = 0;

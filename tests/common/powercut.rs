@@ -64,12 +64,14 @@ impl CutNode {
                 .map(|s| s.lines().next().unwrap_or("").to_string())
                 .unwrap_or_default();
             let state = if self.node.is_running() { "still not ready" } else { "exited" };
+            // Its warnings and errors, the last ones: a busy node's INFO lines would bury them.
             let log = self.node.log();
-            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            let tail: Vec<&str> =
+                log.lines().rev().filter(|line| !line.contains(" INFO ")).take(25).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
                 "{what}: relayd did not start again on what the cut left ({state}: {reason}); \
-                 its log ends:\n{}",
+                 the last lines of its log above INFO:\n{}",
                 tail.join("\n")
             );
         }
