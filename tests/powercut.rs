@@ -141,14 +141,14 @@ fn single_node(kind: Kind) {
     let node =
         Node::configure("cut", "primary", "", "max_recipients = 1000", &relay_sections(CLOSED));
     let Some(mut disk) = CutNode::mount(node) else { return };
-    disk.node.launch();
+    disk.start(&format!("{test}: the first start"));
     let mut acked = BTreeSet::new();
     for round in 0..rounds(ROUNDS) {
         let load = Load::start(disk.node.addr(), SENDERS, move |s, n| kind.mail(round, s, n));
         let got =
             load_then_cut(&mut rng, load, &mut disk, || {}, &format!("{test}: round {round}"));
         acked.extend(got);
-        disk.restart(&format!("{test}: round {round}"));
+        disk.start(&format!("{test}: round {round}"));
     }
     assert!(!acked.is_empty(), "{test}: no message was acknowledged in any round");
 
@@ -159,7 +159,7 @@ fn single_node(kind: Kind) {
     let config = config
         .replace(&format!("next_hop = \"{CLOSED}\""), &format!("next_hop = \"{}\"", sink.addr()));
     std::fs::write(&disk.node.config_path, config).expect("config");
-    disk.restart(&format!("{test}: the last restart"));
+    disk.start(&format!("{test}: the last restart"));
     let missing = wait_delivered(&sink, kind, &acked);
     let log = disk.node.log();
     assert!(panics(&log).is_empty(), "{test}: relayd panicked:\n{}", panics(&log).join("\n"));
@@ -258,7 +258,7 @@ fn a_sync_standby_keeps_every_acknowledged_message_through_power_cuts() {
     else {
         return;
     };
-    standby.node.launch();
+    standby.start(&format!("{test}: the first start"));
     let mut primary = node("a", "primary", primary_cluster, standby_cluster);
     primary.launch();
     wait_caught_up(&primary);
@@ -272,7 +272,7 @@ fn a_sync_standby_keeps_every_acknowledged_message_through_power_cuts() {
         let label = format!("{test}: round {round} ({} mail)", kind.name());
         let got = load_then_cut(&mut rng, load, &mut standby, || primary.kill9(), &label);
         acked.extend(got);
-        standby.restart(&label);
+        standby.start(&label);
         let on_standby = queue_ids(&standby.node);
         for message in &acked {
             if !on_standby.contains(&message.queue_id) && !lost.contains_key(&message.message_id) {
@@ -312,7 +312,7 @@ fn a_witness_keeps_every_grant_it_answered_through_power_cuts() {
     let witness =
         Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &Timings::FAST));
     let Some(mut witness) = CutNode::mount(witness) else { return };
-    witness.node.launch_until(&witness_ready(w_cluster));
+    witness.start_until(&format!("{test}: the first start"), &witness_ready(w_cluster));
     // A data node's config, only for its TLS client (the claimant speaks as b and as a: the
     // witness tells them apart by the name in the claim).
     let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -367,7 +367,7 @@ fn a_witness_keeps_every_grant_it_answered_through_power_cuts() {
             let reverted = witness.power_cut(cut);
             (claimant.join().expect("claimant"), reverted)
         });
-        witness.restart_until(&format!("{test}: round {round}"), &witness_ready(w_cluster));
+        witness.start_until(&format!("{test}: round {round}"), &witness_ready(w_cluster));
         eprintln!(
             "{test}: round {round}: {cut:?} cut after {moment:?}, last grant answered: {answered:?}; \
              the cut reverted {reverted}"

@@ -50,13 +50,19 @@ impl CutNode {
     }
 }
 
+/// The log filter of a node on cutfs: the queue runner's line per recipient and attempt (a
+/// thousand per try of a 1,000-recipient message) left out, so that the log stays small enough
+/// to be read for the ready line many times a round.
+const QUIET_LOG: &str = "RELAYD_LOG=info,relayd::delivery=warn";
+
 impl CutNode {
-    /// Starts the node again on what the cut left, waiting for `ready` in its log (see
+    /// Starts the node (again, on what the cut left), waiting for `ready` in its log (see
     /// [`Node::launch_until`]). If it does not come up, fails saying whether it exited or
     /// hangs, with the end of its log (where a panic shows).
-    pub fn restart_until(&mut self, what: &str, ready: &str) {
+    pub fn start_until(&mut self, what: &str, ready: &str) {
+        let began = std::time::Instant::now();
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.node.launch_until(ready)
+            self.node.launch_wrapped_until(&["env", QUIET_LOG], ready)
         }));
         if let Err(failure) = started {
             let reason = failure
@@ -70,17 +76,18 @@ impl CutNode {
                 log.lines().rev().filter(|line| !line.contains(" INFO ")).take(25).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
-                "{what}: relayd did not start again on what the cut left ({state}: {reason}); \
-                 the last lines of its log above INFO:\n{}",
+                "{what}: relayd did not start on what the cut left ({state} after {:?}: \
+                 {reason}); the last lines of its log above INFO:\n{}",
+                began.elapsed(),
                 tail.join("\n")
             );
         }
     }
 
-    /// [`CutNode::restart_until`] its SMTP listener is up.
-    pub fn restart(&mut self, what: &str) {
+    /// [`CutNode::start_until`] its SMTP listener is up.
+    pub fn start(&mut self, what: &str) {
         let listening = format!("SMTP listening address={}", self.node.addr());
-        self.restart_until(what, &listening);
+        self.start_until(what, &listening);
     }
 }
 

@@ -133,6 +133,17 @@ fn locks_truncation_and_fallocate_work_as_a_storage_engine_uses_them() {
     assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
     let other = File::open(root.join("db")).expect("open again");
     assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, -1);
+    // And byte-range locks on open file descriptions (fcntl F_OFD_SETLK, as redb 4 takes).
+    let range_lock = |file: &File| {
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        (lock.l_start, lock.l_len) = (100, 10);
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) }
+    };
+    assert_eq!(range_lock(&file), 0, "a range lock");
+    let third = OpenOptions::new().write(true).open(root.join("db")).expect("open again");
+    assert_eq!(range_lock(&third), -1, "the same range, locked by another description");
     assert_eq!(unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, 1 << 20) }, 0, "fallocate");
     assert_eq!(file.metadata().expect("stat").len(), 1 << 20);
     file.set_len(4096).expect("ftruncate");
