@@ -240,10 +240,6 @@ impl Load {
         Load { stop, acked, senders }
     }
 
-    /// Messages acknowledged so far.
-    pub fn acked_count(&self) -> usize {
-        self.acked.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
 
     /// Stops the senders (a sender in a transaction ends it, or sees its connection fail) and
     /// returns every message that got a 250.
