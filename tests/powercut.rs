@@ -25,7 +25,7 @@ use relayd::replication::frame::Frame;
 /// Rounds per test in the short (CI) form.
 const ROUNDS: usize = 10;
 /// How long senders run before a cut, at most (the moment is drawn from 50 ms up to this).
-const MAX_LOAD: Duration = Duration::from_millis(1500);
+const MAX_LOAD: Duration = Duration::from_millis(2500);
 /// How long the delivery of everything acknowledged may go without progress once the next hop
 /// is up, before what has not arrived is taken as lost.
 const DELIVERY_STALL: Duration = Duration::from_secs(20);
@@ -73,7 +73,7 @@ impl Kind {
 }
 
 /// Parallel senders per node.
-const SENDERS: usize = 6;
+const SENDERS: usize = 8;
 
 /// The round a message was sent in, from its Message-ID (`KIND-rROUND-...`).
 fn round_of(message_id: &str) -> usize {

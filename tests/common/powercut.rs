@@ -50,11 +50,6 @@ impl CutNode {
     }
 }
 
-/// The log filter of a node on cutfs: the queue runner's line per recipient and attempt (a
-/// thousand per try of a 1,000-recipient message) left out, so that the log stays small enough
-/// to be read for the ready line many times a round.
-const QUIET_LOG: &str = "RELAYD_LOG=info,relayd::delivery=warn";
-
 impl CutNode {
     /// Starts the node (again, on what the cut left), waiting for `ready` in its log (see
     /// [`Node::launch_until`]). If it does not come up, fails saying whether it exited or
@@ -62,7 +57,7 @@ impl CutNode {
     pub fn start_until(&mut self, what: &str, ready: &str) {
         let began = std::time::Instant::now();
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.node.launch_wrapped_until(&["env", QUIET_LOG], ready)
+            self.node.launch_until(ready)
         }));
         if let Err(failure) = started {
             let reason = failure
@@ -70,10 +65,22 @@ impl CutNode {
                 .map(|s| s.lines().next().unwrap_or("").to_string())
                 .unwrap_or_default();
             let state = if self.node.is_running() { "still not ready" } else { "exited" };
-            // Its warnings and errors, the last ones: a busy node's INFO lines would bury them.
+            // Its warnings, errors and panic, the last ones: a busy node's INFO lines and a
+            // panic's backtrace would bury them.
             let log = self.node.log();
-            let tail: Vec<&str> =
-                log.lines().rev().filter(|line| !line.contains(" INFO ")).take(25).collect();
+            let frame = |line: &str| {
+                let line = line.trim_start();
+                line.starts_with("at ")
+                    || line.split(':').next().is_some_and(|n| n.parse::<u32>().is_ok())
+            };
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|line| {
+                    !line.contains(" INFO ") && !frame(line) && *line != "stack backtrace:"
+                })
+                .take(25)
+                .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
                 "{what}: relayd did not start on what the cut left ({state} after {:?}: \
@@ -239,7 +246,6 @@ impl Load {
             .collect();
         Load { stop, acked, senders }
     }
-
 
     /// Stops the senders (a sender in a transaction ends it, or sees its connection fail) and
     /// returns every message that got a 250.
