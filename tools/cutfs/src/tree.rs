@@ -9,7 +9,7 @@
 //! - a cut throws away everything else: the tree is rebuilt from the root's durable entries,
 //!   each file with its durable contents (empty if it was never fsynced).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -90,8 +90,18 @@ impl Contents {
 
 #[derive(Debug)]
 enum Kind {
-    File { volatile: Contents, durable: Contents },
-    Dir { entries: BTreeMap<OsString, u64>, durable: BTreeMap<OsString, u64>, parent: u64 },
+    File {
+        volatile: Contents,
+        durable: Contents,
+    },
+    Dir {
+        entries: BTreeMap<OsString, u64>,
+        durable: BTreeMap<OsString, u64>,
+        /// Names changed since the last sync: what the next one writes, so that a sync costs
+        /// what changed, not what the directory holds.
+        dirty: BTreeSet<OsString>,
+        parent: u64,
+    },
 }
 
 /// An inode's attributes as FUSE reports them.
@@ -151,11 +161,21 @@ impl Inode {
         }
     }
 
-    fn entries_mut(&mut self) -> Result<&mut BTreeMap<OsString, u64>, Errno> {
-        match &mut self.kind {
-            Kind::Dir { entries, .. } => Ok(entries),
-            Kind::File { .. } => Err(Errno::ENOTDIR),
-        }
+    /// Names `ino` in this directory (in place of whatever the name named).
+    fn set_entry(&mut self, name: &OsStr, ino: u64) -> Result<(), Errno> {
+        let Kind::Dir { entries, dirty, .. } = &mut self.kind else { return Err(Errno::ENOTDIR) };
+        entries.insert(name.to_owned(), ino);
+        dirty.insert(name.to_owned());
+        touch(self);
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, name: &OsStr) -> Result<(), Errno> {
+        let Kind::Dir { entries, dirty, .. } = &mut self.kind else { return Err(Errno::ENOTDIR) };
+        entries.remove(name);
+        dirty.insert(name.to_owned());
+        touch(self);
+        Ok(())
     }
 
     fn contents_mut(&mut self) -> Result<&mut Contents, Errno> {
@@ -242,7 +262,12 @@ impl Default for Tree {
 impl Tree {
     /// An empty root directory, itself durable (a fresh disk's file system).
     pub fn new() -> Tree {
-        let root = Kind::Dir { entries: BTreeMap::new(), durable: BTreeMap::new(), parent: ROOT };
+        let root = Kind::Dir {
+            entries: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            parent: ROOT,
+        };
         let mut inode = Inode::new(root, 0o755, 0, 0);
         inode.durable_links = 1;
         Tree {
@@ -336,9 +361,7 @@ impl Tree {
         let ino = self.next_ino;
         self.next_ino += 1;
         self.inodes.insert(ino, Inode::new(kind, perm, owner.0, owner.1));
-        let dir = self.inode_mut(parent)?;
-        dir.entries_mut()?.insert(name.to_owned(), ino);
-        touch(dir);
+        self.inode_mut(parent)?.set_entry(name, ino)?;
         self.attr(ino)
     }
 
@@ -362,7 +385,12 @@ impl Tree {
         owner: (u32, u32),
     ) -> Result<Attr, Errno> {
         self.inode(parent)?.entries()?;
-        let kind = Kind::Dir { entries: BTreeMap::new(), durable: BTreeMap::new(), parent };
+        let kind = Kind::Dir {
+            entries: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            parent,
+        };
         self.add(parent, name, kind, perm, owner)
     }
 
@@ -372,9 +400,7 @@ impl Tree {
             return Err(Errno::EPERM);
         }
         self.check_new_name(parent, name)?;
-        let dir = self.inode_mut(parent)?;
-        dir.entries_mut()?.insert(name.to_owned(), ino);
-        touch(dir);
+        self.inode_mut(parent)?.set_entry(name, ino)?;
         let inode = self.inode_mut(ino)?;
         inode.links += 1;
         inode.ctime = SystemTime::now();
@@ -393,9 +419,7 @@ impl Tree {
             }
             _ => {}
         }
-        let dir = self.inode_mut(parent)?;
-        dir.entries_mut()?.remove(name);
-        touch(dir);
+        self.inode_mut(parent)?.remove_entry(name)?;
         self.unlinked(ino);
         Ok(())
     }
@@ -449,12 +473,8 @@ impl Tree {
                 _ => {}
             }
         }
-        let source = self.inode_mut(parent)?;
-        source.entries_mut()?.remove(name);
-        touch(source);
-        let target = self.inode_mut(new_parent)?;
-        target.entries_mut()?.insert(new_name.to_owned(), ino);
-        touch(target);
+        self.inode_mut(parent)?.remove_entry(name)?;
+        self.inode_mut(new_parent)?.set_entry(new_name, ino)?;
         let moved = self.inode_mut(ino)?;
         moved.ctime = SystemTime::now();
         if let Kind::Dir { parent, .. } = &mut moved.kind {
@@ -560,19 +580,31 @@ impl Tree {
                 *durable = volatile.clone();
                 Ok(())
             }
-            Kind::Dir { entries, durable, .. } => {
-                let (before, after) = (std::mem::take(durable), entries.clone());
-                *durable = after.clone();
-                for child in after.values() {
-                    if let Some(child) = self.inodes.get_mut(child) {
+            Kind::Dir { entries, durable, dirty, .. } => {
+                // (what the name named durably before, what it names now), per changed name.
+                let mut changes = Vec::new();
+                for name in std::mem::take(dirty) {
+                    let now = entries.get(&name).copied();
+                    let before = match now {
+                        Some(ino) => durable.insert(name, ino),
+                        None => durable.remove(&name),
+                    };
+                    if before != now {
+                        changes.push((before, now));
+                    }
+                }
+                for &(_, now) in &changes {
+                    if let Some(child) = now.and_then(|ino| self.inodes.get_mut(&ino)) {
                         child.durable_links += 1;
                     }
                 }
-                for child in before.values() {
-                    if let Some(inode) = self.inodes.get_mut(child) {
-                        inode.durable_links = inode.durable_links.saturating_sub(1);
+                for (before, _) in changes {
+                    if let Some(before) = before {
+                        if let Some(inode) = self.inodes.get_mut(&before) {
+                            inode.durable_links = inode.durable_links.saturating_sub(1);
+                        }
+                        self.collect(before);
                     }
-                    self.collect(*child);
                 }
                 Ok(())
             }
@@ -627,9 +659,10 @@ impl Tree {
                     report.files_reverted += usize::from(!volatile.same_as(durable));
                     *volatile = durable.clone();
                 }
-                Kind::Dir { entries, durable, parent } => {
-                    report.dirs_reverted += usize::from(entries != durable);
+                Kind::Dir { entries, durable, dirty, parent } => {
+                    report.dirs_reverted += usize::from(!dirty.is_empty() && entries != durable);
                     *entries = durable.clone();
+                    dirty.clear();
                     *parent = parent_ino;
                     for &child in durable.values() {
                         *links.entry(child).or_insert(0) += 1;
@@ -646,7 +679,7 @@ impl Tree {
         self.last_cut = report;
         // A durable entry whose inode the tree no longer has cannot come back: drop it, so
         // that what is listed can be opened.
-        let known: std::collections::HashSet<u64> = self.inodes.keys().copied().collect();
+        let known: HashSet<u64> = self.inodes.keys().copied().collect();
         for inode in self.inodes.values_mut() {
             if let Kind::Dir { entries, durable, .. } = &mut inode.kind {
                 entries.retain(|_, child| known.contains(child));
@@ -840,6 +873,26 @@ mod tests {
         tree.create(d, name("unsynced"), 0o644, OWNER).expect("create");
         tree.cut(Cut::Unsynced);
         assert_eq!(names(&tree, d), ["synced"]);
+    }
+
+    #[test]
+    fn a_sync_writes_only_the_changed_names_and_counts_links_right() {
+        let mut tree = Tree::new();
+        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
+        tree.create(ROOT, name("other"), 0o644, OWNER).expect("create");
+        tree.sync(ROOT).expect("sync dir");
+        tree.rename(ROOT, name("f"), ROOT, name("g"), false).expect("rename");
+        tree.rename(ROOT, name("g"), ROOT, name("f"), false).expect("and back");
+        tree.link(file, ROOT, name("h")).expect("link");
+        tree.sync(ROOT).expect("sync dir");
+        tree.remove(ROOT, name("h"), false).expect("unlink");
+        tree.cut(Cut::Unsynced);
+        assert_eq!(names(&tree, ROOT), ["f", "h", "other"]);
+        assert_eq!(tree.attr(file).expect("attr").nlink, 2);
+        tree.remove(ROOT, name("f"), false).expect("unlink");
+        tree.remove(ROOT, name("h"), false).expect("unlink");
+        tree.sync(ROOT).expect("sync dir");
+        assert_eq!(tree.attr(file).err(), Some(Errno::ENOENT), "no name, durable or not");
     }
 
     #[test]
