@@ -48,9 +48,7 @@ impl CutNode {
             .expect("read the control file");
         status.lines().skip(1).collect::<Vec<_>>().join(", ")
     }
-}
 
-impl CutNode {
     /// Starts the node (again, on what the cut left), waiting for `ready` in its log (see
     /// [`Node::launch_until`]). If it does not come up, fails saying whether it exited or
     /// hangs, with the end of its log (where a panic shows).
