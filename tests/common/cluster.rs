@@ -493,7 +493,7 @@ impl Trio {
 }
 
 /// The witness's line that says it listens at `address`.
-fn witness_ready(address: SocketAddr) -> String {
+pub fn witness_ready(address: SocketAddr) -> String {
     format!("witness listening address={address} ")
 }
 
