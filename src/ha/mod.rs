@@ -14,7 +14,11 @@
 //! `failover_timeout` of silence and only with the witness's grant, and the witness grants each
 //! epoch once, only when it has not heard a serving primary for `failover_timeout` itself.
 
+pub mod core;
+pub mod grants;
 pub mod monitor;
+#[cfg(test)]
+mod sim;
 pub mod witness;
 
 use std::sync::{Arc, Mutex, PoisonError};
