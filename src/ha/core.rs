@@ -19,6 +19,7 @@
 //!   deadline at the moment of use.
 
 use crate::config::Role;
+pub use crate::role::{Data, LinkVerdict, Peer, Side};
 
 /// Milliseconds of a monotonic clock (the shell's origin is its start).
 pub type Ms = u64;
@@ -59,37 +60,6 @@ pub struct Disk {
     pub highest: u64,
 }
 
-/// How far a node's data goes, compared as Raft compares logs: the last epoch of its history
-/// first, then the last sequence number. `(0, 0)` is an empty spool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Data {
-    pub epoch: u64,
-    pub seq: u64,
-}
-
-impl Data {
-    pub fn is_empty(&self) -> bool {
-        self.epoch == 0
-    }
-}
-
-/// The peer as its Hello describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub node: String,
-    pub primary: bool,
-    pub data: Data,
-}
-
-/// Which end of the link this node is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// We dialed the peer (a primary, or a primary still without an epoch).
-    Shipping,
-    /// The peer dialed us, saying it is a primary.
-    Following,
-}
-
 /// Until when the node may serve, in core time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Serve {
@@ -104,6 +74,8 @@ pub struct Status {
     pub role: Role,
     pub epoch: u64,
     pub serve: Serve,
+    /// A standby claiming or beginning an epoch of its own (it acknowledges nothing).
+    pub claiming: bool,
 }
 
 impl Status {
@@ -179,23 +151,6 @@ pub enum Event {
     },
 }
 
-/// What the link does after the Hellos.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkVerdict {
-    /// Shipping: stream to the standby (resume, rewind, or snapshot: it is not ahead of us).
-    Ship,
-    /// Following: apply what the primary ships.
-    Follow,
-    /// Shipping: the standby holds more than we do: ask it to take over after `epoch`, and
-    /// follow it.
-    Yield { epoch: u64 },
-    /// Following: the peer is behind us: send it our Hello (it steps down or yields to us)
-    /// and take its handover if it sends one.
-    Stale,
-    /// Nothing to do on this link.
-    Close,
-}
-
 /// Why an epoch is being claimed or begun.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
@@ -212,9 +167,11 @@ pub enum Why {
 /// What the log should say (the shell maps these onto its log lines, metrics and hooks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
+    /// `first`: the node's first epoch (a bootstrap), not a failover.
     Promoted {
         epoch: u64,
         reason: String,
+        first: bool,
     },
     Demoted {
         epoch: u64,
@@ -327,6 +284,8 @@ pub struct Core {
     /// The handover's epoch (the primary's).
     handover_epoch: u64,
     hold: bool,
+    /// A primary handing over to a standby that holds more, until then.
+    yielding_until: Option<Ms>,
     published: Option<Status>,
     was_serving: bool,
     /// The epoch whose refusal was last noted, so that a refusal is one line, not one a tick.
@@ -377,6 +336,7 @@ impl Core {
             handover_until: None,
             handover_epoch: 0,
             hold: false,
+            yielding_until: None,
             published: None,
             was_serving: false,
             last_refused: 0,
@@ -414,6 +374,7 @@ impl Core {
             || self.bootstrapping
             || self.beginning.is_some()
             || self.hold
+            || self.yielding_until.is_some()
         {
             Serve::Never
         } else if !self.setup.leased() {
@@ -421,7 +382,8 @@ impl Core {
         } else {
             self.lease_until.map_or(Serve::Never, Serve::Until)
         };
-        Status { role: self.role, epoch: self.epoch, serve }
+        let claiming = self.claim.is_some() || self.beginning.is_some();
+        Status { role: self.role, epoch: self.epoch, serve, claiming }
     }
 
     /// The highest epoch this node has seen.
@@ -516,11 +478,19 @@ impl Core {
     }
 
     fn tick(&mut self, now: Ms, out: &mut Vec<Action>) {
+        if self.yielding_until.is_some_and(|until| now >= until) {
+            self.yielding_until = None;
+            let reason = "handed over, and the standby did not take over in time".to_string();
+            self.step_down(self.epoch, reason, now, out);
+        }
         if self.setup.witness && self.last_ping.is_none_or(|at| now >= at + self.setup.heartbeat) {
             self.last_ping = Some(now);
             // A primary that means to serve says so even while fenced: the witness then holds
             // off claims, and only a pong of such a ping renews the lease.
-            let serving = self.role == Role::Primary && !self.bootstrapping && !self.hold;
+            let serving = self.role == Role::Primary
+                && !self.bootstrapping
+                && !self.hold
+                && self.yielding_until.is_none();
             if serving {
                 self.willing_pings.push_back(now);
                 if self.willing_pings.len() > PINGS_KEPT {
@@ -732,18 +702,18 @@ impl Core {
         LinkVerdict::Ship
     }
 
-    /// The standby holds more than we do: it leads, we follow it.
+    /// The standby holds more than we do: it leads. We stop serving and hand over (the
+    /// planned switchover's path: it claims the next epoch and promotes); we step down when it
+    /// says it took over, when it dials us as the new primary, or after failover_timeout.
     fn yield_to(&mut self, theirs: &Peer, now: Ms, out: &mut Vec<Action>) -> LinkVerdict {
         let epoch = self.epoch.max(theirs.data.epoch);
-        let reason = format!(
-            "peer {} holds more (epoch {}, record {}): handing over to it",
-            theirs.node, theirs.data.epoch, theirs.data.seq
-        );
-        if self.bootstrapping {
-            self.become_standby(reason, now, out);
-        } else {
-            self.step_down(epoch, reason, now, out);
+        if self.yielding_until.is_none() {
+            out.push(Action::Note(Note::Info(format!(
+                "peer {} holds more (epoch {}, record {}) than this node (epoch {}): handing over to it",
+                theirs.node, theirs.data.epoch, theirs.data.seq, self.epoch
+            ))));
         }
+        self.yielding_until = Some(now + self.setup.failover);
         LinkVerdict::Yield { epoch }
     }
 
@@ -862,7 +832,8 @@ impl Core {
         self.handover_until = None;
         self.lease_until = Some(begin.lease_from + self.setup.lease);
         out.push(Action::Persist { role: Role::Primary, highest: self.highest });
-        out.push(Action::Note(Note::Promoted { epoch, reason: begin.reason }));
+        let first = begin.why == Why::Bootstrap;
+        out.push(Action::Note(Note::Promoted { epoch, reason: begin.reason, first }));
         match begin.why {
             Why::Handover => out.push(Action::TookOver { epoch }),
             Why::Operator { .. } => out.push(Action::Answer(Ok(epoch))),
@@ -924,6 +895,7 @@ impl Core {
         self.lease_until = None;
         self.heard_primary = now;
         self.hold = false;
+        self.yielding_until = None;
         self.highest = self.highest.max(epoch);
         out.push(Action::Persist { role: Role::Standby, highest: self.highest });
         out.push(Action::Note(Note::Demoted { epoch, reason }));
@@ -934,6 +906,8 @@ impl Core {
         self.role = Role::Standby;
         self.bootstrapping = false;
         self.heard_primary = now;
+        self.yielding_until = None;
+        self.claim = None;
         out.push(Action::Note(Note::Info(format!("standing by: {reason}"))));
     }
 

@@ -127,6 +127,7 @@ enum Body {
     ToWitness { request: Request, sent: Ms, claim: Option<u64> },
     FromWitness { answer: Answer, sent: Ms, claim: Option<u64> },
     Link { session: u64, frame: Frame },
+    TookOver { epoch: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -435,7 +436,11 @@ impl World {
                     self.send(node, W, Body::ToWitness { request, sent: self.now, claim: None });
                 }
                 Action::Link(v) => verdict = Some(v),
-                Action::TookOver { .. } => {}
+                Action::TookOver { epoch } => {
+                    // Over the link the handover came on (lost if it is cut).
+                    let old = 1 - node;
+                    self.send(node, old, Body::TookOver { epoch });
+                }
                 Action::Answer(answer) => {
                     self.log(|| format!("{} answers the operator: {answer:?}", NAMES[node]));
                     self.answers.push((node, answer));
@@ -659,6 +664,9 @@ impl World {
                     }
                 }
             },
+            Body::TookOver { epoch } => {
+                self.feed(to, Event::TookOver { epoch });
+            }
             Body::Link { session: id, frame } => {
                 let Some(session) = self.session.filter(|s| s.id == id) else { return };
                 match frame {
