@@ -554,7 +554,9 @@ impl Core {
             return;
         }
         if self.bootstrapping {
-            if granted > 0 && !self.old_config_role_decides() {
+            // Epoch 1 granted to us is our own bootstrap claim's, whose verdict decides.
+            let ours = granted == 1 && granted_to == self.setup.node;
+            if granted > 0 && !ours && !self.old_config_role_decides() {
                 self.become_standby(
                     format!(
                         "the witness has granted epoch {granted} already: catching up from the peer"
@@ -595,7 +597,8 @@ impl Core {
         // the cluster exists; a failover claim of a node that is primary) is not used.
         let still_wanted = match claim.why {
             Why::Bootstrap => self.bootstrapping,
-            _ => self.role == Role::Standby,
+            Why::Operator { .. } => self.role == Role::Standby || self.bootstrapping,
+            Why::Failover | Why::Handover => self.role == Role::Standby,
         };
         if granted && !still_wanted {
             out.push(Action::Note(Note::Info(format!(
@@ -749,11 +752,16 @@ impl Core {
                 self.step_down(theirs.data.epoch, reason, now, out);
             }
             _ => {
-                let behind = theirs.data.epoch < self.epoch
+                // A primary without an epoch has nothing to follow: it reads our Hello (and
+                // bootstraps when we are empty too, or yields when we are not).
+                let behind = theirs.data.is_empty()
+                    || theirs.data.epoch < self.epoch
                     || (theirs.data.epoch == self.epoch
                         && theirs.data < ours
                         && !self.old_config_role_decides());
-                if behind || self.claim.is_some() || self.beginning.is_some() {
+                // A claim in flight does not keep us from following a primary that shows up
+                // (its acks are held back until the claim is answered: see `may_ack`).
+                if behind || self.beginning.is_some() {
                     return LinkVerdict::Stale;
                 }
             }
@@ -786,7 +794,10 @@ impl Core {
 
     fn promote(&mut self, force: bool, now: Ms, out: &mut Vec<Action>) {
         let refuse = |out: &mut Vec<Action>, why: String| out.push(Action::Answer(Err(why)));
-        if self.role != Role::Standby {
+        // A configured primary with an empty spool is bootstrapped by an operator's --force
+        // (the cluster's first epoch, taken without waiting for the peer).
+        let bootstrap = self.bootstrapping && force;
+        if self.role != Role::Standby && !bootstrap {
             return refuse(out, format!("this node is a {}, not a standby", self.role));
         }
         if !self.setup.cluster {
@@ -795,7 +806,7 @@ impl Core {
         if self.claim.is_some() || self.beginning.is_some() {
             return refuse(out, "a promotion is already under way".into());
         }
-        let silence = self.silence(now);
+        let silence = if bootstrap { Ms::MAX } else { self.silence(now) };
         if !force && silence < self.setup.failover {
             return refuse(
                 out,
@@ -922,10 +933,13 @@ impl Core {
             } else if self.hold {
                 Note::Fenced { reason: "demoting: planned switchover".into() }
             } else {
+                // The last renewal counted from when it was sent: the silence since then.
+                let heard = self.lease_until.map_or(0, |until| until - self.setup.lease);
                 Note::Fenced {
                     reason: format!(
-                        "no word from the standby or the witness backing epoch {} (lease {} ms)",
-                        self.epoch, self.setup.lease
+                        "no word from the standby or the witness for {} ms (lease {} ms)",
+                        now.saturating_sub(heard),
+                        self.setup.lease
                     ),
                 }
             };

@@ -5,6 +5,9 @@
 
 use super::core::Ms;
 
+/// The reason of a first grant (a repeated claim's answer says "granted before").
+pub const GRANTED: &str = "granted";
+
 /// What the witness knows.
 #[derive(Clone, Debug)]
 pub struct Grants {
@@ -159,7 +162,7 @@ impl Grants {
         // The grantee serves from now on, on a lease that runs from its claim: as good as
         // heard serving, or a second claimant would be granted the next epoch at once.
         self.serving_heard = Some(now);
-        Answer::Verdict { granted: true, epoch, highest: epoch, reason: "granted".into() }
+        Answer::Verdict { granted: true, epoch, highest: epoch, reason: GRANTED.into() }
     }
 }
 
