@@ -919,6 +919,9 @@ impl Core {
         self.heard_primary = now;
         self.yielding_until = None;
         self.claim = None;
+        // Persisted even on an empty spool: once it holds the peer's data, a restart must not
+        // find it a primary by its config.
+        out.push(Action::Persist { role: Role::Standby, highest: self.highest });
         out.push(Action::Note(Note::Info(format!("standing by: {reason}"))));
     }
 
@@ -946,10 +949,25 @@ impl Core {
             out.push(Action::Note(note));
         }
         self.was_serving = serving;
-        if self.published != Some(status) {
+        if self.published != Some(status) && !self.small_renewal(status, now) {
             self.published = Some(status);
             out.push(Action::Publish(status));
         }
+    }
+
+    /// A renewal that moves the published deadline by less than a quarter heartbeat, while
+    /// more than half a lease of it is left, is not published (every ack renews the lease:
+    /// publishing each would wake every reader of the role once a frame). The published
+    /// deadline is then a little earlier than ours: the safe side. The next tick publishes it.
+    fn small_renewal(&self, status: Status, now: Ms) -> bool {
+        let Some(published) = self.published else { return false };
+        let (Serve::Until(shown), Serve::Until(ours)) = (published.serve, status.serve) else {
+            return false;
+        };
+        let same = Status { serve: published.serve, ..status } == published;
+        same && ours > shown
+            && ours - shown < self.setup.heartbeat / 4
+            && shown > now + self.setup.lease / 2
     }
 
     #[cfg(test)]

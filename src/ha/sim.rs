@@ -204,6 +204,10 @@ struct World {
     witness: Option<Grants>,
     witness_disk: (u64, String),
     witness_paused_until: Option<Ms>,
+    /// Each node's clock: (offset, rate in parts per million). Clocks run at rates up to 2 %
+    /// off the simulation's, so that two of them differ by up to 4 %, inside the 5 % margin of
+    /// the timing rule; only durations measured on one clock may be compared.
+    clocks: [(Ms, u64); 3],
     /// When the witness last started holding a grant (it then waits a window to grant).
     witness_started: Ms,
     /// Per direction: cut until, and the last delivery time (messages keep their order).
@@ -218,6 +222,8 @@ struct World {
     next_message: u64,
     /// Each epoch begun, by whom.
     begun: BTreeMap<u64, usize>,
+    /// A node's disk was replaced since it last began an epoch.
+    wiped_since_begun: [bool; 2],
     granted: Vec<u64>,
     answers: Vec<(usize, Result<u64, String>)>,
     healed_at: Option<Ms>,
@@ -241,6 +247,7 @@ impl World {
             witness_disk: (0, String::new()),
             witness_paused_until: None,
             witness_started: 0,
+            clocks: [(0, 1_000_000); 3],
             cut_until: [[0; 3]; 3],
             last_delivery: [[0; 3]; 3],
             session: None,
@@ -250,6 +257,7 @@ impl World {
             acknowledged: BTreeMap::new(),
             next_message: 1,
             begun: BTreeMap::new(),
+            wiped_since_begun: [false; 2],
             granted: Vec::new(),
             answers: Vec::new(),
             healed_at: None,
@@ -257,6 +265,12 @@ impl World {
             violation: None,
             trace: trace.then(String::new),
         }
+    }
+
+    /// Node `node`'s clock now.
+    fn clock(&self, node: usize) -> Ms {
+        let (offset, rate) = self.clocks[node];
+        offset + self.now * rate / 1_000_000
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
@@ -288,7 +302,7 @@ impl World {
             if self.options.witness {
                 self.lives[W] += 1;
                 let (granted, to) = self.witness_disk.clone();
-                self.witness = Some(Grants::new(granted, to, self.now));
+                self.witness = Some(Grants::new(granted, to, self.clock(W)));
                 self.witness_started = if granted > 0 { self.now } else { 0 };
                 self.witness_paused_until = None;
                 self.log(|| format!("w starts (granted {granted})"));
@@ -300,6 +314,7 @@ impl World {
         }
         if wipe {
             self.disks[node] = NodeDisk::default();
+            self.wiped_since_begun[node] = true;
             self.check_lost();
         }
         self.lives[node] += 1;
@@ -314,7 +329,7 @@ impl World {
         };
         let old = self.options.old;
         let (core, actions) =
-            Core::start_with(self.setup(node), start, self.now, |core| core.old = old);
+            Core::start_with(self.setup(node), start, self.clock(node), |core| core.old = old);
         let life = self.lives[node];
         self.nodes[node] =
             Some(Running { core, life, paused_until: None, claim: None, next_dial: self.now });
@@ -377,7 +392,7 @@ impl World {
     }
 
     fn feed(&mut self, node: usize, event: Event) -> Option<LinkVerdict> {
-        let now = self.now;
+        let now = self.clock(node);
         let running = self.nodes[node].as_mut()?;
         let actions = running.core.step(event, now);
         self.run_actions(node, actions)
@@ -403,6 +418,7 @@ impl World {
                         ));
                     }
                     self.begun.insert(epoch, node);
+                    self.wiped_since_begun[node] = false;
                     let life = self.lives[node];
                     self.schedule(self.now + 2, What::Begun { node, life, epoch });
                 }
@@ -418,7 +434,7 @@ impl World {
                     self.send(
                         node,
                         W,
-                        Body::ToWitness { request, sent: self.now, claim: Some(claim) },
+                        Body::ToWitness { request, sent: self.clock(node), claim: Some(claim) },
                     );
                     let life = self.lives[node];
                     self.schedule(
@@ -433,7 +449,8 @@ impl World {
                         epoch,
                         serving,
                     };
-                    self.send(node, W, Body::ToWitness { request, sent: self.now, claim: None });
+                    let sent = self.clock(node);
+                    self.send(node, W, Body::ToWitness { request, sent, claim: None });
                 }
                 Action::Link(v) => verdict = Some(v),
                 Action::TookOver { epoch } => {
@@ -611,9 +628,9 @@ impl World {
         let entries: Vec<Entry> = log.get(from..).unwrap_or_default().to_vec();
         let frame = if let Some(last) = entries.last() {
             session.next = last.seq + 1;
-            Frame::Records { entries, sent: self.now }
+            Frame::Records { entries, sent: self.clock(session.shipper) }
         } else if self.now >= session.last_sent + HEARTBEAT {
-            Frame::Heartbeat { sent: self.now }
+            Frame::Heartbeat { sent: self.clock(session.shipper) }
         } else {
             return;
         };
@@ -626,7 +643,7 @@ impl World {
         let Message { from, to, body } = message;
         match body {
             Body::ToWitness { request, sent, claim } => {
-                let now = self.now;
+                let now = self.clock(W);
                 let Some(grants) = self.witness.as_mut() else { return };
                 let mut persisted = None;
                 let answer = grants.answer(request, now, |epoch, node: &str| {
@@ -727,7 +744,9 @@ impl World {
     fn mail(&mut self) {
         for node in [A, B] {
             let serving = !self.paused(node)
-                && self.nodes[node].as_ref().is_some_and(|n| n.core.status().serving_at(self.now));
+                && self.nodes[node]
+                    .as_ref()
+                    .is_some_and(|n| n.core.status().serving_at(self.clock(node)));
             let linked =
                 self.session.is_some_and(|s| s.shipper == node && s.mode == Mode::Streaming);
             if !serving || !linked {
@@ -865,7 +884,7 @@ impl World {
         let serving: Vec<usize> = [A, B]
             .into_iter()
             .filter(|&n| {
-                self.nodes[n].as_ref().is_some_and(|r| r.core.status().serving_at(self.now))
+                self.nodes[n].as_ref().is_some_and(|r| r.core.status().serving_at(self.clock(n)))
             })
             .collect();
         if serving.len() > 1 {
@@ -902,7 +921,17 @@ impl World {
     /// is up.
     fn check_recovery(&mut self) {
         let Some(healed) = self.healed_at else { return };
-        let can = [A, B].into_iter().any(|n| self.alive(n) && !self.disks[n].history.is_empty());
+        // Without a witness nobody is promoted automatically: the cluster serves again by
+        // itself only when both data nodes are up (the primary, or the one it hands over to).
+        // Nor when the last primary lost its disk: its peer then waits for the operator's
+        // `relayd promote` (docs/operations.md, "A node rebuilt from empty").
+        let last_primary = self.begun.last_key_value().map(|(_, &node)| node);
+        let can = if self.options.witness {
+            [A, B].into_iter().any(|n| self.alive(n) && !self.disks[n].history.is_empty())
+        } else {
+            [A, B].into_iter().all(|n| self.alive(n))
+                && last_primary.is_some_and(|n| !self.wiped_since_begun[n])
+        };
         // A witness that restarted grants nothing for a failover window (a lease it backed
         // before may still run): the clock starts at its start, if that is later.
         let limit = healed.max(self.witness_started) + FAILOVER + 1000;
@@ -918,6 +947,10 @@ impl World {
 /// A random schedule: the three nodes start in any order, mail flows, faults come and go,
 /// then everything heals (one data node may stay down) and a node must serve again.
 fn random_schedule(world: &mut World) {
+    for node in [A, B, W] {
+        let offset = world.rng.u64(0..100_000);
+        world.clocks[node] = (offset, world.rng.u64(980_000..=1_020_000));
+    }
     let rng = &mut world.rng;
     let mut starts = [A, B, W];
     rng.shuffle(&mut starts);
@@ -983,8 +1016,10 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// One random schedule of seed `seed`: its violation, if any, and its trace when asked.
+/// One schedule in four runs without a witness.
 fn run_seed(seed: u64, old: OldRules, trace: bool) -> (Option<Violation>, String) {
-    let mut world = World::new(seed, Options { witness: true, old }, trace);
+    let witness = seed % 4 != 3;
+    let mut world = World::new(seed, Options { witness, old }, trace);
     random_schedule(&mut world);
     (world.violation.take(), world.trace.take().unwrap_or_default())
 }
@@ -1173,8 +1208,8 @@ mod tests {
 
     #[test]
     fn the_same_seed_runs_the_same_schedule() {
-        let (first, trace) = run_seed(BASE_SEED + 7, OldRules::default(), true);
-        let (second, again) = run_seed(BASE_SEED + 7, OldRules::default(), true);
+        let (first, trace) = run_seed(BASE_SEED + 5, OldRules::default(), true);
+        let (second, again) = run_seed(BASE_SEED + 5, OldRules::default(), true);
         assert_eq!(first, second);
         assert_eq!(trace, again);
         assert!(trace.lines().count() > 100, "a schedule does things");
