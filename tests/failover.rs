@@ -898,6 +898,10 @@ fn manual_promote_is_refused_while_the_primary_lives_and_forced_makes_it_step_do
     assert_eq!(code, Some(0), "relayd promote --force: {out}{err}");
     assert!(out.contains("epoch 2"), "it says the new epoch: {out}");
     assert!(
+        out.contains("warning: forced") && out.contains("until it rejoins"),
+        "it says what a forced promotion risks: {out}"
+    );
+    assert!(
         count(&trio.w.log(), "granted epoch epoch=2 to=b force=true") == 1,
         "the witness granted epoch 2 to b, forced:\n{}",
         trio.w.log()
