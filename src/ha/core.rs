@@ -1006,3 +1006,112 @@ pub fn other_primary_wins(
 ) -> bool {
     their_epoch > our_epoch || (their_epoch == our_epoch && their_node < our_node)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(node: &str) -> Setup {
+        Setup {
+            node: node.into(),
+            cluster: true,
+            witness: true,
+            auto_failover: true,
+            without_witness: false,
+            heartbeat: 200,
+            lease: 2000,
+            failover: 3000,
+        }
+    }
+
+    fn disk(role: Role, epoch: u64) -> Disk {
+        Disk { role: Some(role), role_override: None, configured: role, epoch, highest: epoch }
+    }
+
+    fn claims(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Claim { epoch, .. } => Some(*epoch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Ticks every 50 ms from `from` to `to`; every action taken.
+    fn run(core: &mut Core, from: Ms, to: Ms) -> Vec<Action> {
+        (from / 50..to / 50).flat_map(|t| core.step(Event::Tick, t * 50)).collect()
+    }
+
+    #[test]
+    fn an_empty_standby_never_claims_however_long_it_waits() {
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 0), 0);
+        assert!(claims(&run(&mut core, 0, 60_000)).is_empty());
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 1), 0);
+        assert_eq!(claims(&run(&mut core, 0, 3200)), vec![2], "one with data does");
+    }
+
+    #[test]
+    fn an_empty_configured_primary_claims_epoch_1_and_stands_by_when_refused() {
+        let empty = Disk {
+            role: None,
+            role_override: None,
+            configured: Role::Primary,
+            epoch: 0,
+            highest: 0,
+        };
+        let (mut core, _) = Core::start(setup("a"), empty, 0);
+        assert!(!core.status().serving_at(0));
+        assert_eq!(claims(&core.step(Event::Tick, 50)), vec![1]);
+        let refusal = Event::Verdict { epoch: 1, granted: false, highest: 4, reason: "no".into() };
+        core.step(refusal, 60);
+        assert_eq!(core.status().role, Role::Standby);
+        assert_eq!(core.highest(), 4);
+    }
+
+    #[test]
+    fn a_refused_claim_is_claimed_again_above_the_witness_highest_grant() {
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Standby, 1), 0);
+        assert_eq!(claims(&run(&mut core, 0, 3200)), vec![2]);
+        let refusal = Event::Verdict { epoch: 2, granted: false, highest: 2, reason: "no".into() };
+        core.step(refusal, 3210);
+        assert_eq!(claims(&core.step(Event::Tick, 3250)), vec![3]);
+    }
+
+    #[test]
+    fn a_pong_renews_the_lease_only_when_it_names_us_the_grantee_of_a_serving_ping() {
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
+        let pinged = core.step(Event::Tick, 0);
+        assert!(pinged.contains(&Action::Ping { role: Role::Primary, epoch: 1, serving: true }));
+        let pong = |to: &str| Event::Pong { sent: 0, granted: 1, granted_to: to.into() };
+        core.step(pong("a"), 10);
+        assert!(core.status().serving_at(1999) && !core.status().serving_at(2000));
+        // A pong for a ping never sent renews nothing.
+        core.step(Event::Pong { sent: 500, granted: 1, granted_to: "a".into() }, 510);
+        assert!(!core.status().serving_at(2000));
+        // Epoch 1 granted to b: we step down.
+        core.step(pong("b"), 600);
+        assert_eq!(core.status().role, Role::Standby);
+        assert!(!core.status().serving_at(610));
+    }
+
+    #[test]
+    fn a_primary_behind_its_standby_yields_and_ships_only_to_a_peer_not_ahead() {
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
+        let standby = |seq| Peer { node: "b".into(), primary: false, data: Data { epoch: 1, seq } };
+        let ours = Data { epoch: 1, seq: 50 };
+        let hello = |seq| Event::Hello { side: Side::Shipping, ours, theirs: standby(seq) };
+        assert!(core.step(hello(50), 10).contains(&Action::Link(LinkVerdict::Ship)));
+        assert!(core.step(hello(10), 20).contains(&Action::Link(LinkVerdict::Ship)));
+        let ahead = core.step(hello(51), 30);
+        assert!(ahead.contains(&Action::Link(LinkVerdict::Yield { epoch: 1 })), "{ahead:?}");
+        assert!(!core.status().serving_at(40), "a yielding primary does not serve");
+        core.step(Event::TookOver { epoch: 2 }, 50);
+        assert_eq!(core.status().role, Role::Standby);
+        // A standby does not follow a primary behind it in the same epoch.
+        let mut follower = Core::start(setup("b"), disk(Role::Standby, 1), 0).0;
+        let primary = Peer { node: "a".into(), primary: true, data: Data { epoch: 1, seq: 10 } };
+        let hello = Event::Hello { side: Side::Following, ours, theirs: primary };
+        assert!(follower.step(hello, 10).contains(&Action::Link(LinkVerdict::Stale)));
+    }
+}
