@@ -16,8 +16,9 @@
 //!   a rewind (or snapshot: the same effect on the data) that drops what the follower holds
 //!   beyond what the two logs share;
 //! * mail offered to whichever node serves at that instant (checked at use), with
-//!   `replication = "sync"` and `on_standby_loss = "refuse"`: a 250 only once the standby
-//!   acknowledged the record within `sync_timeout`.
+//!   `replication = "sync"`: a 250 once the standby acknowledged the record within
+//!   `sync_timeout`; else, with `on_standby_loss = "degrade"` (one schedule in three), a 250
+//!   from the node alone if it still serves at that instant, and with `"refuse"` none.
 //!
 //! Run: `cargo test --lib ha::sim`. `RELAYD_SIM_SCHEDULES=N` runs N schedules (default
 //! [`DEFAULT_SCHEDULES`]), `RELAYD_SIM_SEED=S` replays exactly the schedule of seed S with a
@@ -156,6 +157,7 @@ enum What {
     ClaimTimeout { node: usize, life: u64, claim: u64, epoch: u64 },
     Begun { node: usize, life: u64, epoch: u64 },
     Resume,
+    SyncTimeout { message: u64 },
 }
 
 struct Scheduled {
@@ -189,6 +191,9 @@ pub struct Violation(String);
 #[derive(Clone, Copy, Debug)]
 struct Options {
     witness: bool,
+    /// `on_standby_loss = "degrade"`: without the standby's ack within `sync_timeout` (or
+    /// with no standby linked), a 250 all the same if the node still serves at that instant.
+    degrade: bool,
     old: OldRules,
 }
 
@@ -749,14 +754,21 @@ impl World {
                     .is_some_and(|n| n.core.status().serving_at(self.clock(node)));
             let linked =
                 self.session.is_some_and(|s| s.shipper == node && s.mode == Mode::Streaming);
-            if !serving || !linked {
+            if !serving || !(linked || self.options.degrade) {
                 continue;
             }
             let message = self.next_message;
             self.next_message += 1;
             let epoch = self.disks[node].data().epoch;
             let seq = self.disks[node].append(epoch, Some(message));
-            self.pending.push((message, node, seq, self.now + SYNC_TIMEOUT));
+            if !linked {
+                // Degraded: on this node's disk alone, acknowledged now.
+                self.acknowledged.insert(message, (node, self.now));
+                continue;
+            }
+            let deadline = self.now + SYNC_TIMEOUT;
+            self.pending.push((message, node, seq, deadline));
+            self.schedule(deadline, What::SyncTimeout { message });
             if let Some(session) = self.session {
                 self.ship(session);
             }
@@ -867,6 +879,21 @@ impl World {
                 }
             }
             What::Resume => {}
+            What::SyncTimeout { message } => {
+                let Some(index) = self.pending.iter().position(|p| p.0 == message) else {
+                    return true;
+                };
+                let (_, node, _, _) = self.pending.remove(index);
+                // Degrade: the 250 after all, if the node serves at this instant (checked at
+                // use); refuse: withdrawn (the client retries; the record may stay, unacked).
+                let serving = !self.paused(node)
+                    && self.nodes[node]
+                        .as_ref()
+                        .is_some_and(|n| n.core.status().serving_at(self.clock(node)));
+                if self.options.degrade && serving {
+                    self.acknowledged.insert(message, (node, self.now));
+                }
+            }
         }
         self.after_step();
         true
@@ -1016,10 +1043,12 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// One random schedule of seed `seed`: its violation, if any, and its trace when asked.
-/// One schedule in four runs without a witness.
+/// One schedule in four runs without a witness; one in three with `on_standby_loss =
+/// "degrade"` (the others "refuse").
 fn run_seed(seed: u64, old: OldRules, trace: bool) -> (Option<Violation>, String) {
     let witness = seed % 4 != 3;
-    let mut world = World::new(seed, Options { witness, old }, trace);
+    let degrade = seed % 3 == 1;
+    let mut world = World::new(seed, Options { witness, degrade, old }, trace);
     random_schedule(&mut world);
     (world.violation.take(), world.trace.take().unwrap_or_default())
 }
@@ -1044,7 +1073,7 @@ mod tests {
     use super::*;
 
     fn world(witness: bool, old: OldRules) -> World {
-        World::new(1, Options { witness, old }, true)
+        World::new(1, Options { witness, degrade: false, old }, true)
     }
 
     fn at(world: &mut World, ms: Ms, fault: Fault) {
@@ -1187,6 +1216,44 @@ mod tests {
         let new = second_failure(OldRules::default(), true);
         assert!(new.violation.is_none(), "{:?}", new.violation);
         assert!(new.answers.iter().any(|(n, a)| *n == A && a.is_ok()), "{:?}", new.answers);
+    }
+
+    /// `on_standby_loss = "degrade"`: the primary, cut from its standby but not from the
+    /// witness, acknowledges mail alone; it dies, the standby takes over, and when the old
+    /// primary returns with its disk, what it alone acknowledged is handed over (salvage)
+    /// before its divergent records are dropped.
+    #[test]
+    fn mail_a_deposed_primary_alone_acknowledged_is_salvaged_when_it_returns() {
+        let mut w =
+            World::new(1, Options { witness: true, degrade: true, old: OldRules::default() }, true);
+        at(&mut w, 0, Fault::Restart { node: W, wipe: false });
+        at(&mut w, 10, Fault::Restart { node: B, wipe: false });
+        at(&mut w, 20, Fault::Restart { node: A, wipe: false });
+        mail_until(&mut w, 1000, 8000);
+        for (from, to) in [(A, B), (B, A)] {
+            at(&mut w, 3000, Fault::Cut { from, to, for_ms: 20_000 });
+        }
+        at(&mut w, 8000, Fault::Crash(A));
+        at(&mut w, 14000, Fault::Heal);
+        at(&mut w, 14000, Fault::Restart { node: A, wipe: false });
+        w.run_until(20000);
+        w.check_recovery();
+        assert!(
+            w.violation.is_none(),
+            "{:?}\n{}",
+            w.violation,
+            w.trace.clone().unwrap_or_default()
+        );
+        // Acknowledged by a after the cut: on a's disk alone until it rejoined.
+        let alone = w.acknowledged.values().filter(|(node, at)| *node == A && *at > 3100).count();
+        assert!(alone > 20, "a acknowledged mail alone: {alone}");
+        assert_eq!(w.begun.get(&2), Some(&B), "b took over");
+        let on_b: HashSet<u64> = w.disks[B].log.iter().filter_map(|e| e.message).collect();
+        assert!(
+            w.acknowledged.keys().all(|m| on_b.contains(m)),
+            "every acknowledged message is on b"
+        );
+        assert!(w.trace.unwrap_or_default().contains("salvages"), "a salvaged to b");
     }
 
     #[test]
