@@ -351,7 +351,8 @@ impl Core {
         let mut out = Vec::new();
         if role == Role::Primary && !core.has_history {
             if !core.setup.cluster || core.old_config_role_decides() {
-                // A single node is its own cluster: its first epoch needs nobody's word.
+                // A single node is its own cluster: its first epoch needs nobody's word. (The
+                // old rule took it in a cluster too.)
                 core.begin(1, Why::Bootstrap, now, "the node's first epoch".into(), &mut out);
                 core.bootstrapping = true;
             } else {
@@ -459,7 +460,7 @@ impl Core {
             }
             Event::Promote { force } => self.promote(force, now, &mut out),
             Event::Hold(hold) => self.hold = hold,
-            Event::EpochBegun { epoch } => self.begun(epoch, now, &mut out),
+            Event::EpochBegun { epoch } => self.begun(epoch, &mut out),
             Event::EpochFailed { epoch, error } => {
                 if let Some(begin) = self.beginning.take_if(|b| b.epoch == epoch) {
                     out.push(Action::Note(Note::Error(format!(
@@ -832,9 +833,8 @@ impl Core {
         }
     }
 
-    fn begun(&mut self, epoch: u64, now: Ms, out: &mut Vec<Action>) {
+    fn begun(&mut self, epoch: u64, out: &mut Vec<Action>) {
         let Some(begin) = self.beginning.take_if(|b| b.epoch == epoch) else { return };
-        let _ = now;
         self.role = Role::Primary;
         self.epoch = epoch;
         self.highest = self.highest.max(epoch);
