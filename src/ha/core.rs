@@ -641,7 +641,8 @@ impl Core {
             ),
             Why::Operator { force } => {
                 let retry = self.next_epoch();
-                if retry > epoch && self.operator_retries < OPERATOR_RETRIES {
+                let above = retry > epoch && self.has_history;
+                if above && self.operator_retries < OPERATOR_RETRIES {
                     self.operator_retries += 1;
                     self.send_claim(retry, Why::Operator { force }, now, out);
                 } else {
@@ -820,6 +821,18 @@ impl Core {
             return refuse(
                 out,
                 "this node's spool is empty (it has never followed a primary): promoting it would serve an empty queue; use --force to bootstrap the cluster from it".into(),
+            );
+        }
+        // An empty node forced is a bootstrap: of a new cluster only. Forced over a cluster
+        // that has an epoch, its empty history would be newer than the data of the node that
+        // holds the mail, which would then be rebuilt from it.
+        if !self.has_history && self.highest > 0 {
+            return refuse(
+                out,
+                format!(
+                    "this node's spool is empty and the cluster already has epoch {}: start it as a standby, it catches up from its peer (promote it once it has)",
+                    self.highest
+                ),
             );
         }
         self.operator_retries = 0;
@@ -1067,6 +1080,24 @@ mod tests {
         core.step(refusal, 60);
         assert_eq!(core.status().role, Role::Standby);
         assert_eq!(core.highest(), 4);
+    }
+
+    #[test]
+    fn a_forced_promotion_of_an_empty_node_bootstraps_only_a_new_cluster() {
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 0), 0);
+        let answer = |actions: Vec<Action>| {
+            actions.into_iter().find_map(|a| match a {
+                Action::Answer(answer) => Some(answer),
+                _ => None,
+            })
+        };
+        let forced = core.step(Event::Promote { force: true }, 10);
+        assert_eq!(claims(&forced), vec![1], "epoch 1, on a new cluster");
+        let refusal = Event::Verdict { epoch: 1, granted: false, highest: 3, reason: "no".into() };
+        let refused = answer(core.step(refusal, 20));
+        assert!(refused.is_some_and(|a| a.is_err()), "not retried above the cluster's epoch");
+        let again = answer(core.step(Event::Promote { force: true }, 30));
+        assert!(again.is_some_and(|a| a.is_err_and(|e| e.contains("already has epoch 3"))));
     }
 
     #[test]
