@@ -14,5 +14,6 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod role;
 pub mod smtp;
 pub mod spool;

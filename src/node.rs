@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::{self, DeliveryHandle};
 use crate::ha::Ha;
-use crate::ha::monitor::Hold;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
 use crate::replication::link;
@@ -76,7 +75,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
-    let ha =
+    let (ha, reporter) =
         Ha::start(&config, &spool, link.as_ref().map(|l| l.connector.clone()), metrics.clone())
             .await?;
     let status = ha.status();
@@ -90,14 +89,14 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     );
     let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
     // Every data node runs the queue runner; it delivers only while the node serves.
-    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.clone())?;
-    let replication = Replication::start(&config, &spool, link, ha.clone(), delivery.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let hold = Hold::default();
-    tokio::spawn(crate::ha::monitor::run(ha.clone(), hold.clone()));
+    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.role())?;
+    let replication =
+        Replication::start(&config, &spool, link, ha.role(), reporter, delivery.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(crate::ha::monitor::run(ha.clone()));
     let services = Services {
-        ha: ha.clone(),
+        role: ha.role(),
         spool: spool.clone(),
         delivery: delivery.clone(),
         replication: replication.clone(),
@@ -119,7 +118,6 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         sessions: server.limiter(),
         replication,
         ha,
-        hold,
     };
     tasks.spawn(crate::admin::serve(admin_listener, admin));
     let Signals { mut terminate, mut interrupt, mut hangup } = signals;

@@ -207,11 +207,14 @@ fn the_cluster_link_refuses_bad_peers_and_frames_and_the_real_link_recovers() {
     // Learn the standby's history from its answer to a stale Hello (the first attack).
     let stale = vec![EpochStart { epoch: 0, first_seq: 1 }];
     let (mut tls, _) = dial(certs, standby, Identity::Member);
+    // A primary's log is never behind its standby's in the same epoch (a standby does not
+    // follow one that is: it would lose the records it holds past the primary's end), so the
+    // impostor claims a log as long as can be.
     let hello = |history: Vec<EpochStart>| Hello {
         node: "a".into(),
         role: "primary".into(),
+        last: LogPosition { epoch: history.last().map_or(0, |e| e.epoch), seq: u64::MAX },
         history,
-        last: LogPosition::default(),
         rewind: None,
     };
     tls.write_all(&encoded(&Frame::Hello(hello(stale.clone())))).expect("Hello");

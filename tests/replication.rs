@@ -443,8 +443,13 @@ fn peers_with_a_foreign_certificate_or_plaintext_are_refused() {
         "",
         &sections(other.path(), "a", listen, pair.standby_cluster(), "async", ""),
     );
+    // With an empty spool it serves nothing by itself (it would have to hear its peer's
+    // empty Hello first): its operator bootstraps it.
+    let promoted =
+        run(BIN, &["promote", "--force", "--config", rogue.config_path.to_str().expect("utf-8")]);
+    assert!(promoted.status.success(), "{}", String::from_utf8_lossy(&promoted.stderr));
     let rogue_id = send(rogue.addr(), &recipients(1), &message_data(1, 2000))
-        .expect("the rogue (async) accepts mail alone");
+        .expect("the rogue (async), bootstrapped, accepts mail alone");
     let refused = count(&pair.standby().log(), "cluster peer refused: TLS handshake failed");
     wait_for("the standby to refuse the rogue twice after it had mail", || {
         count(&pair.standby().log(), "cluster peer refused: TLS handshake failed") >= refused + 2

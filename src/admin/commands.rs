@@ -70,7 +70,11 @@ pub fn queue_delete(config: &Config, id: QueueId) -> ExitCode {
 pub fn promote(config: &Config, force: bool) -> ExitCode {
     run(config, |client| {
         let answer = client.post(if force { "/promote?force=true" } else { "/promote" })?;
-        Ok(format!("promoted: primary in epoch {}\n", answer["epoch"]))
+        let mut out = format!("promoted: primary in epoch {}\n", answer["epoch"]);
+        if let Some(warning) = answer["warning"].as_str() {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
+        Ok(out)
     })
 }
 

@@ -39,8 +39,6 @@ pub struct AdminContext {
     pub replication: crate::replication::Replication,
     /// The live role and epoch, and the way to change them.
     pub ha: crate::ha::Ha,
-    /// Held by a switchover in progress.
-    pub hold: crate::ha::monitor::Hold,
 }
 
 /// The node's place in the cluster, as the endpoint reports it.
@@ -56,7 +54,7 @@ pub struct NodeState {
 /// Where `/status` and `/metrics` learn the role and the epoch: the live ones.
 pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
     let status = context.ha.status();
-    Ok(NodeState { role: status.role, epoch: status.epoch, serving: status.serving() })
+    Ok(NodeState { role: status.role, epoch: status.epoch, serving: status.serving_now() })
 }
 
 /// Binds `[admin].listen`. The error names the address. When a token file is set, it is read

@@ -22,7 +22,7 @@ type Context = State<Arc<AdminContext>>;
 /// even when a token is required.
 pub async fn healthz(State(context): Context) -> Response {
     let status = context.ha.status();
-    if status.role == Role::Primary && status.fenced {
+    if status.role == Role::Primary && !status.serving_now() {
         return (StatusCode::SERVICE_UNAVAILABLE, "fenced").into_response();
     }
     // Closed after a failed write (a full disk): every sender gets 452 until it reopens.
@@ -33,6 +33,11 @@ pub async fn healthz(State(context): Context) -> Response {
     "ok".into_response()
 }
 
+/// What a forced promotion risks, said to the operator who asked for it.
+pub const FORCED_PROMOTION_RISK: &str = "forced: mail that the previous primary acknowledged \
+and did not replicate here stays on its disk until it rejoins (it is then handed over, \
+salvaged); if that node is alive and serving, it steps down as soon as it hears of this epoch";
+
 /// `POST /promote[?force=true]`: make this standby the primary.
 pub async fn promote(
     State(context): Context,
@@ -40,23 +45,21 @@ pub async fn promote(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
     tracing::warn!(force, "promotion requested by the operator");
-    let epoch =
-        crate::ha::promote_by_operator(&context.ha, force).await.map_err(ApiError::conflict)?;
-    Ok(Json(serde_json::json!({ "role": "primary", "epoch": epoch })))
+    let epoch = context.ha.promote(force).await.map_err(ApiError::conflict)?;
+    let mut answer = serde_json::json!({ "role": "primary", "epoch": epoch });
+    if force {
+        answer["warning"] = serde_json::Value::from(FORCED_PROMOTION_RISK);
+    }
+    Ok(Json(answer))
 }
 
 /// `POST /demote`: planned switchover from this primary to its standby.
 pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, ApiError> {
     tracing::warn!("switchover requested by the operator");
-    let epoch = crate::ha::switchover(
-        &context.ha,
-        &context.hold,
-        &context.replication,
-        &context.delivery,
-        &context.spool,
-    )
-    .await
-    .map_err(ApiError::conflict)?;
+    let epoch =
+        crate::ha::switchover(&context.ha, &context.replication, &context.delivery, &context.spool)
+            .await
+            .map_err(ApiError::conflict)?;
     Ok(Json(serde_json::json!({ "role": "standby", "new_primary_epoch": epoch })))
 }
 
@@ -137,7 +140,7 @@ pub async fn queue_show(
 
 /// `POST /queue/flush`: every deferred message is tried now.
 pub async fn queue_flush(State(context): Context) -> Result<Response, ApiError> {
-    if !context.ha.serving() || !context.delivery.flush() {
+    if !context.ha.status().serving_now() || !context.delivery.flush() {
         return Err(ApiError::conflict("this node does not deliver mail: nothing to flush"));
     }
     tracing::info!("queue flush requested");
@@ -156,11 +159,11 @@ pub async fn queue_delete(
         let context = context.clone();
         blocking(move || Ok(node_state(&context)?)).await?
     };
-    if state.role != Role::Primary || !context.ha.serving() {
+    if state.role != Role::Primary || !context.ha.status().serving_now() {
         return Err(ApiError::conflict(format!(
             "this node is a {}{}: delete the message on the serving primary",
             state.role,
-            if context.ha.serving() { "" } else { " that does not serve now" }
+            if context.ha.status().serving_now() { "" } else { " that does not serve now" }
         )));
     }
     if !context.delivery.delete(id).await? {

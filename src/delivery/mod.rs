@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use crate::config::LiveConfig;
-use crate::ha::Ha;
 use crate::metrics::Metrics;
+use crate::role::RoleWatch;
 use crate::spool::{Change, QueueId, Spool, SpoolError};
 
 /// Starts the queue runner on the current tokio runtime. It delivers while the node serves
@@ -25,7 +25,7 @@ pub fn start(
     config: LiveConfig,
     spool: Spool,
     metrics: Arc<Metrics>,
-    ha: Ha,
+    role: RoleWatch,
 ) -> Result<DeliveryHandle, String> {
     let resolver = route::Resolver::new(&config.load().delivery.resolvers)?;
     // Certificates are not verified, as with Postfix's "may" and "encrypt" levels: MX
@@ -44,7 +44,7 @@ pub fn start(
         commands: commands.clone(),
         done,
         activity: activity.clone(),
-        ha,
+        role,
     });
     tokio::spawn(queue::Runner::new(shared, command_rx, done_rx).run());
     Ok(DeliveryHandle { spool, commands, activity })

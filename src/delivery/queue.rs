@@ -22,8 +22,8 @@ use super::dsn;
 use super::outcome::Outcome;
 use super::route::{self, Destination, Resolver};
 use crate::config::{Config, LiveConfig};
-use crate::ha::Ha;
 use crate::metrics::Metrics;
+use crate::role::RoleWatch;
 use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool, now_ms};
 
 /// Everything the runner and its workers share.
@@ -38,7 +38,7 @@ pub(super) struct Shared {
     pub done: mpsc::UnboundedSender<JobDone>,
     pub activity: Arc<Activity>,
     /// Only a serving primary delivers.
-    pub ha: Ha,
+    pub role: RoleWatch,
 }
 
 /// What a draining node waits for.
@@ -104,8 +104,8 @@ impl Runner {
     }
 
     pub(super) async fn run(mut self) {
-        let mut roles = self.shared.ha.subscribe();
-        let mut serving = roles.borrow_and_update().serving();
+        let mut roles = self.shared.role.clone();
+        let mut serving = roles.borrow_and_update().serving_now();
         let mut reopens = self.shared.spool.watch_reopens();
         if serving {
             self.load();
@@ -158,7 +158,7 @@ impl Runner {
                 }
                 Ok(()) = roles.changed() => {
                     // A standby promoted (or a primary unfenced) takes over the queue it holds.
-                    let now = roles.borrow_and_update().serving();
+                    let now = roles.borrow_and_update().serving_now();
                     if now && !serving {
                         self.load();
                     }
@@ -227,7 +227,9 @@ impl Runner {
     }
 
     fn dispatch_due(&mut self) {
-        if self.shared.activity.draining.load(Ordering::Relaxed) || !self.shared.ha.serving() {
+        if self.shared.activity.draining.load(Ordering::Relaxed)
+            || !crate::role::current(&self.shared.role).serving_now()
+        {
             return;
         }
         let config = self.shared.config.load();
@@ -297,7 +299,9 @@ async fn work(
             let Some(lane) = lanes.get_mut(&destination) else { break };
             // Draining, or no longer serving (fenced, demoted): the jobs not started are handed
             // back to the runner (they stay queued in the spool) and the worker stops.
-            if shared.activity.draining.load(Ordering::Relaxed) || !shared.ha.serving() {
+            if shared.activity.draining.load(Ordering::Relaxed)
+                || !crate::role::current(&shared.role).serving_now()
+            {
                 for job in lane.jobs.drain(..) {
                     let _ = shared.done.send(JobDone { id: job.id, finished: false });
                 }

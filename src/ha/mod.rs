@@ -1,127 +1,153 @@
-//! High availability: the node's live role and epoch, and the moves between roles.
+//! High availability: the failover controller.
 //!
-//! * [`Ha`] holds what this node is now ([`NodeStatus`]: role, epoch, fenced) and is the one
-//!   way to change it: `promote` (a new epoch, persisted before use), `step_down` (a higher
-//!   epoch was seen, or a planned switchover), `fence`/`unfence` (the lease).
-//! * [`monitor`] watches the clock: a primary fences itself when its lease runs out; a standby
-//!   promotes itself when the primary has been silent for `failover_timeout` and the witness
-//!   grants the next epoch.
-//! * [`witness`]: the third voter, and the data nodes' client for it.
+//! * [`core`]: every decision that changes this node's role or epoch, with no I/O:
+//!   `(state, event, now) -> actions`.
+//! * [`grants`]: the witness's decisions, with no I/O.
+//! * [`Ha`] (here) runs the core: one driver task takes the events in order (the clock, the
+//!   witness's answers, the replication link's [`Report`]s, the operator), steps the core,
+//!   and carries out its actions: persist the role and the highest epoch seen, commit a new
+//!   epoch (and only then serve), claim an epoch from the witness, ping it, publish the role
+//!   ([`crate::role`]), log, run the hooks. What an action comes to is fed back as an event.
+//! * [`monitor`]: the clock, and the pings to the witness.
+//! * [`witness`]: the witness server, and the data nodes' client for it.
 //!
-//! The rule that keeps two primaries from ever serving at once: a primary serves only while it
-//! has heard the standby or the witness within its lease, the lease ends before
-//! `failover_timeout` (checked by `check-config`), a standby promotes only after
-//! `failover_timeout` of silence and only with the witness's grant, and the witness grants each
-//! epoch once, only when it has not heard a serving primary for `failover_timeout` itself.
+//! `ha` sits above `replication`, `delivery` and `smtp`: they read the role from
+//! [`crate::role`] and the link reports to `ha`; none of them imports `ha`.
 
+pub mod core;
+pub mod grants;
 pub mod monitor;
+#[cfg(test)]
+mod sim;
 pub mod witness;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use self::core::{Action, Core, Disk, Event, Ms, Note, Serve, Setup, Status};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
 use crate::replication::frame::Frame;
+use crate::role::{Report, Reporter, RoleStatus, RoleWatch, ServeUntil};
 use crate::spool::Spool;
 
-/// What this node is now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub role: Role,
-    pub epoch: u64,
-    /// A primary that cannot show it still holds a majority: it answers 421, delivers nothing.
-    pub fenced: bool,
-}
-
-impl NodeStatus {
-    /// Accepting and delivering mail.
-    pub fn serving(&self) -> bool {
-        self.role == Role::Primary && !self.fenced
-    }
-}
-
-/// The node's role and its transitions; cheap to clone.
+/// The node's failover controller; cheap to clone.
 #[derive(Clone)]
 pub struct Ha {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    status: watch::Sender<NodeStatus>,
+    /// Core time is milliseconds since then.
+    origin: Instant,
+    core: Mutex<Core>,
+    status: watch::Sender<RoleStatus>,
+    events: mpsc::UnboundedSender<Input>,
     spool: Spool,
     node: String,
     cluster: Option<ClusterConfig>,
     /// The cluster link's client side (for the witness), when in a cluster.
     connector: Option<tokio_rustls::TlsConnector>,
     metrics: Arc<Metrics>,
-    /// Standby: when a frame of the primary last arrived. Primary: when the standby or the
-    /// witness last answered (the lease runs from here). None: never since this start.
-    heard: Mutex<Option<Instant>>,
-    /// One role change at a time.
-    transition: tokio::sync::Mutex<()>,
+    /// The operator's promote waiting for its answer.
+    operator: Mutex<Option<oneshot::Sender<Result<u64, String>>>>,
+    /// Pings for the pinger task (one at a time: a ping that finds it busy is skipped).
+    pings: Mutex<Option<mpsc::Sender<(Frame, Instant)>>>,
 }
 
+/// What the driver takes.
+enum Input {
+    Event(Event),
+    Report(Report),
+}
+
+/// How long an operator's promote may take (a claim, and the epoch's commit).
+const OPERATOR_PATIENCE: Duration = Duration::from_secs(30);
+
 impl Ha {
-    /// The role this node starts in: the one it persisted (it may have been promoted or
-    /// demoted since its config was written), else the configured one. A cluster primary
-    /// starts fenced: it serves once it has heard the standby or the witness, so that an old
-    /// primary coming back never serves before it has learnt of a newer epoch.
+    /// The controller at start: the role comes from the persisted one (or `--role`, or the
+    /// config), except that a node with an empty spool in a cluster never serves by itself
+    /// (see [`core`]). Whatever the start needs (the persisted role; a single node's first
+    /// epoch) is done before this returns, so that the listeners open on the right role.
+    /// Returns the reporter the replication link reports with.
     pub async fn start(
         config: &Config,
         spool: &Spool,
         connector: Option<tokio_rustls::TlsConnector>,
         metrics: Arc<Metrics>,
-    ) -> Result<Ha, String> {
-        let persisted = spool.persisted_role().map_err(|e| e.to_string())?;
-        let role = match (config.role_override, persisted, config.node.role) {
-            // The command line's --role is the operator's word: it wins.
-            (Some(role), ..) => role,
-            (None, Some(role), configured) if role != configured => {
-                tracing::info!(persisted = %role, configured = %configured, "starting in the role this node last held");
-                role
-            }
-            (None, _, configured) => configured,
+    ) -> Result<(Ha, Reporter), String> {
+        let history = spool.epoch_history().map_err(|e| e.to_string())?;
+        let disk = Disk {
+            role: spool.persisted_role().map_err(|e| e.to_string())?,
+            role_override: config.role_override,
+            configured: config.node.role,
+            epoch: history.last().map_or(0, |e| e.epoch),
+            highest: spool.highest_epoch().map_err(|e| e.to_string())?,
         };
-        if role != Role::Witness {
-            spool.persist_role(role).await.map_err(|e| format!("cannot persist the role: {e}"))?;
-        }
-        spool.set_writable(role == Role::Primary);
-        let epoch = match role {
-            Role::Primary => {
-                spool.ensure_epoch().await.map_err(|e| format!("cannot start an epoch: {e}"))?
-            }
-            _ => spool.epoch_history().map_err(|e| e.to_string())?.last().map_or(0, |e| e.epoch),
+        let cluster = config.cluster.as_ref();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let setup = Setup {
+            node: config.node.name.clone(),
+            cluster: cluster.is_some(),
+            witness: cluster.is_some_and(|c| c.witness.is_some()),
+            auto_failover: cluster.is_some_and(|c| c.auto_failover),
+            without_witness: cluster.is_some_and(|c| c.allow_failover_without_witness),
+            heartbeat: cluster.map_or(200, |c| ms(c.heartbeat_interval)),
+            lease: cluster.map_or(2000, |c| ms(c.lease)),
+            failover: cluster.map_or(3000, |c| ms(c.failover_timeout)),
         };
-        let fenced = role == Role::Primary && config.cluster.as_ref().is_some_and(can_fail_over);
-        Ok(Ha {
+        spool.set_writable(false);
+        let origin = Instant::now();
+        let (core, actions) = Core::start(setup, disk, 0);
+        let status = to_role_status(origin, core.status());
+        let (events, inputs) = mpsc::unbounded_channel();
+        let ha = Ha {
             inner: Arc::new(Inner {
-                status: watch::Sender::new(NodeStatus { role, epoch, fenced }),
+                origin,
+                core: Mutex::new(core),
+                status: watch::Sender::new(status),
+                events,
                 spool: spool.clone(),
                 node: config.node.name.clone(),
                 cluster: config.cluster.clone(),
                 connector,
                 metrics,
-                // A standby gives the primary a full failover_timeout to show up; a primary has
-                // heard nobody yet, so it serves only once it has (when it needs a lease).
-                heard: Mutex::new((role != Role::Primary).then(Instant::now)),
-                transition: tokio::sync::Mutex::new(()),
+                operator: Mutex::new(None),
+                pings: Mutex::new(None),
             }),
-        })
+        };
+        // The start's own actions, inline: a single node's first epoch is committed here.
+        let mut pending = actions;
+        while !pending.is_empty() {
+            let mut next = Vec::new();
+            for action in pending {
+                match action {
+                    Action::BeginEpoch(epoch) => {
+                        let event = match ha.begin_epoch(epoch).await {
+                            Ok(()) => Event::EpochBegun { epoch },
+                            Err(error) => return Err(error),
+                        };
+                        next.extend(ha.step(event));
+                    }
+                    other => ha.execute(other, None).await,
+                }
+            }
+            pending = next;
+        }
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        tokio::spawn(drive(ha.clone(), inputs, reports));
+        Ok((ha, Reporter::new(reports_tx)))
     }
 
-    pub fn status(&self) -> NodeStatus {
+    pub fn status(&self) -> RoleStatus {
         *self.inner.status.borrow()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
+    /// The role's watch, for the parts that read it.
+    pub fn role(&self) -> RoleWatch {
         self.inner.status.subscribe()
-    }
-
-    pub fn serving(&self) -> bool {
-        self.status().serving()
     }
 
     pub fn node(&self) -> &str {
@@ -132,124 +158,181 @@ impl Ha {
         self.inner.cluster.as_ref()
     }
 
-    /// Whether a standby may promote itself: only then does a primary need a lease (and fence
-    /// itself without one). With failover left to an operator, a primary that lost its standby
-    /// keeps serving.
-    pub fn leased(&self) -> bool {
-        self.inner.cluster.as_ref().is_some_and(can_fail_over)
-    }
-
     /// The cluster link's client config (a witness claim is made with it).
     pub fn connector(&self) -> Option<&tokio_rustls::TlsConnector> {
         self.inner.connector.as_ref()
     }
 
-    /// A sign of life from the other side: the primary (on a standby), or the standby or the
-    /// witness (on a primary, renewing its lease).
-    pub fn heard(&self) {
-        *self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    /// Hands an event to the driver.
+    pub fn submit(&self, event: Event) {
+        let _ = self.inner.events.send(Input::Event(event));
     }
 
-    /// A sign of life that answered something sent at `sent`: the lease runs from then, not
-    /// from the answer's arrival, so a late answer cannot stretch it.
-    pub fn heard_at(&self, sent: Instant) {
-        let mut heard = self.inner.heard.lock().unwrap_or_else(PoisonError::into_inner);
-        if heard.is_none_or(|at| at < sent) {
-            *heard = Some(sent);
+    /// Core time of `at`.
+    pub fn ms(&self, at: Instant) -> Ms {
+        u64::try_from(at.saturating_duration_since(self.inner.origin).as_millis())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn now_ms(&self) -> Ms {
+        self.ms(Instant::now())
+    }
+
+    /// One step of the core (the lock is held for the step only, never across I/O).
+    fn step(&self, event: Event) -> Vec<Action> {
+        let now = self.now_ms();
+        self.inner.core.lock().unwrap_or_else(PoisonError::into_inner).step(event, now)
+    }
+
+    /// The pinger task's queue (set by the monitor).
+    fn set_pinger(&self, pings: mpsc::Sender<(Frame, Instant)>) {
+        *self.inner.pings.lock().unwrap_or_else(PoisonError::into_inner) = Some(pings);
+    }
+
+    /// Carries out one action. `verdict`: where a Hello's decision goes.
+    async fn execute(
+        &self,
+        action: Action,
+        verdict: Option<&mut Option<oneshot::Sender<crate::role::LinkVerdict>>>,
+    ) {
+        let inner = &self.inner;
+        match action {
+            Action::Publish(status) => {
+                inner.status.send_replace(to_role_status(inner.origin, status));
+            }
+            Action::Persist { role, highest } => {
+                // A standby appends nothing of its own from here on; a primary's epoch is
+                // already committed when it is persisted as primary.
+                inner.spool.set_writable(role == Role::Primary);
+                if let Err(e) = inner.spool.persist_role(role).await {
+                    // Not persisted: act all the same; at the next start the node finds the
+                    // newer epoch again before it may serve (a primary starts fenced).
+                    tracing::error!(error = %e, %role, "cannot persist the role");
+                }
+                if let Err(e) = inner.spool.persist_highest_epoch(highest).await {
+                    tracing::error!(error = %e, highest, "cannot persist the highest epoch seen");
+                }
+            }
+            Action::BeginEpoch(epoch) => {
+                let ha = self.clone();
+                tokio::spawn(async move {
+                    let event = match ha.begin_epoch(epoch).await {
+                        Ok(()) => Event::EpochBegun { epoch },
+                        Err(error) => Event::EpochFailed { epoch, error },
+                    };
+                    ha.submit(event);
+                });
+            }
+            Action::Claim { epoch, force } => self.claim(epoch, force),
+            Action::Ping { role, epoch, serving } => {
+                let ping = Frame::Ping {
+                    node: inner.node.clone(),
+                    role: role.as_str().to_string(),
+                    epoch,
+                    serving,
+                };
+                let pings = inner.pings.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                if let Some(pings) = pings {
+                    // Busy with the previous ping (a slow witness): this one is skipped.
+                    let _ = pings.try_send((ping, Instant::now()));
+                }
+            }
+            Action::Link(decided) => {
+                if let Some(sender) = verdict.and_then(Option::take) {
+                    let _ = sender.send(decided);
+                }
+            }
+            // The follower watches the role for its promotion and says so on the link.
+            Action::TookOver { .. } => {}
+            Action::Answer(answer) => {
+                let waiting = inner.operator.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(answer);
+                }
+            }
+            Action::Note(note) => self.note(note),
         }
     }
 
-    /// Time since [`Self::heard`] (`Duration::MAX` when nothing was heard since this start).
-    pub fn silence(&self) -> Duration {
-        self.inner
-            .heard
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map_or(Duration::MAX, |at| at.elapsed())
-    }
-
-    /// Becomes primary in `epoch` (granted by the witness, or taken on an operator's order):
-    /// the epoch is committed to the log and the role persisted before the node serves.
-    pub async fn promote(&self, epoch: u64, reason: &str) -> Result<(), String> {
-        let _one = self.inner.transition.lock().await;
-        let current = self.status();
-        if current.role == Role::Primary && current.epoch >= epoch {
-            return Ok(());
-        }
+    /// Commits `EpochStarted` for `epoch`, making the spool writable.
+    async fn begin_epoch(&self, epoch: u64) -> Result<(), String> {
         let spool = &self.inner.spool;
         if spool.snapshot_incomplete().map_err(|e| e.to_string())? {
             return Err("this node holds a partial snapshot: it cannot take over".into());
         }
         spool.begin_epoch(epoch).await.map_err(|e| format!("cannot start epoch {epoch}: {e}"))?;
         spool.set_writable(true);
-        spool
-            .persist_role(Role::Primary)
-            .await
-            .map_err(|e| format!("cannot persist the role: {e}"))?;
-        self.heard();
-        self.inner.status.send_replace(NodeStatus { role: Role::Primary, epoch, fenced: false });
-        Metrics::count(&self.inner.metrics.failovers);
-        tracing::warn!(epoch, reason, "promoted");
-        self.run_hook(|c| c.on_promote.clone(), "on_promote", epoch);
         Ok(())
     }
 
-    /// Stops being primary: persisted first, then no more serving. `epoch` is the newer epoch
-    /// that was seen (or ours, for a planned switchover).
-    pub async fn step_down(&self, epoch: u64, reason: &str) {
-        let _one = self.inner.transition.lock().await;
-        let current = self.status();
-        if current.role != Role::Primary {
-            return;
-        }
-        self.inner.spool.set_writable(false);
-        if let Err(e) = self.inner.spool.persist_role(Role::Standby).await {
-            // Not persisted: stop serving all the same; at the next start the node finds the
-            // newer epoch again before it may serve (it starts fenced).
-            tracing::error!(error = %e, "cannot persist the standby role");
-        }
-        self.heard();
-        self.inner.status.send_replace(NodeStatus {
-            role: Role::Standby,
-            epoch: current.epoch,
-            fenced: false,
+    /// Asks the witness for `epoch`, in the background; the verdict comes back as an event.
+    fn claim(&self, epoch: u64, force: bool) {
+        let (Some(cluster), Some(connector)) = (self.cluster(), self.connector()) else {
+            return self.submit(Event::ClaimFailed { epoch, error: "no witness".into() });
+        };
+        let Some(address) = cluster.witness.clone() else {
+            return self.submit(Event::ClaimFailed { epoch, error: "no witness".into() });
+        };
+        let (ha, connector, window) = (self.clone(), connector.clone(), cluster.failover_timeout);
+        tokio::spawn(async move {
+            let node = ha.node().to_string();
+            let event =
+                match witness::claim(&address, &connector, &node, epoch, force, window).await {
+                    Ok(verdict) => Event::Verdict {
+                        epoch,
+                        granted: verdict.granted,
+                        highest: verdict.highest,
+                        reason: verdict.reason,
+                    },
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot ask the witness");
+                        Event::ClaimFailed { epoch, error }
+                    }
+                };
+            ha.submit(event);
         });
-        tracing::warn!(epoch, reason, "demoted");
-        self.run_hook(|c| c.on_demote.clone(), "on_demote", epoch);
     }
 
-    /// A standby applied the primary's epoch history up to `epoch`: its own epoch follows.
-    pub fn follow_epoch(&self, epoch: u64) {
-        self.inner.status.send_if_modified(|status| {
-            let newer = status.role == Role::Standby && epoch > status.epoch;
-            if newer {
-                status.epoch = epoch;
+    fn note(&self, note: Note) {
+        match note {
+            Note::Promoted { epoch, reason, first } => {
+                tracing::warn!(epoch, reason, "promoted");
+                if !first {
+                    Metrics::count(&self.inner.metrics.failovers);
+                    self.run_hook(|c| c.on_promote.clone(), "on_promote", epoch);
+                }
             }
-            newer
-        });
-    }
-
-    /// A primary without its majority stops serving.
-    pub fn fence(&self, reason: &str) {
-        let changed = self.inner.status.send_if_modified(|status| {
-            let fence = status.role == Role::Primary && !status.fenced;
-            status.fenced |= fence;
-            fence
-        });
-        if changed {
-            tracing::warn!(reason, "fenced");
+            Note::Demoted { epoch, reason } => {
+                tracing::warn!(epoch, reason, "demoted");
+                self.run_hook(|c| c.on_demote.clone(), "on_demote", epoch);
+            }
+            Note::Fenced { reason } => tracing::warn!(reason, "fenced"),
+            Note::Serving { reason } => tracing::info!(reason, "serving"),
+            Note::Refused { epoch, reason } => {
+                tracing::info!(epoch, reason, "the witness refused to grant an epoch")
+            }
+            Note::Info(what) => tracing::info!("{what}"),
+            Note::Error(what) => tracing::error!("{what}"),
         }
     }
 
-    /// The lease is back: serve again.
-    pub fn unfence(&self, reason: &str) {
-        let changed = self.inner.status.send_if_modified(|status| {
-            let unfence = status.role == Role::Primary && status.fenced;
-            status.fenced &= !unfence;
-            unfence
-        });
-        if changed {
-            tracing::info!(reason, "serving");
+    /// `relayd promote [--force]`: the core decides (refused while the primary is alive,
+    /// unless forced; an empty spool only when forced); with a witness, the witness must
+    /// grant the epoch, which is above every epoch seen.
+    pub async fn promote(&self, force: bool) -> Result<u64, String> {
+        let (answer, answered) = oneshot::channel();
+        {
+            let mut waiting = self.inner.operator.lock().unwrap_or_else(PoisonError::into_inner);
+            if waiting.as_ref().is_some_and(|w| !w.is_closed()) {
+                return Err("a promotion is already under way".into());
+            }
+            *waiting = Some(answer);
+        }
+        self.submit(Event::Promote { force });
+        match tokio::time::timeout(OPERATOR_PATIENCE, answered).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the failover controller stopped".into()),
+            Err(_) => Err("no answer from the failover controller in time".into()),
         }
     }
 
@@ -283,50 +366,46 @@ impl Ha {
     }
 }
 
-/// Two primaries met (on the link, or in the witness's answer): does the other one win? The
-/// newer epoch does; a witness never grants an epoch twice, and without one the lower node name
-/// wins, so that both sides reach the same verdict.
-pub fn other_primary_wins(
-    their_epoch: u64,
-    their_node: &str,
-    our_epoch: u64,
-    our_node: &str,
-) -> bool {
-    their_epoch > our_epoch || (their_epoch == our_epoch && their_node < our_node)
+/// The core's status as the rest of the node reads it.
+fn to_role_status(origin: Instant, status: Status) -> RoleStatus {
+    let serve = match status.serve {
+        Serve::Never => ServeUntil::Never,
+        Serve::Always => ServeUntil::Always,
+        Serve::Until(ms) => ServeUntil::Until(origin + Duration::from_millis(ms)),
+    };
+    RoleStatus { role: status.role, epoch: status.epoch, serve, claiming: status.claiming }
 }
 
-fn can_fail_over(cluster: &ClusterConfig) -> bool {
-    cluster.auto_failover && (cluster.witness.is_some() || cluster.allow_failover_without_witness)
-}
-
-/// `relayd promote [--force]` on a standby: refused while the primary is alive (heard within
-/// `failover_timeout`) unless forced; with a witness, the witness must grant the next epoch
-/// (forcing also overrides its view of the primary).
-pub async fn promote_by_operator(ha: &Ha, force: bool) -> Result<u64, String> {
-    let status = ha.status();
-    if status.role != Role::Standby {
-        return Err(format!("this node is a {}, not a standby", status.role));
-    }
-    let Some(cluster) = ha.cluster() else { return Err("this node is not in a cluster".into()) };
-    if !force && ha.silence() < cluster.failover_timeout {
-        return Err(format!(
-            "the primary is alive (heard {} ms ago): promoting now would make two primaries; use --force if it is not",
-            ha.silence().as_millis()
-        ));
-    }
-    let epoch = status.epoch + 1;
-    if let (Some(address), Some(connector)) = (&cluster.witness, ha.connector()) {
-        let (granted, why) =
-            witness::claim(address, connector, ha.node(), epoch, force, cluster.failover_timeout)
-                .await?;
-        if !granted {
-            return Err(format!("the witness refused epoch {epoch}: {why}"));
+/// The driver: events and reports, one at a time, each stepped and carried out in order (a
+/// role is persisted before it is published).
+async fn drive(
+    ha: Ha,
+    mut inputs: mpsc::UnboundedReceiver<Input>,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+) {
+    loop {
+        let input = tokio::select! {
+            Some(input) = inputs.recv() => input,
+            Some(report) = reports.recv() => Input::Report(report),
+            else => return,
+        };
+        let (event, mut verdict) = match input {
+            Input::Event(event) => (event, None),
+            Input::Report(report) => match report {
+                Report::Hello { side, ours, theirs, verdict } => {
+                    (Event::Hello { side, ours, theirs }, Some(verdict))
+                }
+                Report::PrimaryFrame => (Event::PrimaryFrame, None),
+                Report::StandbyAck { sent } => (Event::StandbyAck { sent: ha.ms(sent) }, None),
+                Report::Followed { epoch } => (Event::Followed { epoch }, None),
+                Report::HandoverAsked { epoch } => (Event::HandoverAsked { epoch }, None),
+                Report::TookOver { epoch } => (Event::TookOver { epoch }, None),
+            },
+        };
+        for action in ha.step(event) {
+            ha.execute(action, Some(&mut verdict)).await;
         }
     }
-    let reason =
-        if force { "operator: relayd promote --force" } else { "operator: relayd promote" };
-    ha.promote(epoch, reason).await?;
-    Ok(epoch)
 }
 
 /// Before a handover: the witness hears from us that we stopped serving, so that it grants the
@@ -348,10 +427,9 @@ async fn tell_witness_not_serving(ha: &Ha, epoch: u64) {
 
 /// `relayd demote` on a primary: a planned switchover with zero loss and zero duplicates. Stop
 /// accepting (421) and delivering; let the deliveries in flight finish and the standby catch
-/// up; hand over; follow. On failure the node serves again (at the next lease check).
+/// up; hand over; follow. On failure the node serves again (at the next lease renewal).
 pub async fn switchover(
     ha: &Ha,
-    hold: &monitor::Hold,
     replication: &crate::replication::Replication,
     delivery: &crate::delivery::DeliveryHandle,
     spool: &Spool,
@@ -363,8 +441,7 @@ pub async fn switchover(
     if ha.cluster().is_none() {
         return Err("this node is not in a cluster: there is nobody to hand over to".into());
     }
-    hold.store(true, std::sync::atomic::Ordering::Relaxed);
-    ha.fence("demoting: planned switchover");
+    ha.submit(Event::Hold(true));
     let result = async {
         let deadline = tokio::time::Instant::now() + monitor::SWITCHOVER_STEP;
         while delivery.in_flight() > 0 {
@@ -378,13 +455,17 @@ pub async fn switchover(
             return Err(format!("the standby did not catch up to record {last} in time"));
         }
         tell_witness_not_serving(ha, status.epoch).await;
-        // The standby's TookOver, or the witness telling us of its new epoch first (which
-        // steps us down by itself): either way the standby took over.
-        let mut roles = ha.subscribe();
+        // The standby's TookOver (reported by the link, which steps us down), or the witness
+        // telling us of its new epoch first: either way the standby took over.
+        let mut roles = ha.role();
         tokio::select! {
             taken = replication.hand_over(status.epoch, monitor::SWITCHOVER_STEP) => {
                 let epoch = taken?;
-                ha.step_down(epoch, "planned switchover: the standby took over").await;
+                let stepped = tokio::time::timeout(
+                    monitor::SWITCHOVER_STEP,
+                    roles.wait_for(|now| now.role != Role::Primary),
+                );
+                let _ = stepped.await;
                 Ok(epoch)
             }
             _ = async { roles.wait_for(|now| now.role != Role::Primary).await.is_ok() } => {
@@ -393,7 +474,7 @@ pub async fn switchover(
         }
     }
     .await;
-    hold.store(false, std::sync::atomic::Ordering::Relaxed);
+    ha.submit(Event::Hold(false));
     if let Err(e) = &result {
         tracing::error!(error = %e, "switchover abandoned; serving again");
     }

@@ -1,8 +1,8 @@
-//! The witness: a third voter that holds no mail. It hears every data node's pings, remembers
-//! when it last heard a serving primary, and grants each new epoch at most once — persisted
-//! before it answers — and only when no primary has been heard serving for the claimant's
-//! `failover_timeout`
-//! (unless an operator forces it). The data nodes' client for it is here too.
+//! The witness: a third voter that holds no mail. This is its server (TLS, frames, the grant
+//! file); what it answers is decided by [`super::grants`], the same code the simulation runs:
+//! each new epoch is granted at most once — persisted before the answer — and only when the
+//! grantee of the current epoch has not been heard serving for the claimant's
+//! `failover_timeout` (unless an operator forces it). The data nodes' client for it is here too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use super::grants::{Answer, GRANTED, Grants, Request};
 use crate::config::Config;
 use crate::replication::frame::{self, Frame};
 use crate::replication::link::{self, PEER_NAME};
@@ -21,16 +22,6 @@ use crate::replication::link::{self, PEER_NAME};
 const GRANTS_FILE: &str = "witness-grant";
 /// The witness's own patience with a connection that says nothing.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What the witness knows.
-struct Witness {
-    /// The highest epoch granted, and to whom (persisted).
-    granted: u64,
-    granted_to: String,
-    /// The last primary heard serving, its epoch, and when.
-    primary: Option<(String, u64, Instant)>,
-    grants: PathBuf,
-}
 
 /// Runs a witness until the process stops.
 pub async fn serve(config: &Config) -> Result<(), String> {
@@ -42,7 +33,12 @@ pub async fn serve(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
     let grants = config.node.data_dir.join(GRANTS_FILE);
     let (granted, granted_to) = read_grant(&grants)?;
-    let witness = Arc::new(Mutex::new(Witness { granted, granted_to, primary: None, grants }));
+    let origin = Instant::now();
+    let witness = Arc::new(Mutex::new(Server {
+        grants: Grants::new(granted, granted_to, 0),
+        file: grants,
+        origin,
+    }));
     let listener = TcpListener::bind(cluster.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cluster.listen))?;
@@ -73,77 +69,50 @@ pub async fn serve(config: &Config) -> Result<(), String> {
     }
 }
 
-fn answer(witness: &Mutex<Witness>, request: Frame, from: SocketAddr) -> Option<Frame> {
+/// The witness's state and where its grant is persisted.
+struct Server {
+    grants: Grants,
+    file: PathBuf,
+    /// Decision time is milliseconds since then.
+    origin: Instant,
+}
+
+fn answer(witness: &Mutex<Server>, request: Frame, from: SocketAddr) -> Option<Frame> {
     // Held across the grant's fsync on purpose: a grant must be on disk before the next claim
     // is judged. Grants are rare (one per epoch); pings and refusals write nothing.
-    let mut w = witness.lock().unwrap_or_else(PoisonError::into_inner);
-    match request {
+    let mut server = witness.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = u64::try_from(server.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (request, claimant) = match request {
         Frame::Ping { node, role, epoch, serving } => {
-            if role == "primary" && epoch > w.granted {
-                // A primary in an epoch the witness never granted (the cluster's first, taken
-                // by the configured primary itself): no claim may reuse it.
-                match write_grant(&w.grants, epoch, &node) {
-                    Ok(()) => {
-                        w.granted = epoch;
-                        w.granted_to = node.clone();
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot persist an observed epoch"),
-                }
-            }
-            if role == "primary" && serving && epoch >= w.granted {
-                w.primary = Some((node, epoch, Instant::now()));
-            } else if w.primary.as_ref().is_some_and(|(primary, ..)| *primary == node) {
-                // The primary itself says it no longer serves (fenced, or handing over).
-                w.primary = None;
-            }
-            Some(Frame::Pong {
-                granted: w.granted,
-                primary: w.primary.as_ref().map(|(node, ..)| node.clone()),
-            })
+            (Request::Ping { node, primary: role == "primary", epoch, serving }, None)
         }
         Frame::Claim { node, epoch, force, failover_timeout_ms } => {
-            let window = Duration::from_millis(failover_timeout_ms);
-            let refuse = |reason: String| Frame::Verdict { granted: false, epoch, reason };
-            // The same claim again (the claimant crashed before it could use the grant): the
-            // answer is the same, which grants nothing new.
-            if epoch == w.granted && node == w.granted_to {
-                return Some(Frame::Verdict {
-                    granted: true,
-                    epoch,
-                    reason: "granted before".into(),
-                });
-            }
-            if epoch <= w.granted {
-                return Some(refuse(format!(
-                    "epoch {epoch} is not newer than {} (granted to {})",
-                    w.granted, w.granted_to
-                )));
-            }
-            if let Some((primary, primary_epoch, at)) = &w.primary
-                && !force
-                && primary != &node
-                && at.elapsed() < window
-            {
-                let ago = at.elapsed().as_millis();
-                return Some(refuse(format!(
-                    "primary {primary} (epoch {primary_epoch}) was heard {ago} ms ago"
-                )));
-            }
-            if let Err(e) = write_grant(&w.grants, epoch, &node) {
-                tracing::error!(error = %e, "cannot persist a grant; refusing it");
-                return Some(refuse(format!("the witness cannot persist the grant: {e}")));
-            }
-            w.granted = epoch;
-            w.granted_to = node.clone();
-            w.primary = None;
-            tracing::warn!(epoch, to = %node, force, "granted epoch");
-            Some(Frame::Verdict { granted: true, epoch, reason: "granted".into() })
+            let claim =
+                Request::Claim { node: node.clone(), epoch, force, window: failover_timeout_ms };
+            (claim, Some((node, force)))
         }
         other => {
             tracing::warn!(peer = %from, frame = ?other, "unexpected frame at the witness");
-            None
+            return None;
         }
-    }
+    };
+    let Server { grants, file, .. } = &mut *server;
+    let answer = grants.answer(request, now, |epoch, node| {
+        write_grant(file, epoch, node).inspect_err(
+            |e| tracing::error!(error = %e, epoch, "cannot persist a grant; refusing it"),
+        )
+    });
+    Some(match answer {
+        Answer::Pong { granted, granted_to, serving } => {
+            Frame::Pong { granted, granted_to, serving }
+        }
+        Answer::Verdict { granted, epoch, highest, reason } => {
+            if let Some((node, force)) = claimant.filter(|_| granted && reason == GRANTED) {
+                tracing::warn!(epoch, to = %node, force, "granted epoch");
+            }
+            Frame::Verdict { granted, epoch, highest, reason }
+        }
+    })
 }
 
 fn read_grant(path: &Path) -> Result<(u64, String), String> {
@@ -232,6 +201,15 @@ pub async fn ask_once(
     WitnessClient::new(address.to_string(), connector.clone(), IO_TIMEOUT).ask(request).await
 }
 
+/// The witness's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimVerdict {
+    pub granted: bool,
+    /// The witness's highest grant after its answer: a refused claimant claims above it.
+    pub highest: u64,
+    pub reason: String,
+}
+
 /// Asks the witness at `address` for `epoch`.
 pub async fn claim(
     address: &str,
@@ -240,7 +218,7 @@ pub async fn claim(
     epoch: u64,
     force: bool,
     failover_timeout: Duration,
-) -> Result<(bool, String), String> {
+) -> Result<ClaimVerdict, String> {
     let request = Frame::Claim {
         node: node.to_string(),
         epoch,
@@ -248,7 +226,9 @@ pub async fn claim(
         failover_timeout_ms: u64::try_from(failover_timeout.as_millis()).unwrap_or(u64::MAX),
     };
     match ask_once(address, connector, &request).await? {
-        Frame::Verdict { granted, reason, .. } => Ok((granted, reason)),
+        Frame::Verdict { granted, highest, reason, .. } => {
+            Ok(ClaimVerdict { granted, highest, reason })
+        }
         other => Err(format!("unexpected answer from the witness: {other:?}")),
     }
 }

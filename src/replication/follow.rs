@@ -10,11 +10,12 @@ use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 
-use super::Replication;
 use super::frame::{self, Frame, Hello};
 use super::link::Link;
+use super::ship::data_of;
+use super::{Context, Replication};
 use crate::config::Role;
-use crate::ha::{Ha, witness};
+use crate::role::{Data, LinkVerdict, Peer, Report, Side};
 use crate::spool::{BodyWriter, Change, EpochStart, LogPosition, MessageRecord, QueueId, Spool};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,7 +26,7 @@ pub(super) async fn run(
     replication: Replication,
     spool: Spool,
     link: Link,
-    ha: Ha,
+    context: Context,
     listener: TcpListener,
 ) {
     // The session of the primary we follow; a newer primary's link replaces it, once its
@@ -41,8 +42,8 @@ pub(super) async fn run(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (replication, spool, ha, link) =
-            (replication.clone(), spool.clone(), ha.clone(), link.clone());
+        let (replication, spool, context, link) =
+            (replication.clone(), spool.clone(), context.clone(), link.clone());
         let current = current.clone();
         // Each link runs on its own, so that a peer that connects and says nothing does not
         // hold off the real primary.
@@ -58,7 +59,9 @@ pub(super) async fn run(
                 }
             };
             let mut linked = false;
-            if let Err(e) = session(&replication, &spool, &ha, tls, &current, &mut linked).await {
+            if let Err(e) =
+                session(&replication, &spool, &context, tls, &current, &mut linked).await
+            {
                 tracing::warn!(peer = %address, error = %e, "replication link down");
             }
             // Only the session that brought the link up takes it down.
@@ -76,12 +79,13 @@ type Current = Arc<watch::Sender<u64>>;
 async fn session(
     replication: &Replication,
     spool: &Spool,
-    ha: &Ha,
+    context: &Context,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     current: &Current,
     linked: &mut bool,
 ) -> Result<(), String> {
-    let node = ha.node();
+    let node = context.node.as_str();
+    let reporter = &context.reporter;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
@@ -92,41 +96,45 @@ async fn session(
     if theirs.role != "primary" {
         return Err(format!("peer {} is a {}, not a primary", theirs.node, theirs.role));
     }
-    let status = ha.status();
+    // Whether we follow it is ha's decision, from both sides' data.
     let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
-    let newer = crate::ha::other_primary_wins(their_epoch, &theirs.node, status.epoch, node);
-    let stale = match status.role {
-        Role::Primary => !newer,
-        // A standby follows a primary of its own epoch or a newer one, never an older one.
-        _ => their_epoch < status.epoch,
+    let peer = Peer {
+        node: theirs.node.clone(),
+        primary: true,
+        data: Data { epoch: their_epoch, seq: theirs.last.seq },
     };
-    if stale {
-        // Tell it who we are (it steps down on our newer epoch) and keep our current link.
-        let ours = Hello {
-            node: node.to_string(),
-            role: status.role.as_str().into(),
-            history: spool.epoch_history().map_err(|e| e.to_string())?,
-            last: spool.last_position(),
-            rewind: None,
-        };
-        send(&mut writer, &Frame::Hello(ours)).await?;
-        return Err(format!(
-            "peer {} claims primary in epoch {their_epoch}, ours is {}",
-            theirs.node, status.epoch
-        ));
-    }
-    if status.role == Role::Primary {
-        ha.step_down(
-            their_epoch,
-            &format!("peer {} is primary in epoch {their_epoch}", theirs.node),
-        )
-        .await;
+    match reporter.hello(Side::Following, data_of(spool)?, peer).await {
+        LinkVerdict::Follow => {}
+        LinkVerdict::Stale => {
+            // Tell it who we are: it steps down on our newer epoch, or yields to our data and
+            // asks us to take over.
+            let status = *context.role.borrow();
+            let ours = Hello {
+                node: node.to_string(),
+                role: status.role.as_str().into(),
+                history: spool.epoch_history().map_err(|e| e.to_string())?,
+                last: spool.last_position(),
+                rewind: None,
+            };
+            send(&mut writer, &Frame::Hello(ours)).await?;
+            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
+                Ok(Ok(Frame::Handover { epoch })) => {
+                    let taken = take_over(context, epoch).await?;
+                    send(&mut writer, &Frame::TookOver { epoch: taken }).await
+                }
+                _ => Err(format!(
+                    "peer {} claims primary in epoch {their_epoch}, ours is {}: it is behind us",
+                    theirs.node, status.epoch
+                )),
+            };
+        }
+        other => return Err(format!("not following {}: {other:?}", theirs.node)),
     }
     // This primary is the one to follow: the previous link ends.
     current.send_modify(|generation| *generation += 1);
     let mine = *current.borrow();
     let mut replaced = current.subscribe();
-    ha.heard();
+    reporter.report(Report::PrimaryFrame);
     // Rejoining after a failover: hand over what we acknowledged that the new primary lacks.
     let salvaged = salvage(&mut writer, spool, &theirs).await?;
     if salvaged > 0 {
@@ -159,7 +167,7 @@ async fn session(
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
-    let mut roles = ha.subscribe();
+    let mut roles = context.role.clone();
     // The last beat received: acks echo it.
     let mut beat = 0;
     loop {
@@ -170,7 +178,7 @@ async fn session(
             // A newer link from the primary replaced this one.
             _ = replaced.wait_for(|&generation| generation != mine) => return Ok(()),
         };
-        ha.heard();
+        reporter.report(Report::PrimaryFrame);
         // Until the rewind is answered our log still holds the branch: nothing may be applied
         // on top of it, nor acknowledged from it.
         if branch.is_some()
@@ -214,10 +222,10 @@ async fn session(
                 let epoch = records.iter().map(|r| r.position.epoch).max();
                 let applied = spool.apply(records, needed).await.map_err(|e| e.to_string())?;
                 if let Some(epoch) = epoch {
-                    ha.follow_epoch(epoch);
+                    reporter.report(Report::Followed { epoch });
                 }
                 replication.primary_at(primary_last, applied.seq);
-                send(&mut writer, &Frame::Ack { seq: applied.seq, beat }).await?;
+                ack(&mut writer, context, applied.seq, beat).await?;
             }
             Frame::SnapshotBegin { last } => {
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
@@ -233,17 +241,17 @@ async fn session(
             Frame::SnapshotEnd { history, last } => {
                 let epoch = history.last().map_or(0, |e| e.epoch);
                 spool.resume(history, last).await.map_err(|e| e.to_string())?;
-                ha.follow_epoch(epoch);
+                reporter.report(Report::Followed { epoch });
                 replication.primary_at(last.seq, last.seq);
                 tracing::info!(at = last.seq, messages = spool.queue_len(), "snapshot installed");
-                send(&mut writer, &Frame::Ack { seq: last.seq, beat }).await?;
+                ack(&mut writer, context, last.seq, beat).await?;
             }
             Frame::Heartbeat { beat: sent, .. } => {
                 beat = sent;
-                send(&mut writer, &Frame::Ack { seq: spool.last_position().seq, beat }).await?;
+                ack(&mut writer, context, spool.last_position().seq, beat).await?;
             }
             Frame::Handover { epoch } => {
-                let taken = take_over(ha, epoch).await?;
+                let taken = take_over(context, epoch).await?;
                 send(&mut writer, &Frame::TookOver { epoch: taken }).await?;
                 return Ok(());
             }
@@ -257,36 +265,32 @@ async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Resul
     writer.flush().await.map_err(|e| e.to_string())
 }
 
-/// A planned switchover: the primary, fenced and caught up, asks us to take over. The witness
-/// may not have heard yet that the primary stopped serving (its next ping says so): the claim
-/// is repeated for up to `failover_timeout`, a heartbeat apart.
-async fn take_over(ha: &Ha, epoch: u64) -> Result<u64, String> {
-    let next = epoch.max(ha.status().epoch).saturating_add(1);
-    if let (Some(cluster), Some(connector)) = (ha.cluster().cloned(), ha.connector())
-        && let Some(address) = &cluster.witness
-    {
-        let deadline = tokio::time::Instant::now() + cluster.failover_timeout;
-        loop {
-            let claim = witness::claim(
-                address,
-                connector,
-                ha.node(),
-                next,
-                false,
-                cluster.failover_timeout,
-            );
-            match claim.await {
-                Ok((true, _)) => break,
-                Ok((false, why)) if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!("the witness refused epoch {next}: {why}"));
-                }
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                _ => tokio::time::sleep(cluster.heartbeat_interval).await,
-            }
-        }
+/// Acknowledges everything up to `seq`, unless this node is claiming an epoch of its own: an
+/// ack would renew the lease of the primary it is about to succeed.
+async fn ack(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    context: &Context,
+    seq: u64,
+    beat: u64,
+) -> Result<(), String> {
+    if context.role.borrow().claiming {
+        return Ok(());
     }
-    ha.promote(next, "planned switchover: the primary handed over").await?;
-    Ok(next)
+    send(writer, &Frame::Ack { seq, beat }).await
+}
+
+/// The primary asks us to take over (a planned switchover, or it found us ahead of it): ha
+/// claims the next epoch (repeating the claim for up to `failover_timeout` while the witness
+/// still hears the old primary) and promotes; we wait for that and return the epoch.
+async fn take_over(context: &Context, epoch: u64) -> Result<u64, String> {
+    context.reporter.report(Report::HandoverAsked { epoch });
+    let mut roles = context.role.clone();
+    let patience = context.cluster.failover_timeout + HANDSHAKE_TIMEOUT;
+    let promoted = roles.wait_for(|status| status.role == Role::Primary && status.epoch > epoch);
+    match tokio::time::timeout(patience, promoted).await {
+        Ok(Ok(status)) => Ok(status.epoch),
+        _ => Err(format!("could not take over after epoch {epoch} in time")),
+    }
 }
 
 /// The part of our log that the new primary's history does not share, to be dropped.

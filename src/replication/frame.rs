@@ -86,11 +86,13 @@ pub enum Frame {
         epoch: u64,
         serving: bool,
     },
-    /// The witness → a data node: the highest epoch granted, and the serving primary it
-    /// hears, if any.
+    /// The witness → a data node: the highest epoch granted, to whom, and whether that
+    /// grantee was last heard serving. A primary's lease is renewed only by a pong naming it
+    /// the grantee of its epoch.
     Pong {
         granted: u64,
-        primary: Option<String>,
+        granted_to: String,
+        serving: bool,
     },
     /// A standby → the witness: grant me `epoch`. `force`: an operator's `promote --force`.
     Claim {
@@ -101,10 +103,12 @@ pub enum Frame {
         /// primary (the data nodes' timings, checked against their lease by check-config).
         failover_timeout_ms: u64,
     },
-    /// The witness's answer to a claim.
+    /// The witness's answer to a claim. `highest`: its highest grant, so that a refused
+    /// claimant claims above it.
     Verdict {
         granted: bool,
         epoch: u64,
+        highest: u64,
         reason: String,
     },
     /// Primary → standby, first, when the standby's Hello asked for a rewind: the current state
@@ -306,7 +310,7 @@ mod tests {
                     serving: false,
                 },
             ),
-            ("pong", Frame::Pong { granted: 3, primary: Some("mx1".into()) }),
+            ("pong", Frame::Pong { granted: 3, granted_to: "mx1".into(), serving: true }),
             (
                 "claim",
                 Frame::Claim {
@@ -316,7 +320,10 @@ mod tests {
                     failover_timeout_ms: 30_000,
                 },
             ),
-            ("verdict", Frame::Verdict { granted: true, epoch: 4, reason: "granted".into() }),
+            (
+                "verdict",
+                Frame::Verdict { granted: true, epoch: 4, highest: 4, reason: "granted".into() },
+            ),
             ("rewind", Frame::Rewind { messages: vec![message], absent: vec![id] }),
         ]
     }

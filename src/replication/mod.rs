@@ -25,7 +25,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::{ClusterConfig, Config, ConfigError, Replication as Mode, Role, StandbyLoss};
 use crate::delivery::DeliveryHandle;
-use crate::ha::Ha;
+use crate::role::{Reporter, RoleWatch};
 use crate::spool::{LogPosition, Spool};
 
 /// Log records kept for a standby that has not acknowledged them, at most; a standby further
@@ -70,6 +70,16 @@ struct Handover {
     done: oneshot::Sender<u64>,
 }
 
+/// What the link tasks know of their node: its name and cluster config, its role (read), and
+/// the way to report to `ha`.
+#[derive(Clone)]
+struct Context {
+    node: String,
+    cluster: ClusterConfig,
+    role: RoleWatch,
+    reporter: Reporter,
+}
+
 /// Where a confirmed message is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Copies {
@@ -106,11 +116,14 @@ impl Replication {
     /// Starts this node's side of the link (if the config has a `[cluster]`): both tasks run
     /// on every data node, and each acts while the node's role is its own: the shipper dials
     /// the peer while this node is primary, the follower accepts a primary while it is standby.
+    /// Neither changes the role: they report what they see to `ha` through `reporter`, and for
+    /// a Hello wait for its decision.
     pub async fn start(
         config: &Config,
         spool: &Spool,
         link: Option<link::Link>,
-        ha: Ha,
+        role: RoleWatch,
+        reporter: Reporter,
         delivery: DeliveryHandle,
     ) -> Result<Replication, ConfigError> {
         let replication = Replication {
@@ -127,15 +140,23 @@ impl Replication {
                 delivery,
             }),
         };
-        tokio::spawn(trim(replication.clone(), spool.clone(), ha.clone()));
+        tokio::spawn(trim(replication.clone(), spool.clone(), role.clone()));
         let (Some(cluster), Some(link)) = (&config.cluster, link) else { return Ok(replication) };
         let listener = tokio::net::TcpListener::bind(cluster.listen).await.map_err(|e| {
             config.error_at("cluster.listen", format!("cannot listen on {}: {e}", cluster.listen))
         })?;
         tracing::info!(address = %cluster.listen, "cluster link listening");
+        let context =
+            Context { node: config.node.name.clone(), cluster: cluster.clone(), role, reporter };
         let peer = cluster.peer.clone().unwrap_or_default();
-        tokio::spawn(ship::run(replication.clone(), spool.clone(), link.clone(), ha.clone(), peer));
-        tokio::spawn(follow::run(replication.clone(), spool.clone(), link, ha, listener));
+        tokio::spawn(ship::run(
+            replication.clone(),
+            spool.clone(),
+            link.clone(),
+            context.clone(),
+            peer,
+        ));
+        tokio::spawn(follow::run(replication.clone(), spool.clone(), link, context, listener));
         Ok(replication)
     }
 
@@ -322,12 +343,13 @@ impl Replication {
 /// standby has not acknowledged (up to [`MAX_RETAINED`] records); every node keeps at least
 /// [`MIN_RETAINED`] records, and a standby its last [`MAX_RETAINED`] (it may become primary and
 /// have a rejoining node to resume).
-async fn trim(replication: Replication, spool: Spool, ha: Ha) {
+async fn trim(replication: Replication, spool: Spool, role: RoleWatch) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
         let last = spool.last_position().seq;
-        let keep_from = match (ha.status().role, replication.state.cluster.is_some()) {
+        let current = role.borrow().role;
+        let keep_from = match (current, replication.state.cluster.is_some()) {
             (Role::Primary, true) => replication.acked_seq().max(last.saturating_sub(MAX_RETAINED)),
             (_, true) => last.saturating_sub(MAX_RETAINED),
             (_, false) => last,

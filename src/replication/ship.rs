@@ -10,11 +10,11 @@ use tokio::net::TcpStream;
 
 use std::collections::HashMap;
 
-use super::Replication;
 use super::frame::{self, Frame, Hello};
 use super::link::{Link, PEER_NAME};
+use super::{Context, Replication};
 use crate::config::Role;
-use crate::ha::Ha;
+use crate::role::{Data, LinkVerdict, Peer, Report, Side};
 use crate::spool::{BodyWriter, Change, LogRecord, QueueId, Spool};
 
 /// A frame of records is cut at this many records or bytes.
@@ -24,8 +24,14 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const SNAPSHOT_BATCH: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) async fn run(replication: Replication, spool: Spool, link: Link, ha: Ha, peer: String) {
-    let mut roles = ha.subscribe();
+pub(super) async fn run(
+    replication: Replication,
+    spool: Spool,
+    link: Link,
+    context: Context,
+    peer: String,
+) {
+    let mut roles = context.role.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
         // Only a primary ships.
@@ -34,7 +40,7 @@ pub(super) async fn run(replication: Replication, spool: Spool, link: Link, ha: 
         }
         let started = Instant::now();
         let result = tokio::select! {
-            result = session(&replication, &spool, &link, &ha, &peer) => result,
+            result = session(&replication, &spool, &link, &context, &peer) => result,
             _ = roles.wait_for(|status| status.role != Role::Primary) => Ok(()),
         };
         if let Err(e) = result {
@@ -53,10 +59,10 @@ async fn session(
     replication: &Replication,
     spool: &Spool,
     link: &Link,
-    ha: &Ha,
+    context: &Context,
     peer: &str,
 ) -> Result<(), String> {
-    let node = ha.node();
+    let node = context.node.as_str();
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -81,23 +87,25 @@ async fn session(
     writer.flush().await.map_err(|e| e.to_string())?;
     // An old primary rejoining sends what it must hand over before its Hello.
     let theirs = receive_salvage(&mut reader, replication, spool).await?;
-    let our_epoch = ha.status().epoch;
-    let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
-    if theirs.role == "primary" {
-        if crate::ha::other_primary_wins(their_epoch, &theirs.node, our_epoch, node) {
-            let reason = format!("peer {} is primary in epoch {their_epoch}", theirs.node);
-            ha.step_down(their_epoch, &reason).await;
-            return Ok(());
+    // Which way the data goes is ha's decision, from both sides' data, not from our role.
+    let peer_view = Peer {
+        node: theirs.node.clone(),
+        primary: theirs.role == Role::Primary.as_str(),
+        data: Data { epoch: theirs.history.last().map_or(0, |e| e.epoch), seq: theirs.last.seq },
+    };
+    match context.reporter.hello(Side::Shipping, data_of(spool)?, peer_view).await {
+        LinkVerdict::Ship => {}
+        LinkVerdict::Yield { epoch } => {
+            return hand_over_to_peer(&mut reader, &mut writer, context, &theirs.node, epoch).await;
         }
-        return Err(format!(
-            "peer {} claims primary in epoch {their_epoch}, ours is {our_epoch}",
-            theirs.node
-        ));
-    }
-    if their_epoch > our_epoch {
-        ha.step_down(their_epoch, &format!("peer {} has seen epoch {their_epoch}", theirs.node))
-            .await;
-        return Ok(());
+        other => {
+            return Err(format!(
+                "not shipping to {} ({}, epoch {}): {other:?}",
+                theirs.node,
+                theirs.role,
+                theirs.history.last().map_or(0, |e| e.epoch)
+            ));
+        }
     }
     let resume = resume_point(spool, &theirs)?;
     replication.linked(&theirs.node);
@@ -119,11 +127,14 @@ async fn session(
                     // The lease runs from when the answered frame was *sent*: a late ack
                     // must not stretch it.
                     if let Some(sent) = beats.sent_at(beat) {
-                        ha.heard_at(sent);
+                        context.reporter.report(Report::StandbyAck { sent });
                     }
                     replication.acked(seq, spool.last_position().seq);
                 }
-                Ok(Frame::TookOver { epoch }) => replication.took_over(epoch),
+                Ok(Frame::TookOver { epoch }) => {
+                    context.reporter.report(Report::TookOver { epoch });
+                    replication.took_over(epoch);
+                }
                 Ok(other) => return Err(format!("unexpected frame from the standby: {other:?}")),
                 Err(e) => return Err(format!("reading acks: {e}")),
             }
@@ -135,11 +146,41 @@ async fn session(
             (Some(seq), None) => seq,
             _ => snapshot(&mut writer, spool).await? + 1,
         };
-        stream(&mut writer, replication, spool, ha, &beats, next).await
+        stream(&mut writer, replication, spool, context, &beats, next).await
     };
     tokio::select! {
         result = acks => result,
         result = shipping => result,
+    }
+}
+
+/// How far our spool goes: the last epoch of its history and its last record.
+pub(super) fn data_of(spool: &Spool) -> Result<Data, String> {
+    let history = spool.epoch_history().map_err(|e| e.to_string())?;
+    Ok(Data { epoch: history.last().map_or(0, |e| e.epoch), seq: spool.last_position().seq })
+}
+
+/// The standby holds more than we do: we ask it to take over after `epoch` (it claims the next
+/// epoch and promotes, the planned switchover's path) and wait for its word that it did.
+async fn hand_over_to_peer(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    context: &Context,
+    peer: &str,
+    epoch: u64,
+) -> Result<(), String> {
+    tracing::warn!(peer = %peer, epoch, "handing over to the peer, which holds more than this node");
+    send(writer, &Frame::Handover { epoch }).await?;
+    writer.flush().await.map_err(|e| e.to_string())?;
+    let patience = context.cluster.failover_timeout + CONNECT_TIMEOUT;
+    match tokio::time::timeout(patience, frame::read(reader)).await {
+        Ok(Ok(Frame::TookOver { epoch })) => {
+            context.reporter.report(Report::TookOver { epoch });
+            Ok(())
+        }
+        Ok(Ok(other)) => Err(format!("unexpected answer to a handover: {other:?}")),
+        Ok(Err(e)) => Err(format!("no answer to the handover: {e}")),
+        Err(_) => Err("the peer did not take over in time".into()),
     }
 }
 
@@ -247,12 +288,12 @@ async fn stream(
     writer: &mut (impl AsyncWriteExt + Unpin),
     replication: &Replication,
     spool: &Spool,
-    ha: &Ha,
+    context: &Context,
     beats: &Beats,
     mut next: u64,
 ) -> Result<(), String> {
     let mut durable = spool.subscribe();
-    let interval = ha.cluster().map_or(Duration::from_millis(200), |c| c.heartbeat_interval);
+    let interval = context.cluster.heartbeat_interval;
     let mut heartbeat = tokio::time::interval(interval);
     loop {
         let last = durable.borrow_and_update().seq;
@@ -265,7 +306,8 @@ async fn stream(
                 changed = durable.changed() => changed.map_err(|_| "the spool closed".to_string())?,
                 _ = heartbeat.tick() => {
                     let beat = beats.next();
-                    send(writer, &Frame::Heartbeat { epoch: ha.status().epoch, beat }).await?;
+                    let epoch = context.role.borrow().epoch;
+                    send(writer, &Frame::Heartbeat { epoch, beat }).await?;
                     writer.flush().await.map_err(|e| e.to_string())?;
                 }
                 _ = replication.handover_wanted() => {}

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
-use crate::ha::Ha;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
+use crate::role::RoleWatch;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
 use proto::Reply;
@@ -37,8 +37,9 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// The parts of the node a session works with.
 #[derive(Clone)]
 pub struct Services {
-    /// The node's live role: only a serving primary takes mail.
-    pub ha: Ha,
+    /// The node's live role: only a serving primary takes mail (its lease is checked at
+    /// each use).
+    pub role: RoleWatch,
     pub spool: Spool,
     pub delivery: DeliveryHandle,
     pub replication: Replication,
@@ -138,7 +139,7 @@ impl Server {
         let acquired =
             self.limiter.try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
         let draining = *self.draining.borrow();
-        let refusal = match (acquired, self.services.ha.serving()) {
+        let refusal = match (acquired, crate::role::current(&self.services.role).serving_now()) {
             (Ok(_), _) if draining => {
                 Reply::new(421, "4.3.2", format!("{hostname} shutting down, try another MX"))
             }

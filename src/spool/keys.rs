@@ -31,6 +31,9 @@ pub const RESUMED: &[u8] = b"sresumed";
 pub const SNAPSHOT_INCOMPLETE: &[u8] = b"ssnapshot";
 /// Under the `s` prefix: the role this node last held ("primary" or "standby").
 pub const ROLE: &[u8] = b"srole";
+/// Under the `s` prefix: the highest epoch this node has seen anywhere (its own, its peer's,
+/// the witness's grants), a big-endian u64: a new epoch it claims is above it.
+pub const HIGHEST_EPOCH: &[u8] = b"shighest";
 
 pub fn body_chunk(id: QueueId, index: u32) -> [u8; 21] {
     let mut key = [0u8; 21];

@@ -301,6 +301,27 @@ impl Spool {
             .map(|_| ())
     }
 
+    /// The highest epoch this node has persisted as seen (0 when none was).
+    pub fn highest_epoch(&self) -> Result<u64, SpoolError> {
+        match self.db()?.get(keys::HIGHEST_EPOCH)? {
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                    SpoolError::corrupt(format!("stored highest epoch of {} bytes", bytes.len()))
+                })?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Persists the highest epoch seen (synced) before the node relies on it.
+    pub async fn persist_highest_epoch(&self, epoch: u64) -> Result<(), SpoolError> {
+        let value = epoch.to_be_bytes().to_vec();
+        self.submit(|done| commit::Request::State { key: keys::HIGHEST_EPOCH, value, done })
+            .await
+            .map(|_| ())
+    }
+
     /// Makes sure the log has an epoch, starting epoch 1 on a fresh spool, and returns the
     /// current one. The epoch is durable before this returns, so it is never used unpersisted.
     pub async fn ensure_epoch(&self) -> Result<u64, SpoolError> {

@@ -227,7 +227,9 @@ impl Session {
                 // or handing over). A message the standby holds is safe there: the 250 is
                 // true, and the node that serves next delivers it. One only here gets no 250:
                 // it is withdrawn, and the client takes it to the next MX.
-                if !self.services.ha.serving() && copies == Copies::Local {
+                if !crate::role::current(&self.services.role).serving_now()
+                    && copies == Copies::Local
+                {
                     let text =
                         format!("{} not primary now, try another MX", self.config.smtp.hostname);
                     return self.withdraw(id, Reply::new(451, "4.3.2", text)).await;

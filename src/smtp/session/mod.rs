@@ -189,7 +189,7 @@ impl Session {
             };
             // A node that stopped serving (fenced, or no longer primary) takes no more mail:
             // the client moves to the next MX.
-            if !self.services.ha.serving() {
+            if !crate::role::current(&self.services.role).serving_now() {
                 let text = format!("{} not primary, try another MX", self.config.smtp.hostname);
                 conn.reply(&Reply::new(421, "4.3.2", text));
                 return End::Close;
