@@ -74,6 +74,7 @@ async fn bodies_never_committed_are_removed() {
         let mut body = spool.body_writer(abandoned);
         body.write(&[b'a'; 40_000]).expect("write");
         drop(body);
+        spool.sync().expect("sync");
         assert_eq!(spool.body(abandoned).count(), 0);
         // A process that died mid-body: its chunks are written, its cleanup never runs
         // (marking the writer committed skips it, as a kill -9 would).
