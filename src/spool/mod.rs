@@ -17,6 +17,8 @@
 
 mod body;
 mod commit;
+#[cfg(test)]
+mod crash;
 mod error;
 mod id;
 mod open;
@@ -294,8 +296,7 @@ impl Spool {
         txn.set_durability(Durability::None)?;
         let removed = {
             let mut log = txn.open_table(tables::LOG)?;
-            let removed = log.extract_from_if(..end, |_, _| true)?.count();
-            removed
+            log.extract_from_if(..end, |_, _| true)?.count()
         };
         txn.commit()?;
         Ok(removed)
@@ -446,7 +447,7 @@ impl Spool {
     ) -> Scan<K> {
         let entries = self.read().and_then(|txn| Ok(range(&txn.open_table(table)?)?));
         match entries {
-            Ok(entries) => Scan::Entries(entries),
+            Ok(entries) => Scan::Entries(Box::new(entries)),
             Err(e) => Scan::Failed(Some(e)),
         }
     }
@@ -491,9 +492,10 @@ fn free_space(path: &Path) -> Result<u64, SpoolError> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// The values of a table's range, or the one error that the file is closed.
+/// The values of a table's range, or the one error that the file is closed. (redb's range is
+/// large; boxed, a scan costs one allocation.)
 pub(super) enum Scan<K: redb::Key + 'static> {
-    Entries(redb::Range<'static, K, &'static [u8]>),
+    Entries(Box<redb::Range<'static, K, &'static [u8]>>),
     Failed(Option<SpoolError>),
 }
 
