@@ -21,6 +21,7 @@ mod commit;
 mod crash;
 mod error;
 mod id;
+pub mod import;
 mod open;
 mod record;
 mod tables;
