@@ -37,13 +37,18 @@ pub(super) fn refuse_sled(data_dir: &Path, dir: &Path) -> Result<(), SpoolError>
 /// redb's settings for the spool file.
 pub(super) fn builder() -> redb::Builder {
     let mut builder = redb::Builder::new();
+    let said = std::sync::atomic::AtomicBool::new(false);
     builder
         .set_cache_size(CACHE_SIZE)
         // A file changed behind redb's back (a damaged disk, a bad copy) fails to open with an
         // error instead of being trusted; the cost is a read of the whole file at each start.
         .set_check_integrity_on_open(true)
-        .set_repair_callback(|session| {
-            tracing::info!(progress = session.progress(), "repairing the spool after a crash");
+        .set_repair_callback(move |_| {
+            // Called as the check (or the repair after a crash) goes; once is enough to say
+            // why a start over a large spool takes a while.
+            if !said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("checking the spool file");
+            }
         });
     builder
 }
@@ -86,7 +91,7 @@ fn explain(path: &Path, error: SpoolError) -> SpoolError {
     SpoolError::new(
         ErrorKind::Corrupt,
         format!(
-            "the spool file {path} is damaged and cannot be read ({error}); nothing was changed. \
+            "the spool file {path} is damaged and cannot be read ({error}). \
              On a standby: move it aside (`mv {path} {path}.damaged`) and start relayd, which \
              then starts with an empty spool and takes a snapshot from the primary. On a lone \
              primary, the file is the only copy of its queue: keep it for recovery (`mv {path} \
