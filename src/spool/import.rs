@@ -133,7 +133,7 @@ impl Import {
     /// Makes the new spool durable and puts it in the old one's place, keeping the old one.
     pub fn finish(self) -> Result<Imported, SpoolError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        super::commit::make_durable(&mut txn)?;
         txn.commit()?;
         drop(self.db);
         let spool = self.data_dir.join("spool");

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::commit::LogTail;
 use super::record::{LogPosition, LogRecord};
@@ -105,7 +105,7 @@ fn explain(path: &Path, error: SpoolError) -> SpoolError {
 /// messages never committed, and reads where the log ends.
 fn prepare(db: Database) -> Result<Opened, SpoolError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    super::commit::make_durable(&mut txn)?;
     let fresh = txn.list_tables()?.next().is_none();
     let opened = {
         let mut meta = txn.open_table(tables::META)?;
