@@ -3,14 +3,16 @@
 use super::commit::Request;
 use super::{QueueId, Spool, SpoolError, tables};
 
-/// Cuts a stream of bytes into chunks of [`tables::CHUNK_SIZE`] (the last one shorter).
+/// Cuts a stream of bytes into chunks of [`tables::CHUNK_SIZE`] (the last one shorter). Its
+/// buffer is allocated when bytes come, and handed over with the chunk: a thousand sessions
+/// that end their messages at once do not each hold a fresh, empty one.
 pub(super) struct Chunker {
     pending: Vec<u8>,
 }
 
 impl Chunker {
     pub(super) fn new() -> Chunker {
-        Chunker { pending: Vec::with_capacity(tables::CHUNK_SIZE) }
+        Chunker { pending: Vec::new() }
     }
 
     /// Takes `data`, handing each chunk it completes to `full`.
@@ -20,6 +22,9 @@ impl Chunker {
         mut full: impl FnMut(Vec<u8>) -> Result<(), SpoolError>,
     ) -> Result<(), SpoolError> {
         while !data.is_empty() {
+            if self.pending.capacity() == 0 {
+                self.pending.reserve_exact(tables::CHUNK_SIZE);
+            }
             let room = tables::CHUNK_SIZE - self.pending.len();
             let (now, later) = data.split_at(room.min(data.len()));
             self.pending.extend_from_slice(now);
@@ -31,13 +36,15 @@ impl Chunker {
         Ok(())
     }
 
-    /// The last, partial chunk, if any bytes are left.
+    /// The last, partial chunk, if any bytes are left; trimmed to its size, since it may wait in
+    /// the committer's queue beside many others.
     pub(super) fn finish(&mut self) -> Option<Vec<u8>> {
+        self.pending.shrink_to_fit();
         (!self.pending.is_empty()).then(|| self.take())
     }
 
     fn take(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.pending, Vec::with_capacity(tables::CHUNK_SIZE))
+        std::mem::take(&mut self.pending)
     }
 }
 
