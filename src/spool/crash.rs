@@ -329,6 +329,16 @@ async fn run(seed: u64) -> (Option<Fault>, usize) {
             spool.body(*id).collect::<Result<Vec<_>, _>>().expect("read a body").concat();
         assert!(body == body_of(*n, *size), "message {id}'s body differs ({fired:?})");
     }
+    let logged: std::collections::BTreeSet<QueueId> = spool
+        .log_from(0)
+        .filter_map(|record| match record.expect("read the log").change {
+            Change::Accepted(envelope) => Some(envelope.id),
+            _ => None,
+        })
+        .collect();
+    for (id, ..) in &acknowledged {
+        assert!(logged.contains(id), "message {id} acknowledged, its log record lost ({fired:?})");
+    }
     assert_eq!(spool.queue_len(), stored.len() as u64);
     // The spool takes mail again after the cut.
     spool.ensure_epoch().await.expect("epoch after the cut");
