@@ -316,14 +316,12 @@ fn commit(
 ) -> Result<(), SpoolError> {
     let durable = submissions.iter().any(|s| s.request.is_durable());
     let mut answers = Vec::with_capacity(submissions.len());
-    let mut last = counters.durable.borrow().to_owned();
     let result = stage_and_commit(db, durable, tail, progress, submissions, counters, &mut answers)
-        .map(|position| {
-            last = position.unwrap_or(last);
+        .map(|last| {
+            if durable {
+                counters.durable.send_replace(last);
+            }
         });
-    if result.is_ok() && durable {
-        counters.durable.send_replace(last);
-    }
     for (done, outcome) in answers {
         // A session that gave up waiting (its client went away) no longer listens.
         let _ = done.send(result.clone().and(outcome));
@@ -335,7 +333,7 @@ fn commit(
 }
 
 /// The body of [`commit`]: stages the requests, pushing each one's reply and outcome to
-/// `answers`, and commits. The position of the last record staged, if any moved it.
+/// `answers`, and commits. The position of the last record the spool now holds.
 fn stage_and_commit(
     db: &Database,
     durable: bool,
@@ -344,7 +342,7 @@ fn stage_and_commit(
     submissions: Vec<Submission>,
     counters: &Counters,
     answers: &mut Vec<(Reply, Result<LogPosition, SpoolError>)>,
-) -> Result<Option<LogPosition>, SpoolError> {
+) -> Result<LogPosition, SpoolError> {
     let mut txn = db.begin_write()?;
     match durable {
         true => make_durable(&mut txn)?,
@@ -353,7 +351,6 @@ fn stage_and_commit(
     let mut staging = Staging::open(&txn, tail.history.clone())?;
     let mut next_seq = tail.next_seq;
     let mut last = counters.durable.borrow().to_owned();
-    let mut moved = false;
     // Chunks this batch stores, per body.
     let mut stored = Progress::new();
     let mut failed = None;
@@ -382,7 +379,7 @@ fn stage_and_commit(
             }
         };
         if let Ok(position) = &outcome {
-            (last, moved) = (*position, true);
+            last = *position;
             // Committed: the bodies are no longer in progress.
             for (id, _) in &bodies {
                 if let Err(error) = staging.receiving.remove(id.as_u128()) {
@@ -413,7 +410,7 @@ fn stage_and_commit(
     if durable {
         counters.syncs.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(moved.then_some(last))
+    Ok(last)
 }
 
 /// Makes `txn` a durable commit: fsynced before `commit` returns, taking every non-durable
