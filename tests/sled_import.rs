@@ -21,18 +21,22 @@ fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds the import tool (a no-op once built) and returns its path.
+/// Builds the import tool (a no-op once built) and returns its path. In a target directory of
+/// its own, named explicitly: a `CARGO_TARGET_DIR` inherited from the `cargo test` running this
+/// would point the build at the directory that cargo may still hold locked.
 fn import_tool() -> PathBuf {
     let manifest = repository().join("tools/sled-import/Cargo.toml");
+    let target = repository().join("tools/sled-import/target");
     let started = std::time::Instant::now();
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "--manifest-path"])
         .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target)
         .status()
         .expect("cargo build of tools/sled-import");
     assert!(status.success(), "tools/sled-import does not build");
     eprintln!("tools/sled-import built in {:.1?}", started.elapsed());
-    repository().join("tools/sled-import/target/debug/relayd-sled-import")
+    target.join("debug/relayd-sled-import")
 }
 
 /// Unpacks the fixture into `into`: `into/data` (the node's data directory) and
