@@ -2,9 +2,9 @@
 # Runs every test of relayd on a fresh Debian machine: installs the test peers that are
 # missing (swaks, Postfix for smtp-source/smtp-sink, curl, openssl, python3, strace, dnsmasq,
 # iproute2 for ss and ip, procps for kill, util-linux for nsenter and flock: the failover drill,
-# scripts/drill.sh, builds its hosts with them; g++ for libFuzzer; fuse3 for fusermount3, which
-# cutfs (tools/cutfs, the power-cut tests' file system) mounts with when not root: as root it
-# needs only /dev/fuse, and no C library to build), then runs cargo test, then the fuzz targets for
+# scripts/drill.sh, builds its hosts with them; g++ for libFuzzer; tar for the sled-spool
+# fixture; fuse3 for fusermount3, which cutfs (tools/cutfs, the power-cut tests' file system)
+# mounts with when not root: as root it needs only /dev/fuse, and no C library to build), then runs cargo test, then the fuzz targets for
 # a bounded time. Needs root for apt-get when something is missing (and for the drill, which
 # tests/drill.rs runs).
 set -euo pipefail
@@ -13,7 +13,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
 for pair in swaks:swaks smtp-source:postfix postfix:postfix curl:curl openssl:openssl python3:python3 strace:strace dnsmasq:dnsmasq-base ss:iproute2 ip:iproute2 kill:procps \
-            nsenter:util-linux flock:util-linux postqueue:postfix c++:g++ fusermount3:fuse3; do
+            nsenter:util-linux flock:util-linux postqueue:postfix c++:g++ fusermount3:fuse3 tar:tar; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -14,7 +14,7 @@ use common::cluster::{CLOSED, count, try_get, try_get_text};
 use common::sink::{Options, Sink};
 use common::{BIN, Node, Raw, free_port, run, wait_for};
 
-/// The tmpfs: room for sled's first segments and some mail, small enough to fill at once.
+/// The tmpfs: room for the spool file and some mail, small enough to fill at once.
 const DISK: &str = "48m";
 
 /// A node whose data directory is a tmpfs of its own; unmounted when dropped, after the
@@ -219,7 +219,7 @@ fn a_full_disk_gets_452_keeps_the_spool_and_recovers_when_space_returns() {
     let mut refused = None;
     for n in 20..60 {
         match send(&disk.node, n, 400_000, None) {
-            // Room left inside the segment sled had already written.
+            // Room left in the space the spool file had already taken.
             Sent::Queued(id) => queued.push((n, id)),
             Sent::AtData(reply) | Sent::AtMail(reply) => {
                 refused = Some((n, reply));

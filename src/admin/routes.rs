@@ -215,7 +215,7 @@ fn summarize(spool: &Spool) -> Result<QueueSummary, SpoolError> {
     Ok(summary)
 }
 
-/// Runs spool reads (sled is synchronous) off the async workers.
+/// Runs spool reads (they are synchronous) off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {

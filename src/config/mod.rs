@@ -65,7 +65,7 @@ keyword_enum!(Role, "role", {
 pub struct NodeConfig {
     pub name: String,
     pub role: Role,
-    /// The sled spool and the node's persisted state.
+    /// The spool and the node's persisted state.
     pub data_dir: PathBuf,
     /// On SIGTERM, how long open sessions and deliveries in flight may take to finish.
     pub drain_timeout: Duration,

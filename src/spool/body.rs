@@ -1,42 +1,74 @@
 //! Message bodies, written and read in chunks so that no message is ever held whole in memory.
 
-use super::{QueueId, Spool, SpoolError, keys};
+use super::commit::Request;
+use super::{QueueId, Spool, SpoolError, tables};
 
-/// Streams a body into the spool while the client sends it. The chunks are plain inserts: they
-/// become durable with the group commit that records the message ([`Spool::accept`]), and a
+/// Cuts a stream of bytes into chunks of [`tables::CHUNK_SIZE`] (the last one shorter). Its
+/// buffer is allocated when bytes come, and handed over with the chunk: a thousand sessions
+/// that end their messages at once do not each hold a fresh, empty one.
+pub(super) struct Chunker {
+    pending: Vec<u8>,
+}
+
+impl Chunker {
+    pub(super) fn new() -> Chunker {
+        Chunker { pending: Vec::new() }
+    }
+
+    /// Takes `data`, handing each chunk it completes to `full`.
+    pub(super) fn write(
+        &mut self,
+        mut data: &[u8],
+        mut full: impl FnMut(Vec<u8>) -> Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
+        while !data.is_empty() {
+            if self.pending.capacity() == 0 {
+                self.pending.reserve_exact(tables::CHUNK_SIZE);
+            }
+            let room = tables::CHUNK_SIZE - self.pending.len();
+            let (now, later) = data.split_at(room.min(data.len()));
+            self.pending.extend_from_slice(now);
+            data = later;
+            if self.pending.len() == tables::CHUNK_SIZE {
+                full(self.take())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last, partial chunk, if any bytes are left; trimmed to its size, since it may wait in
+    /// the committer's queue beside many others.
+    pub(super) fn finish(&mut self) -> Option<Vec<u8>> {
+        self.pending.shrink_to_fit();
+        (!self.pending.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Streams a body into the spool while the client sends it. Each chunk goes to the committer,
+/// which stores it with a non-durable commit (or with the durable one it meets first): the
+/// chunks become durable with the commit that records the message ([`Spool::accept`]), and a
 /// body whose message is never committed is removed (on drop, or at the next start if the
 /// process died first).
 pub struct BodyWriter {
     spool: Spool,
     id: QueueId,
-    /// The tree this body is written to (see `Store::generation`): a body begun before the
-    /// tree was reopened lost its chunks with the old tree and may not be committed.
-    generation: u64,
-    pending: Vec<u8>,
-    chunks_written: u32,
+    chunker: Chunker,
+    chunks_sent: u32,
     size: u64,
     committed: bool,
 }
 
 impl BodyWriter {
-    pub(super) fn new(spool: Spool, id: QueueId, generation: u64) -> BodyWriter {
-        BodyWriter {
-            spool,
-            id,
-            generation,
-            pending: Vec::with_capacity(keys::CHUNK_SIZE),
-            chunks_written: 0,
-            size: 0,
-            committed: false,
-        }
+    pub(super) fn new(spool: Spool, id: QueueId) -> BodyWriter {
+        BodyWriter { spool, id, chunker: Chunker::new(), chunks_sent: 0, size: 0, committed: false }
     }
 
     pub fn id(&self) -> QueueId {
         self.id
-    }
-
-    pub(super) fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Bytes written so far.
@@ -44,61 +76,40 @@ impl BodyWriter {
         self.size
     }
 
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), SpoolError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         self.size += data.len() as u64;
-        while !data.is_empty() {
-            let room = keys::CHUNK_SIZE - self.pending.len();
-            let (now, later) = data.split_at(room.min(data.len()));
-            self.pending.extend_from_slice(now);
-            data = later;
-            if self.pending.len() == keys::CHUNK_SIZE {
-                self.write_chunk()?;
-            }
-        }
-        Ok(())
+        let (spool, id, sent) = (&self.spool, self.id, &mut self.chunks_sent);
+        self.chunker.write(data, |chunk| send_chunk(spool, id, sent, chunk))
     }
 
-    /// Writes the last partial chunk. Called by [`Spool::accept`].
-    pub(super) fn finish(&mut self) -> Result<(), SpoolError> {
-        if !self.pending.is_empty() {
-            self.write_chunk()?;
+    /// Sends the last partial chunk; the number of chunks the body has. Called by
+    /// [`Spool::accept`].
+    pub(super) fn finish(&mut self) -> Result<u32, SpoolError> {
+        if let Some(chunk) = self.chunker.finish() {
+            send_chunk(&self.spool, self.id, &mut self.chunks_sent, chunk)?;
         }
-        Ok(())
+        Ok(self.chunks_sent)
     }
 
     pub(super) fn mark_committed(&mut self) {
         self.committed = true;
     }
+}
 
-    fn write_chunk(&mut self) -> Result<(), SpoolError> {
-        let key = keys::body_chunk(self.id, self.chunks_written);
-        let db = self.spool.db_of(self.generation)?;
-        if let Err(e) = db.insert(&key[..], &self.pending[..]) {
-            // sled may have failed a write of its own meanwhile (a full disk): the committer
-            // must learn it, or nothing would reopen the tree.
-            self.spool.nudge_committer();
-            return Err(e.into());
-        }
-        self.chunks_written += 1;
-        self.pending.clear();
-        Ok(())
-    }
+fn send_chunk(spool: &Spool, id: QueueId, sent: &mut u32, data: Vec<u8>) -> Result<(), SpoolError> {
+    spool.send_blocking(Request::Chunk { id, index: *sent, data })?;
+    *sent += 1;
+    Ok(())
 }
 
 impl Drop for BodyWriter {
     fn drop(&mut self) {
-        // A body of a closed tree is gone with it (what reached the disk was removed as an
-        // orphan when the tree was reopened).
-        if self.committed || self.chunks_written == 0 || self.spool.db_of(self.generation).is_err()
-        {
+        if self.committed || self.chunks_sent == 0 {
             return;
         }
-        // A body that arrived again for a message already stored (a resent replication or
-        // salvage frame) rewrote the same chunks: they belong to that message, keep them.
-        if self.spool.get(self.id).is_ok_and(|stored| stored.is_some()) {
-            return;
-        }
-        if let Err(e) = self.spool.remove_body(self.id) {
+        // The committer removes the chunks unless the message is stored (a body that arrived
+        // again for a message already held, in a resent replication or salvage frame).
+        if let Err(e) = self.spool.send_blocking(Request::Abandon(self.id)) {
             tracing::warn!(id = %self.id, error = %e, "could not remove an abandoned body; it is removed at the next start");
         }
     }
@@ -106,19 +117,19 @@ impl Drop for BodyWriter {
 
 /// The body chunks of a message, in order.
 pub struct BodyChunks {
-    inner: super::Scan,
+    inner: super::Scan<(u128, u32)>,
 }
 
 impl BodyChunks {
-    pub(super) fn new(inner: super::Scan) -> BodyChunks {
+    pub(super) fn new(inner: super::Scan<(u128, u32)>) -> BodyChunks {
         BodyChunks { inner }
     }
 }
 
 impl Iterator for BodyChunks {
-    type Item = Result<sled::IVec, SpoolError>;
+    type Item = Result<Vec<u8>, SpoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|item| item.map(|(_, chunk)| chunk))
+        self.inner.next()
     }
 }

@@ -1,91 +1,84 @@
-//! Group commit: the one writer of the change log.
+//! Group commit: the one writer of the spool file.
 //!
-//! Sessions hand their changes to a dedicated thread. It takes every request waiting, stages
-//! them in one sled batch (assigning consecutive sequence numbers), applies the batch, then
-//! makes it durable with `flush()` followed by our own `fdatasync` of sled's data file. sled's
-//! flush alone calls `sync_file_range`, which neither flushes the device's cache nor commits
-//! file-size metadata; the fdatasync does both. While one fsync runs, new requests queue up and
-//! share the next one, so the fsync rate stays bounded however many sessions commit.
+//! Sessions hand their changes, and their bodies' chunks, to a dedicated thread. It takes
+//! every request waiting and stages them all in one redb write transaction (assigning
+//! consecutive sequence numbers). A batch that holds a change commits with
+//! `Durability::Immediate`: its pages are written and fsynced before `commit` returns, and
+//! with them those of every earlier non-durable commit. A batch of body chunks only commits
+//! with `Durability::None`: its pages stay in redb's write buffer (or are written out, unsynced,
+//! when the buffer is over its budget) until the next durable commit. So a body reaches the
+//! disk through the very commit that records its message, and while one fsync runs, new
+//! requests queue up and share the next one: the fsync rate stays bounded however many
+//! sessions commit.
 //!
 //! Invariant: the log's sequence numbers are assigned here and only here, in commit order —
 //! or, on a standby, taken from the primary's records, which must continue the log exactly.
 //!
-//! A failed write (ENOSPC, EIO) leaves sled refusing every later call, and leaves us unsure
-//! of what reached the disk. The committer then closes the tree ([`Store`] holds none),
-//! refuses what it is sent, and once the file system has [`REOPEN_ROOM`] free opens the tree
-//! again and takes the log's end, the queue length and the durable position from what the
-//! disk holds: a record whose commit failed is there or not, never half.
+//! A body is committed only whole: the committer counts the chunks it stored of each body in
+//! progress, and refuses a commit whose bodies it did not store every chunk of. Counts are
+//! forgotten when the file is reopened, so a body begun before a failed write is never
+//! acknowledged.
+//!
+//! A failed write (ENOSPC, EIO) leaves redb refusing every later call until the file is opened
+//! again, and leaves us unsure of what reached the disk. The committer then closes the file
+//! ([`Store`] holds none), refuses what it is sent, and once the file system has
+//! [`REOPEN_ROOM`] free opens the file again and takes the log's end, the queue length and the
+//! durable position from what the disk holds: redb rolls back to its last durable commit, so a
+//! record whose commit failed is there or not, never half.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::mpsc::error::TryRecvError;
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
 use super::{ErrorKind, QueueId, SpoolError};
-use super::{Opened, keys};
+use super::{Opened, tables};
 
-/// At most this many changes share one batch, to bound the batch's memory.
-const MAX_BATCH: usize = 1024;
-/// Free space the file system needs before a closed tree is opened again: two of sled's
-/// segments, so that its first writes after the reopen find room.
-const REOPEN_ROOM: u64 = 2 * super::SEGMENT_SIZE as u64;
-/// How often a closed tree tries to reopen.
+/// At most this many requests wait for the committer, and share one batch: it bounds the
+/// memory of the chunks in flight (32 KiB each) and of a batch.
+const QUEUE: usize = 512;
+/// Free space the file system needs before a closed file is opened again: room for redb to
+/// grow the file by a region and write its first commits.
+pub(super) const REOPEN_ROOM: u64 = 8 * 1024 * 1024;
+/// How often a closed file tries to reopen.
 const REOPEN_POLL: Duration = Duration::from_millis(250);
 
-/// The open tree, shared by the spool's handles and the committer.
+/// The open file, shared by the spool's handles and the committer.
 pub(super) struct Store {
-    /// None while the tree is closed after a failed write.
-    db: ArcSwapOption<sled::Db>,
-    /// How many times the tree was opened: a body remembers the tree it was written to.
-    generation: AtomicU64,
+    /// None while the file is closed after a failed write.
+    db: ArcSwapOption<Database>,
 }
 
 impl Store {
-    pub(super) fn new(db: sled::Db) -> Store {
-        Store { db: ArcSwapOption::from_pointee(db), generation: AtomicU64::new(0) }
+    pub(super) fn new(db: Database) -> Store {
+        Store { db: ArcSwapOption::from_pointee(db) }
     }
 
-    pub(super) fn db(&self) -> Result<Arc<sled::Db>, SpoolError> {
+    pub(super) fn db(&self) -> Result<Arc<Database>, SpoolError> {
         self.db.load_full().ok_or_else(SpoolError::reopening)
-    }
-
-    /// The open tree if it is the one of `generation`.
-    pub(super) fn db_of(&self, generation: u64) -> Result<Arc<sled::Db>, SpoolError> {
-        let db = self.db()?;
-        if self.generation() != generation {
-            return Err(reopened());
-        }
-        Ok(db)
-    }
-
-    pub(super) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 
     fn close(&self) {
         self.db.store(None);
     }
 
-    /// The generation moves before the tree is shown, so that whoever sees the new tree sees
-    /// the new generation too.
-    fn publish(&self, db: sled::Db) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    fn publish(&self, db: Database) {
         self.db.store(Some(Arc::new(db)));
     }
 }
 
-fn reopened() -> SpoolError {
+fn incomplete_body(id: QueueId) -> SpoolError {
     SpoolError::new(
         ErrorKind::Io,
-        "the spool was reopened after a failed write while this body was received",
+        format!("body {id} lost chunks (the spool was reopened after a failed write meanwhile)"),
     )
 }
 
@@ -115,10 +108,15 @@ pub(super) enum Request {
         done: Reply,
     },
     /// Node state outside the log (the role), made durable like the rest.
-    State { key: &'static [u8], value: Vec<u8>, done: Reply },
-    /// Nothing to stage: a flush and a sync, which tell whether the tree still writes (a
-    /// write outside the committer, a body chunk, failed).
+    State { key: &'static str, value: Vec<u8>, done: Reply },
+    /// Nothing to stage: a durable commit of everything sent before it.
     Sync(Reply),
+    /// A body chunk, stored by a non-durable commit unless a durable one takes it along. No
+    /// answer: a chunk that was not stored fails the commit of its message.
+    Chunk { id: QueueId, index: u32, data: Vec<u8> },
+    /// A body whose message was not committed: its chunks go, unless the message is stored
+    /// (a body resent for a message this spool holds already).
+    Abandon(QueueId),
 }
 
 /// Where the committer sends the position of a request's last record.
@@ -127,7 +125,16 @@ pub(super) type Reply = oneshot::Sender<Result<LogPosition, SpoolError>>;
 impl Request {
     /// Answers the request with `error`, doing nothing of it.
     fn refuse(self, error: SpoolError) {
-        let done = match self {
+        if let Some(done) = self.into_reply() {
+            // A caller that gave up waiting no longer listens.
+            let _ = done.send(Err(error));
+        }
+    }
+
+    /// The reply of a request that changes the spool; None for chunks and abandoned bodies,
+    /// which need no durable commit of their own.
+    fn into_reply(self) -> Option<Reply> {
+        match self {
             Request::Append(_, done)
             | Request::BeginEpoch(_, done)
             | Request::Apply(_, done)
@@ -136,16 +143,19 @@ impl Request {
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
             | Request::State { done, .. }
-            | Request::Sync(done) => done,
-        };
-        // A caller that gave up waiting no longer listens.
-        let _ = done.send(Err(error));
+            | Request::Sync(done) => Some(done),
+            Request::Chunk { .. } | Request::Abandon(_) => None,
+        }
+    }
+
+    fn is_durable(&self) -> bool {
+        !matches!(self, Request::Chunk { .. } | Request::Abandon(_))
     }
 }
 
-/// A request, and the tree generation its bodies were written to, if it has bodies.
+/// A request, and the bodies (id, chunk count) its records accept.
 pub(super) struct Submission {
-    bodies_of: Option<u64>,
+    bodies: Vec<(QueueId, u32)>,
     request: Request,
 }
 
@@ -157,9 +167,9 @@ pub(super) struct LogTail {
 
 /// What the committer counts and publishes, shared with the spool's readers.
 pub(super) struct Counters {
-    /// Group commits made durable (each one flush and one fdatasync).
+    /// Durable commits made (each one fsync, however many changes they carried).
     pub syncs: AtomicU64,
-    /// Times the tree was reopened after a failed write; watched by the queue runner, which
+    /// Times the file was reopened after a failed write; watched by the queue runner, which
     /// then reloads the queue from what the disk holds.
     pub reopens: watch::Sender<u64>,
     /// Messages in the queue.
@@ -170,48 +180,58 @@ pub(super) struct Counters {
     pub writable: std::sync::atomic::AtomicBool,
 }
 
+/// How the committer opens the spool again after a failed write.
+pub(super) struct Reopen {
+    /// Where the spool lives: the file system whose free space decides when to try.
+    pub dir: PathBuf,
+    pub open: Box<dyn Fn() -> Result<Opened, SpoolError> + Send>,
+}
+
 /// The handle on the committer thread. Dropping it lets the thread finish the requests it
-/// has and exit, and waits for that, so that the spool's files are closed when it returns.
+/// has and exit, and waits for that, so that the spool's file is closed when it returns.
 pub(super) struct Committer {
     requests: Option<mpsc::Sender<Submission>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Committer {
-    /// `dir` is the spool directory, where a closed tree is opened again.
     pub(super) fn spawn(
         store: Arc<Store>,
-        dir: PathBuf,
-        data_file: File,
+        reopen: Reopen,
         tail: LogTail,
         counters: Arc<Counters>,
     ) -> std::io::Result<Committer> {
-        let (requests, rx) = mpsc::channel(MAX_BATCH);
+        let (requests, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(&store, &dir, data_file, tail, rx, &counters))?;
+            .spawn(move || run(&store, &reopen, tail, rx, &counters))?;
         Ok(Committer { requests: Some(requests), thread: Some(thread) })
     }
 
-    /// Asks for a sync without waiting for it (from synchronous code): if the tree no longer
-    /// writes, the committer finds out and reopens it. Dropped if the queue is full: the
-    /// requests queued will find out as well.
-    pub(super) fn nudge(&self) {
-        if let Some(requests) = &self.requests {
-            let (done, _) = oneshot::channel();
-            let _ = requests.try_send(Submission { bodies_of: None, request: Request::Sync(done) });
-        }
-    }
-
-    /// Sends a request; `bodies_of`: the oldest tree generation its bodies were written to.
+    /// Sends a request; `bodies`: the bodies (id, chunk count) its records accept.
     pub(super) async fn send(
         &self,
-        bodies_of: Option<u64>,
+        bodies: Vec<(QueueId, u32)>,
         request: Request,
     ) -> Result<(), SpoolError> {
         let requests = self.requests.as_ref().ok_or_else(SpoolError::closed)?;
-        let submission = Submission { bodies_of, request };
+        let submission = Submission { bodies, request };
         requests.send(submission).await.map_err(|_| SpoolError::closed())
+    }
+
+    /// Sends a request from synchronous code (a body writer): at once if the queue has room,
+    /// else this thread waits for room, which is the back-pressure on a sender faster than
+    /// the disk.
+    pub(super) fn send_blocking(&self, request: Request) -> Result<(), SpoolError> {
+        let requests = self.requests.as_ref().ok_or_else(SpoolError::closed)?;
+        let submission = Submission { bodies: Vec::new(), request };
+        match requests.try_send(submission) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(SpoolError::closed()),
+            Err(TrySendError::Full(submission)) => {
+                wait_on(requests.send(submission)).map_err(|_| SpoolError::closed())
+            }
+        }
     }
 }
 
@@ -224,40 +244,60 @@ impl Drop for Committer {
     }
 }
 
+/// Runs `future` to completion on this thread (unconstrained: on a runtime thread, tokio's task
+/// budget would otherwise keep answering Pending to a future never given back to the
+/// scheduler), parking it while the future waits. For the one
+/// place synchronous code waits on the committer's queue; the committer is a thread of its own,
+/// so nothing this thread would otherwise run is needed for the wait to end.
+pub(super) fn wait_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// The bodies in progress: how many chunks of each the committer stored since the file was
+/// opened (chunks arrive in order, each body's from one writer).
+type Progress = HashMap<QueueId, u32>;
+
 fn run(
     store: &Store,
-    dir: &Path,
-    mut data_file: File,
+    reopen_with: &Reopen,
     mut tail: LogTail,
     mut rx: mpsc::Receiver<Submission>,
     counters: &Counters,
 ) {
+    let mut progress = Progress::new();
     while let Some(first) = rx.blocking_recv() {
         let mut submissions = vec![first];
-        while submissions.len() < MAX_BATCH {
+        while submissions.len() < QUEUE {
             match rx.try_recv() {
                 Ok(submission) => submissions.push(submission),
                 Err(_) => break,
             }
         }
-        let generation = store.generation();
-        let mut requests = Vec::with_capacity(submissions.len());
-        for Submission { bodies_of, request } in submissions {
-            match bodies_of {
-                Some(of) if of != generation => request.refuse(reopened()),
-                _ => requests.push(request),
-            }
-        }
         let Ok(db) = store.db() else {
-            requests.into_iter().for_each(|r| r.refuse(SpoolError::reopening()));
+            submissions.into_iter().for_each(|s| s.request.refuse(SpoolError::reopening()));
             continue;
         };
-        if let Err(e) = commit(&db, &data_file, &mut tail, requests, counters)
+        if let Err(e) = commit(&db, &mut tail, &mut progress, submissions, counters)
             && e.is_io()
         {
             drop(db);
-            match reopen(store, dir, &mut rx, counters) {
-                Some((file, reopened)) => (data_file, tail) = (file, reopened),
+            progress.clear();
+            match reopen(store, reopen_with, &mut rx, counters) {
+                Some(reopened) => tail = reopened,
                 // Every sender is gone: the spool was dropped.
                 None => return,
             }
@@ -265,143 +305,23 @@ fn run(
     }
 }
 
-/// Stages every request in one batch and makes it durable; answers each. The error, if the
-/// batch failed.
+/// Stages every request in one write transaction and commits it, durably if any request
+/// changes the spool; answers each. The error, if the batch failed.
 fn commit(
-    db: &sled::Db,
-    data_file: &File,
+    db: &Database,
     tail: &mut LogTail,
-    requests: Vec<Request>,
+    progress: &mut Progress,
+    submissions: Vec<Submission>,
     counters: &Counters,
 ) -> Result<(), SpoolError> {
-    let mut staging = Staging::new(db, tail.history.clone());
-    let mut next_seq = tail.next_seq;
-    let mut last = counters.durable.borrow().to_owned();
-    let mut answers = Vec::with_capacity(requests.len());
-    let mut staged = Ok(());
-    for request in requests {
-        let (outcome, done) = match request {
-            Request::Append(_, done) if !counters.writable.load(Ordering::Relaxed) => (
-                Err(SpoolError::new(
-                    super::ErrorKind::ReadOnly,
-                    "this node is not the primary: its log takes only the primary's records",
-                )),
-                done,
-            ),
-            Request::Append(changes, done) => {
-                let (epoch, first) = (staging.epoch(), next_seq);
-                let records = changes.into_iter().enumerate().map(move |(i, change)| LogRecord {
-                    position: LogPosition { epoch, seq: first + i as u64 },
-                    change,
-                });
-                (stage_all(&mut staging, &mut staged, &mut next_seq, records), done)
+    let durable = submissions.iter().any(|s| s.request.is_durable());
+    let mut answers = Vec::with_capacity(submissions.len());
+    let result = stage_and_commit(db, durable, tail, progress, submissions, counters, &mut answers)
+        .map(|last| {
+            if durable {
+                counters.durable.send_replace(last);
             }
-            Request::BeginEpoch(epoch, done) => {
-                let record = LogRecord {
-                    position: LogPosition { epoch, seq: next_seq },
-                    change: Change::EpochStarted,
-                };
-                (stage_all(&mut staging, &mut staged, &mut next_seq, [record]), done)
-            }
-            Request::Apply(records, done) => {
-                // A record we already hold must be the very same record: same sequence
-                // number in the same epoch. Anything else means the logs have diverged.
-                let diverged = records.iter().filter(|r| r.position.seq < next_seq).find(|r| {
-                    let ours = db.get(super::keys::log(r.position.seq)).ok().flatten();
-                    ours.and_then(|bytes| postcard::from_bytes::<LogRecord>(&bytes).ok())
-                        .is_some_and(|ours| ours.position != r.position)
-                });
-                let fresh: Vec<LogRecord> =
-                    records.iter().filter(|r| r.position.seq >= next_seq).cloned().collect();
-                // Each new record must take the next sequence number, in the epoch the log is
-                // in there: a record of an older epoch comes from a primary that was deposed.
-                let gap = (next_seq..).zip(&fresh).find(|(seq, r)| r.position.seq != *seq);
-                let misplaced = staging.misplaced_epoch(&fresh);
-                match fresh.first() {
-                    _ if diverged.is_some() => (
-                        Err(SpoolError::corrupt(format!(
-                            "replicated record {:?} differs from ours: the logs have diverged",
-                            diverged.map(|r| r.position)
-                        ))),
-                        done,
-                    ),
-                    _ if gap.is_some() => (
-                        Err(SpoolError::corrupt(format!(
-                            "replicated record {:?} is not record {}: a gap",
-                            gap.map(|(_, r)| r.position),
-                            gap.map_or(0, |(seq, _)| seq),
-                        ))),
-                        done,
-                    ),
-                    _ if misplaced.is_some() => (
-                        Err(SpoolError::corrupt(format!(
-                            "replicated record {misplaced:?} is not of the epoch our log is in \
-                             there: a stale primary's"
-                        ))),
-                        done,
-                    ),
-                    None => (Ok(last), done),
-                    Some(_) => (stage_all(&mut staging, &mut staged, &mut next_seq, fresh), done),
-                }
-            }
-            Request::Wipe(done) => {
-                staging.wipe();
-                next_seq = 1;
-                (Ok(LogPosition::default()), done)
-            }
-            Request::Install(messages, done) => {
-                let result = messages.into_iter().try_for_each(|m| staging.install(m));
-                (result.map(|()| last), done)
-            }
-            Request::Rewind { to, history, messages, absent, done } => {
-                let result = staging.rewind(to, next_seq, history, messages, absent);
-                if result.is_ok() {
-                    next_seq = to.seq.saturating_add(1);
-                }
-                (result.map(|()| to), done)
-            }
-            Request::State { key, value, done } => {
-                staging.batch.insert(key, value);
-                (Ok(last), done)
-            }
-            Request::Sync(done) => (Ok(last), done),
-            Request::Resume { history, last: resumed, done } => {
-                staging.resume(history, resumed);
-                next_seq = resumed.seq.saturating_add(1);
-                (Ok(resumed), done)
-            }
-        };
-        if let Ok(position) = &outcome {
-            last = *position;
-        }
-        answers.push((done, outcome));
-    }
-    let Staging { batch, history, queued_delta, wiped, .. } = staging;
-    let result = staged.and_then(|()| {
-        if wiped {
-            // Everything goes but the node's own state (its persisted role).
-            for prefix in [keys::BODY, keys::MESSAGE, keys::LOG] {
-                for key in db.scan_prefix([prefix]).keys() {
-                    db.remove(key?)?;
-                }
-            }
-            db.remove(keys::EPOCH_HISTORY)?;
-            db.remove(keys::RESUMED)?;
-            counters.queued.store(0, Ordering::Relaxed);
-        }
-        db.apply_batch(batch)?;
-        // From here the records are in the tree: their sequence numbers are used even if
-        // the sync below fails (the sessions then answer 4xx; a retry may duplicate, never lose).
-        *tail = LogTail { next_seq, history };
-        counters.queued.fetch_add(queued_delta, Ordering::Relaxed);
-        db.flush()?;
-        data_file.sync_data()?;
-        counters.syncs.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    });
-    if result.is_ok() {
-        counters.durable.send_replace(last);
-    }
+        });
     for (done, outcome) in answers {
         // A session that gave up waiting (its client went away) no longer listens.
         let _ = done.send(result.clone().and(outcome));
@@ -412,16 +332,111 @@ fn commit(
     result
 }
 
-/// sled refuses every call after a failed write: with the tree closed (the caller dropped its
-/// handle), refuses what is sent meanwhile, and opens the tree again once the file system has
-/// room and nobody holds the old one any more. The new data file and log tail; None when the
+/// The body of [`commit`]: stages the requests, pushing each one's reply and outcome to
+/// `answers`, and commits. The position of the last record the spool now holds.
+fn stage_and_commit(
+    db: &Database,
+    durable: bool,
+    tail: &mut LogTail,
+    progress: &mut Progress,
+    submissions: Vec<Submission>,
+    counters: &Counters,
+    answers: &mut Vec<(Reply, Result<LogPosition, SpoolError>)>,
+) -> Result<LogPosition, SpoolError> {
+    let mut txn = db.begin_write()?;
+    match durable {
+        true => make_durable(&mut txn)?,
+        false => txn.set_durability(Durability::None)?,
+    }
+    let mut staging = Staging::open(&txn, tail.history.clone())?;
+    let mut next_seq = tail.next_seq;
+    let mut last = counters.durable.borrow().to_owned();
+    // Chunks this batch stores, per body.
+    let mut stored = Progress::new();
+    let mut failed = None;
+    for Submission { bodies, request } in submissions {
+        if let Some(error) = &failed {
+            answers.extend(request.into_reply().map(|done| (done, Err(SpoolError::clone(error)))));
+            continue;
+        }
+        let chunks_of = |id: &QueueId| {
+            progress.get(id).copied().unwrap_or(0) + stored.get(id).copied().unwrap_or(0)
+        };
+        if let Some((id, _)) = bodies.iter().find(|(id, chunks)| chunks_of(id) < *chunks) {
+            answers.extend(request.into_reply().map(|done| (done, Err(incomplete_body(*id)))));
+            continue;
+        }
+        if let Request::Abandon(id) = &request {
+            progress.remove(id);
+        }
+        let (done, staged) = staging.request(request, &mut next_seq, &mut stored, last, counters);
+        let outcome = match staged {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                answers.extend(done.map(|done| (done, Err(error.clone()))));
+                failed = Some(error);
+                continue;
+            }
+        };
+        if let Ok(position) = &outcome {
+            last = *position;
+            // Committed: the bodies are no longer in progress.
+            for (id, _) in &bodies {
+                if let Err(error) = staging.receiving.remove(id.as_u128()) {
+                    failed = Some(error.into());
+                }
+                stored.remove(id);
+                progress.remove(id);
+            }
+        }
+        answers.extend(done.map(|done| (done, outcome)));
+    }
+    if let Some(error) = failed {
+        // Dropping the transaction uncommitted aborts it.
+        return Err(error);
+    }
+    let Staged { history, queued_delta, wiped } = staging.close();
+    txn.commit()?;
+    // From here the records are on disk (or, for a non-durable batch, in redb's buffer).
+    *tail = LogTail { next_seq, history };
+    if wiped {
+        counters.queued.store(0, Ordering::Relaxed);
+        progress.clear();
+    }
+    counters.queued.fetch_add(queued_delta, Ordering::Relaxed);
+    for (id, chunks) in stored {
+        *progress.entry(id).or_default() += chunks;
+    }
+    if durable {
+        counters.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(last)
+}
+
+/// Makes `txn` a durable commit: fsynced before `commit` returns, taking every non-durable
+/// commit before it along. One-phase (redb's default): the pages and the header that makes
+/// them the primary, then one fsync; after a crash, redb tells a torn commit from a whole one
+/// by the commit's checksums and falls back to the previous one. Two phases would cost a second
+/// fsync per commit (measured: from 0.64 to about 1.5 per message under 20 clients). redb's
+/// design notes describe an attack on one phase: an input crafted to collide with XXH3, by an
+/// attacker who knows the database's contents, controls the order pages reach the disk, and
+/// crashes the machine during the fsync; a relay's clients can do none of the last three.
+pub(super) fn make_durable(txn: &mut WriteTransaction) -> Result<(), SpoolError> {
+    txn.set_durability(Durability::Immediate)?;
+    txn.set_two_phase_commit(false);
+    Ok(())
+}
+
+/// After a failed write redb refuses every call: with the file closed (the caller dropped
+/// its handle), refuses what is sent meanwhile, and opens the file again once the file
+/// system has room and nobody holds the old handle any more. The new log tail; None when the
 /// spool was dropped meanwhile.
 fn reopen(
     store: &Store,
-    dir: &Path,
+    with: &Reopen,
     rx: &mut mpsc::Receiver<Submission>,
     counters: &Counters,
-) -> Option<(File, LogTail)> {
+) -> Option<LogTail> {
     store.close();
     tracing::error!("spool closed after a failed write: changes are refused until it reopens");
     let mut said = String::new();
@@ -433,19 +448,15 @@ fn reopen(
                 Err(TryRecvError::Disconnected) => return None,
             }
         }
-        let opened = super::free_space(dir).and_then(|free| match free >= REOPEN_ROOM {
-            true => super::open_db(dir),
+        let opened = super::free_space(&with.dir).and_then(|free| match free >= REOPEN_ROOM {
+            true => (with.open)(),
             false => Err(SpoolError::new(
                 ErrorKind::NoSpace,
                 format!("{free} bytes free, {REOPEN_ROOM} needed to reopen"),
             )),
         });
         match opened {
-            Ok(Opened { db, data_file, tail, last, queued }) => {
-                let orphans = super::remove_orphan_bodies(&db).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "orphan bodies not removed; they are at the next start");
-                    0
-                });
+            Ok(Opened { db, tail, last, queued, orphans }) => {
                 counters.queued.store(queued, Ordering::Relaxed);
                 // A record whose commit failed may have reached the disk after all: it is
                 // durable now, and replication ships it.
@@ -457,7 +468,7 @@ fn reopen(
                 store.publish(db);
                 counters.reopens.send_modify(|reopens| *reopens += 1);
                 tracing::info!(at = last.seq, messages = queued, orphans, "spool reopened");
-                return Some((data_file, tail));
+                return Some(tail);
             }
             Err(e) => {
                 // Each new reason once, not every poll.
@@ -472,83 +483,247 @@ fn reopen(
     }
 }
 
-/// Stages records in order; the position of the last, or the first staging error.
-fn stage_all(
-    staging: &mut Staging<'_>,
-    staged: &mut Result<(), SpoolError>,
-    next_seq: &mut u64,
-    records: impl IntoIterator<Item = LogRecord>,
-) -> Result<LogPosition, SpoolError> {
-    let mut position = None;
-    for record in records {
-        position = Some(record.position);
-        if staged.is_ok() {
-            *staged = staging.stage(&record);
-        }
-        *next_seq = record.position.seq.saturating_add(1);
-    }
-    staged.clone()?;
-    position.ok_or_else(|| SpoolError::corrupt("an empty commit"))
-}
+/// What staging one request gave: the request's outcome (an error refuses this request only),
+/// or the error of the staging itself, which fails the batch.
+type Outcome = Result<Result<LogPosition, SpoolError>, SpoolError>;
 
-/// One batch being staged: the sled batch, and the state it will leave behind, so that several
-/// changes to one message in the same batch build on each other.
+/// The tables of one write transaction being staged, and the state it will leave behind.
 ///
-/// The primary's committer and (later) a standby applying replicated records go through this
-/// one type, so that both derive the same state from the same log.
-pub(super) struct Staging<'a> {
-    db: &'a sled::Db,
-    batch: sled::Batch,
+/// The primary's committer and a standby applying replicated records go through this one
+/// type, so that both derive the same state from the same log.
+pub(super) struct Staging<'t> {
+    messages: Table<'t, u128, &'static [u8]>,
+    log: Table<'t, u64, &'static [u8]>,
+    bodies: Table<'t, (u128, u32), &'static [u8]>,
+    receiving: Table<'t, u128, ()>,
+    state: Table<'t, &'static str, &'static [u8]>,
     history: Vec<EpochStart>,
-    /// Message records as this batch leaves them (`None`: removed).
-    messages: HashMap<QueueId, Option<MessageRecord>>,
     /// Messages added minus messages removed.
     queued_delta: i64,
-    /// Everything stored before this batch is erased first (a snapshot begins).
+    /// Everything stored before this batch was erased (a snapshot begins).
     wiped: bool,
 }
 
-impl<'a> Staging<'a> {
-    pub(super) fn new(db: &'a sled::Db, history: Vec<EpochStart>) -> Staging<'a> {
-        Staging {
-            db,
-            batch: sled::Batch::default(),
+/// What a batch leaves behind once its tables are closed.
+pub(super) struct Staged {
+    pub(super) history: Vec<EpochStart>,
+    pub(super) queued_delta: i64,
+    pub(super) wiped: bool,
+}
+
+impl<'t> Staging<'t> {
+    pub(super) fn open(
+        txn: &'t WriteTransaction,
+        history: Vec<EpochStart>,
+    ) -> Result<Staging<'t>, SpoolError> {
+        Ok(Staging {
+            messages: txn.open_table(tables::MESSAGES)?,
+            log: txn.open_table(tables::LOG)?,
+            bodies: txn.open_table(tables::BODIES)?,
+            receiving: txn.open_table(tables::RECEIVING)?,
+            state: txn.open_table(tables::STATE)?,
             history,
-            messages: HashMap::new(),
             queued_delta: 0,
             wiped: false,
+        })
+    }
+
+    /// Closes the tables (a transaction commits only once they are), keeping what the caller
+    /// publishes after the commit.
+    pub(super) fn close(self) -> Staged {
+        Staged { history: self.history, queued_delta: self.queued_delta, wiped: self.wiped }
+    }
+
+    /// Stages one request: its reply (None for chunks and abandoned bodies, which have none)
+    /// and its outcome. `stored` counts the chunks this batch stores.
+    fn request(
+        &mut self,
+        request: Request,
+        next_seq: &mut u64,
+        stored: &mut Progress,
+        last: LogPosition,
+        counters: &Counters,
+    ) -> (Option<Reply>, Outcome) {
+        match request {
+            Request::Chunk { id, index, data } => {
+                *stored.entry(id).or_default() += 1;
+                (None, self.chunk(id, index, &data).map(|()| Ok(last)))
+            }
+            Request::Abandon(id) => {
+                stored.remove(&id);
+                (None, self.abandon(id).map(|()| Ok(last)))
+            }
+            Request::Append(_, done) if !counters.writable.load(Ordering::Relaxed) => {
+                let refusal = SpoolError::new(
+                    ErrorKind::ReadOnly,
+                    "this node is not the primary: its log takes only the primary's records",
+                );
+                (Some(done), Ok(Err(refusal)))
+            }
+            Request::Append(changes, done) => {
+                let (epoch, first) = (self.epoch(), *next_seq);
+                let records = changes.into_iter().enumerate().map(move |(i, change)| LogRecord {
+                    position: LogPosition { epoch, seq: first + i as u64 },
+                    change,
+                });
+                (Some(done), self.stage_all(next_seq, records))
+            }
+            Request::BeginEpoch(epoch, done) => {
+                let record = LogRecord {
+                    position: LogPosition { epoch, seq: *next_seq },
+                    change: Change::EpochStarted,
+                };
+                (Some(done), self.stage_all(next_seq, [record]))
+            }
+            Request::Apply(records, done) => (Some(done), self.apply(records, next_seq, last)),
+            Request::Wipe(done) => {
+                *next_seq = 1;
+                (Some(done), self.wipe().map(|()| Ok(LogPosition::default())))
+            }
+            Request::Install(messages, done) => {
+                let installed = messages.into_iter().try_for_each(|m| self.install(m));
+                (Some(done), installed.map(|()| Ok(last)))
+            }
+            Request::Rewind { to, history, messages, absent, done } => {
+                let rewound = self.rewind(to, *next_seq, history, messages, absent);
+                *next_seq = to.seq.saturating_add(1);
+                (Some(done), rewound.map(|()| Ok(to)))
+            }
+            Request::State { key, value, done } => {
+                let stored = self.state.insert(key, value.as_slice()).map_err(SpoolError::from);
+                (Some(done), stored.map(|_| Ok(last)))
+            }
+            Request::Sync(done) => (Some(done), Ok(Ok(last))),
+            Request::Resume { history, last: resumed, done } => {
+                *next_seq = resumed.seq.saturating_add(1);
+                (Some(done), self.resume(history, resumed).map(|()| Ok(resumed)))
+            }
         }
     }
 
-    /// Erases everything: what was staged so far, and (when the batch is applied) the spool,
-    /// marking the snapshot incomplete until `resume`.
-    fn wipe(&mut self) {
-        self.batch = sled::Batch::default();
-        self.batch.insert(keys::SNAPSHOT_INCOMPLETE, &[1u8][..]);
+    /// Stores a body chunk; the first one marks the body as being received, so that it is
+    /// removed at the next start if its message is never committed.
+    fn chunk(&mut self, id: QueueId, index: u32, data: &[u8]) -> Result<(), SpoolError> {
+        if index == 0 {
+            self.receiving.insert(id.as_u128(), ())?;
+        }
+        self.bodies.insert((id.as_u128(), index), data)?;
+        Ok(())
+    }
+
+    /// Removes the bodies of messages never committed (the process stopped while receiving
+    /// them); returns how many.
+    pub(super) fn remove_orphans(&mut self) -> Result<usize, SpoolError> {
+        let ids = self.receiving.iter()?.map(|entry| entry.map(|(id, _)| id.value()));
+        let ids: Vec<u128> = ids.collect::<Result<_, _>>()?;
+        let mut removed = 0;
+        for id in ids.into_iter().map(QueueId::from_u128) {
+            if self.message(id)?.is_none() {
+                removed += 1;
+            }
+            self.abandon(id)?;
+        }
+        Ok(removed)
+    }
+
+    /// A body whose message was not committed: removed, unless the message is stored.
+    fn abandon(&mut self, id: QueueId) -> Result<(), SpoolError> {
+        if self.message(id)?.is_none() {
+            self.bodies.retain_in(tables::body_range(id.as_u128()), |_, _| false)?;
+        }
+        self.receiving.remove(id.as_u128())?;
+        Ok(())
+    }
+
+    /// A standby's records: checked against the log, then staged.
+    fn apply(&mut self, records: Vec<LogRecord>, next_seq: &mut u64, last: LogPosition) -> Outcome {
+        // A record we already hold must be the very same record: same sequence number in the
+        // same epoch. Anything else means the logs have diverged.
+        let mut diverged = None;
+        for record in records.iter().filter(|r| r.position.seq < *next_seq) {
+            if let Some(ours) = self.log.get(record.position.seq)? {
+                let ours: LogRecord = postcard::from_bytes(ours.value())?;
+                if ours.position != record.position {
+                    diverged = Some(record.position);
+                    break;
+                }
+            }
+        }
+        if let Some(position) = diverged {
+            return Ok(Err(SpoolError::corrupt(format!(
+                "replicated record {position:?} differs from ours: the logs have diverged"
+            ))));
+        }
+        let fresh: Vec<LogRecord> =
+            records.into_iter().filter(|r| r.position.seq >= *next_seq).collect();
+        // Each new record must take the next sequence number, in the epoch the log is in
+        // there: a record of an older epoch comes from a primary that was deposed.
+        if let Some((seq, record)) =
+            (*next_seq..).zip(&fresh).find(|(seq, r)| r.position.seq != *seq)
+        {
+            return Ok(Err(SpoolError::corrupt(format!(
+                "replicated record {:?} is not record {seq}: a gap",
+                record.position
+            ))));
+        }
+        if let Some(misplaced) = self.misplaced_epoch(&fresh) {
+            return Ok(Err(SpoolError::corrupt(format!(
+                "replicated record {misplaced:?} is not of the epoch our log is in there: a \
+                 stale primary's"
+            ))));
+        }
+        if fresh.is_empty() {
+            return Ok(Ok(last));
+        }
+        self.stage_all(next_seq, fresh)
+    }
+
+    /// Stages records in order; the position of the last.
+    fn stage_all(
+        &mut self,
+        next_seq: &mut u64,
+        records: impl IntoIterator<Item = LogRecord>,
+    ) -> Outcome {
+        let mut position = None;
+        for record in records {
+            position = Some(record.position);
+            self.stage(&record)?;
+            *next_seq = record.position.seq.saturating_add(1);
+        }
+        Ok(position.ok_or_else(|| SpoolError::corrupt("an empty commit")))
+    }
+
+    /// Erases everything but the node's own state (its persisted role), marking the snapshot
+    /// incomplete until `resume`.
+    fn wipe(&mut self) -> Result<(), SpoolError> {
+        self.messages.retain(|_, _| false)?;
+        self.log.retain(|_, _| false)?;
+        self.bodies.retain(|_, _| false)?;
+        self.receiving.retain(|_, _| false)?;
+        self.state.remove(tables::EPOCH_HISTORY)?;
+        self.state.remove(tables::RESUMED)?;
+        self.state.insert(tables::SNAPSHOT_INCOMPLETE, [1u8].as_slice())?;
         self.history.clear();
-        self.messages.clear();
         self.queued_delta = 0;
         self.wiped = true;
+        Ok(())
     }
 
     /// A snapshot's message record, as the primary had it.
-    fn install(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
+    pub(super) fn install(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
         if self.message(message.envelope.id)?.is_none() {
             self.queued_delta += 1;
         }
-        self.put(message)
+        self.put(&message)
     }
 
     /// After a snapshot: the epoch history the log continues with, and where.
-    fn resume(&mut self, history: Vec<EpochStart>, last: LogPosition) {
+    fn resume(&mut self, history: Vec<EpochStart>, last: LogPosition) -> Result<(), SpoolError> {
         self.history = history;
-        if let (Ok(history), Ok(last)) =
-            (postcard::to_stdvec(&self.history), postcard::to_stdvec(&last))
-        {
-            self.batch.insert(keys::EPOCH_HISTORY, history);
-            self.batch.insert(keys::RESUMED, last);
-            self.batch.remove(keys::SNAPSHOT_INCOMPLETE);
-        }
+        self.state.insert(tables::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?.as_slice())?;
+        self.state.insert(tables::RESUMED, postcard::to_stdvec(&last)?.as_slice())?;
+        self.state.remove(tables::SNAPSHOT_INCOMPLETE)?;
+        Ok(())
     }
 
     /// Drops the log records from `to` + 1 up to (not including) `next_seq`, takes `history`,
@@ -561,17 +736,17 @@ impl<'a> Staging<'a> {
         messages: Vec<MessageRecord>,
         absent: Vec<QueueId>,
     ) -> Result<(), SpoolError> {
-        for seq in to.seq.saturating_add(1)..next_seq {
-            self.batch.remove(&keys::log(seq)[..]);
+        if to.seq.saturating_add(1) < next_seq {
+            self.log.retain_in(to.seq.saturating_add(1)..next_seq, |_, _| false)?;
         }
         self.history = history;
-        self.batch.insert(keys::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?);
+        self.state.insert(tables::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?.as_slice())?;
         for message in messages {
             self.install(message)?;
         }
         for id in absent {
-            if let Some(message) = self.message(id)? {
-                self.remove(&message);
+            if self.message(id)?.is_some() {
+                self.remove(id)?;
             }
         }
         Ok(())
@@ -609,7 +784,8 @@ impl<'a> Staging<'a> {
                 let start =
                     EpochStart { epoch: record.position.epoch, first_seq: record.position.seq };
                 self.history.push(start);
-                self.batch.insert(keys::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?);
+                let history = postcard::to_stdvec(&self.history)?;
+                self.state.insert(tables::EPOCH_HISTORY, history.as_slice())?;
             }
             Change::Accepted(envelope) => {
                 let message = MessageRecord {
@@ -622,7 +798,7 @@ impl<'a> Staging<'a> {
                 if self.message(envelope.id)?.is_none() {
                     self.queued_delta += 1;
                 }
-                self.put(message)?;
+                self.put(&message)?;
             }
             Change::Attempted { id, results } => {
                 // A message removed meanwhile (an operator deleted it) takes no more results.
@@ -633,52 +809,42 @@ impl<'a> Staging<'a> {
                         }
                     }
                     // Once no recipient is pending the message leaves the queue, in the same
-                    // batch: removal is derived from the log, the same way on every node.
+                    // commit: removal is derived from the log, the same way on every node.
                     if message.recipients.iter().any(RecipientState::is_pending) {
-                        self.put(message)?;
+                        self.put(&message)?;
                     } else {
-                        self.remove(&message);
+                        self.remove(*id)?;
                     }
                 }
             }
             Change::Removed { id } => {
-                if let Some(message) = self.message(*id)? {
-                    self.remove(&message);
+                if self.message(*id)?.is_some() {
+                    self.remove(*id)?;
                 }
             }
         }
-        self.batch.insert(&keys::log(record.position.seq)[..], postcard::to_stdvec(record)?);
+        self.log.insert(record.position.seq, postcard::to_stdvec(record)?.as_slice())?;
         Ok(())
     }
 
     fn message(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
-        if let Some(staged) = self.messages.get(&id) {
-            return Ok(staged.clone());
-        }
-        if self.wiped {
-            return Ok(None);
-        }
-        match self.db.get(keys::message(id))? {
-            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+        match self.messages.get(id.as_u128())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
             None => Ok(None),
         }
     }
 
-    fn remove(&mut self, message: &MessageRecord) {
-        let id = message.envelope.id;
-        let chunks = message.envelope.size.div_ceil(keys::CHUNK_SIZE as u64);
-        for index in 0..chunks {
-            self.batch.remove(&keys::body_chunk(id, index as u32)[..]);
-        }
-        self.batch.remove(&keys::message(id)[..]);
-        self.messages.insert(id, None);
+    /// Removes a stored message and its body.
+    fn remove(&mut self, id: QueueId) -> Result<(), SpoolError> {
+        self.bodies.retain_in(tables::body_range(id.as_u128()), |_, _| false)?;
+        self.messages.remove(id.as_u128())?;
         self.queued_delta -= 1;
+        Ok(())
     }
 
-    fn put(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
-        let id = message.envelope.id;
-        self.batch.insert(&keys::message(id)[..], postcard::to_stdvec(&message)?);
-        self.messages.insert(id, Some(message));
+    pub(super) fn put(&mut self, message: &MessageRecord) -> Result<(), SpoolError> {
+        let bytes = postcard::to_stdvec(message)?;
+        self.messages.insert(message.envelope.id.as_u128(), bytes.as_slice())?;
         Ok(())
     }
 }

@@ -22,9 +22,12 @@ pub enum ErrorKind {
     Closed,
     /// This node is not the primary: it does not write its own records.
     ReadOnly,
-    /// The spool's files are locked by another open spool (another process, or the tree
+    /// The spool's files are locked by another open spool (another process, or the file
     /// closed after a failed write that someone still reads).
     Locked,
+    /// The spool is of another format (a newer relayd's, or the sled-based relayd's): it must
+    /// be migrated with the command the message names.
+    Format,
 }
 
 impl SpoolError {
@@ -40,7 +43,7 @@ impl SpoolError {
         SpoolError::new(ErrorKind::Closed, "the spool is shutting down")
     }
 
-    /// The tree is closed after a failed write and not reopened yet. Counted as a full disk,
+    /// The spool file is closed after a failed write and not reopened yet. Counted as a full disk,
     /// the usual cause, so that mail gets `452 4.3.1`.
     pub fn reopening() -> SpoolError {
         SpoolError::new(
@@ -49,7 +52,7 @@ impl SpoolError {
         )
     }
 
-    /// Whether the storage itself failed (the tree must be reopened), as opposed to a refused
+    /// Whether the storage itself failed (the file must be reopened), as opposed to a refused
     /// request or a record that does not decode.
     pub fn is_io(&self) -> bool {
         matches!(self.kind, ErrorKind::NoSpace | ErrorKind::Io)
@@ -75,15 +78,36 @@ impl From<std::io::Error> for SpoolError {
     }
 }
 
-impl From<sled::Error> for SpoolError {
-    fn from(e: sled::Error) -> SpoolError {
+impl From<redb::Error> for SpoolError {
+    fn from(e: redb::Error) -> SpoolError {
         match e {
-            sled::Error::Io(io) => io.into(),
-            sled::Error::Corruption { .. } => SpoolError::corrupt(e),
+            redb::Error::Io(io) => io.into(),
+            redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => SpoolError::corrupt(e),
+            redb::Error::DatabaseAlreadyOpen => SpoolError::new(ErrorKind::Locked, e.to_string()),
+            // redb refuses every call after a failed write until the file is opened again.
             other => SpoolError::new(ErrorKind::Io, other.to_string()),
         }
     }
 }
+
+/// redb's operations each have their own error type; all of them convert into `redb::Error`.
+macro_rules! from_redb {
+    ($($error:ty),*) => {
+        $(impl From<$error> for SpoolError {
+            fn from(e: $error) -> SpoolError {
+                redb::Error::from(e).into()
+            }
+        })*
+    };
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
 
 impl From<postcard::Error> for SpoolError {
     fn from(e: postcard::Error) -> SpoolError {

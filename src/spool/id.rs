@@ -23,6 +23,15 @@ impl QueueId {
     pub fn from_bytes(bytes: [u8; 16]) -> QueueId {
         QueueId(u128::from_be_bytes(bytes))
     }
+
+    /// The id as the spool's tables key it (ordered as the ids are).
+    pub(super) fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    pub(super) fn from_u128(id: u128) -> QueueId {
+        QueueId(id)
+    }
 }
 
 impl Default for QueueId {

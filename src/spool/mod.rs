@@ -1,28 +1,36 @@
 //! The spool: where accepted mail lives until it is delivered or bounced.
 //!
-//! Storage is one sled tree behind this module's API (see [`keys`] for the layout), so that
-//! the rest of relayd never touches sled and the engine could be replaced. Every change is a
-//! record of the ordered change log ([`LogRecord`]), staged in the same atomic batch as the
-//! state it changes and made durable by the group committer ([`commit`]). A 250 is given only
-//! once [`Spool::accept`] has returned, i.e. after a real fdatasync.
+//! Storage is one redb file, `data_dir/spool/spool.redb`, behind this module's API (see
+//! [`tables`] for the layout), so that the rest of relayd never touches redb and the engine
+//! could be replaced. Every change is a record of the ordered change log ([`LogRecord`]),
+//! staged in the same write transaction as the state it changes and made durable by the group
+//! committer ([`commit`]). A 250 is given only once [`Spool::accept`] has returned, i.e. after
+//! the durable commit that holds the message record, its log record and its body.
 //!
-//! sled stops for good after a failed write (a full disk): every later call returns the same
-//! error. The committer then closes the tree and reopens it once the disk has room again
+//! redb refuses every call after a failed write (a full disk) until the file is opened again.
+//! The committer then closes the file and reopens it once the disk has room again
 //! ([`commit`]); meanwhile every change is refused (`452 4.3.1` for mail) and every read is an
 //! error. A body being received across a reopen is refused, never committed with chunks lost.
+//!
+//! The spool's format is checked at open ([`tables::FORMAT`]); a spool of the sled-based
+//! relayd is refused with the command that imports it ([`import`]).
 
 mod body;
 mod commit;
+#[cfg(test)]
+mod crash;
 mod error;
 mod id;
-mod keys;
+pub mod import;
+mod open;
 mod record;
+mod tables;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
 use tokio::sync::oneshot;
 
 use commit::Store;
@@ -36,11 +44,11 @@ pub use record::{
     Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
 };
 
-/// sled's page cache. Bodies are streamed through it, so it bounds the spool's memory.
-const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
-/// sled's segment size: values up to a quarter of it stay inline in the data file (see
-/// [`keys::CHUNK_SIZE`]); an envelope with the most recipients the config allows fits.
-const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+/// redb's cache, its write buffer included (at most half of it): bodies stream through it, so
+/// it bounds the spool's memory.
+const CACHE_SIZE: usize = 32 * 1024 * 1024;
+/// The spool's file in `data_dir/spool`.
+pub const FILE_NAME: &str = "spool.redb";
 
 /// A handle on the spool; cheap to clone, shared by every session and task.
 #[derive(Clone)]
@@ -55,38 +63,69 @@ struct Inner {
     dir: PathBuf,
 }
 
-/// A spool opened from disk: the tree, sled's data file (for our fdatasync), and where the
-/// log ends.
+/// A spool file opened: the database, where its log ends, how many messages it holds, and
+/// how many bodies of messages never committed its open removed.
 pub(super) struct Opened {
-    db: sled::Db,
-    data_file: File,
+    db: Database,
     tail: commit::LogTail,
     /// The last record the log holds (or where a snapshot left it).
     last: LogPosition,
     queued: i64,
+    orphans: usize,
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `data_dir/spool`. Removes the bodies of messages that
     /// were being received when the process last stopped: they were never acknowledged.
+    ///
+    /// A spool of another format, or of the sled-based relayd, is refused
+    /// ([`ErrorKind::Format`]) with the command that migrates it; a damaged file is refused
+    /// ([`ErrorKind::Corrupt`]) with what the operator can do.
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let dir = data_dir.join("spool");
+        open::refuse_sled(data_dir, &dir)?;
         std::fs::create_dir_all(&dir)?;
-        // sled's lock on its files can outlive a closed spool by a moment (its I/O threads
-        // finish first): wait a little for it, but not for another process that holds it.
+        let path = dir.join(FILE_NAME);
+        // A spool closed a moment ago may still be held by a reader finishing: wait a little
+        // for its lock, but not for another process that holds it.
         let started = std::time::Instant::now();
         let opened = loop {
-            match open_db(&dir) {
+            match open::open_file(&path) {
                 Err(e) if e.kind == ErrorKind::Locked && started.elapsed() < LOCK_PATIENCE => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 other => break other?,
             }
         };
-        // sled created its files: make their directory entries durable too.
-        File::open(&dir)?.sync_all()?;
-        File::open(data_dir)?.sync_all()?;
-        let Opened { db, data_file, tail, last, queued } = opened;
+        // redb created its file: make the directory entries durable too.
+        std::fs::File::open(&dir)?.sync_all()?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+        let reopen =
+            commit::Reopen { dir: dir.clone(), open: Box::new(move || open::open_file(&path)) };
+        Spool::start(opened, dir, reopen)
+    }
+
+    /// A spool on `backend` instead of a file: the crash tests' way in. `reopen` opens it
+    /// again after a failed write.
+    #[cfg(test)]
+    pub(super) fn open_backend(
+        backend: impl redb::StorageBackend,
+        dir: &Path,
+        reopen: Box<dyn Fn() -> Result<Opened, SpoolError> + Send>,
+    ) -> Result<Spool, SpoolError> {
+        let opened = open::open_backend(backend)?;
+        Spool::start(
+            opened,
+            dir.to_path_buf(),
+            commit::Reopen { dir: dir.to_path_buf(), open: reopen },
+        )
+    }
+
+    fn start(opened: Opened, dir: PathBuf, reopen: commit::Reopen) -> Result<Spool, SpoolError> {
+        let Opened { db, tail, last, queued, orphans } = opened;
+        if orphans > 0 {
+            tracing::info!(removed = orphans, "removed the bodies of messages never acknowledged");
+        }
         let counters = Arc::new(commit::Counters {
             syncs: Default::default(),
             reopens: tokio::sync::watch::Sender::new(0),
@@ -95,18 +134,8 @@ impl Spool {
             writable: std::sync::atomic::AtomicBool::new(true),
         });
         counters.queued.store(queued, Ordering::Relaxed);
-        let removed = remove_orphan_bodies(&db)?;
-        if removed > 0 {
-            tracing::info!(removed, "removed the bodies of messages never acknowledged");
-        }
         let store = Arc::new(Store::new(db));
-        let committer = commit::Committer::spawn(
-            store.clone(),
-            dir.clone(),
-            data_file,
-            tail,
-            counters.clone(),
-        )?;
+        let committer = commit::Committer::spawn(store.clone(), reopen, tail, counters.clone())?;
         Ok(Spool { inner: Arc::new(Inner { store, committer, counters, dir }) })
     }
 
@@ -116,7 +145,7 @@ impl Spool {
 
     /// Starts writing the body of a new message.
     pub fn body_writer(&self, id: QueueId) -> BodyWriter {
-        BodyWriter::new(self.clone(), id, self.inner.store.generation())
+        BodyWriter::new(self.clone(), id)
     }
 
     /// False while the spool is closed after a failed write and not yet reopened.
@@ -132,7 +161,7 @@ impl Spool {
     }
 
     /// Records an accepted message and returns once it is durable: its body chunks, its
-    /// message record and its log record, all synced by one group commit.
+    /// message record and its log record, all in one durable commit.
     pub async fn accept(
         &self,
         envelope: Envelope,
@@ -220,8 +249,9 @@ impl Spool {
 
     /// The log record at `seq`, if the log still holds it.
     pub fn log_record(&self, seq: u64) -> Result<Option<LogRecord>, SpoolError> {
-        match self.db()?.get(keys::log(seq))? {
-            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+        let table = self.read()?.open_table(tables::LOG)?;
+        match table.get(seq)? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
             None => Ok(None),
         }
     }
@@ -229,10 +259,9 @@ impl Spool {
     /// Bytes of the log records `from..=to` and of the bodies they accept: what a standby that
     /// lacks them has to receive.
     pub fn log_bytes(&self, from: u64, to: u64) -> u64 {
-        let Ok(db) = self.db() else { return 0 };
-        db.range(keys::log(from)..=keys::log(to))
+        self.scan(tables::LOG, |table| table.range(from..=to))
             .filter_map(Result::ok)
-            .map(|(_, value)| {
+            .map(|value| {
                 let body = match postcard::from_bytes::<LogRecord>(&value) {
                     Ok(LogRecord { change: Change::Accepted(envelope), .. }) => envelope.size,
                     _ => 0,
@@ -251,27 +280,26 @@ impl Spool {
     /// Where the snapshot this spool was built from left the log (its log continues after it),
     /// if it was built from one.
     pub fn snapshot_point(&self) -> Result<Option<LogPosition>, SpoolError> {
-        match self.db()?.get(keys::RESUMED)? {
-            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
-            None => Ok(None),
-        }
+        self.state(tables::RESUMED)?.map(|bytes| Ok(postcard::from_bytes(&bytes)?)).transpose()
     }
 
     /// A snapshot was begun and not finished: the spool is partial.
     pub fn snapshot_incomplete(&self) -> Result<bool, SpoolError> {
-        Ok(self.db()?.contains_key(keys::SNAPSHOT_INCOMPLETE)?)
+        Ok(self.state(tables::SNAPSHOT_INCOMPLETE)?.is_some())
     }
 
     /// Drops log records below `seq`, always keeping the newest one. Housekeeping, not a
-    /// change: what a standby may still need is the caller's to judge.
+    /// change: what a standby may still need is the caller's to judge. A non-durable commit:
+    /// the next durable one takes it along (records that come back after a crash are harmless).
     pub fn trim_log(&self, seq: u64) -> Result<usize, SpoolError> {
-        let newest = self.last_position().seq;
-        let mut removed = 0;
-        let db = self.db()?;
-        for key in db.range(keys::log(0)..keys::log(seq.min(newest))).keys() {
-            db.remove(key?)?;
-            removed += 1;
-        }
+        let end = seq.min(self.last_position().seq);
+        let mut txn = self.db()?.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let removed = {
+            let mut log = txn.open_table(tables::LOG)?;
+            log.extract_from_if(..end, |_, _| true)?.count()
+        };
+        txn.commit()?;
         Ok(removed)
     }
 
@@ -282,7 +310,7 @@ impl Spool {
 
     /// The role this node last persisted, if any.
     pub fn persisted_role(&self) -> Result<Option<Role>, SpoolError> {
-        match self.db()?.get(keys::ROLE)? {
+        match self.state(tables::ROLE)? {
             Some(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 text.parse()
@@ -296,16 +324,16 @@ impl Spool {
     /// Persists the role (synced) before the node acts in it.
     pub async fn persist_role(&self, role: Role) -> Result<(), SpoolError> {
         let value = role.as_str().as_bytes().to_vec();
-        self.submit(|done| commit::Request::State { key: keys::ROLE, value, done })
+        self.submit(|done| commit::Request::State { key: tables::ROLE, value, done })
             .await
             .map(|_| ())
     }
 
     /// The highest epoch this node has persisted as seen (0 when none was).
     pub fn highest_epoch(&self) -> Result<u64, SpoolError> {
-        match self.db()?.get(keys::HIGHEST_EPOCH)? {
+        match self.state(tables::HIGHEST_EPOCH)? {
             Some(bytes) => {
-                let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                     SpoolError::corrupt(format!("stored highest epoch of {} bytes", bytes.len()))
                 })?;
                 Ok(u64::from_be_bytes(bytes))
@@ -317,7 +345,7 @@ impl Spool {
     /// Persists the highest epoch seen (synced) before the node relies on it.
     pub async fn persist_highest_epoch(&self, epoch: u64) -> Result<(), SpoolError> {
         let value = epoch.to_be_bytes().to_vec();
-        self.submit(|done| commit::Request::State { key: keys::HIGHEST_EPOCH, value, done })
+        self.submit(|done| commit::Request::State { key: tables::HIGHEST_EPOCH, value, done })
             .await
             .map(|_| ())
     }
@@ -333,28 +361,31 @@ impl Spool {
     }
 
     pub fn epoch_history(&self) -> Result<Vec<EpochStart>, SpoolError> {
-        match self.db()?.get(keys::EPOCH_HISTORY)? {
+        match self.state(tables::EPOCH_HISTORY)? {
             Some(bytes) => Ok(postcard::from_bytes(&bytes)?),
             None => Ok(Vec::new()),
         }
     }
 
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
-        match self.db()?.get(keys::message(id))? {
-            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+        let table = self.read()?.open_table(tables::MESSAGES)?;
+        match table.get(id.as_u128())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
             None => Ok(None),
         }
     }
 
     /// Every queued message, oldest first.
     pub fn messages(&self) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
-        self.scan(|db| db.scan_prefix([keys::MESSAGE]))
-            .map(|entry| Ok(postcard::from_bytes(&entry?.1)?))
+        self.scan(tables::MESSAGES, |table| table.range::<u128>(..))
+            .map(|value| Ok(postcard::from_bytes(&value?)?))
     }
 
     /// The body of a queued message, chunk by chunk.
     pub fn body(&self, id: QueueId) -> BodyChunks {
-        BodyChunks::new(self.scan(|db| db.scan_prefix(keys::body_prefix(id))))
+        BodyChunks::new(
+            self.scan(tables::BODIES, |table| table.range(tables::body_range(id.as_u128()))),
+        )
     }
 
     /// The change log from sequence `from_seq` on, in order.
@@ -370,14 +401,14 @@ impl Spool {
         &self,
         from_seq: u64,
     ) -> impl Iterator<Item = Result<(LogRecord, usize), SpoolError>> + '_ {
-        self.scan(|db| db.range(keys::log(from_seq)..=keys::log(u64::MAX))).map(|entry| {
-            let (_, value) = entry?;
+        self.scan(tables::LOG, |table| table.range(from_seq..)).map(|value| {
+            let value = value?;
             Ok((postcard::from_bytes(&value)?, value.len()))
         })
     }
 
-    /// How many group commits were made durable since the spool was opened: one flush and
-    /// one fdatasync each, however many changes they carried.
+    /// How many durable commits were made since the spool was opened: one fsync each, however
+    /// many changes they carried.
     pub fn syncs(&self) -> u64 {
         self.inner.counters.syncs.load(Ordering::Relaxed)
     }
@@ -397,31 +428,48 @@ impl Spool {
         self.inner.counters.reopens.subscribe()
     }
 
-    /// Syncs everything written so far (used at shutdown).
+    /// Makes everything written so far durable (used at shutdown): a durable commit of
+    /// nothing, after whatever the committer was sent before, which takes the non-durable
+    /// commits before it along.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.db()?.flush()?;
-        File::open(self.dir().join("db"))?.sync_data()?;
-        Ok(())
+        let (done, result) = oneshot::channel();
+        self.send_blocking(commit::Request::Sync(done))?;
+        commit::wait_on(result).map_err(|_| SpoolError::closed())?.map(|_| ())
     }
 
-    fn nudge_committer(&self) {
-        self.inner.committer.nudge();
+    /// Hands a body writer's request (a chunk, an abandoned body) to the committer.
+    fn send_blocking(&self, request: commit::Request) -> Result<(), SpoolError> {
+        self.inner.committer.send_blocking(request)
     }
 
-    /// The open tree, or an error while it is being reopened after a failed write.
-    fn db(&self) -> Result<Arc<sled::Db>, SpoolError> {
+    /// The open file, or an error while it is being reopened after a failed write.
+    fn db(&self) -> Result<Arc<Database>, SpoolError> {
         self.inner.store.db()
     }
 
-    /// The open tree if it is still the one of `generation` (see [`Store::generation`]).
-    fn db_of(&self, generation: u64) -> Result<Arc<sled::Db>, SpoolError> {
-        self.inner.store.db_of(generation)
+    fn read(&self) -> Result<ReadTransaction, SpoolError> {
+        Ok(self.db()?.begin_read()?)
     }
 
-    /// An iteration over the tree; a single error while the tree is being reopened.
-    fn scan(&self, start: impl FnOnce(&sled::Db) -> sled::Iter) -> Scan {
-        match self.db() {
-            Ok(db) => Scan::Entries(Box::new(start(&db))),
+    /// A value of the `state` table.
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        let table = self.read()?.open_table(tables::STATE)?;
+        Ok(table.get(key)?.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// The values of a range of `table`, read from one snapshot; a single error while the file
+    /// is being reopened.
+    fn scan<K: redb::Key + 'static>(
+        &self,
+        table: redb::TableDefinition<K, &'static [u8]>,
+        range: impl FnOnce(
+            &redb::ReadOnlyTable<K, &'static [u8]>,
+        )
+            -> Result<redb::Range<'static, K, &'static [u8]>, redb::StorageError>,
+    ) -> Scan<K> {
+        let entries = self.read().and_then(|txn| Ok(range(&txn.open_table(table)?)?));
+        match entries {
+            Ok(entries) => Scan::Entries(Box::new(entries)),
             Err(e) => Scan::Failed(Some(e)),
         }
     }
@@ -433,14 +481,13 @@ impl Spool {
         mut bodies: Vec<BodyWriter>,
         request: impl FnOnce(commit::Reply) -> commit::Request,
     ) -> Result<LogPosition, SpoolError> {
+        let mut chunks = Vec::with_capacity(bodies.len());
         for body in &mut bodies {
-            body.finish()?;
+            chunks.push((body.id(), body.finish()?));
         }
-        // The committer refuses the request if the tree was reopened since the oldest of these
-        // bodies was begun: chunks written to the closed tree may be lost.
-        let generation = bodies.iter().map(BodyWriter::generation).min();
+        // The committer refuses the request unless it stored every chunk of these bodies.
         let (done, result) = oneshot::channel();
-        self.inner.committer.send(generation, request(done)).await?;
+        self.inner.committer.send(chunks, request(done)).await?;
         let position = result.await.map_err(|_| SpoolError::closed())??;
         for body in &mut bodies {
             body.mark_committed();
@@ -453,53 +500,13 @@ impl Spool {
         request: impl FnOnce(commit::Reply) -> commit::Request,
     ) -> Result<LogPosition, SpoolError> {
         let (done, result) = oneshot::channel();
-        self.inner.committer.send(None, request(done)).await?;
+        self.inner.committer.send(Vec::new(), request(done)).await?;
         result.await.map_err(|_| SpoolError::closed())?
     }
-
-    fn remove_body(&self, id: QueueId) -> Result<(), SpoolError> {
-        remove_body(&*self.db()?, id)
-    }
 }
 
-/// How long `open` waits for sled's lock from a spool closed a moment ago.
+/// How long `open` waits for the lock of a spool closed a moment ago.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Opens sled in `dir` (the spool directory) and reads where its log ends. A lock held by
-/// another open tree is [`ErrorKind::Locked`].
-pub(super) fn open_db(dir: &Path) -> Result<Opened, SpoolError> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(CACHE_CAPACITY)
-        .segment_size(SEGMENT_SIZE)
-        // Durability is ours to schedule: the committer flushes and syncs.
-        .flush_every_ms(None);
-    let db = match config.open() {
-        // sled reports the lock as an `Other` error with this text.
-        Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
-            return Err(SpoolError::new(ErrorKind::Locked, e.to_string()));
-        }
-        other => other?,
-    };
-    let data_file = File::open(dir.join("db"))?;
-    let history = match db.get(keys::EPOCH_HISTORY)? {
-        Some(bytes) => postcard::from_bytes(&bytes)?,
-        None => Vec::new(),
-    };
-    // The log's last record, or where a snapshot left the log, whichever is later.
-    let logged: LogPosition = match db.scan_prefix([keys::LOG]).next_back() {
-        Some(entry) => postcard::from_bytes::<LogRecord>(&entry?.1)?.position,
-        None => LogPosition::default(),
-    };
-    let resumed: LogPosition = match db.get(keys::RESUMED)? {
-        Some(bytes) => postcard::from_bytes(&bytes)?,
-        None => LogPosition::default(),
-    };
-    let last = logged.max(resumed);
-    let tail = commit::LogTail { next_seq: last.seq + 1, history };
-    let queued = i64::try_from(db.scan_prefix([keys::MESSAGE]).count()).unwrap_or(i64::MAX);
-    Ok(Opened { db, data_file, tail, last, queued })
-}
 
 /// Bytes free for an unprivileged writer on the file system that holds `path` (statvfs).
 fn free_space(path: &Path) -> Result<u64, SpoolError> {
@@ -507,45 +514,21 @@ fn free_space(path: &Path) -> Result<u64, SpoolError> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-fn remove_body(db: &sled::Db, id: QueueId) -> Result<(), SpoolError> {
-    for key in db.scan_prefix(keys::body_prefix(id)).keys() {
-        db.remove(key?)?;
-    }
-    Ok(())
-}
-
-/// Removes body chunks that belong to no message record; returns how many bodies.
-pub(super) fn remove_orphan_bodies(db: &sled::Db) -> Result<usize, SpoolError> {
-    let mut orphans = Vec::new();
-    let mut last: Option<QueueId> = None;
-    for key in db.scan_prefix([keys::BODY]).keys() {
-        let id = keys::id_of(&key?).ok_or_else(|| SpoolError::corrupt("body key"))?;
-        if last != Some(id) {
-            last = Some(id);
-            if !db.contains_key(keys::message(id))? {
-                orphans.push(id);
-            }
-        }
-    }
-    for id in &orphans {
-        remove_body(db, *id)?;
-    }
-    Ok(orphans.len())
-}
-
-/// Entries of the tree, or the one error that the tree is closed. (sled's iterator is large;
-/// boxed, a scan costs one allocation.)
-enum Scan {
-    Entries(Box<sled::Iter>),
+/// The values of a table's range, or the one error that the file is closed. (redb's range is
+/// large; boxed, a scan costs one allocation.)
+pub(super) enum Scan<K: redb::Key + 'static> {
+    Entries(Box<redb::Range<'static, K, &'static [u8]>>),
     Failed(Option<SpoolError>),
 }
 
-impl Iterator for Scan {
-    type Item = Result<(sled::IVec, sled::IVec), SpoolError>;
+impl<K: redb::Key + 'static> Iterator for Scan<K> {
+    type Item = Result<Vec<u8>, SpoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Scan::Entries(entries) => entries.next().map(|entry| entry.map_err(SpoolError::from)),
+            Scan::Entries(entries) => entries
+                .next()
+                .map(|entry| entry.map(|(_, value)| value.value().to_vec()).map_err(Into::into)),
             Scan::Failed(error) => error.take().map(Err),
         }
     }

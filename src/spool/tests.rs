@@ -74,6 +74,7 @@ async fn bodies_never_committed_are_removed() {
         let mut body = spool.body_writer(abandoned);
         body.write(&[b'a'; 40_000]).expect("write");
         drop(body);
+        spool.sync().expect("sync");
         assert_eq!(spool.body(abandoned).count(), 0);
         // A process that died mid-body: its chunks are written, its cleanup never runs
         // (marking the writer committed skips it, as a kill -9 would).
@@ -149,4 +150,28 @@ async fn replicated_records_of_an_older_epoch_or_with_a_hole_are_refused() {
     let applied = spool.apply(vec![accepted(2, 3), started(3, 4)], Vec::new()).await;
     assert_eq!(applied.expect("the epoch's own records"), at(3, 4));
     assert_eq!(spool.queue_len(), 1);
+}
+
+/// The format is stored when the spool is created and checked at every open: a spool of
+/// another format is refused, naming both formats, and left as it was.
+#[tokio::test]
+async fn a_spool_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(Spool::open(dir.path()).expect("create"));
+    let path = dir.path().join("spool").join(FILE_NAME);
+    let stored = |format: u64| {
+        let db = redb::Database::open(&path).expect("redb");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(tables::META)
+            .expect("meta")
+            .insert(tables::FORMAT_KEY, format)
+            .expect("set");
+        txn.commit().expect("commit");
+    };
+    stored(tables::FORMAT + 1);
+    let error = Spool::open(dir.path()).err().expect("another format is refused");
+    assert_eq!(error.kind, ErrorKind::Format, "{error}");
+    assert!(error.message.contains(&format!("format {}", tables::FORMAT + 1)), "{error}");
+    stored(tables::FORMAT);
+    Spool::open(dir.path()).expect("its own format opens");
 }

@@ -35,7 +35,7 @@ impl Session {
     /// `452 4.3.1` when a new message would eat into the room kept free on the spool's file
     /// system (`[node].min_free_space`, plus the size the client declared: RFC 1870), or when
     /// the spool is closed after a failed write. Refused here, before the body, the client
-    /// sends nothing in vain, and sled never meets a full disk in the usual case.
+    /// sends nothing in vain, and the spool never meets a full disk in the usual case.
     fn no_room(&self, declared: Option<u64>) -> Option<Reply> {
         let needed = self.config.node.min_free_space.saturating_add(declared.unwrap_or(0));
         let free = match self.services.spool.free_space() {

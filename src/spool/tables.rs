@@ -1,0 +1,51 @@
+//! The layout of the spool's redb file, `data_dir/spool/spool.redb`.
+//!
+//! One file, so that one write transaction changes a message, appends its log record and
+//! holds its body chunks atomically. Keys are numbers (redb orders them numerically): body
+//! chunks iterate by index, log records by sequence, messages by queue id (arrival order).
+//!
+//! | table       | key                         | value                                  |
+//! |-------------|-----------------------------|----------------------------------------|
+//! | `meta`      | name                        | the spool format ([`FORMAT`])          |
+//! | `state`     | name                        | node state: epoch history, role, ...   |
+//! | `messages`  | queue id                    | [`MessageRecord`](super::MessageRecord) (postcard) |
+//! | `log`       | sequence                    | [`LogRecord`](super::LogRecord) (postcard) |
+//! | `bodies`    | (queue id, chunk index)     | up to [`CHUNK_SIZE`] body bytes        |
+//! | `receiving` | queue id                    | nothing: a body begun, not yet committed |
+
+use redb::TableDefinition;
+
+/// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
+/// in `meta` when the file is created and checked at every open; a change that an older relayd
+/// could not read takes a new number (and an import path).
+pub const FORMAT: u64 = 1;
+pub const FORMAT_KEY: &str = "format";
+
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+pub const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub const BODIES: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("bodies");
+pub const RECEIVING: TableDefinition<u128, ()> = TableDefinition::new("receiving");
+
+/// Body chunk size: what a session buffers before handing a chunk to the committer.
+pub const CHUNK_SIZE: usize = 32 * 1024;
+
+/// In `state`: the epoch history, a list of [`EpochStart`](super::EpochStart).
+pub const EPOCH_HISTORY: &str = "epochs";
+/// In `state`: where a snapshot left the log (a [`LogPosition`](super::LogPosition)), for a
+/// log that holds no record after it yet.
+pub const RESUMED: &str = "resumed";
+/// In `state`: present while a snapshot is being installed (a node in that state holds a
+/// partial spool and must not be promoted).
+pub const SNAPSHOT_INCOMPLETE: &str = "snapshot";
+/// In `state`: the role this node last held ("primary" or "standby").
+pub const ROLE: &str = "role";
+/// In `state`: the highest epoch this node has seen anywhere (its own, its peer's, the
+/// witness's grants), a big-endian u64: a new epoch it claims is above it.
+pub const HIGHEST_EPOCH: &str = "highest";
+
+/// The key range of one message's body chunks.
+pub fn body_range(id: u128) -> std::ops::RangeInclusive<(u128, u32)> {
+    (id, 0)..=(id, u32::MAX)
+}
