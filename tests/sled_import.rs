@@ -21,10 +21,15 @@ fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds the import tool (a no-op once built) and returns its path. In a target directory of
-/// its own, named explicitly: a `CARGO_TARGET_DIR` inherited from the `cargo test` running this
-/// would point the build at the directory that cargo may still hold locked.
+/// The import tool: the one scripts/test.sh built beforehand (`RELAYD_SLED_IMPORT`, built into
+/// the main target directory, where it shares relayd's compiled dependencies), else built here
+/// (a no-op once built) in a target directory of its own, named explicitly: a
+/// `CARGO_TARGET_DIR` inherited from the `cargo test` running this would point the build at the
+/// directory that cargo may still hold locked.
 fn import_tool() -> PathBuf {
+    if let Some(prebuilt) = std::env::var_os("RELAYD_SLED_IMPORT") {
+        return PathBuf::from(prebuilt);
+    }
     let manifest = repository().join("tools/sled-import/Cargo.toml");
     let target = repository().join("tools/sled-import/target");
     let started = std::time::Instant::now();
