@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     CLOSED, Timings, certs_init, sections, try_get, try_status, witness_config, witness_ready,
 };
-use common::powercut::{Acked, CutNode, Load, Mail, any_cut, mail, panics, rounds, seed};
+use common::powercut::{Acked, Cut, CutNode, Load, Mail, any_cut, mail, panics, rounds, seed};
 use common::sink::Sink;
 use common::{Node, free_port};
 use relayd::replication::frame::Frame;
@@ -393,4 +393,39 @@ fn a_witness_keeps_every_grant_it_answered_through_power_cuts() {
     assert!(grants > 0, "{test}: no grant was answered in any round");
     let log = witness.node.log();
     assert!(panics(&log).is_empty(), "{test}: the witness panicked:\n{}", panics(&log).join("\n"));
+}
+
+/// A data directory relayd itself creates, two levels deep inside the disk that is cut (a
+/// fresh install whose `data_dir` does not exist yet): every directory it created must be
+/// durable before the first 250, or a cut takes the whole spool with it.
+#[test]
+fn a_data_dir_relayd_creates_survives_a_power_cut() {
+    let test = "created data_dir";
+    let node = Node::configure("cut", "primary", "", "", &relay_sections(CLOSED));
+    let Some(mut disk) = CutNode::mount(node) else { return };
+    let mount = disk.node.dir.path().join("data");
+    let config = std::fs::read_to_string(&disk.node.config_path).expect("config");
+    let config = config.replace(
+        &format!("data_dir = \"{}\"", mount.display()),
+        &format!("data_dir = \"{}\"", mount.join("var/relayd").display()),
+    );
+    std::fs::write(&disk.node.config_path, config).expect("config");
+    disk.start(&format!("{test}: the first start"));
+    let load = Load::start(disk.node.addr(), 2, move |s, n| Kind::Small.mail(0, s, n));
+    common::wait_for("a message acknowledged", || !load.acked_so_far().is_empty());
+    // Every unsynced change, directory entries included: the cut that loses a directory whose
+    // parent was never fsynced.
+    let reverted = disk.power_cut(Cut::Unsynced);
+    let acked = load.finish();
+    eprintln!("{test}: {} acknowledged; the cut reverted {reverted}", acked.len());
+    disk.start(&format!("{test}: the restart"));
+    let queued = queue_ids(&disk.node);
+    let lost: Vec<&Acked> = acked.iter().filter(|a| !queued.contains(&a.queue_id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{test}: {} of {} acknowledged messages are gone after the cut: {:?}",
+        lost.len(),
+        acked.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
 }

@@ -29,7 +29,7 @@ pub async fn serve(config: &Config) -> Result<(), String> {
         return Err("a witness needs a [cluster] section".into());
     };
     let link = link::load(config, cluster).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&config.node.data_dir)
+    crate::spool::create_dir_durable(&config.node.data_dir)
         .map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
     let grants = config.node.data_dir.join(GRANTS_FILE);
     let (granted, granted_to) = read_grant(&grants)?;

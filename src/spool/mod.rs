@@ -40,6 +40,7 @@ use crate::config::Role;
 pub use body::{BodyChunks, BodyWriter};
 pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
+pub use open::create_dir_durable;
 pub use record::{
     Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
 };
@@ -84,7 +85,7 @@ impl Spool {
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let dir = data_dir.join("spool");
         open::refuse_sled(data_dir, &dir)?;
-        std::fs::create_dir_all(&dir)?;
+        create_dir_durable(&dir)?;
         let path = dir.join(FILE_NAME);
         // A spool closed a moment ago may still be held by a reader finishing: wait a little
         // for its lock, but not for another process that holds it.

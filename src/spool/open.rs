@@ -10,6 +10,23 @@ use super::commit::LogTail;
 use super::record::{LogPosition, LogRecord};
 use super::{CACHE_SIZE, ErrorKind, Opened, SpoolError, tables};
 
+/// Creates `dir` and whatever ancestors it lacks, each made durable: a new directory's entry
+/// lives in its parent, and is lost at a power cut until that parent is fsynced (the spool and
+/// the witness's grants would go with it, acknowledged or not).
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|at| !at.as_os_str().is_empty() && !at.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// The command that imports a sled-based relayd's spool (tools/sled-import).
 pub const SLED_IMPORT: &str = "relayd-sled-import";
 

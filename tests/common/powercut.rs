@@ -245,6 +245,11 @@ impl Load {
         Load { stop, acked, senders }
     }
 
+    /// The messages acknowledged so far (the senders go on).
+    pub fn acked_so_far(&self) -> Vec<Acked> {
+        self.acked.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Stops the senders (a sender in a transaction ends it, or sees its connection fail) and
     /// returns every message that got a 250.
     pub fn finish(self) -> BTreeSet<Acked> {
