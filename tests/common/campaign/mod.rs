@@ -11,6 +11,7 @@ pub mod check;
 pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -199,12 +200,211 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the load and the probes record, as they go.
-#[derive(Default)]
-struct Records {
-    acks: Mutex<Vec<Ack>>,
-    resent: Mutex<BTreeSet<String>>,
-    observations: Mutex<Vec<Observation>>,
+/// Probes of both data nodes, each on a thread of its own: the greeting every 50 ms, `/status`
+/// every 100 ms; every answer recorded as an [`Observation`] (a probe without an answer tells
+/// nothing and is left out).
+pub struct Watch {
+    t0: Instant,
+    observations: Arc<Mutex<Vec<Observation>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts probing `a` and `b` of `trio`; windows are offsets from `t0`.
+    pub fn start(trio: &Trio, t0: Instant) -> Watch {
+        let mut watch =
+            Watch { t0, observations: Arc::default(), stop: Arc::default(), threads: Vec::new() };
+        for (node, member) in [(DataNode::A, &trio.a), (DataNode::B, &trio.b)] {
+            let (smtp, port) = (member.addr(), member.admin_port);
+            let (observations, stop) = (watch.observations.clone(), watch.stop.clone());
+            watch.threads.push(std::thread::spawn(move || {
+                every(Duration::from_millis(50), &stop, || {
+                    let (greeting, start, end) = client::greeting(smtp, PROBE_PATIENCE);
+                    if greeting != Greeting::NoAnswer {
+                        let window = window_of(t0, start, end);
+                        let serving = greeting == Greeting::Serving;
+                        let observation = Observation { node, window, serving, epoch: None };
+                        lock(&observations).push(observation);
+                    }
+                })
+            }));
+            let (observations, stop) = (watch.observations.clone(), watch.stop.clone());
+            watch.threads.push(std::thread::spawn(move || {
+                every(Duration::from_millis(100), &stop, || {
+                    let (sample, start, end) = client::status_sample(port, PROBE_PATIENCE);
+                    if let Some(sample) = sample {
+                        lock(&observations).push(Observation {
+                            node,
+                            window: window_of(t0, start, end),
+                            serving: sample.serving,
+                            epoch: Some(sample.epoch),
+                        });
+                    }
+                })
+            }));
+        }
+        watch
+    }
+
+    /// The observations so far.
+    pub fn observations(&self) -> Vec<Observation> {
+        lock(&self.observations).clone()
+    }
+
+    /// Whether a node was seen serving in a probe that began at `since` or later.
+    pub fn served_since(&self, since: Instant) -> bool {
+        let since = since.saturating_duration_since(self.t0);
+        lock(&self.observations).iter().any(|o| o.serving && o.window.start >= since)
+    }
+
+    /// Stops the probes; every observation.
+    pub fn finish(mut self) -> Vec<Observation> {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+        self.observations()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A steady load of mail: clients that each send a message every [`LOAD_PERIOD`], with a
+/// Message-ID of its own (`TAG-N@campaign.test`), offered to each node of an MX list in turn
+/// until one answers 250; when all refuse, again 100 ms later, with the same Message-ID.
+pub struct Load {
+    t0: Instant,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    resent: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` clients sending `messages` messages in all (None: until stopped).
+    pub fn start(
+        mx: [(DataNode, SocketAddr); 2],
+        tag: &str,
+        clients: usize,
+        messages: Option<usize>,
+        t0: Instant,
+    ) -> Load {
+        let mut load = Load {
+            t0,
+            acks: Arc::default(),
+            resent: Arc::default(),
+            stop: Arc::default(),
+            threads: Vec::new(),
+        };
+        let next = Arc::new(AtomicUsize::new(0));
+        for _ in 0..clients {
+            let (acks, resent, stop, next) =
+                (load.acks.clone(), load.resent.clone(), load.stop.clone(), next.clone());
+            let tag = tag.to_string();
+            load.threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if messages.is_some_and(|limit| n >= limit) {
+                        return;
+                    }
+                    let began = Instant::now();
+                    let id = format!("{tag}-{n}@campaign.test");
+                    offer(&mx, id, &acks, &resent, &stop, t0);
+                    std::thread::sleep(
+                        (began + LOAD_PERIOD).saturating_duration_since(Instant::now()),
+                    );
+                }
+            }));
+        }
+        load
+    }
+
+    /// Messages acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        lock(&self.acks).len()
+    }
+
+    /// Whether every client has sent its share (a load of a fixed number of messages).
+    pub fn done(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// The first 250 that came at `since` or later.
+    pub fn first_ack_since(&self, since: Instant) -> Option<Instant> {
+        let since = since.saturating_duration_since(self.t0);
+        lock(&self.acks)
+            .iter()
+            .filter(|a| a.window.start >= since)
+            .map(|a| self.t0 + a.window.end)
+            .min()
+    }
+
+    /// Stops the clients (a message not yet acknowledged is given up); every 250, and the
+    /// messages sent again after a submission whose fate was unknown.
+    pub fn finish(mut self) -> (Vec<Ack>, BTreeSet<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+        (lock(&self.acks).clone(), lock(&self.resent).clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Offers the message `id` to each node of `mx` in turn until one answers 250 or `stop`.
+fn offer(
+    mx: &[(DataNode, SocketAddr)],
+    id: String,
+    acks: &Mutex<Vec<Ack>>,
+    resent: &Mutex<BTreeSet<String>>,
+    stop: &AtomicBool,
+    t0: Instant,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        for &(node, addr) in mx {
+            let start = Instant::now();
+            match client::submit(addr, &id, Duration::from_secs(1)) {
+                Outcome::Accepted => {
+                    let window = window_of(t0, start, Instant::now());
+                    lock(acks).push(Ack { id, node, window });
+                    return;
+                }
+                Outcome::Failed { uncertain: true, .. } => {
+                    lock(resent).insert(id.clone());
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every message the sinks received: the deliveries of the load's messages, by the node whose
+/// sink it is (`sinks` are `a`'s and `b`'s), and the messages that bounces name.
+pub fn received(sinks: [&Sink; 2], t0: Instant) -> (Vec<Delivery>, BTreeSet<String>) {
+    let mut deliveries = Vec::new();
+    let mut bounced = BTreeSet::new();
+    for (sink, by) in sinks.into_iter().zip([DataNode::A, DataNode::B]) {
+        for t in sink.transactions() {
+            if t.sender.is_empty() {
+                bounced.extend(campaign_ids(&String::from_utf8_lossy(&t.body)));
+            } else if let Some(id) = t.message_id() {
+                let window = window_of(t0, t.mail_at, t.data_end_at);
+                deliveries.push(Delivery { by, id, window });
+            }
+        }
+    }
+    (deliveries, bounced)
 }
 
 /// The trio, its sinks, and the threads that load and watch it.
@@ -213,11 +413,8 @@ struct Episode {
     /// `a`'s sink and `b`'s.
     sinks: [Sink; 2],
     t0: Instant,
-    records: Arc<Records>,
-    stop_load: Arc<AtomicBool>,
-    stop_probes: Arc<AtomicBool>,
-    load: Vec<JoinHandle<()>>,
-    probes: Vec<JoinHandle<()>>,
+    load: Option<Load>,
+    watch: Option<Watch>,
     /// Members that are not running (never started, or killed).
     down: BTreeSet<Member>,
     stopped: BTreeSet<Member>,
@@ -226,8 +423,9 @@ struct Episode {
     in_sync_at_kill: BTreeMap<Member, bool>,
 }
 
-/// Clients of the steady load, each sending a message every `LOAD_PERIOD`.
+/// Clients of the campaign's steady load.
 const LOAD_CLIENTS: usize = 2;
+/// How often a client of a [`Load`] sends a message.
 const LOAD_PERIOD: Duration = Duration::from_millis(300);
 /// How long a probe waits for an answer.
 const PROBE_PATIENCE: Duration = Duration::from_millis(300);
@@ -238,71 +436,26 @@ impl Episode {
         let options =
             TrioOptions { timings: TIMINGS, witness_timings: false, ..TrioOptions::default() };
         let trio = Trio::configure(options, [Some(sinks[0].addr()), Some(sinks[1].addr())]);
-        let mut episode = Episode {
+        let t0 = Instant::now();
+        let mx = [(DataNode::A, trio.a.addr()), (DataNode::B, trio.b.addr())];
+        let tag = format!("s{}", schedule.seed);
+        let load = Some(Load::start(mx, &tag, LOAD_CLIENTS, None, t0));
+        let watch = Some(Watch::start(&trio, t0));
+        Episode {
             trio,
             sinks,
-            t0: Instant::now(),
-            records: Arc::default(),
-            stop_load: Arc::default(),
-            stop_probes: Arc::default(),
-            load: Vec::new(),
-            probes: Vec::new(),
+            t0,
+            load,
+            watch,
             down: Member::ALL.into_iter().collect(),
             stopped: BTreeSet::new(),
             broken: BTreeSet::new(),
             in_sync_at_kill: BTreeMap::new(),
-        };
-        episode.start_threads(schedule.seed);
-        episode
+        }
     }
 
     fn at(&self, instant: Instant) -> Duration {
         instant.saturating_duration_since(self.t0)
-    }
-
-    fn window(&self, start: Instant, end: Instant) -> Window {
-        Window { start: self.at(start), end: self.at(end) }
-    }
-
-    fn start_threads(&mut self, seed: u64) {
-        let mx = [(DataNode::A, self.trio.a.addr()), (DataNode::B, self.trio.b.addr())];
-        let next = Arc::new(AtomicUsize::new(0));
-        for _ in 0..LOAD_CLIENTS {
-            let (records, stop, next, t0) =
-                (self.records.clone(), self.stop_load.clone(), next.clone(), self.t0);
-            self.load.push(std::thread::spawn(move || {
-                load_client(&mx, seed, &next, &records, &stop, t0)
-            }));
-        }
-        let admin = [(DataNode::A, self.trio.a.admin_port), (DataNode::B, self.trio.b.admin_port)];
-        for ((node, smtp), (_, port)) in mx.into_iter().zip(admin) {
-            let (records, stop, t0) = (self.records.clone(), self.stop_probes.clone(), self.t0);
-            self.probes.push(std::thread::spawn(move || {
-                every(Duration::from_millis(50), &stop, || {
-                    let (greeting, start, end) = client::greeting(smtp, PROBE_PATIENCE);
-                    if greeting != Greeting::NoAnswer {
-                        let window = window_of(t0, start, end);
-                        let serving = greeting == Greeting::Serving;
-                        let observation = Observation { node, window, serving, epoch: None };
-                        lock(&records.observations).push(observation);
-                    }
-                })
-            }));
-            let (records, stop) = (self.records.clone(), self.stop_probes.clone());
-            self.probes.push(std::thread::spawn(move || {
-                every(Duration::from_millis(100), &stop, || {
-                    let (sample, start, end) = client::status_sample(port, PROBE_PATIENCE);
-                    if let Some(sample) = sample {
-                        lock(&records.observations).push(Observation {
-                            node,
-                            window: window_of(t0, start, end),
-                            serving: sample.serving,
-                            epoch: Some(sample.epoch),
-                        });
-                    }
-                })
-            }));
-        }
     }
 
     /// Plays the schedule, heals, drains, checks; saves the logs when something broke.
@@ -322,29 +475,29 @@ impl Episode {
             }
         }
         self.heal_all();
-        let healed = self.at(Instant::now());
+        let healed_at = Instant::now();
+        let healed = self.at(healed_at);
         let limits = limits();
         // Mail keeps flowing for a while after the heal, through whichever node serves.
-        self.wait_until(limits.rto + Duration::from_secs(3), |e| e.served_since(healed));
+        self.wait_until(limits.rto + Duration::from_secs(3), |e| {
+            e.watch.as_ref().is_some_and(|w| w.served_since(healed_at))
+        });
         std::thread::sleep(Duration::from_secs(2));
-        self.stop_load.store(true, Ordering::SeqCst);
-        for client in std::mem::take(&mut self.load) {
-            let _ = client.join();
-        }
+        let (acks, resent) = self.load.take().map(Load::finish).unwrap_or_default();
+        let mut history =
+            History { acks, resent, faults, healed: Some(healed), ..History::default() };
         self.wait_until(Duration::from_secs(20), |e| {
-            check::lost(&e.history(&faults, healed)).is_empty()
+            let (deliveries, bounced) = received([&e.sinks[0], &e.sinks[1]], e.t0);
+            check::lost(&History { deliveries, bounced, ..history.clone() }).is_empty()
         });
         // Redeliveries still under way settle before the duplicates are counted.
         self.wait_until(Duration::from_secs(10), |e| e.queues_empty());
-        self.stop_probes.store(true, Ordering::SeqCst);
-        for probe in std::mem::take(&mut self.probes) {
-            let _ = probe.join();
-        }
-        let history = self.history(&faults, healed);
+        history.observations = self.watch.take().map(Watch::finish).unwrap_or_default();
+        (history.deliveries, history.bounced) = received([&self.sinks[0], &self.sinks[1]], self.t0);
         let verdict = check::check(&history, &limits);
         let run = Run {
             schedule: schedule.clone(),
-            faults: faults.len(),
+            faults: history.faults.len(),
             skipped,
             verdict,
             harness: None,
@@ -443,10 +596,6 @@ impl Episode {
         })
     }
 
-    fn served_since(&self, since: Duration) -> bool {
-        lock(&self.records.observations).iter().any(|o| o.serving && o.window.start >= since)
-    }
-
     fn queues_empty(&self) -> bool {
         [&self.trio.a, &self.trio.b].iter().all(|node| {
             client::status_sample(node.admin_port, PROBE_PATIENCE).0.is_some_and(|s| s.queued == 0)
@@ -457,34 +606,6 @@ impl Episode {
         let deadline = Instant::now() + patience;
         while !done(self) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// What was recorded so far.
-    fn history(&self, faults: &[Duration], healed: Duration) -> History {
-        let mut deliveries = Vec::new();
-        let mut bounced = BTreeSet::new();
-        for (sink, by) in self.sinks.iter().zip([DataNode::A, DataNode::B]) {
-            for t in sink.transactions() {
-                if t.sender.is_empty() {
-                    bounced.extend(campaign_ids(&String::from_utf8_lossy(&t.body)));
-                } else if let Some(id) = t.message_id() {
-                    deliveries.push(Delivery {
-                        by,
-                        id,
-                        window: self.window(t.mail_at, t.data_end_at),
-                    });
-                }
-            }
-        }
-        History {
-            acks: lock(&self.records.acks).clone(),
-            resent: lock(&self.records.resent).clone(),
-            observations: lock(&self.records.observations).clone(),
-            deliveries,
-            bounced,
-            faults: faults.to_vec(),
-            healed: Some(healed),
         }
     }
 
@@ -507,8 +628,6 @@ impl Episode {
 
 impl Drop for Episode {
     fn drop(&mut self) {
-        self.stop_load.store(true, Ordering::SeqCst);
-        self.stop_probes.store(true, Ordering::SeqCst);
         // A stopped process cannot be reaped until it runs again.
         for m in std::mem::take(&mut self.stopped) {
             self.trio.node(m.name()).resume();
@@ -526,43 +645,6 @@ fn every(period: Duration, stop: &AtomicBool, mut probe: impl FnMut()) {
         let next = Instant::now() + period;
         probe();
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-}
-
-/// One client of the steady load: a message every [`LOAD_PERIOD`], each with a Message-ID of
-/// its own, offered to `a` then `b` (an MX list) until one answers 250; when both refuse,
-/// again 100 ms later, with the same Message-ID.
-fn load_client(
-    mx: &[(DataNode, std::net::SocketAddr)],
-    seed: u64,
-    next: &AtomicUsize,
-    records: &Records,
-    stop: &AtomicBool,
-    t0: Instant,
-) {
-    'messages: while !stop.load(Ordering::SeqCst) {
-        let id = format!("s{seed}-{}@campaign.test", next.fetch_add(1, Ordering::SeqCst));
-        let began = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
-            for &(node, addr) in mx {
-                let start = Instant::now();
-                match client::submit(addr, &id, Duration::from_secs(1)) {
-                    Outcome::Accepted => {
-                        let window = window_of(t0, start, Instant::now());
-                        lock(&records.acks).push(Ack { id, node, window });
-                        std::thread::sleep(
-                            (began + LOAD_PERIOD).saturating_duration_since(Instant::now()),
-                        );
-                        continue 'messages;
-                    }
-                    Outcome::Failed { uncertain: true, .. } => {
-                        lock(&records.resent).insert(id.clone());
-                    }
-                    _ => {}
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
