@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::campaign::check::{
-    self, Ack, DataNode, Delivery, History, Limits, Observation, Window,
+    self, Ack, DataNode, Delivery, FaultState, History, Limits, Observation, StateChange, Window,
 };
-use common::campaign::schedule::{Action, Aim, Schedule};
+use common::campaign::schedule::{Action, Aim, Link, Member, Schedule};
 use common::campaign::{self as campaign, Settings};
 
 /// The short form's schedules in `cargo test`.
@@ -63,16 +63,20 @@ fn a_seed_replays_the_same_schedule() {
 }
 
 #[test]
-fn schedules_start_every_node_once_and_wipe_at_most_one_data_disk() {
+fn schedules_start_every_node_before_any_fault_and_wipe_at_most_one_data_disk() {
     let mut kinds = BTreeSet::new();
     for seed in 0..500 {
         let schedule = Schedule::generate(seed, 4, AIM);
-        let starts: Vec<_> = schedule.steps.iter().take(3).map(|s| s.action).collect();
+        let opening = schedule
+            .steps
+            .iter()
+            .take_while(|s| matches!(s.action, Action::Start(_) | Action::HoldMail))
+            .count();
+        let starts: Vec<String> =
+            schedule.steps[..opening].iter().map(|s| s.action.to_string()).collect();
         for member in ["a", "b", "w"] {
-            assert!(
-                starts.iter().any(|a| a.to_string() == format!("start {member}")),
-                "{schedule}"
-            );
+            let start = format!("start {member}");
+            assert_eq!(starts.iter().filter(|s| **s == start).count(), 1, "{schedule}");
         }
         let data_wipes = schedule
             .steps
@@ -81,12 +85,13 @@ fn schedules_start_every_node_once_and_wipe_at_most_one_data_disk() {
             .count();
         assert!(data_wipes <= 1, "{schedule}");
         assert!(schedule.steps.windows(2).all(|w| w[0].at <= w[1].at), "in time order: {schedule}");
-        for step in &schedule.steps[3..] {
+        for step in &schedule.steps[opening..] {
             kinds.insert(step.action.to_string().split(' ').next().unwrap_or("").to_string());
         }
     }
     // Every kind of fault of the menu is drawn.
-    for kind in ["kill", "wipe", "SIGSTOP", "SIGCONT", "sever", "silence", "heal", "start"] {
+    let menu = ["kill", "wipe", "SIGSTOP", "SIGCONT", "sever", "silence", "heal", "start"];
+    for kind in menu.into_iter().chain(["release"]) {
         assert!(kinds.contains(kind), "{kind} never drawn: {kinds:?}");
     }
 }
@@ -97,6 +102,7 @@ fn schedules_start_every_node_once_and_wipe_at_most_one_data_disk() {
 const LIMITS: Limits = Limits {
     max_window: Duration::from_millis(100),
     rto: Duration::from_millis(3500),
+    settle: Duration::from_secs(3),
     ack_grace: Duration::from_millis(2500),
     result_grace: Duration::from_secs(1),
 };
@@ -121,12 +127,24 @@ fn seen(node: DataNode, start: u64, end: u64, serving: bool) -> Observation {
     Observation { node, window: window(start, end), serving, epoch: None }
 }
 
-/// a serves until 10 s, is killed; b serves from 13 s; healed at 20 s, b seen serving at once;
-/// every message delivered once.
+fn state(down: &[Member]) -> FaultState {
+    FaultState { down: down.iter().copied().collect(), ..FaultState::default() }
+}
+
+fn change(at: u64, down: &[Member]) -> StateChange {
+    StateChange { at: ms(at), state: state(down), wiped: None }
+}
+
+/// a serves until 10 s, is killed; b serves from 13 s; healed at 20 s (a restarted), b seen
+/// serving at once; every message delivered once; the recording ends at 30 s.
 fn clean() -> History {
     use DataNode::{A, B};
-    let mut h =
-        History { faults: vec![ms(10_000)], healed: Some(ms(20_000)), ..History::default() };
+    let mut h = History {
+        faults: vec![ms(10_000)],
+        states: vec![change(0, &[]), change(10_000, &[Member::A]), change(20_000, &[])],
+        end: ms(30_000),
+        ..History::default()
+    };
     for n in 0..20u64 {
         h.observations.push(seen(A, n * 500, n * 500 + 3, true));
         h.observations.push(seen(B, n * 500 + 1, n * 500 + 4, false));
@@ -152,7 +170,10 @@ fn the_checker_passes_a_clean_history() {
     let verdict = check::check(&clean(), &LIMITS);
     assert_eq!(verdict.violations(), Vec::<String>::new(), "{verdict:#?}");
     assert_eq!((verdict.acknowledged, verdict.delivered), (20, 20));
-    assert_eq!(verdict.rto, Some(ms(3)));
+    // Three stretches in which a node had to serve: at the start, after a's kill, healed.
+    assert_eq!(verdict.recoveries.len(), 3, "{verdict:#?}");
+    assert_eq!(verdict.rto_max(), Some(ms(3_003)));
+    assert_eq!(verdict.rto_final(), Some(ms(3)));
 }
 
 #[test]
@@ -232,12 +253,67 @@ fn the_checker_flags_a_late_recovery_and_none_at_all() {
     h.observations
         .retain(|o| !(o.serving && o.window.start >= ms(20_000) && o.window.start < ms(24_000)));
     let verdict = check::check(&h, &LIMITS);
-    assert_eq!(verdict.rto, Some(ms(24_003)).map(|t| t - ms(20_000)));
-    assert!(verdict.rto_late, "{verdict:#?}");
-    assert!(verdict.violations().iter().any(|v| v.starts_with("rto: a node served 4003 ms")));
+    assert_eq!(verdict.rto_final(), Some(ms(4_003)));
+    assert!(
+        verdict.violations().iter().any(|v| v.starts_with("rto:") && v.contains("only 4003 ms")),
+        "{:?}",
+        verdict.violations()
+    );
 
     h.observations.retain(|o| o.window.start < ms(20_000));
     let verdict = check::check(&h, &LIMITS);
-    assert_eq!(verdict.rto, None);
-    assert!(verdict.violations().iter().any(|v| v == "rto: no node served after the heal"));
+    assert_eq!(verdict.rto_final(), None);
+    assert!(verdict.violations().iter().any(|v| v.contains("20.0 s to 30.0 s, no node served")));
+}
+
+/// The deposed primary of issue 11: a cut off, b took over and died; a's links healed, a alone
+/// with the witness: a must serve.
+#[test]
+fn the_checker_flags_a_lone_node_that_never_takes_over() {
+    let mut h = clean();
+    h.states.insert(2, change(16_000, &[Member::B]));
+    h.states[3].at = ms(25_000);
+    h.observations.retain(|o| !(o.window.start >= ms(16_000) && o.window.start < ms(25_000)));
+    let verdict = check::check(&h, &LIMITS);
+    assert!(
+        verdict.violations().iter().any(|v| v.contains("16.0 s to 25.0 s, no node served")),
+        "{:?}",
+        verdict.violations()
+    );
+}
+
+/// No demand where none is due: a stretch shorter than the bound, a node alone with the
+/// witness whose disk was lost since the cluster was last whole for long, and a node alone
+/// with the witness cut off.
+#[test]
+fn the_checker_demands_service_only_where_the_faults_allow_it() {
+    let quiet = |states: Vec<StateChange>| {
+        let h = History { states, end: ms(30_000), ..History::default() };
+        check::recoveries(&h, &LIMITS)
+    };
+    // 0-10 s whole, a killed for 2 s: too short a stretch.
+    let recoveries = quiet(vec![change(0, &[]), change(10_000, &[Member::A]), change(12_000, &[])]);
+    assert_eq!(recoveries.iter().map(|(w, _)| w.start).collect::<Vec<_>>(), [ms(0), ms(12_000)]);
+    // a's disk lost, a back for 1 s, then b killed: a alone holds nothing, nobody must serve.
+    let mut wiped = change(11_000, &[Member::A]);
+    wiped.wiped = Some(Member::A);
+    let states = vec![
+        change(0, &[]),
+        change(10_000, &[Member::A]),
+        wiped,
+        change(12_000, &[]),
+        change(13_000, &[Member::B]),
+    ];
+    let recoveries = quiet(states);
+    assert_eq!(recoveries.iter().map(|(w, _)| w.start).collect::<Vec<_>>(), [ms(0)]);
+    // b killed while a's link to the witness is cut: nobody must serve.
+    let mut cut = change(10_000, &[Member::B]);
+    cut.state.broken.insert(Link::Aw);
+    let recoveries = quiet(vec![change(0, &[]), cut]);
+    assert_eq!(recoveries.len(), 1);
+    // The wipe of a node that is down starts no new stretch: b must serve after a's kill.
+    let mut wiped = change(10_500, &[Member::A]);
+    wiped.wiped = Some(Member::A);
+    let recoveries = quiet(vec![change(0, &[]), change(10_000, &[Member::A]), wiped]);
+    assert_eq!(recoveries.iter().map(|(w, _)| w.start).collect::<Vec<_>>(), [ms(0), ms(10_000)]);
 }

@@ -11,9 +11,16 @@
 //! (a stopped node answering when it wakes) is left out instead of stretched into a false alarm.
 //! A delivery (from MAIL FROM to the end of the body, at the node's own sink) is treated the
 //! same way: one by a node while the other was seen serving counts.
+//!
+//! **Serving again in seconds** is judged on the faults' state, as the run applied them: in
+//! every stretch of time in which the faults left the cluster able to serve ([`serviceable`])
+//! and that lasted at least the recovery bound, some node must be seen serving within that
+//! bound of the stretch's start. The last stretch, after everything healed, is one of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+
+use super::schedule::{Link, Member};
 
 /// The two data nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,8 +97,44 @@ pub struct History {
     pub bounced: BTreeSet<String>,
     /// When each fault was injected.
     pub faults: Vec<Duration>,
-    /// When the last fault was healed (every node up, every link whole).
-    pub healed: Option<Duration>,
+    /// The faults' state after each change the run made, in time order (the first: nothing
+    /// started yet, or whatever the run began with; the last: everything healed).
+    pub states: Vec<StateChange>,
+    /// When the recording ended.
+    pub end: Duration,
+}
+
+/// What the faults left of the trio at some moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultState {
+    /// Not running (never started, or killed).
+    pub down: BTreeSet<Member>,
+    /// SIGSTOPped.
+    pub stopped: BTreeSet<Member>,
+    /// Links broken in any way (severed, silent, one direction silent).
+    pub broken: BTreeSet<Link>,
+}
+
+impl FaultState {
+    pub fn healthy(&self) -> bool {
+        self.down.is_empty() && self.stopped.is_empty() && self.broken.is_empty()
+    }
+
+    fn up(&self, member: Member) -> bool {
+        !self.down.contains(&member) && !self.stopped.contains(&member)
+    }
+
+    fn whole(&self, link: Link) -> bool {
+        !self.broken.contains(&link)
+    }
+}
+
+/// The state the faults left from `at` on; `wiped` when this change emptied a data node's disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    pub at: Duration,
+    pub state: FaultState,
+    pub wiped: Option<Member>,
 }
 
 /// The bounds the checks hold the history to.
@@ -99,8 +142,12 @@ pub struct History {
 pub struct Limits {
     /// The longest probe or delivery window that counts for "two serving at once".
     pub max_window: Duration,
-    /// How long after the heal a node must serve (failover_timeout + 1 s).
+    /// How long after the start of a serviceable stretch a node must serve
+    /// (failover_timeout + 1 s).
     pub rto: Duration,
+    /// How long the cluster must have been whole before a lone data node may be expected to
+    /// take over (it has followed a primary, and caught up after a lost disk).
+    pub settle: Duration,
     /// A message is in flight at a fault when its submission began before the fault plus
     /// this (an isolated primary may still acknowledge until its lease runs out) ...
     pub ack_grace: Duration,
@@ -132,9 +179,28 @@ pub struct Verdict {
     pub in_flight: usize,
     /// Duplicated messages that were not in flight at any fault.
     pub unexplained_duplicates: Vec<String>,
-    /// From the heal to the end of the first serving observation after it.
-    pub rto: Option<Duration>,
-    pub rto_late: bool,
+    /// Each serviceable stretch that lasted at least the recovery bound, and how long after
+    /// its start a node was first seen serving (to the end of that observation).
+    pub recoveries: Vec<(Window, Option<Duration>)>,
+    /// The recovery bound the stretches were held to.
+    pub rto_bound: Duration,
+}
+
+impl Verdict {
+    /// The longest recovery (None: no stretch demanded one, or one never recovered).
+    pub fn rto_max(&self) -> Option<Duration> {
+        self.recoveries.iter().map(|(_, rto)| *rto).max().flatten()
+    }
+
+    /// The recovery after the last heal.
+    pub fn rto_final(&self) -> Option<Duration> {
+        self.recoveries.last().and_then(|(_, rto)| *rto)
+    }
+
+    fn late(&self, bound: Duration) -> Vec<(Window, Option<Duration>)> {
+        let late = |rto: &Option<Duration>| rto.is_none_or(|rto| rto > bound);
+        self.recoveries.iter().filter(|(_, rto)| late(rto)).copied().collect()
+    }
 }
 
 impl Verdict {
@@ -169,10 +235,17 @@ impl Verdict {
                 self.duplicates, self.in_flight, self.unexplained_duplicates
             ));
         }
-        if self.rto_late {
-            out.push(match self.rto {
-                Some(rto) => format!("rto: a node served {} ms after the heal", rto.as_millis()),
-                None => "rto: no node served after the heal".to_string(),
+        for (stretch, rto) in self.late(self.rto_bound) {
+            let (from, to) = (stretch.start.as_secs_f64(), stretch.end.as_secs_f64());
+            out.push(match rto {
+                Some(rto) => format!(
+                    "rto: the faults allowed serving from {from:.1} s to {to:.1} s, a node \
+                     served only {} ms after its start",
+                    rto.as_millis()
+                ),
+                None => format!(
+                    "rto: the faults allowed serving from {from:.1} s to {to:.1} s, no node served"
+                ),
             });
         }
         out
@@ -185,7 +258,6 @@ pub fn check(history: &History, limits: &Limits) -> Verdict {
     let delivered: BTreeSet<&str> = history.deliveries.iter().map(|d| d.id.as_str()).collect();
     let (duplicates, duplicated) = duplicates(history);
     let in_flight = in_flight(history, limits);
-    let rto = rto(history);
     Verdict {
         acknowledged: acked.len(),
         delivered: delivered.len(),
@@ -197,8 +269,8 @@ pub fn check(history: &History, limits: &Limits) -> Verdict {
             .into_iter()
             .filter(|id| !in_flight.contains(id.as_str()))
             .collect(),
-        rto,
-        rto_late: history.healed.is_some() && rto.is_none_or(|rto| rto > limits.rto),
+        recoveries: recoveries(history, limits),
+        rto_bound: limits.rto,
     }
 }
 
@@ -275,13 +347,63 @@ pub fn in_flight(history: &History, limits: &Limits) -> BTreeSet<String> {
     found
 }
 
-/// From the heal to the end of the first serving observation that began after it.
-pub fn rto(history: &History) -> Option<Duration> {
-    let healed = history.healed?;
-    history
-        .observations
-        .iter()
-        .filter(|o| o.serving && o.window.start >= healed)
-        .map(|o| o.window.end - healed)
-        .min()
+/// Whether the faults of `state` leave the cluster able to serve: both data nodes up with
+/// their link whole both ways (the primary's lease comes from its standby); or a data node up,
+/// in touch with an awake witness, that is `eligible` (it has followed a primary and holds
+/// the cluster's mail: it may take over).
+pub fn serviceable(state: &FaultState, eligible: impl Fn(Member) -> bool) -> bool {
+    let pair = state.up(Member::A)
+        && state.up(Member::B)
+        && state.whole(Link::Ab)
+        && state.whole(Link::Ba);
+    let with_witness = |node: Member, link: Link| {
+        state.up(node) && state.up(Member::W) && state.whole(link) && eligible(node)
+    };
+    pair || with_witness(Member::A, Link::Aw) || with_witness(Member::B, Link::Bw)
+}
+
+/// The serviceable stretches at least `limits.rto` long, each with its recovery time. A data
+/// node is eligible once the cluster has been whole for `limits.settle`, and again after its
+/// disk was lost only once the cluster has been whole that long since.
+pub fn recoveries(history: &History, limits: &Limits) -> Vec<(Window, Option<Duration>)> {
+    // A change that leaves the state as it was (a disk wiped while its node is down) does not
+    // start a new stretch.
+    let mut stretches: Vec<(Window, &FaultState, BTreeSet<Member>)> = Vec::new();
+    for (i, change) in history.states.iter().enumerate() {
+        let end = history.states.get(i + 1).map_or(history.end, |next| next.at);
+        match stretches.last_mut() {
+            Some((window, state, wiped)) if **state == change.state => {
+                window.end = end;
+                wiped.extend(change.wiped);
+            }
+            _ => stretches.push((
+                Window { start: change.at, end },
+                &change.state,
+                change.wiped.into_iter().collect(),
+            )),
+        }
+    }
+    let mut settled = false;
+    let mut behind: BTreeSet<Member> = BTreeSet::new();
+    let mut found = Vec::new();
+    for (stretch, state, wiped) in stretches {
+        behind.extend(wiped);
+        let eligible = |node: Member| settled && !behind.contains(&node);
+        if stretch.len() >= limits.rto && serviceable(state, eligible) {
+            let first = history
+                .observations
+                .iter()
+                .filter(|o| {
+                    o.serving && o.window.start >= stretch.start && o.window.end <= stretch.end
+                })
+                .map(|o| o.window.end - stretch.start)
+                .min();
+            found.push((stretch, first));
+        }
+        if state.healthy() && stretch.len() >= limits.settle {
+            settled = true;
+            behind.clear();
+        }
+    }
+    found
 }

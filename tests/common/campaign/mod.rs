@@ -18,10 +18,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::check::{Ack, DataNode, Delivery, History, Limits, Observation, Verdict, Window};
-use self::schedule::{Action, Aim, Break, Link, Member, Schedule};
+use self::check::{
+    Ack, DataNode, Delivery, FaultState, History, Limits, Observation, StateChange, Verdict, Window,
+};
+use self::schedule::{Action, Aim, Break, Member, Schedule};
 use super::client::{self, Greeting, Outcome};
 use super::cluster::{Timings, Trio, TrioOptions};
+use super::proxy::Proxy;
 use super::sink::Sink;
 
 /// How a campaign runs.
@@ -67,6 +70,7 @@ pub fn limits() -> Limits {
     Limits {
         max_window: Duration::from_millis(100),
         rto: TIMINGS.failover + Duration::from_secs(1),
+        settle: Duration::from_secs(3),
         ack_grace: TIMINGS.lease + Duration::from_millis(500),
         result_grace: Duration::from_secs(1),
     }
@@ -106,7 +110,9 @@ impl Run {
             "duplicates": v.duplicates,
             "in_flight": v.in_flight,
             "two_serving_observations": v.overlaps.len(),
-            "rto_ms": v.rto.map(|r| r.as_millis() as u64),
+            "rto_max_ms": v.rto_max().map(|r| r.as_millis() as u64),
+            "rto_final_ms": v.rto_final().map(|r| r.as_millis() as u64),
+            "recoveries": v.recoveries.len(),
             "violations": self.violations(),
         })
     }
@@ -114,10 +120,11 @@ impl Run {
     /// One row of the report's table.
     pub fn row(&self) -> String {
         let v = &self.verdict;
-        let rto = v.rto.map_or("-".to_string(), |r| r.as_millis().to_string());
+        let ms = |rto: Option<Duration>| rto.map_or("-".to_string(), |r| r.as_millis().to_string());
+        let (rto_max, rto_final) = (ms(v.rto_max()), ms(v.rto_final()));
         let verdict = if self.violations().is_empty() { "ok" } else { "FAIL" };
         format!(
-            "| {:>6} | {:>6} | {:>5} | {:>9} | {:>4} | {:>4} | {:>9} | {:>11} | {:>6} | {verdict} |",
+            "| {:>6} | {:>6} | {:>5} | {:>9} | {:>4} | {:>4} | {:>9} | {:>11} | {:>10} | {:>12} | {verdict} |",
             self.schedule.seed,
             self.faults,
             v.acknowledged,
@@ -126,13 +133,14 @@ impl Run {
             v.duplicates,
             v.in_flight,
             v.overlaps.len(),
-            rto
+            rto_max,
+            rto_final
         )
     }
 }
 
 /// The header of [`Run::row`]'s table.
-pub const TABLE_HEAD: &str = "|   seed | faults | acked | delivered | lost | dups | in flight | two serving | RTO ms | verdict |\n|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEAD: &str = "|   seed | faults | acked | delivered | lost | dups | in flight | two serving | RTO max ms | RTO final ms | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// Runs every schedule of `settings`, one after the other, writing the report (`report.json`,
 /// `report.md`) and, for each failing schedule, the nodes' logs under `settings.out`.
@@ -412,13 +420,15 @@ struct Episode {
     trio: Trio,
     /// `a`'s sink and `b`'s.
     sinks: [Sink; 2],
+    /// `a`'s and `b`'s next hops: their sinks behind a gate each (closed: the mail is held).
+    gates: [Proxy; 2],
     t0: Instant,
     load: Option<Load>,
     watch: Option<Watch>,
     /// Members that are not running (never started, or killed).
-    down: BTreeSet<Member>,
-    stopped: BTreeSet<Member>,
-    broken: BTreeSet<Link>,
+    state: FaultState,
+    /// The state after each change, for the checker.
+    states: Vec<StateChange>,
     /// For each data node killed, whether the pair was in sync just before.
     in_sync_at_kill: BTreeMap<Member, bool>,
 }
@@ -433,10 +443,12 @@ const PROBE_PATIENCE: Duration = Duration::from_millis(300);
 impl Episode {
     fn start(schedule: &Schedule) -> Episode {
         let sinks = [Sink::plain(), Sink::plain()];
+        let gates = [Proxy::start(sinks[0].addr()), Proxy::start(sinks[1].addr())];
         let options =
             TrioOptions { timings: TIMINGS, witness_timings: false, ..TrioOptions::default() };
-        let trio = Trio::configure(options, [Some(sinks[0].addr()), Some(sinks[1].addr())]);
+        let trio = Trio::configure(options, [Some(gates[0].addr()), Some(gates[1].addr())]);
         let t0 = Instant::now();
+        let nothing_started = FaultState { down: Member::ALL.into(), ..FaultState::default() };
         let mx = [(DataNode::A, trio.a.addr()), (DataNode::B, trio.b.addr())];
         let tag = format!("s{}", schedule.seed);
         let load = Some(Load::start(mx, &tag, LOAD_CLIENTS, None, t0));
@@ -447,9 +459,9 @@ impl Episode {
             t0,
             load,
             watch,
-            down: Member::ALL.into_iter().collect(),
-            stopped: BTreeSet::new(),
-            broken: BTreeSet::new(),
+            gates,
+            state: nothing_started.clone(),
+            states: vec![StateChange { at: Duration::ZERO, state: nothing_started, wiped: None }],
             in_sync_at_kill: BTreeMap::new(),
         }
     }
@@ -476,7 +488,6 @@ impl Episode {
         }
         self.heal_all();
         let healed_at = Instant::now();
-        let healed = self.at(healed_at);
         let limits = limits();
         // Mail keeps flowing for a while after the heal, through whichever node serves.
         self.wait_until(limits.rto + Duration::from_secs(3), |e| {
@@ -484,8 +495,7 @@ impl Episode {
         });
         std::thread::sleep(Duration::from_secs(2));
         let (acks, resent) = self.load.take().map(Load::finish).unwrap_or_default();
-        let mut history =
-            History { acks, resent, faults, healed: Some(healed), ..History::default() };
+        let mut history = History { acks, resent, faults, ..History::default() };
         self.wait_until(Duration::from_secs(20), |e| {
             let (deliveries, bounced) = received([&e.sinks[0], &e.sinks[1]], e.t0);
             check::lost(&History { deliveries, bounced, ..history.clone() }).is_empty()
@@ -511,13 +521,13 @@ impl Episode {
     fn apply(&mut self, action: Action) -> Result<(), String> {
         match action {
             Action::Start(m) => {
-                if !self.down.remove(&m) {
+                if !self.state.down.remove(&m) {
                     return Err("running".into());
                 }
                 self.trio.launch(m.name());
             }
             Action::Kill(m) => {
-                if self.down.contains(&m) {
+                if self.state.down.contains(&m) {
                     return Err("down".into());
                 }
                 if m != Member::W {
@@ -525,11 +535,11 @@ impl Episode {
                     self.in_sync_at_kill.insert(m, in_sync);
                 }
                 self.trio.node_mut(m.name()).kill9();
-                self.down.insert(m);
-                self.stopped.remove(&m);
+                self.state.down.insert(m);
+                self.state.stopped.remove(&m);
             }
             Action::Wipe(m) => {
-                if !self.down.contains(&m) {
+                if !self.state.down.contains(&m) {
                     return Err("running".into());
                 }
                 if m != Member::W && self.in_sync_at_kill.get(&m) != Some(&true) {
@@ -538,19 +548,19 @@ impl Episode {
                 self.trio.node(m.name()).wipe_data();
             }
             Action::Stop(m) => {
-                if self.down.contains(&m) || !self.stopped.insert(m) {
+                if self.state.down.contains(&m) || !self.state.stopped.insert(m) {
                     return Err("down or stopped".into());
                 }
                 self.trio.node(m.name()).pause();
             }
             Action::Cont(m) => {
-                if !self.stopped.remove(&m) {
+                if !self.state.stopped.remove(&m) {
                     return Err("not stopped".into());
                 }
                 self.trio.node(m.name()).resume();
             }
             Action::Break(l, how) => {
-                if !self.broken.insert(l) {
+                if !self.state.broken.insert(l) {
                     return Err("already broken".into());
                 }
                 let proxy = self.trio.link(l.name());
@@ -561,30 +571,41 @@ impl Episode {
                 }
             }
             Action::Heal(l) => {
-                if !self.broken.remove(&l) {
+                if !self.state.broken.remove(&l) {
                     return Err("not broken".into());
                 }
                 let proxy = self.trio.link(l.name());
                 proxy.unblock();
                 proxy.resume();
             }
+            Action::HoldMail => self.gates.iter().for_each(Proxy::block),
+            Action::ReleaseMail => self.gates.iter().for_each(Proxy::unblock),
         }
+        let wiped = match action {
+            Action::Wipe(m) if m != Member::W => Some(m),
+            _ => None,
+        };
+        let at = self.at(Instant::now());
+        self.states.push(StateChange { at, state: self.state.clone(), wiped });
         Ok(())
     }
 
     /// Every link whole, every process running and awake.
     fn heal_all(&mut self) {
-        for m in std::mem::take(&mut self.stopped) {
+        for m in std::mem::take(&mut self.state.stopped) {
             self.trio.node(m.name()).resume();
         }
-        for l in std::mem::take(&mut self.broken) {
+        for l in std::mem::take(&mut self.state.broken) {
             let proxy = self.trio.link(l.name());
             proxy.unblock();
             proxy.resume();
         }
-        for m in std::mem::take(&mut self.down) {
+        for m in std::mem::take(&mut self.state.down) {
             self.trio.launch(m.name());
         }
+        self.gates.iter().for_each(Proxy::unblock);
+        let at = self.at(Instant::now());
+        self.states.push(StateChange { at, state: self.state.clone(), wiped: None });
     }
 
     /// A primary sees its standby connected and holding its whole log.
@@ -629,7 +650,7 @@ impl Episode {
 impl Drop for Episode {
     fn drop(&mut self) {
         // A stopped process cannot be reaped until it runs again.
-        for m in std::mem::take(&mut self.stopped) {
+        for m in std::mem::take(&mut self.state.stopped) {
             self.trio.node(m.name()).resume();
         }
     }

@@ -77,6 +77,10 @@ pub enum Action {
     Cont(Member),
     Break(Link, Break),
     Heal(Link),
+    /// Both next hops refuse connections (the nodes keep their mail queued, retrying).
+    HoldMail,
+    /// The next hops take mail again.
+    ReleaseMail,
 }
 
 impl Action {
@@ -103,6 +107,8 @@ impl fmt::Display for Action {
                 write!(f, "silence {} backward", l.name())
             }
             Action::Heal(l) => write!(f, "heal {}", l.name()),
+            Action::HoldMail => write!(f, "hold mail"),
+            Action::ReleaseMail => write!(f, "release mail"),
         }
     }
 }
@@ -143,9 +149,16 @@ impl Schedule {
     /// Draws a schedule from `seed`: the three nodes started in a random order with random
     /// gaps (some longer than failover_timeout), a few seconds of calm, then `faults` fault
     /// episodes (each a fault and its end), starting 0.5 to 4 s apart, so that some overlap.
+    /// In half the schedules the next hops refuse mail from the start (so that the nodes hold
+    /// a queue when the faults strike) until some point of the faults, or until the heal.
     pub fn generate(seed: u64, faults: usize, aim: Aim) -> Schedule {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut steps = Vec::new();
+        let hold = rng.bool();
+        let release = rng.bool().then(|| MS(rng.u64(2000..10_000)));
+        if hold {
+            steps.push(Step { at: Duration::ZERO, action: Action::HoldMail });
+        }
         let mut order = Member::ALL.to_vec();
         rng.shuffle(&mut order);
         let mut at = Duration::ZERO;
@@ -157,6 +170,9 @@ impl Schedule {
             steps.push(Step { at, action: Action::Start(member) });
         }
         at += MS(3000);
+        if let (true, Some(after)) = (hold, release) {
+            steps.push(Step { at: at + after, action: Action::ReleaseMail });
+        }
         let mut wiped_data_node = false;
         for _ in 0..faults {
             let episode = episode(&mut rng, aim, &mut wiped_data_node);
