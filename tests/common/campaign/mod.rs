@@ -493,7 +493,10 @@ impl Episode {
         self.wait_until(limits.rto + Duration::from_secs(3), |e| {
             e.watch.as_ref().is_some_and(|w| w.served_since(healed_at))
         });
-        std::thread::sleep(Duration::from_secs(2));
+        // ... at least as long as the recovery bound and a second, so that the healed stretch
+        // is one the checker holds to it.
+        let healed_for = limits.rto + Duration::from_secs(1);
+        std::thread::sleep((healed_at + healed_for).saturating_duration_since(Instant::now()));
         let (acks, resent) = self.load.take().map(Load::finish).unwrap_or_default();
         let mut history = History { acks, resent, faults, ..History::default() };
         self.wait_until(Duration::from_secs(20), |e| {
@@ -504,6 +507,8 @@ impl Episode {
         self.wait_until(Duration::from_secs(10), |e| e.queues_empty());
         history.observations = self.watch.take().map(Watch::finish).unwrap_or_default();
         (history.deliveries, history.bounced) = received([&self.sinks[0], &self.sinks[1]], self.t0);
+        history.states = self.states.clone();
+        history.end = self.at(Instant::now());
         let verdict = check::check(&history, &limits);
         let run = Run {
             schedule: schedule.clone(),

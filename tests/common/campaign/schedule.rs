@@ -169,7 +169,8 @@ impl Schedule {
             }
             steps.push(Step { at, action: Action::Start(member) });
         }
-        at += MS(3000);
+        // Calm, longer than failover_timeout + 1 s: the cluster must serve by its end.
+        at += aim.failover + MS(1500);
         if let (true, Some(after)) = (hold, release) {
             steps.push(Step { at: at + after, action: Action::ReleaseMail });
         }
