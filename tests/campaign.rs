@@ -27,19 +27,11 @@ const SHORT_FORM: u64 = 4;
 fn fault_campaign() {
     let settings = Settings::from_env(SHORT_FORM);
     let runs = campaign::run_all(&settings);
-    let mut report = format!("{}\n", campaign::TABLE_HEAD);
-    for run in &runs {
-        report += &run.row();
-        report.push('\n');
-    }
-    eprintln!("{report}");
+    eprintln!("{}", campaign::report(&runs));
     let failures: Vec<String> = runs
         .iter()
-        .flat_map(|run| {
-            run.violations()
-                .into_iter()
-                .map(move |v| format!("seed {}: {v}\n    {}", run.schedule.seed, run.schedule))
-        })
+        .filter(|run| !run.violations().is_empty())
+        .map(|run| format!("{}\n  {}", run.schedule, run.violations().join("\n  ")))
         .collect();
     assert!(
         failures.is_empty(),

@@ -140,7 +140,7 @@ impl Run {
 }
 
 /// The header of [`Run::row`]'s table.
-pub const TABLE_HEAD: &str = "|   seed | faults | acked | delivered | lost | dups | in flight | two serving | RTO max ms | RTO final ms | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|";
+const TABLE_HEAD: &str = "|   seed | faults | acked | delivered | lost | dups | in flight | two serving | RTO max ms | RTO final ms | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// Runs every schedule of `settings`, one after the other, writing the report (`report.json`,
 /// `report.md`) and, for each failing schedule, the nodes' logs under `settings.out`.
@@ -163,20 +163,113 @@ pub fn run_all(settings: &Settings) -> Vec<Run> {
 }
 
 fn write_report(settings: &Settings, runs: &[Run]) {
-    let json: Vec<serde_json::Value> = runs.iter().map(Run::json).collect();
+    let json = serde_json::json!({
+        "summary": Summary::of(runs).json(),
+        "schedules": runs.iter().map(Run::json).collect::<Vec<_>>(),
+    });
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
     let _ = std::fs::write(settings.out.join("report.json"), text);
-    let mut table = format!("{TABLE_HEAD}\n");
+    let _ = std::fs::write(settings.out.join("report.md"), report(runs));
+}
+
+/// The report: a row per schedule, the totals, then every broken invariant with its seed and
+/// its schedule (replay one with `RELAYD_CAMPAIGN_SEED=N`).
+pub fn report(runs: &[Run]) -> String {
+    let mut text = format!("{TABLE_HEAD}\n");
     for run in runs {
-        table += &run.row();
-        table.push('\n');
+        text += &run.row();
+        text.push('\n');
     }
-    for run in runs {
+    text += &format!("\n{}\n", Summary::of(runs));
+    for run in runs.iter().filter(|run| !run.violations().is_empty()) {
+        text += &format!("\n{}\n", run.schedule);
         for violation in run.violations() {
-            table += &format!("\nseed {}: {violation}", run.schedule.seed);
+            text += &format!("  {violation}\n");
         }
     }
-    let _ = std::fs::write(settings.out.join("report.md"), table);
+    text
+}
+
+/// The campaign's totals.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub schedules: usize,
+    pub failed: usize,
+    pub faults: usize,
+    pub acknowledged: usize,
+    pub lost: usize,
+    pub two_serving: usize,
+    pub duplicates: usize,
+    pub in_flight: usize,
+    /// Every recovery time measured (a stretch that never recovered is left out, and failed).
+    pub recoveries: Vec<Duration>,
+    pub never_recovered: usize,
+}
+
+impl Summary {
+    pub fn of(runs: &[Run]) -> Summary {
+        let mut summary = Summary { schedules: runs.len(), ..Summary::default() };
+        for run in runs {
+            let v = &run.verdict;
+            summary.failed += usize::from(!run.violations().is_empty());
+            summary.faults += run.faults;
+            summary.acknowledged += v.acknowledged;
+            summary.lost += v.lost.len();
+            summary.two_serving += v.overlaps.len();
+            summary.duplicates += v.duplicates;
+            summary.in_flight += v.in_flight;
+            summary.recoveries.extend(v.recoveries.iter().filter_map(|(_, rto)| *rto));
+            summary.never_recovered += v.recoveries.iter().filter(|(_, rto)| rto.is_none()).count();
+        }
+        summary.recoveries.sort();
+        summary
+    }
+
+    fn median(&self) -> Option<Duration> {
+        self.recoveries.get(self.recoveries.len() / 2).copied()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        serde_json::json!({
+            "schedules": self.schedules,
+            "failed": self.failed,
+            "faults": self.faults,
+            "acknowledged": self.acknowledged,
+            "lost": self.lost,
+            "two_serving_observations": self.two_serving,
+            "duplicates": self.duplicates,
+            "in_flight": self.in_flight,
+            "recoveries": self.recoveries.len(),
+            "never_recovered": self.never_recovered,
+            "rto_median_ms": ms(self.median()),
+            "rto_max_ms": ms(self.recoveries.last().copied()),
+        })
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
+        write!(
+            f,
+            "{} schedules ({} failed), {} faults injected, {} messages acknowledged, {} lost, {} \
+             two-serving observations, {} duplicates ({} in flight), {} recoveries: median {}, \
+             max {}, {} never",
+            self.schedules,
+            self.failed,
+            self.faults,
+            self.acknowledged,
+            self.lost,
+            self.two_serving,
+            self.duplicates,
+            self.in_flight,
+            self.recoveries.len(),
+            ms(self.median()),
+            ms(self.recoveries.last().copied()),
+            self.never_recovered
+        )
+    }
 }
 
 /// Runs one schedule; a panic of the harness (a node that would not start) becomes a finding.
