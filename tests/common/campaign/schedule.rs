@@ -39,6 +39,17 @@ pub enum Link {
 impl Link {
     pub const ALL: [Link; 4] = [Link::Ab, Link::Ba, Link::Aw, Link::Bw];
 
+    /// Whether the link carries `member`'s traffic.
+    pub fn touches(self, member: Member) -> bool {
+        let (from, to) = match self {
+            Link::Ab => (Member::A, Member::B),
+            Link::Ba => (Member::B, Member::A),
+            Link::Aw => (Member::A, Member::W),
+            Link::Bw => (Member::B, Member::W),
+        };
+        member == from || member == to
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Link::Ab => "ab",
@@ -200,8 +211,11 @@ fn episode(
     let mut pauses: Vec<Duration> = near(aim.lease).into_iter().chain(near(aim.failover)).collect();
     pauses.extend([MS(800), MS(6000)]);
     let member = Member::ALL[rng.usize(..3)];
-    match rng.usize(..4) {
-        0 => {
+    // Kills and cuts twice as often as pauses: they are where failovers happen.
+    match rng.usize(..5) {
+        0 | 1 => {
+            // The witness half as often as each data node.
+            let member = [Member::A, Member::A, Member::B, Member::B, Member::W][rng.usize(..5)];
             let down = [MS(300), aim.failover + MS(1500), MS(8000)][rng.usize(..3)];
             let mut actions = vec![(Duration::ZERO, Action::Kill(member))];
             // The witness may be lost any number of times; a data node's disk once per
@@ -214,12 +228,18 @@ fn episode(
             actions.push((down, Action::Start(member)));
             actions
         }
-        1 => {
+        2 => {
             let pause = pauses[rng.usize(..pauses.len())];
             vec![(Duration::ZERO, Action::Stop(member)), (pause, Action::Cont(member))]
         }
         _ => {
-            let mut links: Vec<Link> = Link::ALL.into_iter().filter(|_| rng.bool()).collect();
+            // Half the time a node's site is cut off (every link that touches it), else any
+            // subset of the links.
+            let mut links: Vec<Link> = if rng.bool() {
+                Link::ALL.into_iter().filter(|l| l.touches(member)).collect()
+            } else {
+                Link::ALL.into_iter().filter(|_| rng.bool()).collect()
+            };
             if links.is_empty() {
                 links.push(Link::ALL[rng.usize(..4)]);
             }
