@@ -12,70 +12,39 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::campaign::check::{self, DataNode, History};
-use common::campaign::{Load, Watch, received};
+use common::campaign::{Gates, Load, Watch};
 use common::client::{self, Outcome, StatusSample, relayd_on, submit};
 use common::cluster::{Timings, Trio, TrioOptions, count, sever};
-use common::proxy::Proxy;
-use common::sink::Sink;
 
 const DEFAULTS: Timings = Timings::DEFAULTS;
 /// A probe's or a submission's patience.
 const PATIENCE: Duration = Duration::from_secs(1);
 
-/// Each data node's next hop: a sink behind a gate.
-struct Gates {
-    sinks: [Sink; 2],
-    gates: [Proxy; 2],
+/// The next hops refuse mail until [`Gates::release`]: the nodes keep it queued (deferred,
+/// retried every second).
+fn held() -> Gates {
+    let gates = Gates::open();
+    gates.hold();
+    gates
 }
 
-impl Gates {
-    /// Both gates closed: the nodes keep their mail queued (deferred, retried every second).
-    fn closed() -> Gates {
-        let sinks = [Sink::plain(), Sink::plain()];
-        let gates = [Proxy::start(sinks[0].addr()), Proxy::start(sinks[1].addr())];
-        for gate in &gates {
-            gate.block();
+/// Waits (at most `patience`) until every id of `ids` has reached a sink; those that never did.
+fn wait_delivered(
+    gates: &Gates,
+    ids: &BTreeSet<String>,
+    t0: Instant,
+    patience: Duration,
+) -> BTreeSet<String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let missing = gates.undelivered(ids, t0);
+        if missing.is_empty() || Instant::now() >= deadline {
+            return missing;
         }
-        Gates { sinks, gates }
-    }
-
-    fn next_hops(&self) -> [Option<SocketAddr>; 2] {
-        [Some(self.gates[0].addr()), Some(self.gates[1].addr())]
-    }
-
-    fn open(&self) {
-        for gate in &self.gates {
-            gate.unblock();
-        }
-    }
-
-    /// The Message-IDs of `ids` no sink has received (nor a bounce named).
-    fn undelivered(&self, ids: &BTreeSet<String>, t0: Instant) -> BTreeSet<String> {
-        let (deliveries, bounced) = received([&self.sinks[0], &self.sinks[1]], t0);
-        let got: BTreeSet<&String> = deliveries.iter().map(|d| &d.id).chain(&bounced).collect();
-        ids.iter().filter(|id| !got.contains(id)).cloned().collect()
-    }
-
-    /// Waits (at most `patience`) until every id of `ids` has reached a sink; those that never
-    /// did.
-    fn wait_delivered(
-        &self,
-        ids: &BTreeSet<String>,
-        t0: Instant,
-        patience: Duration,
-    ) -> BTreeSet<String> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let missing = self.undelivered(ids, t0);
-            if missing.is_empty() || Instant::now() >= deadline {
-                return missing;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -171,7 +140,7 @@ fn replaced_disk_primary_without_a_witness_does_not_wipe_standby() {
 fn replaced_disk(witness: bool) {
     const MESSAGES: usize = 50;
     let t0 = Instant::now();
-    let gates = Gates::closed();
+    let gates = held();
     let mut trio = Trio::configure(options(witness), gates.next_hops());
     for member in ["w", "b", "a"] {
         trio.launch(member);
@@ -221,8 +190,8 @@ fn replaced_disk(witness: bool) {
             promoted_before > 0
         ));
     }
-    gates.open();
-    let missing = gates.wait_delivered(&ids, t0, Duration::from_secs(20));
+    gates.release();
+    let missing = wait_delivered(&gates, &ids, t0, Duration::from_secs(20));
     if !missing.is_empty() {
         failures.push(format!(
             "lost: {} of {MESSAGES} acknowledged messages never delivered once the next hops \
@@ -252,7 +221,7 @@ fn replaced_disk(witness: bool) {
 fn standby_started_first_does_not_serve_alone() {
     const MESSAGES: usize = 40;
     let t0 = Instant::now();
-    let gates = Gates::closed();
+    let gates = held();
     let mut trio = Trio::configure(options(true), gates.next_hops());
     trio.launch("w");
     trio.launch("b");
@@ -297,8 +266,8 @@ fn standby_started_first_does_not_serve_alone() {
         ));
     }
     let ids: BTreeSet<String> = acks.iter().map(|a| a.id.clone()).collect();
-    gates.open();
-    let missing = gates.wait_delivered(&ids, t0, Duration::from_secs(20));
+    gates.release();
+    let missing = wait_delivered(&gates, &ids, t0, Duration::from_secs(20));
     if !missing.is_empty() {
         failures.push(format!(
             "lost: {} of {} acknowledged messages never delivered ({} acknowledged by b, {} \
@@ -378,8 +347,7 @@ fn deposed_primary_can_be_forced_to_lead_when_successor_dies() {
 /// Starts a trio, cuts `a` off, waits until `b` serves in epoch 2 and has acknowledged mail,
 /// kills `b`, and heals `a`'s links. The next hops take mail throughout.
 fn deposed_then_successor_killed() -> (Trio, Gates) {
-    let gates = Gates::closed();
-    gates.open();
+    let gates = Gates::open();
     let mut trio = Trio::configure(options(true), gates.next_hops());
     for member in ["w", "b", "a"] {
         trio.launch(member);

@@ -42,7 +42,8 @@ impl Settings {
     /// From the environment: `RELAYD_CAMPAIGN_SEED` (replay that one schedule), else
     /// `RELAYD_CAMPAIGN_SCHEDULES` schedules (default `default_schedules`) from
     /// `RELAYD_CAMPAIGN_FIRST_SEED` (default 1) on; `RELAYD_CAMPAIGN_FAULTS` episodes each
-    /// (default 3); `RELAYD_CAMPAIGN_OUT` (default `target/campaign`).
+    /// (default 3); `RELAYD_CAMPAIGN_OUT` (default `target/campaign`). `RELAYD_CAMPAIGN_KEEP`
+    /// keeps the logs of every schedule, not only of those that failed.
     pub fn from_env(default_schedules: u64) -> Settings {
         let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse().ok());
         let seeds = match number("RELAYD_CAMPAIGN_SEED") {
@@ -112,7 +113,17 @@ impl Run {
             "two_serving_observations": v.overlaps.len(),
             "rto_max_ms": v.rto_max().map(|r| r.as_millis() as u64),
             "rto_final_ms": v.rto_final().map(|r| r.as_millis() as u64),
-            "recoveries": v.recoveries.len(),
+            "recoveries": v
+                .recoveries
+                .iter()
+                .map(|(w, rto)| {
+                    serde_json::json!({
+                        "from_ms": w.start.as_millis() as u64,
+                        "to_ms": w.end.as_millis() as u64,
+                        "rto_ms": rto.map(|r| r.as_millis() as u64),
+                    })
+                })
+                .collect::<Vec<_>>(),
             "violations": self.violations(),
         })
     }
@@ -490,35 +501,72 @@ fn offer(
     }
 }
 
-/// Every message the sinks received: the deliveries of the load's messages, by the node whose
-/// sink it is (`sinks` are `a`'s and `b`'s), and the messages that bounces name.
-pub fn received(sinks: [&Sink; 2], t0: Instant) -> (Vec<Delivery>, BTreeSet<String>) {
-    let mut deliveries = Vec::new();
-    let mut bounced = BTreeSet::new();
-    for (sink, by) in sinks.into_iter().zip([DataNode::A, DataNode::B]) {
-        for t in sink.transactions() {
-            if t.sender.is_empty() {
-                bounced.extend(campaign_ids(&String::from_utf8_lossy(&t.body)));
-            } else if let Some(id) = t.message_id() {
-                let window = window_of(t0, t.mail_at, t.data_end_at);
-                deliveries.push(Delivery { by, id, window });
+/// Each data node's next hop: a sink of its own (so that a delivery by the node that should
+/// not serve is seen as such) behind a gate, a fault proxy that refuses connections while the
+/// mail is held (the node keeps it queued, retrying).
+pub struct Gates {
+    /// `a`'s sink and `b`'s.
+    sinks: [Sink; 2],
+    gates: [Proxy; 2],
+}
+
+impl Gates {
+    /// Both gates open.
+    pub fn open() -> Gates {
+        let sinks = [Sink::plain(), Sink::plain()];
+        let gates = [Proxy::start(sinks[0].addr()), Proxy::start(sinks[1].addr())];
+        Gates { sinks, gates }
+    }
+
+    /// `a`'s and `b`'s next hops, for [`Trio::configure`].
+    pub fn next_hops(&self) -> [Option<SocketAddr>; 2] {
+        [Some(self.gates[0].addr()), Some(self.gates[1].addr())]
+    }
+
+    /// The next hops refuse mail.
+    pub fn hold(&self) {
+        self.gates.iter().for_each(Proxy::block);
+    }
+
+    /// The next hops take mail.
+    pub fn release(&self) {
+        self.gates.iter().for_each(Proxy::unblock);
+    }
+
+    /// Every message the sinks received: the deliveries of the load's messages, by the node
+    /// whose sink it is, and the messages that bounces name.
+    pub fn received(&self, t0: Instant) -> (Vec<Delivery>, BTreeSet<String>) {
+        let mut deliveries = Vec::new();
+        let mut bounced = BTreeSet::new();
+        for (sink, by) in self.sinks.iter().zip([DataNode::A, DataNode::B]) {
+            for t in sink.transactions() {
+                if t.sender.is_empty() {
+                    bounced.extend(campaign_ids(&String::from_utf8_lossy(&t.body)));
+                } else if let Some(id) = t.message_id() {
+                    let window = window_of(t0, t.mail_at, t.data_end_at);
+                    deliveries.push(Delivery { by, id, window });
+                }
             }
         }
+        (deliveries, bounced)
     }
-    (deliveries, bounced)
+
+    /// The messages of `ids` that no sink received and no bounce names.
+    pub fn undelivered(&self, ids: &BTreeSet<String>, t0: Instant) -> BTreeSet<String> {
+        let (deliveries, bounced) = self.received(t0);
+        let got: BTreeSet<&String> = deliveries.iter().map(|d| &d.id).chain(&bounced).collect();
+        ids.iter().filter(|id| !got.contains(id)).cloned().collect()
+    }
 }
 
 /// The trio, its sinks, and the threads that load and watch it.
 struct Episode {
     trio: Trio,
-    /// `a`'s sink and `b`'s.
-    sinks: [Sink; 2],
-    /// `a`'s and `b`'s next hops: their sinks behind a gate each (closed: the mail is held).
-    gates: [Proxy; 2],
+    gates: Gates,
     t0: Instant,
     load: Option<Load>,
     watch: Option<Watch>,
-    /// Members that are not running (never started, or killed).
+    /// What the faults leave of the trio now.
     state: FaultState,
     /// The state after each change, for the checker.
     states: Vec<StateChange>,
@@ -535,11 +583,10 @@ const PROBE_PATIENCE: Duration = Duration::from_millis(300);
 
 impl Episode {
     fn start(schedule: &Schedule) -> Episode {
-        let sinks = [Sink::plain(), Sink::plain()];
-        let gates = [Proxy::start(sinks[0].addr()), Proxy::start(sinks[1].addr())];
+        let gates = Gates::open();
         let options =
             TrioOptions { timings: TIMINGS, witness_timings: false, ..TrioOptions::default() };
-        let trio = Trio::configure(options, [Some(gates[0].addr()), Some(gates[1].addr())]);
+        let trio = Trio::configure(options, gates.next_hops());
         let t0 = Instant::now();
         let nothing_started = FaultState { down: Member::ALL.into(), ..FaultState::default() };
         let mx = [(DataNode::A, trio.a.addr()), (DataNode::B, trio.b.addr())];
@@ -548,7 +595,6 @@ impl Episode {
         let watch = Some(Watch::start(&trio, t0));
         Episode {
             trio,
-            sinks,
             t0,
             load,
             watch,
@@ -593,13 +639,13 @@ impl Episode {
         let (acks, resent) = self.load.take().map(Load::finish).unwrap_or_default();
         let mut history = History { acks, resent, faults, ..History::default() };
         self.wait_until(Duration::from_secs(20), |e| {
-            let (deliveries, bounced) = received([&e.sinks[0], &e.sinks[1]], e.t0);
+            let (deliveries, bounced) = e.gates.received(e.t0);
             check::lost(&History { deliveries, bounced, ..history.clone() }).is_empty()
         });
         // Redeliveries still under way settle before the duplicates are counted.
         self.wait_until(Duration::from_secs(10), |e| e.queues_empty());
         history.observations = self.watch.take().map(Watch::finish).unwrap_or_default();
-        (history.deliveries, history.bounced) = received([&self.sinks[0], &self.sinks[1]], self.t0);
+        (history.deliveries, history.bounced) = self.gates.received(self.t0);
         history.states = self.states.clone();
         history.end = self.at(Instant::now());
         let verdict = check::check(&history, &limits);
@@ -610,8 +656,8 @@ impl Episode {
             verdict,
             harness: None,
         };
-        if !run.violations().is_empty() {
-            self.save_logs(&run, logs);
+        if !run.violations().is_empty() || std::env::var_os("RELAYD_CAMPAIGN_KEEP").is_some() {
+            self.save_logs(&run, &history, logs);
         }
         run
     }
@@ -676,8 +722,8 @@ impl Episode {
                 proxy.unblock();
                 proxy.resume();
             }
-            Action::HoldMail => self.gates.iter().for_each(Proxy::block),
-            Action::ReleaseMail => self.gates.iter().for_each(Proxy::unblock),
+            Action::HoldMail => self.gates.hold(),
+            Action::ReleaseMail => self.gates.release(),
         }
         let wiped = match action {
             Action::Wipe(m) if m != Member::W => Some(m),
@@ -701,7 +747,7 @@ impl Episode {
         for m in std::mem::take(&mut self.state.down) {
             self.trio.launch(m.name());
         }
-        self.gates.iter().for_each(Proxy::unblock);
+        self.gates.release();
         let at = self.at(Instant::now());
         self.states.push(StateChange { at, state: self.state.clone(), wiped: None });
     }
@@ -728,7 +774,7 @@ impl Episode {
         }
     }
 
-    fn save_logs(&self, run: &Run, dir: &Path) {
+    fn save_logs(&self, run: &Run, history: &History, dir: &Path) {
         let _ = std::fs::create_dir_all(dir);
         for m in Member::ALL {
             let _ = std::fs::write(
@@ -740,7 +786,10 @@ impl Episode {
         for violation in run.violations() {
             text += &format!("{violation}\n");
         }
-        text += &format!("\n{:#?}\n", run.verdict);
+        text += &format!("\n{:#?}\n\nstates:\n", run.verdict);
+        for change in &history.states {
+            text += &format!("  {:?}\n", change);
+        }
         let _ = std::fs::write(dir.join("run.txt"), text);
     }
 }
