@@ -40,19 +40,19 @@ pub struct Settings {
 
 impl Settings {
     /// From the environment: `RELAYD_CAMPAIGN_SEED` (replay that one schedule), else
-    /// `RELAYD_CAMPAIGN_SCHEDULES` schedules (default `default_schedules`) from
-    /// `RELAYD_CAMPAIGN_FIRST_SEED` (default 1) on; `RELAYD_CAMPAIGN_FAULTS` episodes each
+    /// `RELAYD_CAMPAIGN_SCHEDULES` schedules from `RELAYD_CAMPAIGN_FIRST_SEED` (default 1) on,
+    /// else the `short_form` seeds; `RELAYD_CAMPAIGN_FAULTS` episodes each
     /// (default 3); `RELAYD_CAMPAIGN_OUT` (default `target/campaign`). `RELAYD_CAMPAIGN_KEEP`
     /// keeps the logs of every schedule, not only of those that failed.
-    pub fn from_env(default_schedules: u64) -> Settings {
+    pub fn from_env(short_form: &[u64]) -> Settings {
         let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse().ok());
-        let seeds = match number("RELAYD_CAMPAIGN_SEED") {
-            Some(seed) => vec![seed],
-            None => {
+        let seeds = match (number("RELAYD_CAMPAIGN_SEED"), number("RELAYD_CAMPAIGN_SCHEDULES")) {
+            (Some(seed), _) => vec![seed],
+            (None, Some(count)) => {
                 let first = number("RELAYD_CAMPAIGN_FIRST_SEED").unwrap_or(1);
-                let count = number("RELAYD_CAMPAIGN_SCHEDULES").unwrap_or(default_schedules);
                 (first..first + count).collect()
             }
+            (None, None) => short_form.to_vec(),
         };
         let faults = number("RELAYD_CAMPAIGN_FAULTS").map_or(3, |n| n as usize);
         let out = std::env::var_os("RELAYD_CAMPAIGN_OUT").map_or_else(
