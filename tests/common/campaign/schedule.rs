@@ -193,6 +193,15 @@ impl Schedule {
             );
             at += MS(rng.u64(500..4000));
         }
+        // A quarter of the schedules end with a second failure, drawn from a stream of its own
+        // so that the rest of each schedule stays what its seed drew before this was added.
+        let mut second = fastrand::Rng::with_seed(seed ^ 0x5ec0_7d00);
+        if second.usize(..4) == 0 {
+            let episode = successor_dies(&mut second, aim);
+            steps.extend(
+                episode.into_iter().map(|(offset, action)| Step { at: at + offset, action }),
+            );
+        }
         // Stable: same-time steps keep their episode's order.
         steps.sort_by_key(|s| s.at);
         Schedule { seed, steps }
@@ -257,4 +266,21 @@ fn episode(
             actions
         }
     }
+}
+
+/// A second failure: a data node's site is cut off (every link that touches it), the other
+/// data node takes over and is killed; the cut heals while the successor is still down (8 s),
+/// so the node cut off is the only one left to serve.
+fn successor_dies(rng: &mut fastrand::Rng, aim: Aim) -> Vec<(Duration, Action)> {
+    let (cut, successor) = if rng.bool() { (Member::A, Member::B) } else { (Member::B, Member::A) };
+    let how = if rng.bool() { Break::Sever } else { Break::Silent };
+    let links: Vec<Link> = Link::ALL.into_iter().filter(|l| l.touches(cut)).collect();
+    let killed = aim.failover + MS(1500);
+    let healed = killed + MS(1000);
+    let mut actions: Vec<(Duration, Action)> =
+        links.iter().map(|&l| (Duration::ZERO, Action::Break(l, how))).collect();
+    actions.push((killed, Action::Kill(successor)));
+    actions.extend(links.iter().map(|&l| (healed, Action::Heal(l))));
+    actions.push((healed + MS(8000), Action::Start(successor)));
+    actions
 }
