@@ -18,6 +18,7 @@ use common::campaign::check::{self, DataNode, History};
 use common::campaign::{Gates, Load, Watch};
 use common::client::{self, Outcome, StatusSample, relayd_on, submit};
 use common::cluster::{Timings, Trio, TrioOptions, count, sever};
+use common::within;
 
 const DEFAULTS: Timings = Timings::DEFAULTS;
 /// A probe's or a submission's patience.
@@ -54,21 +55,6 @@ fn options(witness: bool) -> TrioOptions {
 
 fn sample(trio: &Trio, name: &str) -> Option<StatusSample> {
     client::status_sample(trio.node(name).admin_port, PATIENCE).0
-}
-
-/// Polls `condition` until it holds or `patience` runs out; whether it held. (Unlike
-/// `common::wait_for`, it does not fail the test: the caller records what did not happen.)
-fn within(patience: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + patience;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The data node that serves with its peer connected and holding its whole log, if any.

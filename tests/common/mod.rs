@@ -40,6 +40,21 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `condition` until it holds or `patience` runs out; whether it held. Unlike
+/// [`wait_for`] it does not fail the test: the caller records what did not happen.
+pub fn within(patience: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One relayd process and its data directory.
 pub struct Node {
     pub dir: tempfile::TempDir,

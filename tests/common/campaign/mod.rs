@@ -26,6 +26,7 @@ use super::client::{self, Greeting, Outcome};
 use super::cluster::{Timings, Trio, TrioOptions};
 use super::proxy::Proxy;
 use super::sink::Sink;
+use super::within;
 
 /// How a campaign runs.
 #[derive(Clone, Debug)]
@@ -629,8 +630,8 @@ impl Episode {
         let healed_at = Instant::now();
         let limits = limits();
         // Mail keeps flowing for a while after the heal, through whichever node serves.
-        self.wait_until(limits.rto + Duration::from_secs(3), |e| {
-            e.watch.as_ref().is_some_and(|w| w.served_since(healed_at))
+        within(limits.rto + Duration::from_secs(3), || {
+            self.watch.as_ref().is_some_and(|w| w.served_since(healed_at))
         });
         // ... at least as long as the recovery bound and a second, so that the healed stretch
         // is one the checker holds to it.
@@ -638,12 +639,12 @@ impl Episode {
         std::thread::sleep((healed_at + healed_for).saturating_duration_since(Instant::now()));
         let (acks, resent) = self.load.take().map(Load::finish).unwrap_or_default();
         let mut history = History { acks, resent, faults, ..History::default() };
-        self.wait_until(Duration::from_secs(20), |e| {
-            let (deliveries, bounced) = e.gates.received(e.t0);
+        within(Duration::from_secs(20), || {
+            let (deliveries, bounced) = self.gates.received(self.t0);
             check::lost(&History { deliveries, bounced, ..history.clone() }).is_empty()
         });
         // Redeliveries still under way settle before the duplicates are counted.
-        self.wait_until(Duration::from_secs(10), |e| e.queues_empty());
+        within(Duration::from_secs(10), || self.queues_empty());
         history.observations = self.watch.take().map(Watch::finish).unwrap_or_default();
         (history.deliveries, history.bounced) = self.gates.received(self.t0);
         history.states = self.states.clone();
@@ -765,13 +766,6 @@ impl Episode {
         [&self.trio.a, &self.trio.b].iter().all(|node| {
             client::status_sample(node.admin_port, PROBE_PATIENCE).0.is_some_and(|s| s.queued == 0)
         })
-    }
-
-    fn wait_until(&self, patience: Duration, done: impl Fn(&Episode) -> bool) {
-        let deadline = Instant::now() + patience;
-        while !done(self) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn save_logs(&self, run: &Run, history: &History, dir: &Path) {
