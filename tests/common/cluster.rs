@@ -282,7 +282,7 @@ impl Timings {
     pub const DEFAULTS: Timings = Timings {
         heartbeat: Duration::from_millis(200),
         lease: Duration::from_secs(2),
-        failover: Duration::from_secs(3),
+        failover: Duration::from_millis(2500),
         written: false,
     };
 
@@ -411,6 +411,18 @@ impl Trio {
     /// The same, with `a`'s deliveries sent to `a_next_hop` instead of the sink (a node's
     /// routes are its own: a primary whose next hop is unreachable keeps its mail queued).
     pub fn start_with(options: TrioOptions, a_next_hop: Option<SocketAddr>) -> Trio {
+        let mut trio = Trio::configure(options, [a_next_hop, None]);
+        for member in ["w", "b", "a"] {
+            trio.launch(member);
+        }
+        trio.wait_ready();
+        trio
+    }
+
+    /// The trio's certificates, proxies, sink and configs, with nothing started: the test
+    /// starts the nodes in the order it likes ([`Trio::launch`]). `next_hops` are `a`'s and
+    /// `b`'s next hops (None: the trio's sink).
+    pub fn configure(options: TrioOptions, next_hops: [Option<SocketAddr>; 2]) -> Trio {
         let certs = tempfile::tempdir().expect("temp dir");
         certs_init(certs.path(), "a,b,w");
         let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -419,50 +431,43 @@ impl Trio {
         let (aw, bw) = (Proxy::start(w_cluster), Proxy::start(w_cluster));
         let sink = Sink::plain();
         let timings = if options.witness_timings { options.timings } else { Timings::DEFAULTS };
-        let mut w = Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &timings));
-        w.launch_until(&witness_ready(w_cluster));
-        let b = Node::start_named(
-            "b",
-            "standby",
-            "",
-            &trio_sections(
-                certs.path(),
-                "b",
-                b_cluster,
-                ba.addr(),
-                bw.addr(),
-                sink.addr(),
-                &options,
-            ),
-        );
-        let a = Node::start_named(
-            "a",
-            "primary",
-            "",
-            &trio_sections(
-                certs.path(),
-                "a",
-                a_cluster,
-                ab.addr(),
-                aw.addr(),
-                a_next_hop.unwrap_or(sink.addr()),
-                &options,
-            ),
-        );
-        let trio = Trio { certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster };
-        if trio.options.witness {
+        let w = Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &timings));
+        let data_node = |name: &str, role: &str, links: (SocketAddr, SocketAddr, SocketAddr)| {
+            let (listen, peer, witness) = links;
+            let next_hop = next_hops[usize::from(name == "b")].unwrap_or(sink.addr());
+            let sections =
+                trio_sections(certs.path(), name, listen, peer, witness, next_hop, &options);
+            Node::configure(name, role, "", "", &sections)
+        };
+        let b = data_node("b", "standby", (b_cluster, ba.addr(), bw.addr()));
+        let a = data_node("a", "primary", (a_cluster, ab.addr(), aw.addr()));
+        Trio { certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster }
+    }
+
+    /// Starts (or restarts) `a`, `b` or `w`, and waits until it listens.
+    pub fn launch(&mut self, member: &str) {
+        if member == "w" {
+            self.relaunch_witness();
+        } else {
+            self.node_mut(member).launch();
+        }
+    }
+
+    /// Waits until `a` serves (when it needs a lease: a witness is named), the link is up and
+    /// `b` has caught up.
+    pub fn wait_ready(&self) {
+        if self.options.witness {
             // A primary that needs a lease starts fenced, and serves once it has heard the
             // standby or the witness.
             wait_for("a to serve (its lease renewed)", || {
-                count(&trio.a.log(), "serving reason=") >= 1
+                count(&self.a.log(), "serving reason=") >= 1
             });
         }
         wait_for("b to follow a, caught up", || {
-            try_status(&trio.a).is_some_and(|s| {
+            try_status(&self.a).is_some_and(|s| {
                 s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0
             })
         });
-        trio
     }
 
     /// The directory with ca.pem and the pairs of a, b and w.
@@ -488,6 +493,26 @@ impl Trio {
             "b" => &self.b,
             "w" => &self.w,
             other => panic!("no node {other} in the trio"),
+        }
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        match name {
+            "a" => &mut self.a,
+            "b" => &mut self.b,
+            "w" => &mut self.w,
+            other => panic!("no node {other} in the trio"),
+        }
+    }
+
+    /// The proxy of a cluster link: "ab", "ba", "aw" or "bw".
+    pub fn link(&self, name: &str) -> &Proxy {
+        match name {
+            "ab" => &self.ab,
+            "ba" => &self.ba,
+            "aw" => &self.aw,
+            "bw" => &self.bw,
+            other => panic!("no link {other} in the trio"),
         }
     }
 }

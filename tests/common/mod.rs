@@ -40,6 +40,21 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `condition` until it holds or `patience` runs out; whether it held. Unlike
+/// [`wait_for`] it does not fail the test: the caller records what did not happen.
+pub fn within(patience: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One relayd process and its data directory.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -254,6 +269,32 @@ level = "info"
         }
     }
 
+    /// SIGSTOP: the process holds its sockets and answers nothing until [`Node::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// The node's `[node].data_dir` (for the nodes of [`Node::configure`] and [`Node::prepare`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Empties the data directory of a stopped node, as a replaced disk: the next start finds
+    /// nothing of what it held (its log, queue, epochs, role, a witness's grants).
+    pub fn wipe_data(&self) {
+        assert!(self.child.is_none(), "stop the node before wiping its data");
+        match std::fs::remove_dir_all(self.data_dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("wipe {}: {e}", self.data_dir().display()),
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -447,6 +488,8 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
         context(expected)
     );
 }
+pub mod campaign;
+pub mod client;
 pub mod cluster;
 pub mod postfix;
 pub mod powercut;

@@ -1,7 +1,8 @@
 //! A TCP fault proxy on std threads, for the replication tests: it listens on a loopback port
 //! and forwards every connection to a target, byte for byte, until the test cuts them
 //! ([`Proxy::cut`]) or makes it refuse new ones ([`Proxy::block`]), or holds every byte back
-//! without closing anything, as a silent network partition does ([`Proxy::pause`]).
+//! without closing anything, as a silent network partition does ([`Proxy::pause`]), in both
+//! directions or in one only ([`Proxy::pause_one_way`]).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -10,6 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Which way bytes flow through a proxy's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client that connected to the proxy, to the target.
+    ToTarget = 0,
+    /// From the target back to the client.
+    FromTarget = 1,
+}
 
 /// A forwarding proxy; stops (and closes what it forwards) when dropped.
 pub struct Proxy {
@@ -23,6 +33,8 @@ struct Shared {
     blocked: AtomicBool,
     /// A silent partition: nothing is forwarded and nothing is closed (see [`Proxy::pause`]).
     paused: AtomicBool,
+    /// A silent partition of one direction only, by [`Direction`] index.
+    paused_one_way: [AtomicBool; 2],
     stopping: AtomicBool,
     /// Connections forwarded to the target since the proxy started.
     forwarded: AtomicU64,
@@ -53,6 +65,7 @@ impl Proxy {
             target,
             blocked: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            paused_one_way: [AtomicBool::new(false), AtomicBool::new(false)],
             stopping: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -105,9 +118,19 @@ impl Proxy {
         self.shared.paused.store(true, Ordering::SeqCst);
     }
 
-    /// Ends a [`Proxy::pause`].
+    /// A silent partition of one direction: the bytes that flow `direction` are held back
+    /// (delivered in order on [`Proxy::resume`]), those of the other direction flow on, and
+    /// nothing is closed. New connections are still made.
+    pub fn pause_one_way(&self, direction: Direction) {
+        self.shared.paused_one_way[direction as usize].store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a [`Proxy::pause`] or a [`Proxy::pause_one_way`] (both directions).
     pub fn resume(&self) {
         self.shared.paused.store(false, Ordering::SeqCst);
+        for way in &self.shared.paused_one_way {
+            way.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Connections forwarded to the target so far.
@@ -159,7 +182,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             // Held silent on a thread of its own, and connected once the partition heals.
             let shared = shared.clone();
             std::thread::spawn(move || {
-                if wait_paused(&shared) {
+                if wait_paused(&shared, None) {
                     forward(&shared, number, client);
                 }
             });
@@ -189,8 +212,8 @@ fn forward(shared: &Arc<Shared>, number: u64, client: TcpStream) {
         .unwrap_or_else(PoisonError::into_inner)
         .insert(number, (client.try_clone().expect("clone"), server.try_clone().expect("clone")));
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
-    pump(shared, number, client_reader, server);
-    pump(shared, number, server_reader, client);
+    pump(shared, number, Direction::ToTarget, client_reader, server);
+    pump(shared, number, Direction::FromTarget, server_reader, client);
 }
 
 fn refuse(shared: &Shared, client: &TcpStream) {
@@ -200,7 +223,13 @@ fn refuse(shared: &Shared, client: &TcpStream) {
 
 /// Copies `from` to `to` on a thread of its own; when either side ends, the whole connection
 /// is closed (so the other direction's pump ends too).
-fn pump(shared: &Arc<Shared>, number: u64, mut from: TcpStream, mut to: TcpStream) {
+fn pump(
+    shared: &Arc<Shared>,
+    number: u64,
+    direction: Direction,
+    mut from: TcpStream,
+    mut to: TcpStream,
+) {
     let shared = shared.clone();
     std::thread::spawn(move || {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -208,7 +237,8 @@ fn pump(shared: &Arc<Shared>, number: u64, mut from: TcpStream, mut to: TcpStrea
             match from.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if !wait_paused(&shared) || to.write_all(&buffer[..n]).is_err() {
+                    if !wait_paused(&shared, Some(direction)) || to.write_all(&buffer[..n]).is_err()
+                    {
                         break;
                     }
                 }
@@ -217,16 +247,21 @@ fn pump(shared: &Arc<Shared>, number: u64, mut from: TcpStream, mut to: TcpStrea
             }
         }
         // A partition carries no FIN either: the close goes through once it heals.
-        wait_paused(&shared);
+        wait_paused(&shared, Some(direction));
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
         shared.close(number);
     });
 }
 
-/// Waits while the proxy is paused; false when it is stopping instead.
-fn wait_paused(shared: &Shared) -> bool {
-    while shared.paused.load(Ordering::SeqCst) {
+/// Waits while the proxy is paused (wholly, or in `direction` when one is given); false when
+/// it is stopping instead.
+fn wait_paused(shared: &Shared, direction: Option<Direction>) -> bool {
+    let paused = || {
+        shared.paused.load(Ordering::SeqCst)
+            || direction.is_some_and(|d| shared.paused_one_way[d as usize].load(Ordering::SeqCst))
+    };
+    while paused() {
         if shared.stopping.load(Ordering::SeqCst) {
             return false;
         }

@@ -12,7 +12,8 @@
 //! DATA is answered `250 2.0.0 Ok: queued as S<n>` (n counts the sink's transactions), after
 //! an optional delay and while the sink is not [held](Sink::hold). Every transaction whose
 //! body was received is recorded (sender, accepted recipients, the unstuffed body, whether TLS
-//! was on, the connection's number), even if its reply never reached the client.
+//! was on, the connection's number, when it began and ended), even if its reply never reached
+//! the client.
 //!
 //! Input is read line by line from a buffered reader, so pipelined commands are taken one at a
 //! time; replies are written when the client has nothing more in flight (when PIPELINING is
@@ -76,6 +77,9 @@ pub struct Transaction {
     pub body: Vec<u8>,
     /// Whether the connection was under TLS (after STARTTLS).
     pub tls: bool,
+    /// When MAIL FROM arrived and when the body ended: the client was delivering throughout.
+    pub mail_at: Instant,
+    pub data_end_at: Instant,
 }
 
 impl Transaction {
@@ -338,6 +342,7 @@ struct Envelope {
     sender: String,
     params: String,
     recipients: Vec<String>,
+    at: Instant,
 }
 
 impl Session<'_> {
@@ -396,7 +401,12 @@ impl Session<'_> {
                 },
                 "MAIL" => match mail_from(&line) {
                     Some((sender, params)) if envelope.is_none() => {
-                        envelope = Some(Envelope { sender, params, recipients: Vec::new() });
+                        envelope = Some(Envelope {
+                            sender,
+                            params,
+                            recipients: Vec::new(),
+                            at: Instant::now(),
+                        });
                         out += "250 2.1.0 ok\r\n";
                     }
                     Some(_) => out += "503 5.5.1 nested MAIL\r\n",
@@ -477,6 +487,8 @@ impl Session<'_> {
             recipients: envelope.recipients,
             body,
             tls,
+            mail_at: envelope.at,
+            data_end_at: Instant::now(),
         });
         state.transactions.len()
     }
