@@ -283,6 +283,10 @@ pub struct Core {
     handover_until: Option<Ms>,
     /// The handover's epoch (the primary's).
     handover_epoch: u64,
+    /// The last primary that dialed us held nothing (a node whose disk was replaced, yielding
+    /// to our data): its handover is a vote that needs no witness, since an empty node never
+    /// serves or claims until it has followed us.
+    empty_peer_dialed: bool,
     hold: bool,
     /// A primary handing over to a standby that holds more, until then.
     yielding_until: Option<Ms>,
@@ -335,6 +339,7 @@ impl Core {
             beginning: None,
             handover_until: None,
             handover_epoch: 0,
+            empty_peer_dialed: false,
             hold: false,
             yielding_until: None,
             published: None,
@@ -416,8 +421,18 @@ impl Core {
             Event::ClaimFailed { epoch, error } => {
                 if let Some(claim) = self.claim.filter(|c| c.epoch == epoch) {
                     self.claim = None;
-                    if let Why::Operator { .. } = claim.why {
-                        out.push(Action::Answer(Err(format!("cannot ask the witness: {error}"))));
+                    match claim.why {
+                        Why::Operator { .. } => out
+                            .push(Action::Answer(Err(format!("cannot ask the witness: {error}")))),
+                        // The peer that handed over is empty: with it and us, the majority is
+                        // there without the witness, and nobody else can serve.
+                        Why::Handover if self.empty_peer_dialed && self.role == Role::Standby => {
+                            let reason = format!(
+                                "the peer that handed over holds nothing, and the witness cannot be reached ({error})"
+                            );
+                            self.begin(epoch, Why::Handover, now, reason, &mut out);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -756,6 +771,7 @@ impl Core {
             _ => {
                 // A primary without an epoch has nothing to follow: it reads our Hello (and
                 // bootstraps when we are empty too, or yields when we are not).
+                self.empty_peer_dialed = theirs.data.is_empty();
                 let behind = theirs.data.is_empty()
                     || theirs.data.epoch < self.epoch
                     || (theirs.data.epoch == self.epoch

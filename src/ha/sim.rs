@@ -1149,6 +1149,33 @@ mod tests {
         }
     }
 
+    /// Found by the fault campaign (seed 25): the witness is lost, then the primary's disk is
+    /// replaced and it starts again at once. The empty node yields to its standby, which holds
+    /// the mail, and the standby's claim cannot reach the witness. The empty node's handover
+    /// is the vote the witness would have given (an empty node never serves or claims until it
+    /// has followed), so the standby takes over instead of waiting for a witness that is gone.
+    fn disk_replaced_with_the_witness_lost() -> World {
+        let mut w = started(true, OldRules::default());
+        mail_until(&mut w, 1000, 3000);
+        at(&mut w, 2500, Fault::Crash(W));
+        at(&mut w, 3100, Fault::Crash(A));
+        at(&mut w, 3200, Fault::Restart { node: A, wipe: true });
+        mail_until(&mut w, 3300, 12000);
+        w.run_until(12000);
+        w
+    }
+
+    #[test]
+    fn a_replaced_disk_hands_over_to_its_standby_with_the_witness_lost() {
+        let w = disk_replaced_with_the_witness_lost();
+        let trace = w.trace.clone().unwrap_or_default();
+        assert!(w.violation.is_none(), "{:?}\n{trace}", w.violation);
+        assert_eq!(w.begun.get(&2), Some(&B), "b took over in epoch 2: {:?}\n{trace}", w.begun);
+        let after = w.acknowledged.values().filter(|&&(node, at)| node == B && at > 3200).count();
+        assert!(after > 0, "b acknowledged mail after a's disk was replaced\n{trace}");
+        assert!(!w.disks[A].log.is_empty(), "a caught up from b");
+    }
+
     /// Case 2: the witness and the standby start first; the configured primary much later.
     fn late_primary(old: OldRules) -> World {
         let mut w = world(true, old);
