@@ -19,7 +19,7 @@
 # (restarted, or its link up) and must rejoin as the standby and catch up; `relayd demote` on
 # dc2 switches the primary role back to dc1. At the end the load stops, everything drains, and
 # drill.py prints the report and writes it as JSON: exit status 1 when a guarantee of
-# ../shared/HA.md is broken (or the drill could not finish), 2 for bad usage.
+# docs/guarantees.md is broken (or the drill could not finish), 2 for bad usage.
 #
 # Usage (root):
 #   scripts/drill.sh --short [--relayd PATH]               CI: one kill drill, one cut drill
@@ -79,7 +79,7 @@ P=rdd
 NODES=(dc1 dc2 wit dns snd sink)
 declare -A ip=([dc1]=10.77.0.11 [dc2]=10.77.0.12 [wit]=10.77.0.13 [dns]=10.77.0.14 [snd]=10.77.0.15 [sink]=10.77.0.16)
 # relayd's default failover_timeout (docs/configuration.md), written into the nodes' configs so
-# that the report can state it and hold the RTO to HA.md 3 against it.
+# that the report can state it and hold the RTO to guarantee 3 against it.
 FAILOVER_TIMEOUT=2.5
 mkdir -p /run/lock
 exec 9>/run/lock/relayd-drill.lock

@@ -1,4 +1,4 @@
-//! The command line (SPEC.md): run a node, or talk to one.
+//! The command line (docs/contract.md, "Command line"): run a node, or talk to one.
 //!
 //! Exit status: 0 done, 1 failed at run time, 2 bad usage or bad config.
 

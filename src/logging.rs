@@ -1,4 +1,4 @@
-//! Logging: tracing to stderr, as text or JSON, one line per event (SPEC.md "Log lines").
+//! Logging: tracing to stderr, as text or JSON, one line per event (docs/contract.md, "Log lines").
 
 use std::io::IsTerminal;
 

@@ -1,4 +1,4 @@
-//! The counters behind `/metrics` (SPEC.md names). Gauges that can be read off their owner
+//! The counters behind `/metrics` (the names of docs/contract.md, "Metrics"). Gauges that can be read off their owner
 //! (queue length from the spool, open sessions from the connection limiter) are not kept here.
 
 use std::sync::atomic::{AtomicU64, Ordering};

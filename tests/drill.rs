@@ -1,7 +1,7 @@
 //! The failover drill's short form (scripts/drill.sh --short) as part of the test suite: this
 //! build's relayd as dc1, dc2 and the witness in network namespaces, a real Postfix sending by
 //! MX through dnsmasq, smtp-sink as the customer's server; one kill -9 drill and one drill
-//! where dc1's link is cut while it lives on. The script checks HA.md's guarantees itself (its
+//! where dc1's link is cut while it lives on. The script checks the guarantees' promises (docs/guarantees.md) itself (its
 //! exit status); this test also reads its JSON report back, so that a report that stopped
 //! saying what it must fails here too.
 
@@ -60,7 +60,7 @@ fn the_short_drill_keeps_every_guarantee() {
     // The drill really ran: mail through relayd, a backlog at dc2, both kinds of failure.
     assert!(number(&summary["acknowledged_by_relayd"], "acknowledged") > 0.0, "{summary}");
     assert!(number(&summary["backlog_messages"], "backlog") >= 200.0, "{summary}");
-    // HA.md guarantee 3: a standby serves within failover_timeout plus about a second.
+    // guarantee 3 (docs/guarantees.md): a standby serves within failover_timeout plus about a second.
     let rto_limit = number(&report["settings"]["failover_timeout_s"], "failover_timeout_s") + 1.0;
     let drills = report["drills"].as_array().expect("drills");
     let kinds: Vec<&str> = drills.iter().map(|d| d["kind"].as_str().unwrap_or("?")).collect();

@@ -1,7 +1,7 @@
 //! The failover controller between real relayd processes: a witness `w`, a primary `a` and a
 //! standby `b` (tests/common/cluster.rs, [`Trio`]), every cluster link through a fault proxy of
 //! its own, and both data nodes delivering to one scripted sink, where every message is counted
-//! by its Message-ID. The tests kill, cut and isolate, and check HA.md's guarantees: no
+//! by its Message-ID. The tests kill, cut and isolate, and check the guarantees' promises (docs/guarantees.md): no
 //! acknowledged mail lost, never two primaries, failover in seconds, nothing a demoted primary
 //! accepted thrown away, few duplicates (none on a planned switchover).
 //!
@@ -762,7 +762,7 @@ fn async_mail_acknowledged_by_a_killed_primary_is_salvaged_when_it_returns() {
     assert!(duplicates(&counts).is_empty(), "duplicates: {:?}", duplicates(&counts));
     assert_eq!(counts.len(), ids.len(), "the sink got exactly the test's messages: {counts:?}");
     wait_queue_empty(&trio.b, "b");
-    // Catch-up, not copy-all (HA.md 4): a dropped its divergent records and resumed from
+    // Catch-up, not copy-all (guarantee 4): a dropped its divergent records and resumed from
     // where the two logs part; b sent no snapshot.
     assert_eq!(
         count(&trio.a.log(), "dropped our divergent records"),
@@ -777,7 +777,7 @@ fn async_mail_acknowledged_by_a_killed_primary_is_salvaged_when_it_returns() {
 
 /// A standby built from a snapshot is promoted; the old primary returns, holding exactly the
 /// position that snapshot was taken at. The new primary's log holds no record there (its log
-/// starts after it), yet the old primary resumes from it: no second snapshot (HA.md 4).
+/// starts after it), yet the old primary resumes from it: no second snapshot (guarantee 4).
 #[test]
 fn a_node_that_stopped_at_the_snapshot_point_resumes_without_a_snapshot() {
     let mut trio = Trio::start(TrioOptions::default());
@@ -1024,7 +1024,7 @@ fn check_config_rejects_a_lease_that_could_outlive_the_failover_timeout() {
 /// docs/configuration.md: "A witness needs only [node] ... [cluster] (listen and the three
 /// tls_ keys)". With the data nodes on failover_timeout 1 s (heartbeat 100 ms, lease 500 ms:
 /// valid) and the witness configured as documented, a killed primary's standby should serve
-/// within failover_timeout and about a second (HA.md, guarantee 3).
+/// within failover_timeout and about a second (docs/guarantees.md, promise 3).
 #[test]
 fn a_witness_configured_as_documented_follows_the_data_nodes_failover_timeout() {
     let timings = Timings {

@@ -6,7 +6,7 @@
 //! `relayd promote`, signals and the data directories.
 //!
 //! Each test gathers every guarantee it saw broken and fails with the whole list, so that one
-//! run shows everything that went wrong (HA.md 1: no acknowledged mail lost; 2: never two
+//! run shows everything that went wrong (guarantee 1: no acknowledged mail lost; 2: never two
 //! primaries; 3: failover in seconds).
 
 mod common;
@@ -108,7 +108,7 @@ fn verdict(trio: &Trio, failures: &[String]) {
 
 /// A primary holding 50 acknowledged messages (sync: on the standby's disk too) that its next
 /// hop has not taken is killed, its data_dir emptied, and started again at once, before the
-/// standby can promote. No acknowledged message may be lost (HA.md 1: "even when the primary's
+/// standby can promote. No acknowledged message may be lost (guarantee 1: "even when the primary's
 /// disk is gone for good"): all 50 stay queued on some node, and all are delivered once the next
 /// hop takes mail. On 83bdc73 the empty primary starts epoch 1 again and rebuilds the standby
 /// from its empty spool by snapshot: the standby's queue goes from 50 to 0.
@@ -272,7 +272,7 @@ fn standby_started_first_does_not_serve_alone() {
 
 /// The primary `a` is cut off (its links to `b` and to the witness), `b` takes over in epoch 2,
 /// takes mail and dies (kill -9). When `a`'s links heal, `a` is the only data node left: it
-/// must serve again by itself within failover_timeout and a few seconds (HA.md 3). On 83bdc73
+/// must serve again by itself within failover_timeout and a few seconds (guarantee 3). On 83bdc73
 /// it steps down to a standby of epoch 1 and its claim of epoch 2 is refused for good ("epoch
 /// 2 is not newer than 2 (granted to b)"): no primary at all until `b` returns.
 #[test]

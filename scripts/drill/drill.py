@@ -256,7 +256,7 @@ def poll(args):
 
 
 # ---------------------------------------------------------------------------------------------
-# report: the figures and the checks of HA.md's guarantees, from what the run left behind.
+# report: the figures and the checks of the guarantees' promises (docs/guarantees.md), from what the run left behind.
 
 
 def read_jsonl(path):
@@ -501,19 +501,19 @@ def report(args):
     limit = args.failover_timeout + 1.0
 
     checks = [
-        ("no acknowledged mail lost (HA.md 1, 5)", not lost,
+        ("no acknowledged mail lost (guarantee 1, 5)", not lost,
          f"{len(lost)} of {len(acked)} acknowledged never delivered" + (f", e.g. {lost[:5]}" if lost else "")),
-        ("never two serving primaries (HA.md 2)", not overlaps,
+        ("never two serving primaries (guarantee 2)", not overlaps,
          "seen at " + ", ".join(f"+{rel(a)}..+{rel(b)} s" for a, b in overlaps[:5]) if overlaps else "never"),
-        ("a cut primary fenced itself before the standby served (HA.md 2)",
+        ("a cut primary fenced itself before the standby served (guarantee 2)",
          all(d.get("dc1_fenced_s") is not None and d["dc2_serving_s"] is not None
              and d["dc1_fenced_s"] < d["dc2_serving_s"] for d in drills if d["kind"] == "cut"),
          ", ".join(f"drill {d['drill']}: fenced {d.get('dc1_fenced_s')} s, dc2 served {d['dc2_serving_s']} s"
                    for d in drills if d["kind"] == "cut") or "no cut drill"),
-        (f"failover within failover_timeout + 1 s = {limit:g} s (HA.md 3)",
+        (f"failover within failover_timeout + 1 s = {limit:g} s (guarantee 3)",
          bool(drills) and all(d["rto_s"] is not None and d["rto_s"] <= limit for d in drills),
          ", ".join(f"drill {d['drill']}: {d['rto_s']}" for d in drills)),
-        ("duplicates within what was in flight (HA.md 6)", duplicates <= in_flight,
+        ("duplicates within what was in flight (guarantee 6)", duplicates <= in_flight,
          f"{duplicates} duplicates, {in_flight} in flight"),
         ("every rejoin caught up, every switchover done",
          bool(drills) and all(d["catch_up_s"] is not None and d["switchover_s"] is not None for d in drills),
@@ -531,9 +531,9 @@ def report(args):
     ok = all(c[1] for c in checks)
     # Seen and reported, without failing the run: relayd falls back to a full copy (snapshot)
     # when the rejoining node holds records past the divergence point, which a kill under load
-    # leaves behind; HA.md 4 asks for a resume. See docs/operations.md, "The failover drill".
+    # leaves behind; guarantee 4 asks for a resume. See docs/operations.md, "The failover drill".
     notes = [
-        ("rejoins that resumed from their last record rather than a full copy (HA.md 4)",
+        ("rejoins that resumed from their last record rather than a full copy (guarantee 4)",
          all(d["rejoin"] != "snapshot" for d in drills),
          ", ".join(f"drill {d['drill']}: {d['rejoin']}" for d in drills)),
     ]

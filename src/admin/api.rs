@@ -1,4 +1,4 @@
-//! The admin endpoint's JSON documents (SPEC.md "The admin endpoint"), shared by the server,
+//! The admin endpoint's JSON documents (docs/contract.md, "Admin endpoint"), shared by the server,
 //! which builds them from the spool, and by the CLI, which reads them back.
 
 use serde::{Deserialize, Serialize};

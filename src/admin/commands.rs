@@ -1,5 +1,5 @@
 //! The subcommands that talk to a running node: `relayd status` and `relayd queue ...`.
-//! Each returns the exit status (SPEC.md): 0 done, 1 failed at run time (the node cannot be
+//! Each returns the exit status (docs/contract.md, "Command line"): 0 done, 1 failed at run time (the node cannot be
 //! reached, or refused: its JSON error is shown), 2 bad config (e.g. an unreadable token file).
 
 use std::fmt::Write as _;

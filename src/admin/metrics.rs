@@ -1,5 +1,5 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
-//! The names are SPEC.md's; `relayd_spool_syncs_total`, `relayd_spool_reopens_total` and
+//! The names are the contract's (docs/contract.md, "Metrics"); `relayd_spool_syncs_total`, `relayd_spool_reopens_total` and
 //! `relayd_smtp_storage_refusals_total` are additions.
 
 use std::fmt::Write;

@@ -1,4 +1,4 @@
-//! The admin endpoint (SPEC.md "The admin endpoint"): HTTP and JSON on `[admin].listen`, for
+//! The admin endpoint (docs/contract.md, "Admin endpoint"): HTTP and JSON on `[admin].listen`, for
 //! operators, their tools and the `relayd status` / `relayd queue ...` subcommands.
 //!
 //! `routes` holds the handlers, `api` the JSON documents (shared with the CLI's `client`),

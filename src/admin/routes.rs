@@ -1,4 +1,4 @@
-//! The endpoint's handlers, one per route (SPEC.md "The admin endpoint").
+//! The endpoint's handlers, one per route (docs/contract.md, "Admin endpoint").
 
 use std::sync::Arc;
 
