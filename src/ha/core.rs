@@ -283,10 +283,11 @@ pub struct Core {
     handover_until: Option<Ms>,
     /// The handover's epoch (the primary's).
     handover_epoch: u64,
-    /// The last primary that dialed us held nothing (a node whose disk was replaced, yielding
-    /// to our data): its handover is a vote that needs no witness, since an empty node never
-    /// serves or claims until it has followed us.
-    empty_peer_dialed: bool,
+    /// The peer's last Hello showed an empty spool. An empty node never serves or claims until
+    /// it has followed (I2), so its word is the vote the witness would give: its handover (a
+    /// node whose disk was replaced, yielding to our data), or, when both of us are empty, the
+    /// configured primary's bootstrap, needs no witness that cannot be reached.
+    peer_empty: bool,
     hold: bool,
     /// A primary handing over to a standby that holds more, until then.
     yielding_until: Option<Ms>,
@@ -339,7 +340,7 @@ impl Core {
             beginning: None,
             handover_until: None,
             handover_epoch: 0,
-            empty_peer_dialed: false,
+            peer_empty: false,
             hold: false,
             yielding_until: None,
             published: None,
@@ -426,11 +427,17 @@ impl Core {
                             .push(Action::Answer(Err(format!("cannot ask the witness: {error}")))),
                         // The peer that handed over is empty: with it and us, the majority is
                         // there without the witness, and nobody else can serve.
-                        Why::Handover if self.empty_peer_dialed && self.role == Role::Standby => {
+                        Why::Handover if self.peer_empty && self.role == Role::Standby => {
                             let reason = format!(
                                 "the peer that handed over holds nothing, and the witness cannot be reached ({error})"
                             );
                             self.begin(epoch, Why::Handover, now, reason, &mut out);
+                        }
+                        Why::Bootstrap if self.peer_empty && self.bootstrapping => {
+                            let reason = format!(
+                                "bootstrap: the peer's spool is empty too, and the witness cannot be reached ({error})"
+                            );
+                            self.begin(1, Why::Bootstrap, now, reason, &mut out);
                         }
                         _ => {}
                     }
@@ -449,6 +456,7 @@ impl Core {
             }
             Event::Hello { side, ours, theirs } => {
                 self.see(theirs.data.epoch, &mut out);
+                self.peer_empty = theirs.data.is_empty();
                 let verdict = match side {
                     Side::Shipping => self.shipping(ours, &theirs, now, &mut out),
                     Side::Following => self.following(ours, &theirs, now, &mut out),
@@ -771,7 +779,6 @@ impl Core {
             _ => {
                 // A primary without an epoch has nothing to follow: it reads our Hello (and
                 // bootstraps when we are empty too, or yields when we are not).
-                self.empty_peer_dialed = theirs.data.is_empty();
                 let behind = theirs.data.is_empty()
                     || theirs.data.epoch < self.epoch
                     || (theirs.data.epoch == self.epoch

@@ -1176,6 +1176,26 @@ mod tests {
         assert!(!w.disks[A].log.is_empty(), "a caught up from b");
     }
 
+    /// Found by the fault campaign (seed 101): a new cluster whose two data nodes start well
+    /// before its witness. Both spools are empty, so nobody's data is at stake and only the
+    /// configured primary may begin: it bootstraps on its empty peer's word instead of waiting
+    /// for the witness's grant of epoch 1.
+    #[test]
+    fn a_new_cluster_bootstraps_on_two_empty_data_nodes_before_its_witness_starts() {
+        let mut w = world(true, OldRules::default());
+        at(&mut w, 0, Fault::Restart { node: A, wipe: false });
+        at(&mut w, 10, Fault::Restart { node: B, wipe: false });
+        at(&mut w, 8000, Fault::Restart { node: W, wipe: false });
+        mail_until(&mut w, 100, 12000);
+        w.run_until(12000);
+        let trace = w.trace.clone().unwrap_or_default();
+        assert!(w.violation.is_none(), "{:?}\n{trace}", w.violation);
+        assert_eq!(w.begun.get(&1), Some(&A), "a bootstrapped epoch 1: {:?}\n{trace}", w.begun);
+        let before = w.acknowledged.values().filter(|&&(node, at)| node == A && at < 8000).count();
+        assert!(before > 0, "a served before the witness started\n{trace}");
+        assert!(!w.disks[B].log.is_empty(), "b followed a");
+    }
+
     /// Case 2: the witness and the standby start first; the configured primary much later.
     fn late_primary(old: OldRules) -> World {
         let mut w = world(true, old);
