@@ -1079,6 +1079,61 @@ mod tests {
         (from / 50..to / 50).flat_map(|t| core.step(Event::Tick, t * 50)).collect()
     }
 
+    fn begins(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::BeginEpoch(epoch) => Some(*epoch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hello(side: Side, node: &str, primary: bool, theirs: Data, ours: Data) -> Event {
+        Event::Hello { side, ours, theirs: Peer { node: node.into(), primary, data: theirs } }
+    }
+
+    const EMPTY: Data = Data { epoch: 0, seq: 0 };
+
+    fn empty_primary() -> Disk {
+        Disk { role: None, role_override: None, configured: Role::Primary, epoch: 0, highest: 0 }
+    }
+
+    #[test]
+    fn an_empty_configured_primary_bootstraps_on_its_empty_peer_when_the_witness_is_unreachable() {
+        let (mut core, _) = Core::start(setup("a"), empty_primary(), 0);
+        core.step(hello(Side::Shipping, "b", false, EMPTY, EMPTY), 10);
+        assert_eq!(claims(&core.step(Event::Tick, 50)), vec![1], "the witness is asked first");
+        let failed = core.step(Event::ClaimFailed { epoch: 1, error: "refused".into() }, 60);
+        assert_eq!(begins(&failed), vec![1], "{failed:?}");
+
+        // A peer that holds data is never bootstrapped over.
+        let (mut core, _) = Core::start(setup("a"), empty_primary(), 0);
+        core.step(hello(Side::Shipping, "b", false, Data { epoch: 1, seq: 9 }, EMPTY), 10);
+        let failed = core.step(Event::ClaimFailed { epoch: 1, error: "refused".into() }, 60);
+        assert!(begins(&failed).is_empty(), "{failed:?}");
+    }
+
+    #[test]
+    fn a_standby_takes_over_from_an_empty_peer_that_hands_over_when_the_witness_is_unreachable() {
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 1), 0);
+        let theirs = hello(Side::Following, "a", true, EMPTY, Data { epoch: 1, seq: 50 });
+        core.step(theirs, 10);
+        let asked = core.step(Event::HandoverAsked { epoch: 0 }, 20);
+        assert_eq!(claims(&asked), vec![2]);
+        let failed = core.step(Event::ClaimFailed { epoch: 2, error: "refused".into() }, 30);
+        assert_eq!(begins(&failed), vec![2], "{failed:?}");
+
+        // A peer with data of its own that hands over: the witness's word is needed.
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 1), 0);
+        let data = Data { epoch: 1, seq: 50 };
+        core.step(hello(Side::Following, "a", true, data, Data { epoch: 1, seq: 60 }), 10);
+        let asked = core.step(Event::HandoverAsked { epoch: 1 }, 20);
+        assert_eq!(claims(&asked), vec![2]);
+        let failed = core.step(Event::ClaimFailed { epoch: 2, error: "refused".into() }, 30);
+        assert!(begins(&failed).is_empty(), "{failed:?}");
+    }
+
     #[test]
     fn an_empty_standby_never_claims_however_long_it_waits() {
         let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 0), 0);
@@ -1089,14 +1144,7 @@ mod tests {
 
     #[test]
     fn an_empty_configured_primary_claims_epoch_1_and_stands_by_when_refused() {
-        let empty = Disk {
-            role: None,
-            role_override: None,
-            configured: Role::Primary,
-            epoch: 0,
-            highest: 0,
-        };
-        let (mut core, _) = Core::start(setup("a"), empty, 0);
+        let (mut core, _) = Core::start(setup("a"), empty_primary(), 0);
         assert!(!core.status().serving_at(0));
         assert_eq!(claims(&core.step(Event::Tick, 50)), vec![1]);
         let refusal = Event::Verdict { epoch: 1, granted: false, highest: 4, reason: "no".into() };
