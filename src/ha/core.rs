@@ -1099,6 +1099,36 @@ mod tests {
         Disk { role: None, role_override: None, configured: Role::Primary, epoch: 0, highest: 0 }
     }
 
+    /// The simulation's finding 5: a grant of epoch 1 that arrives once the node has learnt
+    /// that the cluster exists (a primary with data dialed it) is not used.
+    #[test]
+    fn a_bootstrap_grant_answered_after_standing_by_is_not_used() {
+        let (mut core, _) = Core::start(setup("a"), empty_primary(), 0);
+        assert_eq!(claims(&core.step(Event::Tick, 50)), vec![1]);
+        core.step(hello(Side::Following, "b", true, Data { epoch: 1, seq: 9 }, EMPTY), 60);
+        assert_eq!(core.status().role, Role::Standby);
+        let late = Event::Verdict { epoch: 1, granted: true, highest: 1, reason: "granted".into() };
+        let actions = core.step(late, 70);
+        assert!(begins(&actions).is_empty(), "{actions:?}");
+        assert_eq!(core.status().role, Role::Standby);
+    }
+
+    /// The simulation's finding 7: without a witness, a configured primary that finds its peer
+    /// holding the data stands by and persists that role, so that a restart once it holds the
+    /// peer's data does not make it a primary again by its config.
+    #[test]
+    fn a_configured_primary_that_stands_by_persists_the_standby_role() {
+        let no_witness = Setup { witness: false, auto_failover: false, ..setup("a") };
+        let (mut core, _) = Core::start(no_witness, empty_primary(), 0);
+        let actions =
+            core.step(hello(Side::Following, "b", true, Data { epoch: 2, seq: 9 }, EMPTY), 10);
+        assert_eq!(core.status().role, Role::Standby);
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Persist { role: Role::Standby, .. })),
+            "{actions:?}"
+        );
+    }
+
     #[test]
     fn an_empty_configured_primary_bootstraps_on_its_empty_peer_when_the_witness_is_unreachable() {
         let (mut core, _) = Core::start(setup("a"), empty_primary(), 0);

@@ -230,6 +230,18 @@ mod tests {
         assert!(granted(&w.answer(forced, 4002, ok)), "unless forced");
     }
 
+    /// The simulation's finding 3: the grantee, its verdict still on the way, pings as the
+    /// standby it was; that ping must not clear the witness's memory of it as serving, or the
+    /// next epoch goes to the other node before the grantee has even begun.
+    #[test]
+    fn a_late_grantee_pinging_as_a_standby_still_holds_off_the_next_claim() {
+        let mut w = Grants::new(1, "a".into(), 0);
+        assert!(granted(&w.answer(claim("b", 2), 5000, ok)));
+        let stale = Request::Ping { node: "b".into(), primary: false, epoch: 1, serving: false };
+        w.answer(stale, 5100, ok);
+        assert!(!granted(&w.answer(claim("a", 3), 5200, ok)), "b's grant still holds");
+    }
+
     #[test]
     fn a_grant_that_cannot_be_persisted_is_refused() {
         let mut w = Grants::new(0, String::new(), 0);
