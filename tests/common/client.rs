@@ -15,6 +15,10 @@ pub enum Outcome {
     Accepted,
     /// A reply that refused the message (421 at the greeting, 451, ...).
     Refused(String),
+    /// A 4xx to the end of the body: the client keeps the message and sends it again, but a
+    /// cluster node may hold it all the same (a primary that stopped serving during the sync
+    /// wait withdraws it, and its standby may have it already): a delivery of it may follow.
+    Deferred(String),
     /// No answer: refused connection, closed or reset connection, time-out. `uncertain` when
     /// the body had been sent: the message may have been queued all the same.
     Failed { error: String, uncertain: bool },
@@ -73,6 +77,9 @@ fn try_submit(
     *body_sent = true;
     writer.set_read_timeout(Some(patience.max(FINAL_REPLY)))?;
     let reply = read_reply(&mut reader)?;
+    if reply.starts_with('4') {
+        return Ok(Outcome::Deferred(reply));
+    }
     if !reply.starts_with("250") {
         return Ok(Outcome::Refused(reply));
     }

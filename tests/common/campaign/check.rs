@@ -87,8 +87,9 @@ pub struct Delivery {
 #[derive(Clone, Debug, Default)]
 pub struct History {
     pub acks: Vec<Ack>,
-    /// Messages sent again after a submission whose fate was unknown (the body went out, no
-    /// reply came): the client may have made a duplicate itself.
+    /// Messages sent again after a submission whose fate was unknown (the body went out, and
+    /// no reply came, or a 4xx: a primary that stopped serving withdraws the message, which
+    /// its standby may hold already): the client may have made a duplicate itself.
     pub resent: BTreeSet<String>,
     pub observations: Vec<Observation>,
     /// Deliveries of the load's messages (not of bounces).

@@ -492,7 +492,7 @@ fn offer(
                     lock(acks).push(Ack { id, node, window });
                     return;
                 }
-                Outcome::Failed { uncertain: true, .. } => {
+                Outcome::Failed { uncertain: true, .. } | Outcome::Deferred(_) => {
                     lock(resent).insert(id.clone());
                 }
                 _ => {}
