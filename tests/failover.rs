@@ -11,13 +11,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::client::{self, Outcome};
 use common::cluster::{
     CLOSED, Timings, Trio, TrioOptions, certs_init, count, log_time, role_epoch, sever,
     trio_sections,
@@ -25,87 +25,10 @@ use common::cluster::{
 use common::sink::Sink;
 use common::{BIN, Node, run, wait_for};
 
-// ---------------------------------------------------------------------------------------------
-// A small SMTP client that never panics: senders must survive nodes that die or refuse.
-
-/// How one submission ended.
-#[derive(Clone, Debug, PartialEq)]
-enum Outcome {
-    /// 250 after the body.
-    Accepted,
-    /// A reply that refused the message (421 at the greeting, 451, ...).
-    Refused(String),
-    /// No answer: refused connection, closed or reset connection, time-out. `uncertain` when
-    /// the body had been sent: the message may have been queued all the same.
-    Failed { error: String, uncertain: bool },
-}
-
-/// The DATA of the message with Message-ID `id`.
-fn message_data(id: &str) -> String {
-    format!(
-        "From: <sender@example.org>\r\nTo: <user@example.com>\r\nSubject: failover {id}\r\n\
-         Message-ID: <{id}>\r\n\r\nThis is message {id}.\r\nIt has two lines.\r\n"
-    )
-}
-
-/// Sends the message `id` in a session of its own.
+/// Sends the message `id` in a session of its own, with the fault tests' client (it never
+/// panics: senders must survive nodes that die or refuse).
 fn submit(addr: SocketAddr, id: &str) -> Outcome {
-    let mut body_sent = false;
-    match try_submit(addr, id, &mut body_sent) {
-        Ok(outcome) => outcome,
-        Err(error) => Outcome::Failed { error: error.to_string(), uncertain: body_sent },
-    }
-}
-
-fn try_submit(addr: SocketAddr, id: &str, body_sent: &mut bool) -> std::io::Result<Outcome> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    // Longer than sync_timeout, the longest a 250 may take.
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let greeting = read_reply(&mut reader)?;
-    if !greeting.starts_with("220") {
-        return Ok(Outcome::Refused(greeting));
-    }
-    for (line, code) in [
-        ("EHLO client.test", "250"),
-        ("MAIL FROM:<sender@example.org>", "250"),
-        ("RCPT TO:<user@example.com>", "250"),
-        ("DATA", "354"),
-    ] {
-        writer.write_all(format!("{line}\r\n").as_bytes())?;
-        let reply = read_reply(&mut reader)?;
-        if !reply.starts_with(code) {
-            return Ok(Outcome::Refused(reply));
-        }
-    }
-    writer.write_all(format!("{}.\r\n", message_data(id)).as_bytes())?;
-    *body_sent = true;
-    let reply = read_reply(&mut reader)?;
-    if !reply.starts_with("250") {
-        return Ok(Outcome::Refused(reply));
-    }
-    let _ = writer.write_all(b"QUIT\r\n");
-    Ok(Outcome::Accepted)
-}
-
-/// One reply, all its lines.
-fn read_reply(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    let mut reply = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("connection closed; reply so far {reply:?}"),
-            ));
-        }
-        reply.push_str(&line);
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(reply.trim_end().to_string());
-        }
-    }
+    client::submit(addr, id, Duration::from_secs(10))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,7 +79,8 @@ impl Load {
                                         lock(&acked).push(Acked { id, node, at });
                                         continue 'messages;
                                     }
-                                    Outcome::Failed { uncertain: true, .. } => {
+                                    Outcome::Failed { uncertain: true, .. }
+                                    | Outcome::Deferred(_) => {
                                         lock(&resent).insert(id.clone());
                                     }
                                     _ => {}
@@ -694,7 +618,9 @@ fn timeline(attempts: &[Attempt], since: Instant) -> String {
             };
             let outcome = match &a.outcome {
                 Outcome::Accepted => "250".to_string(),
-                Outcome::Refused(reply) => reply.chars().take(40).collect(),
+                Outcome::Refused(reply) | Outcome::Deferred(reply) => {
+                    reply.chars().take(40).collect()
+                }
                 Outcome::Failed { error, .. } => format!("failed: {error}"),
             };
             (a.start, format!("  {} {}..{} ms: {outcome}", a.node, at(a.start), at(a.end)))
