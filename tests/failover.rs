@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{self, Outcome};
 use common::cluster::{
-    CLOSED, Timings, Trio, TrioOptions, certs_init, count, log_time, role_epoch, sever,
+    CLOSED, Timings, Trio, TrioOptions, certs_init, count, ha_lines, log_time, role_epoch, sever,
     trio_sections,
 };
 use common::sink::Sink;
@@ -287,28 +287,6 @@ fn wait_queue_empty(node: &Node, name: &str) {
     wait_for(&format!("{name}'s queue to empty"), || {
         common::cluster::try_status(node).is_some_and(|s| s["queue"]["messages"] == 0)
     });
-}
-
-/// The lines of a node's log that matter to a failover, for failure messages.
-fn ha_lines(node: &Node) -> String {
-    const EVENTS: [&str; 11] = [
-        "snapshot",
-        "divergent records",
-        "promoted",
-        "demoted",
-        "fenced",
-        "serving reason",
-        "witness refused",
-        "granted epoch",
-        "salvag",
-        "replication link up",
-        "switchover",
-    ];
-    node.log()
-        .lines()
-        .filter(|line| EVENTS.iter().any(|e| line.contains(e)))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::campaign::check::{self, DataNode, History};
 use common::campaign::{Gates, Load, Watch};
 use common::client::{self, Outcome, StatusSample, relayd_on, submit};
-use common::cluster::{Timings, Trio, TrioOptions, count, sever};
+use common::cluster::{Timings, Trio, TrioOptions, count, ha_lines, sever};
 use common::within;
 
 const DEFAULTS: Timings = Timings::DEFAULTS;
@@ -64,30 +64,9 @@ fn settled(trio: &Trio) -> Option<&'static str> {
     })
 }
 
-/// The lines of a node's log that tell its role's story, for failure messages.
-fn ha_lines(trio: &Trio, name: &str) -> String {
-    const EVENTS: [&str; 12] = [
-        "snapshot",
-        "divergent records",
-        "promoted",
-        "demoted",
-        "fenced",
-        "serving reason",
-        "witness refused",
-        "granted epoch",
-        "salvag",
-        "replication link up",
-        "last held",
-        "following the primary",
-    ];
-    let lines: Vec<String> = trio
-        .node(name)
-        .log()
-        .lines()
-        .filter(|line| EVENTS.iter().any(|e| line.contains(e)))
-        .map(str::to_string)
-        .collect();
-    format!("{name}:\n  {}", lines.join("\n  "))
+/// A node's role story, named, for failure messages.
+fn story(trio: &Trio, name: &str) -> String {
+    format!("{name}:\n  {}", ha_lines(trio.node(name)).replace('\n', "\n  "))
 }
 
 /// Fails with every broken guarantee in `failures`, and the nodes' stories.
@@ -97,9 +76,9 @@ fn verdict(trio: &Trio, failures: &[String]) {
         failures.is_empty(),
         "{}\n\n{}\n{}\n{}",
         failures.join("\n"),
-        ha_lines(trio, "a"),
-        ha_lines(trio, "b"),
-        ha_lines(trio, "w")
+        story(trio, "a"),
+        story(trio, "b"),
+        story(trio, "w")
     );
 }
 

@@ -542,3 +542,28 @@ pub fn log_time(log: &str, needle: &str) -> Option<chrono::DateTime<chrono::Fixe
             .unwrap_or_else(|e| panic!("a log line without a time stamp ({e}): {line}"))
     })
 }
+
+/// The lines of a node's log that tell its role's story (promotions, fencing, the witness's
+/// answers, snapshots, rewinds, salvage), for failure messages.
+pub fn ha_lines(node: &Node) -> String {
+    const EVENTS: [&str; 13] = [
+        "snapshot",
+        "divergent records",
+        "promoted",
+        "demoted",
+        "fenced",
+        "serving reason",
+        "witness refused",
+        "granted epoch",
+        "salvag",
+        "replication link up",
+        "last held",
+        "following the primary",
+        "switchover",
+    ];
+    node.log()
+        .lines()
+        .filter(|line| EVENTS.iter().any(|e| line.contains(e)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
