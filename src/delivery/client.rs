@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 use super::outcome::Outcome;
 use super::route::Hop;
 use crate::config::RouteTls;
-use crate::smtp::proto::DotStuffer;
+use crate::proto::DotStuffer;
 use crate::spool::{MessageRecord, Spool};
 
 /// RFC 5321 section 4.5.3.2's minimum timeouts, per stage; connecting gets Postfix's 30 s.

@@ -1,10 +1,10 @@
 //! The SMTP listener: accepts connections, enforces the connection limits before the greeting,
 //! and runs a [`session::Session`] for each client.
 //!
-//! `proto` is the grammar (no I/O), `session` the state machine over a socket.
+//! The grammar it speaks is [`crate::proto`] (no I/O, shared with the delivery client);
+//! `session` is the state machine over a socket.
 
 pub mod limits;
-pub mod proto;
 pub mod session;
 pub mod tls;
 
@@ -21,11 +21,11 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
+use crate::proto::Reply;
 use crate::replication::Replication;
 use crate::role::RoleWatch;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
-use proto::Reply;
 use session::Session;
 
 /// The listen queue: connections the kernel has completed and relayd has not accepted yet. The

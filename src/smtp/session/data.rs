@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-use super::proto::{BodyDecoder, Reply};
 use super::{Conn, End, Session, later};
 use crate::config::SmtpConfig;
 use crate::metrics::Metrics;
+use crate::proto::{BodyDecoder, Reply};
 use crate::replication::Copies;
 use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
 

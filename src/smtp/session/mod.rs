@@ -21,8 +21,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Services;
 use super::limits::ConnectionSlot;
-use super::proto::{self, Address, Command, LineReader, MailFrom, Reply};
 use crate::config::Config;
+use crate::proto::{self, Address, Command, LineReader, MailFrom, Reply};
 
 /// Anything a session can run over: a TCP stream, or TLS over one after STARTTLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}

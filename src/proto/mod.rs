@@ -1,5 +1,7 @@
 //! The SMTP grammar, free of I/O: commands, addresses, replies and the body readers. Everything
 //! a client can send passes through here first, which is what makes it the fuzzing surface.
+//! It sits below both ends of the mail path: the listener (`smtp`) parses with it and the
+//! delivery client (`delivery`) dot-stuffs with it, so neither end imports the other's grammar.
 
 pub mod address;
 pub mod body;
