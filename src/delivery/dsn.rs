@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::outcome::{EnhancedStatus, Reply};
 use crate::spool::{MessageRecord, Spool};
 
 /// Headers of the original message copied into a DSN, at most.
@@ -11,45 +12,41 @@ const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
 /// One recipient the DSN reports.
 pub struct Failed<'a> {
     pub recipient: &'a str,
-    pub reply: &'a str,
+    /// The next hop's reply, or our account of the failure (the last one, for an expiry).
+    pub reply: &'a Reply,
     pub relay: Option<&'a str>,
     /// True when the message expired in the queue rather than being refused.
     pub expired: bool,
 }
 
-/// The enhanced status code in a reply ("550 5.1.1 ..." or "4.4.1 ..."), or one derived from
-/// its class when it has none.
-pub fn status_of(reply: &str, expired: bool) -> String {
-    if expired {
-        return "4.4.7".into();
+impl Failed<'_> {
+    /// The Status field: 4.4.7 for an expiry, else the reply's own (or its class).
+    fn status(&self) -> EnhancedStatus {
+        if self.expired { EnhancedStatus::EXPIRED } else { self.reply.dsn_status() }
     }
-    let code = reply
-        .split_whitespace()
-        .take(2)
-        .find(|word| {
-            let parts: Vec<&str> = word.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-        })
-        .map(str::to_string);
-    code.unwrap_or_else(|| if reply.starts_with('4') { "4.0.0".into() } else { "5.0.0".into() })
 }
 
 /// Builds the DSN message (headers and body, CRLF line ends) for `message`'s `failed`
-/// recipients, from `hostname`'s MAILER-DAEMON to the original sender.
+/// recipients, from `hostname`'s MAILER-DAEMON to the original sender, dated `now_ms` (Unix
+/// ms), with `headers`, the original message's ([`original_headers`]), attached.
 pub fn build(
     hostname: &str,
     message: &MessageRecord,
     failed: &[Failed<'_>],
-    spool: &Spool,
+    headers: &[u8],
+    now_ms: u64,
 ) -> Vec<u8> {
     let envelope = &message.envelope;
     let id = envelope.id;
     let boundary = format!("{id}/{hostname}");
-    let now = chrono::Utc::now().to_rfc2822();
-    let arrival = chrono::DateTime::from_timestamp_millis(envelope.received_at_ms as i64)
-        .map_or_else(|| now.clone(), |t| t.to_rfc2822());
+    let rfc2822 = |ms: u64| {
+        i64::try_from(ms)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc2822())
+    };
+    let now = rfc2822(now_ms).unwrap_or_default();
+    let arrival = rfc2822(envelope.received_at_ms).unwrap_or_else(|| now.clone());
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = write!(
@@ -100,13 +97,15 @@ pub fn build(
              Action: failed\r\n\
              Status: {}\r\n",
             f.recipient,
-            status_of(f.reply, f.expired),
+            f.status(),
         );
         if let Some(relay) = f.relay {
             let host = relay.split('[').next().unwrap_or(relay);
             let _ = write!(out, "Remote-MTA: dns; {host}\r\n");
         }
-        if f.reply.chars().next().is_some_and(|c| c.is_ascii_digit()) && f.relay.is_some() {
+        // What failed at a named next hop is reported as SMTP, our own accounts of it too
+        // (a lost connection, a missing extension); what failed before any hop, as ours.
+        if f.relay.is_some() {
             let _ = write!(out, "Diagnostic-Code: smtp; {}\r\n", f.reply);
         } else {
             let _ = write!(out, "Diagnostic-Code: X-Relayd; {}\r\n", f.reply);
@@ -120,13 +119,14 @@ pub fn build(
          \r\n"
     );
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&original_headers(message, spool));
+    bytes.extend_from_slice(headers);
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
 }
 
-/// The header section of the stored message (up to the blank line), CRLF-terminated.
-fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
+/// The header section of the stored message (up to the blank line), CRLF-terminated, at most
+/// [`MAX_ORIGINAL_HEADERS`] bytes.
+pub fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
     let mut headers = Vec::new();
     for chunk in spool.body(message.envelope.id) {
         let Ok(chunk) = chunk else { break };
@@ -144,17 +144,4 @@ fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
         headers.extend_from_slice(b"\r\n");
     }
     headers
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_codes_come_from_the_reply_or_its_class() {
-        assert_eq!(status_of("550 5.1.1 <u@x>: unknown", false), "5.1.1");
-        assert_eq!(status_of("5.1.2 Host or domain name not found", false), "5.1.2");
-        assert_eq!(status_of("554 no thanks", false), "5.0.0");
-        assert_eq!(status_of("451 4.3.0 try later", true), "4.4.7");
-    }
 }
