@@ -145,3 +145,126 @@ pub fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
     }
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Envelope, LogPosition, QueueId, RecipientState};
+
+    fn message() -> MessageRecord {
+        MessageRecord {
+            envelope: Envelope {
+                id: QueueId::new(),
+                sender: "s@client.test".into(),
+                recipients: vec!["a@x.test".into(), "b@y.test".into(), "ü@z.test".into()],
+                received_at_ms: 1_700_000_000_000,
+                client: "127.0.0.1".into(),
+                helo: "client.test".into(),
+                size: 100,
+                eight_bit: false,
+                smtputf8: false,
+            },
+            recipients: vec![RecipientState::new(); 3],
+            accepted_at: LogPosition { epoch: 1, seq: 1 },
+        }
+    }
+
+    /// The delivery-status fields of the DSN's report for `recipient`, up to the next blank line.
+    fn fields<'a>(dsn: &'a str, recipient: &str) -> Vec<&'a str> {
+        let start = dsn
+            .find(&format!("Final-Recipient: rfc822; {recipient}\r\n"))
+            .or_else(|| dsn.find(&format!("Final-Recipient: utf-8; {recipient}\r\n")));
+        let Some(start) = start else { panic!("no report for {recipient} in {dsn}") };
+        dsn[start..].split("\r\n\r\n").next().unwrap_or_default().split("\r\n").collect()
+    }
+
+    #[test]
+    fn each_recipient_is_reported_with_the_status_and_text_of_its_reply() {
+        let message = message();
+        let refused = Reply::from_response(&smtp_proto::Response {
+            code: 550,
+            esc: [5, 1, 1],
+            message: "<a@x.test>: no such user".to_string(),
+        });
+        let bare = Reply::from_response(&smtp_proto::Response {
+            code: 554,
+            esc: [0, 0, 0],
+            message: "no thanks".to_string(),
+        });
+        let no_domain = Reply::ours([5, 1, 2], "Host or domain name not found: z.test");
+        let failed = [
+            Failed {
+                recipient: "a@x.test",
+                reply: &refused,
+                relay: Some("mx.x.test[192.0.2.1]:25"),
+                expired: false,
+            },
+            Failed {
+                recipient: "b@y.test",
+                reply: &bare,
+                relay: Some("192.0.2.2:25"),
+                expired: false,
+            },
+            Failed { recipient: "ü@z.test", reply: &no_domain, relay: None, expired: false },
+        ];
+        let headers = b"Subject: hello\r\nFrom: s@client.test\r\n";
+        let dsn = build("mx1.test", &message, &failed, headers, 1_700_000_100_000);
+        let text = String::from_utf8(dsn).expect("UTF-8");
+        assert!(text.starts_with("From: MAILER-DAEMON@mx1.test (Mail Delivery System)\r\n"));
+        assert!(text.contains("To: <s@client.test>\r\n"), "{text}");
+        assert!(text.contains("Date: Tue, 14 Nov 2023 22:15:00 +0000\r\n"), "{text}");
+        assert!(text.contains("Arrival-Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n"), "{text}");
+        assert!(text.contains("<a@x.test>: 550 5.1.1 <a@x.test>: no such user\r\n"), "{text}");
+        assert_eq!(
+            fields(&text, "a@x.test"),
+            [
+                "Final-Recipient: rfc822; a@x.test",
+                "Action: failed",
+                "Status: 5.1.1",
+                "Remote-MTA: dns; mx.x.test",
+                "Diagnostic-Code: smtp; 550 5.1.1 <a@x.test>: no such user",
+            ]
+        );
+        // No enhanced code in the reply: its class.
+        assert_eq!(fields(&text, "b@y.test")[2], "Status: 5.0.0");
+        assert_eq!(fields(&text, "b@y.test")[4], "Diagnostic-Code: smtp; 554 no thanks");
+        // Failed before any next hop (DNS): our own account, and no Remote-MTA.
+        assert_eq!(
+            fields(&text, "ü@z.test"),
+            [
+                "Final-Recipient: utf-8; ü@z.test",
+                "Action: failed",
+                "Status: 5.1.2",
+                "Diagnostic-Code: X-Relayd; 5.1.2 Host or domain name not found: z.test",
+            ]
+        );
+        let id = message.envelope.id;
+        assert!(
+            text.ends_with(&format!(
+                "Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: s@client.test\r\n\
+                 \r\n--{id}/mx1.test--\r\n"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_expired_recipient_is_reported_as_4_4_7_with_its_last_reply() {
+        let message = message();
+        let last = Reply::ours([4, 4, 1], "connect to 192.0.2.9:25: connection refused");
+        let failed = [Failed { recipient: "a@x.test", reply: &last, relay: None, expired: true }];
+        let text = String::from_utf8(build("mx1.test", &message, &failed, b"", 0)).expect("UTF-8");
+        assert!(
+            text.contains(
+                "<a@x.test>: message expired in the queue; last reply: 4.4.1 connect to \
+                 192.0.2.9:25: connection refused\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(fields(&text, "a@x.test")[2], "Status: 4.4.7");
+        assert_eq!(
+            fields(&text, "a@x.test")[3],
+            "Diagnostic-Code: X-Relayd; 4.4.1 connect to 192.0.2.9:25: connection refused"
+        );
+    }
+}

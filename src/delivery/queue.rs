@@ -547,3 +547,90 @@ fn retry_delay(schedule: &[Duration], attempts: u32, draw: f64) -> u64 {
     let jitter = 0.9 + draw * 0.2;
     (base as f64 * jitter) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: u64 = 60_000;
+
+    fn schedule() -> Vec<Duration> {
+        [1, 5, 15].map(|m| Duration::from_secs(m * 60)).to_vec()
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_then_repeat_its_last_interval() {
+        let schedule = schedule();
+        // The middle of the jitter range: the interval itself.
+        let delays: Vec<u64> = (1..=5).map(|n| retry_delay(&schedule, n, 0.5)).collect();
+        assert_eq!(delays, [MINUTE, 5 * MINUTE, 15 * MINUTE, 15 * MINUTE, 15 * MINUTE]);
+        // An untried recipient (0 attempts) waits the first interval too.
+        assert_eq!(retry_delay(&schedule, 0, 0.5), MINUTE);
+    }
+
+    #[test]
+    fn retry_jitter_stays_within_ten_percent() {
+        let schedule = schedule();
+        assert_eq!(retry_delay(&schedule, 2, 0.0), 270_000);
+        assert!(retry_delay(&schedule, 2, 0.999_999) <= 330_000);
+        assert!(retry_delay(&schedule, 2, 0.999_999) > 329_000);
+        // A schedule of absurd length does not overflow.
+        assert!(retry_delay(&[Duration::MAX], 1, 0.5) > 0);
+    }
+
+    #[test]
+    fn a_message_expires_once_its_lifetime_has_passed() {
+        let lifetime = Duration::from_secs(5 * 86_400);
+        let received = 1_700_000_000_000;
+        let lifetime_ms = 5 * 86_400_000;
+        assert!(!is_expired(received, received, lifetime));
+        assert!(!is_expired(received, received + lifetime_ms - 1, lifetime));
+        assert!(is_expired(received, received + lifetime_ms, lifetime));
+        // A clock behind the arrival time expires nothing.
+        assert!(!is_expired(received, received - MINUTE, lifetime));
+        assert!(!is_expired(received, u64::MAX, Duration::MAX));
+    }
+
+    #[test]
+    fn a_temporary_failure_is_retried_until_the_message_expires() {
+        let schedule = schedule();
+        let now = 1_700_000_000_000;
+        let failure =
+            Outcome::temporary([4, 4, 1], "connect to mx: refused").at("mx[192.0.2.1]:25");
+        assert_eq!(
+            state_after(&failure, 2, false, now, &schedule, 0.5),
+            RecipientState::Pending {
+                attempts: 2,
+                next_attempt_ms: now + 5 * MINUTE,
+                last_reply: Some("4.4.1 connect to mx: refused".into()),
+            }
+        );
+        assert_eq!(
+            state_after(&failure, 2, true, now, &schedule, 0.5),
+            RecipientState::Bounced {
+                reply: "4.4.7 message expired; last reply: 4.4.1 connect to mx: refused".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_bounce_and_acceptances_deliver_whatever_the_age() {
+        let schedule = schedule();
+        let refused =
+            smtp_proto::Response { code: 550, esc: [5, 1, 1], message: "no such user".to_string() };
+        let at = "mx[192.0.2.1]:25";
+        let permanent = Outcome::refused(&refused, at);
+        for expired in [false, true] {
+            assert_eq!(
+                state_after(&permanent, 1, expired, 0, &schedule, 0.5),
+                RecipientState::Bounced { reply: "550 5.1.1 no such user".into() }
+            );
+        }
+        let accepted =
+            smtp_proto::Response { code: 250, esc: [2, 0, 0], message: "queued".to_string() };
+        assert_eq!(
+            state_after(&Outcome::from_final_reply(&accepted, at), 3, true, 0, &schedule, 0.5),
+            RecipientState::Delivered { reply: "250 2.0.0 queued".into(), relay: at.into() }
+        );
+    }
+}

@@ -197,3 +197,77 @@ impl Resolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &str) -> Config {
+        let text = format!(
+            "[node]\nname = \"n\"\nrole = \"primary\"\ndata_dir = \"/tmp/d\"\n\
+             [smtp]\nlisten = [\"127.0.0.1:2525\"]\nhostname = \"mx.test\"\n{routes}"
+        );
+        Config::parse(&text, "t.toml".into()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_recipient_takes_its_domains_route_else_the_default() {
+        let config = config(
+            "[[route]]\ndomain = \"Fixed.Example\"\nnext_hop = \"10.0.0.5:2525\"\ntls = \"none\"\n\
+             [[route]]\ndomain = \"mx.example\"\nnext_hop = \"mx\"\ntls = \"required\"\n\
+             [[route]]\ndomain = \"*\"\nnext_hop = \"smarthost.test:587\"\n",
+        );
+        let fixed = Destination {
+            target: Target::Host { host: "10.0.0.5".into(), port: 2525 },
+            tls: RouteTls::None,
+        };
+        assert_eq!(destination(&config, "u@fixed.example"), fixed);
+        // Domains match without regard to case or a trailing dot.
+        assert_eq!(destination(&config, "u@FIXED.example."), fixed);
+        assert_eq!(
+            destination(&config, "u@MX.Example"),
+            Destination { target: Target::Mx("mx.example".into()), tls: RouteTls::Required }
+        );
+        // A subdomain is not the domain: the default route.
+        let default = Destination {
+            target: Target::Host { host: "smarthost.test".into(), port: 587 },
+            tls: RouteTls::Opportunistic,
+        };
+        assert_eq!(destination(&config, "u@sub.fixed.example"), default);
+        assert_eq!(destination(&config, "u@other.test"), default);
+    }
+
+    #[test]
+    fn with_no_star_route_the_appended_default_sends_to_each_domains_mx() {
+        let config = config("[[route]]\ndomain = \"a.example\"\nnext_hop = \"10.0.0.5:25\"\n");
+        assert_eq!(
+            destination(&config, "u@Other.Test"),
+            Destination { target: Target::Mx("other.test".into()), tls: RouteTls::Opportunistic }
+        );
+    }
+
+    #[test]
+    fn mx_hosts_are_tried_by_preference() {
+        let records = vec![
+            (20, "mx2.example.".to_string()),
+            (10, "mx1.example.".to_string()),
+            (20, "mx0.example.".to_string()),
+            (30, "backup.example".to_string()),
+        ];
+        assert_eq!(
+            mx_order("example", records).expect("hosts"),
+            ["mx1.example", "mx0.example", "mx2.example", "backup.example"]
+        );
+        // No records: the domain itself, which the caller looks up.
+        assert_eq!(mx_order("example", Vec::new()).expect("no hosts"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_null_mx_refuses_mail_for_good() {
+        let Err(outcome) = mx_order("nomail.example", vec![(0, ".".to_string())]) else {
+            panic!("a null MX gave hosts")
+        };
+        assert!(matches!(outcome, Outcome::Permanent { relay: None, .. }), "{outcome:?}");
+        assert_eq!(outcome.reply().to_string(), "5.1.10 nomail.example accepts no mail (null MX)");
+    }
+}
