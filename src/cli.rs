@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Run as this role, whatever [node].role says.
-    #[arg(long, value_parser = parse_role)]
+    #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
     role: Option<Role>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -98,10 +98,6 @@ enum QueueCommand {
         #[arg(value_parser = crate::admin::commands::parse_queue_id)]
         id: QueueId,
     },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse::<Role>().map_err(|e| e.to_string())
 }
 
 /// Runs the command line and returns the process's exit status.

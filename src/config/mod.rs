@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use values::ValueError;
 use values::keyword_enum;
 
 /// `Config::source` of the embedded default.

@@ -616,7 +616,7 @@ fn roles_parse_for_the_command_line() {
     assert_eq!("Witness".parse::<Role>(), Ok(Role::Witness));
     assert_eq!(Role::Primary.to_string(), "primary");
     assert_eq!(
-        "boss".parse::<Role>().unwrap_err(),
+        "boss".parse::<Role>().unwrap_err().to_string(),
         "invalid role \"boss\": expected one of primary, standby, witness"
     );
 }
