@@ -2,9 +2,9 @@
 //! networks, domains, next hops and keyword enums.
 //!
 //! Each parser returns a [`ValueError`], whose message names the bad value and says what is
-//! allowed. The serde
-//! wrappers below run these parsers during deserialization, so that a bad value is reported
-//! with the key path and the line of the value (the TOML deserializer attaches the span).
+//! allowed. The serde wrappers below run these parsers during deserialization, so that a bad
+//! value is reported with the key path and the line of the value (the TOML deserializer
+//! attaches the span).
 
 use std::fmt;
 use std::marker::PhantomData;

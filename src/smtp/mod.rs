@@ -215,10 +215,7 @@ pub fn starttls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigE
     let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) else {
         return Ok(None);
     };
-    tls::acceptor(cert, key).map(Some).map_err(|e| match e {
-        tls::TlsFileError::Cert(message) => config.error_at("smtp.tls_cert", message),
-        tls::TlsFileError::Key(message) => config.error_at("smtp.tls_key", message),
-    })
+    tls::acceptor(cert, key).map(Some).map_err(|e| config.error_at(e.key(), e.to_string()))
 }
 
 #[cfg(test)]
