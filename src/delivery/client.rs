@@ -276,8 +276,7 @@ impl Connection {
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
         for chunk in spool.body(message.envelope.id) {
-            let chunk =
-                chunk.map_err(|e| mail_send::Error::Io(std::io::Error::other(e.to_string())))?;
+            let chunk = chunk.map_err(|e| mail_send::Error::Io(std::io::Error::other(e)))?;
             out.clear();
             stuffer.stuff(&chunk, &mut out);
             let write = self.client.stream.write_all(&out);
