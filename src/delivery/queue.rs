@@ -411,12 +411,12 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         };
         let retry = &config.delivery.retry;
         let state = state_after(outcome, attempts, expired, now, retry, fastrand::f64());
-        match (&state, outcome) {
-            (RecipientState::Delivered { reply, relay }, _) => {
+        match &state {
+            RecipientState::Delivered { reply, relay } => {
                 tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, reply = ?reply, "delivered");
                 Metrics::count(&shared.metrics.recipients_delivered);
             }
-            (RecipientState::Pending { next_attempt_ms, last_reply, .. }, _) => {
+            RecipientState::Pending { next_attempt_ms, last_reply, .. } => {
                 let next_text = chrono::DateTime::from_timestamp_millis(*next_attempt_ms as i64)
                     .map_or_else(String::new, |t| {
                         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -425,20 +425,20 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                 tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, next_attempt = %next_text, "deferred");
                 Metrics::count(&shared.metrics.recipients_deferred);
             }
-            (
-                RecipientState::Bounced { reply: recorded },
-                Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay },
-            ) => {
-                failed.push(dsn::Failed {
-                    recipient: rcpt,
-                    reply,
-                    relay: relay.as_deref(),
-                    expired: matches!(outcome, Outcome::Temporary { .. }),
-                });
+            RecipientState::Bounced { reply: recorded } => {
+                // Only a failure bounces: the DSN reports its reply, not the recorded text.
+                if let Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } =
+                    outcome
+                {
+                    failed.push(dsn::Failed {
+                        recipient: rcpt,
+                        reply,
+                        relay: relay.as_deref(),
+                        expired: matches!(outcome, Outcome::Temporary { .. }),
+                    });
+                }
                 bounces.push((rcpt, recorded.clone()));
             }
-            // `state_after` bounces only what failed.
-            (RecipientState::Bounced { .. }, Outcome::Delivered { .. }) => {}
         }
         states.push((*index, state));
     }
