@@ -89,7 +89,8 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     );
     let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
     // Every data node runs the queue runner; it delivers only while the node serves.
-    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.role())?;
+    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.role())
+        .map_err(|e| e.to_string())?;
     let replication =
         Replication::start(&config, &spool, link, ha.role(), reporter, delivery.clone())
             .await

@@ -19,7 +19,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-pub use auth::Token;
+pub use auth::{Token, TokenError};
 
 use crate::config::{AdminConfig, Config, Role};
 use crate::delivery::DeliveryHandle;
@@ -57,35 +57,33 @@ pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
     Ok(NodeState { role: status.role, epoch: status.epoch, serving: status.serving_now() })
 }
 
+/// The endpoint's socket, bound, and the token its requests must carry.
+pub struct Listener {
+    socket: TcpListener,
+    token: Option<Token>,
+}
+
 /// Binds `[admin].listen`. The error names the address. When a token file is set, it is read
-/// here too, so that a node whose token cannot be read stops at start with an error naming it.
-pub async fn bind(config: &AdminConfig) -> std::io::Result<TcpListener> {
-    if let Some(path) = &config.token_file {
-        Token::read(path).map_err(std::io::Error::other)?;
-    }
+/// here, once, so that a node whose token cannot be read stops at start with an error naming
+/// it, and never serves unprotected.
+pub async fn bind(config: &AdminConfig) -> std::io::Result<Listener> {
+    let token = match &config.token_file {
+        Some(path) => Some(Token::read(path).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let address = config.listen;
-    let listener = TcpListener::bind(address).await.map_err(|e| {
+    let socket = TcpListener::bind(address).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on {address} (admin endpoint): {e}"))
     })?;
-    tracing::info!(%address, token = config.token_file.is_some(), "admin endpoint listening");
-    Ok(listener)
+    tracing::info!(%address, token = token.is_some(), "admin endpoint listening");
+    Ok(Listener { socket, token })
 }
 
 /// Serves the endpoint on `listener` until the task is dropped or aborted.
-pub async fn serve(listener: TcpListener, context: AdminContext) {
-    let token = match &context.config.admin.token_file {
-        None => None,
-        Some(path) => match Token::read(path) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                // bind() read it a moment ago; refuse to serve unprotected.
-                tracing::error!(error = %e, "admin endpoint not started");
-                return;
-            }
-        },
-    };
-    let service = router(context, token).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, service).await {
+pub async fn serve(listener: Listener, context: AdminContext) {
+    let service =
+        router(context, listener.token).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener.socket, service).await {
         tracing::error!(error = %e, "admin endpoint stopped");
     }
 }

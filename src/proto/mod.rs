@@ -17,3 +17,9 @@ pub use body::{BodyDecoder, Decoded, DotStuffer};
 pub use command::{Command, MailFrom};
 pub use line::{LineReader, Pushed};
 pub use reply::Reply;
+
+/// Anything SMTP runs over, ours as a server or as the delivery client: a TCP stream, or TLS
+/// over one after STARTTLS. Only a name for the bounds both ends box their connection with; the
+/// grammar itself never reads or writes.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}

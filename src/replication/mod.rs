@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::config::{ClusterConfig, Config, ConfigError, Replication as Mode, Role, StandbyLoss};
+use crate::config::{
+    ClusterConfig, Config, ConfigError, ReplicationMode as Mode, Role, StandbyLoss,
+};
 use crate::delivery::DeliveryHandle;
 use crate::role::{Reporter, RoleWatch};
 use crate::spool::{LogPosition, Spool};
