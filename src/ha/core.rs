@@ -61,33 +61,11 @@ pub struct Disk {
 }
 
 /// Until when the node may serve, in core time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Serve {
-    Never,
-    Until(Ms),
-    Always,
-}
+pub type Serve = crate::role::Serve<Ms>;
 
-/// What the core publishes: the shell turns it into a [`crate::role::RoleStatus`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub role: Role,
-    pub epoch: u64,
-    pub serve: Serve,
-    /// A standby claiming or beginning an epoch of its own (it acknowledges nothing).
-    pub claiming: bool,
-}
-
-impl Status {
-    pub fn serving_at(&self, now: Ms) -> bool {
-        self.role == Role::Primary
-            && match self.serve {
-                Serve::Never => false,
-                Serve::Until(deadline) => now < deadline,
-                Serve::Always => true,
-            }
-    }
-}
+/// What the core publishes, in core time: the shell turns it into a
+/// [`crate::role::RoleStatus`].
+pub type Status = crate::role::Status<Ms>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -244,8 +222,8 @@ struct Begin {
 }
 
 /// The old decision rules that the simulation shows wrong (issue 11). Never set outside the
-/// simulation's tests: each is the one-line decision the code made before.
-#[cfg(test)]
+/// simulation's tests (outside tests, `Core` has no field to set them in): each is the
+/// one-line decision the code made before.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OldRules {
     /// Case 1: the configured role decides: an empty primary starts epoch 1 by itself, and
@@ -356,7 +334,7 @@ impl Core {
         adjust(&mut core);
         let mut out = Vec::new();
         if role == Role::Primary && !core.has_history {
-            if !core.setup.cluster || core.old_config_role_decides() {
+            if !core.setup.cluster || core.old().config_role_decides {
                 // A single node is its own cluster: its first epoch needs nobody's word. (The
                 // old rule took it in a cluster too.)
                 core.begin(1, Why::Bootstrap, now, "the node's first epoch".into(), &mut out);
@@ -474,7 +452,7 @@ impl Core {
             Event::TookOver { epoch } => {
                 if self.role == Role::Primary {
                     self.step_down(
-                        epoch,
+                        Some(epoch),
                         "planned switchover: the standby took over".into(),
                         now,
                         &mut out,
@@ -505,7 +483,7 @@ impl Core {
         if self.yielding_until.is_some_and(|until| now >= until) {
             self.yielding_until = None;
             let reason = "handed over, and the standby did not take over in time".to_string();
-            self.step_down(self.epoch, reason, now, out);
+            self.step_down(None, reason, now, out);
         }
         if self.setup.witness && self.last_ping.is_none_or(|at| now >= at + self.setup.heartbeat) {
             self.last_ping = Some(now);
@@ -548,7 +526,7 @@ impl Core {
     /// The primary has been silent for failover_timeout.
     fn fail_over(&mut self, now: Ms, out: &mut Vec<Action>) {
         let silence = self.silence(now);
-        if !self.has_history && !self.old_empty_standby_claims() {
+        if !self.has_history && !self.old().empty_standby_claims {
             if !std::mem::replace(&mut self.warned_idle, true) {
                 out.push(Action::Note(Note::Info(format!(
                     "no primary heard for {silence} ms, but this node's spool is empty: it never promotes itself (bootstrap the cluster from its configured primary, or relayd promote --force)"
@@ -580,7 +558,7 @@ impl Core {
         if self.bootstrapping {
             // Epoch 1 granted to us is our own bootstrap claim's, whose verdict decides.
             let ours = granted == 1 && granted_to == self.setup.node;
-            if granted > 0 && !ours && !self.old_config_role_decides() {
+            if granted > 0 && !ours && !self.old().config_role_decides {
                 self.become_standby(
                     format!(
                         "the witness has granted epoch {granted} already: catching up from the peer"
@@ -593,14 +571,14 @@ impl Core {
         }
         let grantee_elsewhere = granted == self.epoch
             && granted_to != self.setup.node
-            && !self.old_empty_standby_claims();
+            && !self.old().empty_standby_claims;
         if granted > self.epoch || grantee_elsewhere {
             let reason = if granted > self.epoch {
                 "the witness granted a newer epoch".to_string()
             } else {
                 format!("the witness granted epoch {granted} to {granted_to}")
             };
-            self.step_down(granted, reason, now, out);
+            self.step_down(Some(granted), reason, now, out);
         } else if self.willing_pings.contains(&sent) {
             self.renew(sent);
         }
@@ -647,7 +625,7 @@ impl Core {
             self.begin(epoch, claim.why, claim.sent, reason, out);
             return;
         }
-        if !self.old_claim_ignores_witness() {
+        if !self.old().claim_ignores_witness {
             self.see(highest, out);
         }
         if self.last_refused != epoch {
@@ -700,11 +678,11 @@ impl Core {
             ) {
                 let reason =
                     format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
-                self.step_down(theirs.data.epoch, reason, now, out);
+                self.step_down(Some(theirs.data.epoch), reason, now, out);
             }
             return LinkVerdict::Close;
         }
-        if self.bootstrapping && !self.old_config_role_decides() {
+        if self.bootstrapping && !self.old().config_role_decides {
             if !theirs.data.is_empty() {
                 return self.yield_to(theirs, now, out);
             }
@@ -721,10 +699,10 @@ impl Core {
         }
         if theirs.data.epoch > self.epoch {
             let reason = format!("peer {} has seen epoch {}", theirs.node, theirs.data.epoch);
-            self.step_down(theirs.data.epoch, reason, now, out);
+            self.step_down(Some(theirs.data.epoch), reason, now, out);
             return LinkVerdict::Close;
         }
-        if theirs.data > ours && !self.old_config_role_decides() {
+        if theirs.data > ours && !self.old().config_role_decides {
             return self.yield_to(theirs, now, out);
         }
         LinkVerdict::Ship
@@ -774,7 +752,7 @@ impl Core {
                 }
                 let reason =
                     format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
-                self.step_down(theirs.data.epoch, reason, now, out);
+                self.step_down(Some(theirs.data.epoch), reason, now, out);
             }
             _ => {
                 // A primary without an epoch has nothing to follow: it reads our Hello (and
@@ -783,7 +761,7 @@ impl Core {
                     || theirs.data.epoch < self.epoch
                     || (theirs.data.epoch == self.epoch
                         && theirs.data < ours
-                        && !self.old_config_role_decides());
+                        && !self.old().config_role_decides);
                 // A claim in flight does not keep us from following a primary that shows up
                 // (its acks are held back until the claim is answered: see `may_ack`).
                 if behind || self.beginning.is_some() {
@@ -908,7 +886,7 @@ impl Core {
 
     /// The epoch a claim asks for: above everything seen.
     fn next_epoch(&self) -> u64 {
-        if self.old_claim_ignores_witness() {
+        if self.old().claim_ignores_witness {
             return self.epoch + 1;
         }
         self.epoch.max(self.highest) + 1
@@ -931,7 +909,10 @@ impl Core {
         }
     }
 
-    fn step_down(&mut self, epoch: u64, reason: String, now: Ms, out: &mut Vec<Action>) {
+    /// A primary becomes a standby. `ended_by`: the epoch that ended ours, when we know it
+    /// (the peer's, the witness's grant, the one the standby took over in), which the highest
+    /// epoch seen takes in; the log names it, or ours when we do not know it.
+    fn step_down(&mut self, ended_by: Option<u64>, reason: String, now: Ms, out: &mut Vec<Action>) {
         if self.role != Role::Primary {
             return;
         }
@@ -943,6 +924,7 @@ impl Core {
         self.heard_primary = now;
         self.hold = false;
         self.yielding_until = None;
+        let epoch = ended_by.unwrap_or(self.epoch);
         self.highest = self.highest.max(epoch);
         out.push(Action::Persist { role: Role::Standby, highest: self.highest });
         out.push(Action::Note(Note::Demoted { epoch, reason }));
@@ -1006,29 +988,14 @@ impl Core {
             && shown > now + self.setup.lease / 2
     }
 
+    /// The old rules switched on: the simulation's, in tests; none outside them.
     #[cfg(test)]
-    fn old_config_role_decides(&self) -> bool {
-        self.old.config_role_decides
+    fn old(&self) -> OldRules {
+        self.old
     }
     #[cfg(not(test))]
-    fn old_config_role_decides(&self) -> bool {
-        false
-    }
-    #[cfg(test)]
-    fn old_empty_standby_claims(&self) -> bool {
-        self.old.empty_standby_claims
-    }
-    #[cfg(not(test))]
-    fn old_empty_standby_claims(&self) -> bool {
-        false
-    }
-    #[cfg(test)]
-    fn old_claim_ignores_witness(&self) -> bool {
-        self.old.claim_ignores_witness
-    }
-    #[cfg(not(test))]
-    fn old_claim_ignores_witness(&self) -> bool {
-        false
+    fn old(&self) -> OldRules {
+        OldRules::default()
     }
 }
 

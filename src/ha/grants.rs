@@ -170,7 +170,7 @@ impl Grants {
 mod tests {
     use super::*;
 
-    fn ok(_: u64, _: &str) -> Result<(), String> {
+    fn ok(_: u64, _: &str) -> Result<(), std::convert::Infallible> {
         Ok(())
     }
 

@@ -653,7 +653,7 @@ impl World {
                 let mut persisted = None;
                 let answer = grants.answer(request, now, |epoch, node: &str| {
                     persisted = Some((epoch, node.to_string()));
-                    Ok::<(), String>(())
+                    Ok::<(), std::convert::Infallible>(())
                 });
                 if let Answer::Verdict { granted: true, epoch, .. } = &answer
                     && persisted.is_some()
@@ -1053,16 +1053,31 @@ fn run_seed(seed: u64, old: OldRules, trace: bool) -> (Option<Violation>, String
     (world.violation.take(), world.trace.take().unwrap_or_default())
 }
 
-/// Runs the schedules; the first failing seed, with the command that replays it.
-fn campaign(old: OldRules) -> Result<u64, String> {
+/// A schedule that broke an invariant; displayed with the command that replays it.
+#[derive(Debug)]
+struct Failure {
+    seed: u64,
+    violation: Violation,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Failure { seed, violation } = self;
+        write!(
+            f,
+            "seed {seed}: {}\nreplay: RELAYD_SIM_SEED={seed} cargo test --lib ha::sim::tests::replay -- --nocapture",
+            violation.0
+        )
+    }
+}
+
+/// Runs the schedules (how many, when all kept the invariants); the first failing one.
+fn campaign(old: OldRules) -> Result<u64, Failure> {
     let base = env_u64("RELAYD_SIM_BASE").unwrap_or(BASE_SEED);
     let schedules = env_u64("RELAYD_SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     for seed in base..base + schedules {
         if let (Some(violation), _) = run_seed(seed, old, false) {
-            return Err(format!(
-                "seed {seed}: {}\nreplay: RELAYD_SIM_SEED={seed} cargo test --lib ha::sim::tests::replay -- --nocapture",
-                violation.0
-            ));
+            return Err(Failure { seed, violation });
         }
     }
     Ok(schedules)

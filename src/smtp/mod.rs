@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
-use crate::replication::Replication;
+use crate::replication::Replicator;
 use crate::role::RoleWatch;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
@@ -42,7 +42,7 @@ pub struct Services {
     pub role: RoleWatch,
     pub spool: Spool,
     pub delivery: DeliveryHandle,
-    pub replication: Replication,
+    pub replication: Replicator,
     pub metrics: Arc<Metrics>,
 }
 
