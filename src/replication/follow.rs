@@ -394,3 +394,128 @@ async fn salvage(
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(starts: &[(u64, u64)]) -> Vec<EpochStart> {
+        starts.iter().map(|&(epoch, first_seq)| EpochStart { epoch, first_seq }).collect()
+    }
+
+    fn id(n: u8) -> QueueId {
+        QueueId::from_bytes([n; 16])
+    }
+
+    fn record(epoch: u64, seq: u64, change: Change) -> Result<LogRecord, SpoolError> {
+        Ok(LogRecord { position: LogPosition { epoch, seq }, change })
+    }
+
+    /// The log of an old primary that went on alone in epoch 2 from record 50 to 54, while
+    /// the cluster moved to epoch 3 from record 50: an epoch start, a message's attempt and
+    /// removal, another message's attempt.
+    fn old_primary_log() -> Vec<Result<LogRecord, SpoolError>> {
+        vec![
+            record(2, 50, Change::EpochStarted),
+            record(2, 51, Change::Attempted { id: id(1), results: vec![] }),
+            record(2, 52, Change::Attempted { id: id(2), results: vec![] }),
+            record(2, 53, Change::Removed { id: id(1) }),
+            record(2, 54, Change::Attempted { id: id(2), results: vec![] }),
+        ]
+    }
+
+    #[test]
+    fn two_histories_part_at_the_first_epoch_they_disagree_on() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        assert_eq!(divergence(&ours, &ours), u64::MAX, "the same history never parts");
+        // Theirs went on in an epoch we never followed: from its start.
+        assert_eq!(divergence(&ours, &history(&[(1, 1), (2, 50), (4, 80)])), 80);
+        // Ours went on alone in an epoch they never had.
+        assert_eq!(divergence(&history(&[(1, 1), (2, 50), (3, 70)]), &ours), 70);
+        // The same place in both, different epochs: the earlier of the two starts.
+        assert_eq!(divergence(&ours, &history(&[(1, 1), (3, 40)])), 40);
+        assert_eq!(divergence(&ours, &history(&[(1, 1), (3, 60)])), 50);
+        // One side empty: from the other's first record.
+        assert_eq!(divergence(&[], &ours), 1);
+        assert_eq!(divergence(&ours, &[]), 1);
+        assert_eq!(divergence(&[], &[]), u64::MAX);
+    }
+
+    #[test]
+    fn an_old_primary_rewinds_its_branch_to_where_the_logs_part() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        let theirs = history(&[(1, 1), (3, 50)]);
+        let mut asked = None;
+        let branch = branch_of(ours, &theirs, 54, |from| {
+            asked = Some(from);
+            old_primary_log()
+        });
+        let branch = branch.expect("reads").expect("a branch to rewind");
+        assert_eq!(asked, Some(50), "the log is read from the fork");
+        assert_eq!(branch.to, LogPosition { epoch: 1, seq: 49 });
+        assert_eq!(branch.history, history(&[(1, 1)]));
+        assert_eq!(branch.touched, vec![id(1), id(2)], "each message once, in log order");
+        let hello = branch.hello("a");
+        assert_eq!((hello.role.as_str(), hello.last), ("standby", branch.to));
+        assert_eq!(hello.rewind, Some(vec![id(1), id(2)]));
+    }
+
+    #[test]
+    fn nothing_is_rewound_when_the_logs_do_not_part_or_part_before_anything_is_shared() {
+        let never =
+            |_: u64| -> Vec<Result<LogRecord, SpoolError>> { panic!("the log is not read") };
+        // A standby behind the primary: theirs goes on where ours ends.
+        let ours = history(&[(1, 1)]);
+        let ahead = history(&[(1, 1), (2, 50)]);
+        assert!(branch_of(ours.clone(), &ahead, 49, never).expect("reads").is_none());
+        // The same history.
+        assert!(branch_of(ours.clone(), &ours, 49, never).expect("reads").is_none());
+        // No record in common (epoch 1 is not the same one): a snapshot instead.
+        let other = history(&[(2, 1)]);
+        assert!(branch_of(ours, &other, 49, never).expect("reads").is_none());
+    }
+
+    #[test]
+    fn a_branch_the_log_no_longer_holds_whole_is_a_snapshot_instead() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        let theirs = history(&[(1, 1), (3, 50)]);
+        // Trimmed from the front: the first record read is not the fork's.
+        let trimmed = |_: u64| old_primary_log().into_iter().skip(1).collect::<Vec<_>>();
+        assert!(branch_of(ours.clone(), &theirs, 54, trimmed).expect("reads").is_none());
+        // A hole in the middle.
+        let holed = |_: u64| {
+            let mut log = old_primary_log();
+            log.retain(|r| r.as_ref().is_ok_and(|r| r.position.seq != 52));
+            log
+        };
+        assert!(branch_of(ours.clone(), &theirs, 54, holed).expect("reads").is_none());
+        // The records end before the log's last one.
+        assert!(
+            branch_of(ours.clone(), &theirs, 55, |_| old_primary_log()).expect("reads").is_none()
+        );
+        // A read error is an error, not a decision.
+        let failing = |_: u64| vec![Err(SpoolError::closed())];
+        assert!(branch_of(ours, &theirs, 54, failing).is_err());
+    }
+
+    #[test]
+    fn a_branch_touching_more_messages_than_a_hello_may_name_is_a_snapshot_instead() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        let theirs = history(&[(1, 1), (3, 50)]);
+        let count = MAX_REWIND_MESSAGES as u64 + 1;
+        let log = |_: u64| {
+            (0..count)
+                .map(|n| {
+                    let id = QueueId::from_bytes(u128::from(n).to_be_bytes());
+                    record(2, 50 + n, Change::Removed { id })
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(branch_of(ours.clone(), &theirs, 49 + count, log).expect("reads").is_none());
+        // One fewer fits.
+        let fits = |_: u64| log(0).into_iter().take(MAX_REWIND_MESSAGES).collect::<Vec<_>>();
+        let last = 49 + MAX_REWIND_MESSAGES as u64;
+        let branch = branch_of(ours, &theirs, last, fits).expect("reads").expect("a branch");
+        assert_eq!(branch.touched.len(), MAX_REWIND_MESSAGES);
+    }
+}
