@@ -670,15 +670,8 @@ impl Core {
         if theirs.primary {
             if self.bootstrapping {
                 self.become_standby(format!("peer {} is primary", theirs.node), now, out);
-            } else if other_primary_wins(
-                theirs.data.epoch,
-                &theirs.node,
-                self.epoch,
-                &self.setup.node,
-            ) {
-                let reason =
-                    format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
-                self.step_down(Some(theirs.data.epoch), reason, now, out);
+            } else if self.loses_to(theirs) {
+                self.step_down_for(theirs, now, out);
             }
             return LinkVerdict::Close;
         }
@@ -706,6 +699,17 @@ impl Core {
             return self.yield_to(theirs, now, out);
         }
         LinkVerdict::Ship
+    }
+
+    /// A primary met on the link (`theirs`, another primary) wins over us.
+    fn loses_to(&self, theirs: &Peer) -> bool {
+        other_primary_wins(theirs.data.epoch, &theirs.node, self.epoch, &self.setup.node)
+    }
+
+    /// Steps down for the primary met on the link that wins over us.
+    fn step_down_for(&mut self, theirs: &Peer, now: Ms, out: &mut Vec<Action>) {
+        let reason = format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
+        self.step_down(Some(theirs.data.epoch), reason, now, out);
     }
 
     /// The standby holds more than we do: it leads. We stop serving and hand over (the
@@ -741,18 +745,10 @@ impl Core {
                 self.become_standby(format!("peer {} is primary", theirs.node), now, out);
             }
             Role::Primary => {
-                let wins = other_primary_wins(
-                    theirs.data.epoch,
-                    &theirs.node,
-                    self.epoch,
-                    &self.setup.node,
-                );
-                if !wins || self.beginning.is_some() {
+                if !self.loses_to(theirs) || self.beginning.is_some() {
                     return LinkVerdict::Stale;
                 }
-                let reason =
-                    format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
-                self.step_down(Some(theirs.data.epoch), reason, now, out);
+                self.step_down_for(theirs, now, out);
             }
             _ => {
                 // A primary without an epoch has nothing to follow: it reads our Hello (and
