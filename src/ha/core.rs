@@ -198,10 +198,68 @@ pub enum Action {
     TookOver {
         epoch: u64,
     },
-    /// The answer to `Promote`.
-    Answer(Result<u64, String>),
+    /// The answer to `Promote`: the epoch this node serves in, or why not.
+    Answer(Result<u64, Refusal>),
     Note(Note),
 }
+
+/// Why an operator's promote did not promote this node (its text is the operator's answer).
+/// The failures it passes on (the witness's, the spool's) arrive as text in events: they are
+/// said, not decided on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotStandby(Role),
+    NotClustered,
+    UnderWay,
+    /// The primary was heard `heard` ms ago, within failover_timeout (and no --force).
+    PrimaryAlive {
+        heard: Ms,
+    },
+    /// The spool is empty (and no --force).
+    EmptySpool,
+    /// The spool is empty, and the cluster has an epoch already: forcing would bootstrap over it.
+    ClusterHasEpoch(u64),
+    WitnessUnreachable(String),
+    WitnessRefused {
+        epoch: u64,
+        reason: String,
+    },
+    EpochFailed {
+        epoch: u64,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotStandby(role) => write!(f, "this node is a {role}, not a standby"),
+            Refusal::NotClustered => write!(f, "this node is not in a cluster"),
+            Refusal::UnderWay => write!(f, "a promotion is already under way"),
+            Refusal::PrimaryAlive { heard } => write!(
+                f,
+                "the primary is alive (heard {heard} ms ago): promoting now would make two primaries; use --force if it is not"
+            ),
+            Refusal::EmptySpool => write!(
+                f,
+                "this node's spool is empty (it has never followed a primary): promoting it would serve an empty queue; use --force to bootstrap the cluster from it"
+            ),
+            Refusal::ClusterHasEpoch(epoch) => write!(
+                f,
+                "this node's spool is empty and the cluster already has epoch {epoch}: start it as a standby, it catches up from its peer (promote it once it has)"
+            ),
+            Refusal::WitnessUnreachable(error) => write!(f, "cannot ask the witness: {error}"),
+            Refusal::WitnessRefused { epoch, reason } => {
+                write!(f, "the witness refused epoch {epoch}: {reason}")
+            }
+            Refusal::EpochFailed { epoch, error } => {
+                write!(f, "cannot start epoch {epoch}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// A claim sent to the witness and not answered yet.
 #[derive(Clone, Copy, Debug)]
@@ -401,8 +459,9 @@ impl Core {
                 if let Some(claim) = self.claim.filter(|c| c.epoch == epoch) {
                     self.claim = None;
                     match claim.why {
-                        Why::Operator { .. } => out
-                            .push(Action::Answer(Err(format!("cannot ask the witness: {error}")))),
+                        Why::Operator { .. } => {
+                            out.push(Action::Answer(Err(Refusal::WitnessUnreachable(error))))
+                        }
                         // The peer that handed over is empty: with it and us, the majority is
                         // there without the witness, and nobody else can serve.
                         Why::Handover if self.peer_empty && self.role == Role::Standby => {
@@ -468,9 +527,7 @@ impl Core {
                         "cannot start epoch {epoch}: {error}"
                     ))));
                     if let Why::Operator { .. } = begin.why {
-                        out.push(Action::Answer(Err(format!(
-                            "cannot start epoch {epoch}: {error}"
-                        ))));
+                        out.push(Action::Answer(Err(Refusal::EpochFailed { epoch, error })));
                     }
                 }
             }
@@ -647,9 +704,7 @@ impl Core {
                     self.operator_retries += 1;
                     self.send_claim(retry, Why::Operator { force }, now, out);
                 } else {
-                    out.push(Action::Answer(Err(format!(
-                        "the witness refused epoch {epoch}: {reason}"
-                    ))));
+                    out.push(Action::Answer(Err(Refusal::WitnessRefused { epoch, reason })));
                 }
             }
             // Claimed again at the next tick, above the witness's highest grant.
@@ -792,45 +847,31 @@ impl Core {
     }
 
     fn promote(&mut self, force: bool, now: Ms, out: &mut Vec<Action>) {
-        let refuse = |out: &mut Vec<Action>, why: String| out.push(Action::Answer(Err(why)));
+        let refuse = |out: &mut Vec<Action>, why| out.push(Action::Answer(Err(why)));
         // A configured primary with an empty spool is bootstrapped by an operator's --force
         // (the cluster's first epoch, taken without waiting for the peer).
         let bootstrap = self.bootstrapping && force;
         if self.role != Role::Standby && !bootstrap {
-            return refuse(out, format!("this node is a {}, not a standby", self.role));
+            return refuse(out, Refusal::NotStandby(self.role));
         }
         if !self.setup.cluster {
-            return refuse(out, "this node is not in a cluster".into());
+            return refuse(out, Refusal::NotClustered);
         }
         if self.claim.is_some() || self.beginning.is_some() {
-            return refuse(out, "a promotion is already under way".into());
+            return refuse(out, Refusal::UnderWay);
         }
         let silence = if bootstrap { Ms::MAX } else { self.silence(now) };
         if !force && silence < self.setup.failover {
-            return refuse(
-                out,
-                format!(
-                    "the primary is alive (heard {silence} ms ago): promoting now would make two primaries; use --force if it is not"
-                ),
-            );
+            return refuse(out, Refusal::PrimaryAlive { heard: silence });
         }
         if !force && !self.has_history {
-            return refuse(
-                out,
-                "this node's spool is empty (it has never followed a primary): promoting it would serve an empty queue; use --force to bootstrap the cluster from it".into(),
-            );
+            return refuse(out, Refusal::EmptySpool);
         }
         // An empty node forced is a bootstrap: of a new cluster only. Forced over a cluster
         // that has an epoch, its empty history would be newer than the data of the node that
         // holds the mail, which would then be rebuilt from it.
         if !self.has_history && self.highest > 0 {
-            return refuse(
-                out,
-                format!(
-                    "this node's spool is empty and the cluster already has epoch {}: start it as a standby, it catches up from its peer (promote it once it has)",
-                    self.highest
-                ),
-            );
+            return refuse(out, Refusal::ClusterHasEpoch(self.highest));
         }
         self.operator_retries = 0;
         let epoch = self.next_epoch();
@@ -1161,7 +1202,7 @@ mod tests {
         let refused = answer(core.step(refusal, 20));
         assert!(refused.is_some_and(|a| a.is_err()), "not retried above the cluster's epoch");
         let again = answer(core.step(Event::Promote { force: true }, 30));
-        assert!(again.is_some_and(|a| a.is_err_and(|e| e.contains("already has epoch 3"))));
+        assert_eq!(again, Some(Err(Refusal::ClusterHasEpoch(3))));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::core::Refusal;
 use crate::config::{ConfigError, Role};
 use crate::replication::HandoverError;
 use crate::replication::frame::{Frame, FrameError};
@@ -81,8 +82,8 @@ impl std::error::Error for EpochError {
 /// Why `relayd promote` did not promote this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromoteError {
-    /// The core refused, or the claim or the epoch failed: its sentence for the operator.
-    Refused(String),
+    /// The core refused, or the claim or the epoch failed.
+    Refused(Refusal),
     AlreadyUnderWay,
     /// The controller's driver is gone (the node is stopping).
     Stopped,
@@ -100,7 +101,14 @@ impl fmt::Display for PromoteError {
     }
 }
 
-impl std::error::Error for PromoteError {}
+impl std::error::Error for PromoteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PromoteError::Refused(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Why `relayd demote` did not hand over (the node serves again).
 #[derive(Debug, Clone, PartialEq, Eq)]

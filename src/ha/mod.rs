@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::core::{Action, Core, Disk, Event, Ms, Note, Serve, Setup, Status};
+use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status};
 use self::error::{EpochError, OpenError, PromoteError, SwitchoverError};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
@@ -56,7 +56,7 @@ struct Inner {
     connector: Option<tokio_rustls::TlsConnector>,
     metrics: Arc<Metrics>,
     /// The operator's promote waiting for its answer.
-    operator: Mutex<Option<oneshot::Sender<Result<u64, String>>>>,
+    operator: Mutex<Option<oneshot::Sender<Result<u64, Refusal>>>>,
     /// Pings for the pinger task (one at a time: a ping that finds it busy is skipped).
     pings: Mutex<Option<mpsc::Sender<(Frame, Instant)>>>,
 }

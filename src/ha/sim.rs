@@ -28,7 +28,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fmt::Write as _;
 
-use super::core::{Action, Core, Data, Disk, Event, LinkVerdict, Ms, OldRules, Peer, Setup, Side};
+use super::core::{
+    Action, Core, Data, Disk, Event, LinkVerdict, Ms, OldRules, Peer, Refusal, Setup, Side,
+};
 use super::grants::{Answer, Grants, Request};
 use crate::config::Role;
 
@@ -230,7 +232,7 @@ struct World {
     /// A node's disk was replaced since it last began an epoch.
     wiped_since_begun: [bool; 2],
     granted: Vec<u64>,
-    answers: Vec<(usize, Result<u64, String>)>,
+    answers: Vec<(usize, Result<u64, Refusal>)>,
     healed_at: Option<Ms>,
     served_after_heal: Option<Ms>,
     violation: Option<Violation>,
@@ -1269,9 +1271,10 @@ mod tests {
 
         let old = second_failure(old_rules(), true);
         assert!(
-            old.answers
-                .iter()
-                .any(|(_, a)| a.as_ref().is_err_and(|e| e.contains("not newer than 2"))),
+            old.answers.iter().any(|(_, a)| matches!(
+                a,
+                Err(Refusal::WitnessRefused { reason, .. }) if reason.contains("not newer than 2")
+            )),
             "the old promote --force is refused: {:?}",
             old.answers
         );
