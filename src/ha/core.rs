@@ -1232,6 +1232,28 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_steps_down_naming_the_epoch_that_ended_its_own_or_its_own_when_unknown() {
+        // The standby took over: its epoch is named, and taken in as the highest seen.
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
+        let actions = core.step(Event::TookOver { epoch: 2 }, 10);
+        let reason = "planned switchover: the standby took over".to_string();
+        assert!(actions.contains(&Action::Note(Note::Demoted { epoch: 2, reason })), "{actions:?}");
+        assert!(actions.contains(&Action::Persist { role: Role::Standby, highest: 2 }));
+        assert_eq!((core.status().role, core.highest()), (Role::Standby, 2));
+        // It yielded to a standby that holds more, which never said it took over: our own.
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
+        let standby = Peer { node: "b".into(), primary: false, data: Data { epoch: 1, seq: 60 } };
+        let ours = Data { epoch: 1, seq: 50 };
+        core.step(Event::Hello { side: Side::Shipping, ours, theirs: standby }, 10);
+        let actions = run(&mut core, 50, 3100);
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Note(Note::Demoted { epoch: 1, .. }))),
+            "{actions:?}"
+        );
+        assert_eq!((core.status().role, core.highest()), (Role::Standby, 1));
+    }
+
+    #[test]
     fn a_primary_behind_its_standby_yields_and_ships_only_to_a_peer_not_ahead() {
         let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
         let standby = |seq| Peer { node: "b".into(), primary: false, data: Data { epoch: 1, seq } };

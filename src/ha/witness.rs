@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use super::error::{WitnessError, WitnessServeError};
 use super::grants::{Answer, GRANTED, Grants, Request};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::replication::frame::{self, Frame};
 use crate::replication::link::{self, PEER_NAME};
 
@@ -86,7 +86,7 @@ fn answer(witness: &Mutex<Server>, request: Frame, from: SocketAddr) -> Option<F
     let now = u64::try_from(server.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (request, claimant) = match request {
         Frame::Ping { node, role, epoch, serving } => {
-            (Request::Ping { node, primary: role == "primary", epoch, serving }, None)
+            (Request::Ping { node, primary: role == Role::Primary.as_str(), epoch, serving }, None)
         }
         Frame::Claim { node, epoch, force, failover_timeout_ms } => {
             let claim =
