@@ -159,9 +159,11 @@ impl Ha {
         self.inner.cluster.as_ref()
     }
 
-    /// The cluster link's client config (a witness claim is made with it).
-    pub fn connector(&self) -> Option<&tokio_rustls::TlsConnector> {
-        self.inner.connector.as_ref()
+    /// The witness's address and the cluster link's client config to reach it with, when
+    /// this node has a witness.
+    pub fn witness(&self) -> Option<(&str, &tokio_rustls::TlsConnector)> {
+        let address = self.inner.cluster.as_ref()?.witness.as_deref()?;
+        Some((address, self.inner.connector.as_ref()?))
     }
 
     /// Hands an event to the driver.
@@ -273,13 +275,11 @@ impl Ha {
 
     /// Asks the witness for `epoch`, in the background; the verdict comes back as an event.
     fn claim(&self, epoch: u64, force: bool) {
-        let (Some(cluster), Some(connector)) = (self.cluster(), self.connector()) else {
+        let (Some(cluster), Some((address, connector))) = (self.cluster(), self.witness()) else {
             return self.submit(Event::ClaimFailed { epoch, error: "no witness".into() });
         };
-        let Some(address) = cluster.witness.clone() else {
-            return self.submit(Event::ClaimFailed { epoch, error: "no witness".into() });
-        };
-        let (ha, connector, window) = (self.clone(), connector.clone(), cluster.failover_timeout);
+        let (address, connector) = (address.to_string(), connector.clone());
+        let (ha, window) = (self.clone(), cluster.failover_timeout);
         tokio::spawn(async move {
             let node = ha.node().to_string();
             let event =
@@ -418,8 +418,7 @@ async fn drive(
 /// standby's claim at once instead of refusing it until our next ping reaches it. Best effort:
 /// the standby repeats its claim for a while in any case.
 async fn tell_witness_not_serving(ha: &Ha, epoch: u64) {
-    let (Some(cluster), Some(connector)) = (ha.cluster(), ha.connector()) else { return };
-    let Some(address) = &cluster.witness else { return };
+    let Some((address, connector)) = ha.witness() else { return };
     let ping = ha.ping(Role::Primary, epoch, false);
     if let Err(e) = witness::ask_once(address, connector, &ping).await {
         tracing::info!(error = %e, "could not tell the witness that this node stopped serving");
