@@ -49,14 +49,8 @@ pub async fn serve(config: &Config) -> Result<(), WitnessServeError> {
         let Ok((tcp, address)) = listener.accept().await else { continue };
         let (acceptor, witness) = (link.acceptor.clone(), witness.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
-                }
-                Err(_) => {
-                    return tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
-                }
+            let Some(tls) = link::accept(&acceptor, tcp, address, IO_TIMEOUT).await else {
+                return;
             };
             let mut stream = BufStream::new(tls);
             while let Ok(request) = frame::read(&mut stream).await {

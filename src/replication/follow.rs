@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::error::{Awaiting, LinkError};
 use super::frame::{self, Frame, Hello};
-use super::link::Link;
+use super::link::{self, Link};
 use super::{Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_now};
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
@@ -50,15 +50,9 @@ pub(super) async fn run(
         // Each link runs on its own, so that a peer that connects and says nothing does not
         // hold off the real primary.
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.acceptor.accept(tcp)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
-                }
-                Err(_) => {
-                    return tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
-                }
+            let Some(tls) = link::accept(&link.acceptor, tcp, address, HANDSHAKE_TIMEOUT).await
+            else {
+                return;
             };
             let mut linked = false;
             if let Err(e) =
