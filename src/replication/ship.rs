@@ -15,7 +15,9 @@ use super::link::{Link, PEER_NAME};
 use super::{Context, Replicator, data_of, flush, hello, last_epoch, peer_of, send_body};
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
-use crate::spool::{BodyWriter, Change, LogRecord, QueueId, Spool, SpoolError};
+use crate::spool::{
+    BodyWriter, Change, LogPosition, LogRecord, MessageRecord, QueueId, Spool, SpoolError,
+};
 
 /// A frame of records is cut at this many records or bytes.
 const BATCH_RECORDS: usize = 4096;
@@ -178,19 +180,30 @@ async fn hand_over_to_peer(
 /// A standby that stopped exactly where the snapshot we were built from left our log continues
 /// too: our log holds no record there, but it goes on from it.
 fn resume_point(spool: &Spool, theirs: &Hello) -> Result<Option<u64>, SpoolError> {
-    let ours = spool.last_position();
+    let position_at = |seq| spool.log_record(seq).map(|r| r.map(|r| r.position));
+    resume_from(spool.last_position(), theirs, position_at, || spool.snapshot_point())
+}
+
+/// [`resume_point`]'s decision, given where our log ends, the position of the record our log
+/// holds at a sequence number, and where the snapshot we were built from left our log.
+fn resume_from(
+    ours: LogPosition,
+    theirs: &Hello,
+    position_at: impl Fn(u64) -> Result<Option<LogPosition>, SpoolError>,
+    snapshot_point: impl FnOnce() -> Result<Option<LogPosition>, SpoolError>,
+) -> Result<Option<u64>, SpoolError> {
     if theirs.history.is_empty() || theirs.last.seq == 0 || theirs.last.seq > ours.seq {
         return Ok(None);
     }
     if theirs.last == ours {
         return Ok(Some(ours.seq + 1));
     }
-    match spool.log_record(theirs.last.seq)? {
-        Some(record) if record.position == theirs.last => Ok(Some(theirs.last.seq + 1)),
+    match position_at(theirs.last.seq)? {
+        Some(position) if position == theirs.last => Ok(Some(theirs.last.seq + 1)),
         Some(_) => Ok(None),
-        None => match spool.snapshot_point()? {
+        None => match snapshot_point()? {
             // ... unless the log was trimmed since.
-            Some(point) if point == theirs.last && spool.log_record(point.seq + 1)?.is_some() => {
+            Some(point) if point == theirs.last && position_at(point.seq + 1)?.is_some() => {
                 Ok(Some(point.seq + 1))
             }
             _ => Ok(None),
@@ -206,24 +219,13 @@ async fn rewind(
     spool: &Spool,
     touched: &[QueueId],
 ) -> Result<bool, LinkError> {
-    let (mut messages, mut absent) = (Vec::new(), Vec::new());
-    let mut bytes = 0;
-    for &id in touched {
-        match spool.get(id)? {
-            Some(message) => {
-                bytes += postcard::to_stdvec(&message).map_or(frame::MAX_FRAME, |m| m.len());
-                messages.push(message);
-            }
-            None => absent.push(id),
-        }
-        if bytes + absent.len() * std::mem::size_of::<QueueId>() > frame::MAX_FRAME / 2 {
-            tracing::info!(
-                messages = touched.len(),
-                "the standby's divergent records touch too much for a rewind"
-            );
-            return Ok(false);
-        }
-    }
+    let Some(RewindState { messages, absent }) = rewind_state(touched, |id| spool.get(id))? else {
+        tracing::info!(
+            messages = touched.len(),
+            "the standby's divergent records touch too much for a rewind"
+        );
+        return Ok(false);
+    };
     for message in &messages {
         send_body(writer, spool, message.envelope.id).await?;
     }
@@ -234,6 +236,38 @@ async fn rewind(
     );
     frame::write(writer, &Frame::Rewind { messages, absent }).await?;
     Ok(true)
+}
+
+/// Our state of the messages a standby's branch touched.
+#[derive(Debug, PartialEq)]
+struct RewindState {
+    /// Those we hold.
+    messages: Vec<MessageRecord>,
+    /// Those we do not.
+    absent: Vec<QueueId>,
+}
+
+/// [`RewindState`] of `touched`; None when it would not fit in half a frame (the bodies go in
+/// frames of their own).
+fn rewind_state(
+    touched: &[QueueId],
+    get: impl Fn(QueueId) -> Result<Option<MessageRecord>, SpoolError>,
+) -> Result<Option<RewindState>, SpoolError> {
+    let (mut messages, mut absent) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for &id in touched {
+        match get(id)? {
+            Some(message) => {
+                bytes += postcard::to_stdvec(&message).map_or(frame::MAX_FRAME, |m| m.len());
+                messages.push(message);
+            }
+            None => absent.push(id),
+        }
+        if bytes + absent.len() * std::mem::size_of::<QueueId>() > frame::MAX_FRAME / 2 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(RewindState { messages, absent }))
 }
 
 /// Sends every queued message, then the history and position the log continues from. The
@@ -410,5 +444,117 @@ impl Beats {
     fn sent_at(&self, beat: u64) -> Option<Instant> {
         let sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         sent.iter().find(|(b, _)| *b == beat).map(|(_, at)| *at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Envelope, EpochStart, RecipientState};
+
+    /// A standby's Hello: its history and its last record.
+    fn standby(history: &[(u64, u64)], last: (u64, u64)) -> Hello {
+        Hello {
+            node: "b".into(),
+            role: "standby".into(),
+            history: history
+                .iter()
+                .map(|&(epoch, first_seq)| EpochStart { epoch, first_seq })
+                .collect(),
+            last: LogPosition { epoch: last.0, seq: last.1 },
+            rewind: None,
+        }
+    }
+
+    fn at(epoch: u64, seq: u64) -> LogPosition {
+        LogPosition { epoch, seq }
+    }
+
+    /// Our log: epoch 1 from record 1, epoch 3 from record 40, up to record 60; records before
+    /// `trimmed_to` are gone.
+    fn our_log(trimmed_to: u64) -> impl Fn(u64) -> Result<Option<LogPosition>, SpoolError> {
+        move |seq| {
+            let epoch = if seq >= 40 { 3 } else { 1 };
+            Ok((trimmed_to..=60).contains(&seq).then(|| at(epoch, seq)))
+        }
+    }
+
+    fn no_snapshot() -> Result<Option<LogPosition>, SpoolError> {
+        Ok(None)
+    }
+
+    #[test]
+    fn a_standby_resumes_right_after_its_last_record_when_our_log_holds_it_in_its_epoch() {
+        let ours = at(3, 60);
+        let resume =
+            |theirs: &Hello| resume_from(ours, theirs, our_log(1), no_snapshot).expect("reads");
+        // At our end, or behind in the same history.
+        assert_eq!(resume(&standby(&[(1, 1), (3, 40)], (3, 60))), Some(61));
+        assert_eq!(resume(&standby(&[(1, 1), (3, 40)], (3, 45))), Some(46));
+        assert_eq!(resume(&standby(&[(1, 1)], (1, 30))), Some(31));
+        // Its last record is in another epoch than ours there (an old primary's branch): a
+        // snapshot.
+        assert_eq!(resume(&standby(&[(1, 1), (2, 40)], (2, 45))), None);
+        // Empty, or ahead of us: a snapshot (ha never ships to a standby that holds more).
+        assert_eq!(resume(&standby(&[], (0, 0))), None);
+        assert_eq!(resume(&standby(&[(1, 1), (3, 40)], (3, 61))), None);
+    }
+
+    #[test]
+    fn a_standby_whose_record_was_trimmed_resumes_only_from_our_snapshot_point() {
+        let ours = at(3, 60);
+        let theirs = standby(&[(1, 1), (3, 40)], (3, 45));
+        // Trimmed, and nothing else to go by.
+        assert_eq!(resume_from(ours, &theirs, our_log(50), no_snapshot).expect("reads"), None);
+        // We were built from a snapshot at its very record, and the log goes on from there.
+        let point = || Ok(Some(at(3, 45)));
+        let built = |seq| Ok((46..=60).contains(&seq).then(|| at(3, seq)));
+        assert_eq!(resume_from(ours, &theirs, built, point).expect("reads"), Some(46));
+        // ... but not once the log was trimmed past it too, nor from another point.
+        assert_eq!(resume_from(ours, &theirs, our_log(50), point).expect("reads"), None);
+        let elsewhere = || Ok(Some(at(3, 44)));
+        assert_eq!(resume_from(ours, &theirs, built, elsewhere).expect("reads"), None);
+    }
+
+    fn message(n: u8, sender_bytes: usize) -> MessageRecord {
+        let id = QueueId::from_bytes([n; 16]);
+        let envelope = Envelope {
+            id,
+            sender: "s".repeat(sender_bytes),
+            recipients: vec!["bob@example.com".into()],
+            received_at_ms: 0,
+            client: "192.0.2.7".into(),
+            helo: "client.example.org".into(),
+            size: 10,
+            eight_bit: false,
+            smtputf8: false,
+        };
+        MessageRecord {
+            envelope,
+            recipients: vec![RecipientState::Bounced { reply: "550 5.1.1 no".into() }],
+            accepted_at: at(3, 41),
+        }
+    }
+
+    #[test]
+    fn a_rewind_sends_our_state_of_what_the_branch_touched_unless_it_is_over_half_a_frame() {
+        let held = message(1, 10);
+        let gone = QueueId::from_bytes([2; 16]);
+        let get = |id| Ok((id == held.envelope.id).then(|| held.clone()));
+        let state = rewind_state(&[held.envelope.id, gone], get).expect("reads");
+        assert_eq!(state, Some(RewindState { messages: vec![held.clone()], absent: vec![gone] }));
+        // A message over half a frame: a snapshot instead.
+        let huge = message(3, frame::MAX_FRAME / 2);
+        let get = |_| Ok(Some(huge.clone()));
+        assert_eq!(rewind_state(&[huge.envelope.id], get).expect("reads"), None);
+        // So many messages gone that their ids alone are over half a frame.
+        let ids = frame::MAX_FRAME / 2 / std::mem::size_of::<QueueId>() + 1;
+        let touched: Vec<QueueId> =
+            (0..ids as u128).map(|n| QueueId::from_bytes(n.to_be_bytes())).collect();
+        assert_eq!(rewind_state(&touched, |_| Ok(None)).expect("reads"), None);
+        assert!(
+            rewind_state(&touched[1..], |_| Ok(None)).expect("reads").is_some(),
+            "one fewer fits"
+        );
     }
 }
