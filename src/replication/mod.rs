@@ -6,7 +6,6 @@
 //! * [`ship`]: the primary's side — dial the peer, agree where to resume (or send a snapshot),
 //!   stream records with the bodies they need, collect acks.
 //! * [`follow`]: the standby's side — accept the primary, apply, ack.
-//!
 //! * [`error`]: why a link ended, and why a handover did not happen.
 //!
 //! With `replication = "sync"` a session's 250 waits for the standby's ack of its record
