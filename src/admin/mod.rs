@@ -36,7 +36,7 @@ pub struct AdminContext {
     /// The SMTP listener's limiter: its count is the number of open sessions.
     pub sessions: ConnectionLimiter,
     /// The peer and the replication lag.
-    pub replication: crate::replication::Replication,
+    pub replication: crate::replication::Replicator,
     /// The live role and epoch, and the way to change them.
     pub ha: crate::ha::Ha,
 }

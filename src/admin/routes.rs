@@ -45,7 +45,7 @@ pub async fn promote(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
     tracing::warn!(force, "promotion requested by the operator");
-    let epoch = context.ha.promote(force).await.map_err(ApiError::conflict)?;
+    let epoch = context.ha.promote(force).await.map_err(|e| ApiError::conflict(e.to_string()))?;
     let mut answer = serde_json::json!({ "role": "primary", "epoch": epoch });
     if force {
         answer["warning"] = serde_json::Value::from(FORCED_PROMOTION_RISK);
@@ -59,7 +59,7 @@ pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, 
     let epoch =
         crate::ha::switchover(&context.ha, &context.replication, &context.delivery, &context.spool)
             .await
-            .map_err(ApiError::conflict)?;
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
     Ok(Json(serde_json::json!({ "role": "standby", "new_primary_epoch": epoch })))
 }
 

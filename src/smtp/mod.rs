@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
 use crate::proto::Reply;
-use crate::replication::Replication;
+use crate::replication::Replicator;
 use crate::role::RoleWatch;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
@@ -66,7 +66,7 @@ pub struct Services {
     pub role: RoleWatch,
     pub spool: Spool,
     pub delivery: DeliveryHandle,
-    pub replication: Replication,
+    pub replication: Replicator,
     pub metrics: Arc<Metrics>,
 }
 
