@@ -271,7 +271,7 @@ for n in dc1 dc2; do
 done
 
 # --- the sending MTA: a private Postfix instance in rdd-snd -------------------------------------
-# As tests/common/postfix.rs, plus an smtpd for the load, MX lookups through rdd-dns (its smtp
+# As tests/it/common/postfix.rs, plus an smtpd for the load, MX lookups through rdd-dns (its smtp
 # client is not chrooted, so it reads the namespace's resolv.conf), and short timers so that it
 # moves to MX 20 quickly and retries soon. It never bounces during a drill: a bounce would hide
 # a loss.

@@ -199,9 +199,3 @@ pub fn relayd_on(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
     all.extend(["--config", config]);
     relayd(&all)
 }
-
-/// `relayd status --json` on a node: its document, or None when the command fails.
-pub fn status_json(node: &Node) -> Option<serde_json::Value> {
-    let (code, out, _) = relayd_on(node, &["status", "--json"]);
-    (code == Some(0)).then(|| serde_json::from_str(&out).ok()).flatten()
-}

@@ -1,7 +1,7 @@
 //! Real clients (Python's smtplib, swaks, curl) send to the real binary; the bodies are read
 //! back from the spool and compared byte for byte.
 
-mod common;
+use crate::common;
 
 use common::{Node, run, self_signed, smtplib};
 
@@ -209,7 +209,7 @@ fn curl_plain_and_starttls() {
 }
 
 /// CHUNKING with a client nobody here wrote: Stalwart's mail-send sends BDAT ... LAST. (Postfix's
-/// smtp client, curl, swaks and smtplib never send BDAT; tests/smtp_limits.rs covers several
+/// smtp client, curl, swaks and smtplib never send BDAT; tests/it/smtp_limits.rs covers several
 /// pipelined chunks with a raw client.)
 #[test]
 fn mail_send_bdat_body_is_stored_exactly() {

@@ -1,5 +1,5 @@
 //! The failover controller between real relayd processes: a witness `w`, a primary `a` and a
-//! standby `b` (tests/common/cluster.rs, [`Trio`]), every cluster link through a fault proxy of
+//! standby `b` (tests/it/common/cluster.rs, [`Trio`]), every cluster link through a fault proxy of
 //! its own, and both data nodes delivering to one scripted sink, where every message is counted
 //! by its Message-ID. The tests kill, cut and isolate, and check the guarantees' promises (docs/guarantees.md): no
 //! acknowledged mail lost, never two primaries, failover in seconds, nothing a demoted primary
@@ -8,7 +8,7 @@
 //! Most tests use short timings (heartbeat 100 ms, lease 1 s, failover_timeout 2 s); the kill -9
 //! under load runs on relayd's defaults (200 ms, 2 s, 2.5 s) for the recovery time it measures.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! The delivery engine against next hops on loopback: Postfix's smtp-sink, the scripted sink of
-//! tests/common/sink.rs (per-recipient replies, STARTTLS, delays), and dnsmasq as the DNS server
+//! tests/it/common/sink.rs (per-recipient replies, STARTTLS, delays), and dnsmasq as the DNS server
 //! for MX routing. Each test runs its own relayd with its own routes; nothing leaves 127.0.0.0/8
 //! and relayd never asks the system's DNS (its resolvers are always on loopback).
 //!
@@ -22,7 +22,7 @@
 //! relayd itself is started by the harness on ports picked free on 127.0.0.1; [`start_node`]
 //! makes sure it is this test's relayd that listens there.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! A 250 means "on disk": kill -9 right after it loses nothing, a restart finds every queued
 //! message, and the change log records each acceptance at a strictly increasing (epoch, seq).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

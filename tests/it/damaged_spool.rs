@@ -2,7 +2,7 @@
 //! start without a panic: it names the file and what the operator can do, and exits 1. Once
 //! the operator moves the file aside as told, relayd starts with an empty spool.
 
-mod common;
+use crate::common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! the deferrals replicate too. After each scenario both nodes are stopped and their spools
 //! read back and compared.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};

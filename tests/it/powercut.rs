@@ -8,7 +8,7 @@
 //! `RELAYD_POWERCUT_ROUNDS=N` runs N rounds (the long form). Skipped, saying so, where
 //! /dev/fuse is absent.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -164,7 +164,7 @@ fn path_str(path: &Path) -> &str {
 
 fn main_cf(root: &Path, relay_port: u16) -> String {
     format!(
-        "# A private test instance; see tests/common/postfix.rs.
+        "# A private test instance; see tests/it/common/postfix.rs.
 compatibility_level = 3.6
 queue_directory = {root}/queue
 data_directory = {root}/data
@@ -203,4 +203,4 @@ bounce_queue_lifetime = 1m
 
 /// The services needed to submit with sendmail and relay with smtp; no smtpd, no local
 /// delivery, no TLS. (scripts/drill.sh's sending Postfix adds its smtpd to the same file.)
-const MASTER_CF: &str = include_str!("../peers/postfix-master.cf");
+const MASTER_CF: &str = include_str!("../../peers/postfix-master.cf");

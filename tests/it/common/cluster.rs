@@ -389,7 +389,8 @@ tls_ca = "{ca}"
 /// `a` is primary: `a`'s `peer`), `b → a` (replication once `b` is primary: `b`'s `peer`),
 /// `a → w` and `b → w` (each node's `witness`). Both nodes deliver to one scripted [`Sink`].
 pub struct Trio {
-    certs: tempfile::TempDir,
+    /// The certificates the nodes' configs name: held so that they outlive the nodes.
+    _certs: tempfile::TempDir,
     pub a: Node,
     pub b: Node,
     pub w: Node,
@@ -441,7 +442,7 @@ impl Trio {
         };
         let b = data_node("b", "standby", (b_cluster, ba.addr(), bw.addr()));
         let a = data_node("a", "primary", (a_cluster, ab.addr(), aw.addr()));
-        Trio { certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster }
+        Trio { _certs: certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster }
     }
 
     /// Starts (or restarts) `a`, `b` or `w`, and waits until it listens.
@@ -468,11 +469,6 @@ impl Trio {
                 s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0
             })
         });
-    }
-
-    /// The directory with ca.pem and the pairs of a, b and w.
-    pub fn certs(&self) -> &Path {
-        self.certs.path()
     }
 
     /// Restarts the witness (after [`Node::stop`] or [`Node::kill9`]).

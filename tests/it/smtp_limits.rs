@@ -1,7 +1,7 @@
 //! Every limit and protocol-safety rule: send the bad input, check the reply, and check that
 //! the session (where it should) and the daemon go on.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

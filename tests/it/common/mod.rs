@@ -1,6 +1,5 @@
 //! The test harness: runs the real relayd binary on loopback ports with a config of the test's
 //! making, talks to it over real sockets, and reads its spool back once it has stopped.
-#![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
