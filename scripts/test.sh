@@ -58,6 +58,13 @@ else
   run_tests --all-targets -- "${skips[@]}"
   for module in "${alone[@]}"; do run_tests --test it -- "$module::"; done
 fi
+# The scripts' own tests (tests/scripts: the drill's report judged on a recorded run); not
+# with a filter, as the fuzzing below.
+[ $# -gt 0 ] || for script_test in tests/scripts/test_*.py; do
+  python3 "$script_test" 2>&1 | tee -a "$log"
+  code=${PIPESTATUS[0]}
+  [ "$status" -ne 0 ] || status=$code
+done
 # Then each fuzz target for a bounded time (docs/security.md, Fuzzing); a finding fails the
 # run. RELAYD_FUZZ_SECONDS=0 skips it, and so does a test filter (arguments for cargo test).
 fuzz_seconds=${RELAYD_FUZZ_SECONDS:-20}
@@ -68,7 +75,7 @@ if [ "$fuzz_seconds" -gt 0 ] && [ $# -eq 0 ]; then
 fi
 set -e
 # One closing line for the whole run; each fuzz target counts as a test.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^(test result:|python tests:)/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^fuzz: [0-9]+ targets, / { p += $2 - $6; f += $6 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
