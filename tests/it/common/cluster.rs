@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::proxy::Proxy;
 use super::sink::Sink;
-use super::{BIN, Node, free_port, run, wait_for};
+use super::{BIN, Node, free_port, node_config, run, wait_for};
 
 /// Where mail and DNS queries go: nothing listens on port 1 of this loopback address.
 pub const CLOSED: &str = "127.63.0.1:1";
@@ -57,33 +57,18 @@ fn node_sections(
     retry: &str,
     cluster: &str,
 ) -> String {
-    let file = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"[relay]
-domains = ["example.com"]
-trusted_networks = ["127.0.0.1/32"]
-
-[[route]]
-domain = "*"
-next_hop = "{next_hop}"
-tls = "none"
-
-[delivery]
-retry = {retry}
-resolvers = ["{CLOSED}"]
-
-[cluster]
-listen = "{listen}"
-peer = "{peer}"
-tls_cert = "{cert}"
-tls_key = "{key}"
-tls_ca = "{ca}"
-{cluster}
-"#,
-        cert = file(&format!("{name}.pem")),
-        key = file(&format!("{name}.key")),
-        ca = file("ca.pem"),
-    )
+    node_config(&[
+        ("name", name),
+        ("relay", "example.com"),
+        ("trusted", "127.0.0.1/32"),
+        ("route", &next_hop.to_string()),
+        ("retry", retry),
+        ("resolver", CLOSED),
+        ("cluster", &listen.to_string()),
+        ("peer", &peer.to_string()),
+        ("certs", &certs.display().to_string()),
+        ("cluster_keys", cluster),
+    ])
 }
 
 /// A primary `a` and a standby `b`; the primary dials the standby through [`Pair::proxy`].
@@ -363,25 +348,14 @@ pub fn witness_config(
     listen: SocketAddr,
     timings: &Timings,
 ) -> String {
-    let file = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"[node]
-name = "w"
-role = "witness"
-data_dir = "{data}"
-
-[cluster]
-listen = "{listen}"
-tls_cert = "{cert}"
-tls_key = "{key}"
-tls_ca = "{ca}"
-{timings}"#,
-        data = data_dir.display(),
-        timings = timings.keys(),
-        cert = file("w.pem"),
-        key = file("w.key"),
-        ca = file("ca.pem"),
-    )
+    node_config(&[
+        ("data_dir", &data_dir.display().to_string()),
+        ("name", "w"),
+        ("role", "witness"),
+        ("cluster", &listen.to_string()),
+        ("certs", &certs.display().to_string()),
+        ("cluster_keys", &timings.keys()),
+    ])
 }
 
 /// Two data nodes and a witness: `w` (started first), the standby `b`, the primary `a`. Every

@@ -98,38 +98,25 @@ impl Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
         let admin_port = free_port();
-        let mut sections = sections.to_string();
-        if !sections.contains("[[route]]") {
-            sections += &format!(
-                "\n[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{}\"\ntls = \"none\"\n",
-                free_port()
-            );
-        }
-        if !sections.contains("[delivery]") {
-            sections += &format!("\n[delivery]\nresolvers = [\"127.0.0.1:{}\"]\n", free_port());
-        }
-        let config = format!(
-            r#"[node]
-name = "{name}"
-role = "{role}"
-data_dir = "{data}"
-{node_extra}
-
-[smtp]
-listen = ["127.0.0.1:{smtp_port}"]
-hostname = "mx.test"
-{smtp_extra}
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-
-[log]
-level = "info"
-
-{sections}
-"#,
-            data = dir.path().join("data").display(),
-        );
+        let loopback = |port: u16| format!("127.0.0.1:{port}");
+        let route =
+            if sections.contains("[[route]]") { String::new() } else { loopback(free_port()) };
+        let resolver =
+            if sections.contains("[delivery]") { String::new() } else { loopback(free_port()) };
+        let config = node_config(&[
+            ("data_dir", &dir.path().join("data").display().to_string()),
+            ("name", name),
+            ("role", role),
+            ("node_keys", node_extra),
+            ("smtp", &loopback(smtp_port)),
+            ("hostname", "mx.test"),
+            ("smtp_keys", smtp_extra),
+            ("route", &route),
+            ("resolver", &resolver),
+            ("admin", &loopback(admin_port)),
+            ("log", "info"),
+            ("sections", sections),
+        ]);
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
         Node { dir, smtp_port, admin_port, config_path, child: None }
@@ -417,6 +404,18 @@ impl Raw {
         let mut rest = Vec::new();
         self.reader.read_to_end(&mut rest).is_ok()
     }
+}
+
+/// A config from scripts/node-config.sh, the node-config template the drill and the benchmarks
+/// use too: `fields` are its FIELD=VALUE arguments (an empty value leaves the field out).
+pub fn node_config(fields: &[(&str, &str)]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node-config.sh");
+    let mut args = vec![script.display().to_string()];
+    args.extend(fields.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("bash", &args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a UTF-8 config")
 }
 
 /// Runs a program and returns its output, failing the test if it cannot be started.
