@@ -26,24 +26,17 @@ fi
 
 # Postfix relays example.test to a sink, as in the side-by-side benchmark.
 postfix stop >/dev/null 2>&1
-cat > /etc/postfix/main.cf <<'PF'
-compatibility_level = 3.6
+{
+  cat "$(dirname "$(readlink -f "$0")")/../tests/peers/postfix-main.cf"
+  cat <<'PF'
 myhostname = relay.local
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
 inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
 relay_domains = example.test
 relayhost = [127.0.0.1]:2525
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-biff = no
 maillog_file = /var/log/postfix-bench.log
 PF
+} > /etc/postfix/main.cf
 postconf -M# smtp/inet >/dev/null 2>&1
 postconf -M "127.0.0.1:2526/inet=127.0.0.1:2526 inet n - n - - smtpd"
 postconf -F '*/*/chroot = n'

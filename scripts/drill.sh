@@ -235,8 +235,9 @@ done
 # a loss.
 S=$W/snd
 mkdir -p "$S/conf" "$S/queue" "$S/data"
-cat > "$S/conf/main.cf" <<CONF
-compatibility_level = 3.6
+{
+  cat "$repo/tests/peers/postfix-main.cf"
+  cat <<CONF
 queue_directory = $S/queue
 data_directory = $S/data
 mail_owner = postfix
@@ -244,18 +245,9 @@ setgid_group = postdrop
 myhostname = snd.drill.test
 mydomain = drill.test
 myorigin = \$myhostname
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
 inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
 smtp_host_lookup = dns
 smtp_dns_support_level = enabled
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-biff = no
 maillog_file = $S/maillog
 maillog_file_prefixes = $W
 # Queue ids that are never reused: the report maps each to its Message-ID.
@@ -276,6 +268,7 @@ smtp_data_xfer_timeout = 5s
 smtp_data_done_timeout = 5s
 smtp_quit_timeout = 5s
 CONF
+} > "$S/conf/main.cf"
 # The services of the tests' private Postfix, plus an smtpd that takes the load.
 {
   echo "smtp       inet  n       -       n       -       -       smtpd"

@@ -10,13 +10,8 @@ use common::{Node, Raw};
 use relayd::spool::Change;
 
 fn send_one(addr: SocketAddr, subject: &str) -> String {
-    let mut smtp = Raw::connect(addr);
-    assert!(smtp.read_reply().starts_with("220"));
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
-    assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    let reply = smtp.cmd(&format!("Subject: {subject}\r\n\r\n{}\r\n.", "body ".repeat(20_000)));
+    let text = format!("Subject: {subject}\r\n\r\n{}\r\n", "body ".repeat(20_000));
+    let reply = Raw::greeted(addr).send_message("<a@client.test>", &["b@example.com"], &text);
     let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{reply}"));
     id.trim().to_string()
 }

@@ -260,6 +260,16 @@ fn queued_ids(contents: &Contents) -> HashSet<String> {
     contents.messages.iter().map(|(m, _)| m.envelope.id.to_string()).collect()
 }
 
+/// Stops both nodes and asserts that their spools are the same and that they hold exactly the
+/// acknowledged mail, `sent`, bodies included; the two spools, for more checks.
+fn stop_and_compare(pair: &mut Pair, sent: &[Sent]) -> (Contents, Contents) {
+    stop_both(pair);
+    let (primary, standby) = assert_same_spools(pair);
+    assert_eq!(queued_ids(&primary), ids(sent), "only acknowledged mail is queued");
+    assert_holds(&standby, sent, "standby");
+    (primary, standby)
+}
+
 fn stop_both(pair: &mut Pair) {
     assert_eq!(pair.primary_mut().stop(), Some(0), "the primary's exit status");
     assert_eq!(pair.standby_mut().stop(), Some(0), "the standby's exit status");
@@ -274,11 +284,7 @@ fn standby_spool_equals_primary_after_a_load() {
     let status = status(pair.primary());
     assert_eq!(status["peer"]["mode"], "sync", "never degraded: {status}");
     assert_eq!(status["peer"]["node"], "b", "{status}");
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    let (_, standby) = stop_and_compare(&mut pair, &sent);
     // The standby began with a snapshot of the empty queue at the primary's first record;
     // everything since came through the log: 50 acceptances and 50 deferrals.
     assert_eq!(standby.log.first().map(|r| r.position.seq), Some(2));
@@ -311,10 +317,7 @@ fn cut_mid_stream_resumes_without_gap_or_duplicate() {
     }
     assert_eq!(count(&log, "sending a snapshot"), 1, "one snapshot only:\n{log}");
     assert!(count(&log, "replication link down") >= 3, "the cuts were seen:\n{log}");
-    stop_both(&mut pair);
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]
@@ -340,11 +343,7 @@ fn standby_with_an_empty_data_dir_is_rebuilt_by_snapshot() {
     // And streams from there.
     sent.extend(load(pair.primary().addr(), 25, 5, 1));
     pair.wait_settled(30);
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    let (_, standby) = stop_and_compare(&mut pair, &sent);
     assert!(
         standby.log.first().expect("records after the snapshot").position.seq > 1,
         "the rebuilt standby's log starts after the snapshot, not with the primary's first record"
@@ -373,10 +372,7 @@ fn a_standby_killed_mid_stream_resumes_from_its_own_log() {
     let ups: Vec<&str> = log.lines().filter(|l| l.contains("replication link up")).collect();
     assert!(ups[1..].iter().all(|up| up.contains("from=Some(")), "resumed, no snapshot:\n{log}");
     assert_eq!(count(&log, "sending a snapshot"), 1, "{log}");
-    stop_both(&mut pair);
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 /// A standby rebuilt from a snapshot while mail keeps coming (2 senders, up to 150 KB): while
@@ -404,10 +400,7 @@ fn snapshot_under_load() -> (Pair, Vec<Sent>) {
 #[test]
 fn a_snapshot_taken_while_mail_keeps_coming_converges() {
     let (mut pair, sent) = snapshot_under_load();
-    stop_both(&mut pair);
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]
@@ -584,11 +577,7 @@ fn refuse_mode_answers_451_without_the_standby_and_keeps_nothing() {
     pair.wait_caught_up();
     sent.extend(load(pair.primary().addr(), 4, 1, 1));
     pair.wait_settled(3);
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent), "only acknowledged mail is queued");
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]
@@ -640,11 +629,7 @@ fn degrade_mode_accepts_without_the_standby_and_catches_up() {
             .is_some_and(|s| s["replication"]["lag_records"] == 0 && s["peer"]["mode"] == "sync")
     });
     pair.wait_settled(3);
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]

@@ -198,19 +198,27 @@ pub fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|line| line.contains(needle)).count()
 }
 
-/// `GET path` on a node's admin endpoint: the body of a 200 answer; None if the node does not
-/// answer.
-pub fn try_get_text(node: &Node, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", node.admin_port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+/// `GET path` on the admin endpoint at `port` of 127.0.0.1: the answer's head and body; None
+/// if nothing answers within `patience` or the answer is cut short.
+pub fn admin_get(port: u16, path: &str, patience: Duration) -> Option<(String, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, patience).ok()?;
+    stream.set_read_timeout(Some(patience)).ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;
     let answer = String::from_utf8(answer).ok()?;
     let (head, body) = answer.split_once("\r\n\r\n")?;
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
-    Some(body.to_string())
+    Some((head.to_string(), body.to_string()))
+}
+
+/// `GET path` on a node's admin endpoint: the body of a 200 answer; None if the node does not
+/// answer.
+pub fn try_get_text(node: &Node, path: &str) -> Option<String> {
+    let (head, body) = admin_get(node.admin_port, path, Duration::from_secs(10))?;
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}\r\n\r\n{body}");
+    Some(body)
 }
 
 /// `GET path` on a node's admin endpoint, its JSON parsed; None if the node does not answer.

@@ -358,6 +358,32 @@ impl Raw {
         Raw { reader: BufReader::new(stream.try_clone().expect("clone")), stream }
     }
 
+    /// Connects, reads the greeting (220) and says `EHLO client.test` (250).
+    pub fn greeted(addr: SocketAddr) -> Raw {
+        let mut smtp = Raw::connect(addr);
+        let greeting = smtp.read_reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        let ehlo = smtp.cmd("EHLO client.test");
+        assert!(ehlo.starts_with("250"), "EHLO: {ehlo}");
+        smtp
+    }
+
+    /// One message: `MAIL FROM:` and `from` (the address in <> and any parameters), `RCPT TO`
+    /// each of `to`, DATA, then `text` (dot-stuffed, ending in CRLF) and the closing dot. Every
+    /// step before the dot must be accepted; returns the reply to the dot.
+    pub fn send_message<S: AsRef<str>>(&mut self, from: &str, to: &[S], text: &str) -> String {
+        let reply = self.cmd(&format!("MAIL FROM:{from}"));
+        assert!(reply.starts_with("250"), "MAIL FROM:{from}: {reply}");
+        for rcpt in to {
+            let rcpt = rcpt.as_ref();
+            let reply = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert!(reply.starts_with("250"), "RCPT TO:<{rcpt}>: {reply}");
+        }
+        let reply = self.cmd("DATA");
+        assert!(reply.starts_with("354"), "DATA: {reply}");
+        self.cmd(&format!("{text}."))
+    }
+
     /// Reads one reply (all its lines); returns it with CRLFs as "\n".
     pub fn read_reply(&mut self) -> String {
         let mut reply = String::new();
@@ -461,6 +487,12 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     );
     assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
     (cert, key)
+}
+
+/// The `[smtp]` keys that offer STARTTLS with a certificate made by [`self_signed`] in `dir`.
+pub fn starttls_keys(dir: &Path) -> String {
+    let (cert, key) = self_signed(dir);
+    format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display())
 }
 
 /// Asserts two byte strings are equal; on a mismatch, shows where they part, readably.
