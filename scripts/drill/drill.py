@@ -754,43 +754,50 @@ def report(args):
     sys.exit(0 if doc["ok"] else 1)
 
 
+# The commands: the function that runs each, and its options (argparse's keywords for each).
+REQUIRED = {"required": True}
+COMMANDS = {
+    "load": (load, {"--to": REQUIRED, "--rate": {"type": float, "required": True}, "--out": REQUIRED}),
+    "backlog": (backlog, {
+        "--to": REQUIRED,
+        "--count": {"type": int, "required": True},
+        "--prefix": REQUIRED,
+        "--sessions": {"type": int, "default": 8},
+        "--deadline": {"type": float, "default": 300.0},
+        "--out": REQUIRED,
+    }),
+    "probe": (probe, {
+        "--to": REQUIRED,
+        "--fault": {"required": True, "help": "shell command that causes the failure"},
+        "--id": REQUIRED,
+        "--interval": {"type": float, "default": 0.02},
+        "--deadline": {"type": float, "default": 60.0},
+        "--out": REQUIRED,
+    }),
+    "poll": (poll, {
+        "--node": REQUIRED,
+        "--admin": REQUIRED,
+        "--interval": {"type": float, "default": 0.1},
+        "--out": REQUIRED,
+        "--latest": REQUIRED,
+    }),
+    "report": (report, {
+        "--work": REQUIRED,
+        "--json": REQUIRED,
+        "--failover-timeout": {"type": float, "default": 3.0},
+        "--settings": {"default": ""},
+    }),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("load")
-    p.add_argument("--to", required=True)
-    p.add_argument("--rate", type=float, required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(run=load)
-    p = sub.add_parser("backlog")
-    p.add_argument("--to", required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--prefix", required=True)
-    p.add_argument("--sessions", type=int, default=8)
-    p.add_argument("--deadline", type=float, default=300.0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(run=backlog)
-    p = sub.add_parser("probe")
-    p.add_argument("--to", required=True)
-    p.add_argument("--fault", required=True, help="shell command that causes the failure")
-    p.add_argument("--id", required=True)
-    p.add_argument("--interval", type=float, default=0.02)
-    p.add_argument("--deadline", type=float, default=60.0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(run=probe)
-    p = sub.add_parser("poll")
-    p.add_argument("--node", required=True)
-    p.add_argument("--admin", required=True)
-    p.add_argument("--interval", type=float, default=0.1)
-    p.add_argument("--out", required=True)
-    p.add_argument("--latest", required=True)
-    p.set_defaults(run=poll)
-    p = sub.add_parser("report")
-    p.add_argument("--work", required=True)
-    p.add_argument("--json", required=True)
-    p.add_argument("--failover-timeout", type=float, default=3.0)
-    p.add_argument("--settings", default="")
-    p.set_defaults(run=report)
+    for name, (run, options) in COMMANDS.items():
+        p = sub.add_parser(name)
+        for option, keywords in options.items():
+            p.add_argument(option, **keywords)
+        p.set_defaults(run=run)
     args = parser.parse_args()
     socket.setdefaulttimeout(10)
     args.run(args)

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Pair, certs_init, count, sections, send_signal, status};
-use common::{BIN, Node, Raw, assert_same_bytes, free_port, run, wait_for};
+use common::cluster::{Pair, certs, certs_init, count, sections, send_signal, status};
+use common::{BIN, Node, Raw, assert_same_bytes, free_addr, run, wait_for};
 use relayd::spool::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
 
 /// A message's DATA as the client sends it: CRLF lines (none starting with a dot), about `size`
@@ -68,19 +68,9 @@ fn transaction(smtp: &mut Raw, rcpts: &[String], data: &[u8]) -> Result<String, 
     }
 }
 
-/// Connects, greets, says EHLO.
-fn session(addr: SocketAddr) -> Raw {
-    let mut smtp = Raw::connect(addr);
-    let greeting = smtp.read_reply();
-    assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-    let reply = smtp.cmd("EHLO client.test");
-    assert!(reply.starts_with("250"), "EHLO: {reply}");
-    smtp
-}
-
 /// Sends one message in a session of its own.
 fn send(addr: SocketAddr, rcpts: &[String], data: &[u8]) -> Result<String, String> {
-    let mut smtp = session(addr);
+    let mut smtp = Raw::greeted(addr);
     let outcome = transaction(&mut smtp, rcpts, data);
     smtp.cmd("QUIT");
     outcome
@@ -102,7 +92,7 @@ fn load(addr: SocketAddr, first: usize, n: usize, threads: usize) -> Vec<Sent> {
         for t in 0..threads {
             let sent = &sent;
             scope.spawn(move || {
-                let mut smtp = session(addr);
+                let mut smtp = Raw::greeted(addr);
                 for i in (first + t..first + n).step_by(threads) {
                     let size = 1024 + (i * 104_729) % (300 * 1024);
                     let (rcpts, data) = (recipients(i), message_data(i, size));
@@ -134,7 +124,7 @@ impl Stream {
                 let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
                 std::thread::spawn(move || {
                     let mut sent = Vec::new();
-                    let mut smtp = session(addr);
+                    let mut smtp = Raw::greeted(addr);
                     let mut i = first + t;
                     while !stop.load(Ordering::SeqCst) {
                         let size = 512 + (i * 7_919) % max_size;
@@ -427,9 +417,8 @@ fn peers_with_a_foreign_certificate_or_plaintext_are_refused() {
     assert_eq!(queued(&pair), 1);
 
     // A primary whose certificate comes from another CA, dialling the real standby directly.
-    let other = tempfile::tempdir().expect("temp dir");
-    certs_init(other.path(), "a");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let other = certs("a");
+    let listen = free_addr();
     let mut rogue = Node::start_named(
         "rogue",
         "primary",
@@ -509,7 +498,7 @@ fn sync_mode_kill9_of_the_primary_after_each_250_loses_nothing() {
     for round in 0..5 {
         pair.wait_connected();
         let (rcpts, data) = (recipients(round), message_data(round, 20_000 + round * 50_000));
-        let mut smtp = session(pair.primary().addr());
+        let mut smtp = Raw::greeted(pair.primary().addr());
         let id = transaction(&mut smtp, &rcpts, &data)
             .unwrap_or_else(|reply| panic!("round {round}: {reply}"));
         pair.primary_mut().kill9();
@@ -565,7 +554,7 @@ fn refuse_mode_answers_451_without_the_standby_and_keeps_nothing() {
     // within sync_timeout, withdrawn, and refused after its body.
     pair.wait_settled(2);
     send_signal(pair.standby(), "STOP");
-    let mut smtp = session(pair.primary().addr());
+    let mut smtp = Raw::greeted(pair.primary().addr());
     let (outcome, took) = timed(&mut smtp, &recipients(3), &message_data(3, 5000));
     let reply = outcome.expect_err("no 250 from a frozen standby");
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
@@ -592,7 +581,7 @@ fn degrade_mode_accepts_without_the_standby_and_catches_up() {
     pair.standby_mut().stop();
     pair.wait_disconnected();
     let (rcpts, data) = (recipients(1), message_data(1, 100_000));
-    let mut smtp = session(pair.primary().addr());
+    let mut smtp = Raw::greeted(pair.primary().addr());
     let (outcome, took) = timed(&mut smtp, &rcpts, &data);
     smtp.cmd("QUIT");
     sent.push(Sent { id: outcome.expect("250 without the standby"), rcpts, data });
@@ -616,7 +605,7 @@ fn degrade_mode_accepts_without_the_standby_and_catches_up() {
     // The standby is there but frozen: 250 once sync_timeout has passed, degraded again.
     send_signal(pair.standby(), "STOP");
     let (rcpts, data) = (recipients(2), message_data(2, 3000));
-    let mut smtp = session(pair.primary().addr());
+    let mut smtp = Raw::greeted(pair.primary().addr());
     let (outcome, took) = timed(&mut smtp, &rcpts, &data);
     smtp.cmd("QUIT");
     sent.push(Sent { id: outcome.expect("250 from a degraded primary"), rcpts, data });

@@ -13,10 +13,17 @@ use std::time::Duration;
 
 use super::proxy::Proxy;
 use super::sink::Sink;
-use super::{BIN, Node, free_port, node_config, run, wait_for};
+use super::{BIN, Node, free_addr, node_config, run, wait_for};
 
 /// Where mail and DNS queries go: nothing listens on port 1 of this loopback address.
 pub const CLOSED: &str = "127.63.0.1:1";
+
+/// A temp dir holding `relayd certs init`'s CA and a certificate for each of `nodes`.
+pub fn certs(nodes: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    certs_init(dir.path(), nodes);
+    dir
+}
 
 /// Runs `relayd certs init DIR --nodes NODES` and asserts it succeeded.
 pub fn certs_init(dir: &Path, nodes: &str) {
@@ -85,10 +92,9 @@ impl Pair {
     /// is up and the standby has caught up. `replication` is "sync" or "async"; `extra_cluster`
     /// holds more `[cluster]` keys for both nodes (`sync_timeout = "1s"`, ...).
     pub fn start(replication: &str, extra_cluster: &str) -> Pair {
-        let certs = tempfile::tempdir().expect("temp dir");
-        certs_init(certs.path(), "a,b");
-        let primary_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let standby_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let certs = certs("a,b");
+        let primary_cluster = free_addr();
+        let standby_cluster = free_addr();
         let proxy = Proxy::start(standby_cluster);
         let standby = Node::start_named(
             "b",
@@ -406,10 +412,8 @@ impl Trio {
     /// starts the nodes in the order it likes ([`Trio::launch`]). `next_hops` are `a`'s and
     /// `b`'s next hops (None: the trio's sink).
     pub fn configure(options: TrioOptions, next_hops: [Option<SocketAddr>; 2]) -> Trio {
-        let certs = tempfile::tempdir().expect("temp dir");
-        certs_init(certs.path(), "a,b,w");
-        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (a_cluster, b_cluster, w_cluster) = (port(), port(), port());
+        let certs = certs("a,b,w");
+        let (a_cluster, b_cluster, w_cluster) = (free_addr(), free_addr(), free_addr());
         let (ab, ba) = (Proxy::start(b_cluster), Proxy::start(a_cluster));
         let (aw, bw) = (Proxy::start(w_cluster), Proxy::start(w_cluster));
         let sink = Sink::plain();

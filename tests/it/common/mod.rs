@@ -30,6 +30,11 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// 127.0.0.1 and a [`free_port`].
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// Polls `condition` until it holds or `PATIENCE` runs out.
 pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
