@@ -49,6 +49,10 @@ run_tests() {
 # time failovers to the second: each runs in a pass of its own after everything else, as each
 # ran in a binary of its own when cargo ran one binary per test file, one after another.
 alone=(campaign drill failover faults powercut)
+for module in "${alone[@]}"; do
+  # A module renamed or gone would leave its pass empty and run it among the rest unseen.
+  grep -qx "mod $module;" tests/it/main.rs || { echo "test.sh: tests/it has no module $module" >&2; exit 2; }
+done
 if [ $# -gt 0 ]; then
   # A filter (arguments for cargo test): one pass, as the caller asked.
   run_tests --all-targets "$@"
