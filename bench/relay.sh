@@ -7,6 +7,7 @@
 # Knobs (environment): RUNS=3 N=20000 SESS=20 SIZE=4096 SRC_OPTS="" (-d: keep the connection)
 # Runs as root (installs postfix for smtp-source/smtp-sink when missing). Leaves nothing running.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: relay.sh PATH/TO/relayd}")
 RUNS=${RUNS:-3}; N=${N:-20000}; SESS=${SESS:-20}; SIZE=${SIZE:-4096}; SRC_OPTS=${SRC_OPTS:-}
 W=$(mktemp -d); pids=()
@@ -19,30 +20,9 @@ if ! command -v smtp-source >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
 
-cat > "$W/relayd.toml" <<CONF
-[node]
-name = "bench"
-data_dir = "$W/data"
-
-[smtp]
-listen = ["127.0.0.1:2537"]
-hostname = "bench.test"
-
-[relay]
-domains = ["example.test"]
-trusted_networks = ["127.0.0.0/8"]
-
-[[route]]
-domain = "*"
-next_hop = "127.0.0.1:2535"
-tls = "none"
-
-[admin]
-listen = "127.0.0.1:2538"
-
-[log]
-level = "warn"
-CONF
+node_config data_dir="$W/data" name=bench smtp=127.0.0.1:2537 hostname=bench.test \
+  relay=example.test trusted=127.0.0.0/8 route=127.0.0.1:2535 admin=127.0.0.1:2538 log=warn \
+  > "$W/relayd.toml"
 "$relayd" --config "$W/relayd.toml" > "$W/relayd.log" 2>&1 & relayd_pid=$!; pids+=($relayd_pid)
 for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2537) 2>/dev/null && break; sleep 0.1; done
 

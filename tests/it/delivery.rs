@@ -1,5 +1,5 @@
 //! The delivery engine against next hops on loopback: Postfix's smtp-sink, the scripted sink of
-//! tests/common/sink.rs (per-recipient replies, STARTTLS, delays), and dnsmasq as the DNS server
+//! tests/it/common/sink.rs (per-recipient replies, STARTTLS, delays), and dnsmasq as the DNS server
 //! for MX routing. Each test runs its own relayd with its own routes; nothing leaves 127.0.0.0/8
 //! and relayd never asks the system's DNS (its resolvers are always on loopback).
 //!
@@ -22,7 +22,7 @@
 //! relayd itself is started by the harness on ports picked free on 127.0.0.1; [`start_node`]
 //! makes sure it is this test's relayd that listens there.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -217,19 +217,11 @@ fn stuffed(text: &str) -> String {
 
 /// Sends `mails` to `node` over one SMTP session; returns their queue ids, in order.
 fn send(node: &Node, mails: &[Mail]) -> Vec<String> {
-    let mut smtp = Raw::connect(node.addr());
-    assert!(smtp.read_reply().starts_with("220"));
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
+    let mut smtp = Raw::greeted(node.addr());
     let mut ids = Vec::new();
     for mail in mails {
-        let reply = smtp.cmd(&format!("MAIL FROM:<{}>", mail.from));
-        assert!(reply.starts_with("250"), "MAIL FROM:<{}>: {reply}", mail.from);
-        for rcpt in &mail.to {
-            let reply = smtp.cmd(&format!("RCPT TO:<{rcpt}>"));
-            assert!(reply.starts_with("250"), "RCPT TO:<{rcpt}>: {reply}");
-        }
-        assert!(smtp.cmd("DATA").starts_with("354"));
-        let reply = smtp.cmd(&format!("{}.", stuffed(&mail.text())));
+        let reply =
+            smtp.send_message(&format!("<{}>", mail.from), &mail.to, &stuffed(&mail.text()));
         let id = reply
             .strip_prefix("250 2.0.0 Ok: queued as ")
             .unwrap_or_else(|| panic!("end of DATA: {reply}"));
@@ -610,13 +602,11 @@ fn a_large_message_arrives_byte_for_byte() {
         })
         .collect();
     let mail = Mail::new("oksender@client.test", &["ok1@dest.test"], "large").with_body(body);
-    let mut smtp = Raw::connect(node.addr());
-    assert!(smtp.read_reply().starts_with("220"));
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd("MAIL FROM:<oksender@client.test> BODY=8BITMIME").starts_with("250"));
-    assert!(smtp.cmd("RCPT TO:<ok1@dest.test>").starts_with("250"));
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    let reply = smtp.cmd(&format!("{}.", stuffed(&mail.text())));
+    let reply = Raw::greeted(node.addr()).send_message(
+        "<oksender@client.test> BODY=8BITMIME",
+        &mail.to,
+        &stuffed(&mail.text()),
+    );
     let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").expect("queued").trim().to_string();
     wait_explained(
         "the large message delivered",
@@ -1221,13 +1211,11 @@ fn an_smtputf8_message_to_a_host_without_it_is_bounced_to_the_sender() {
     let node = node_for(&sink, "retry = [\"1h\"]");
     let (sender, rcpt) = ("oksender@client.test", "okbücher@dest.test");
     let mail = Mail::new(sender, &[rcpt], "utf8-rcpt");
-    let mut smtp = Raw::connect(node.addr());
-    assert!(smtp.read_reply().starts_with("220"));
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd(&format!("MAIL FROM:<{sender}> SMTPUTF8")).starts_with("250"));
-    assert!(smtp.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    let reply = smtp.cmd(&format!("{}.", stuffed(&mail.text())));
+    let reply = Raw::greeted(node.addr()).send_message(
+        &format!("<{sender}> SMTPUTF8"),
+        &[rcpt],
+        &stuffed(&mail.text()),
+    );
     let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").expect("queued").trim().to_string();
     wait_explained(
         "the recipient bounced",

@@ -1,7 +1,7 @@
 //! Signals as operators expect: SIGTERM drains (421 to newcomers, open transactions and
 //! deliveries in flight finish, exit 0), SIGHUP reloads without dropping sessions.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 

@@ -1,6 +1,5 @@
 //! The test harness: runs the real relayd binary on loopback ports with a config of the test's
 //! making, talks to it over real sockets, and reads its spool back once it has stopped.
-#![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,6 +28,11 @@ pub fn free_port() -> u16 {
             return port as u16;
         }
     }
+}
+
+/// 127.0.0.1 and a [`free_port`].
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// Polls `condition` until it holds or `PATIENCE` runs out.
@@ -99,38 +103,25 @@ impl Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let smtp_port = free_port();
         let admin_port = free_port();
-        let mut sections = sections.to_string();
-        if !sections.contains("[[route]]") {
-            sections += &format!(
-                "\n[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{}\"\ntls = \"none\"\n",
-                free_port()
-            );
-        }
-        if !sections.contains("[delivery]") {
-            sections += &format!("\n[delivery]\nresolvers = [\"127.0.0.1:{}\"]\n", free_port());
-        }
-        let config = format!(
-            r#"[node]
-name = "{name}"
-role = "{role}"
-data_dir = "{data}"
-{node_extra}
-
-[smtp]
-listen = ["127.0.0.1:{smtp_port}"]
-hostname = "mx.test"
-{smtp_extra}
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-
-[log]
-level = "info"
-
-{sections}
-"#,
-            data = dir.path().join("data").display(),
-        );
+        let loopback = |port: u16| format!("127.0.0.1:{port}");
+        let route =
+            if sections.contains("[[route]]") { String::new() } else { loopback(free_port()) };
+        let resolver =
+            if sections.contains("[delivery]") { String::new() } else { loopback(free_port()) };
+        let config = node_config(&[
+            ("data_dir", &dir.path().join("data").display().to_string()),
+            ("name", name),
+            ("role", role),
+            ("node_keys", node_extra),
+            ("smtp", &loopback(smtp_port)),
+            ("hostname", "mx.test"),
+            ("smtp_keys", smtp_extra),
+            ("route", &route),
+            ("resolver", &resolver),
+            ("admin", &loopback(admin_port)),
+            ("log", "info"),
+            ("sections", sections),
+        ]);
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
         Node { dir, smtp_port, admin_port, config_path, child: None }
@@ -372,6 +363,32 @@ impl Raw {
         Raw { reader: BufReader::new(stream.try_clone().expect("clone")), stream }
     }
 
+    /// Connects, reads the greeting (220) and says `EHLO client.test` (250).
+    pub fn greeted(addr: SocketAddr) -> Raw {
+        let mut smtp = Raw::connect(addr);
+        let greeting = smtp.read_reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        let ehlo = smtp.cmd("EHLO client.test");
+        assert!(ehlo.starts_with("250"), "EHLO: {ehlo}");
+        smtp
+    }
+
+    /// One message: `MAIL FROM:` and `from` (the address in <> and any parameters), `RCPT TO`
+    /// each of `to`, DATA, then `text` (dot-stuffed, ending in CRLF) and the closing dot. Every
+    /// step before the dot must be accepted; returns the reply to the dot.
+    pub fn send_message<S: AsRef<str>>(&mut self, from: &str, to: &[S], text: &str) -> String {
+        let reply = self.cmd(&format!("MAIL FROM:{from}"));
+        assert!(reply.starts_with("250"), "MAIL FROM:{from}: {reply}");
+        for rcpt in to {
+            let rcpt = rcpt.as_ref();
+            let reply = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert!(reply.starts_with("250"), "RCPT TO:<{rcpt}>: {reply}");
+        }
+        let reply = self.cmd("DATA");
+        assert!(reply.starts_with("354"), "DATA: {reply}");
+        self.cmd(&format!("{text}."))
+    }
+
     /// Reads one reply (all its lines); returns it with CRLFs as "\n".
     pub fn read_reply(&mut self) -> String {
         let mut reply = String::new();
@@ -420,6 +437,18 @@ impl Raw {
     }
 }
 
+/// A config from scripts/node-config.sh, the node-config template the drill and the benchmarks
+/// use too: `fields` are its FIELD=VALUE arguments (an empty value leaves the field out).
+pub fn node_config(fields: &[(&str, &str)]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node-config.sh");
+    let mut args = vec![script.display().to_string()];
+    args.extend(fields.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("bash", &args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a UTF-8 config")
+}
+
 /// Runs a program and returns its output, failing the test if it cannot be started.
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| {
@@ -463,6 +492,12 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     );
     assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
     (cert, key)
+}
+
+/// The `[smtp]` keys that offer STARTTLS with a certificate made by [`self_signed`] in `dir`.
+pub fn starttls_keys(dir: &Path) -> String {
+    let (cert, key) = self_signed(dir);
+    format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display())
 }
 
 /// Asserts two byte strings are equal; on a mismatch, shows where they part, readably.

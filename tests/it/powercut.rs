@@ -8,18 +8,17 @@
 //! `RELAYD_POWERCUT_ROUNDS=N` runs N rounds (the long form). Skipped, saying so, where
 //! /dev/fuse is absent.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    CLOSED, Timings, certs_init, sections, try_get, try_status, witness_config, witness_ready,
+    CLOSED, Timings, certs, sections, try_get, try_status, witness_config, witness_ready,
 };
 use common::powercut::{Acked, Cut, CutNode, Load, Mail, any_cut, mail, panics, rounds, seed};
 use common::sink::Sink;
-use common::{Node, free_port};
+use common::{Node, free_addr};
 use relayd::replication::frame::Frame;
 
 /// Rounds per test in the short (CI) form.
@@ -245,10 +244,9 @@ fn wait_caught_up(primary: &Node) {
 fn a_sync_standby_keeps_every_acknowledged_message_through_power_cuts() {
     let test = "sync standby";
     let mut rng = fastrand::Rng::with_seed(seed(test));
-    let certs = tempfile::tempdir().expect("temp dir");
-    certs_init(certs.path(), "a,b");
-    let primary_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let standby_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let certs = certs("a,b");
+    let primary_cluster = free_addr();
+    let standby_cluster = free_addr();
     let cluster = "on_standby_loss = \"refuse\"\nsync_timeout = \"1s\"\n";
     let node = |name: &str, role: &str, listen, peer| {
         let sections = sections(certs.path(), name, listen, peer, "sync", cluster);
@@ -306,16 +304,15 @@ fn a_sync_standby_keeps_every_acknowledged_message_through_power_cuts() {
 fn a_witness_keeps_every_grant_it_answered_through_power_cuts() {
     let test = "witness";
     let mut rng = fastrand::Rng::with_seed(seed(test));
-    let certs = tempfile::tempdir().expect("temp dir");
-    certs_init(certs.path(), "a,b,w");
-    let w_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let certs = certs("a,b,w");
+    let w_cluster = free_addr();
     let witness =
         Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &Timings::FAST));
     let Some(mut witness) = CutNode::mount(witness) else { return };
     witness.start_until(&format!("{test}: the first start"), &witness_ready(w_cluster));
     // A data node's config, only for its TLS client (the claimant speaks as b and as a: the
     // witness tells them apart by the name in the claim).
-    let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let peer = free_addr();
     let b = Node::configure(
         "b",
         "standby",

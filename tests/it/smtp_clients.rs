@@ -1,9 +1,9 @@
 //! Real clients (Python's smtplib, swaks, curl) send to the real binary; the bodies are read
 //! back from the spool and compared byte for byte.
 
-mod common;
+use crate::common;
 
-use common::{Node, run, self_signed, smtplib};
+use common::{Node, run, smtplib, starttls_keys};
 
 /// A message with CRLF line ends, dot-leading lines (stuffed on the wire, unstuffed in the
 /// spool) and a long line.
@@ -96,9 +96,7 @@ fn smtplib_plain_8bitmime_and_smtputf8_bodies_are_stored_exactly() {
 #[test]
 fn smtplib_over_starttls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = self_signed(dir.path());
-    let mut node =
-        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
+    let mut node = Node::relay(&starttls_keys(dir.path()));
     let body = message("tls");
     let file = write_message(&node, "tls.eml", &body);
     let out = smtplib(&[
@@ -126,9 +124,7 @@ fn smtplib_over_starttls() {
 #[test]
 fn swaks_plain_pipelined_and_starttls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = self_signed(dir.path());
-    let mut node =
-        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
+    let mut node = Node::relay(&starttls_keys(dir.path()));
     let port = node.smtp_port.to_string();
     let body = message("swaks");
     let file = write_message(&node, "swaks.eml", &body);
@@ -177,9 +173,7 @@ fn swaks_plain_pipelined_and_starttls() {
 #[test]
 fn curl_plain_and_starttls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = self_signed(dir.path());
-    let mut node =
-        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
+    let mut node = Node::relay(&starttls_keys(dir.path()));
     let body = message("curl");
     let file = write_message(&node, "curl.eml", &body);
     let url = format!("smtp://127.0.0.1:{}/client.test", node.smtp_port);
@@ -209,7 +203,7 @@ fn curl_plain_and_starttls() {
 }
 
 /// CHUNKING with a client nobody here wrote: Stalwart's mail-send sends BDAT ... LAST. (Postfix's
-/// smtp client, curl, swaks and smtplib never send BDAT; tests/smtp_limits.rs covers several
+/// smtp client, curl, swaks and smtplib never send BDAT; tests/it/smtp_limits.rs covers several
 /// pipelined chunks with a raw client.)
 #[test]
 fn mail_send_bdat_body_is_stored_exactly() {

@@ -1,6 +1,6 @@
 //! The command line: check-config's verdicts and exit codes, the embedded default, --role.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

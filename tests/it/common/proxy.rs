@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,12 +36,6 @@ struct Shared {
     /// A silent partition of one direction only, by [`Direction`] index.
     paused_one_way: [AtomicBool; 2],
     stopping: AtomicBool,
-    /// Connections forwarded to the target since the proxy started.
-    forwarded: AtomicU64,
-    /// Connections closed at once because the proxy was blocked or the target refused.
-    refused: AtomicU64,
-    /// Connections cut by [`Proxy::cut`].
-    cut: AtomicU64,
     /// Open connections: both sockets of each, by connection number.
     open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
 }
@@ -67,9 +61,6 @@ impl Proxy {
             paused: AtomicBool::new(false),
             paused_one_way: [AtomicBool::new(false), AtomicBool::new(false)],
             stopping: AtomicBool::new(false),
-            forwarded: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            cut: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
         });
         let acceptor = {
@@ -95,7 +86,6 @@ impl Proxy {
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
         }
-        self.shared.cut.fetch_add(open.len() as u64, Ordering::SeqCst);
         open.len()
     }
 
@@ -132,26 +122,6 @@ impl Proxy {
             way.store(false, Ordering::SeqCst);
         }
     }
-
-    /// Connections forwarded to the target so far.
-    pub fn forwarded(&self) -> u64 {
-        self.shared.forwarded.load(Ordering::SeqCst)
-    }
-
-    /// Connections refused so far (blocked, or the target did not answer).
-    pub fn refused(&self) -> u64 {
-        self.shared.refused.load(Ordering::SeqCst)
-    }
-
-    /// Connections closed by [`Proxy::cut`] so far.
-    pub fn cuts(&self) -> u64 {
-        self.shared.cut.load(Ordering::SeqCst)
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.shared.open.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
 }
 
 impl Drop for Proxy {
@@ -174,7 +144,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         }
         let Ok(client) = client else { continue };
         if shared.blocked.load(Ordering::SeqCst) {
-            refuse(shared, &client);
+            refuse(&client);
             continue;
         }
         number += 1;
@@ -195,14 +165,14 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 /// Connects `client` to the target and pumps both ways.
 fn forward(shared: &Arc<Shared>, number: u64, client: TcpStream) {
     let Ok(server) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(5)) else {
-        refuse(shared, &client);
+        refuse(&client);
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let clones = (client.try_clone(), server.try_clone());
     let (Ok(client_reader), Ok(server_reader)) = clones else {
-        refuse(shared, &client);
+        refuse(&client);
         return;
     };
     // Registered before any byte flows, so that a cut from now on reaches it.
@@ -211,14 +181,12 @@ fn forward(shared: &Arc<Shared>, number: u64, client: TcpStream) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(number, (client.try_clone().expect("clone"), server.try_clone().expect("clone")));
-    shared.forwarded.fetch_add(1, Ordering::SeqCst);
     pump(shared, number, Direction::ToTarget, client_reader, server);
     pump(shared, number, Direction::FromTarget, server_reader, client);
 }
 
-fn refuse(shared: &Shared, client: &TcpStream) {
+fn refuse(client: &TcpStream) {
     let _ = client.shutdown(Shutdown::Both);
-    shared.refused.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Copies `from` to `to` on a thread of its own; when either side ends, the whole connection

@@ -164,8 +164,7 @@ fn path_str(path: &Path) -> &str {
 
 fn main_cf(root: &Path, relay_port: u16) -> String {
     format!(
-        "# A private test instance; see tests/common/postfix.rs.
-compatibility_level = 3.6
+        "{MAIN_CF}# A private test instance; see tests/it/common/postfix.rs.
 queue_directory = {root}/queue
 data_directory = {root}/data
 mail_owner = postfix
@@ -173,18 +172,9 @@ setgid_group = postdrop
 myhostname = postfix.test
 mydomain = postfix.test
 myorigin = $myhostname
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
 inet_interfaces = loopback-only
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
 relayhost = [127.0.0.1]:{relay_port}
 smtp_dns_support_level = disabled
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-biff = no
 maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 # Log the SMTP dialogue with relayd: commands sent ('> ') and replies ('< ').
@@ -203,4 +193,8 @@ bounce_queue_lifetime = 1m
 
 /// The services needed to submit with sendmail and relay with smtp; no smtpd, no local
 /// delivery, no TLS. (scripts/drill.sh's sending Postfix adds its smtpd to the same file.)
-const MASTER_CF: &str = include_str!("../peers/postfix-master.cf");
+const MASTER_CF: &str = include_str!("../../peers/postfix-master.cf");
+
+/// The start of main.cf that the drill's and the benchmark's Postfix share (no local delivery,
+/// no TLS, IPv4 on loopback).
+const MAIN_CF: &str = include_str!("../../peers/postfix-main.cf");

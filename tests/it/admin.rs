@@ -1,7 +1,7 @@
 //! The admin endpoint and the operator subcommands, against the real binary: curl for HTTP,
 //! `relayd status` / `relayd queue ...` for the CLI.
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::Path;

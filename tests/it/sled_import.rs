@@ -4,7 +4,7 @@
 //! recipient state, log record, the epoch history and the role; relayd then starts on it and
 //! lists the queue.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! The three faults of issue 11 as named regression tests, black-box: real relayd processes
-//! (tests/common/cluster.rs, [`Trio`]), sync replication, relayd's default timings, each data
+//! (tests/it/common/cluster.rs, [`Trio`]), sync replication, relayd's default timings, each data
 //! node delivering to a sink of its own behind a gate (a fault proxy that refuses connections
 //! until it is opened), so that mail stays queued until the test lets the next hop take it.
 //! Only the operator's surface is used: the binary and its configs, SMTP, `/status`,
@@ -9,7 +9,7 @@
 //! run shows everything that went wrong (guarantee 1: no acknowledged mail lost; 2: never two
 //! primaries; 3: failover in seconds).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

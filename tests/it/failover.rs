@@ -1,5 +1,5 @@
 //! The failover controller between real relayd processes: a witness `w`, a primary `a` and a
-//! standby `b` (tests/common/cluster.rs, [`Trio`]), every cluster link through a fault proxy of
+//! standby `b` (tests/it/common/cluster.rs, [`Trio`]), every cluster link through a fault proxy of
 //! its own, and both data nodes delivering to one scripted sink, where every message is counted
 //! by its Message-ID. The tests kill, cut and isolate, and check the guarantees' promises (docs/guarantees.md): no
 //! acknowledged mail lost, never two primaries, failover in seconds, nothing a demoted primary
@@ -8,7 +8,7 @@
 //! Most tests use short timings (heartbeat 100 ms, lease 1 s, failover_timeout 2 s); the kill -9
 //! under load runs on relayd's defaults (200 ms, 2 s, 2.5 s) for the recovery time it measures.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{self, Outcome};
 use common::cluster::{
-    CLOSED, Timings, Trio, TrioOptions, certs_init, count, ha_lines, log_time, role_epoch, sever,
+    CLOSED, Timings, Trio, TrioOptions, certs, count, ha_lines, log_time, role_epoch, sever,
     trio_sections,
 };
 use common::sink::Sink;
@@ -283,6 +283,23 @@ fn wait_following(primary: &Node, what: &str) {
 }
 
 /// Waits until `node` has delivered everything it holds.
+/// Waits until every acknowledged message has reached the trio's sink and the serving node's
+/// queue is empty (redeliveries settled); the sink's deliveries by Message-ID, and the
+/// duplicates among them.
+fn settled_deliveries(
+    trio: &Trio,
+    acked: &[Acked],
+    serving: &Node,
+    name: &str,
+) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let ids: Vec<String> = acked.iter().map(|a| a.id.clone()).collect();
+    wait_delivered(&trio.sink, &ids);
+    wait_queue_empty(serving, name);
+    let counts = deliveries(&trio.sink);
+    let dups = duplicates(&counts);
+    (counts, dups)
+}
+
 fn wait_queue_empty(node: &Node, name: &str) {
     wait_for(&format!("{name}'s queue to empty"), || {
         common::cluster::try_status(node).is_some_and(|s| s["queue"]["messages"] == 0)
@@ -324,12 +341,8 @@ fn kill9_of_the_primary_under_load_fails_over_in_seconds_and_loses_nothing() {
     );
     assert_eq!(role_epoch(&trio.b), Some(("primary".into(), 2)));
 
-    let ids: Vec<String> = acked.iter().map(|a| a.id.clone()).collect();
-    wait_delivered(&trio.sink, &ids);
     // Deliveries still under way (b redelivers what a had in flight) settle first.
-    wait_queue_empty(&trio.b, "b");
-    let counts = deliveries(&trio.sink);
-    let dups = duplicates(&counts);
+    let (counts, dups) = settled_deliveries(&trio, &acked, &trio.b, "b");
     let by_client: Vec<&String> = dups.keys().filter(|id| resent.contains(*id)).collect();
     eprintln!(
         "kill -9 under load (default timings): {} acknowledged ({} by a, {} by b), b's first \
@@ -762,11 +775,7 @@ fn switchovers(options: TrioOptions) {
     assert_eq!(promotions, [2, 2]);
     assert_eq!(role_epoch(&trio.a), Some(("primary".into(), 5)));
 
-    let ids: Vec<String> = acked.iter().map(|a| a.id.clone()).collect();
-    wait_delivered(&trio.sink, &ids);
-    wait_queue_empty(&trio.a, "a");
-    let counts = deliveries(&trio.sink);
-    let dups = duplicates(&counts);
+    let (counts, dups) = settled_deliveries(&trio, &acked, &trio.a, "a");
     eprintln!(
         "switchover x4: {} acknowledged ({} by a, {} by b), {} delivered, {} duplicates, {} sent \
          again by the client after an unanswered DATA",
@@ -897,8 +906,7 @@ fn the_witness_grants_each_epoch_once_and_remembers_it_across_a_restart() {
 /// enforced by check-config: lease 2900ms with failover_timeout 3s is refused, naming the key.
 #[test]
 fn check_config_rejects_a_lease_that_could_outlive_the_failover_timeout() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    certs_init(dir.path(), "a,b,w");
+    let dir = certs("a,b,w");
     let config = |lease: &str| {
         let port = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let mut options = TrioOptions { timings: Timings::DEFAULTS, ..TrioOptions::default() };

@@ -4,7 +4,7 @@
 //! the deferrals replicate too. After each scenario both nodes are stopped and their spools
 //! read back and compared.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Pair, certs_init, count, sections, send_signal, status};
-use common::{BIN, Node, Raw, assert_same_bytes, free_port, run, wait_for};
+use common::cluster::{Pair, certs, certs_init, count, sections, send_signal, status};
+use common::{BIN, Node, Raw, assert_same_bytes, free_addr, run, wait_for};
 use relayd::spool::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
 
 /// A message's DATA as the client sends it: CRLF lines (none starting with a dot), about `size`
@@ -68,19 +68,9 @@ fn transaction(smtp: &mut Raw, rcpts: &[String], data: &[u8]) -> Result<String, 
     }
 }
 
-/// Connects, greets, says EHLO.
-fn session(addr: SocketAddr) -> Raw {
-    let mut smtp = Raw::connect(addr);
-    let greeting = smtp.read_reply();
-    assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-    let reply = smtp.cmd("EHLO client.test");
-    assert!(reply.starts_with("250"), "EHLO: {reply}");
-    smtp
-}
-
 /// Sends one message in a session of its own.
 fn send(addr: SocketAddr, rcpts: &[String], data: &[u8]) -> Result<String, String> {
-    let mut smtp = session(addr);
+    let mut smtp = Raw::greeted(addr);
     let outcome = transaction(&mut smtp, rcpts, data);
     smtp.cmd("QUIT");
     outcome
@@ -102,7 +92,7 @@ fn load(addr: SocketAddr, first: usize, n: usize, threads: usize) -> Vec<Sent> {
         for t in 0..threads {
             let sent = &sent;
             scope.spawn(move || {
-                let mut smtp = session(addr);
+                let mut smtp = Raw::greeted(addr);
                 for i in (first + t..first + n).step_by(threads) {
                     let size = 1024 + (i * 104_729) % (300 * 1024);
                     let (rcpts, data) = (recipients(i), message_data(i, size));
@@ -134,7 +124,7 @@ impl Stream {
                 let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
                 std::thread::spawn(move || {
                     let mut sent = Vec::new();
-                    let mut smtp = session(addr);
+                    let mut smtp = Raw::greeted(addr);
                     let mut i = first + t;
                     while !stop.load(Ordering::SeqCst) {
                         let size = 512 + (i * 7_919) % max_size;
@@ -260,6 +250,16 @@ fn queued_ids(contents: &Contents) -> HashSet<String> {
     contents.messages.iter().map(|(m, _)| m.envelope.id.to_string()).collect()
 }
 
+/// Stops both nodes and asserts that their spools are the same and that they hold exactly the
+/// acknowledged mail, `sent`, bodies included; the two spools, for more checks.
+fn stop_and_compare(pair: &mut Pair, sent: &[Sent]) -> (Contents, Contents) {
+    stop_both(pair);
+    let (primary, standby) = assert_same_spools(pair);
+    assert_eq!(queued_ids(&primary), ids(sent), "only acknowledged mail is queued");
+    assert_holds(&standby, sent, "standby");
+    (primary, standby)
+}
+
 fn stop_both(pair: &mut Pair) {
     assert_eq!(pair.primary_mut().stop(), Some(0), "the primary's exit status");
     assert_eq!(pair.standby_mut().stop(), Some(0), "the standby's exit status");
@@ -274,11 +274,7 @@ fn standby_spool_equals_primary_after_a_load() {
     let status = status(pair.primary());
     assert_eq!(status["peer"]["mode"], "sync", "never degraded: {status}");
     assert_eq!(status["peer"]["node"], "b", "{status}");
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    let (_, standby) = stop_and_compare(&mut pair, &sent);
     // The standby began with a snapshot of the empty queue at the primary's first record;
     // everything since came through the log: 50 acceptances and 50 deferrals.
     assert_eq!(standby.log.first().map(|r| r.position.seq), Some(2));
@@ -311,10 +307,7 @@ fn cut_mid_stream_resumes_without_gap_or_duplicate() {
     }
     assert_eq!(count(&log, "sending a snapshot"), 1, "one snapshot only:\n{log}");
     assert!(count(&log, "replication link down") >= 3, "the cuts were seen:\n{log}");
-    stop_both(&mut pair);
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]
@@ -340,11 +333,7 @@ fn standby_with_an_empty_data_dir_is_rebuilt_by_snapshot() {
     // And streams from there.
     sent.extend(load(pair.primary().addr(), 25, 5, 1));
     pair.wait_settled(30);
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    let (_, standby) = stop_and_compare(&mut pair, &sent);
     assert!(
         standby.log.first().expect("records after the snapshot").position.seq > 1,
         "the rebuilt standby's log starts after the snapshot, not with the primary's first record"
@@ -373,10 +362,7 @@ fn a_standby_killed_mid_stream_resumes_from_its_own_log() {
     let ups: Vec<&str> = log.lines().filter(|l| l.contains("replication link up")).collect();
     assert!(ups[1..].iter().all(|up| up.contains("from=Some(")), "resumed, no snapshot:\n{log}");
     assert_eq!(count(&log, "sending a snapshot"), 1, "{log}");
-    stop_both(&mut pair);
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 /// A standby rebuilt from a snapshot while mail keeps coming (2 senders, up to 150 KB): while
@@ -404,10 +390,7 @@ fn snapshot_under_load() -> (Pair, Vec<Sent>) {
 #[test]
 fn a_snapshot_taken_while_mail_keeps_coming_converges() {
     let (mut pair, sent) = snapshot_under_load();
-    stop_both(&mut pair);
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]
@@ -434,9 +417,8 @@ fn peers_with_a_foreign_certificate_or_plaintext_are_refused() {
     assert_eq!(queued(&pair), 1);
 
     // A primary whose certificate comes from another CA, dialling the real standby directly.
-    let other = tempfile::tempdir().expect("temp dir");
-    certs_init(other.path(), "a");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let other = certs("a");
+    let listen = free_addr();
     let mut rogue = Node::start_named(
         "rogue",
         "primary",
@@ -516,7 +498,7 @@ fn sync_mode_kill9_of_the_primary_after_each_250_loses_nothing() {
     for round in 0..5 {
         pair.wait_connected();
         let (rcpts, data) = (recipients(round), message_data(round, 20_000 + round * 50_000));
-        let mut smtp = session(pair.primary().addr());
+        let mut smtp = Raw::greeted(pair.primary().addr());
         let id = transaction(&mut smtp, &rcpts, &data)
             .unwrap_or_else(|reply| panic!("round {round}: {reply}"));
         pair.primary_mut().kill9();
@@ -572,7 +554,7 @@ fn refuse_mode_answers_451_without_the_standby_and_keeps_nothing() {
     // within sync_timeout, withdrawn, and refused after its body.
     pair.wait_settled(2);
     send_signal(pair.standby(), "STOP");
-    let mut smtp = session(pair.primary().addr());
+    let mut smtp = Raw::greeted(pair.primary().addr());
     let (outcome, took) = timed(&mut smtp, &recipients(3), &message_data(3, 5000));
     let reply = outcome.expect_err("no 250 from a frozen standby");
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
@@ -584,11 +566,7 @@ fn refuse_mode_answers_451_without_the_standby_and_keeps_nothing() {
     pair.wait_caught_up();
     sent.extend(load(pair.primary().addr(), 4, 1, 1));
     pair.wait_settled(3);
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent), "only acknowledged mail is queued");
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]
@@ -603,7 +581,7 @@ fn degrade_mode_accepts_without_the_standby_and_catches_up() {
     pair.standby_mut().stop();
     pair.wait_disconnected();
     let (rcpts, data) = (recipients(1), message_data(1, 100_000));
-    let mut smtp = session(pair.primary().addr());
+    let mut smtp = Raw::greeted(pair.primary().addr());
     let (outcome, took) = timed(&mut smtp, &rcpts, &data);
     smtp.cmd("QUIT");
     sent.push(Sent { id: outcome.expect("250 without the standby"), rcpts, data });
@@ -627,7 +605,7 @@ fn degrade_mode_accepts_without_the_standby_and_catches_up() {
     // The standby is there but frozen: 250 once sync_timeout has passed, degraded again.
     send_signal(pair.standby(), "STOP");
     let (rcpts, data) = (recipients(2), message_data(2, 3000));
-    let mut smtp = session(pair.primary().addr());
+    let mut smtp = Raw::greeted(pair.primary().addr());
     let (outcome, took) = timed(&mut smtp, &rcpts, &data);
     smtp.cmd("QUIT");
     sent.push(Sent { id: outcome.expect("250 from a degraded primary"), rcpts, data });
@@ -640,11 +618,7 @@ fn degrade_mode_accepts_without_the_standby_and_catches_up() {
             .is_some_and(|s| s["replication"]["lag_records"] == 0 && s["peer"]["mode"] == "sync")
     });
     pair.wait_settled(3);
-    stop_both(&mut pair);
-
-    let (primary, standby) = assert_same_spools(&pair);
-    assert_eq!(queued_ids(&primary), ids(&sent));
-    assert_holds(&standby, &sent, "standby");
+    stop_and_compare(&mut pair, &sent);
 }
 
 #[test]

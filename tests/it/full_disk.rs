@@ -5,7 +5,7 @@
 //!
 //! Needs root (mount); skipped, saying so, otherwise.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! A 250 means "on disk": kill -9 right after it loses nothing, a restart finds every queued
 //! message, and the change log records each acceptance at a strictly increasing (epoch, seq).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -10,13 +10,8 @@ use common::{Node, Raw};
 use relayd::spool::Change;
 
 fn send_one(addr: SocketAddr, subject: &str) -> String {
-    let mut smtp = Raw::connect(addr);
-    assert!(smtp.read_reply().starts_with("220"));
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
-    assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    let reply = smtp.cmd(&format!("Subject: {subject}\r\n\r\n{}\r\n.", "body ".repeat(20_000)));
+    let text = format!("Subject: {subject}\r\n\r\n{}\r\n", "body ".repeat(20_000));
+    let reply = Raw::greeted(addr).send_message("<a@client.test>", &["b@example.com"], &text);
     let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{reply}"));
     id.trim().to_string()
 }

@@ -5,9 +5,9 @@
 //! real primary able to (re)link and replicate. Then the TLS versions: 1.2 and 1.3 only, on the
 //! cluster port and on SMTP STARTTLS, shown with openssl s_client.
 //!
-//! (A foreign CA's certificate and plaintext are in tests/replication.rs.)
+//! (A foreign CA's certificate and plaintext are in tests/it/replication.rs.)
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! Every limit and protocol-safety rule: send the bad input, check the reply, and check that
 //! the session (where it should) and the daemon go on.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -322,9 +322,7 @@ fn bdat_chunks_with_pipelining_and_no_unstuffing() {
 #[test]
 fn commands_pipelined_behind_starttls_are_discarded() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = common::self_signed(dir.path());
-    let node =
-        Node::relay(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
+    let node = Node::relay(&common::starttls_keys(dir.path()));
     // Python's ssl does the handshake; the injected command must get no reply inside TLS.
     let script = r#"
 import socket, ssl, sys

@@ -2,7 +2,7 @@
 //! client, and smtp-source (Postfix's load generator) sends many messages over many connections
 //! and over one.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

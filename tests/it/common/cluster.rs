@@ -13,10 +13,17 @@ use std::time::Duration;
 
 use super::proxy::Proxy;
 use super::sink::Sink;
-use super::{BIN, Node, free_port, run, wait_for};
+use super::{BIN, Node, free_addr, node_config, run, wait_for};
 
 /// Where mail and DNS queries go: nothing listens on port 1 of this loopback address.
 pub const CLOSED: &str = "127.63.0.1:1";
+
+/// A temp dir holding `relayd certs init`'s CA and a certificate for each of `nodes`.
+pub fn certs(nodes: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    certs_init(dir.path(), nodes);
+    dir
+}
 
 /// Runs `relayd certs init DIR --nodes NODES` and asserts it succeeded.
 pub fn certs_init(dir: &Path, nodes: &str) {
@@ -57,33 +64,18 @@ fn node_sections(
     retry: &str,
     cluster: &str,
 ) -> String {
-    let file = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"[relay]
-domains = ["example.com"]
-trusted_networks = ["127.0.0.1/32"]
-
-[[route]]
-domain = "*"
-next_hop = "{next_hop}"
-tls = "none"
-
-[delivery]
-retry = {retry}
-resolvers = ["{CLOSED}"]
-
-[cluster]
-listen = "{listen}"
-peer = "{peer}"
-tls_cert = "{cert}"
-tls_key = "{key}"
-tls_ca = "{ca}"
-{cluster}
-"#,
-        cert = file(&format!("{name}.pem")),
-        key = file(&format!("{name}.key")),
-        ca = file("ca.pem"),
-    )
+    node_config(&[
+        ("name", name),
+        ("relay", "example.com"),
+        ("trusted", "127.0.0.1/32"),
+        ("route", &next_hop.to_string()),
+        ("retry", retry),
+        ("resolver", CLOSED),
+        ("cluster", &listen.to_string()),
+        ("peer", &peer.to_string()),
+        ("certs", &certs.display().to_string()),
+        ("cluster_keys", cluster),
+    ])
 }
 
 /// A primary `a` and a standby `b`; the primary dials the standby through [`Pair::proxy`].
@@ -100,10 +92,9 @@ impl Pair {
     /// is up and the standby has caught up. `replication` is "sync" or "async"; `extra_cluster`
     /// holds more `[cluster]` keys for both nodes (`sync_timeout = "1s"`, ...).
     pub fn start(replication: &str, extra_cluster: &str) -> Pair {
-        let certs = tempfile::tempdir().expect("temp dir");
-        certs_init(certs.path(), "a,b");
-        let primary_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let standby_cluster = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let certs = certs("a,b");
+        let primary_cluster = free_addr();
+        let standby_cluster = free_addr();
         let proxy = Proxy::start(standby_cluster);
         let standby = Node::start_named(
             "b",
@@ -213,19 +204,27 @@ pub fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|line| line.contains(needle)).count()
 }
 
-/// `GET path` on a node's admin endpoint: the body of a 200 answer; None if the node does not
-/// answer.
-pub fn try_get_text(node: &Node, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", node.admin_port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+/// `GET path` on the admin endpoint at `port` of 127.0.0.1: the answer's head and body; None
+/// if nothing answers within `patience` or the answer is cut short.
+pub fn admin_get(port: u16, path: &str, patience: Duration) -> Option<(String, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, patience).ok()?;
+    stream.set_read_timeout(Some(patience)).ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;
     let answer = String::from_utf8(answer).ok()?;
     let (head, body) = answer.split_once("\r\n\r\n")?;
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
-    Some(body.to_string())
+    Some((head.to_string(), body.to_string()))
+}
+
+/// `GET path` on a node's admin endpoint: the body of a 200 answer; None if the node does not
+/// answer.
+pub fn try_get_text(node: &Node, path: &str) -> Option<String> {
+    let (head, body) = admin_get(node.admin_port, path, Duration::from_secs(10))?;
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}\r\n\r\n{body}");
+    Some(body)
 }
 
 /// `GET path` on a node's admin endpoint, its JSON parsed; None if the node does not answer.
@@ -363,25 +362,14 @@ pub fn witness_config(
     listen: SocketAddr,
     timings: &Timings,
 ) -> String {
-    let file = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"[node]
-name = "w"
-role = "witness"
-data_dir = "{data}"
-
-[cluster]
-listen = "{listen}"
-tls_cert = "{cert}"
-tls_key = "{key}"
-tls_ca = "{ca}"
-{timings}"#,
-        data = data_dir.display(),
-        timings = timings.keys(),
-        cert = file("w.pem"),
-        key = file("w.key"),
-        ca = file("ca.pem"),
-    )
+    node_config(&[
+        ("data_dir", &data_dir.display().to_string()),
+        ("name", "w"),
+        ("role", "witness"),
+        ("cluster", &listen.to_string()),
+        ("certs", &certs.display().to_string()),
+        ("cluster_keys", &timings.keys()),
+    ])
 }
 
 /// Two data nodes and a witness: `w` (started first), the standby `b`, the primary `a`. Every
@@ -389,7 +377,8 @@ tls_ca = "{ca}"
 /// `a` is primary: `a`'s `peer`), `b → a` (replication once `b` is primary: `b`'s `peer`),
 /// `a → w` and `b → w` (each node's `witness`). Both nodes deliver to one scripted [`Sink`].
 pub struct Trio {
-    certs: tempfile::TempDir,
+    /// The certificates the nodes' configs name: held so that they outlive the nodes.
+    _certs: tempfile::TempDir,
     pub a: Node,
     pub b: Node,
     pub w: Node,
@@ -423,10 +412,8 @@ impl Trio {
     /// starts the nodes in the order it likes ([`Trio::launch`]). `next_hops` are `a`'s and
     /// `b`'s next hops (None: the trio's sink).
     pub fn configure(options: TrioOptions, next_hops: [Option<SocketAddr>; 2]) -> Trio {
-        let certs = tempfile::tempdir().expect("temp dir");
-        certs_init(certs.path(), "a,b,w");
-        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (a_cluster, b_cluster, w_cluster) = (port(), port(), port());
+        let certs = certs("a,b,w");
+        let (a_cluster, b_cluster, w_cluster) = (free_addr(), free_addr(), free_addr());
         let (ab, ba) = (Proxy::start(b_cluster), Proxy::start(a_cluster));
         let (aw, bw) = (Proxy::start(w_cluster), Proxy::start(w_cluster));
         let sink = Sink::plain();
@@ -441,7 +428,7 @@ impl Trio {
         };
         let b = data_node("b", "standby", (b_cluster, ba.addr(), bw.addr()));
         let a = data_node("a", "primary", (a_cluster, ab.addr(), aw.addr()));
-        Trio { certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster }
+        Trio { _certs: certs, a, b, w, ab, ba, aw, bw, sink, options, w_cluster }
     }
 
     /// Starts (or restarts) `a`, `b` or `w`, and waits until it listens.
@@ -468,11 +455,6 @@ impl Trio {
                 s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0
             })
         });
-    }
-
-    /// The directory with ca.pem and the pairs of a, b and w.
-    pub fn certs(&self) -> &Path {
-        self.certs.path()
     }
 
     /// Restarts the witness (after [`Node::stop`] or [`Node::kill9`]).

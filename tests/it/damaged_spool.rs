@@ -2,7 +2,7 @@
 //! start without a panic: it names the file and what the operator can do, and exits 1. Once
 //! the operator moves the file aside as told, relayd starts with an empty spool.
 
-mod common;
+use crate::common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -12,13 +12,9 @@ use common::{BIN, Node, Raw, run};
 /// A node that queued one message and stopped; the path of its spool file.
 fn stopped_node_with_mail() -> (Node, std::path::PathBuf) {
     let mut node = Node::relay("");
-    let mut smtp = Raw::connect(node.addr());
-    assert!(smtp.read_reply().starts_with("220"));
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
-    assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    let reply = smtp.cmd(&format!("Subject: damaged\r\n\r\n{}\r\n.", "body ".repeat(20_000)));
+    let text = format!("Subject: damaged\r\n\r\n{}\r\n", "body ".repeat(20_000));
+    let reply =
+        Raw::greeted(node.addr()).send_message("<a@client.test>", &["b@example.com"], &text);
     assert!(reply.starts_with("250 "), "{reply}");
     assert_eq!(node.stop(), Some(0));
     let file = node.dir.path().join("data/spool/spool.redb");

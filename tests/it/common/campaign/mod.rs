@@ -391,7 +391,6 @@ impl Drop for Watch {
 /// Message-ID of its own (`TAG-N@campaign.test`), offered to each node of an MX list in turn
 /// until one answers 250; when all refuse, again 100 ms later, with the same Message-ID.
 pub struct Load {
-    t0: Instant,
     acks: Arc<Mutex<Vec<Ack>>>,
     resent: Arc<Mutex<BTreeSet<String>>>,
     stop: Arc<AtomicBool>,
@@ -408,7 +407,6 @@ impl Load {
         t0: Instant,
     ) -> Load {
         let mut load = Load {
-            t0,
             acks: Arc::default(),
             resent: Arc::default(),
             stop: Arc::default(),
@@ -445,16 +443,6 @@ impl Load {
     /// Whether every client has sent its share (a load of a fixed number of messages).
     pub fn done(&self) -> bool {
         self.threads.iter().all(JoinHandle::is_finished)
-    }
-
-    /// The first 250 that came at `since` or later.
-    pub fn first_ack_since(&self, since: Instant) -> Option<Instant> {
-        let since = since.saturating_duration_since(self.t0);
-        lock(&self.acks)
-            .iter()
-            .filter(|a| a.window.start >= since)
-            .map(|a| self.t0 + a.window.end)
-            .min()
     }
 
     /// Stops the clients (a message not yet acknowledged is given up); every 250, and the

@@ -2,7 +2,7 @@
 //! stops or refuses: an SMTP submission with its outcome, a probe of a node's greeting, a probe
 //! of its `/status`, and the `relayd` operator commands.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -167,19 +167,11 @@ pub fn status_sample(port: u16, patience: Duration) -> (Option<StatusSample>, In
 
 /// `GET path` on the admin port, its JSON parsed; None on any trouble (no panic).
 pub fn get_json(port: u16, path: &str, patience: Duration) -> Option<serde_json::Value> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, patience).ok()?;
-    stream.set_read_timeout(Some(patience)).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).ok()?;
-    let answer = String::from_utf8(answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let (head, body) = super::cluster::admin_get(port, path, patience)?;
     if !head.starts_with("HTTP/1.1 200") {
         return None;
     }
-    serde_json::from_str(body).ok()
+    serde_json::from_str(&body).ok()
 }
 
 /// Runs `relayd ARGS`: (exit code, stdout, stderr).
@@ -198,10 +190,4 @@ pub fn relayd_on(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
     let mut all = args.to_vec();
     all.extend(["--config", config]);
     relayd(&all)
-}
-
-/// `relayd status --json` on a node: its document, or None when the command fails.
-pub fn status_json(node: &Node) -> Option<serde_json::Value> {
-    let (code, out, _) = relayd_on(node, &["status", "--json"]);
-    (code == Some(0)).then(|| serde_json::from_str(&out).ok()).flatten()
 }

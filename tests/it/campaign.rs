@@ -1,15 +1,15 @@
-//! The black-box fault campaign (tests/common/campaign/): seeded schedules of kills, pauses,
+//! The black-box fault campaign (tests/it/common/campaign/): seeded schedules of kills, pauses,
 //! cuts, lost disks and start orders against a trio of real relayd processes under a steady
 //! load of mail, each checked for lost mail, two nodes serving at once, duplicates beyond what
 //! was in flight, and the time to serve once healed.
 //!
-//! `cargo test --test campaign` runs the short form (4 schedules, [`SHORT_FORM`], about three
+//! `cargo test --test it campaign::` runs the short form (4 schedules, [`SHORT_FORM`], about three
 //! minutes) and the checker's and the generator's own tests. The long form: `scripts/campaign.sh` (or
-//! `RELAYD_CAMPAIGN_SCHEDULES=200 cargo test --test campaign fault_campaign -- --nocapture`);
+//! `RELAYD_CAMPAIGN_SCHEDULES=200 cargo test --test it campaign::fault_campaign -- --nocapture`);
 //! one seed again: `RELAYD_CAMPAIGN_SEED=17`. The report lands in `target/campaign/`
 //! (`report.md`, `report.json`, and the nodes' logs of each failing schedule).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
