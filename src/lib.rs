@@ -1,7 +1,7 @@
 //! relayd: a primary/warm-standby SMTP relay whose 250 means "on disk".
 //!
 //! The modules follow the data, in layers; a module imports only the layers below it
-//! (docs/ARCHITECTURE.md has the map, `tests/tidy.rs` checks the rule):
+//! (docs/ARCHITECTURE.md has the map, `tests/it/tidy.rs` checks the rule):
 //!
 //! - the bottom, read by all: [`config`] (the operator's file), [`role`] (what this node is
 //!   now, written only by [`ha`]), [`proto`] (the SMTP grammar, no I/O), [`spool`] (the durable

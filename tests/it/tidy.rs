@@ -6,8 +6,6 @@
 //! change, so this test parses every file under `src/` (syn, the parser the compiler's own
 //! macros use) and fails on a `crate::…` path that crosses a layer the wrong way.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
