@@ -25,7 +25,7 @@ use crate::config::{AdminConfig, Config, Role};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
 use crate::smtp::limits::ConnectionLimiter;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::Spool;
 
 /// What the endpoint reads and acts on.
 pub struct AdminContext {
@@ -45,16 +45,17 @@ pub struct AdminContext {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeState {
     pub role: Role,
-    /// The current epoch: the last of the spool's epoch history, 0 when there is none.
+    /// The failover controller's epoch now, 0 before the first one.
     pub epoch: u64,
-    /// A primary that is not fenced.
+    /// A primary within its lease (not fenced), asked at the moment of the request.
     pub serving: bool,
 }
 
-/// Where `/status` and `/metrics` learn the role and the epoch: the live ones.
-pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
+/// Where `/status`, `/metrics` and the queue's changes learn the role and the epoch: from the
+/// failover controller's live status, never from what the spool last persisted.
+pub fn node_state(context: &AdminContext) -> NodeState {
     let status = context.ha.status();
-    Ok(NodeState { role: status.role, epoch: status.epoch, serving: status.serving_now() })
+    NodeState { role: status.role, epoch: status.epoch, serving: status.serving_now() }
 }
 
 /// The endpoint's socket, bound, and the token its requests must carry.

@@ -66,7 +66,7 @@ pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, 
 /// `GET /status`.
 pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
     blocking(move || {
-        let state = node_state(&context)?;
+        let state = node_state(&context);
         let replication = context.replication.status(&context.spool, state.role);
         Ok(Json(Status {
             role: state.role.to_string(),
@@ -88,7 +88,7 @@ pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
 /// `GET /metrics`.
 pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
     let page = blocking(move || {
-        let state = node_state(&context)?;
+        let state = node_state(&context);
         let counters = &context.metrics;
         let replication = context.replication.status(&context.spool, state.role);
         Ok(metrics::render(&Snapshot {
@@ -155,11 +155,8 @@ pub async fn queue_delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = queue_id(id)?;
-    let state = {
-        let context = context.clone();
-        blocking(move || Ok(node_state(&context)?)).await?
-    };
-    if state.role != Role::Primary || !context.ha.status().serving_now() {
+    let state = node_state(&context);
+    if state.role != Role::Primary || !state.serving {
         return Err(ApiError::conflict(format!(
             "this node is a {}{}: delete the message on the serving primary",
             state.role,
