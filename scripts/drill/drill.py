@@ -628,9 +628,11 @@ CHECKS = (
 )
 
 
-# Seen and reported, without failing the run: relayd falls back to a full copy (snapshot)
-# when the rejoining node holds records past the divergence point, which a kill under load
-# leaves behind; guarantee 4 asks for a resume. See docs/operations.md, "The failover drill".
+# Seen and reported, without failing the run: a rejoin by a full copy (snapshot). A rejoining
+# node that holds records past the divergence point (a kill under load leaves some) now drops
+# them and resumes from where the logs part; a snapshot is left only for a log that no longer
+# holds the branch, or a branch too big for one frame, which guarantee 4 allows but a drill
+# should not need. See docs/operations.md, "The failover drill".
 def rejoins_resumed(m, limit):
     drills = m["drills"]
     return ("rejoins that resumed from their last record rather than a full copy (guarantee 4)",
