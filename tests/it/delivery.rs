@@ -661,28 +661,37 @@ fn a_large_message_arrives_byte_for_byte() {
 /// retry interval, and delivers exactly one copy.
 #[test]
 fn a_deferred_recipient_is_retried_and_delivered_once() {
+    let (deferred, _) = deferred_once_then_delivered("flaky1@dest.test", "flaky");
+    assert_eq!(field(&deferred, "reply"), "451 4.3.0 try later");
+}
+
+/// Sends one message to `rcpt`, which the sink refuses the first time, with a 200 ms retry
+/// interval: relayd defers it once, then delivers exactly one copy, and bounces nothing.
+/// Returns the `deferred` and the `delivered` log lines.
+fn deferred_once_then_delivered(rcpt: &str, tag: &str) -> (String, String) {
     let sink = Sink::plain();
     let mut node = node_for(&sink, "retry = [\"200ms\"]");
-    let rcpt = "flaky1@dest.test";
-    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], "flaky"));
+    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], tag));
     wait_explained(
-        "flaky1 delivered",
+        &format!("{rcpt} delivered"),
         || has(&node, "delivered", &id, rcpt),
         || state(&node, &sink),
     );
     let log = node.log();
     let deferred = logged(&log, "deferred", &id, rcpt);
     assert_eq!(deferred.len(), 1, "deferred once, first: {log}");
-    assert_eq!(field(&deferred[0], "reply"), "451 4.3.0 try later");
     let first_deferred = log.find(&deferred[0]).expect("in the log");
-    let delivered = &logged(&log, "delivered", &id, rcpt)[0];
+    let delivered = logged(&log, "delivered", &id, rcpt).remove(0);
     assert!(first_deferred < log.find(delivered.as_str()).expect("in the log"), "{log}");
+    assert!(logged(&log, "bounced", &id, rcpt).is_empty(), "{log}");
+    assert!(dsns(&sink).is_empty(), "no bounce: {log}");
 
     assert_eq!(node.stop(), Some(0));
     assert!(node.queued().is_empty(), "the message left the spool");
     let at_sink = sink.transactions();
     assert_eq!(at_sink.len(), 1, "exactly one copy: {at_sink:#?}");
     assert_eq!(at_sink[0].recipients, [rcpt]);
+    (deferred[0].clone(), delivered)
 }
 
 /// `relayd queue flush` tries a deferred recipient now, not at its retry time an hour away.
@@ -1279,28 +1288,12 @@ fn an_smtputf8_message_to_a_host_without_it_is_bounced_to_the_sender() {
 /// carry the status code and the delay.
 #[test]
 fn a_552_to_rcpt_is_deferred_and_retried() {
-    let sink = Sink::plain();
-    let mut node = node_for(&sink, "retry = [\"200ms\"]");
-    let rcpt = "full1@dest.test";
-    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], "full"));
-    wait_explained(
-        "full1 delivered",
-        || has(&node, "delivered", &id, rcpt),
-        || state(&node, &sink),
-    );
-    let log = node.log();
-    let deferred = logged(&log, "deferred", &id, rcpt);
-    assert_eq!(deferred.len(), 1, "deferred once: {log}");
-    assert_eq!(field(&deferred[0], "reply"), "452 4.2.2 mailbox full", "{log}");
-    assert_eq!(field(&deferred[0], "dsn"), "4.2.2", "{log}");
-    let delivered = &logged(&log, "delivered", &id, rcpt)[0];
-    assert_eq!(field(delivered, "dsn"), "2.0.0", "{delivered}");
-    assert_delay(delivered);
-    assert!(logged(&log, "bounced", &id, rcpt).is_empty(), "{log}");
-    assert!(dsns(&sink).is_empty(), "no bounce for a full mailbox");
-    assert_eq!(node.stop(), Some(0));
-    assert!(node.queued().is_empty(), "the message left the spool");
-    assert_eq!(copies(&sink), BTreeMap::from([("full@client.test".to_string(), 1)]));
+    let (deferred, delivered) = deferred_once_then_delivered("full1@dest.test", "full");
+    assert_eq!(field(&deferred, "reply"), "452 4.2.2 mailbox full", "{deferred}");
+    assert_eq!(field(&deferred, "dsn"), "4.2.2", "{deferred}");
+    assert_delay(&deferred);
+    assert_eq!(field(&delivered, "dsn"), "2.0.0", "{delivered}");
+    assert_delay(&delivered);
 }
 
 /// A header section with `n` Received: fields, as a looping message gathers them.
