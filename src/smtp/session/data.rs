@@ -120,46 +120,42 @@ impl HopCounter {
             // An empty line ends the header section; a blank starts a continuation line.
             (HeaderState::LineStart, b'\r' | b'\n') => HeaderState::Body,
             (HeaderState::LineStart, b' ' | b'\t') => HeaderState::Value,
-            (HeaderState::LineStart, _) => {
-                HeaderState::Name { matched: Some(0) }.after_name_byte(byte, &mut self.count)
-            }
-            (name @ HeaderState::Name { .. }, _) => name.after_name_byte(byte, &mut self.count),
+            (HeaderState::LineStart, _) => self.in_name(Some(0), byte),
+            (HeaderState::Name { matched }, _) => self.in_name(matched, byte),
             (HeaderState::BeforeColon { .. }, b' ' | b'\t') => self.state,
-            (HeaderState::BeforeColon { received }, b':') => {
-                self.count += u32::from(received);
-                HeaderState::Value
-            }
+            (HeaderState::BeforeColon { received }, b':') => self.named(received),
             (HeaderState::BeforeColon { .. }, _) => HeaderState::Body,
             (HeaderState::Value | HeaderState::Body, _) => self.state,
         }
     }
 
-    fn count(&self) -> u32 {
-        self.count
-    }
-}
-
-impl HeaderState {
-    /// The state after `byte` in a field name (`self` is a `Name`).
-    fn after_name_byte(self, byte: u8, count: &mut u32) -> HeaderState {
-        let HeaderState::Name { matched } = self else { return self };
+    /// The state after `byte` in a field name that has matched `matched` bytes of "received".
+    fn in_name(&mut self, matched: Option<usize>, byte: u8) -> HeaderState {
         let received = matched == Some(RECEIVED.len());
         match byte {
-            b':' => {
-                *count += u32::from(received);
-                HeaderState::Value
-            }
+            b':' => self.named(received),
             b' ' | b'\t' => HeaderState::BeforeColon { received },
             // RFC 5322's field name: printable US-ASCII but the colon.
             33..=126 => {
-                let matched =
-                    matched.filter(|&n| RECEIVED.get(n) == Some(&byte.to_ascii_lowercase()));
-                HeaderState::Name { matched: matched.map(|n| n + 1) }
+                let next = matched.filter(|&n| RECEIVED.get(n) == Some(&byte.to_ascii_lowercase()));
+                HeaderState::Name { matched: next.map(|n| n + 1) }
             }
             // A line that is no field: the body has begun (a header section without its empty
             // line).
             _ => HeaderState::Body,
         }
+    }
+
+    /// A field name ended at its colon: one hop more if it was Received.
+    fn named(&mut self, received: bool) -> HeaderState {
+        if received {
+            self.count = self.count.saturating_add(1);
+        }
+        HeaderState::Value
+    }
+
+    fn count(&self) -> u32 {
+        self.count
     }
 }
 
