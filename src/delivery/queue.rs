@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use super::RunnerRequest;
 use super::client::{self, Connection};
 use super::dsn;
-use super::outcome::{EnhancedStatus, Outcome, Reply};
+use super::outcome::{Outcome, Reply};
 use super::route::{self, Destination, Resolver};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
@@ -416,11 +416,12 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         };
         let retry = &config.delivery.retry;
         let state = state_after(outcome, attempts, expired, now, retry, fastrand::f64());
-        let dsn = match (&state, outcome) {
-            // Bounced after a temporary failure: expired, as the DSN reports it.
-            (RecipientState::Bounced { .. }, Outcome::Temporary { .. }) => EnhancedStatus::EXPIRED,
-            _ => outcome.reply().dsn_status(),
-        };
+        // Bounced after a temporary failure: expired, as the DSN reports it.
+        let expired_now = matches!(
+            (&state, outcome),
+            (RecipientState::Bounced { .. }, Outcome::Temporary { .. })
+        );
+        let dsn = dsn::status(outcome.reply(), expired_now);
         let delay = Delay { received_at_ms: envelope.received_at_ms, now };
         match &state {
             RecipientState::Delivered { reply, relay } => {
