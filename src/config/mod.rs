@@ -101,6 +101,9 @@ pub struct SmtpConfig {
     /// Commands that move no mail (NOOP, RSET, EHLO, ...) between accepted messages before a
     /// 421 and the close.
     pub max_junk_commands: u32,
+    /// More Received: headers than this in a message's header section: a mail loop, refused
+    /// with 554 5.4.6 (Postfix's `hopcount_limit`).
+    pub max_received_headers: u32,
     /// Both set (validated): STARTTLS offered.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

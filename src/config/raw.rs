@@ -52,6 +52,7 @@ struct RawSmtp {
     min_data_rate: Option<Size>,
     max_bad_commands: Option<u32>,
     max_junk_commands: Option<u32>,
+    max_received_headers: Option<u32>,
     tls_cert: Option<FilePath>,
     tls_key: Option<FilePath>,
 }
@@ -173,6 +174,7 @@ impl RawConfig {
             min_data_rate: smtp.min_data_rate.map_or(500, |Size(s)| s),
             max_bad_commands: smtp.max_bad_commands.unwrap_or(20),
             max_junk_commands: smtp.max_junk_commands.unwrap_or(100),
+            max_received_headers: smtp.max_received_headers.unwrap_or(50),
             tls_cert: path(smtp.tls_cert),
             tls_key: path(smtp.tls_key),
         };

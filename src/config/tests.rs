@@ -86,6 +86,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.min_data_rate, 500);
     assert_eq!(c.smtp.max_bad_commands, 20);
     assert_eq!(c.smtp.max_junk_commands, 100);
+    assert_eq!(c.smtp.max_received_headers, 50);
     assert_eq!(c.smtp.tls_cert, None);
     assert_eq!(c.node.min_free_space, 64 * 1024 * 1024);
     let mins = |m: u64| Duration::from_secs(m * 60);
@@ -366,7 +367,7 @@ fn smtp_rules() {
         Some("smtp.command_timeout"),
         &["longer than 0s"],
     );
-    for key in ["max_bad_commands", "max_junk_commands", "min_data_rate"] {
+    for key in ["max_bad_commands", "max_junk_commands", "max_received_headers", "min_data_rate"] {
         let key_path = format!("smtp.{key}");
         assert_err(&format!("{SMTP}{key} = 0\n"), Some(3), Some(&key_path), &["at least 1"]);
     }

@@ -129,6 +129,9 @@ fn check_smtp(s: &SmtpConfig, role: Role) -> Result<(), Invalid> {
     if s.max_junk_commands < 1 {
         return Err(Invalid::new("smtp.max_junk_commands", "must be at least 1"));
     }
+    if s.max_received_headers < 1 {
+        return Err(Invalid::new("smtp.max_received_headers", "must be at least 1"));
+    }
     Ok(())
 }
 

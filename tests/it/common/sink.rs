@@ -7,6 +7,7 @@
 //! | `defer`  | `451 4.3.0 try later` |
 //! | `reject` | `550 5.1.1 no such user` |
 //! | `flaky`  | `451 4.3.0 try later` the first time the address is seen, `250` afterwards |
+//! | `full`   | `552 5.2.2 mailbox full` the first time the address is seen, `250` afterwards |
 //! | anything else (`ok…`) | `250 2.1.5 ok` |
 //!
 //! DATA is answered `250 2.0.0 Ok: queued as S<n>` (n counts the sink's transactions), after
@@ -48,6 +49,8 @@ pub struct Options {
     pub refuse_starttls: bool,
     /// Offer SMTPUTF8.
     pub smtputf8: bool,
+    /// The host name in the greeting and the EHLO reply.
+    pub name: &'static str,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             data_delay: Duration::ZERO,
             refuse_starttls: false,
             smtputf8: false,
+            name: "sink.test",
         }
     }
 }
@@ -120,7 +124,7 @@ struct State {
     unasked_pipelining: usize,
     /// Commands answered 500-503: unknown, bad syntax, not offered, out of sequence.
     protocol_errors: usize,
-    /// Addresses a `flaky…` recipient was already refused for.
+    /// Addresses a `flaky…` or `full…` recipient was already refused for.
     seen: HashSet<String>,
     held: bool,
     data_delay: Duration,
@@ -135,6 +139,7 @@ struct Shared {
     pipelining: bool,
     refuse_starttls: bool,
     smtputf8: bool,
+    name: &'static str,
     stopping: AtomicBool,
 }
 
@@ -165,6 +170,7 @@ impl Sink {
             pipelining: options.pipelining,
             refuse_starttls: options.refuse_starttls,
             smtputf8: options.smtputf8,
+            name: options.name,
             stopping: AtomicBool::new(false),
         });
         let acceptor = {
@@ -350,7 +356,7 @@ impl Session<'_> {
         // Bounded, so that a client that goes silent never keeps a thread forever.
         stream.set_read_timeout(Some(PATIENCE * 3))?;
         let mut reader = BufReader::new(Conn::Plain(stream));
-        let mut out = String::from("220 sink.test ESMTP scripted sink\r\n");
+        let mut out = format!("220 {} ESMTP scripted sink\r\n", self.shared.name);
         flush(&mut reader, &mut out)?;
         let mut tls = false;
         let mut envelope: Option<Envelope> = None;
@@ -366,9 +372,9 @@ impl Session<'_> {
                 "EHLO" | "HELO" => {
                     envelope = None;
                     if verb == "HELO" {
-                        out += "250 sink.test\r\n";
+                        out += &format!("250 {}\r\n", self.shared.name);
                     } else {
-                        out += "250-sink.test\r\n";
+                        out += &format!("250-{}\r\n", self.shared.name);
                         if self.shared.pipelining {
                             out += "250-PIPELINING\r\n";
                         }
@@ -472,6 +478,9 @@ impl Session<'_> {
         } else if local.starts_with("flaky") && self.shared.state().seen.insert(rcpt.to_lowercase())
         {
             "451 4.3.0 try later\r\n"
+        } else if local.starts_with("full") && self.shared.state().seen.insert(rcpt.to_lowercase())
+        {
+            "552 5.2.2 mailbox full\r\n"
         } else {
             "250 2.1.5 ok\r\n"
         }
