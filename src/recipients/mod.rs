@@ -112,7 +112,9 @@ impl Recipients {
                 .lists
                 .load()
                 .get(&check.name)
-                .is_some_and(|list| list.contains(&recipient.local, &recipient.domain));
+                // None only for a session older than a SIGHUP that dropped the table's list:
+                // the newer config checks no list there.
+                .is_none_or(|list| list.contains(&recipient.local, &recipient.domain));
             if !listed {
                 return Some(Reply::new(550, "5.1.1", format!("<{recipient}>: recipient unknown")));
             }
@@ -183,7 +185,11 @@ async fn probe(
     };
     let now = Instant::now();
     let (verdict, answer) = verify::from_probe(&key, &probe, now, settings);
-    tracing::info!(rcpt = %format_args!("<{key}>"), ?probe, "recipient verified");
+    let said = match &probe {
+        Probe::Answered(outcome) => outcome.reply().to_string(),
+        Probe::TimedOut(_) => "no answer in time".to_string(),
+    };
+    tracing::info!(rcpt = %format_args!("<{key}>"), next_hop = %said, "recipient verification probe");
     {
         let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(answer) = answer {
