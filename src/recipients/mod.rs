@@ -139,7 +139,9 @@ impl Recipients {
             if let Some(verdict) = verify::from_cache(state.cache.get(&key), Instant::now()) {
                 return verdict;
             }
-            match state.pending.get(&key) {
+            // A probe whose task ended without removing itself (it cannot, short of a panic)
+            // is no probe under way: its sender is gone, and a new one starts.
+            match state.pending.get(&key).filter(|probe| probe.has_changed().is_ok()) {
                 Some(probe) => probe.clone(),
                 None => {
                     let (done, waiting) = watch::channel(None);
