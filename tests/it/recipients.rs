@@ -190,10 +190,18 @@ fn concurrent_rcpts_for_one_address_share_one_probe() {
         Options { slow_rcpt: Duration::from_secs(1), ..Options::default() },
     );
     let node = verifying(&sink.addr().to_string(), "15s");
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let mut smtp = outsider(&node);
-            std::thread::spawn(move || rcpt(&mut smtp, "slow-user@example.com"))
+    // Every session is ready before any asks, and they ask together: all four RCPTs arrive
+    // within the probe's second at the sink.
+    let sessions: Vec<Raw> = (0..4).map(|_| outsider(&node)).collect();
+    let together = std::sync::Arc::new(std::sync::Barrier::new(sessions.len()));
+    let clients: Vec<_> = sessions
+        .into_iter()
+        .map(|mut smtp| {
+            let together = together.clone();
+            std::thread::spawn(move || {
+                together.wait();
+                rcpt(&mut smtp, "slow-user@example.com")
+            })
         })
         .collect();
     for client in clients {
@@ -251,4 +259,25 @@ fn swaks_is_refused_an_unknown_recipient_and_delivers_to_a_known_one() {
     });
     // One probe, then the delivery's own RCPT.
     assert_eq!(sink.rcpts_for("ok-me@example.com"), 2);
+}
+
+#[test]
+fn with_a_list_and_verification_only_listed_recipients_are_asked_about() {
+    let sink = Sink::plain();
+    let node = Node::start(
+        "",
+        &format!(
+            "[[relay.domain]]\nname = \"example.com\"\nverify = true\n\
+             recipients = [\"ok-a@example.com\", \"reject-b@example.com\"]\n\
+             [[route]]\ndomain = \"example.com\"\nnext_hop = \"{}\"\ntls = \"none\"\n",
+            sink.addr()
+        ),
+    );
+    let mut smtp = outsider(&node);
+    assert_eq!(rcpt(&mut smtp, "ok-a@example.com"), ACCEPTED);
+    assert!(rcpt(&mut smtp, "reject-b@example.com").starts_with("550 5.1.1 "));
+    assert_eq!(rcpt(&mut smtp, "ok-c@example.com"), unknown("ok-c@example.com"));
+    assert_eq!(sink.rcpts_for("ok-a@example.com"), 1);
+    assert_eq!(sink.rcpts_for("reject-b@example.com"), 1);
+    assert_eq!(sink.rcpts_for("ok-c@example.com"), 0);
 }
