@@ -99,7 +99,7 @@ impl Recipients {
     }
 
     fn state(&self) -> MutexGuard<'_, VerifyState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// The refusal for `recipient`, or `None` when it may be accepted: unlisted in its
@@ -166,6 +166,12 @@ impl Recipients {
     }
 }
 
+/// The state, even if a thread panicked holding it: the cache and the probes under way stay
+/// consistent at every point a panic could leave them.
+fn lock(state: &Mutex<VerifyState>) -> MutexGuard<'_, VerifyState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The verdict when the probe's task gave none.
 fn lost(address: &str) -> Verdict {
     verify::unverified(address, "the probe ended without an answer")
@@ -193,7 +199,7 @@ async fn probe(
     };
     tracing::info!(rcpt = %format_args!("<{key}>"), next_hop = %said, "recipient verification probe");
     {
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&state);
         if let Some(answer) = answer {
             state.cache.insert(key.clone(), answer);
         }

@@ -8,6 +8,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use common::postfix::Postfix;
 use common::sink::{Options, Sink};
 use common::{BIN, Node, Raw, free_port, run, wait_for};
 
@@ -280,4 +281,23 @@ fn with_a_list_and_verification_only_listed_recipients_are_asked_about() {
     assert_eq!(sink.rcpts_for("ok-a@example.com"), 1);
     assert_eq!(sink.rcpts_for("reject-b@example.com"), 1);
     assert_eq!(sink.rcpts_for("ok-c@example.com"), 0);
+}
+
+#[test]
+fn a_real_postfix_as_the_customers_server_is_asked_and_believed() {
+    let port = free_port();
+    let postfix = Postfix::customer(port, "example.com", &["alice"]);
+    let node = verifying(&format!("127.0.0.1:{port}"), "10s");
+    wait_for("Postfix's smtpd", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let mut smtp = outsider(&node);
+    assert_eq!(rcpt(&mut smtp, "alice@example.com"), ACCEPTED);
+    let reply = rcpt(&mut smtp, "bob@example.com");
+    assert!(
+        reply.starts_with(
+            "550 5.1.1 <bob@example.com>: recipient unknown (550 5.1.1 <bob@example.com>: \
+             Recipient address rejected: User unknown in relay recipient table)"
+        ),
+        "{reply}\n{}",
+        postfix.log()
+    );
 }
