@@ -332,6 +332,29 @@ impl Connection {
             .map_err(|_| mail_send::Error::Timeout)?
     }
 
+    /// Asks the next hop whether it takes mail for `address` (recipient verification, as
+    /// Postfix's verify(8) does): MAIL FROM:<> and RCPT TO, then RSET; no message is sent. The
+    /// outcome is the RCPT's (or the refused MAIL's); `Err` means the connection failed.
+    pub async fn probe(&mut self, address: &str) -> Result<Outcome, Outcome> {
+        let relay = self.relay.clone();
+        let lost = |stage: &str, e: mail_send::Error| {
+            Outcome::temporary([4, 4, 2], format!("{relay}: lost connection while {stage}: {e}"))
+                .at(&relay)
+        };
+        self.client.timeout = MAIL_RCPT;
+        let mail = self.client.cmd(b"MAIL FROM:<>\r\n").await.map_err(|e| lost("probing", e))?;
+        if !mail.is_positive_completion() {
+            return Ok(Outcome::refused(&mail, &relay));
+        }
+        let rcpt = self
+            .client
+            .cmd(format!("RCPT TO:<{address}>\r\n"))
+            .await
+            .map_err(|e| lost("probing", e))?;
+        let _ = self.client.cmd(b"RSET\r\n").await;
+        Ok(Outcome::from_final_reply(&rcpt, &relay))
+    }
+
     /// Ends the session politely.
     pub async fn quit(self) {
         let mut client = self.client;

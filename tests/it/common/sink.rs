@@ -8,7 +8,11 @@
 //! | `reject` | `550 5.1.1 no such user` |
 //! | `flaky`  | `451 4.3.0 try later` the first time the address is seen, `250` afterwards |
 //! | `full`   | `552 5.2.2 mailbox full` the first time the address is seen, `250` afterwards |
+//! | `slow`   | `250 2.1.5 ok`, after [`Options::slow_rcpt`] |
 //! | anything else (`ok…`) | `250 2.1.5 ok` |
+//!
+//! Every RCPT's address is counted ([`Sink::rcpts_for`]), refused or not: how a test sees that
+//! relayd asked (a recipient verification probe) or did not.
 //!
 //! DATA is answered `250 2.0.0 Ok: queued as S<n>` (n counts the sink's transactions), after
 //! an optional delay and while the sink is not [held](Sink::hold). Every transaction whose
@@ -51,6 +55,8 @@ pub struct Options {
     pub smtputf8: bool,
     /// The host name in the greeting and the EHLO reply.
     pub name: &'static str,
+    /// How long a `slow…` recipient waits for its 250.
+    pub slow_rcpt: Duration,
 }
 
 impl Default for Options {
@@ -62,6 +68,7 @@ impl Default for Options {
             refuse_starttls: false,
             smtputf8: false,
             name: "sink.test",
+            slow_rcpt: Duration::from_secs(3),
         }
     }
 }
@@ -126,6 +133,8 @@ struct State {
     protocol_errors: usize,
     /// Addresses a `flaky…` or `full…` recipient was already refused for.
     seen: HashSet<String>,
+    /// Every RCPT's address, in the order asked.
+    rcpts: Vec<String>,
     held: bool,
     data_delay: Duration,
     /// A handle on every connection's socket, to cut them all at stop.
@@ -140,6 +149,7 @@ struct Shared {
     refuse_starttls: bool,
     smtputf8: bool,
     name: &'static str,
+    slow_rcpt: Duration,
     stopping: AtomicBool,
 }
 
@@ -171,6 +181,7 @@ impl Sink {
             refuse_starttls: options.refuse_starttls,
             smtputf8: options.smtputf8,
             name: options.name,
+            slow_rcpt: options.slow_rcpt,
             stopping: AtomicBool::new(false),
         });
         let acceptor = {
@@ -200,6 +211,11 @@ impl Sink {
 
     pub fn transaction_count(&self) -> usize {
         self.shared.state().transactions.len()
+    }
+
+    /// How many RCPTs named `address` (compared without regard to case), on all connections.
+    pub fn rcpts_for(&self, address: &str) -> usize {
+        self.shared.state().rcpts.iter().filter(|r| r.eq_ignore_ascii_case(address)).count()
     }
 
     /// Connections accepted so far.
@@ -470,7 +486,11 @@ impl Session<'_> {
     }
 
     fn rcpt_reply(&self, rcpt: &str) -> &'static str {
+        self.shared.state().rcpts.push(rcpt.to_string());
         let local = rcpt.split('@').next().unwrap_or("").to_ascii_lowercase();
+        if local.starts_with("slow") {
+            std::thread::sleep(self.shared.slow_rcpt);
+        }
         if local.starts_with("defer") {
             "451 4.3.0 try later\r\n"
         } else if local.starts_with("reject") {
