@@ -1,6 +1,6 @@
-//! Opening the spool file: redb's settings, the format check, a sled-based relayd's spool
-//! refused with the command that imports it, a damaged file refused with what to do, and the
-//! bodies of messages never committed removed.
+//! Opening the spool file: redb's settings, the format check (a format 1 spool migrated), a
+//! sled-based relayd's spool refused with the command that imports it, a damaged file refused
+//! with what to do, and the bodies of messages never committed removed.
 
 use std::path::Path;
 
@@ -132,6 +132,16 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             None if fresh => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
             }
+            // Format 1 lacks only the log's marks: the seal below marks its whole log as of
+            // now (its records then count as this young: kept longer, never shorter).
+            Some(tables::FORMAT_WITHOUT_MARKS) => {
+                meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
+                tracing::info!(
+                    from = tables::FORMAT_WITHOUT_MARKS,
+                    to = tables::FORMAT,
+                    "spool format migrated"
+                );
+            }
             None => return Err(SpoolError::corrupt("the file holds no spool format")),
             Some(other) => {
                 return Err(SpoolError::new(
@@ -147,6 +157,8 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
         }
         let mut staging = super::commit::Staging::open(&txn, Vec::new())?;
         let orphans = staging.remove_orphans()?;
+        // A log written without marks (format 1, an import) gets its mark here.
+        staging.seal(super::now_ms())?;
         drop(staging);
         read_tail(&txn, orphans)?
     };
