@@ -7,17 +7,13 @@
 # Knobs (environment): RUNS=3 N=20000 SESS=20 SIZE=4096 SRC_OPTS="" (-d: keep the connection)
 # Runs as root (installs postfix for smtp-source/smtp-sink when missing). Leaves nothing running.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: relay.sh PATH/TO/relayd}")
 RUNS=${RUNS:-3}; N=${N:-20000}; SESS=${SESS:-20}; SIZE=${SIZE:-4096}; SRC_OPTS=${SRC_OPTS:-}
 W=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-export PATH=$PATH:/usr/sbin
-if ! command -v smtp-source >/dev/null; then
-  apt-get update -qq
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
+need_postfix_tools
 
 cat > "$W/relayd.toml" <<CONF
 [node]

@@ -93,7 +93,7 @@ impl Spool {
         // for its lock, but not for another process that holds it.
         let started = std::time::Instant::now();
         let opened = loop {
-            match open::open_file(&path) {
+            match open::open_at_start(&path) {
                 Err(e) if e.kind == ErrorKind::Locked && started.elapsed() < LOCK_PATIENCE => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }

@@ -371,3 +371,45 @@ async fn delivered_mail_leaves_nothing_and_its_space_is_reused() {
         "bursts grew the file from {first_peak} to {highest} bytes: {sizes:?}"
     );
 }
+
+/// A large spool file mostly free (its mail delivered) is compacted at the next start; one
+/// that holds its mail is not.
+#[tokio::test]
+async fn a_mostly_free_spool_file_is_compacted_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("spool").join(FILE_NAME);
+    let size = || std::fs::metadata(&file).expect("spool file").len();
+    let big = |spool: &Spool| {
+        let id = QueueId::new();
+        let mut body = spool.body_writer(id);
+        body.write(&vec![b'z'; 256 * 1024]).expect("write");
+        (id, body)
+    };
+    let mut ids = Vec::new();
+    {
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.ensure_epoch().await.expect("epoch");
+        let wanted = open::COMPACT_FROM / (256 * 1024) + 40;
+        for _ in 0..wanted {
+            let (id, body) = big(&spool);
+            spool.accept(envelope(id), body).await.expect("accept");
+            ids.push(id);
+        }
+    }
+    let full = size();
+    assert!(full > open::COMPACT_FROM, "{full} bytes");
+    drop(Spool::open(dir.path()).expect("reopen"));
+    assert!(size() >= full - full / 10, "a file that holds its mail stays: {full} -> {}", size());
+    {
+        let spool = Spool::open(dir.path()).expect("reopen");
+        deliver(&spool, &ids).await;
+        spool.trim_log(spool.last_position().seq, now_ms(), &WIDE).expect("trim");
+        spool.sync().expect("sync");
+    }
+    let delivered = size();
+    let spool = Spool::open(dir.path()).expect("reopen, compacting");
+    assert!(size() < delivered / 4, "compacted from {delivered} to {} bytes", size());
+    assert_eq!(spool.queue_len(), 0);
+    let (id, body) = big(&spool);
+    spool.accept(envelope(id), body).await.expect("the compacted spool takes mail");
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The spool's disk use (issue 12, bounded disk): one node on loopback, smtp-source -> relayd ->
+# smtp-sink, the spool file's size read with stat.
+#
+#   burst:  N messages of SIZE bytes queued with the next hop down (no sink), then delivered
+#           (the sink started, the queue flushed); WAIT seconds after the queue is empty, the
+#           spool file's size against its peak (goal: at most 25 %). Then a second burst of N,
+#           queued and delivered the same way: how much it grew the file past the first peak
+#           (goal: at most 10 %). Either goal met is the issue's criterion; both are reported.
+#   steady: M messages relayed with the queue held at about DEPTH: the source adds BATCH
+#           messages whenever fewer than DEPTH are queued. The spool file's size every EVERY
+#           seconds, and at each tenth of the run: it should level off.
+#
+# Usage: bench/disk.sh PATH/TO/relayd [burst|steady|all]
+# Knobs: N=50000 SIZE=4096 SESS=20 WAIT=60 M=200000 DEPTH=1000 BATCH=250 EVERY=10
+# Runs as root (installs postfix for smtp-source/smtp-sink when missing). Leaves nothing running.
+set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
+relayd=$(readlink -f "${1:?usage: disk.sh PATH/TO/relayd [burst|steady|all]}")
+mode=${2:-all}
+N=${N:-50000}; SIZE=${SIZE:-4096}; SESS=${SESS:-20}; WAIT=${WAIT:-60}
+M=${M:-200000}; DEPTH=${DEPTH:-1000}; BATCH=${BATCH:-250}; EVERY=${EVERY:-10}
+W=$(mktemp -d -p /var/tmp); pids=(); sink=""
+cleanup() {
+  [ -n "$sink" ] && kill "$sink" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null; rm -rf "$W"
+}
+trap cleanup EXIT
+need_postfix_tools
+SMTP=2567; ADMIN=2568; HOP=2565
+
+cat > "$W/relayd.toml" <<CONF
+[node]
+name = "bench"
+data_dir = "$W/data"
+
+[smtp]
+listen = ["127.0.0.1:$SMTP"]
+hostname = "bench.test"
+
+[relay]
+domains = ["example.test"]
+trusted_networks = ["127.0.0.0/8"]
+
+[[route]]
+domain = "*"
+next_hop = "127.0.0.1:$HOP"
+tls = "none"
+
+[delivery]
+retry = ["1h"]
+
+[admin]
+listen = "127.0.0.1:$ADMIN"
+
+[log]
+level = "warn"
+CONF
+"$relayd" --config "$W/relayd.toml" > "$W/relayd.log" 2>&1 & pids+=($!)
+wait_port $SMTP
+
+spool_file="$W/data/spool/spool.redb"
+bytes() { stat -c %s "$spool_file"; }
+mib() { echo "scale=1; $1 / 1048576" | bc; }
+queued() { curl -s "127.0.0.1:$ADMIN/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["messages"])'; }
+now() { date +%s.%N; }
+# The spool file's size, every half second, into $W/sizes; its peak is the largest line.
+sampler() { while :; do bytes >> "$W/sizes"; sleep 0.5; done; }
+peak() { sort -n "$W/sizes" | tail -1; }
+sink_up() {
+  smtp-sink -u nobody 127.0.0.1:$HOP 1024 > /dev/null 2>&1 & sink=$!
+  wait_port $HOP
+}
+sink_down() { kill "$sink"; wait "$sink" 2>/dev/null; sink=""; }
+source_mail() { # count
+  smtp-source -s "$SESS" -m "$1" -l "$SIZE" -f bench@src.test -t rcpt@example.test \
+    127.0.0.1:$SMTP > /dev/null 2>&1
+}
+wait_empty() {
+  local t0; t0=$(now)
+  while [ "$(queued)" != 0 ]; do
+    if [ "$(echo "$(now) - $t0 > 1800" | bc)" = 1 ]; then echo "timeout: $(queued) still queued" >&2; return 1; fi
+    sleep 0.5
+  done
+}
+
+# One burst: N messages queued with the next hop down, then delivered. Prints what it saw.
+burst() { # label
+  : > "$W/sizes"; sampler & local sampling=$!
+  local t0 t1 t2; t0=$(now)
+  source_mail "$N"; t1=$(now)
+  local held; held=$(queued)
+  sink_up
+  curl -s -X POST "127.0.0.1:$ADMIN/queue/flush" > /dev/null
+  wait_empty; t2=$(now)
+  kill "$sampling"; wait "$sampling" 2>/dev/null
+  sink_down
+  printf '%s: %d queued in %.0f s, delivered in %.0f s; peak %s MiB, %s MiB once empty\n' \
+    "$1" "$held" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" \
+    "$(mib "$(peak)")" "$(mib "$(bytes)")"
+  last_peak=$(peak)
+}
+
+if [ "$mode" = burst ] || [ "$mode" = all ]; then
+  echo "== burst: $N messages of $SIZE bytes, next hop down, then up"
+  burst "first burst"; first=$last_peak
+  sleep "$WAIT"
+  after=$(bytes)
+  printf 'first burst: %s MiB %d s after the queue emptied: %.1f %% of the peak (goal <= 25 %%)\n' \
+    "$(mib "$after")" "$WAIT" "$(echo "100 * $after / $first" | bc -l)"
+  burst "second burst"; second=$last_peak
+  printf 'second burst: peak %s MiB, %+.1f %% over the first peak (goal <= 10 %%)\n' \
+    "$(mib "$second")" "$(echo "100 * ($second - $first) / $first" | bc -l)"
+fi
+
+if [ "$mode" = steady ] || [ "$mode" = all ]; then
+  echo "== steady: $M messages of $SIZE bytes, the queue held at about $DEPTH"
+  sink_up
+  : > "$W/depths"; sent=0; t0=$(now); next=$EVERY; tenth=$((M / 10)); mark=$tenth
+  printf '%8s %9s %7s %10s\n' seconds sent queued "spool MiB"
+  while [ "$sent" -lt "$M" ]; do
+    depth=$(queued); echo "$depth" >> "$W/depths"
+    if [ "$depth" -lt "$DEPTH" ]; then source_mail "$BATCH"; sent=$((sent + BATCH)); else sleep 0.1; fi
+    elapsed=$(echo "$(now) - $t0" | bc)
+    if [ "$(echo "$elapsed >= $next" | bc)" = 1 ] || [ "$sent" -ge "$mark" ]; then
+      printf '%8.0f %9d %7d %10s\n' "$elapsed" "$sent" "$depth" "$(mib "$(bytes)")"
+      [ "$(echo "$elapsed >= $next" | bc)" = 1 ] && next=$((next + EVERY))
+      [ "$sent" -ge "$mark" ] && mark=$((mark + tenth))
+    fi
+  done
+  wait_empty
+  printf 'steady: %d messages in %.0f s; queue depth median %s; spool %s MiB once empty\n' \
+    "$sent" "$(echo "$(now) - $t0" | bc)" "$(sort -n "$W/depths" | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')" \
+    "$(mib "$(bytes)")"
+fi
