@@ -8,29 +8,35 @@
 #           queued and delivered the same way: how much it grew the file past the first peak
 #           (goal: at most 10 %). Either goal met is the issue's criterion; both are reported.
 #   steady: M messages relayed with the queue held at about DEPTH: the source adds BATCH
-#           messages whenever fewer than DEPTH are queued. The spool file's size every EVERY
-#           seconds, and at each tenth of the run: it should level off.
+#           messages whenever fewer than DEPTH are queued, and delivery runs CONC connections
+#           to the sink (fewer than the source's SESS, so that the queue fills). The spool
+#           file's size every EVERY seconds, and at each tenth of the run: it should level off.
+# Each part starts relayd on an empty data_dir.
 #
 # Usage: bench/disk.sh PATH/TO/relayd [burst|steady|all]
-# Knobs: N=50000 SIZE=4096 SESS=20 WAIT=60 M=200000 DEPTH=1000 BATCH=250 EVERY=10
+# Knobs: N=50000 SIZE=4096 SESS=20 WAIT=60 M=200000 DEPTH=1000 BATCH=250 CONC=4 EVERY=10
 # Runs as root (installs postfix for smtp-source/smtp-sink when missing). Leaves nothing running.
 set -u
 . "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: disk.sh PATH/TO/relayd [burst|steady|all]}")
 mode=${2:-all}
 N=${N:-50000}; SIZE=${SIZE:-4096}; SESS=${SESS:-20}; WAIT=${WAIT:-60}
-M=${M:-200000}; DEPTH=${DEPTH:-1000}; BATCH=${BATCH:-250}; EVERY=${EVERY:-10}
-W=$(mktemp -d -p /var/tmp); pids=(); sink=""
+M=${M:-200000}; DEPTH=${DEPTH:-1000}; BATCH=${BATCH:-250}; CONC=${CONC:-4}; EVERY=${EVERY:-10}
+W=$(mktemp -d -p /var/tmp); node=""; sink=""
 cleanup() {
   [ -n "$sink" ] && kill "$sink" 2>/dev/null
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  [ -n "$node" ] && kill "$node" 2>/dev/null
   wait 2>/dev/null; rm -rf "$W"
 }
 trap cleanup EXIT
 need_postfix_tools
 SMTP=2567; ADMIN=2568; HOP=2565
 
-cat > "$W/relayd.toml" <<CONF
+# relayd on an empty data_dir, delivering over CONCURRENCY connections at most.
+start_relayd() { # concurrency
+  [ -n "$node" ] && { kill "$node"; wait "$node" 2>/dev/null; }
+  rm -rf "$W/data"
+  cat > "$W/relayd.toml" <<CONF
 [node]
 name = "bench"
 data_dir = "$W/data"
@@ -50,6 +56,7 @@ tls = "none"
 
 [delivery]
 retry = ["1h"]
+concurrency_per_host = $1
 
 [admin]
 listen = "127.0.0.1:$ADMIN"
@@ -57,8 +64,9 @@ listen = "127.0.0.1:$ADMIN"
 [log]
 level = "warn"
 CONF
-"$relayd" --config "$W/relayd.toml" > "$W/relayd.log" 2>&1 & pids+=($!)
-wait_port $SMTP
+  "$relayd" --config "$W/relayd.toml" >> "$W/relayd.log" 2>&1 & node=$!
+  wait_port $SMTP
+}
 
 spool_file="$W/data/spool/spool.redb"
 bytes() { stat -c %s "$spool_file"; }
@@ -104,6 +112,7 @@ burst() { # label
 
 if [ "$mode" = burst ] || [ "$mode" = all ]; then
   echo "== burst: $N messages of $SIZE bytes, next hop down, then up"
+  start_relayd 10
   burst "first burst"; first=$last_peak
   sleep "$WAIT"
   after=$(bytes)
@@ -115,7 +124,8 @@ if [ "$mode" = burst ] || [ "$mode" = all ]; then
 fi
 
 if [ "$mode" = steady ] || [ "$mode" = all ]; then
-  echo "== steady: $M messages of $SIZE bytes, the queue held at about $DEPTH"
+  echo "== steady: $M messages of $SIZE bytes, the queue held at about $DEPTH, $CONC connections out"
+  start_relayd "$CONC"
   sink_up
   : > "$W/depths"; sent=0; t0=$(now); next=$EVERY; tenth=$((M / 10)); mark=$tenth
   printf '%8s %9s %7s %10s\n' seconds sent queued "spool MiB"

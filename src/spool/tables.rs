@@ -35,8 +35,18 @@ pub const RECEIVING: TableDefinition<u128, ()> = TableDefinition::new("receiving
 /// bytes of log records written up to and with it (a running total: differences count).
 pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
 
-/// Body chunk size: what a session buffers before handing a chunk to the committer.
-pub const CHUNK_SIZE: usize = 32 * 1024;
+/// Body chunk size: what a session buffers before handing a chunk to the committer. redb
+/// gives an entry larger than a page a page of the next power of two: a chunk of exactly
+/// 32 KiB, with its key and the leaf's header, would take 64 KiB. So a chunk leaves room for
+/// them in 32 KiB.
+pub const CHUNK_SIZE: usize = 32 * 1024 - PAGE_SLACK;
+/// The most bytes of a body's tail chunk: what is left once the full chunks are cut is stored
+/// in pieces that each fit a 4 KiB page with their key (a 4.3 KB body in two entries, a page
+/// and a bit, not in one entry of an 8 KiB page).
+pub const TAIL_PIECE: usize = 4 * 1024 - PAGE_SLACK;
+/// Room left in a page for an entry's key and the leaf's header (redb: 4 bytes of header, two
+/// 4-byte offsets, a 20-byte key).
+const PAGE_SLACK: usize = 64;
 
 /// In `state`: the epoch history, a list of [`EpochStart`](super::EpochStart).
 pub const EPOCH_HISTORY: &str = "epochs";

@@ -33,7 +33,7 @@ async fn accepted_messages_are_read_back_with_their_log_records() {
     let stored: Vec<u8> =
         spool.body(id).map(|c| c.expect("chunk").to_vec()).collect::<Vec<_>>().concat();
     assert_eq!(stored, content);
-    assert_eq!(spool.body(id).count(), 4, "100,000 bytes in 32 KiB chunks");
+    assert_eq!(spool.body(id).count(), 4, "100,000 bytes: three full chunks and a tail piece");
     let log: Vec<LogRecord> = spool.log_from(2).collect::<Result<_, _>>().expect("log");
     assert_eq!(log, vec![LogRecord { position, change: Change::Accepted(envelope(id)) }]);
 }
@@ -87,7 +87,8 @@ async fn bodies_never_committed_are_removed() {
     }
     let spool = Spool::open(dir.path()).expect("reopen");
     assert_eq!(spool.body(crashed).count(), 0, "removed at start");
-    assert_eq!(spool.body(kept).count(), 2, "a committed body stays");
+    // 40,000 bytes: a full chunk, and a tail of 7,296 in two pieces.
+    assert_eq!(spool.body(kept).count(), 3, "a committed body stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +337,7 @@ async fn trimming_keeps_what_is_wanted_within_the_bounds() {
 
 /// Delivered mail leaves nothing behind once the log is trimmed (records, bodies, messages,
 /// receiving marks: no leak), and the pages it freed are used again: six bursts of the same
-/// mail take about the room of one.
+/// mail take far less than six times the room of one.
 #[tokio::test]
 async fn delivered_mail_leaves_nothing_and_its_space_is_reused() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -361,13 +362,14 @@ async fn delivered_mail_leaves_nothing_and_its_space_is_reused() {
         assert!(tables[4].1 <= 2, "marks: {tables:?}");
         sizes.push((peak, size()));
     }
-    // Without reuse each burst would add its own ~4 MB. redb's allocator does not fill its free
-    // pages exactly (a burst now and then takes a region more), so the bound is loose here;
-    // bench/disk.sh measures the same at 50,000 messages (docs/benchmarks.md).
+    // Without reuse six bursts would need six times the room of one. redb grows a file smaller
+    // than its region (4 GiB) by doubling it, and does not fill its free pages exactly, so a
+    // burst now and then doubles the file once; bench/disk.sh measures the same at 50,000
+    // messages (docs/benchmarks.md).
     let (first_peak, _) = sizes[0];
     let highest = sizes.iter().map(|(peak, _)| *peak).max().unwrap_or(0);
     assert!(
-        highest <= first_peak + first_peak / 2,
+        highest < 3 * first_peak,
         "bursts grew the file from {first_peak} to {highest} bytes: {sizes:?}"
     );
 }
@@ -401,15 +403,21 @@ async fn a_mostly_free_spool_file_is_compacted_at_start() {
     drop(Spool::open(dir.path()).expect("reopen"));
     assert!(size() >= full - full / 10, "a file that holds its mail stays: {full} -> {}", size());
     {
+        // The last messages stay queued: the free pages are not all at the file's end, where
+        // redb gives them back by itself.
         let spool = Spool::open(dir.path()).expect("reopen");
-        deliver(&spool, &ids).await;
+        deliver(&spool, &ids[..ids.len() - 4]).await;
         spool.trim_log(spool.last_position().seq, now_ms(), &WIDE).expect("trim");
         spool.sync().expect("sync");
     }
     let delivered = size();
     let spool = Spool::open(dir.path()).expect("reopen, compacting");
     assert!(size() < delivered / 4, "compacted from {delivered} to {} bytes", size());
-    assert_eq!(spool.queue_len(), 0);
+    assert_eq!(spool.queue_len(), 4);
+    for &id in &ids[ids.len() - 4..] {
+        let body: usize = spool.body(id).map(|chunk| chunk.expect("a chunk").len()).sum();
+        assert_eq!(body, 256 * 1024, "{id} kept whole");
+    }
     let (id, body) = big(&spool);
     spool.accept(envelope(id), body).await.expect("the compacted spool takes mail");
 }
