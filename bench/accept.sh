@@ -10,6 +10,7 @@
 # Prints one line per run, then the medians, the ratio relayd/Postfix, and relayd's peak RSS.
 # Runs as root (installs postfix from Debian when missing). Leaves nothing running.
 set -u
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: accept.sh PATH/TO/relayd}")
 RUNS=${RUNS:-3}; N=${N:-20000}; SESS=${SESS:-20}; SIZE=${SIZE:-4096}; SRC_OPTS=${SRC_OPTS:-}
 W=$(mktemp -d); pids=()
@@ -25,50 +26,25 @@ fi
 
 # Postfix relays example.test to a sink, as in the side-by-side benchmark.
 postfix stop >/dev/null 2>&1
-cat > /etc/postfix/main.cf <<'PF'
-compatibility_level = 3.6
+{
+  cat "$(dirname "$(readlink -f "$0")")/../tests/peers/postfix-main.cf"
+  cat <<'PF'
 myhostname = relay.local
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
 inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
 relay_domains = example.test
 relayhost = [127.0.0.1]:2525
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-biff = no
 maillog_file = /var/log/postfix-bench.log
 PF
+} > /etc/postfix/main.cf
 postconf -M# smtp/inet >/dev/null 2>&1
 postconf -M "127.0.0.1:2526/inet=127.0.0.1:2526 inet n - n - - smtpd"
 postconf -F '*/*/chroot = n'
 postfix check && postfix start >/dev/null 2>&1
 smtp-sink -u nobody -c 127.0.0.1:2525 1024 > /dev/null 2>&1 & pids+=($!)
 
-cat > "$W/relayd.toml" <<CONF
-[node]
-name = "bench"
-role = "primary"
-data_dir = "$W/data"
-
-[smtp]
-listen = ["127.0.0.1:2527"]
-hostname = "bench.test"
-
-[relay]
-domains = ["example.test"]
-trusted_networks = ["127.0.0.0/8"]
-
-[admin]
-listen = "127.0.0.1:2530"
-
-[log]
-level = "warn"
-CONF
+node_config data_dir="$W/data" name=bench role=primary smtp=127.0.0.1:2527 hostname=bench.test \
+  relay=example.test trusted=127.0.0.0/8 admin=127.0.0.1:2530 log=warn > "$W/relayd.toml"
 "$relayd" --config "$W/relayd.toml" > "$W/relayd.log" 2>&1 & relayd_pid=$!; pids+=($relayd_pid)
 for i in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/2526 && exec 4<>/dev/tcp/127.0.0.1/2527) 2>/dev/null && break; sleep 0.1

@@ -32,48 +32,15 @@ done
 
 "$relayd" certs init "$W/certs" --nodes a,b,w >/dev/null || exit 1
 conf() { # name role peer
-  cat <<CONF
-[node]
-name = "$1"
-role = "$2"
-data_dir = "$W/$1"
-
-[smtp]
-listen = ["127.0.0.1:${smtp[$1]}"]
-hostname = "$1.bench.test"
-
-$(queued_mail_sections)
-
-[admin]
-listen = "127.0.0.1:${admin[$1]}"
-
-[log]
-level = "info"
-
-[cluster]
-listen = "127.0.0.1:${cluster[$1]}"
-peer = "127.0.0.1:${cluster[$3]}"
-witness = "127.0.0.1:$witness"
-replication = "sync"
-tls_cert = "$W/certs/$1.pem"
-tls_key = "$W/certs/$1.key"
-tls_ca = "$W/certs/ca.pem"
-CONF
+  node_config data_dir="$W/$1" name="$1" role="$2" smtp="127.0.0.1:${smtp[$1]}" \
+    hostname="$1.bench.test" "${queued_mail[@]}" admin="127.0.0.1:${admin[$1]}" log=info \
+    cluster="127.0.0.1:${cluster[$1]}" peer="127.0.0.1:${cluster[$3]}" \
+    witness="127.0.0.1:$witness" certs="$W/certs" cluster_keys='replication = "sync"'
 }
 conf a primary b > "$W/a.toml"
 conf b standby a > "$W/b.toml"
-cat > "$W/w.toml" <<CONF
-[node]
-name = "w"
-role = "witness"
-data_dir = "$W/w"
-
-[cluster]
-listen = "127.0.0.1:$witness"
-tls_cert = "$W/certs/w.pem"
-tls_key = "$W/certs/w.key"
-tls_ca = "$W/certs/ca.pem"
-CONF
+node_config data_dir="$W/w" name=w role=witness cluster="127.0.0.1:$witness" certs="$W/certs" \
+  > "$W/w.toml"
 
 start() { # name
   "$relayd" --config "$W/$1.toml" >> "$W/$1.log" 2>&1 & pid[$1]=$!

@@ -42,25 +42,9 @@ done
 start() { # SMTP_KEYS [WRAPPER...]: starts relayd with these [smtp] keys, waits until it listens
   local keys=$1; shift
   rm -rf "$W/data"
-  cat > "$W/relayd.toml" <<CONF
-[node]
-name = "load"
-role = "primary"
-data_dir = "$W/data"
-
-[smtp]
-listen = ["127.0.0.1:$port"]
-hostname = "load.bench.test"
-$keys
-
-$(queued_mail_sections)
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[log]
-level = "info"
-CONF
+  node_config data_dir="$W/data" name=load role=primary smtp="127.0.0.1:$port" \
+    hostname=load.bench.test smtp_keys="$keys" "${queued_mail[@]}" admin="127.0.0.1:$admin" \
+    log=info > "$W/relayd.toml"
   : > "$W/relayd.log"
   "$@" "$relayd" --config "$W/relayd.toml" >> "$W/relayd.log" 2>&1 & relayd_pid=$!
   for _ in $(seq 1 100); do grep -q "SMTP listening" "$W/relayd.log" && return 0; sleep 0.1; done

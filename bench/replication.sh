@@ -21,34 +21,10 @@ if [ "$mode" = snapshot ]; then SIZE=262144; N=$((GIB * 4096)); fi
 
 "$relayd" certs init "$W/certs" --nodes a,b >/dev/null || exit 1
 conf() { # name role smtp cluster peer admin
-  cat <<CONF
-[node]
-name = "$1"
-role = "$2"
-data_dir = "$W/$1"
-
-[smtp]
-listen = ["127.0.0.1:$3"]
-hostname = "$1.bench.test"
-max_message_size = "1MiB"
-
-$(queued_mail_sections)
-
-[admin]
-listen = "127.0.0.1:$6"
-
-[log]
-level = "warn"
-
-[cluster]
-listen = "127.0.0.1:$4"
-peer = "127.0.0.1:$5"
-replication = "async"
-auto_failover = false
-tls_cert = "$W/certs/$1.pem"
-tls_key = "$W/certs/$1.key"
-tls_ca = "$W/certs/ca.pem"
-CONF
+  node_config data_dir="$W/$1" name="$1" role="$2" smtp="127.0.0.1:$3" hostname="$1.bench.test" \
+    smtp_keys='max_message_size = "1MiB"' "${queued_mail[@]}" admin="127.0.0.1:$6" log=warn \
+    cluster="127.0.0.1:$4" peer="127.0.0.1:$5" certs="$W/certs" \
+    cluster_keys=$'replication = "async"\nauto_failover = false'
 }
 conf a primary 2547 7451 7452 2548 > "$W/a.toml"
 conf b standby 2557 7452 7451 2558 > "$W/b.toml"

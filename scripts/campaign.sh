@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fault campaign's long form (docs/operations.md, "The fault campaign"): runs the
-# fault_campaign test of tests/campaign.rs on many seeded schedules, one after the other, and
+# fault_campaign test of tests/it/campaign.rs on many seeded schedules, one after the other, and
 # leaves the report in the output directory: report.md (a table, then every broken invariant
 # with its seed), report.json (the same per schedule, with the schedule itself), and for each
 # failing schedule seed-N/ with the three nodes' logs and the run's details.
@@ -44,7 +44,7 @@ export RELAYD_CAMPAIGN_SCHEDULES=$schedules RELAYD_CAMPAIGN_FIRST_SEED=$first_se
   RELAYD_CAMPAIGN_FAULTS=$faults RELAYD_CAMPAIGN_OUT=$out
 [ -z "$seed" ] || export RELAYD_CAMPAIGN_SEED=$seed
 set +e
-cargo test "${profile[@]}" --test campaign fault_campaign -- --exact --nocapture
+cargo test "${profile[@]}" --test it campaign::fault_campaign -- --exact --nocapture
 status=$?
 set -e
 echo

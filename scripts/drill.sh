@@ -187,67 +187,25 @@ sink_pid=$!
 # --- relayd: the witness, dc1 and dc2 -----------------------------------------------------------
 "$relayd" certs init "$W/certs" --nodes dc1,dc2,wit > /dev/null || abort "relayd certs init failed"
 node_conf() { # name role peer
-  cat <<CONF
-[node]
-name = "$1"
-role = "$2"
-data_dir = "$W/$1"
-
-[smtp]
-listen = ["${ip[$1]}:25"]
-hostname = "$1.drill.test"
-# The sending Postfix stands for every sender on the Internet, all from one address: its
-# sessions and cached connections together pass relayd's default of 20 per address.
-max_connections_per_ip = 100
-
-[relay]
-domains = ["customer.test"]
-trusted_networks = ["127.0.0.0/8"]
-
-[[route]]
-domain = "customer.test"
-next_hop = "${ip[sink]}:25"
-tls = "none"
-
-[delivery]
-# Short, so that what a failure leaves deferred is delivered before the drill's deadline.
-retry = ["2s"]
-
-[admin]
-listen = "127.0.0.1:8025"
-
-[log]
-level = "info"
-
-[cluster]
-listen = "${ip[$1]}:7400"
-peer = "${ip[$3]}:7400"
-witness = "${ip[wit]}:7400"
-replication = "sync"
-on_standby_loss = "degrade"
-heartbeat_interval = "200ms"
-failover_timeout = "${FAILOVER_TIMEOUT}s"
-lease = "2s"
-auto_failover = true
-tls_cert = "$W/certs/$1.pem"
-tls_key = "$W/certs/$1.key"
-tls_ca = "$W/certs/ca.pem"
-CONF
+  # The sending Postfix stands for every sender on the Internet, all from one address: its
+  # sessions and cached connections together pass relayd's default of 20 per address. A short
+  # retry, so that what a failure leaves deferred is delivered before the drill's deadline.
+  "$repo/scripts/node-config.sh" data_dir="$W/$1" name="$1" role="$2" \
+    smtp="${ip[$1]}:25" hostname="$1.drill.test" smtp_keys="max_connections_per_ip = 100" \
+    relay=customer.test trusted=127.0.0.0/8 route_domain=customer.test route="${ip[sink]}:25" \
+    retry='["2s"]' admin=127.0.0.1:8025 log=info \
+    cluster="${ip[$1]}:7400" peer="${ip[$3]}:7400" witness="${ip[wit]}:7400" certs="$W/certs" \
+    cluster_keys="replication = \"sync\"
+on_standby_loss = \"degrade\"
+heartbeat_interval = \"200ms\"
+failover_timeout = \"${FAILOVER_TIMEOUT}s\"
+lease = \"2s\"
+auto_failover = true"
 }
 node_conf dc1 primary dc2 > "$W/dc1.toml"
 node_conf dc2 standby dc1 > "$W/dc2.toml"
-cat > "$W/wit.toml" <<CONF
-[node]
-name = "wit"
-role = "witness"
-data_dir = "$W/wit"
-
-[cluster]
-listen = "${ip[wit]}:7400"
-tls_cert = "$W/certs/wit.pem"
-tls_key = "$W/certs/wit.key"
-tls_ca = "$W/certs/ca.pem"
-CONF
+"$repo/scripts/node-config.sh" data_dir="$W/wit" name=wit role=witness cluster="${ip[wit]}:7400" \
+  certs="$W/certs" > "$W/wit.toml"
 for n in dc1 dc2 wit; do
   "$relayd" check-config --config "$W/$n.toml" > /dev/null || abort "relayd check-config refused $W/$n.toml"
 done
@@ -271,14 +229,15 @@ for n in dc1 dc2; do
 done
 
 # --- the sending MTA: a private Postfix instance in rdd-snd -------------------------------------
-# As tests/common/postfix.rs, plus an smtpd for the load, MX lookups through rdd-dns (its smtp
+# As tests/it/common/postfix.rs, plus an smtpd for the load, MX lookups through rdd-dns (its smtp
 # client is not chrooted, so it reads the namespace's resolv.conf), and short timers so that it
 # moves to MX 20 quickly and retries soon. It never bounces during a drill: a bounce would hide
 # a loss.
 S=$W/snd
 mkdir -p "$S/conf" "$S/queue" "$S/data"
-cat > "$S/conf/main.cf" <<CONF
-compatibility_level = 3.6
+{
+  cat "$repo/tests/peers/postfix-main.cf"
+  cat <<CONF
 queue_directory = $S/queue
 data_directory = $S/data
 mail_owner = postfix
@@ -286,18 +245,9 @@ setgid_group = postdrop
 myhostname = snd.drill.test
 mydomain = drill.test
 myorigin = \$myhostname
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
 inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
 smtp_host_lookup = dns
 smtp_dns_support_level = enabled
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-biff = no
 maillog_file = $S/maillog
 maillog_file_prefixes = $W
 # Queue ids that are never reused: the report maps each to its Message-ID.
@@ -318,6 +268,7 @@ smtp_data_xfer_timeout = 5s
 smtp_data_done_timeout = 5s
 smtp_quit_timeout = 5s
 CONF
+} > "$S/conf/main.cf"
 # The services of the tests' private Postfix, plus an smtpd that takes the load.
 {
   echo "smtp       inet  n       -       n       -       -       smtpd"

@@ -6,7 +6,7 @@
 # fixture; fuse3 for fusermount3, which cutfs (tools/cutfs, the power-cut tests' file system)
 # mounts with when not root: as root it needs only /dev/fuse, and no C library to build), then runs cargo test, then the fuzz targets for
 # a bounded time. Needs root for apt-get when something is missing (and for the drill, which
-# tests/drill.rs runs).
+# tests/it/drill.rs runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -24,22 +24,51 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The power-cut tests (tests/powercut.rs) need /dev/fuse; without it they pass, saying "skipped".
+# The power-cut tests (tests/it/powercut.rs) need /dev/fuse; without it they pass, saying "skipped".
 [ -e /dev/fuse ] || echo "warning: /dev/fuse is absent: the power-cut tests will be skipped"
 # --all-targets: the test binaries only (the crates have no doc-tests to run); relayd and
 # tools/cutfs, the workspace's default members.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-# The sled import tool (its own workspace, tests/sled_import.rs runs it) is built first, into
+# The sled import tool (its own workspace, tests/it/sled_import.rs runs it) is built first, into
 # the main target directory: built there it reuses relayd's compiled dependencies (about 40 s
 # instead of a cold build of its own), and no cargo holds that directory's lock meanwhile.
 cargo build --locked --quiet --manifest-path tools/sled-import/Cargo.toml --target-dir target 2>&1 | tee "$log"
 build_status=${PIPESTATUS[0]}
 export RELAYD_SLED_IMPORT="$PWD/target/debug/relayd-sled-import"
-cargo test --locked --all-targets "$@" 2>&1 | tee -a "$log"
-status=${PIPESTATUS[0]}
-[ "$status" -ne 0 ] || status=$build_status
+status=$build_status
+# Runs cargo test with the given arguments into the log; the first failure is the run's status.
+run_tests() {
+  cargo test --locked "$@" 2>&1 | tee -a "$log"
+  local code=${PIPESTATUS[0]}
+  [ "$status" -ne 0 ] || status=$code
+}
+# The integration tests are one binary, tests/it, whose tests share one process and its test
+# threads. These of its modules load the machine (the campaign, the drill, the power cuts) or
+# time failovers to the second: each runs in a pass of its own after everything else, as each
+# ran in a binary of its own when cargo ran one binary per test file, one after another.
+alone=(campaign drill failover faults powercut)
+for module in "${alone[@]}"; do
+  # A module renamed or gone would leave its pass empty and run it among the rest unseen.
+  grep -qx "mod $module;" tests/it/main.rs || { echo "test.sh: tests/it has no module $module" >&2; exit 2; }
+done
+if [ $# -gt 0 ]; then
+  # A filter (arguments for cargo test): one pass, as the caller asked.
+  run_tests --all-targets "$@"
+else
+  skips=()
+  for module in "${alone[@]}"; do skips+=(--skip "$module::"); done
+  run_tests --all-targets -- "${skips[@]}"
+  for module in "${alone[@]}"; do run_tests --test it -- "$module::"; done
+fi
+# The scripts' own tests (tests/scripts: the drill's report judged on a recorded run); not
+# with a filter, as the fuzzing below.
+[ $# -gt 0 ] || for script_test in tests/scripts/test_*.py; do
+  python3 "$script_test" 2>&1 | tee -a "$log"
+  code=${PIPESTATUS[0]}
+  [ "$status" -ne 0 ] || status=$code
+done
 # Then each fuzz target for a bounded time (docs/security.md, Fuzzing); a finding fails the
 # run. RELAYD_FUZZ_SECONDS=0 skips it, and so does a test filter (arguments for cargo test).
 fuzz_seconds=${RELAYD_FUZZ_SECONDS:-20}
@@ -50,7 +79,7 @@ if [ "$fuzz_seconds" -gt 0 ] && [ $# -eq 0 ]; then
 fi
 set -e
 # One closing line for the whole run; each fuzz target counts as a test.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^(test result:|python tests:)/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^fuzz: [0-9]+ targets, / { p += $2 - $6; f += $6 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -2,10 +2,10 @@
 //!
 //! Exit status: 0 done, 1 failed at run time, 2 bad usage or bad config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use crate::admin::commands;
 use crate::config::{Config, ConfigError, Role};
@@ -22,14 +22,15 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Run as this role, whatever [node].role says.
-    #[arg(long, value_parser = parse_role)]
+    #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
     role: Option<Role>,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Subcommand>,
 }
 
-#[derive(Subcommand)]
-enum Command {
+/// What to do; without one, run a node.
+#[derive(clap::Subcommand)]
+enum Subcommand {
     /// Check a config file and exit: 0 when valid, 2 with the file, line and key of the first error.
     CheckConfig,
     /// Show the running node's role, epoch, peer, replication lag and queue.
@@ -60,7 +61,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(clap::Subcommand)]
 enum CertsCommand {
     /// Make a CA (DIR/ca.pem, DIR/ca.key) and, for each node, DIR/NAME.pem and DIR/NAME.key,
     /// signed by that CA and usable as client and server.
@@ -73,7 +74,7 @@ enum CertsCommand {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(clap::Subcommand)]
 enum QueueCommand {
     /// Every queued message: id, age, size, sender, recipients and their states.
     List {
@@ -84,7 +85,7 @@ enum QueueCommand {
     /// One message in detail.
     Show {
         /// The queue id (32 hexadecimal digits, as in the 250 reply and the logs).
-        #[arg(value_parser = crate::admin::commands::parse_queue_id)]
+        #[arg(value_parser = crate::admin::api::parse_queue_id)]
         id: QueueId,
         /// Print the admin endpoint's JSON instead of the details.
         #[arg(long)]
@@ -95,60 +96,67 @@ enum QueueCommand {
     /// Remove a message from the queue without delivering it.
     Delete {
         /// The queue id.
-        #[arg(value_parser = crate::admin::commands::parse_queue_id)]
+        #[arg(value_parser = crate::admin::api::parse_queue_id)]
         id: QueueId,
     },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse::<Role>().map_err(|e| e.to_string())
 }
 
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Making certificates needs no config.
-    if let Some(Command::Certs { command: CertsCommand::Init { dir, nodes } }) = &cli.command {
-        return match crate::certs::init(dir, nodes) {
-            Ok(()) => {
-                println!("{}: ca.pem, ca.key and a certificate and key per node", dir.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("relayd: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let config = match load(&cli) {
-        Ok(config) => config,
+    let configured = |run: &dyn Fn(Config) -> ExitCode| match load(&cli) {
+        Ok(config) => run(config),
         Err(e) => {
             eprintln!("relayd: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
     };
-    match cli.command {
-        Some(Command::CheckConfig) => match crate::node::check(&config) {
-            Ok(()) => {
-                println!("{}: ok ({} node {})", config.source, config.node.role, config.node.name);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("relayd: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Some(Command::Status { json }) => commands::status(&config, json),
-        Some(Command::Queue { command }) => match command {
-            QueueCommand::List { json } => commands::queue_list(&config, json),
-            QueueCommand::Show { id, json } => commands::queue_show(&config, id, json),
+    match &cli.command {
+        // Making certificates needs no config.
+        Some(Subcommand::Certs { command: CertsCommand::Init { dir, nodes } }) => {
+            certs_init(dir, nodes)
+        }
+        Some(Subcommand::CheckConfig) => configured(&|config| check_config(&config)),
+        Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
+        Some(Subcommand::Queue { command }) => configured(&|config| match command {
+            QueueCommand::List { json } => commands::queue_list(&config, *json),
+            QueueCommand::Show { id, json } => commands::queue_show(&config, *id, *json),
             QueueCommand::Flush => commands::queue_flush(&config),
-            QueueCommand::Delete { id } => commands::queue_delete(&config, id),
-        },
-        Some(Command::Promote { force }) => commands::promote(&config, force),
-        Some(Command::Demote) => commands::demote(&config),
-        Some(Command::Certs { .. }) => ExitCode::SUCCESS,
-        None => crate::node::run(config),
+            QueueCommand::Delete { id } => commands::queue_delete(&config, *id),
+        }),
+        Some(Subcommand::Promote { force }) => {
+            configured(&|config| commands::promote(&config, *force))
+        }
+        Some(Subcommand::Demote) => configured(&|config| commands::demote(&config)),
+        None => configured(&crate::node::run),
+    }
+}
+
+/// `relayd certs init DIR --nodes A,B,...`.
+fn certs_init(dir: &Path, nodes: &[String]) -> ExitCode {
+    match crate::certs::init(dir, nodes) {
+        Ok(()) => {
+            println!("{}: ca.pem, ca.key and a certificate and key per node", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relayd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `relayd check-config`: the file, then what it points to.
+fn check_config(config: &Config) -> ExitCode {
+    match crate::node::check(config) {
+        Ok(()) => {
+            println!("{}: ok ({} node {})", config.source, config.node.role, config.node.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relayd: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -1,8 +1,16 @@
 //! relayd: a primary/warm-standby SMTP relay whose 250 means "on disk".
 //!
-//! The modules follow the data (see docs/ARCHITECTURE.md for the map):
-//! [`smtp`] receives mail into the [`spool`]; [`node`] wires them together for the
-//! [`cli`]; [`config`] and [`logging`] serve them all.
+//! The modules follow the data, in layers; a module imports only the layers below it
+//! (docs/ARCHITECTURE.md has the map, `tests/it/tidy.rs` checks the rule):
+//!
+//! - the bottom, read by all: [`config`] (the operator's file), [`role`] (what this node is
+//!   now, written only by [`ha`]), [`proto`] (the SMTP grammar, no I/O), [`spool`] (the durable
+//!   queue and its change log), [`metrics`], [`logging`], [`certs`];
+//! - the data path: [`delivery`] relays queued mail to its routes, [`replication`] ships the
+//!   spool's change log to the standby, [`smtp`] receives mail into the spool;
+//! - [`ha`]: the failover controller, the one writer of the role;
+//! - the top: [`admin`] (the HTTP API and the operator's commands), [`node`] (wires a running
+//!   node), [`cli`] (the command line).
 
 pub mod admin;
 pub mod certs;
@@ -13,6 +21,7 @@ pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod proto;
 pub mod replication;
 pub mod role;
 pub mod smtp;

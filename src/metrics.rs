@@ -9,11 +9,11 @@ pub struct Metrics {
     /// Messages acknowledged with 250.
     pub messages_accepted: AtomicU64,
     /// Recipients delivered (the next hop said 2xx).
-    pub messages_delivered: AtomicU64,
+    pub recipients_delivered: AtomicU64,
     /// Recipient delivery attempts that failed temporarily and were rescheduled.
-    pub messages_deferred: AtomicU64,
+    pub recipients_deferred: AtomicU64,
     /// Recipients given up on (permanent failure or expiry).
-    pub messages_bounced: AtomicU64,
+    pub recipients_bounced: AtomicU64,
     /// Promotions of this node to primary.
     pub failovers: AtomicU64,
     /// Transactions and messages refused with `452 4.3.1`: the spool's disk low or full.

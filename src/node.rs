@@ -1,23 +1,23 @@
 //! Running a node: open the spool, start the listeners, stop cleanly on a signal.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-
-use tokio::signal::unix::{SignalKind, signal};
-
-use std::path::Path;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, ConfigError, LiveConfig, Role};
 use crate::delivery::{self, DeliveryHandle};
 use crate::ha::Ha;
+use crate::ha::error::{OpenError, WitnessServeError};
 use crate::metrics::Metrics;
-use crate::replication::Replication;
+use crate::replication::Replicator;
 use crate::replication::link;
 use crate::smtp::{Server, Services};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolError};
 
 /// What `check-config` checks beyond the file itself: the files the config points to.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
@@ -43,6 +43,60 @@ pub fn run(config: Config) -> ExitCode {
     }
 }
 
+/// Why a node could not start, or stopped with a failure (logged once, as it is).
+#[derive(Debug)]
+enum NodeError {
+    /// The signal handlers could not be installed.
+    Signals(std::io::Error),
+    OpenSpool {
+        dir: PathBuf,
+        source: SpoolError,
+    },
+    /// The cluster link's certificates, its listener, or the SMTP TLS files.
+    Config(ConfigError),
+    Ha(OpenError),
+    Delivery(delivery::StartError),
+    /// The SMTP or admin listeners could not be bound.
+    Listen(std::io::Error),
+    SyncAtShutdown(SpoolError),
+    Witness(WitnessServeError),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Signals(e) | NodeError::Listen(e) => write!(f, "{e}"),
+            NodeError::OpenSpool { dir, source } => {
+                write!(f, "cannot open the spool in {}: {source}", dir.display())
+            }
+            NodeError::Config(e) => write!(f, "{e}"),
+            NodeError::Ha(e) => write!(f, "{e}"),
+            NodeError::Delivery(e) => write!(f, "{e}"),
+            NodeError::SyncAtShutdown(e) => write!(f, "spool sync at shutdown: {e}"),
+            NodeError::Witness(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NodeError::Signals(e) | NodeError::Listen(e) => Some(e),
+            NodeError::OpenSpool { source: e, .. } | NodeError::SyncAtShutdown(e) => Some(e),
+            NodeError::Config(e) => Some(e),
+            NodeError::Ha(e) => Some(e),
+            NodeError::Delivery(e) => Some(e),
+            NodeError::Witness(e) => Some(e),
+        }
+    }
+}
+
+impl From<ConfigError> for NodeError {
+    fn from(e: ConfigError) -> NodeError {
+        NodeError::Config(e)
+    }
+}
+
 /// The signals a node acts on. Taken over first thing: until then their default action ends
 /// the process (SIGHUP's too), and a signal that comes once the listeners are up must drain.
 struct Signals {
@@ -52,8 +106,8 @@ struct Signals {
 }
 
 impl Signals {
-    fn take() -> Result<Signals, String> {
-        let take = |kind| signal(kind).map_err(|e| e.to_string());
+    fn take() -> Result<Signals, NodeError> {
+        let take = |kind| signal(kind).map_err(NodeError::Signals);
         Ok(Signals {
             terminate: take(SignalKind::terminate())?,
             interrupt: take(SignalKind::interrupt())?,
@@ -62,22 +116,23 @@ impl Signals {
     }
 }
 
-async fn serve(config: Arc<Config>) -> Result<(), String> {
+async fn serve(config: Arc<Config>) -> Result<(), NodeError> {
     let signals = Signals::take()?;
     if config.node.role == Role::Witness {
         return witness(&config, signals).await;
     }
     let data_dir = &config.node.data_dir;
     let spool = Spool::open(data_dir)
-        .map_err(|e| format!("cannot open the spool in {}: {e}", data_dir.display()))?;
+        .map_err(|source| NodeError::OpenSpool { dir: data_dir.clone(), source })?;
     let link = match &config.cluster {
-        Some(cluster) => Some(link::load(&config, cluster).map_err(|e| e.to_string())?),
+        Some(cluster) => Some(link::load(&config, cluster)?),
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
     let (ha, reporter) =
-        Ha::start(&config, &spool, link.as_ref().map(|l| l.connector.clone()), metrics.clone())
-            .await?;
+        Ha::open(&config, &spool, link.as_ref().map(|l| l.connector.clone()), metrics.clone())
+            .await
+            .map_err(NodeError::Ha)?;
     let status = ha.status();
     tracing::info!(
         node = %config.node.name,
@@ -89,11 +144,10 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     );
     let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
     // Every data node runs the queue runner; it delivers only while the node serves.
-    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.role())?;
+    let delivery = delivery::start(live.clone(), spool.clone(), metrics.clone(), ha.role())
+        .map_err(NodeError::Delivery)?;
     let replication =
-        Replication::start(&config, &spool, link, ha.role(), reporter, delivery.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        Replicator::start(&config, &spool, link, ha.role(), reporter, delivery.clone()).await?;
     tokio::spawn(crate::ha::monitor::run(ha.clone()));
     let services = Services {
         role: ha.role(),
@@ -102,14 +156,14 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         replication: replication.clone(),
         metrics: metrics.clone(),
     };
-    let server = Server::new(live.clone(), services).map_err(|e| e.to_string())?;
+    let server = Server::new(live.clone(), services)?;
     crate::smtp::limits::raise_descriptor_limit(config.smtp.max_connections);
-    let listeners = server.bind().await.map_err(|e| e.to_string())?;
+    let listeners = server.bind().await.map_err(NodeError::Listen)?;
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         tasks.spawn(server.clone().serve(listener));
     }
-    let admin_listener = crate::admin::bind(&config.admin).await.map_err(|e| e.to_string())?;
+    let admin_listener = crate::admin::bind(&config.admin).await.map_err(NodeError::Listen)?;
     let admin = crate::admin::AdminContext {
         config: config.clone(),
         spool: spool.clone(),
@@ -130,20 +184,20 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     }
     drain(&server, &delivery, config.node.drain_timeout).await;
     tasks.abort_all();
-    spool.sync().map_err(|e| format!("spool sync at shutdown: {e}"))?;
+    spool.sync().map_err(NodeError::SyncAtShutdown)?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// A witness: grants epochs until SIGTERM or SIGINT.
-async fn witness(config: &Config, signals: Signals) -> Result<(), String> {
+async fn witness(config: &Config, signals: Signals) -> Result<(), NodeError> {
     tracing::info!(node = %config.node.name, "relayd started as a witness");
     let Signals { mut terminate, mut interrupt, mut hangup } = signals;
     let serving = crate::ha::witness::serve(config);
     tokio::pin!(serving);
     loop {
         tokio::select! {
-            result = &mut serving => break result?,
+            result = &mut serving => break result.map_err(NodeError::Witness)?,
             _ = terminate.recv() => break tracing::info!("SIGTERM: stopping"),
             _ = interrupt.recv() => break tracing::info!("SIGINT: stopping"),
             _ = hangup.recv() => tracing::info!("SIGHUP: a witness has nothing to reload"),

@@ -17,39 +17,48 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::config::Role;
 
-/// Until when a primary may serve.
+/// Until when a primary may serve, on clock `T`: an [`Instant`] here, core time
+/// (`ha::core::Ms`) in the failover controller's decisions, which read no clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServeUntil {
+pub enum Serve<T> {
     /// Not serving: a standby, a primary without a lease (fenced), or one that is handing over.
     Never,
-    /// A leased primary: serving until this instant, unless renewed.
-    Until(Instant),
+    /// A leased primary: serving until this time, unless renewed.
+    Until(T),
     /// A primary that needs no lease (nobody can be promoted in its place automatically).
     Always,
 }
 
-/// What this node is now.
+/// Until when a primary may serve, by the clock.
+pub type ServeUntil = Serve<Instant>;
+
+/// What a node is, on clock `T` (see [`Serve`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RoleStatus {
+pub struct Status<T> {
     pub role: Role,
     pub epoch: u64,
-    pub serve: ServeUntil,
+    pub serve: Serve<T>,
     /// A standby claiming or beginning an epoch of its own: it acknowledges nothing to the
     /// old primary meanwhile (an ack would renew a lease its new epoch is about to end).
     pub claiming: bool,
 }
 
-impl RoleStatus {
+impl<T: PartialOrd> Status<T> {
     /// Accepting and delivering mail at `now`.
-    pub fn serving_at(&self, now: Instant) -> bool {
+    pub fn serving_at(&self, now: T) -> bool {
         self.role == Role::Primary
-            && match self.serve {
-                ServeUntil::Never => false,
-                ServeUntil::Until(deadline) => now < deadline,
-                ServeUntil::Always => true,
+            && match &self.serve {
+                Serve::Never => false,
+                Serve::Until(deadline) => now < *deadline,
+                Serve::Always => true,
             }
     }
+}
 
+/// What this node is now, as the parts that read the role see it.
+pub type RoleStatus = Status<Instant>;
+
+impl RoleStatus {
     /// Accepting and delivering mail now (reads the clock).
     pub fn serving_now(&self) -> bool {
         self.serving_at(Instant::now())

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relayd::smtp::proto::BodyDecoder;
+use relayd::proto::BodyDecoder;
 use relayd_fuzz::{bare_line_end, relayed, same_however_split};
 
 fuzz_target!(|data: &[u8]| {

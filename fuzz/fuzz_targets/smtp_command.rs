@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relayd::smtp::proto::{Command, LineReader, MailFrom, Reply, command};
+use relayd::proto::{Command, LineReader, MailFrom, Reply, command};
 use relayd_fuzz::same_however_split;
 
 fuzz_target!(|data: &[u8]| {

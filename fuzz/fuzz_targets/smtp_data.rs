@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relayd::smtp::proto::BodyDecoder;
+use relayd::proto::BodyDecoder;
 use relayd_fuzz::{bare_line_end, relayed, same_however_split};
 
 /// One body: its content, and the stream offset just past its end of data (none: the stream

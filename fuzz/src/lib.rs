@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Debug;
 use std::io::Write;
 
-use relayd::smtp::proto::{BodyDecoder, DotStuffer};
+use relayd::proto::{BodyDecoder, DotStuffer};
 
 /// The largest single allocation any target may make. Inputs are at most 64 KiB
 /// (`-max_len` in scripts/fuzz.sh) and no parser needs more than a few times its input; an

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spool::{MessageRecord, RecipientState};
+use crate::spool::{MessageRecord, QueueId, RecipientState};
 
 /// `GET /status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,13 +18,13 @@ pub struct Status {
     /// The other data node; null without a cluster. Left open (any JSON) so that a CLI keeps
     /// reading the status of a node that reports more about its peer.
     pub peer: Option<serde_json::Value>,
-    pub replication: Replication,
+    pub replication: ReplicationLag,
     pub queue: QueueSummary,
 }
 
 /// How far the standby is behind this primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Replication {
+pub struct ReplicationLag {
     pub lag_records: u64,
     pub lag_bytes: u64,
     pub lag_seconds: u64,
@@ -134,6 +134,27 @@ impl Recipient {
     }
 }
 
+/// A queue id as the admin endpoint and the CLI take it: exactly 32 hexadecimal digits, in
+/// any case (the id of the 250 reply and the logs).
+pub fn parse_queue_id(text: &str) -> Result<QueueId, MalformedQueueId> {
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(MalformedQueueId);
+    }
+    text.parse().map_err(|_| MalformedQueueId)
+}
+
+/// Not a queue id: not 32 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedQueueId;
+
+impl std::fmt::Display for MalformedQueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("expected a queue id: 32 hexadecimal digits")
+    }
+}
+
+impl std::error::Error for MalformedQueueId {}
+
 /// Unix milliseconds as RFC 3339 in UTC, to the second; None if out of chrono's range.
 pub fn rfc3339(unix_ms: u64) -> Option<String> {
     let ms = i64::try_from(unix_ms).ok()?;
@@ -144,7 +165,7 @@ pub fn rfc3339(unix_ms: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Envelope, LogPosition, QueueId};
+    use crate::spool::{Envelope, LogPosition};
 
     #[test]
     fn a_record_becomes_its_json_view() {
@@ -184,6 +205,19 @@ mod tests {
         assert_eq!(json["recipients"][1]["relay"], "mx.test:25");
         assert_eq!(json["recipients"][2]["state"], "bounced");
         assert_eq!(json["recipients"][2]["last_reply"], "550 5.1.1 no such user");
+    }
+
+    #[test]
+    fn queue_ids_are_32_hexadecimal_digits_in_any_case() {
+        let id = QueueId::new();
+        assert_eq!(parse_queue_id(&id.to_string()), Ok(id));
+        assert_eq!(parse_queue_id(&id.to_string().to_lowercase()), Ok(id));
+        for bad in ["0190", "+190A1B2C3D4E5F60718293A4B5C6D7E", "Z190A1B2C3D4E5F60718293A4B5C6D7E"]
+        {
+            assert_eq!(parse_queue_id(bad), Err(MalformedQueueId), "{bad}");
+        }
+        // u128's parser alone would take a sign, or fewer digits.
+        assert!("+190A1B2C3D4E5F60718293A4B5C6D7E".parse::<QueueId>().is_ok());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The bearer token: when `[admin].token_file` is set, every request but `GET /healthz` must
-//! carry `Authorization: Bearer TOKEN`. The token is read once, when the endpoint starts.
+//! carry `Authorization: Bearer TOKEN`. The token is read once, when the endpoint binds.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -29,18 +30,15 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// Reads a token file: its content with surrounding white space trimmed, which must be
     /// non-empty printable ASCII (it travels in an HTTP header). The error names the file.
-    pub fn read(path: &Path) -> Result<Token, String> {
+    pub fn read(path: &Path) -> Result<Token, TokenError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the admin token from {}: {e}", path.display()))?;
+            .map_err(|source| TokenError::Read { path: path.into(), source })?;
         let token = text.trim();
         if token.is_empty() {
-            return Err(format!("the admin token file {} is empty", path.display()));
+            return Err(TokenError::Empty { path: path.into() });
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "the admin token in {} must be one line of printable ASCII without spaces",
-                path.display()
-            ));
+            return Err(TokenError::NotPrintable { path: path.into() });
         }
         Ok(Token(token.into()))
     }
@@ -59,6 +57,49 @@ impl Token {
         };
         scheme.eq_ignore_ascii_case("bearer")
             && bool::from(credential.trim().as_bytes().ct_eq(self.0.as_bytes()))
+    }
+}
+
+/// A token file that cannot be used.
+#[derive(Debug)]
+pub enum TokenError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Empty {
+        path: PathBuf,
+    },
+    /// Not one line of printable ASCII without spaces.
+    NotPrintable {
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::Read { path, source } => {
+                write!(f, "cannot read the admin token from {}: {source}", path.display())
+            }
+            TokenError::Empty { path } => {
+                write!(f, "the admin token file {} is empty", path.display())
+            }
+            TokenError::NotPrintable { path } => write!(
+                f,
+                "the admin token in {} must be one line of printable ASCII without spaces",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenError::Read { source, .. } => Some(source),
+            TokenError::Empty { .. } | TokenError::NotPrintable { .. } => None,
+        }
     }
 }
 
@@ -111,12 +152,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("token");
         std::fs::write(&path, "  abc-123\n").expect("write");
-        assert_eq!(Token::read(&path).map(|t| t.as_str().to_string()), Ok("abc-123".into()));
+        assert_eq!(Token::read(&path).map(|t| t.as_str().to_string()).ok(), Some("abc-123".into()));
         std::fs::write(&path, "\n").expect("write");
-        assert!(Token::read(&path).is_err_and(|e| e.contains("is empty")));
+        assert!(Token::read(&path).is_err_and(|e| e.to_string().contains("is empty")));
         std::fs::write(&path, "two\nlines").expect("write");
-        assert!(Token::read(&path).is_err_and(|e| e.contains("printable ASCII")));
+        assert!(Token::read(&path).is_err_and(|e| e.to_string().contains("printable ASCII")));
         let missing = dir.path().join("missing");
-        assert!(Token::read(&missing).is_err_and(|e| e.contains(&missing.display().to_string())));
+        let named = |e: TokenError| e.to_string().contains(&missing.display().to_string());
+        assert!(Token::read(&missing).is_err_and(named));
     }
 }

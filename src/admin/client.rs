@@ -47,14 +47,17 @@ impl fmt::Display for ClientError {
     }
 }
 
+impl std::error::Error for ClientError {}
+
 impl Client {
     /// A client for the endpoint `config` names (`[admin].listen`; an unspecified address such
     /// as 0.0.0.0 is reached on loopback), with its token if `[admin].token_file` is set.
     pub fn new(config: &Config) -> Result<Client, ConfigError> {
         let token = match &config.admin.token_file {
-            Some(path) => {
-                Some(Token::read(path).map_err(|e| config.error_at("admin.token_file", e))?)
-            }
+            Some(path) => Some(
+                Token::read(path)
+                    .map_err(|e| config.error_at("admin.token_file", e.to_string()))?,
+            ),
             None => None,
         };
         let mut address = config.admin.listen;

@@ -18,9 +18,9 @@ pub struct Snapshot {
     pub queue_messages: u64,
     pub smtp_sessions_active: u64,
     pub messages_accepted: u64,
-    pub messages_delivered: u64,
-    pub messages_deferred: u64,
-    pub messages_bounced: u64,
+    pub recipients_delivered: u64,
+    pub recipients_deferred: u64,
+    pub recipients_bounced: u64,
     pub replication_lag_records: u64,
     pub replication_lag_seconds: u64,
     pub failovers: u64,
@@ -49,19 +49,19 @@ pub fn render(s: &Snapshot) -> String {
         s.messages_accepted,
     );
     page.counter(
-        "relayd_messages_delivered_total",
+        "relayd_recipients_delivered_total",
         "Recipients delivered to their next hop.",
-        s.messages_delivered,
+        s.recipients_delivered,
     );
     page.counter(
-        "relayd_messages_deferred_total",
+        "relayd_recipients_deferred_total",
         "Recipient delivery attempts deferred for a retry.",
-        s.messages_deferred,
+        s.recipients_deferred,
     );
     page.counter(
-        "relayd_messages_bounced_total",
+        "relayd_recipients_bounced_total",
         "Recipients bounced (permanent failure or expiry).",
-        s.messages_bounced,
+        s.recipients_bounced,
     );
     page.gauge(
         "relayd_replication_lag_records",

@@ -19,13 +19,13 @@ use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-pub use auth::Token;
+pub use auth::{Token, TokenError};
 
 use crate::config::{AdminConfig, Config, Role};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
 use crate::smtp::limits::ConnectionLimiter;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::Spool;
 
 /// What the endpoint reads and acts on.
 pub struct AdminContext {
@@ -36,7 +36,7 @@ pub struct AdminContext {
     /// The SMTP listener's limiter: its count is the number of open sessions.
     pub sessions: ConnectionLimiter,
     /// The peer and the replication lag.
-    pub replication: crate::replication::Replication,
+    pub replication: crate::replication::Replicator,
     /// The live role and epoch, and the way to change them.
     pub ha: crate::ha::Ha,
 }
@@ -45,47 +45,46 @@ pub struct AdminContext {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeState {
     pub role: Role,
-    /// The current epoch: the last of the spool's epoch history, 0 when there is none.
+    /// The failover controller's epoch now, 0 before the first one.
     pub epoch: u64,
-    /// A primary that is not fenced.
+    /// A primary within its lease (not fenced), asked at the moment of the request.
     pub serving: bool,
 }
 
-/// Where `/status` and `/metrics` learn the role and the epoch: the live ones.
-pub fn node_state(context: &AdminContext) -> Result<NodeState, SpoolError> {
+/// Where `/status`, `/metrics` and the queue's changes learn the role and the epoch: from the
+/// failover controller's live status, never from what the spool last persisted.
+pub fn node_state(context: &AdminContext) -> NodeState {
     let status = context.ha.status();
-    Ok(NodeState { role: status.role, epoch: status.epoch, serving: status.serving_now() })
+    NodeState { role: status.role, epoch: status.epoch, serving: status.serving_now() }
+}
+
+/// The endpoint's socket, bound, and the token its requests must carry.
+pub struct Listener {
+    socket: TcpListener,
+    token: Option<Token>,
 }
 
 /// Binds `[admin].listen`. The error names the address. When a token file is set, it is read
-/// here too, so that a node whose token cannot be read stops at start with an error naming it.
-pub async fn bind(config: &AdminConfig) -> std::io::Result<TcpListener> {
-    if let Some(path) = &config.token_file {
-        Token::read(path).map_err(std::io::Error::other)?;
-    }
+/// here, once, so that a node whose token cannot be read stops at start with an error naming
+/// it, and never serves unprotected.
+pub async fn bind(config: &AdminConfig) -> std::io::Result<Listener> {
+    let token = match &config.token_file {
+        Some(path) => Some(Token::read(path).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let address = config.listen;
-    let listener = TcpListener::bind(address).await.map_err(|e| {
+    let socket = TcpListener::bind(address).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on {address} (admin endpoint): {e}"))
     })?;
-    tracing::info!(%address, token = config.token_file.is_some(), "admin endpoint listening");
-    Ok(listener)
+    tracing::info!(%address, token = token.is_some(), "admin endpoint listening");
+    Ok(Listener { socket, token })
 }
 
 /// Serves the endpoint on `listener` until the task is dropped or aborted.
-pub async fn serve(listener: TcpListener, context: AdminContext) {
-    let token = match &context.config.admin.token_file {
-        None => None,
-        Some(path) => match Token::read(path) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                // bind() read it a moment ago; refuse to serve unprotected.
-                tracing::error!(error = %e, "admin endpoint not started");
-                return;
-            }
-        },
-    };
-    let service = router(context, token).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, service).await {
+pub async fn serve(listener: Listener, context: AdminContext) {
+    let service =
+        router(context, listener.token).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener.socket, service).await {
         tracing::error!(error = %e, "admin endpoint stopped");
     }
 }

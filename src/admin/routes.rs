@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::api::{Message, QueueSummary, Replication, Status};
+use super::api::{Message, QueueSummary, ReplicationLag, Status, parse_queue_id};
 use super::error::ApiError;
 use super::metrics::{self, Snapshot};
 use super::{AdminContext, node_state};
@@ -45,7 +45,7 @@ pub async fn promote(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
     tracing::warn!(force, "promotion requested by the operator");
-    let epoch = context.ha.promote(force).await.map_err(ApiError::conflict)?;
+    let epoch = context.ha.promote(force).await.map_err(|e| ApiError::conflict(e.to_string()))?;
     let mut answer = serde_json::json!({ "role": "primary", "epoch": epoch });
     if force {
         answer["warning"] = serde_json::Value::from(FORCED_PROMOTION_RISK);
@@ -59,14 +59,14 @@ pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, 
     let epoch =
         crate::ha::switchover(&context.ha, &context.replication, &context.delivery, &context.spool)
             .await
-            .map_err(ApiError::conflict)?;
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
     Ok(Json(serde_json::json!({ "role": "standby", "new_primary_epoch": epoch })))
 }
 
 /// `GET /status`.
 pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
     blocking(move || {
-        let state = node_state(&context)?;
+        let state = node_state(&context);
         let replication = context.replication.status(&context.spool, state.role);
         Ok(Json(Status {
             role: state.role.to_string(),
@@ -74,7 +74,7 @@ pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
             serving: state.serving,
             node: context.config.node.name.clone(),
             peer: replication.peer.and_then(|peer| serde_json::to_value(peer).ok()),
-            replication: Replication {
+            replication: ReplicationLag {
                 lag_records: replication.lag_records,
                 lag_bytes: replication.lag_bytes,
                 lag_seconds: replication.lag_seconds as u64,
@@ -88,7 +88,7 @@ pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
 /// `GET /metrics`.
 pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
     let page = blocking(move || {
-        let state = node_state(&context)?;
+        let state = node_state(&context);
         let counters = &context.metrics;
         let replication = context.replication.status(&context.spool, state.role);
         Ok(metrics::render(&Snapshot {
@@ -98,9 +98,9 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
             queue_messages: context.spool.queue_len(),
             smtp_sessions_active: u64::try_from(context.sessions.active()).unwrap_or(u64::MAX),
             messages_accepted: Metrics::read(&counters.messages_accepted),
-            messages_delivered: Metrics::read(&counters.messages_delivered),
-            messages_deferred: Metrics::read(&counters.messages_deferred),
-            messages_bounced: Metrics::read(&counters.messages_bounced),
+            recipients_delivered: Metrics::read(&counters.recipients_delivered),
+            recipients_deferred: Metrics::read(&counters.recipients_deferred),
+            recipients_bounced: Metrics::read(&counters.recipients_bounced),
             replication_lag_records: replication.lag_records,
             replication_lag_seconds: replication.lag_seconds as u64,
             failovers: Metrics::read(&counters.failovers),
@@ -155,11 +155,8 @@ pub async fn queue_delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = queue_id(id)?;
-    let state = {
-        let context = context.clone();
-        blocking(move || Ok(node_state(&context)?)).await?
-    };
-    if state.role != Role::Primary || !context.ha.status().serving_now() {
+    let state = node_state(&context);
+    if state.role != Role::Primary || !state.serving {
         return Err(ApiError::conflict(format!(
             "this node is a {}{}: delete the message on the serving primary",
             state.role,
@@ -183,18 +180,14 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
 }
 
-/// A queue id from the path: 32 hexadecimal digits, as in the 250 reply and the logs.
+/// A queue id from the path ([`parse_queue_id`]).
 fn queue_id(path: Result<Path<String>, PathRejection>) -> Result<QueueId, ApiError> {
     let Path(text) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let malformed = || {
+    parse_queue_id(&text).map_err(|_| {
         ApiError::bad_request(format!(
             "malformed queue id {text:?}: expected 32 hexadecimal digits"
         ))
-    };
-    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(malformed());
-    }
-    text.parse().map_err(|_| malformed())
+    })
 }
 
 /// The queue's figures for `/status`.

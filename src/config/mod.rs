@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use values::ValueError;
 use values::keyword_enum;
 
 /// `Config::source` of the embedded default.
@@ -202,7 +203,7 @@ pub struct ClusterConfig {
     pub peer: Option<String>,
     /// The witness, HOST:PORT (validated).
     pub witness: Option<String>,
-    pub replication: Replication,
+    pub replication: ReplicationMode,
     pub sync_timeout: Duration,
     pub on_standby_loss: StandbyLoss,
     pub heartbeat_interval: Duration,
@@ -221,16 +222,16 @@ pub struct ClusterConfig {
     pub on_demote: Option<PathBuf>,
 }
 
-/// When a 250 may be given.
+/// `[cluster].replication`: when a 250 may be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Replication {
+pub enum ReplicationMode {
     /// Only once the standby has the message on disk too.
     Sync,
     /// Once this node has it on disk; the standby follows.
     Async,
 }
 
-keyword_enum!(Replication, "replication mode", {
+keyword_enum!(ReplicationMode, "replication mode", {
     Sync => "sync",
     Async => "async",
 });

@@ -12,7 +12,7 @@ use super::error::Invalid;
 use super::values::{Dur, FilePath, Listen, Net, PeerAddr, RelayDomain, RouteDomain, Size};
 use super::{
     AdminConfig, ClusterConfig, Config, DeliveryConfig, LogConfig, LogFormat, NextHop, NodeConfig,
-    RelayConfig, Replication, Role, RouteConfig, RouteTls, SmtpConfig, StandbyLoss,
+    RelayConfig, ReplicationMode, Role, RouteConfig, RouteTls, SmtpConfig, StandbyLoss,
 };
 
 #[derive(Deserialize, Default)]
@@ -88,7 +88,7 @@ struct RawCluster {
     listen: Option<Listen>,
     peer: Option<PeerAddr>,
     witness: Option<PeerAddr>,
-    replication: Option<Replication>,
+    replication: Option<ReplicationMode>,
     sync_timeout: Option<Dur>,
     on_standby_loss: Option<StandbyLoss>,
     heartbeat_interval: Option<Dur>,
@@ -246,7 +246,7 @@ impl RawConfig {
                     listen: c.listen.map_or(addr([0, 0, 0, 0], 7400), |Listen(a)| a),
                     peer: c.peer.map(|PeerAddr(p)| p),
                     witness: c.witness.map(|PeerAddr(w)| w),
-                    replication: c.replication.unwrap_or(Replication::Sync),
+                    replication: c.replication.unwrap_or(ReplicationMode::Sync),
                     sync_timeout: dur(c.sync_timeout, secs(2)),
                     on_standby_loss: c.on_standby_loss.unwrap_or(StandbyLoss::Degrade),
                     heartbeat_interval: dur(c.heartbeat_interval, Duration::from_millis(200)),

@@ -104,7 +104,7 @@ fn cluster_defaults() {
     assert_eq!(cl.listen, "0.0.0.0:7400".parse().unwrap());
     assert_eq!(cl.peer.as_deref(), Some("10.0.0.2:7400"));
     assert_eq!(cl.witness, None);
-    assert_eq!(cl.replication, Replication::Sync);
+    assert_eq!(cl.replication, ReplicationMode::Sync);
     assert_eq!(cl.sync_timeout, Duration::from_secs(2));
     assert_eq!(cl.on_standby_loss, StandbyLoss::Degrade);
     assert_eq!(cl.heartbeat_interval, Duration::from_millis(200));
@@ -616,7 +616,7 @@ fn roles_parse_for_the_command_line() {
     assert_eq!("Witness".parse::<Role>(), Ok(Role::Witness));
     assert_eq!(Role::Primary.to_string(), "primary");
     assert_eq!(
-        "boss".parse::<Role>().unwrap_err(),
+        "boss".parse::<Role>().unwrap_err().to_string(),
         "invalid role \"boss\": expected one of primary, standby, witness"
     );
 }

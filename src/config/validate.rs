@@ -1,6 +1,7 @@
 //! The rules between values, checked after parsing. `Config::load` and `Config::with_role` both
 //! run all of them, so a role given on the command line is held to the same rules as the file.
 
+use std::fmt;
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -26,7 +27,7 @@ pub(super) fn validate(c: &Config) -> Result<(), Invalid> {
     check_routes(c)?;
     check_delivery(c)?;
     check_cluster(c.cluster.as_ref(), c.node.role)?;
-    check_log_level(&c.log.level).map_err(|m| Invalid::new("log.level", m))
+    check_log_level(&c.log.level).map_err(|e| Invalid::new("log.level", e.to_string()))
 }
 
 fn is_data_node(role: Role) -> bool {
@@ -249,14 +250,58 @@ fn check_cluster(cluster: Option<&ClusterConfig>, role: Role) -> Result<(), Inva
     Ok(())
 }
 
+/// A `[log].level` that is refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LogLevelError {
+    Empty,
+    /// A span field's value (`[span{field=value}]`).
+    FieldValue {
+        level: String,
+    },
+    /// A bare word that is no level.
+    NotALevel {
+        directive: String,
+        level: String,
+    },
+    /// Refused by `EnvFilter` itself, in its words.
+    Filter {
+        level: String,
+        reason: String,
+    },
+}
+
+const LOG_LEVELS_ALLOWED: &str = "expected a level (trace, debug, info, warn, error, off) or \
+                                  directives such as \"relayd=debug,warn\"";
+
+impl fmt::Display for LogLevelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const ALLOWED: &str = LOG_LEVELS_ALLOWED;
+        match self {
+            LogLevelError::Empty => write!(f, "must not be empty: {ALLOWED}"),
+            LogLevelError::FieldValue { level } => write!(
+                f,
+                "span field values ({{field=value}}) are not supported in {level:?}: {ALLOWED}"
+            ),
+            LogLevelError::NotALevel { directive, level } => write!(
+                f,
+                "invalid log level {directive:?} in {level:?}: {ALLOWED} (write TARGET=LEVEL to \
+                 set a target's level)"
+            ),
+            LogLevelError::Filter { level, reason } => {
+                write!(f, "invalid log level {level:?} ({reason}): {ALLOWED}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LogLevelError {}
+
 /// Accepts what `EnvFilter` accepts, except that a directive without '=' must be a level: a
 /// bare word is otherwise taken as a target name, so a typo such as "infoo" would silently
 /// turn logging off for everything else.
-fn check_log_level(level: &str) -> Result<(), String> {
-    const ALLOWED: &str = "expected a level (trace, debug, info, warn, error, off) or \
-                           directives such as \"relayd=debug,warn\"";
+fn check_log_level(level: &str) -> Result<(), LogLevelError> {
     if level.trim().is_empty() {
-        return Err(format!("must not be empty: {ALLOWED}"));
+        return Err(LogLevelError::Empty);
     }
     for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         // A span field's value (`[span{field=value}]`) is compiled by EnvFilter into a DFA,
@@ -267,21 +312,19 @@ fn check_log_level(level: &str) -> Result<(), String> {
             .skip(1)
             .any(|fields| fields.split('}').next().is_some_and(|f| f.contains('=')));
         if field_value {
-            return Err(format!(
-                "span field values ({{field=value}}) are not supported in {level:?}: {ALLOWED}"
-            ));
+            return Err(LogLevelError::FieldValue { level: level.into() });
         }
         let bare = !directive.contains('=') && !directive.contains('[');
         if bare && directive.parse::<LevelFilter>().is_err() {
-            return Err(format!(
-                "invalid log level {directive:?} in {level:?}: {ALLOWED} (write TARGET=LEVEL to \
-                 set a target's level)"
-            ));
+            return Err(LogLevelError::NotALevel {
+                directive: directive.into(),
+                level: level.into(),
+            });
         }
     }
     EnvFilter::try_new(level)
         .map(drop)
-        .map_err(|e| format!("invalid log level {level:?} ({e}): {ALLOWED}"))
+        .map_err(|e| LogLevelError::Filter { level: level.into(), reason: e.to_string() })
 }
 
 #[cfg(test)]

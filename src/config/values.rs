@@ -1,9 +1,10 @@
 //! The value types of the config file and their parsers: durations, sizes, addresses,
 //! networks, domains, next hops and keyword enums.
 //!
-//! Each parser returns a message that names the bad value and says what is allowed. The serde
-//! wrappers below run these parsers during deserialization, so that a bad value is reported
-//! with the key path and the line of the value (the TOML deserializer attaches the span).
+//! Each parser returns a [`ValueError`], whose message names the bad value and says what is
+//! allowed. The serde wrappers below run these parsers during deserialization, so that a bad
+//! value is reported with the key path and the line of the value (the TOML deserializer
+//! attaches the span).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -17,25 +18,154 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::NextHop;
 
+/// A value the config file cannot use, and what is allowed instead. Its `Display` is the
+/// message a `ConfigError` gives after the file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    Duration {
+        input: String,
+    },
+    Size {
+        input: String,
+    },
+    SizeTooLarge {
+        input: String,
+    },
+    EmptyDomain,
+    DomainTooLong {
+        input: String,
+    },
+    DomainNotAscii {
+        input: String,
+    },
+    DomainLabels {
+        input: String,
+    },
+    /// Digits and dots that are no IPv4 address ("999.1.2.3"), or no HOST:PORT at all.
+    Address {
+        input: String,
+    },
+    HostPort {
+        input: String,
+    },
+    Ipv6 {
+        inside: String,
+        input: String,
+    },
+    Ipv6Unbracketed {
+        input: String,
+    },
+    Port {
+        port: String,
+        input: String,
+    },
+    /// The host of a HOST:PORT is no domain name.
+    Host(Box<ValueError>),
+    /// Neither "mx" nor a HOST:PORT.
+    NextHop(Box<ValueError>),
+    /// Not one of a keyword enum's words.
+    Keyword {
+        what: &'static str,
+        input: String,
+        allowed: &'static [&'static str],
+    },
+    Listen {
+        input: String,
+    },
+    Network {
+        input: String,
+    },
+    RouteDomainPattern {
+        input: String,
+    },
+    EmptyPath,
+}
+
+const HOST_PORT_HINT: &str =
+    "expected HOST:PORT such as \"mail.example.com:25\", \"10.0.0.2:7400\" or \"[2001:db8::1]:25\"";
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::Duration { input } => write!(
+                f,
+                "invalid duration {input:?}: expected a number with a unit such as \
+                 \"200ms\", \"3s\", \"5m\", \"1h\" or \"5d\""
+            ),
+            ValueError::Size { input } => write!(
+                f,
+                "invalid size {input:?}: expected a number with a unit such as \"25MiB\" or \
+                 \"512KiB\""
+            ),
+            ValueError::SizeTooLarge { input } => write!(f, "invalid size {input:?}: too large"),
+            ValueError::EmptyDomain => f.write_str("a domain name must not be empty"),
+            ValueError::DomainTooLong { input } => {
+                write!(f, "domain name {input:?} is longer than 253 characters")
+            }
+            ValueError::DomainNotAscii { input } => write!(
+                f,
+                "invalid domain name {input:?}: write internationalized names in their ASCII \
+                 (\"xn--\") form"
+            ),
+            ValueError::DomainLabels { input } => write!(
+                f,
+                "invalid domain name {input:?}: expected labels of letters, digits and hyphens \
+                 separated by dots, such as \"mail.example.com\""
+            ),
+            ValueError::Address { input } => write!(f, "invalid address {input:?}"),
+            ValueError::HostPort { input } => {
+                write!(f, "invalid address {input:?}: {HOST_PORT_HINT}")
+            }
+            ValueError::Ipv6 { inside, input } => {
+                write!(f, "invalid IPv6 address {inside:?} in {input:?}")
+            }
+            ValueError::Ipv6Unbracketed { input } => write!(
+                f,
+                "invalid address {input:?}: write an IPv6 address in brackets, such as \
+                 \"[2001:db8::1]:25\""
+            ),
+            ValueError::Port { port, input } => {
+                write!(f, "invalid port {port:?} in {input:?}: expected a number from 1 to 65535")
+            }
+            ValueError::Host(e) => write!(f, "{e}: {HOST_PORT_HINT}"),
+            ValueError::NextHop(e) => write!(f, "{e} (or \"mx\" for a DNS MX lookup)"),
+            ValueError::Keyword { what, input, allowed } => {
+                write!(f, "invalid {what} {input:?}: expected one of {}", allowed.join(", "))
+            }
+            ValueError::Listen { input } => write!(
+                f,
+                "invalid address {input:?}: expected IP:PORT such as \"0.0.0.0:25\", \
+                 \"127.0.0.1:2525\" or \"[::1]:2525\""
+            ),
+            ValueError::Network { input } => write!(
+                f,
+                "invalid network {input:?}: expected ADDRESS/PREFIX such as \"10.0.0.0/8\" or \
+                 \"::1/128\", or a single address"
+            ),
+            ValueError::RouteDomainPattern { input } => write!(
+                f,
+                "invalid route domain {input:?}: a route names one domain exactly, or \"*\" for \
+                 the default route"
+            ),
+            ValueError::EmptyPath => f.write_str("a path must not be empty"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
 /// Parses a duration such as "200ms", "3s", "5m", "1h 30m" or "5d".
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|_| {
-        format!(
-            "invalid duration {s:?}: expected a number with a unit such as \
-             \"200ms\", \"3s\", \"5m\", \"1h\" or \"5d\""
-        )
-    })
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    humantime::parse_duration(s.trim()).map_err(|_| ValueError::Duration { input: s.into() })
 }
 
 /// Parses a size such as "25MiB", "512KiB", "10MB" or a bare number of bytes ("1048576").
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, ValueError> {
     match s.trim().parse::<bytesize::ByteSize>().map(|b| b.as_u64()) {
         // bytesize saturates on overflow.
-        Ok(u64::MAX) => Err(format!("invalid size {s:?}: too large")),
+        Ok(u64::MAX) => Err(ValueError::SizeTooLarge { input: s.into() }),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!(
-            "invalid size {s:?}: expected a number with a unit such as \"25MiB\" or \"512KiB\""
-        )),
+        Err(_) => Err(ValueError::Size { input: s.into() }),
     }
 }
 
@@ -47,18 +177,15 @@ pub(crate) fn show_duration(d: Duration) -> String {
 /// Checks DNS name syntax: dot-separated labels of ASCII letters, digits and hyphens, a label
 /// neither starting nor ending with a hyphen and at most 63 characters, the whole at most 253.
 /// A single label ("localhost") is allowed. The caller strips a trailing dot first.
-pub(crate) fn check_domain(s: &str) -> Result<(), String> {
+pub(crate) fn check_domain(s: &str) -> Result<(), ValueError> {
     if s.is_empty() {
-        return Err("a domain name must not be empty".to_string());
+        return Err(ValueError::EmptyDomain);
     }
     if s.len() > 253 {
-        return Err(format!("domain name {s:?} is longer than 253 characters"));
+        return Err(ValueError::DomainTooLong { input: s.into() });
     }
     if !s.is_ascii() {
-        return Err(format!(
-            "invalid domain name {s:?}: write internationalized names in their ASCII \
-             (\"xn--\") form"
-        ));
+        return Err(ValueError::DomainNotAscii { input: s.into() });
     }
     for label in s.split('.') {
         let ok = !label.is_empty()
@@ -67,15 +194,12 @@ pub(crate) fn check_domain(s: &str) -> Result<(), String> {
             && !label.ends_with('-')
             && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
-            return Err(format!(
-                "invalid domain name {s:?}: expected labels of letters, digits and hyphens \
-                 separated by dots, such as \"mail.example.com\""
-            ));
+            return Err(ValueError::DomainLabels { input: s.into() });
         }
     }
     // "999.1.2.3" is label syntax but clearly meant as an address.
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.parse::<Ipv4Addr>().is_err() {
-        return Err(format!("invalid address {s:?}"));
+        return Err(ValueError::Address { input: s.into() });
     }
     Ok(())
 }
@@ -85,51 +209,39 @@ pub(crate) fn normalize_domain(s: &str) -> String {
     s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase()
 }
 
-const HOST_PORT_HINT: &str =
-    "expected HOST:PORT such as \"mail.example.com:25\", \"10.0.0.2:7400\" or \"[2001:db8::1]:25\"";
-
 /// Parses "host:port" or "[ipv6]:port"; the returned host has no brackets.
-pub(crate) fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+pub(crate) fn parse_host_port(s: &str) -> Result<(String, u16), ValueError> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (inside, port) = rest
-            .split_once("]:")
-            .ok_or_else(|| format!("invalid address {s:?}: {HOST_PORT_HINT}"))?;
+        let (inside, port) =
+            rest.split_once("]:").ok_or_else(|| ValueError::HostPort { input: s.into() })?;
         inside
             .parse::<Ipv6Addr>()
-            .map_err(|_| format!("invalid IPv6 address {inside:?} in {s:?}"))?;
+            .map_err(|_| ValueError::Ipv6 { inside: inside.into(), input: s.into() })?;
         (inside.to_string(), port)
     } else {
         let (host, port) =
-            s.rsplit_once(':').ok_or_else(|| format!("invalid address {s:?}: {HOST_PORT_HINT}"))?;
+            s.rsplit_once(':').ok_or_else(|| ValueError::HostPort { input: s.into() })?;
         if host.contains(':') {
-            return Err(format!(
-                "invalid address {s:?}: write an IPv6 address in brackets, such as \
-                 \"[2001:db8::1]:25\""
-            ));
+            return Err(ValueError::Ipv6Unbracketed { input: s.into() });
         }
-        check_domain(host).map_err(|e| format!("{e}: {HOST_PORT_HINT}"))?;
+        check_domain(host).map_err(|e| ValueError::Host(Box::new(e)))?;
         (host.to_ascii_lowercase(), port)
     };
     let port = match port.parse::<u16>() {
         Ok(p) if p >= 1 => p,
-        _ => {
-            return Err(format!(
-                "invalid port {port:?} in {s:?}: expected a number from 1 to 65535"
-            ));
-        }
+        _ => return Err(ValueError::Port { port: port.into(), input: s.into() }),
     };
     Ok((host, port))
 }
 
 impl FromStr for NextHop {
-    type Err = String;
+    type Err = ValueError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if s.eq_ignore_ascii_case("mx") {
             return Ok(NextHop::Mx);
         }
-        let (host, port) =
-            parse_host_port(s).map_err(|e| format!("{e} (or \"mx\" for a DNS MX lookup)"))?;
+        let (host, port) = parse_host_port(s).map_err(|e| ValueError::NextHop(Box::new(e)))?;
         Ok(NextHop::Host { host, port })
     }
 }
@@ -144,21 +256,15 @@ impl fmt::Display for NextHop {
     }
 }
 
-impl<'de> Deserialize<'de> for NextHop {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "\"mx\" or a HOST:PORT string")
-    }
-}
-
 /// Deserializes a string through `FromStr`, the error message being the parser's.
 pub(crate) fn from_str_value<'de, D, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr<Err = String>,
+    T: FromStr<Err = ValueError>,
 {
     struct StrVisitor<T>(&'static str, PhantomData<T>);
 
-    impl<T: FromStr<Err = String>> Visitor<'_> for StrVisitor<T> {
+    impl<T: FromStr<Err = ValueError>> Visitor<'_> for StrVisitor<T> {
         type Value = T;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,6 +278,21 @@ where
 
     d.deserialize_str(StrVisitor(expecting, PhantomData))
 }
+
+/// Implements `Deserialize` for a value written as a string, through its `FromStr`;
+/// `expecting` is what serde says a value of another type should have been.
+macro_rules! string_value {
+    ($ty:ty, $expecting:expr) => {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::config::values::from_str_value(d, $expecting)
+            }
+        }
+    };
+}
+pub(crate) use string_value;
+
+string_value!(NextHop, "\"mx\" or a HOST:PORT string");
 
 /// Implements `as_str`, `Display`, `FromStr` (ASCII case-insensitive) and `Deserialize` for a
 /// field-less enum whose config words are given; the error lists the allowed words.
@@ -193,28 +314,23 @@ macro_rules! keyword_enum {
         }
 
         impl std::str::FromStr for $ty {
-            type Err = String;
+            type Err = $crate::config::ValueError;
 
-            fn from_str(s: &str) -> Result<Self, String> {
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
                 $(
                     if s.eq_ignore_ascii_case($word) {
                         return Ok($ty::$variant);
                     }
                 )+
-                Err(format!(
-                    "invalid {} {:?}: expected one of {}",
-                    $what,
-                    s,
-                    [$($word),+].join(", ")
-                ))
+                Err($crate::config::ValueError::Keyword {
+                    what: $what,
+                    input: s.to_string(),
+                    allowed: &[$($word),+],
+                })
             }
         }
 
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                $crate::config::values::from_str_value(d, concat!("a ", $what, " string"))
-            }
-        }
+        $crate::config::values::string_value!($ty, concat!("a ", $what, " string"));
     };
 }
 pub(crate) use keyword_enum;
@@ -222,15 +338,11 @@ pub(crate) use keyword_enum;
 /// A duration string ("5m").
 pub(crate) struct Dur(pub Duration);
 
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "a duration string such as \"5m\"")
-    }
-}
+string_value!(Dur, "a duration string such as \"5m\"");
 
 impl FromStr for Dur {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         parse_duration(s).map(Dur)
     }
 }
@@ -271,60 +383,40 @@ impl<'de> Deserialize<'de> for Size {
 /// A socket address to listen on: "IP:PORT".
 pub(crate) struct Listen(pub SocketAddr);
 
-impl<'de> Deserialize<'de> for Listen {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "an address string such as \"127.0.0.1:2525\"")
-    }
-}
+string_value!(Listen, "an address string such as \"127.0.0.1:2525\"");
 
 impl FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        s.parse().map(Listen).map_err(|_| {
-            format!(
-                "invalid address {s:?}: expected IP:PORT such as \"0.0.0.0:25\", \
-                 \"127.0.0.1:2525\" or \"[::1]:2525\""
-            )
-        })
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        s.parse().map(Listen).map_err(|_| ValueError::Listen { input: s.into() })
     }
 }
 
 /// A network: "10.0.0.0/8", "::1/128", or a single address (a /32 or /128).
 pub(crate) struct Net(pub IpNet);
 
-impl<'de> Deserialize<'de> for Net {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "a network string such as \"10.0.0.0/8\"")
-    }
-}
+string_value!(Net, "a network string such as \"10.0.0.0/8\"");
 
 impl FromStr for Net {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if let Ok(net) = s.parse::<IpNet>() {
             return Ok(Net(net.trunc()));
         }
-        s.parse::<IpAddr>().map(|ip| Net(IpNet::from(ip))).map_err(|_| {
-            format!(
-                "invalid network {s:?}: expected ADDRESS/PREFIX such as \"10.0.0.0/8\" or \
-                 \"::1/128\", or a single address"
-            )
-        })
+        s.parse::<IpAddr>()
+            .map(|ip| Net(IpNet::from(ip)))
+            .map_err(|_| ValueError::Network { input: s.into() })
     }
 }
 
 /// The address of another cluster node: "HOST:PORT", kept as written.
 pub(crate) struct PeerAddr(pub String);
 
-impl<'de> Deserialize<'de> for PeerAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "a HOST:PORT string such as \"10.0.0.2:7400\"")
-    }
-}
+string_value!(PeerAddr, "a HOST:PORT string such as \"10.0.0.2:7400\"");
 
 impl FromStr for PeerAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         parse_host_port(s).map(|_| PeerAddr(s.to_string()))
     }
 }
@@ -332,15 +424,11 @@ impl FromStr for PeerAddr {
 /// A relay domain: "example.com" or ".example.com" (any subdomain); normalized.
 pub(crate) struct RelayDomain(pub String);
 
-impl<'de> Deserialize<'de> for RelayDomain {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "a domain string such as \"example.com\"")
-    }
-}
+string_value!(RelayDomain, "a domain string such as \"example.com\"");
 
 impl FromStr for RelayDomain {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         let d = normalize_domain(s);
         check_domain(d.strip_prefix('.').unwrap_or(&d))?;
         Ok(RelayDomain(d))
@@ -350,24 +438,17 @@ impl FromStr for RelayDomain {
 /// A route's domain: "example.com" or "*"; normalized.
 pub(crate) struct RouteDomain(pub String);
 
-impl<'de> Deserialize<'de> for RouteDomain {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "a domain string such as \"example.com\", or \"*\"")
-    }
-}
+string_value!(RouteDomain, "a domain string such as \"example.com\", or \"*\"");
 
 impl FromStr for RouteDomain {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if s == "*" {
             return Ok(RouteDomain(s.to_string()));
         }
         let d = normalize_domain(s);
         if d.starts_with('.') {
-            return Err(format!(
-                "invalid route domain {s:?}: a route names one domain exactly, or \"*\" for \
-                 the default route"
-            ));
+            return Err(ValueError::RouteDomainPattern { input: s.into() });
         }
         check_domain(&d)?;
         Ok(RouteDomain(d))
@@ -377,17 +458,13 @@ impl FromStr for RouteDomain {
 /// A file or directory path; must not be empty.
 pub(crate) struct FilePath(pub PathBuf);
 
-impl<'de> Deserialize<'de> for FilePath {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str_value(d, "a path string")
-    }
-}
+string_value!(FilePath, "a path string");
 
 impl FromStr for FilePath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if s.is_empty() {
-            return Err("a path must not be empty".to_string());
+            return Err(ValueError::EmptyPath);
         }
         Ok(FilePath(PathBuf::from(s)))
     }
@@ -407,7 +484,7 @@ mod tests {
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         for bad in ["", "5", "5 parsecs", "-1s", "soon"] {
-            let e = parse_duration(bad).unwrap_err();
+            let e = parse_duration(bad).unwrap_err().to_string();
             assert!(e.starts_with(&format!("invalid duration {bad:?}")), "{e}");
             assert!(e.contains("\"200ms\""), "{e}");
         }
@@ -422,14 +499,14 @@ mod tests {
         assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
         assert_eq!(parse_size("1048576"), Ok(1_048_576));
         assert_eq!(
-            parse_size("25 parsecs").unwrap_err(),
+            parse_size("25 parsecs").unwrap_err().to_string(),
             "invalid size \"25 parsecs\": expected a number with a unit such as \"25MiB\" or \
              \"512KiB\""
         );
         assert!(parse_size("").is_err());
         assert!(parse_size("-5MiB").is_err());
         assert!(parse_size("MiB").is_err());
-        assert!(parse_size("99999999999EiB").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999EiB").unwrap_err().to_string().contains("too large"));
     }
 
     #[test]
@@ -476,7 +553,7 @@ mod tests {
         ] {
             assert!(parse_host_port(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(parse_host_port("h:0").unwrap_err().contains("1 to 65535"));
+        assert!(parse_host_port("h:0").unwrap_err().to_string().contains("1 to 65535"));
     }
 
     #[test]
@@ -490,7 +567,7 @@ mod tests {
             "mail.example.com:25".parse::<NextHop>().map(|h| h.to_string()),
             Ok("mail.example.com:25".to_string())
         );
-        assert!("mail.example.com".parse::<NextHop>().unwrap_err().contains("\"mx\""));
+        assert!("mail.example.com".parse::<NextHop>().unwrap_err().to_string().contains("\"mx\""));
     }
 
     #[test]

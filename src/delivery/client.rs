@@ -7,14 +7,14 @@ use mail_send::SmtpClient;
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::outcome::Outcome;
+use super::outcome::{Outcome, Reply};
 use super::route::Hop;
 use crate::config::RouteTls;
-use crate::smtp::proto::DotStuffer;
+use crate::proto::{DotStuffer, Stream};
 use crate::spool::{MessageRecord, Spool};
 
 /// RFC 5321 section 4.5.3.2's minimum timeouts, per stage; connecting gets Postfix's 30 s.
@@ -24,9 +24,6 @@ const MAIL_RCPT: Duration = Duration::from_secs(300);
 const DATA_INIT: Duration = Duration::from_secs(120);
 const DATA_BLOCK: Duration = Duration::from_secs(180);
 const DATA_TERM: Duration = Duration::from_secs(600);
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// An open SMTP connection, ready for a transaction.
 pub struct Connection {
@@ -46,7 +43,7 @@ pub async fn connect(
     helo: &str,
     connector: &TlsConnector,
 ) -> Result<Connection, Outcome> {
-    let mut last = Outcome::temporary("4.4.1 no host to connect to");
+    let mut last = Outcome::temporary([4, 4, 1], "no host to connect to");
     for hop in hops {
         for addr in &hop.addrs {
             // Postfix's form, "mx.example.com[192.0.2.1]:25", or just the address for an IP hop.
@@ -58,7 +55,7 @@ pub async fn connect(
             match open(&hop.name, *addr, &relay, tls, helo, connector).await {
                 Ok(connection) => return Ok(connection),
                 Err(outcome) => {
-                    tracing::debug!(relay, reply = outcome.reply(), "next hop not usable");
+                    tracing::debug!(relay, reply = %outcome.reply(), "next hop not usable");
                     last = outcome;
                 }
             }
@@ -75,14 +72,17 @@ async fn open(
     helo: &str,
     connector: &TlsConnector,
 ) -> Result<Connection, Outcome> {
-    let lost = |stage: &str, e: mail_send::Error| Outcome::Temporary {
-        reply: format!("4.4.2 {relay}: {stage}: {e}"),
-        relay: Some(relay.to_string()),
+    let lost = |stage: &str, e: mail_send::Error| {
+        Outcome::temporary([4, 4, 2], format!("{relay}: {stage}: {e}")).at(relay)
     };
     let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(Outcome::temporary(format!("4.4.1 connect to {relay}: {e}"))),
-        Err(_) => return Err(Outcome::temporary(format!("4.4.1 connect to {relay}: timed out"))),
+        Ok(Err(e)) => {
+            return Err(Outcome::temporary([4, 4, 1], format!("connect to {relay}: {e}")));
+        }
+        Err(_) => {
+            return Err(Outcome::temporary([4, 4, 1], format!("connect to {relay}: timed out")));
+        }
     };
     let _ = stream.set_nodelay(true);
     let mut client = SmtpClient { stream, timeout: GREETING };
@@ -97,12 +97,8 @@ async fn open(
     let (client, capabilities) = match (tls, offers_tls) {
         (RouteTls::Required, false) => {
             let _ = client.quit().await;
-            return Err(Outcome::Temporary {
-                reply: format!(
-                    "4.7.4 {relay}: TLS is required, but the host does not offer STARTTLS"
-                ),
-                relay: Some(relay.to_string()),
-            });
+            let text = format!("{relay}: TLS is required, but the host does not offer STARTTLS");
+            return Err(Outcome::temporary([4, 7, 4], text).at(relay));
         }
         (RouteTls::None, _) | (RouteTls::Opportunistic, false) => (
             SmtpClient {
@@ -116,16 +112,12 @@ async fn open(
             let ready = client.cmd(b"STARTTLS\r\n").await.map_err(|e| lost("STARTTLS", e))?;
             if !ready.is_positive_completion() {
                 if tls == RouteTls::Required {
-                    return Err(Outcome::Temporary {
-                        reply: format!(
-                            "4.7.5 {relay}: STARTTLS refused: {}",
-                            super::outcome::reply_text(&ready)
-                        ),
-                        relay: Some(relay.to_string()),
-                    });
+                    let text =
+                        format!("{relay}: STARTTLS refused: {}", Reply::from_response(&ready));
+                    return Err(Outcome::temporary([4, 7, 5], text).at(relay));
                 }
                 // RFC 3207 section 4.1: after a refusal the session may go on in plain text.
-                tracing::debug!(relay, reply = %super::outcome::reply_text(&ready), "STARTTLS refused; going on in plain text");
+                tracing::debug!(relay, reply = %Reply::from_response(&ready), "STARTTLS refused; going on in plain text");
                 let plain = SmtpClient {
                     stream: Box::new(client.stream) as Box<dyn Stream>,
                     timeout: client.timeout,
@@ -137,11 +129,10 @@ async fn open(
                     transactions: 0,
                 });
             }
-            let mut secure =
-                client.into_tls(connector, host).await.map_err(|e| Outcome::Temporary {
-                    reply: format!("4.7.5 {relay}: TLS handshake failed: {e}"),
-                    relay: Some(relay.to_string()),
-                })?;
+            let mut secure = client.into_tls(connector, host).await.map_err(|e| {
+                Outcome::temporary([4, 7, 5], format!("{relay}: TLS handshake failed: {e}"))
+                    .at(relay)
+            })?;
             let capabilities =
                 secure.ehlo(helo).await.map_err(|e| lost("EHLO after STARTTLS", e))?;
             (
@@ -167,18 +158,15 @@ impl Connection {
         spool: &Spool,
     ) -> Result<Vec<(u32, Outcome)>, Outcome> {
         let relay = self.relay.clone();
-        let lost = |stage: &str, e: mail_send::Error| Outcome::Temporary {
-            reply: format!("4.4.2 {relay}: lost connection while {stage}: {e}"),
-            relay: Some(relay.clone()),
+        let lost = |stage: &str, e: mail_send::Error| {
+            Outcome::temporary([4, 4, 2], format!("{relay}: lost connection while {stage}: {e}"))
+                .at(&relay)
         };
         let envelope = &message.envelope;
         if envelope.smtputf8 && !self.capabilities.has_capability(EXT_SMTP_UTF8) {
-            let outcome = Outcome::Permanent {
-                reply: format!(
-                    "5.6.7 {relay}: the message needs SMTPUTF8, which the host does not offer"
-                ),
-                relay: Some(relay.clone()),
-            };
+            let text =
+                format!("{relay}: the message needs SMTPUTF8, which the host does not offer");
+            let outcome = Outcome::permanent([5, 6, 7], text).at(&relay);
             return Ok(rcpts.iter().map(|&i| (i, outcome.clone())).collect());
         }
         self.client.timeout = MAIL_RCPT;
@@ -228,10 +216,10 @@ impl Connection {
         };
         let mut replies = replies.into_iter();
         if reset && !replies.next().is_some_and(|r| r.is_positive_completion()) {
-            return Err(Outcome::temporary(format!("4.4.2 {relay}: RSET refused")));
+            return Err(Outcome::temporary([4, 4, 2], format!("{relay}: RSET refused")));
         }
         let Some(mail) = replies.next() else {
-            return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to MAIL")));
+            return Err(Outcome::temporary([4, 4, 2], format!("{relay}: no reply to MAIL")));
         };
         if !mail.is_positive_completion() {
             let outcome = Outcome::refused(&mail, &relay);
@@ -243,7 +231,12 @@ impl Connection {
             match replies.next() {
                 Some(reply) if reply.is_positive_completion() => accepted.push(index),
                 Some(reply) => results.push((index, Outcome::refused(&reply, &relay))),
-                None => return Err(Outcome::temporary(format!("4.4.2 {relay}: no reply to RCPT"))),
+                None => {
+                    return Err(Outcome::temporary(
+                        [4, 4, 2],
+                        format!("{relay}: no reply to RCPT"),
+                    ));
+                }
             }
         }
         let data_reply = match replies.next() {
@@ -282,8 +275,7 @@ impl Connection {
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
         for chunk in spool.body(message.envelope.id) {
-            let chunk =
-                chunk.map_err(|e| mail_send::Error::Io(std::io::Error::other(e.to_string())))?;
+            let chunk = chunk.map_err(|e| mail_send::Error::Io(std::io::Error::other(e)))?;
             out.clear();
             stuffer.stuff(&chunk, &mut out);
             let write = self.client.stream.write_all(&out);

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::outcome::{EnhancedStatus, Reply};
 use crate::spool::{MessageRecord, Spool};
 
 /// Headers of the original message copied into a DSN, at most.
@@ -11,45 +12,41 @@ const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
 /// One recipient the DSN reports.
 pub struct Failed<'a> {
     pub recipient: &'a str,
-    pub reply: &'a str,
+    /// The next hop's reply, or our account of the failure (the last one, for an expiry).
+    pub reply: &'a Reply,
     pub relay: Option<&'a str>,
     /// True when the message expired in the queue rather than being refused.
     pub expired: bool,
 }
 
-/// The enhanced status code in a reply ("550 5.1.1 ..." or "4.4.1 ..."), or one derived from
-/// its class when it has none.
-pub fn status_of(reply: &str, expired: bool) -> String {
-    if expired {
-        return "4.4.7".into();
+impl Failed<'_> {
+    /// The Status field: 4.4.7 for an expiry, else the reply's own (or its class).
+    fn status(&self) -> EnhancedStatus {
+        if self.expired { EnhancedStatus::EXPIRED } else { self.reply.dsn_status() }
     }
-    let code = reply
-        .split_whitespace()
-        .take(2)
-        .find(|word| {
-            let parts: Vec<&str> = word.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-        })
-        .map(str::to_string);
-    code.unwrap_or_else(|| if reply.starts_with('4') { "4.0.0".into() } else { "5.0.0".into() })
 }
 
 /// Builds the DSN message (headers and body, CRLF line ends) for `message`'s `failed`
-/// recipients, from `hostname`'s MAILER-DAEMON to the original sender.
+/// recipients, from `hostname`'s MAILER-DAEMON to the original sender, dated `now_ms` (Unix
+/// ms), with `headers`, the original message's ([`original_headers`]), attached.
 pub fn build(
     hostname: &str,
     message: &MessageRecord,
     failed: &[Failed<'_>],
-    spool: &Spool,
+    headers: &[u8],
+    now_ms: u64,
 ) -> Vec<u8> {
     let envelope = &message.envelope;
     let id = envelope.id;
     let boundary = format!("{id}/{hostname}");
-    let now = chrono::Utc::now().to_rfc2822();
-    let arrival = chrono::DateTime::from_timestamp_millis(envelope.received_at_ms as i64)
-        .map_or_else(|| now.clone(), |t| t.to_rfc2822());
+    let rfc2822 = |ms: u64| {
+        i64::try_from(ms)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc2822())
+    };
+    let now = rfc2822(now_ms).unwrap_or_default();
+    let arrival = rfc2822(envelope.received_at_ms).unwrap_or_else(|| now.clone());
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = write!(
@@ -100,13 +97,15 @@ pub fn build(
              Action: failed\r\n\
              Status: {}\r\n",
             f.recipient,
-            status_of(f.reply, f.expired),
+            f.status(),
         );
         if let Some(relay) = f.relay {
             let host = relay.split('[').next().unwrap_or(relay);
             let _ = write!(out, "Remote-MTA: dns; {host}\r\n");
         }
-        if f.reply.chars().next().is_some_and(|c| c.is_ascii_digit()) && f.relay.is_some() {
+        // What failed at a named next hop is reported as SMTP, our own accounts of it too
+        // (a lost connection, a missing extension); what failed before any hop, as ours.
+        if f.relay.is_some() {
             let _ = write!(out, "Diagnostic-Code: smtp; {}\r\n", f.reply);
         } else {
             let _ = write!(out, "Diagnostic-Code: X-Relayd; {}\r\n", f.reply);
@@ -120,13 +119,14 @@ pub fn build(
          \r\n"
     );
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&original_headers(message, spool));
+    bytes.extend_from_slice(headers);
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
 }
 
-/// The header section of the stored message (up to the blank line), CRLF-terminated.
-fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
+/// The header section of the stored message (up to the blank line), CRLF-terminated, at most
+/// [`MAX_ORIGINAL_HEADERS`] bytes.
+pub fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
     let mut headers = Vec::new();
     for chunk in spool.body(message.envelope.id) {
         let Ok(chunk) = chunk else { break };
@@ -149,12 +149,122 @@ fn original_headers(message: &MessageRecord, spool: &Spool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::{Envelope, LogPosition, QueueId, RecipientState};
+
+    fn message() -> MessageRecord {
+        MessageRecord {
+            envelope: Envelope {
+                id: QueueId::new(),
+                sender: "s@client.test".into(),
+                recipients: vec!["a@x.test".into(), "b@y.test".into(), "ü@z.test".into()],
+                received_at_ms: 1_700_000_000_000,
+                client: "127.0.0.1".into(),
+                helo: "client.test".into(),
+                size: 100,
+                eight_bit: false,
+                smtputf8: false,
+            },
+            recipients: vec![RecipientState::new(); 3],
+            accepted_at: LogPosition { epoch: 1, seq: 1 },
+        }
+    }
+
+    /// The delivery-status fields of the DSN's report for `recipient`, up to the next blank line.
+    fn fields<'a>(dsn: &'a str, recipient: &str) -> Vec<&'a str> {
+        let start = dsn
+            .find(&format!("Final-Recipient: rfc822; {recipient}\r\n"))
+            .or_else(|| dsn.find(&format!("Final-Recipient: utf-8; {recipient}\r\n")));
+        let Some(start) = start else { panic!("no report for {recipient} in {dsn}") };
+        dsn[start..].split("\r\n\r\n").next().unwrap_or_default().split("\r\n").collect()
+    }
 
     #[test]
-    fn status_codes_come_from_the_reply_or_its_class() {
-        assert_eq!(status_of("550 5.1.1 <u@x>: unknown", false), "5.1.1");
-        assert_eq!(status_of("5.1.2 Host or domain name not found", false), "5.1.2");
-        assert_eq!(status_of("554 no thanks", false), "5.0.0");
-        assert_eq!(status_of("451 4.3.0 try later", true), "4.4.7");
+    fn each_recipient_is_reported_with_the_status_and_text_of_its_reply() {
+        let message = message();
+        let refused = Reply::from_response(&smtp_proto::Response {
+            code: 550,
+            esc: [5, 1, 1],
+            message: "<a@x.test>: no such user".to_string(),
+        });
+        let bare = Reply::from_response(&smtp_proto::Response {
+            code: 554,
+            esc: [0, 0, 0],
+            message: "no thanks".to_string(),
+        });
+        let no_domain = Reply::ours([5, 1, 2], "Host or domain name not found: z.test");
+        let failed = [
+            Failed {
+                recipient: "a@x.test",
+                reply: &refused,
+                relay: Some("mx.x.test[192.0.2.1]:25"),
+                expired: false,
+            },
+            Failed {
+                recipient: "b@y.test",
+                reply: &bare,
+                relay: Some("192.0.2.2:25"),
+                expired: false,
+            },
+            Failed { recipient: "ü@z.test", reply: &no_domain, relay: None, expired: false },
+        ];
+        let headers = b"Subject: hello\r\nFrom: s@client.test\r\n";
+        let dsn = build("mx1.test", &message, &failed, headers, 1_700_000_100_000);
+        let text = String::from_utf8(dsn).expect("UTF-8");
+        assert!(text.starts_with("From: MAILER-DAEMON@mx1.test (Mail Delivery System)\r\n"));
+        assert!(text.contains("To: <s@client.test>\r\n"), "{text}");
+        assert!(text.contains("Date: Tue, 14 Nov 2023 22:15:00 +0000\r\n"), "{text}");
+        assert!(text.contains("Arrival-Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n"), "{text}");
+        assert!(text.contains("<a@x.test>: 550 5.1.1 <a@x.test>: no such user\r\n"), "{text}");
+        assert_eq!(
+            fields(&text, "a@x.test"),
+            [
+                "Final-Recipient: rfc822; a@x.test",
+                "Action: failed",
+                "Status: 5.1.1",
+                "Remote-MTA: dns; mx.x.test",
+                "Diagnostic-Code: smtp; 550 5.1.1 <a@x.test>: no such user",
+            ]
+        );
+        // No enhanced code in the reply: its class.
+        assert_eq!(fields(&text, "b@y.test")[2], "Status: 5.0.0");
+        assert_eq!(fields(&text, "b@y.test")[4], "Diagnostic-Code: smtp; 554 no thanks");
+        // Failed before any next hop (DNS): our own account, and no Remote-MTA.
+        assert_eq!(
+            fields(&text, "ü@z.test"),
+            [
+                "Final-Recipient: utf-8; ü@z.test",
+                "Action: failed",
+                "Status: 5.1.2",
+                "Diagnostic-Code: X-Relayd; 5.1.2 Host or domain name not found: z.test",
+            ]
+        );
+        let id = message.envelope.id;
+        assert!(
+            text.ends_with(&format!(
+                "Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: s@client.test\r\n\
+                 \r\n--{id}/mx1.test--\r\n"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_expired_recipient_is_reported_as_4_4_7_with_its_last_reply() {
+        let message = message();
+        let last = Reply::ours([4, 4, 1], "connect to 192.0.2.9:25: connection refused");
+        let failed = [Failed { recipient: "a@x.test", reply: &last, relay: None, expired: true }];
+        let text = String::from_utf8(build("mx1.test", &message, &failed, b"", 0)).expect("UTF-8");
+        assert!(
+            text.contains(
+                "<a@x.test>: message expired in the queue; last reply: 4.4.1 connect to \
+                 192.0.2.9:25: connection refused\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(fields(&text, "a@x.test")[2], "Status: 4.4.7");
+        assert_eq!(
+            fields(&text, "a@x.test")[3],
+            "Diagnostic-Code: X-Relayd; 4.4.1 connect to 192.0.2.9:25: connection refused"
+        );
     }
 }

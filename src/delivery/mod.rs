@@ -9,10 +9,13 @@ mod outcome;
 mod queue;
 mod route;
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
+
+pub use route::ResolverError;
 
 use crate::config::LiveConfig;
 use crate::metrics::Metrics;
@@ -26,13 +29,13 @@ pub fn start(
     spool: Spool,
     metrics: Arc<Metrics>,
     role: RoleWatch,
-) -> Result<DeliveryHandle, String> {
+) -> Result<DeliveryHandle, StartError> {
     let resolver = route::Resolver::new(&config.load().delivery.resolvers)?;
     // Certificates are not verified, as with Postfix's "may" and "encrypt" levels: MX
     // certificates are rarely valid for the MX name, and refusing them would only push the
     // mail to plain text. Authentication of the next hop (DANE, MTA-STS) is future work.
-    let tls = mail_send::smtp::tls::build_tls_connector(true)?;
-    let (commands, command_rx) = mpsc::unbounded_channel();
+    let tls = mail_send::smtp::tls::build_tls_connector(true).map_err(StartError::Tls)?;
+    let (requests, request_rx) = mpsc::unbounded_channel();
     let (done, done_rx) = mpsc::unbounded_channel();
     let activity = Arc::new(queue::Activity::default());
     let shared = Arc::new(queue::Shared {
@@ -41,18 +44,50 @@ pub fn start(
         metrics,
         resolver,
         tls,
-        commands: commands.clone(),
+        requests: requests.clone(),
         done,
         activity: activity.clone(),
         role,
     });
-    tokio::spawn(queue::Runner::new(shared, command_rx, done_rx).run());
-    Ok(DeliveryHandle { spool, commands, activity })
+    tokio::spawn(queue::Runner::new(shared, request_rx, done_rx).run());
+    Ok(DeliveryHandle { spool, requests, activity })
 }
 
-/// What the runner is told from outside.
+/// Why the queue runner could not start.
 #[derive(Debug)]
-pub(crate) enum Command {
+pub enum StartError {
+    Dns(ResolverError),
+    /// The outbound TLS client configuration (mail-send says why only in words).
+    Tls(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Dns(e) => e.fmt(f),
+            StartError::Tls(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Dns(e) => Some(e),
+            StartError::Tls(_) => None,
+        }
+    }
+}
+
+impl From<ResolverError> for StartError {
+    fn from(e: ResolverError) -> StartError {
+        StartError::Dns(e)
+    }
+}
+
+/// What the queue runner is asked from outside.
+#[derive(Debug)]
+pub(crate) enum RunnerRequest {
     /// A message was just accepted: try it now.
     Queued(QueueId),
     /// An operator asked for every deferred message to be tried now.
@@ -65,7 +100,7 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct DeliveryHandle {
     spool: Spool,
-    commands: mpsc::UnboundedSender<Command>,
+    requests: mpsc::UnboundedSender<RunnerRequest>,
     activity: Arc<queue::Activity>,
 }
 
@@ -82,13 +117,13 @@ impl DeliveryHandle {
 
     /// A message was accepted: the runner tries it at once.
     pub fn queued(&self, id: QueueId) {
-        self.send(Command::Queued(id));
+        self.send(RunnerRequest::Queued(id));
     }
 
     /// Every deferred message is tried now (`relayd queue flush`). False when the runner is
     /// gone (the node is stopping).
     pub fn flush(&self) -> bool {
-        self.send(Command::Flush)
+        self.send(RunnerRequest::Flush)
     }
 
     /// Removes a message from the queue without delivering it (`relayd queue delete ID`).
@@ -99,11 +134,11 @@ impl DeliveryHandle {
             return Ok(false);
         }
         self.spool.commit(vec![Change::Removed { id }], Vec::new()).await?;
-        self.send(Command::Forget(id));
+        self.send(RunnerRequest::Forget(id));
         Ok(true)
     }
 
-    fn send(&self, command: Command) -> bool {
-        self.commands.send(command).is_ok()
+    fn send(&self, request: RunnerRequest) -> bool {
+        self.requests.send(request).is_ok()
     }
 }

@@ -16,10 +16,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
-use super::Command;
+use super::RunnerRequest;
 use super::client::{self, Connection};
 use super::dsn;
-use super::outcome::Outcome;
+use super::outcome::{Outcome, Reply};
 use super::route::{self, Destination, Resolver};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
@@ -34,7 +34,7 @@ pub(super) struct Shared {
     pub resolver: Resolver,
     pub tls: TlsConnector,
     /// Back to the runner: jobs done, DSNs queued.
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub requests: mpsc::UnboundedSender<RunnerRequest>,
     pub done: mpsc::UnboundedSender<JobDone>,
     pub activity: Arc<Activity>,
     /// Only a serving primary delivers.
@@ -72,7 +72,7 @@ struct Lane {
 
 pub(super) struct Runner {
     shared: Arc<Shared>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    requests: mpsc::UnboundedReceiver<RunnerRequest>,
     done: mpsc::UnboundedReceiver<JobDone>,
     /// (due in Unix ms, id), and each scheduled id's due time.
     schedule: BTreeSet<(u64, QueueId)>,
@@ -88,12 +88,12 @@ pub(super) struct Runner {
 impl Runner {
     pub(super) fn new(
         shared: Arc<Shared>,
-        commands: mpsc::UnboundedReceiver<Command>,
+        requests: mpsc::UnboundedReceiver<RunnerRequest>,
         done: mpsc::UnboundedReceiver<JobDone>,
     ) -> Runner {
         Runner {
             shared,
-            commands,
+            requests,
             done,
             schedule: BTreeSet::new(),
             due: HashMap::new(),
@@ -117,16 +117,16 @@ impl Runner {
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(Command::Queued(id)) => self.schedule_at(id, 0),
-                    Some(Command::Flush) => {
+                request = self.requests.recv() => match request {
+                    Some(RunnerRequest::Queued(id)) => self.schedule_at(id, 0),
+                    Some(RunnerRequest::Flush) => {
                         let ids: Vec<QueueId> = self.due.keys().copied().collect();
                         for id in ids {
                             self.schedule_at(id, 0);
                         }
                         self.flush_deferred();
                     }
-                    Some(Command::Forget(id)) => {
+                    Some(RunnerRequest::Forget(id)) => {
                         self.flushed.remove(&id);
                         self.unschedule(id);
                     }
@@ -399,58 +399,52 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
     let config = shared.config.load_full();
     let envelope = &message.envelope;
     let now = now_ms();
-    let lifetime =
-        u64::try_from(config.delivery.max_queue_lifetime.as_millis()).unwrap_or(u64::MAX);
-    let expired = now.saturating_sub(envelope.received_at_ms) >= lifetime;
+    let expired = is_expired(envelope.received_at_ms, now, config.delivery.max_queue_lifetime);
     let mut states = Vec::with_capacity(results.len());
-    let mut bounced = Vec::new();
+    let mut failed = Vec::new();
+    let mut bounces = Vec::new();
     for (index, outcome) in &results {
         let rcpt = envelope.recipients.get(*index as usize).map_or("", String::as_str);
         let attempts = match message.recipients.get(*index as usize) {
             Some(RecipientState::Pending { attempts, .. }) => attempts + 1,
             _ => 1,
         };
-        let state = match outcome {
-            Outcome::Delivered { reply, relay } => {
+        let retry = &config.delivery.retry;
+        let state = state_after(outcome, attempts, expired, now, retry, fastrand::f64());
+        match &state {
+            RecipientState::Delivered { reply, relay } => {
                 tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, reply = ?reply, "delivered");
-                Metrics::count(&shared.metrics.messages_delivered);
-                RecipientState::Delivered { reply: reply.clone(), relay: relay.clone() }
+                Metrics::count(&shared.metrics.recipients_delivered);
             }
-            Outcome::Permanent { reply, relay } => {
-                bounced.push((rcpt, reply.clone(), relay.clone(), false));
-                RecipientState::Bounced { reply: reply.clone() }
-            }
-            Outcome::Temporary { reply, relay } if expired => {
-                bounced.push((rcpt, reply.clone(), relay.clone(), true));
-                RecipientState::Bounced {
-                    reply: format!("4.4.7 message expired; last reply: {reply}"),
-                }
-            }
-            Outcome::Temporary { reply, .. } => {
-                let next = now + retry_delay(&config, attempts);
-                let next_text = chrono::DateTime::from_timestamp_millis(next as i64)
+            RecipientState::Pending { next_attempt_ms, last_reply, .. } => {
+                let next_text = chrono::DateTime::from_timestamp_millis(*next_attempt_ms as i64)
                     .map_or_else(String::new, |t| {
                         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     });
+                let reply = last_reply.as_deref().unwrap_or_default();
                 tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, next_attempt = %next_text, "deferred");
-                Metrics::count(&shared.metrics.messages_deferred);
-                RecipientState::Pending {
-                    attempts,
-                    next_attempt_ms: next,
-                    last_reply: Some(reply.clone()),
-                }
+                Metrics::count(&shared.metrics.recipients_deferred);
             }
-        };
+            RecipientState::Bounced { reply: recorded } => {
+                // Only a failure bounces: the DSN reports its reply, not the recorded text.
+                if let Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } =
+                    outcome
+                {
+                    failed.push(dsn::Failed {
+                        recipient: rcpt,
+                        reply,
+                        relay: relay.as_deref(),
+                        expired: matches!(outcome, Outcome::Temporary { .. }),
+                    });
+                }
+                bounces.push((rcpt, recorded.clone()));
+            }
+        }
         states.push((*index, state));
     }
-    for (rcpt, reply, _, expired) in &bounced {
-        let reply = if *expired {
-            format!("4.4.7 message expired; last reply: {reply}")
-        } else {
-            reply.clone()
-        };
+    for (rcpt, reply) in &bounces {
         tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, "bounced");
-        Metrics::count(&shared.metrics.messages_bounced);
+        Metrics::count(&shared.metrics.recipients_bounced);
     }
     let mut after = message.recipients.clone();
     for (index, state) in &states {
@@ -464,17 +458,9 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
     let mut dsn_id = None;
     let mut dsn_size = 0;
     // A bounce is never bounced: no DSN for the null sender.
-    if !bounced.is_empty() && !envelope.sender.is_empty() {
-        let failed: Vec<dsn::Failed<'_>> = bounced
-            .iter()
-            .map(|(rcpt, reply, relay, expired)| dsn::Failed {
-                recipient: rcpt,
-                reply,
-                relay: relay.as_deref(),
-                expired: *expired,
-            })
-            .collect();
-        let content = dsn::build(&config.smtp.hostname, message, &failed, &shared.spool);
+    if !failed.is_empty() && !envelope.sender.is_empty() {
+        let headers = dsn::original_headers(message, &shared.spool);
+        let content = dsn::build(&config.smtp.hostname, message, &failed, &headers, now);
         dsn_size = content.len();
         let id = QueueId::new();
         let mut body = shared.spool.body_writer(id);
@@ -505,7 +491,7 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         Ok(_) => {
             if let Some(id) = dsn_id {
                 tracing::info!(id = %id, from = "<>", rcpts = 1, size = dsn_size, orig_id = %envelope.id, "accepted DSN");
-                let _ = shared.commands.send(Command::Queued(id));
+                let _ = shared.requests.send(RunnerRequest::Queued(id));
             }
             finished
         }
@@ -517,13 +503,134 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
     }
 }
 
+/// Whether a message received at `received_at_ms` has outlived `lifetime` at `now` (Unix ms):
+/// its recipients that fail temporarily now are bounced instead of retried.
+fn is_expired(received_at_ms: u64, now: u64, lifetime: Duration) -> bool {
+    let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    now.saturating_sub(received_at_ms) >= lifetime
+}
+
+/// A recipient's state after attempt number `attempts` ended in `outcome` at `now`: delivered;
+/// bounced (refused for good, or failed temporarily once the message `expired`); or pending
+/// again, until `retry_delay` (`draw`, in [0, 1), picks the jitter).
+fn state_after(
+    outcome: &Outcome,
+    attempts: u32,
+    expired: bool,
+    now: u64,
+    retry: &[Duration],
+    draw: f64,
+) -> RecipientState {
+    match outcome {
+        Outcome::Delivered { reply, relay } => {
+            RecipientState::Delivered { reply: reply.to_string(), relay: relay.clone() }
+        }
+        Outcome::Permanent { reply, .. } => RecipientState::Bounced { reply: reply.to_string() },
+        Outcome::Temporary { reply, .. } if expired => {
+            RecipientState::Bounced { reply: Reply::expired(reply).to_string() }
+        }
+        Outcome::Temporary { reply, .. } => RecipientState::Pending {
+            attempts,
+            next_attempt_ms: now.saturating_add(retry_delay(retry, attempts, draw)),
+            last_reply: Some(reply.to_string()),
+        },
+    }
+}
+
 /// The wait before attempt `attempts + 1`: the retry schedule's interval for this attempt (the
-/// last one again and again), with ±10% jitter so that a backlog does not retry in lockstep.
-fn retry_delay(config: &Config, attempts: u32) -> u64 {
-    let schedule = &config.delivery.retry;
+/// last one again and again), with ±10% jitter so that a backlog does not retry in lockstep;
+/// `draw`, in [0, 1), picks where in that range.
+fn retry_delay(schedule: &[Duration], attempts: u32, draw: f64) -> u64 {
     let index = (attempts as usize).saturating_sub(1).min(schedule.len().saturating_sub(1));
     let base =
         schedule.get(index).map_or(60_000, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let jitter = 0.9 + fastrand::f64() * 0.2;
+    let jitter = 0.9 + draw * 0.2;
     (base as f64 * jitter) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: u64 = 60_000;
+
+    fn schedule() -> Vec<Duration> {
+        [1, 5, 15].map(|m| Duration::from_secs(m * 60)).to_vec()
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_then_repeat_its_last_interval() {
+        let schedule = schedule();
+        // The middle of the jitter range: the interval itself.
+        let delays: Vec<u64> = (1..=5).map(|n| retry_delay(&schedule, n, 0.5)).collect();
+        assert_eq!(delays, [MINUTE, 5 * MINUTE, 15 * MINUTE, 15 * MINUTE, 15 * MINUTE]);
+        // An untried recipient (0 attempts) waits the first interval too.
+        assert_eq!(retry_delay(&schedule, 0, 0.5), MINUTE);
+    }
+
+    #[test]
+    fn retry_jitter_stays_within_ten_percent() {
+        let schedule = schedule();
+        assert_eq!(retry_delay(&schedule, 2, 0.0), 270_000);
+        assert!(retry_delay(&schedule, 2, 0.999_999) <= 330_000);
+        assert!(retry_delay(&schedule, 2, 0.999_999) > 329_000);
+        // A schedule of absurd length does not overflow.
+        assert!(retry_delay(&[Duration::MAX], 1, 0.5) > 0);
+    }
+
+    #[test]
+    fn a_message_expires_once_its_lifetime_has_passed() {
+        let lifetime = Duration::from_secs(5 * 86_400);
+        let received = 1_700_000_000_000;
+        let lifetime_ms = 5 * 86_400_000;
+        assert!(!is_expired(received, received, lifetime));
+        assert!(!is_expired(received, received + lifetime_ms - 1, lifetime));
+        assert!(is_expired(received, received + lifetime_ms, lifetime));
+        // A clock behind the arrival time expires nothing.
+        assert!(!is_expired(received, received - MINUTE, lifetime));
+        assert!(!is_expired(received, u64::MAX, Duration::MAX));
+    }
+
+    #[test]
+    fn a_temporary_failure_is_retried_until_the_message_expires() {
+        let schedule = schedule();
+        let now = 1_700_000_000_000;
+        let failure =
+            Outcome::temporary([4, 4, 1], "connect to mx: refused").at("mx[192.0.2.1]:25");
+        assert_eq!(
+            state_after(&failure, 2, false, now, &schedule, 0.5),
+            RecipientState::Pending {
+                attempts: 2,
+                next_attempt_ms: now + 5 * MINUTE,
+                last_reply: Some("4.4.1 connect to mx: refused".into()),
+            }
+        );
+        assert_eq!(
+            state_after(&failure, 2, true, now, &schedule, 0.5),
+            RecipientState::Bounced {
+                reply: "4.4.7 message expired; last reply: 4.4.1 connect to mx: refused".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_bounce_and_acceptances_deliver_whatever_the_age() {
+        let schedule = schedule();
+        let refused =
+            smtp_proto::Response { code: 550, esc: [5, 1, 1], message: "no such user".to_string() };
+        let at = "mx[192.0.2.1]:25";
+        let permanent = Outcome::refused(&refused, at);
+        for expired in [false, true] {
+            assert_eq!(
+                state_after(&permanent, 1, expired, 0, &schedule, 0.5),
+                RecipientState::Bounced { reply: "550 5.1.1 no such user".into() }
+            );
+        }
+        let accepted =
+            smtp_proto::Response { code: 250, esc: [2, 0, 0], message: "queued".to_string() };
+        assert_eq!(
+            state_after(&Outcome::from_final_reply(&accepted, at), 3, true, 0, &schedule, 0.5),
+            RecipientState::Delivered { reply: "250 2.0.0 queued".into(), relay: at.into() }
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! to try for it, found in DNS (MX by preference, then the addresses of each) or given as
 //! `host:port`.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::TokioResolver;
@@ -51,6 +52,47 @@ pub fn destination(config: &Config, recipient: &str) -> Destination {
     }
 }
 
+/// The MX hosts of `domain` to try, in order, from its MX records (preference, exchange):
+/// lowest preference first, names without their final dot; empty when there are no records
+/// (the domain itself is then the mail host). A null MX (RFC 7505: "." alone) refuses mail.
+fn mx_order(domain: &str, mut exchanges: Vec<(u16, String)>) -> Result<Vec<String>, Outcome> {
+    if exchanges.iter().any(|(_, exchange)| exchange == ".") {
+        return Err(Outcome::permanent([5, 1, 10], format!("{domain} accepts no mail (null MX)")));
+    }
+    exchanges.sort();
+    Ok(exchanges
+        .into_iter()
+        .map(|(_, exchange)| exchange.trim_end_matches('.').to_string())
+        .collect())
+}
+
+/// Why the delivery DNS resolver could not be made.
+#[derive(Debug)]
+pub enum ResolverError {
+    /// /etc/resolv.conf (no name servers configured) could not be read.
+    SystemConfig(hickory_resolver::net::NetError),
+    Build(hickory_resolver::net::NetError),
+}
+
+impl fmt::Display for ResolverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolverError::SystemConfig(e) => {
+                write!(f, "reading the system's DNS configuration: {e}")
+            }
+            ResolverError::Build(e) => write!(f, "building the DNS resolver: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResolverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ResolverError::SystemConfig(e) | ResolverError::Build(e) => Some(e),
+        }
+    }
+}
+
 /// DNS for delivery.
 pub struct Resolver {
     dns: TokioResolver,
@@ -58,10 +100,9 @@ pub struct Resolver {
 
 impl Resolver {
     /// The system's resolver, or the given name servers.
-    pub fn new(servers: &[SocketAddr]) -> Result<Resolver, String> {
+    pub fn new(servers: &[SocketAddr]) -> Result<Resolver, ResolverError> {
         let builder = if servers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| format!("reading the system's DNS configuration: {e}"))?
+            TokioResolver::builder_tokio().map_err(ResolverError::SystemConfig)?
         } else {
             let name_servers = servers
                 .iter()
@@ -78,7 +119,7 @@ impl Resolver {
                 TokioRuntimeProvider::default(),
             )
         };
-        let dns = builder.build().map_err(|e| format!("building the DNS resolver: {e}"))?;
+        let dns = builder.build().map_err(ResolverError::Build)?;
         Ok(Resolver { dns })
     }
 
@@ -92,7 +133,7 @@ impl Resolver {
 
     async fn mx_hops(&self, domain: &str) -> Result<Vec<Hop>, Outcome> {
         let fqdn = format!("{domain}.");
-        let mut exchanges = match self.dns.mx_lookup(fqdn.as_str()).await {
+        let exchanges = match self.dns.mx_lookup(fqdn.as_str()).await {
             Ok(lookup) => lookup
                 .answers()
                 .iter()
@@ -102,30 +143,25 @@ impl Resolver {
                 })
                 .collect::<Vec<_>>(),
             Err(e) if e.is_nx_domain() => {
-                return Err(Outcome::permanent(format!(
-                    "5.1.2 Host or domain name not found: {domain}"
-                )));
+                let text = format!("Host or domain name not found: {domain}");
+                return Err(Outcome::permanent([5, 1, 2], text));
             }
             // No MX records: the domain itself is the mail host (RFC 5321 section 5.1).
             Err(e) if e.is_no_records_found() => Vec::new(),
             Err(e) => {
-                return Err(Outcome::temporary(format!(
-                    "4.4.3 MX lookup for {domain} failed: {e}"
-                )));
+                return Err(Outcome::temporary(
+                    [4, 4, 3],
+                    format!("MX lookup for {domain} failed: {e}"),
+                ));
             }
         };
-        if exchanges.is_empty() {
+        let hosts = mx_order(domain, exchanges)?;
+        if hosts.is_empty() {
             return Ok(vec![self.hop(domain, 25).await?]);
         }
-        // RFC 7505: a single MX of "." says the domain accepts no mail.
-        if exchanges.iter().any(|(_, exchange)| exchange == ".") {
-            return Err(Outcome::permanent(format!("5.1.10 {domain} accepts no mail (null MX)")));
-        }
-        exchanges.sort();
         let mut hops = Vec::new();
         let mut last_error = None;
-        for (_, exchange) in exchanges {
-            let host = exchange.trim_end_matches('.').to_string();
+        for host in hosts {
             match self.hop(&host, 25).await {
                 Ok(hop) => hops.push(hop),
                 Err(outcome) => last_error = Some(outcome),
@@ -147,17 +183,91 @@ impl Resolver {
                 let addrs: Vec<SocketAddr> =
                     ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
                 if addrs.is_empty() {
-                    Err(Outcome::temporary(format!("4.4.4 no address for host {host}")))
+                    Err(Outcome::temporary([4, 4, 4], format!("no address for host {host}")))
                 } else {
                     Ok(Hop { name: host.to_string(), addrs })
                 }
             }
             Err(e) if e.is_nx_domain() => {
-                Err(Outcome::permanent(format!("5.4.4 Host or domain name not found: {host}")))
+                Err(Outcome::permanent([5, 4, 4], format!("Host or domain name not found: {host}")))
             }
             Err(e) => {
-                Err(Outcome::temporary(format!("4.4.3 address lookup for {host} failed: {e}")))
+                Err(Outcome::temporary([4, 4, 3], format!("address lookup for {host} failed: {e}")))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &str) -> Config {
+        let text = format!(
+            "[node]\nname = \"n\"\nrole = \"primary\"\ndata_dir = \"/tmp/d\"\n\
+             [smtp]\nlisten = [\"127.0.0.1:2525\"]\nhostname = \"mx.test\"\n{routes}"
+        );
+        Config::parse(&text, "t.toml".into()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_recipient_takes_its_domains_route_else_the_default() {
+        let config = config(
+            "[[route]]\ndomain = \"Fixed.Example\"\nnext_hop = \"10.0.0.5:2525\"\ntls = \"none\"\n\
+             [[route]]\ndomain = \"mx.example\"\nnext_hop = \"mx\"\ntls = \"required\"\n\
+             [[route]]\ndomain = \"*\"\nnext_hop = \"smarthost.test:587\"\n",
+        );
+        let fixed = Destination {
+            target: Target::Host { host: "10.0.0.5".into(), port: 2525 },
+            tls: RouteTls::None,
+        };
+        assert_eq!(destination(&config, "u@fixed.example"), fixed);
+        // Domains match without regard to case or a trailing dot.
+        assert_eq!(destination(&config, "u@FIXED.example."), fixed);
+        assert_eq!(
+            destination(&config, "u@MX.Example"),
+            Destination { target: Target::Mx("mx.example".into()), tls: RouteTls::Required }
+        );
+        // A subdomain is not the domain: the default route.
+        let default = Destination {
+            target: Target::Host { host: "smarthost.test".into(), port: 587 },
+            tls: RouteTls::Opportunistic,
+        };
+        assert_eq!(destination(&config, "u@sub.fixed.example"), default);
+        assert_eq!(destination(&config, "u@other.test"), default);
+    }
+
+    #[test]
+    fn with_no_star_route_the_appended_default_sends_to_each_domains_mx() {
+        let config = config("[[route]]\ndomain = \"a.example\"\nnext_hop = \"10.0.0.5:25\"\n");
+        assert_eq!(
+            destination(&config, "u@Other.Test"),
+            Destination { target: Target::Mx("other.test".into()), tls: RouteTls::Opportunistic }
+        );
+    }
+
+    #[test]
+    fn mx_hosts_are_tried_by_preference() {
+        let records = vec![
+            (20, "mx2.example.".to_string()),
+            (10, "mx1.example.".to_string()),
+            (20, "mx0.example.".to_string()),
+            (30, "backup.example".to_string()),
+        ];
+        assert_eq!(
+            mx_order("example", records).expect("hosts"),
+            ["mx1.example", "mx0.example", "mx2.example", "backup.example"]
+        );
+        // No records: the domain itself, which the caller looks up.
+        assert_eq!(mx_order("example", Vec::new()).expect("no hosts"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_null_mx_refuses_mail_for_good() {
+        let Err(outcome) = mx_order("nomail.example", vec![(0, ".".to_string())]) else {
+            panic!("a null MX gave hosts")
+        };
+        assert!(matches!(outcome, Outcome::Permanent { relay: None, .. }), "{outcome:?}");
+        assert_eq!(outcome.reply().to_string(), "5.1.10 nomail.example accepts no mail (null MX)");
     }
 }

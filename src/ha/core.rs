@@ -61,33 +61,11 @@ pub struct Disk {
 }
 
 /// Until when the node may serve, in core time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Serve {
-    Never,
-    Until(Ms),
-    Always,
-}
+pub type Serve = crate::role::Serve<Ms>;
 
-/// What the core publishes: the shell turns it into a [`crate::role::RoleStatus`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub role: Role,
-    pub epoch: u64,
-    pub serve: Serve,
-    /// A standby claiming or beginning an epoch of its own (it acknowledges nothing).
-    pub claiming: bool,
-}
-
-impl Status {
-    pub fn serving_at(&self, now: Ms) -> bool {
-        self.role == Role::Primary
-            && match self.serve {
-                Serve::Never => false,
-                Serve::Until(deadline) => now < deadline,
-                Serve::Always => true,
-            }
-    }
-}
+/// What the core publishes, in core time: the shell turns it into a
+/// [`crate::role::RoleStatus`].
+pub type Status = crate::role::Status<Ms>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -220,10 +198,68 @@ pub enum Action {
     TookOver {
         epoch: u64,
     },
-    /// The answer to `Promote`.
-    Answer(Result<u64, String>),
+    /// The answer to `Promote`: the epoch this node serves in, or why not.
+    Answer(Result<u64, Refusal>),
     Note(Note),
 }
+
+/// Why an operator's promote did not promote this node (its text is the operator's answer).
+/// The failures it passes on (the witness's, the spool's) arrive as text in events: they are
+/// said, not decided on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotStandby(Role),
+    NotClustered,
+    UnderWay,
+    /// The primary was heard `heard` ms ago, within failover_timeout (and no --force).
+    PrimaryAlive {
+        heard: Ms,
+    },
+    /// The spool is empty (and no --force).
+    EmptySpool,
+    /// The spool is empty, and the cluster has an epoch already: forcing would bootstrap over it.
+    ClusterHasEpoch(u64),
+    WitnessUnreachable(String),
+    WitnessRefused {
+        epoch: u64,
+        reason: String,
+    },
+    EpochFailed {
+        epoch: u64,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotStandby(role) => write!(f, "this node is a {role}, not a standby"),
+            Refusal::NotClustered => write!(f, "this node is not in a cluster"),
+            Refusal::UnderWay => write!(f, "a promotion is already under way"),
+            Refusal::PrimaryAlive { heard } => write!(
+                f,
+                "the primary is alive (heard {heard} ms ago): promoting now would make two primaries; use --force if it is not"
+            ),
+            Refusal::EmptySpool => write!(
+                f,
+                "this node's spool is empty (it has never followed a primary): promoting it would serve an empty queue; use --force to bootstrap the cluster from it"
+            ),
+            Refusal::ClusterHasEpoch(epoch) => write!(
+                f,
+                "this node's spool is empty and the cluster already has epoch {epoch}: start it as a standby, it catches up from its peer (promote it once it has)"
+            ),
+            Refusal::WitnessUnreachable(error) => write!(f, "cannot ask the witness: {error}"),
+            Refusal::WitnessRefused { epoch, reason } => {
+                write!(f, "the witness refused epoch {epoch}: {reason}")
+            }
+            Refusal::EpochFailed { epoch, error } => {
+                write!(f, "cannot start epoch {epoch}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// A claim sent to the witness and not answered yet.
 #[derive(Clone, Copy, Debug)]
@@ -244,8 +280,8 @@ struct Begin {
 }
 
 /// The old decision rules that the simulation shows wrong (issue 11). Never set outside the
-/// simulation's tests: each is the one-line decision the code made before.
-#[cfg(test)]
+/// simulation's tests (outside tests, `Core` has no field to set them in): each is the
+/// one-line decision the code made before.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OldRules {
     /// Case 1: the configured role decides: an empty primary starts epoch 1 by itself, and
@@ -356,7 +392,7 @@ impl Core {
         adjust(&mut core);
         let mut out = Vec::new();
         if role == Role::Primary && !core.has_history {
-            if !core.setup.cluster || core.old_config_role_decides() {
+            if !core.setup.cluster || core.old().config_role_decides {
                 // A single node is its own cluster: its first epoch needs nobody's word. (The
                 // old rule took it in a cluster too.)
                 core.begin(1, Why::Bootstrap, now, "the node's first epoch".into(), &mut out);
@@ -423,8 +459,9 @@ impl Core {
                 if let Some(claim) = self.claim.filter(|c| c.epoch == epoch) {
                     self.claim = None;
                     match claim.why {
-                        Why::Operator { .. } => out
-                            .push(Action::Answer(Err(format!("cannot ask the witness: {error}")))),
+                        Why::Operator { .. } => {
+                            out.push(Action::Answer(Err(Refusal::WitnessUnreachable(error))))
+                        }
                         // The peer that handed over is empty: with it and us, the majority is
                         // there without the witness, and nobody else can serve.
                         Why::Handover if self.peer_empty && self.role == Role::Standby => {
@@ -474,7 +511,7 @@ impl Core {
             Event::TookOver { epoch } => {
                 if self.role == Role::Primary {
                     self.step_down(
-                        epoch,
+                        Some(epoch),
                         "planned switchover: the standby took over".into(),
                         now,
                         &mut out,
@@ -490,9 +527,7 @@ impl Core {
                         "cannot start epoch {epoch}: {error}"
                     ))));
                     if let Why::Operator { .. } = begin.why {
-                        out.push(Action::Answer(Err(format!(
-                            "cannot start epoch {epoch}: {error}"
-                        ))));
+                        out.push(Action::Answer(Err(Refusal::EpochFailed { epoch, error })));
                     }
                 }
             }
@@ -505,7 +540,7 @@ impl Core {
         if self.yielding_until.is_some_and(|until| now >= until) {
             self.yielding_until = None;
             let reason = "handed over, and the standby did not take over in time".to_string();
-            self.step_down(self.epoch, reason, now, out);
+            self.step_down(None, reason, now, out);
         }
         if self.setup.witness && self.last_ping.is_none_or(|at| now >= at + self.setup.heartbeat) {
             self.last_ping = Some(now);
@@ -548,7 +583,7 @@ impl Core {
     /// The primary has been silent for failover_timeout.
     fn fail_over(&mut self, now: Ms, out: &mut Vec<Action>) {
         let silence = self.silence(now);
-        if !self.has_history && !self.old_empty_standby_claims() {
+        if !self.has_history && !self.old().empty_standby_claims {
             if !std::mem::replace(&mut self.warned_idle, true) {
                 out.push(Action::Note(Note::Info(format!(
                     "no primary heard for {silence} ms, but this node's spool is empty: it never promotes itself (bootstrap the cluster from its configured primary, or relayd promote --force)"
@@ -580,7 +615,7 @@ impl Core {
         if self.bootstrapping {
             // Epoch 1 granted to us is our own bootstrap claim's, whose verdict decides.
             let ours = granted == 1 && granted_to == self.setup.node;
-            if granted > 0 && !ours && !self.old_config_role_decides() {
+            if granted > 0 && !ours && !self.old().config_role_decides {
                 self.become_standby(
                     format!(
                         "the witness has granted epoch {granted} already: catching up from the peer"
@@ -593,14 +628,14 @@ impl Core {
         }
         let grantee_elsewhere = granted == self.epoch
             && granted_to != self.setup.node
-            && !self.old_empty_standby_claims();
+            && !self.old().empty_standby_claims;
         if granted > self.epoch || grantee_elsewhere {
             let reason = if granted > self.epoch {
                 "the witness granted a newer epoch".to_string()
             } else {
                 format!("the witness granted epoch {granted} to {granted_to}")
             };
-            self.step_down(granted, reason, now, out);
+            self.step_down(Some(granted), reason, now, out);
         } else if self.willing_pings.contains(&sent) {
             self.renew(sent);
         }
@@ -647,7 +682,7 @@ impl Core {
             self.begin(epoch, claim.why, claim.sent, reason, out);
             return;
         }
-        if !self.old_claim_ignores_witness() {
+        if !self.old().claim_ignores_witness {
             self.see(highest, out);
         }
         if self.last_refused != epoch {
@@ -669,9 +704,7 @@ impl Core {
                     self.operator_retries += 1;
                     self.send_claim(retry, Why::Operator { force }, now, out);
                 } else {
-                    out.push(Action::Answer(Err(format!(
-                        "the witness refused epoch {epoch}: {reason}"
-                    ))));
+                    out.push(Action::Answer(Err(Refusal::WitnessRefused { epoch, reason })));
                 }
             }
             // Claimed again at the next tick, above the witness's highest grant.
@@ -692,19 +725,12 @@ impl Core {
         if theirs.primary {
             if self.bootstrapping {
                 self.become_standby(format!("peer {} is primary", theirs.node), now, out);
-            } else if other_primary_wins(
-                theirs.data.epoch,
-                &theirs.node,
-                self.epoch,
-                &self.setup.node,
-            ) {
-                let reason =
-                    format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
-                self.step_down(theirs.data.epoch, reason, now, out);
+            } else if self.loses_to(theirs) {
+                self.step_down_for(theirs, now, out);
             }
             return LinkVerdict::Close;
         }
-        if self.bootstrapping && !self.old_config_role_decides() {
+        if self.bootstrapping && !self.old().config_role_decides {
             if !theirs.data.is_empty() {
                 return self.yield_to(theirs, now, out);
             }
@@ -721,13 +747,24 @@ impl Core {
         }
         if theirs.data.epoch > self.epoch {
             let reason = format!("peer {} has seen epoch {}", theirs.node, theirs.data.epoch);
-            self.step_down(theirs.data.epoch, reason, now, out);
+            self.step_down(Some(theirs.data.epoch), reason, now, out);
             return LinkVerdict::Close;
         }
-        if theirs.data > ours && !self.old_config_role_decides() {
+        if theirs.data > ours && !self.old().config_role_decides {
             return self.yield_to(theirs, now, out);
         }
         LinkVerdict::Ship
+    }
+
+    /// A primary met on the link (`theirs`, another primary) wins over us.
+    fn loses_to(&self, theirs: &Peer) -> bool {
+        other_primary_wins(theirs.data.epoch, &theirs.node, self.epoch, &self.setup.node)
+    }
+
+    /// Steps down for the primary met on the link that wins over us.
+    fn step_down_for(&mut self, theirs: &Peer, now: Ms, out: &mut Vec<Action>) {
+        let reason = format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
+        self.step_down(Some(theirs.data.epoch), reason, now, out);
     }
 
     /// The standby holds more than we do: it leads. We stop serving and hand over (the
@@ -763,18 +800,10 @@ impl Core {
                 self.become_standby(format!("peer {} is primary", theirs.node), now, out);
             }
             Role::Primary => {
-                let wins = other_primary_wins(
-                    theirs.data.epoch,
-                    &theirs.node,
-                    self.epoch,
-                    &self.setup.node,
-                );
-                if !wins || self.beginning.is_some() {
+                if !self.loses_to(theirs) || self.beginning.is_some() {
                     return LinkVerdict::Stale;
                 }
-                let reason =
-                    format!("peer {} is primary in epoch {}", theirs.node, theirs.data.epoch);
-                self.step_down(theirs.data.epoch, reason, now, out);
+                self.step_down_for(theirs, now, out);
             }
             _ => {
                 // A primary without an epoch has nothing to follow: it reads our Hello (and
@@ -783,7 +812,7 @@ impl Core {
                     || theirs.data.epoch < self.epoch
                     || (theirs.data.epoch == self.epoch
                         && theirs.data < ours
-                        && !self.old_config_role_decides());
+                        && !self.old().config_role_decides);
                 // A claim in flight does not keep us from following a primary that shows up
                 // (its acks are held back until the claim is answered: see `may_ack`).
                 if behind || self.beginning.is_some() {
@@ -818,45 +847,31 @@ impl Core {
     }
 
     fn promote(&mut self, force: bool, now: Ms, out: &mut Vec<Action>) {
-        let refuse = |out: &mut Vec<Action>, why: String| out.push(Action::Answer(Err(why)));
+        let refuse = |out: &mut Vec<Action>, why| out.push(Action::Answer(Err(why)));
         // A configured primary with an empty spool is bootstrapped by an operator's --force
         // (the cluster's first epoch, taken without waiting for the peer).
         let bootstrap = self.bootstrapping && force;
         if self.role != Role::Standby && !bootstrap {
-            return refuse(out, format!("this node is a {}, not a standby", self.role));
+            return refuse(out, Refusal::NotStandby(self.role));
         }
         if !self.setup.cluster {
-            return refuse(out, "this node is not in a cluster".into());
+            return refuse(out, Refusal::NotClustered);
         }
         if self.claim.is_some() || self.beginning.is_some() {
-            return refuse(out, "a promotion is already under way".into());
+            return refuse(out, Refusal::UnderWay);
         }
         let silence = if bootstrap { Ms::MAX } else { self.silence(now) };
         if !force && silence < self.setup.failover {
-            return refuse(
-                out,
-                format!(
-                    "the primary is alive (heard {silence} ms ago): promoting now would make two primaries; use --force if it is not"
-                ),
-            );
+            return refuse(out, Refusal::PrimaryAlive { heard: silence });
         }
         if !force && !self.has_history {
-            return refuse(
-                out,
-                "this node's spool is empty (it has never followed a primary): promoting it would serve an empty queue; use --force to bootstrap the cluster from it".into(),
-            );
+            return refuse(out, Refusal::EmptySpool);
         }
         // An empty node forced is a bootstrap: of a new cluster only. Forced over a cluster
         // that has an epoch, its empty history would be newer than the data of the node that
         // holds the mail, which would then be rebuilt from it.
         if !self.has_history && self.highest > 0 {
-            return refuse(
-                out,
-                format!(
-                    "this node's spool is empty and the cluster already has epoch {}: start it as a standby, it catches up from its peer (promote it once it has)",
-                    self.highest
-                ),
-            );
+            return refuse(out, Refusal::ClusterHasEpoch(self.highest));
         }
         self.operator_retries = 0;
         let epoch = self.next_epoch();
@@ -908,7 +923,7 @@ impl Core {
 
     /// The epoch a claim asks for: above everything seen.
     fn next_epoch(&self) -> u64 {
-        if self.old_claim_ignores_witness() {
+        if self.old().claim_ignores_witness {
             return self.epoch + 1;
         }
         self.epoch.max(self.highest) + 1
@@ -931,7 +946,10 @@ impl Core {
         }
     }
 
-    fn step_down(&mut self, epoch: u64, reason: String, now: Ms, out: &mut Vec<Action>) {
+    /// A primary becomes a standby. `ended_by`: the epoch that ended ours, when we know it
+    /// (the peer's, the witness's grant, the one the standby took over in), which the highest
+    /// epoch seen takes in; the log names it, or ours when we do not know it.
+    fn step_down(&mut self, ended_by: Option<u64>, reason: String, now: Ms, out: &mut Vec<Action>) {
         if self.role != Role::Primary {
             return;
         }
@@ -943,6 +961,7 @@ impl Core {
         self.heard_primary = now;
         self.hold = false;
         self.yielding_until = None;
+        let epoch = ended_by.unwrap_or(self.epoch);
         self.highest = self.highest.max(epoch);
         out.push(Action::Persist { role: Role::Standby, highest: self.highest });
         out.push(Action::Note(Note::Demoted { epoch, reason }));
@@ -1006,29 +1025,14 @@ impl Core {
             && shown > now + self.setup.lease / 2
     }
 
+    /// The old rules switched on: the simulation's, in tests; none outside them.
     #[cfg(test)]
-    fn old_config_role_decides(&self) -> bool {
-        self.old.config_role_decides
+    fn old(&self) -> OldRules {
+        self.old
     }
     #[cfg(not(test))]
-    fn old_config_role_decides(&self) -> bool {
-        false
-    }
-    #[cfg(test)]
-    fn old_empty_standby_claims(&self) -> bool {
-        self.old.empty_standby_claims
-    }
-    #[cfg(not(test))]
-    fn old_empty_standby_claims(&self) -> bool {
-        false
-    }
-    #[cfg(test)]
-    fn old_claim_ignores_witness(&self) -> bool {
-        self.old.claim_ignores_witness
-    }
-    #[cfg(not(test))]
-    fn old_claim_ignores_witness(&self) -> bool {
-        false
+    fn old(&self) -> OldRules {
+        OldRules::default()
     }
 }
 
@@ -1198,7 +1202,7 @@ mod tests {
         let refused = answer(core.step(refusal, 20));
         assert!(refused.is_some_and(|a| a.is_err()), "not retried above the cluster's epoch");
         let again = answer(core.step(Event::Promote { force: true }, 30));
-        assert!(again.is_some_and(|a| a.is_err_and(|e| e.contains("already has epoch 3"))));
+        assert_eq!(again, Some(Err(Refusal::ClusterHasEpoch(3))));
     }
 
     #[test]
@@ -1225,6 +1229,28 @@ mod tests {
         core.step(pong("b"), 600);
         assert_eq!(core.status().role, Role::Standby);
         assert!(!core.status().serving_at(610));
+    }
+
+    #[test]
+    fn a_primary_steps_down_naming_the_epoch_that_ended_its_own_or_its_own_when_unknown() {
+        // The standby took over: its epoch is named, and taken in as the highest seen.
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
+        let actions = core.step(Event::TookOver { epoch: 2 }, 10);
+        let reason = "planned switchover: the standby took over".to_string();
+        assert!(actions.contains(&Action::Note(Note::Demoted { epoch: 2, reason })), "{actions:?}");
+        assert!(actions.contains(&Action::Persist { role: Role::Standby, highest: 2 }));
+        assert_eq!((core.status().role, core.highest()), (Role::Standby, 2));
+        // It yielded to a standby that holds more, which never said it took over: our own.
+        let (mut core, _) = Core::start(setup("a"), disk(Role::Primary, 1), 0);
+        let standby = Peer { node: "b".into(), primary: false, data: Data { epoch: 1, seq: 60 } };
+        let ours = Data { epoch: 1, seq: 50 };
+        core.step(Event::Hello { side: Side::Shipping, ours, theirs: standby }, 10);
+        let actions = run(&mut core, 50, 3100);
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Note(Note::Demoted { epoch: 1, .. }))),
+            "{actions:?}"
+        );
+        assert_eq!((core.status().role, core.highest()), (Role::Standby, 1));
     }
 
     #[test]

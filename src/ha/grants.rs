@@ -170,7 +170,7 @@ impl Grants {
 mod tests {
     use super::*;
 
-    fn ok(_: u64, _: &str) -> Result<(), String> {
+    fn ok(_: u64, _: &str) -> Result<(), std::convert::Infallible> {
         Ok(())
     }
 
@@ -248,5 +248,150 @@ mod tests {
         let answer = w.answer(claim("a", 1), 1, |_, _| Err("disk full"));
         assert!(!granted(&answer));
         assert_eq!(w.granted(), (0, ""));
+        // Refused with the grant it still holds as the highest.
+        let mut w = Grants::new(2, "b".into(), 0);
+        let answer = w.answer(claim("a", 3), 5000, |_, _| Err("disk full"));
+        assert_eq!(
+            answer,
+            Answer::Verdict {
+                granted: false,
+                epoch: 3,
+                highest: 2,
+                reason: "the witness cannot persist the grant: disk full".into()
+            }
+        );
+        assert_eq!(w.granted(), (2, "b"));
+    }
+
+    fn ping(node: &str, primary: bool, epoch: u64, serving: bool) -> Request {
+        Request::Ping { node: node.into(), primary, epoch, serving }
+    }
+
+    fn pong(granted: u64, granted_to: &str, serving: bool) -> Answer {
+        Answer::Pong { granted, granted_to: granted_to.into(), serving }
+    }
+
+    /// The refusal's reason and highest grant; panics on a grant or a pong.
+    fn refusal(answer: Answer) -> (String, u64) {
+        match answer {
+            Answer::Verdict { granted: false, reason, highest, .. } => (reason, highest),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pong_names_the_highest_grant_and_whether_its_grantee_serves() {
+        let mut w = Grants::new(0, String::new(), 0);
+        assert_eq!(w.answer(ping("b", false, 0, false), 10, ok), pong(0, "", false));
+        assert!(granted(&w.answer(claim("a", 1), 20, ok)));
+        // A fresh grant counts as serving until the grantee says otherwise.
+        assert_eq!(w.answer(ping("b", false, 1, false), 30, ok), pong(1, "a", true));
+        assert_eq!(w.answer(ping("a", true, 1, false), 40, ok), pong(1, "a", false));
+        assert_eq!(w.answer(ping("a", true, 1, true), 50, ok), pong(1, "a", true));
+        // A standby's ping, or a primary's in an older epoch, changes nothing.
+        assert_eq!(w.answer(ping("b", false, 1, false), 60, ok), pong(1, "a", true));
+        assert_eq!(w.answer(ping("b", true, 0, false), 70, ok), pong(1, "a", true));
+    }
+
+    #[test]
+    fn the_grantee_saying_it_stopped_serving_lets_the_next_claim_through_at_once() {
+        let mut w = Grants::new(1, "a".into(), 0);
+        w.answer(ping("a", true, 1, true), 4000, ok);
+        let (reason, highest) = refusal(w.answer(claim("b", 2), 4100, ok));
+        assert_eq!(reason, "primary a (epoch 1) was heard 100 ms ago");
+        assert_eq!(highest, 1);
+        // A switchover: the primary tells the witness it no longer serves.
+        w.answer(ping("a", true, 1, false), 4200, ok);
+        assert!(granted(&w.answer(claim("b", 2), 4300, ok)));
+        assert_eq!(w.granted(), (2, "b"));
+    }
+
+    #[test]
+    fn a_primary_in_an_epoch_never_granted_is_taken_in_and_its_epoch_never_granted_again() {
+        let mut w = Grants::new(1, "a".into(), 0);
+        // b took epoch 3 without this witness (allow_failover_without_witness).
+        assert_eq!(w.answer(ping("b", true, 3, true), 10, ok), pong(3, "b", true));
+        assert_eq!(w.granted(), (3, "b"));
+        let (reason, highest) = refusal(w.answer(claim("a", 3), 5000, ok));
+        assert_eq!(reason, "epoch 3 is not newer than 3 (granted to b)");
+        assert_eq!(highest, 3);
+        // Not taken in when it cannot be persisted: the pong says what the witness holds.
+        let mut w = Grants::new(1, "a".into(), 0);
+        let answer = w.answer(ping("b", true, 3, true), 10, |_, _| Err("disk full"));
+        assert_eq!(answer, pong(1, "a", false));
+        assert_eq!(w.granted(), (1, "a"));
+    }
+
+    #[test]
+    fn every_refusal_names_the_highest_grant() {
+        let mut w = Grants::new(5, "a".into(), 0);
+        // Not newer, and older: the highest grant, 5.
+        for epoch in [5, 2] {
+            let (reason, highest) = refusal(w.answer(claim("b", epoch), 10_000, ok));
+            assert_eq!(reason, format!("epoch {epoch} is not newer than 5 (granted to a)"));
+            assert_eq!(highest, 5);
+        }
+        // The restart wait.
+        let mut w = Grants::new(5, "a".into(), 1000);
+        let (reason, highest) = refusal(w.answer(claim("b", 6), 1500, ok));
+        assert_eq!(
+            reason,
+            "the witness restarted 500 ms ago: a lease it gave before may still run"
+        );
+        assert_eq!(highest, 5);
+        // The grantee heard serving.
+        let mut w = Grants::new(5, "a".into(), 0);
+        w.answer(ping("a", true, 5, true), 9000, ok);
+        assert_eq!(refusal(w.answer(claim("b", 9), 9001, ok)).1, 5);
+        // Epoch 1 claimed again by its grantee (a node that lost its disk).
+        let mut w = Grants::new(0, String::new(), 0);
+        w.answer(claim("a", 1), 10, ok);
+        assert_eq!(refusal(w.answer(claim("a", 1), 20, ok)).1, 1);
+        // A grant's highest is the epoch granted.
+        let mut w = Grants::new(5, "a".into(), 0);
+        let answer = w.answer(claim("b", 8), 10_000, ok);
+        assert_eq!(
+            answer,
+            Answer::Verdict { granted: true, epoch: 8, highest: 8, reason: GRANTED.into() }
+        );
+    }
+
+    #[test]
+    fn a_repeated_claim_is_granted_again_without_persisting_and_renews_the_grantee() {
+        let mut w = Grants::new(1, "a".into(), 0);
+        assert!(granted(&w.answer(claim("b", 2), 5000, ok)));
+        let mut persisted = false;
+        let again = w.answer(claim("b", 2), 9000, |_, _| {
+            persisted = true;
+            Ok::<(), std::convert::Infallible>(())
+        });
+        assert_eq!(
+            again,
+            Answer::Verdict {
+                granted: true,
+                epoch: 2,
+                highest: 2,
+                reason: "granted before".into()
+            }
+        );
+        assert!(!persisted, "nothing new to persist");
+        // The repeat counts as heard serving from its answer: a's claim within the window of
+        // it (but past the window of the first grant) is refused.
+        let (reason, _) = refusal(w.answer(claim("a", 3), 9500, ok));
+        assert_eq!(reason, "primary b (epoch 2) was heard 500 ms ago");
+    }
+
+    #[test]
+    fn the_grantee_may_claim_the_next_epoch_while_it_serves_and_force_skips_the_waits() {
+        let mut w = Grants::new(1, "a".into(), 0);
+        w.answer(ping("a", true, 1, true), 4000, ok);
+        assert!(granted(&w.answer(claim("a", 2), 4001, ok)), "its own serving does not count");
+        // A restarted witness grants a forced claim at once.
+        let mut w = Grants::new(2, "b".into(), 1000);
+        let forced = Request::Claim { node: "a".into(), epoch: 3, force: true, window: 3000 };
+        assert!(granted(&w.answer(forced, 1001, ok)));
+        // Force never grants an epoch that is not newer.
+        let stale = Request::Claim { node: "b".into(), epoch: 3, force: true, window: 3000 };
+        assert_eq!(refusal(w.answer(stale, 1002, ok)).1, 3);
     }
 }

@@ -10,11 +10,13 @@
 //!   ([`crate::role`]), log, run the hooks. What an action comes to is fed back as an event.
 //! * [`monitor`]: the clock, and the pings to the witness.
 //! * [`witness`]: the witness server, and the data nodes' client for it.
+//! * [`error`]: the errors of all of these.
 //!
 //! `ha` sits above `replication`, `delivery` and `smtp`: they read the role from
 //! [`crate::role`] and the link reports to `ha`; none of them imports `ha`.
 
 pub mod core;
+pub mod error;
 pub mod grants;
 pub mod monitor;
 #[cfg(test)]
@@ -26,10 +28,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::core::{Action, Core, Disk, Event, Ms, Note, Serve, Setup, Status};
+use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status};
+use self::error::{EpochError, OpenError, PromoteError, SwitchoverError};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
 use crate::replication::frame::Frame;
+use crate::replication::last_epoch;
 use crate::role::{Report, Reporter, RoleStatus, RoleWatch, ServeUntil};
 use crate::spool::Spool;
 
@@ -52,7 +56,7 @@ struct Inner {
     connector: Option<tokio_rustls::TlsConnector>,
     metrics: Arc<Metrics>,
     /// The operator's promote waiting for its answer.
-    operator: Mutex<Option<oneshot::Sender<Result<u64, String>>>>,
+    operator: Mutex<Option<oneshot::Sender<Result<u64, Refusal>>>>,
     /// Pings for the pinger task (one at a time: a ping that finds it busy is skipped).
     pings: Mutex<Option<mpsc::Sender<(Frame, Instant)>>>,
 }
@@ -67,24 +71,24 @@ enum Input {
 const OPERATOR_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Ha {
-    /// The controller at start: the role comes from the persisted one (or `--role`, or the
-    /// config), except that a node with an empty spool in a cluster never serves by itself
-    /// (see [`core`]). Whatever the start needs (the persisted role; a single node's first
-    /// epoch) is done before this returns, so that the listeners open on the right role.
-    /// Returns the reporter the replication link reports with.
-    pub async fn start(
+    /// The controller, opened on what the spool persisted: the role comes from the persisted
+    /// one (or `--role`, or the config), except that a node with an empty spool in a cluster
+    /// never serves by itself (see [`core`]). What the role needs at once (persisting it; a
+    /// single node's first epoch) is done before this returns, so that the listeners open on
+    /// the right role; the driver then takes events and the link's reports, through the
+    /// returned reporter. The clock and the witness's pings are [`monitor::run`]'s.
+    pub async fn open(
         config: &Config,
         spool: &Spool,
         connector: Option<tokio_rustls::TlsConnector>,
         metrics: Arc<Metrics>,
-    ) -> Result<(Ha, Reporter), String> {
-        let history = spool.epoch_history().map_err(|e| e.to_string())?;
+    ) -> Result<(Ha, Reporter), OpenError> {
         let disk = Disk {
-            role: spool.persisted_role().map_err(|e| e.to_string())?,
+            role: spool.persisted_role()?,
             role_override: config.role_override,
             configured: config.node.role,
-            epoch: history.last().map_or(0, |e| e.epoch),
-            highest: spool.highest_epoch().map_err(|e| e.to_string())?,
+            epoch: last_epoch(&spool.epoch_history()?),
+            highest: spool.highest_epoch()?,
         };
         let cluster = config.cluster.as_ref();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -125,11 +129,8 @@ impl Ha {
             for action in pending {
                 match action {
                     Action::BeginEpoch(epoch) => {
-                        let event = match ha.begin_epoch(epoch).await {
-                            Ok(()) => Event::EpochBegun { epoch },
-                            Err(error) => return Err(error),
-                        };
-                        next.extend(ha.step(event));
+                        ha.begin_epoch(epoch).await.map_err(OpenError::FirstEpoch)?;
+                        next.extend(ha.step(Event::EpochBegun { epoch }));
                     }
                     other => ha.execute(other, None).await,
                 }
@@ -158,9 +159,11 @@ impl Ha {
         self.inner.cluster.as_ref()
     }
 
-    /// The cluster link's client config (a witness claim is made with it).
-    pub fn connector(&self) -> Option<&tokio_rustls::TlsConnector> {
-        self.inner.connector.as_ref()
+    /// The witness's address and the cluster link's client config to reach it with, when
+    /// this node has a witness.
+    pub fn witness(&self) -> Option<(&str, &tokio_rustls::TlsConnector)> {
+        let address = self.inner.cluster.as_ref()?.witness.as_deref()?;
+        Some((address, self.inner.connector.as_ref()?))
     }
 
     /// Hands an event to the driver.
@@ -218,19 +221,14 @@ impl Ha {
                 tokio::spawn(async move {
                     let event = match ha.begin_epoch(epoch).await {
                         Ok(()) => Event::EpochBegun { epoch },
-                        Err(error) => Event::EpochFailed { epoch, error },
+                        Err(error) => Event::EpochFailed { epoch, error: error.to_string() },
                     };
                     ha.submit(event);
                 });
             }
             Action::Claim { epoch, force } => self.claim(epoch, force),
             Action::Ping { role, epoch, serving } => {
-                let ping = Frame::Ping {
-                    node: inner.node.clone(),
-                    role: role.as_str().to_string(),
-                    epoch,
-                    serving,
-                };
+                let ping = self.ping(role, epoch, serving);
                 let pings = inner.pings.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 if let Some(pings) = pings {
                     // Busy with the previous ping (a slow witness): this one is skipped.
@@ -255,25 +253,33 @@ impl Ha {
     }
 
     /// Commits `EpochStarted` for `epoch`, making the spool writable.
-    async fn begin_epoch(&self, epoch: u64) -> Result<(), String> {
+    async fn begin_epoch(&self, epoch: u64) -> Result<(), EpochError> {
         let spool = &self.inner.spool;
-        if spool.snapshot_incomplete().map_err(|e| e.to_string())? {
-            return Err("this node holds a partial snapshot: it cannot take over".into());
+        if spool.snapshot_incomplete().map_err(EpochError::Spool)? {
+            return Err(EpochError::PartialSnapshot);
         }
-        spool.begin_epoch(epoch).await.map_err(|e| format!("cannot start epoch {epoch}: {e}"))?;
+        spool.begin_epoch(epoch).await.map_err(|source| EpochError::Commit { epoch, source })?;
         spool.set_writable(true);
         Ok(())
     }
 
+    /// The ping that tells the witness what this node is.
+    fn ping(&self, role: Role, epoch: u64, serving: bool) -> Frame {
+        Frame::Ping {
+            node: self.inner.node.clone(),
+            role: role.as_str().to_string(),
+            epoch,
+            serving,
+        }
+    }
+
     /// Asks the witness for `epoch`, in the background; the verdict comes back as an event.
     fn claim(&self, epoch: u64, force: bool) {
-        let (Some(cluster), Some(connector)) = (self.cluster(), self.connector()) else {
+        let (Some(cluster), Some((address, connector))) = (self.cluster(), self.witness()) else {
             return self.submit(Event::ClaimFailed { epoch, error: "no witness".into() });
         };
-        let Some(address) = cluster.witness.clone() else {
-            return self.submit(Event::ClaimFailed { epoch, error: "no witness".into() });
-        };
-        let (ha, connector, window) = (self.clone(), connector.clone(), cluster.failover_timeout);
+        let (address, connector) = (address.to_string(), connector.clone());
+        let (ha, window) = (self.clone(), cluster.failover_timeout);
         tokio::spawn(async move {
             let node = ha.node().to_string();
             let event =
@@ -286,7 +292,7 @@ impl Ha {
                     },
                     Err(error) => {
                         tracing::debug!(%error, "cannot ask the witness");
-                        Event::ClaimFailed { epoch, error }
+                        Event::ClaimFailed { epoch, error: error.to_string() }
                     }
                 };
             ha.submit(event);
@@ -319,20 +325,20 @@ impl Ha {
     /// `relayd promote [--force]`: the core decides (refused while the primary is alive,
     /// unless forced; an empty spool only when forced); with a witness, the witness must
     /// grant the epoch, which is above every epoch seen.
-    pub async fn promote(&self, force: bool) -> Result<u64, String> {
+    pub async fn promote(&self, force: bool) -> Result<u64, PromoteError> {
         let (answer, answered) = oneshot::channel();
         {
             let mut waiting = self.inner.operator.lock().unwrap_or_else(PoisonError::into_inner);
             if waiting.as_ref().is_some_and(|w| !w.is_closed()) {
-                return Err("a promotion is already under way".into());
+                return Err(PromoteError::AlreadyUnderWay);
             }
             *waiting = Some(answer);
         }
         self.submit(Event::Promote { force });
         match tokio::time::timeout(OPERATOR_PATIENCE, answered).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err("the failover controller stopped".into()),
-            Err(_) => Err("no answer from the failover controller in time".into()),
+            Ok(Ok(answer)) => answer.map_err(PromoteError::Refused),
+            Ok(Err(_)) => Err(PromoteError::Stopped),
+            Err(_) => Err(PromoteError::TimedOut),
         }
     }
 
@@ -412,14 +418,8 @@ async fn drive(
 /// standby's claim at once instead of refusing it until our next ping reaches it. Best effort:
 /// the standby repeats its claim for a while in any case.
 async fn tell_witness_not_serving(ha: &Ha, epoch: u64) {
-    let (Some(cluster), Some(connector)) = (ha.cluster(), ha.connector()) else { return };
-    let Some(address) = &cluster.witness else { return };
-    let ping = Frame::Ping {
-        node: ha.node().to_string(),
-        role: Role::Primary.as_str().to_string(),
-        epoch,
-        serving: false,
-    };
+    let Some((address, connector)) = ha.witness() else { return };
+    let ping = ha.ping(Role::Primary, epoch, false);
     if let Err(e) = witness::ask_once(address, connector, &ping).await {
         tracing::info!(error = %e, "could not tell the witness that this node stopped serving");
     }
@@ -430,29 +430,29 @@ async fn tell_witness_not_serving(ha: &Ha, epoch: u64) {
 /// up; hand over; follow. On failure the node serves again (at the next lease renewal).
 pub async fn switchover(
     ha: &Ha,
-    replication: &crate::replication::Replication,
+    replication: &crate::replication::Replicator,
     delivery: &crate::delivery::DeliveryHandle,
     spool: &Spool,
-) -> Result<u64, String> {
+) -> Result<u64, SwitchoverError> {
     let status = ha.status();
     if status.role != Role::Primary {
-        return Err(format!("this node is a {}, not the primary", status.role));
+        return Err(SwitchoverError::NotPrimary(status.role));
     }
     if ha.cluster().is_none() {
-        return Err("this node is not in a cluster: there is nobody to hand over to".into());
+        return Err(SwitchoverError::NotClustered);
     }
     ha.submit(Event::Hold(true));
     let result = async {
         let deadline = tokio::time::Instant::now() + monitor::SWITCHOVER_STEP;
         while delivery.in_flight() > 0 {
             if tokio::time::Instant::now() > deadline {
-                return Err("deliveries in flight did not finish in time".to_string());
+                return Err(SwitchoverError::DeliveriesInFlight);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let last = spool.last_position().seq;
         if !replication.caught_up(last, monitor::SWITCHOVER_STEP).await {
-            return Err(format!("the standby did not catch up to record {last} in time"));
+            return Err(SwitchoverError::StandbyBehind { last });
         }
         tell_witness_not_serving(ha, status.epoch).await;
         // The standby's TookOver (reported by the link, which steps us down), or the witness
@@ -460,7 +460,7 @@ pub async fn switchover(
         let mut roles = ha.role();
         tokio::select! {
             taken = replication.hand_over(status.epoch, monitor::SWITCHOVER_STEP) => {
-                let epoch = taken?;
+                let epoch = taken.map_err(SwitchoverError::Handover)?;
                 let stepped = tokio::time::timeout(
                     monitor::SWITCHOVER_STEP,
                     roles.wait_for(|now| now.role != Role::Primary),

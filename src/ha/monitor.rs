@@ -19,10 +19,11 @@ pub const SWITCHOVER_STEP: Duration = Duration::from_secs(30);
 
 pub async fn run(ha: Ha) {
     let Some(cluster) = ha.cluster().cloned() else { return };
-    if let (Some(address), Some(connector)) = (cluster.witness.clone(), ha.connector().cloned()) {
+    if let Some((address, connector)) = ha.witness() {
         // The answer to a ping must come within a heartbeat: a slow witness never holds up
         // the next one for long (and the clock does not wait for it at all).
-        let client = WitnessClient::new(address, connector, cluster.heartbeat_interval);
+        let client =
+            WitnessClient::new(address.to_string(), connector.clone(), cluster.heartbeat_interval);
         let (pings, queue) = mpsc::channel(1);
         ha.set_pinger(pings);
         tokio::spawn(pinger(ha.clone(), client, queue));

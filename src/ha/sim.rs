@@ -28,7 +28,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fmt::Write as _;
 
-use super::core::{Action, Core, Data, Disk, Event, LinkVerdict, Ms, OldRules, Peer, Setup, Side};
+use super::core::{
+    Action, Core, Data, Disk, Event, LinkVerdict, Ms, OldRules, Peer, Refusal, Setup, Side,
+};
 use super::grants::{Answer, Grants, Request};
 use crate::config::Role;
 
@@ -230,7 +232,7 @@ struct World {
     /// A node's disk was replaced since it last began an epoch.
     wiped_since_begun: [bool; 2],
     granted: Vec<u64>,
-    answers: Vec<(usize, Result<u64, String>)>,
+    answers: Vec<(usize, Result<u64, Refusal>)>,
     healed_at: Option<Ms>,
     served_after_heal: Option<Ms>,
     violation: Option<Violation>,
@@ -653,7 +655,7 @@ impl World {
                 let mut persisted = None;
                 let answer = grants.answer(request, now, |epoch, node: &str| {
                     persisted = Some((epoch, node.to_string()));
-                    Ok::<(), String>(())
+                    Ok::<(), std::convert::Infallible>(())
                 });
                 if let Answer::Verdict { granted: true, epoch, .. } = &answer
                     && persisted.is_some()
@@ -1053,16 +1055,31 @@ fn run_seed(seed: u64, old: OldRules, trace: bool) -> (Option<Violation>, String
     (world.violation.take(), world.trace.take().unwrap_or_default())
 }
 
-/// Runs the schedules; the first failing seed, with the command that replays it.
-fn campaign(old: OldRules) -> Result<u64, String> {
+/// A schedule that broke an invariant; displayed with the command that replays it.
+#[derive(Debug)]
+struct Failure {
+    seed: u64,
+    violation: Violation,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Failure { seed, violation } = self;
+        write!(
+            f,
+            "seed {seed}: {}\nreplay: RELAYD_SIM_SEED={seed} cargo test --lib ha::sim::tests::replay -- --nocapture",
+            violation.0
+        )
+    }
+}
+
+/// Runs the schedules (how many, when all kept the invariants); the first failing one.
+fn campaign(old: OldRules) -> Result<u64, Failure> {
     let base = env_u64("RELAYD_SIM_BASE").unwrap_or(BASE_SEED);
     let schedules = env_u64("RELAYD_SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     for seed in base..base + schedules {
         if let (Some(violation), _) = run_seed(seed, old, false) {
-            return Err(format!(
-                "seed {seed}: {}\nreplay: RELAYD_SIM_SEED={seed} cargo test --lib ha::sim::tests::replay -- --nocapture",
-                violation.0
-            ));
+            return Err(Failure { seed, violation });
         }
     }
     Ok(schedules)
@@ -1254,9 +1271,10 @@ mod tests {
 
         let old = second_failure(old_rules(), true);
         assert!(
-            old.answers
-                .iter()
-                .any(|(_, a)| a.as_ref().is_err_and(|e| e.contains("not newer than 2"))),
+            old.answers.iter().any(|(_, a)| matches!(
+                a,
+                Err(Refusal::WitnessRefused { reason, .. }) if reason.contains("not newer than 2")
+            )),
             "the old promote --force is refused: {:?}",
             old.answers
         );

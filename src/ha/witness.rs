@@ -14,8 +14,9 @@ use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use super::error::{WitnessError, WitnessServeError};
 use super::grants::{Answer, GRANTED, Grants, Request};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::replication::frame::{self, Frame};
 use crate::replication::link::{self, PEER_NAME};
 
@@ -24,13 +25,14 @@ const GRANTS_FILE: &str = "witness-grant";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a witness until the process stops.
-pub async fn serve(config: &Config) -> Result<(), String> {
+pub async fn serve(config: &Config) -> Result<(), WitnessServeError> {
     let Some(cluster) = &config.cluster else {
-        return Err("a witness needs a [cluster] section".into());
+        return Err(WitnessServeError::NoCluster);
     };
-    let link = link::load(config, cluster).map_err(|e| e.to_string())?;
-    crate::spool::create_dir_durable(&config.node.data_dir)
-        .map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
+    let link = link::load(config, cluster).map_err(WitnessServeError::Config)?;
+    crate::spool::create_dir_durable(&config.node.data_dir).map_err(|source| {
+        WitnessServeError::DataDir { path: config.node.data_dir.clone(), source }
+    })?;
     let grants = config.node.data_dir.join(GRANTS_FILE);
     let (granted, granted_to) = read_grant(&grants)?;
     let origin = Instant::now();
@@ -41,20 +43,14 @@ pub async fn serve(config: &Config) -> Result<(), String> {
     }));
     let listener = TcpListener::bind(cluster.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cluster.listen))?;
+        .map_err(|source| WitnessServeError::Listen { address: cluster.listen, source })?;
     tracing::info!(address = %cluster.listen, granted, "witness listening");
     loop {
         let Ok((tcp, address)) = listener.accept().await else { continue };
         let (acceptor, witness) = (link.acceptor.clone(), witness.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
-                }
-                Err(_) => {
-                    return tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
-                }
+            let Some(tls) = link::accept(&acceptor, tcp, address, IO_TIMEOUT).await else {
+                return;
             };
             let mut stream = BufStream::new(tls);
             while let Ok(request) = frame::read(&mut stream).await {
@@ -84,7 +80,7 @@ fn answer(witness: &Mutex<Server>, request: Frame, from: SocketAddr) -> Option<F
     let now = u64::try_from(server.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (request, claimant) = match request {
         Frame::Ping { node, role, epoch, serving } => {
-            (Request::Ping { node, primary: role == "primary", epoch, serving }, None)
+            (Request::Ping { node, primary: role == Role::Primary.as_str(), epoch, serving }, None)
         }
         Frame::Claim { node, epoch, force, failover_timeout_ms } => {
             let claim =
@@ -115,16 +111,17 @@ fn answer(witness: &Mutex<Server>, request: Frame, from: SocketAddr) -> Option<F
     })
 }
 
-fn read_grant(path: &Path) -> Result<(u64, String), String> {
+fn read_grant(path: &Path) -> Result<(u64, String), WitnessServeError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let (epoch, node) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
-            let epoch =
-                epoch.parse().map_err(|_| format!("{}: not an epoch: {text:?}", path.display()))?;
+            let Ok(epoch) = epoch.parse() else {
+                return Err(WitnessServeError::BadGrant { path: path.to_path_buf(), text });
+            };
             Ok((epoch, node.to_string()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, String::new())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(WitnessServeError::ReadGrant { path: path.to_path_buf(), source }),
     }
 }
 
@@ -157,37 +154,29 @@ impl WitnessClient {
     }
 
     /// One request, one answer, over the kept connection (re-opened when it failed).
-    pub async fn ask(&mut self, request: &Frame) -> Result<Frame, String> {
+    pub async fn ask(&mut self, request: &Frame) -> Result<Frame, WitnessError> {
         let result = tokio::time::timeout(self.patience, self.exchange(request)).await;
-        let answer = match result {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("the witness did not answer in time".into()),
-        };
+        let answer = result.unwrap_or(Err(WitnessError::TimedOut));
         if answer.is_err() {
             self.stream = None;
         }
         answer
     }
 
-    async fn exchange(&mut self, request: &Frame) -> Result<Frame, String> {
-        if self.stream.is_none() {
-            let tcp = TcpStream::connect(&self.address)
-                .await
-                .map_err(|e| format!("connect to the witness: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from(PEER_NAME).map_err(|e| e.to_string())?;
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with the witness: {e}"))?;
-            self.stream = Some(BufStream::new(tls));
-        }
-        let Some(stream) = self.stream.as_mut() else { return Err("no connection".into()) };
-        frame::write(stream, request).await.map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
-        frame::read(stream).await.map_err(|e| e.to_string())
+    async fn exchange(&mut self, request: &Frame) -> Result<Frame, WitnessError> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let tcp = TcpStream::connect(&self.address).await.map_err(WitnessError::Connect)?;
+                let _ = tcp.set_nodelay(true);
+                let name = ServerName::try_from(PEER_NAME).map_err(WitnessError::PeerName)?;
+                let tls = self.connector.connect(name, tcp).await.map_err(WitnessError::Tls)?;
+                self.stream.insert(BufStream::new(tls))
+            }
+        };
+        frame::write(stream, request).await.map_err(WitnessError::Frame)?;
+        stream.flush().await.map_err(WitnessError::Flush)?;
+        frame::read(stream).await.map_err(WitnessError::Frame)
     }
 }
 
@@ -197,7 +186,7 @@ pub async fn ask_once(
     address: &str,
     connector: &TlsConnector,
     request: &Frame,
-) -> Result<Frame, String> {
+) -> Result<Frame, WitnessError> {
     WitnessClient::new(address.to_string(), connector.clone(), IO_TIMEOUT).ask(request).await
 }
 
@@ -218,7 +207,7 @@ pub async fn claim(
     epoch: u64,
     force: bool,
     failover_timeout: Duration,
-) -> Result<ClaimVerdict, String> {
+) -> Result<ClaimVerdict, WitnessError> {
     let request = Frame::Claim {
         node: node.to_string(),
         epoch,
@@ -229,6 +218,6 @@ pub async fn claim(
         Frame::Verdict { granted, highest, reason, .. } => {
             Ok(ClaimVerdict { granted, highest, reason })
         }
-        other => Err(format!("unexpected answer from the witness: {other:?}")),
+        other => Err(WitnessError::Unexpected(Box::new(other))),
     }
 }

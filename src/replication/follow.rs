@@ -2,28 +2,30 @@
 //! old), say where our log ends, then apply what it ships and acknowledge it once durable.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
-
 use tokio::sync::watch;
 
+use super::error::{Awaiting, LinkError};
 use super::frame::{self, Frame, Hello};
-use super::link::Link;
-use super::ship::data_of;
-use super::{Context, Replication};
+use super::link::{self, Link};
+use super::{Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_now};
 use crate::config::Role;
-use crate::role::{Data, LinkVerdict, Peer, Report, Side};
-use crate::spool::{BodyWriter, Change, EpochStart, LogPosition, MessageRecord, QueueId, Spool};
+use crate::role::{LinkVerdict, Report, Side};
+use crate::spool::{
+    BodyWriter, Change, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Spool,
+    SpoolError,
+};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most messages a rewind may name (16 bytes each in the Hello).
 const MAX_REWIND_MESSAGES: usize = 65_536;
 
 pub(super) async fn run(
-    replication: Replication,
+    replication: Replicator,
     spool: Spool,
     link: Link,
     context: Context,
@@ -48,15 +50,9 @@ pub(super) async fn run(
         // Each link runs on its own, so that a peer that connects and says nothing does not
         // hold off the real primary.
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.acceptor.accept(tcp)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
-                }
-                Err(_) => {
-                    return tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
-                }
+            let Some(tls) = link::accept(&link.acceptor, tcp, address, HANDSHAKE_TIMEOUT).await
+            else {
+                return;
             };
             let mut linked = false;
             if let Err(e) =
@@ -77,58 +73,51 @@ pub(super) async fn run(
 type Current = Arc<watch::Sender<u64>>;
 
 async fn session(
-    replication: &Replication,
+    replication: &Replicator,
     spool: &Spool,
     context: &Context,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     current: &Current,
     linked: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let node = context.node.as_str();
     let reporter = &context.reporter;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
-        Ok(Ok(other)) => return Err(format!("expected Hello, got {other:?}")),
-        Ok(Err(e)) => return Err(format!("reading Hello: {e}")),
-        Err(_) => return Err("no Hello from the peer".into()),
+        Ok(Ok(frame)) => {
+            return Err(LinkError::Unexpected {
+                awaiting: Awaiting::Hello,
+                frame: Box::new(frame),
+            });
+        }
+        Ok(Err(source)) => return Err(LinkError::Read { awaiting: Awaiting::Hello, source }),
+        Err(_) => return Err(LinkError::NoHello),
     };
-    if theirs.role != "primary" {
-        return Err(format!("peer {} is a {}, not a primary", theirs.node, theirs.role));
+    if theirs.role != Role::Primary.as_str() {
+        return Err(LinkError::NotAPrimary { peer: theirs.node, role: theirs.role });
     }
     // Whether we follow it is ha's decision, from both sides' data.
-    let their_epoch = theirs.history.last().map_or(0, |e| e.epoch);
-    let peer = Peer {
-        node: theirs.node.clone(),
-        primary: true,
-        data: Data { epoch: their_epoch, seq: theirs.last.seq },
-    };
-    match reporter.hello(Side::Following, data_of(spool)?, peer).await {
+    match reporter.hello(Side::Following, data_of(spool)?, peer_of(&theirs)).await {
         LinkVerdict::Follow => {}
         LinkVerdict::Stale => {
             // Tell it who we are: it steps down on our newer epoch, or yields to our data and
             // asks us to take over.
             let status = *context.role.borrow();
-            let ours = Hello {
-                node: node.to_string(),
-                role: status.role.as_str().into(),
-                history: spool.epoch_history().map_err(|e| e.to_string())?,
-                last: spool.last_position(),
-                rewind: None,
-            };
-            send(&mut writer, &Frame::Hello(ours)).await?;
+            send_now(&mut writer, &Frame::Hello(hello(node, status.role, spool)?)).await?;
             return match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
                 Ok(Ok(Frame::Handover { epoch })) => {
                     let taken = take_over(context, epoch).await?;
-                    send(&mut writer, &Frame::TookOver { epoch: taken }).await
+                    send_now(&mut writer, &Frame::TookOver { epoch: taken }).await
                 }
-                _ => Err(format!(
-                    "peer {} claims primary in epoch {their_epoch}, ours is {}: it is behind us",
-                    theirs.node, status.epoch
-                )),
+                _ => Err(LinkError::PeerBehind {
+                    their_epoch: last_epoch(&theirs.history),
+                    peer: theirs.node,
+                    our_epoch: status.epoch,
+                }),
             };
         }
-        other => return Err(format!("not following {}: {other:?}", theirs.node)),
+        verdict => return Err(LinkError::NotFollowing { peer: theirs.node, verdict }),
     }
     // This primary is the one to follow: the previous link ends.
     current.send_modify(|generation| *generation += 1);
@@ -144,23 +133,11 @@ async fn session(
     // was salvaged just now), and so the log resumes where the two part, without a snapshot.
     let mut branch = divergent_branch(spool, &theirs)?;
     let ours = match &branch {
-        Some(branch) => Hello {
-            node: node.to_string(),
-            role: "standby".into(),
-            history: branch.history.clone(),
-            last: branch.to,
-            rewind: Some(branch.touched.clone()),
-        },
-        None => Hello {
-            node: node.to_string(),
-            role: "standby".into(),
-            history: spool.epoch_history().map_err(|e| e.to_string())?,
-            last: spool.last_position(),
-            rewind: None,
-        },
+        Some(branch) => branch.hello(node),
+        None => hello(node, Role::Standby, spool)?,
     };
     let at = ours.last.seq;
-    send(&mut writer, &Frame::Hello(ours)).await?;
+    send_now(&mut writer, &Frame::Hello(ours)).await?;
     replication.linked(&theirs.node);
     *linked = true;
     tracing::info!(peer = %theirs.node, at, "following the primary");
@@ -172,7 +149,7 @@ async fn session(
     let mut beat = 0;
     loop {
         let frame = tokio::select! {
-            frame = frame::read(&mut reader) => frame.map_err(|e| e.to_string())?,
+            frame = frame::read(&mut reader) => frame?,
             // Promoted meanwhile (the primary was silent): this link is over.
             _ = roles.wait_for(|status| status.role == Role::Primary) => return Ok(()),
             // A newer link from the primary replaced this one.
@@ -187,19 +164,16 @@ async fn session(
                 Frame::Chunk { .. } | Frame::Rewind { .. } | Frame::SnapshotBegin { .. }
             )
         {
-            return Err("the primary streamed before it answered our rewind".into());
+            return Err(LinkError::StreamedBeforeRewind);
         }
         match frame {
             Frame::Rewind { messages, absent } => {
                 let Some(Branch { to, history, touched }) = branch.take() else {
-                    return Err("a rewind nobody asked for".into());
+                    return Err(LinkError::UnaskedRewind);
                 };
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                spool
-                    .rewind(to, history, messages, absent, needed)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                spool.rewind(to, history, messages, absent, needed).await?;
                 tracing::warn!(
                     at = to.seq,
                     messages = touched.len(),
@@ -208,7 +182,7 @@ async fn session(
             }
             Frame::Chunk { id, data } => {
                 let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
-                body.write(&data).map_err(|e| e.to_string())?;
+                body.write(&data)?;
             }
             Frame::Records { records, primary_last, beat: sent } => {
                 beat = sent;
@@ -220,7 +194,7 @@ async fn session(
                     })
                     .collect();
                 let epoch = records.iter().map(|r| r.position.epoch).max();
-                let applied = spool.apply(records, needed).await.map_err(|e| e.to_string())?;
+                let applied = spool.apply(records, needed).await?;
                 if let Some(epoch) = epoch {
                     reporter.report(Report::Followed { epoch });
                 }
@@ -231,16 +205,16 @@ async fn session(
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
                 branch = None;
                 bodies.clear();
-                spool.wipe().await.map_err(|e| e.to_string())?;
+                spool.wipe().await?;
             }
             Frame::SnapshotMessages(messages) => {
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                spool.install(messages, needed).await.map_err(|e| e.to_string())?;
+                spool.install(messages, needed).await?;
             }
             Frame::SnapshotEnd { history, last } => {
-                let epoch = history.last().map_or(0, |e| e.epoch);
-                spool.resume(history, last).await.map_err(|e| e.to_string())?;
+                let epoch = last_epoch(&history);
+                spool.resume(history, last).await?;
                 reporter.report(Report::Followed { epoch });
                 replication.primary_at(last.seq, last.seq);
                 tracing::info!(at = last.seq, messages = spool.queue_len(), "snapshot installed");
@@ -252,44 +226,44 @@ async fn session(
             }
             Frame::Handover { epoch } => {
                 let taken = take_over(context, epoch).await?;
-                send(&mut writer, &Frame::TookOver { epoch: taken }).await?;
+                send_now(&mut writer, &Frame::TookOver { epoch: taken }).await?;
                 return Ok(());
             }
-            other => return Err(format!("unexpected frame from the primary: {other:?}")),
+            frame => {
+                return Err(LinkError::Unexpected {
+                    awaiting: Awaiting::Stream,
+                    frame: Box::new(frame),
+                });
+            }
         }
     }
-}
-
-async fn send(writer: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Result<(), String> {
-    frame::write(writer, frame).await.map_err(|e| e.to_string())?;
-    writer.flush().await.map_err(|e| e.to_string())
 }
 
 /// Acknowledges everything up to `seq`, unless this node is claiming an epoch of its own: an
 /// ack would renew the lease of the primary it is about to succeed.
 async fn ack(
-    writer: &mut (impl AsyncWriteExt + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin),
     context: &Context,
     seq: u64,
     beat: u64,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     if context.role.borrow().claiming {
         return Ok(());
     }
-    send(writer, &Frame::Ack { seq, beat }).await
+    send_now(writer, &Frame::Ack { seq, beat }).await
 }
 
 /// The primary asks us to take over (a planned switchover, or it found us ahead of it): ha
 /// claims the next epoch (repeating the claim for up to `failover_timeout` while the witness
 /// still hears the old primary) and promotes; we wait for that and return the epoch.
-async fn take_over(context: &Context, epoch: u64) -> Result<u64, String> {
+async fn take_over(context: &Context, epoch: u64) -> Result<u64, LinkError> {
     context.reporter.report(Report::HandoverAsked { epoch });
     let mut roles = context.role.clone();
     let patience = context.cluster.failover_timeout + HANDSHAKE_TIMEOUT;
     let promoted = roles.wait_for(|status| status.role == Role::Primary && status.epoch > epoch);
     match tokio::time::timeout(patience, promoted).await {
         Ok(Ok(status)) => Ok(status.epoch),
-        _ => Err(format!("could not take over after epoch {epoch} in time")),
+        _ => Err(LinkError::TakeOverTimedOut { epoch }),
     }
 }
 
@@ -303,23 +277,50 @@ struct Branch {
     touched: Vec<QueueId>,
 }
 
+impl Branch {
+    /// Our Hello as a standby that asks for this branch to be rewound: our log as far as it
+    /// shares the primary's.
+    fn hello(&self, node: &str) -> Hello {
+        Hello {
+            node: node.to_string(),
+            role: Role::Standby.as_str().into(),
+            history: self.history.clone(),
+            last: self.to,
+            rewind: Some(self.touched.clone()),
+        }
+    }
+}
+
 /// Our log's records past the point where its history and `theirs` part (an old primary's,
 /// written in an epoch the cluster moved past), if there are any and the log still holds them
 /// all (else the primary sends a snapshot, as to a node that lacks history).
-fn divergent_branch(spool: &Spool, theirs: &Hello) -> Result<Option<Branch>, String> {
-    let ours = spool.epoch_history().map_err(|e| e.to_string())?;
-    let from = divergence(&ours, &theirs.history);
+fn divergent_branch(spool: &Spool, theirs: &Hello) -> Result<Option<Branch>, SpoolError> {
     let last = spool.last_position().seq;
+    branch_of(spool.epoch_history()?, &theirs.history, last, |from| spool.log_from(from))
+}
+
+/// [`divergent_branch`]'s decision, given our history, the primary's, where our log ends and
+/// a way to read our log from a sequence number on.
+fn branch_of<R>(
+    ours: Vec<EpochStart>,
+    theirs: &[EpochStart],
+    last: u64,
+    log_from: impl FnOnce(u64) -> R,
+) -> Result<Option<Branch>, SpoolError>
+where
+    R: IntoIterator<Item = Result<LogRecord, SpoolError>>,
+{
+    let from = divergence(&ours, theirs);
     // Nothing past the fork, or nothing before it (a snapshot in any case).
     if from > last || from <= 1 {
         return Ok(None);
     }
     let history: Vec<EpochStart> = ours.into_iter().take_while(|e| e.first_seq < from).collect();
-    let to = LogPosition { epoch: history.last().map_or(0, |e| e.epoch), seq: from - 1 };
+    let to = LogPosition { epoch: last_epoch(&history), seq: from - 1 };
     let (mut touched, mut seen) = (Vec::new(), HashSet::new());
     let mut expected = from;
-    for record in spool.log_from(from) {
-        let record = record.map_err(|e| e.to_string())?;
+    for record in log_from(from) {
+        let record = record?;
         if record.position.seq != expected {
             return Ok(None);
         }
@@ -362,11 +363,11 @@ fn divergence(ours: &[EpochStart], theirs: &[EpochStart]) -> u64 {
 /// recipients pending: mail we acknowledged that it never received (async replication, or a
 /// degraded sync). Returns how many.
 async fn salvage(
-    writer: &mut (impl AsyncWriteExt + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin),
     spool: &Spool,
     theirs: &Hello,
-) -> Result<usize, String> {
-    let ours = spool.epoch_history().map_err(|e| e.to_string())?;
+) -> Result<usize, LinkError> {
+    let ours = spool.epoch_history()?;
     let from = divergence(&ours, &theirs.history);
     if from > spool.last_position().seq {
         return Ok(0);
@@ -380,15 +381,135 @@ async fn salvage(
         .collect();
     for message in divergent {
         let id = message.envelope.id;
-        for chunk in spool.body(id) {
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            frame::write(writer, &Frame::Chunk { id, data: chunk.to_vec() })
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        frame::write(writer, &Frame::Salvage(message)).await.map_err(|e| e.to_string())?;
+        send_body(writer, spool, id).await?;
+        frame::write(writer, &Frame::Salvage(message)).await?;
         tracing::warn!(id = %id, "salvaging: acknowledged here, never replicated");
         count += 1;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(starts: &[(u64, u64)]) -> Vec<EpochStart> {
+        starts.iter().map(|&(epoch, first_seq)| EpochStart { epoch, first_seq }).collect()
+    }
+
+    fn id(n: u8) -> QueueId {
+        QueueId::from_bytes([n; 16])
+    }
+
+    fn record(epoch: u64, seq: u64, change: Change) -> Result<LogRecord, SpoolError> {
+        Ok(LogRecord { position: LogPosition { epoch, seq }, change })
+    }
+
+    /// The log of an old primary that went on alone in epoch 2 from record 50 to 54, while
+    /// the cluster moved to epoch 3 from record 50: an epoch start, a message's attempt and
+    /// removal, another message's attempt.
+    fn old_primary_log() -> Vec<Result<LogRecord, SpoolError>> {
+        vec![
+            record(2, 50, Change::EpochStarted),
+            record(2, 51, Change::Attempted { id: id(1), results: vec![] }),
+            record(2, 52, Change::Attempted { id: id(2), results: vec![] }),
+            record(2, 53, Change::Removed { id: id(1) }),
+            record(2, 54, Change::Attempted { id: id(2), results: vec![] }),
+        ]
+    }
+
+    #[test]
+    fn two_histories_part_at_the_first_epoch_they_disagree_on() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        assert_eq!(divergence(&ours, &ours), u64::MAX, "the same history never parts");
+        // Theirs went on in an epoch we never followed: from its start.
+        assert_eq!(divergence(&ours, &history(&[(1, 1), (2, 50), (4, 80)])), 80);
+        // Ours went on alone in an epoch they never had.
+        assert_eq!(divergence(&history(&[(1, 1), (2, 50), (3, 70)]), &ours), 70);
+        // The same place in both, different epochs: the earlier of the two starts.
+        assert_eq!(divergence(&ours, &history(&[(1, 1), (3, 40)])), 40);
+        assert_eq!(divergence(&ours, &history(&[(1, 1), (3, 60)])), 50);
+        // One side empty: from the other's first record.
+        assert_eq!(divergence(&[], &ours), 1);
+        assert_eq!(divergence(&ours, &[]), 1);
+        assert_eq!(divergence(&[], &[]), u64::MAX);
+    }
+
+    #[test]
+    fn an_old_primary_rewinds_its_branch_to_where_the_logs_part() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        let theirs = history(&[(1, 1), (3, 50)]);
+        let mut asked = None;
+        let branch = branch_of(ours, &theirs, 54, |from| {
+            asked = Some(from);
+            old_primary_log()
+        });
+        let branch = branch.expect("reads").expect("a branch to rewind");
+        assert_eq!(asked, Some(50), "the log is read from the fork");
+        assert_eq!(branch.to, LogPosition { epoch: 1, seq: 49 });
+        assert_eq!(branch.history, history(&[(1, 1)]));
+        assert_eq!(branch.touched, vec![id(1), id(2)], "each message once, in log order");
+        let hello = branch.hello("a");
+        assert_eq!((hello.role.as_str(), hello.last), ("standby", branch.to));
+        assert_eq!(hello.rewind, Some(vec![id(1), id(2)]));
+    }
+
+    #[test]
+    fn nothing_is_rewound_when_the_logs_do_not_part_or_part_before_anything_is_shared() {
+        let never =
+            |_: u64| -> Vec<Result<LogRecord, SpoolError>> { panic!("the log is not read") };
+        // A standby behind the primary: theirs goes on where ours ends.
+        let ours = history(&[(1, 1)]);
+        let ahead = history(&[(1, 1), (2, 50)]);
+        assert!(branch_of(ours.clone(), &ahead, 49, never).expect("reads").is_none());
+        // The same history.
+        assert!(branch_of(ours.clone(), &ours, 49, never).expect("reads").is_none());
+        // No record in common (epoch 1 is not the same one): a snapshot instead.
+        let other = history(&[(2, 1)]);
+        assert!(branch_of(ours, &other, 49, never).expect("reads").is_none());
+    }
+
+    #[test]
+    fn a_branch_the_log_no_longer_holds_whole_is_a_snapshot_instead() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        let theirs = history(&[(1, 1), (3, 50)]);
+        // Trimmed from the front: the first record read is not the fork's.
+        let trimmed = |_: u64| old_primary_log().into_iter().skip(1).collect::<Vec<_>>();
+        assert!(branch_of(ours.clone(), &theirs, 54, trimmed).expect("reads").is_none());
+        // A hole in the middle.
+        let holed = |_: u64| {
+            let mut log = old_primary_log();
+            log.retain(|r| r.as_ref().is_ok_and(|r| r.position.seq != 52));
+            log
+        };
+        assert!(branch_of(ours.clone(), &theirs, 54, holed).expect("reads").is_none());
+        // The records end before the log's last one.
+        assert!(
+            branch_of(ours.clone(), &theirs, 55, |_| old_primary_log()).expect("reads").is_none()
+        );
+        // A read error is an error, not a decision.
+        let failing = |_: u64| vec![Err(SpoolError::closed())];
+        assert!(branch_of(ours, &theirs, 54, failing).is_err());
+    }
+
+    #[test]
+    fn a_branch_touching_more_messages_than_a_hello_may_name_is_a_snapshot_instead() {
+        let ours = history(&[(1, 1), (2, 50)]);
+        let theirs = history(&[(1, 1), (3, 50)]);
+        let count = MAX_REWIND_MESSAGES as u64 + 1;
+        let log = |_: u64| {
+            (0..count)
+                .map(|n| {
+                    let id = QueueId::from_bytes(u128::from(n).to_be_bytes());
+                    record(2, 50 + n, Change::Removed { id })
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(branch_of(ours.clone(), &theirs, 49 + count, log).expect("reads").is_none());
+        // One fewer fits.
+        let fits = |_: u64| log(0).into_iter().take(MAX_REWIND_MESSAGES).collect::<Vec<_>>();
+        let last = 49 + MAX_REWIND_MESSAGES as u64;
+        let branch = branch_of(ours, &theirs, last, fits).expect("reads").expect("a branch");
+        assert_eq!(branch.touched.len(), MAX_REWIND_MESSAGES);
+    }
 }

@@ -120,9 +120,12 @@ pub enum Frame {
     },
 }
 
+/// Why a frame could not be read or written.
 #[derive(Debug)]
 pub enum FrameError {
+    /// The connection failed (an end of stream included).
     Io(std::io::Error),
+    /// A length over [`MAX_FRAME`], announced or encoded.
     TooLarge(usize),
     Garbled(postcard::Error),
 }
@@ -135,6 +138,16 @@ impl std::fmt::Display for FrameError {
                 write!(f, "a frame of {n} bytes is over the {MAX_FRAME}-byte limit")
             }
             FrameError::Garbled(e) => write!(f, "a frame does not decode: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            FrameError::TooLarge(_) => None,
+            FrameError::Garbled(e) => Some(e),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! is the cluster's identity, so the peer's certificate is not checked against a host name
 //! (nodes are dialled by address); its chain and validity are.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -11,6 +13,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{ClusterConfig, Config, ConfigError};
@@ -84,6 +88,27 @@ pub fn load(config: &Config, cluster: &ClusterConfig) -> Result<Link, ConfigErro
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
     })
+}
+
+/// Accepts a cluster peer's TLS within `patience`; a peer refused (a failed handshake, or none
+/// in time) is logged, and None.
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    address: SocketAddr,
+    patience: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(patience, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %address, error = %e, "cluster peer refused: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(peer = %address, "cluster peer refused: no TLS handshake in time");
+            None
+        }
+    }
 }
 
 /// The cluster CA's verifier, less the host-name check: rustls checks the chain, validity and

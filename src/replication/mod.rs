@@ -6,11 +6,13 @@
 //! * [`ship`]: the primary's side — dial the peer, agree where to resume (or send a snapshot),
 //!   stream records with the bodies they need, collect acks.
 //! * [`follow`]: the standby's side — accept the primary, apply, ack.
+//! * [`error`]: why a link ended, and why a handover did not happen.
 //!
 //! With `replication = "sync"` a session's 250 waits for the standby's ack of its record
-//! ([`Replication::confirm`]); many sessions' records travel in one frame and share one fsync
+//! ([`Replicator::confirm`]); many sessions' records travel in one frame and share one fsync
 //! on each side.
 
+pub mod error;
 mod follow;
 pub mod frame;
 pub mod link;
@@ -21,20 +23,26 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::config::{ClusterConfig, Config, ConfigError, Replication as Mode, Role, StandbyLoss};
+pub use self::error::{HandoverError, LinkError};
+use self::frame::{Frame, Hello};
+use crate::config::{
+    ClusterConfig, Config, ConfigError, ReplicationMode as Mode, Role, StandbyLoss,
+};
 use crate::delivery::DeliveryHandle;
-use crate::role::{Reporter, RoleWatch};
-use crate::spool::{LogPosition, Retention, Spool, Trimmed};
+use crate::role::{Data, Peer, Reporter, RoleWatch};
+use crate::spool::{EpochStart, LogPosition, QueueId, Retention, Spool, SpoolError, Trimmed};
 
 /// Log records a node keeps when nobody needs them (for `relayd`'s own inspection), within
 /// the retention bounds.
 const MIN_RETAINED: u64 = 10_000;
 
-/// This node's replication, shared by the sessions, the admin endpoint and the link tasks.
+/// This node's end of replication, shared by the sessions (`confirm`), the admin endpoint
+/// (`status`), the switchover (`caught_up`, `hand_over`) and the link tasks it starts.
 #[derive(Clone)]
-pub struct Replication {
+pub struct Replicator {
     state: Arc<State>,
 }
 
@@ -110,7 +118,7 @@ pub struct PeerStatus {
     pub mode: String,
 }
 
-impl Replication {
+impl Replicator {
     /// Starts this node's side of the link (if the config has a `[cluster]`): both tasks run
     /// on every data node, and each acts while the node's role is its own: the shipper dials
     /// the peer while this node is primary, the follower accepts a primary while it is standby.
@@ -123,8 +131,8 @@ impl Replication {
         role: RoleWatch,
         reporter: Reporter,
         delivery: DeliveryHandle,
-    ) -> Result<Replication, ConfigError> {
-        let replication = Replication {
+    ) -> Result<Replicator, ConfigError> {
+        let replication = Replicator {
             state: Arc::new(State {
                 cluster: config.cluster.clone(),
                 acked: watch::Sender::new(0),
@@ -171,15 +179,15 @@ impl Replication {
     }
 
     /// Asks the standby to take over (a planned switchover) and returns the epoch it took.
-    pub async fn hand_over(&self, epoch: u64, limit: Duration) -> Result<u64, String> {
+    pub async fn hand_over(&self, epoch: u64, limit: Duration) -> Result<u64, HandoverError> {
         let (done, taken) = oneshot::channel();
         *self.state.handover.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(Handover { epoch, sent: false, done });
         self.state.handover_asked.notify_one();
         match tokio::time::timeout(limit, taken).await {
             Ok(Ok(epoch)) => Ok(epoch),
-            Ok(Err(_)) => Err("the link went down during the handover".into()),
-            Err(_) => Err("the standby did not take over in time".into()),
+            Ok(Err(_)) => Err(HandoverError::LinkDown),
+            Err(_) => Err(HandoverError::TimedOut),
         }
     }
 
@@ -357,7 +365,7 @@ fn wanted_from(role: Role, clustered: bool, acked: u64, last: u64) -> u64 {
 /// Housekeeping: drops log records nobody needs, and those past the retention bounds
 /// (`[node].log_retention_bytes`, `log_retention_age`), every few seconds. A standby whose
 /// position goes that way is rebuilt from a snapshot when it comes back: said once.
-async fn trim(replication: Replication, spool: Spool, role: RoleWatch, retention: Retention) {
+async fn trim(replication: Replicator, spool: Spool, role: RoleWatch, retention: Retention) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut warned_for = None;
     loop {
@@ -386,6 +394,63 @@ async fn trim(replication: Replication, spool: Spool, role: RoleWatch, retention
             Err(e) => tracing::warn!(error = %e, "change log trim failed"),
         }
     }
+}
+
+/// The last epoch of a history (0: none, an empty spool).
+pub fn last_epoch(history: &[EpochStart]) -> u64 {
+    history.last().map_or(0, |e| e.epoch)
+}
+
+/// How far our spool goes, as ha compares it with the peer's.
+fn data_of(spool: &Spool) -> Result<Data, SpoolError> {
+    Ok(Data { epoch: last_epoch(&spool.epoch_history()?), seq: spool.last_position().seq })
+}
+
+/// The peer as its Hello describes it, for ha's verdict.
+fn peer_of(hello: &Hello) -> Peer {
+    Peer {
+        node: hello.node.clone(),
+        primary: hello.role == Role::Primary.as_str(),
+        data: Data { epoch: last_epoch(&hello.history), seq: hello.last.seq },
+    }
+}
+
+/// Our Hello in `role`: who we are and where our log ends.
+fn hello(node: &str, role: Role, spool: &Spool) -> Result<Hello, SpoolError> {
+    Ok(Hello {
+        node: node.to_string(),
+        role: role.as_str().into(),
+        history: spool.epoch_history()?,
+        last: spool.last_position(),
+        rewind: None,
+    })
+}
+
+/// Sends a message's body as chunk frames, unflushed (the frame that needs the body follows);
+/// returns its size. A body already gone (the message was delivered and removed since) sends
+/// nothing.
+async fn send_body(
+    writer: &mut (impl AsyncWrite + Unpin),
+    spool: &Spool,
+    id: QueueId,
+) -> Result<usize, LinkError> {
+    let mut size = 0;
+    for chunk in spool.body(id) {
+        let data = chunk?;
+        size += data.len();
+        frame::write(writer, &Frame::Chunk { id, data }).await?;
+    }
+    Ok(size)
+}
+
+async fn flush(writer: &mut (impl AsyncWrite + Unpin)) -> Result<(), LinkError> {
+    writer.flush().await.map_err(LinkError::Flush)
+}
+
+/// Writes a frame and flushes it to the peer.
+async fn send_now(writer: &mut (impl AsyncWrite + Unpin), frame: &Frame) -> Result<(), LinkError> {
+    frame::write(writer, frame).await?;
+    flush(writer).await
 }
 
 #[cfg(test)]

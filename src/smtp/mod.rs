@@ -1,10 +1,10 @@
 //! The SMTP listener: accepts connections, enforces the connection limits before the greeting,
 //! and runs a [`session::Session`] for each client.
 //!
-//! `proto` is the grammar (no I/O), `session` the state machine over a socket.
+//! The grammar it speaks is [`crate::proto`] (no I/O, shared with the delivery client);
+//! `session` is the state machine over a socket.
 
 pub mod limits;
-pub mod proto;
 pub mod session;
 pub mod tls;
 
@@ -21,11 +21,11 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
-use crate::replication::Replication;
+use crate::proto::Reply;
+use crate::replication::Replicator;
 use crate::role::RoleWatch;
 use crate::spool::Spool;
 use limits::{ConnectionLimiter, LimitExceeded};
-use proto::Reply;
 use session::Session;
 
 /// The listen queue: connections the kernel has completed and relayd has not accepted yet. The
@@ -33,6 +33,30 @@ use session::Session;
 /// back after an outage, a moment out of descriptors), and each client dropped retries only a
 /// second or more later. The kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// Why this node sends a client to the next MX: it takes no mail now, another node may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// Draining on SIGTERM (421, before a transaction or between them).
+    ShuttingDown,
+    /// Not the serving primary (421 at the greeting or before a command).
+    NotPrimary,
+    /// Stopped serving while the message was being committed, with no standby holding it
+    /// (451: the message was withdrawn).
+    NoLongerPrimary,
+}
+
+impl Elsewhere {
+    /// The reply, naming `hostname`: "421 4.3.2 mx1 not primary, try another MX".
+    pub fn reply(self, hostname: &str) -> Reply {
+        let (code, why) = match self {
+            Elsewhere::ShuttingDown => (421, "shutting down"),
+            Elsewhere::NotPrimary => (421, "not primary"),
+            Elsewhere::NoLongerPrimary => (451, "not primary now"),
+        };
+        Reply::new(code, "4.3.2", format!("{hostname} {why}, try another MX"))
+    }
+}
 
 /// The parts of the node a session works with.
 #[derive(Clone)]
@@ -42,7 +66,7 @@ pub struct Services {
     pub role: RoleWatch,
     pub spool: Spool,
     pub delivery: DeliveryHandle,
-    pub replication: Replication,
+    pub replication: Replicator,
     pub metrics: Arc<Metrics>,
 }
 
@@ -140,9 +164,7 @@ impl Server {
             self.limiter.try_acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip);
         let draining = *self.draining.borrow();
         let refusal = match (acquired, crate::role::current(&self.services.role).serving_now()) {
-            (Ok(_), _) if draining => {
-                Reply::new(421, "4.3.2", format!("{hostname} shutting down, try another MX"))
-            }
+            (Ok(_), _) if draining => Elsewhere::ShuttingDown.reply(hostname),
             (Ok(slot), true) => {
                 tracing::debug!(client = %peer, "connect");
                 let session = Session::new(
@@ -156,9 +178,7 @@ impl Server {
                 tracing::debug!(client = %peer, "disconnect");
                 return;
             }
-            (Ok(_), false) => {
-                Reply::new(421, "4.3.2", format!("{hostname} not primary, try another MX"))
-            }
+            (Ok(_), false) => Elsewhere::NotPrimary.reply(hostname),
             (Err(LimitExceeded::Total), _) => {
                 Reply::new(421, "4.7.0", format!("{hostname} Error: too many connections"))
             }
@@ -190,8 +210,24 @@ pub fn starttls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigE
     let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) else {
         return Ok(None);
     };
-    tls::acceptor(cert, key).map(Some).map_err(|e| match e {
-        tls::TlsFileError::Cert(message) => config.error_at("smtp.tls_cert", message),
-        tls::TlsFileError::Key(message) => config.error_at("smtp.tls_key", message),
-    })
+    tls::acceptor(cert, key).map(Some).map_err(|e| config.error_at(e.key(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_sent_elsewhere_is_told_to_try_another_mx() {
+        let text = |why: Elsewhere| why.reply("mx1.test").to_string();
+        assert_eq!(
+            text(Elsewhere::ShuttingDown),
+            "421 4.3.2 mx1.test shutting down, try another MX"
+        );
+        assert_eq!(text(Elsewhere::NotPrimary), "421 4.3.2 mx1.test not primary, try another MX");
+        assert_eq!(
+            text(Elsewhere::NoLongerPrimary),
+            "451 4.3.2 mx1.test not primary now, try another MX"
+        );
+    }
 }

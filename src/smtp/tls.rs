@@ -1,5 +1,6 @@
 //! STARTTLS: the rustls server configuration, read from PEM files.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -7,12 +8,32 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-/// Which file was unusable, and why.
+/// Which file was unusable, and why (the why in rustls' or the PEM reader's words).
 #[derive(Debug)]
 pub enum TlsFileError {
     Cert(String),
     Key(String),
 }
+
+impl TlsFileError {
+    /// The config key that names the file.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsFileError::Cert(_) => "smtp.tls_cert",
+            TlsFileError::Key(_) => "smtp.tls_key",
+        }
+    }
+}
+
+impl fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsFileError::Cert(why) | TlsFileError::Key(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for TlsFileError {}
 
 /// Builds the acceptor for the certificate chain and key in `cert` and `key` (PEM).
 /// rustls speaks TLS 1.2 and 1.3 only, which is what we want on port 25 too.

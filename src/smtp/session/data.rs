@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-use super::proto::{BodyDecoder, Reply};
 use super::{Conn, End, Session, later};
 use crate::config::SmtpConfig;
 use crate::metrics::Metrics;
+use crate::proto::{BodyDecoder, Reply};
 use crate::replication::Copies;
+use crate::smtp::Elsewhere;
 use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
 
 /// `replication = "sync"`, `on_standby_loss = "refuse"`, and no standby to confirm.
@@ -230,9 +231,8 @@ impl Session {
                 if !crate::role::current(&self.services.role).serving_now()
                     && copies == Copies::Local
                 {
-                    let text =
-                        format!("{} not primary now, try another MX", self.config.smtp.hostname);
-                    return self.withdraw(id, Reply::new(451, "4.3.2", text)).await;
+                    let refusal = Elsewhere::NoLongerPrimary.reply(&self.config.smtp.hostname);
+                    return self.withdraw(id, refusal).await;
                 }
                 tracing::info!(
                     id = %id,

@@ -14,19 +14,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::Services;
 use super::limits::ConnectionSlot;
-use super::proto::{self, Address, Command, LineReader, MailFrom, Reply};
+use super::{Elsewhere, Services};
 use crate::config::Config;
-
-/// Anything a session can run over: a TCP stream, or TLS over one after STARTTLS.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+use crate::proto::{self, Address, Command, LineReader, MailFrom, Reply, Stream};
 
 /// The client's connection: buffered input, and the replies not yet written.
 struct Conn {
@@ -176,9 +172,7 @@ impl Session {
             let line = match read {
                 Ok(line) => line,
                 Err(Closed::Draining) => {
-                    let text =
-                        format!("{} shutting down, try another MX", self.config.smtp.hostname);
-                    conn.reply(&Reply::new(421, "4.3.2", text));
+                    conn.reply(&Elsewhere::ShuttingDown.reply(&self.config.smtp.hostname));
                     return End::Close;
                 }
                 Err(Closed::Timeout) => {
@@ -190,8 +184,7 @@ impl Session {
             // A node that stopped serving (fenced, or no longer primary) takes no more mail:
             // the client moves to the next MX.
             if !crate::role::current(&self.services.role).serving_now() {
-                let text = format!("{} not primary, try another MX", self.config.smtp.hostname);
-                conn.reply(&Reply::new(421, "4.3.2", text));
+                conn.reply(&Elsewhere::NotPrimary.reply(&self.config.smtp.hostname));
                 return End::Close;
             }
             let reply = match line.and_then(|line| proto::command::parse(&line)) {

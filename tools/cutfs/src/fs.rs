@@ -52,6 +52,18 @@ impl State {
     fn handle(&self, fh: FileHandle) -> Result<u64, Errno> {
         self.handles.get(&fh.0).copied().ok_or(Errno::EIO)
     }
+
+    /// A handle closed (release of a file, releasedir of a directory).
+    fn close(&mut self, fh: FileHandle) {
+        if let Some(ino) = self.handles.remove(&fh.0) {
+            self.tree.released(ino);
+        }
+    }
+
+    /// What a handle's inode holds made durable (fsync of a file, fsyncdir of a directory).
+    fn sync(&mut self, fh: FileHandle) -> Result<(), Errno> {
+        self.handle(fh).and_then(|ino| self.tree.sync(ino))
+    }
 }
 
 /// The file system served over FUSE.
@@ -370,10 +382,7 @@ impl Filesystem for CutFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let mut state = self.state();
-        if let Some(ino) = state.handles.remove(&fh.0) {
-            state.tree.released(ino);
-        }
+        self.state().close(fh);
         reply.ok();
     }
 
@@ -388,9 +397,7 @@ impl Filesystem for CutFs {
         if ino.0 == CONTROL {
             return reply.ok();
         }
-        let mut state = self.state();
-        let result = state.handle(fh).and_then(|ino| state.tree.sync(ino));
-        empty(reply, result);
+        empty(reply, self.state().sync(fh));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -435,10 +442,7 @@ impl Filesystem for CutFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let mut state = self.state();
-        if let Some(ino) = state.handles.remove(&fh.0) {
-            state.tree.released(ino);
-        }
+        self.state().close(fh);
         reply.ok();
     }
 
@@ -450,9 +454,7 @@ impl Filesystem for CutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut state = self.state();
-        let result = state.handle(fh).and_then(|ino| state.tree.sync(ino));
-        empty(reply, result);
+        empty(reply, self.state().sync(fh));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

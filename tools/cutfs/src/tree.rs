@@ -410,15 +410,7 @@ impl Tree {
     /// Removes a name: a file's (`dir` false) or an empty directory's (`dir` true).
     pub fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let ino = *self.inode(parent)?.entries()?.get(name).ok_or(Errno::ENOENT)?;
-        let target = self.inode(ino)?;
-        match (dir, &target.kind) {
-            (false, Kind::Dir { .. }) => return Err(Errno::EISDIR),
-            (true, Kind::File { .. }) => return Err(Errno::ENOTDIR),
-            (true, Kind::Dir { entries, .. }) if !entries.is_empty() => {
-                return Err(Errno::ENOTEMPTY);
-            }
-            _ => {}
-        }
+        may_replace(dir, &self.inode(ino)?.kind)?;
         self.inode_mut(parent)?.remove_entry(name)?;
         self.unlinked(ino);
         Ok(())
@@ -464,14 +456,7 @@ impl Tree {
             if no_replace {
                 return Err(Errno::EEXIST);
             }
-            match (moving_dir, &self.inode(old)?.kind) {
-                (false, Kind::Dir { .. }) => return Err(Errno::EISDIR),
-                (true, Kind::File { .. }) => return Err(Errno::ENOTDIR),
-                (true, Kind::Dir { entries, .. }) if !entries.is_empty() => {
-                    return Err(Errno::ENOTEMPTY);
-                }
-                _ => {}
-            }
+            may_replace(moving_dir, &self.inode(old)?.kind)?;
         }
         self.inode_mut(parent)?.remove_entry(name)?;
         self.inode_mut(new_parent)?.set_entry(new_name, ino)?;
@@ -700,6 +685,18 @@ fn touch(inode: &mut Inode) {
     inode.ctime = now;
 }
 
+/// Whether an inode of `kind` may go where a directory (`dir`) or a file is removed or renamed
+/// over, as unlink(2), rmdir(2) and rename(2) say: a file for a file, an empty directory for a
+/// directory.
+fn may_replace(dir: bool, kind: &Kind) -> Result<(), Errno> {
+    match (dir, kind) {
+        (false, Kind::Dir { .. }) => Err(Errno::EISDIR),
+        (true, Kind::File { .. }) => Err(Errno::ENOTDIR),
+        (true, Kind::Dir { entries, .. }) if !entries.is_empty() => Err(Errno::ENOTEMPTY),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,13 +716,28 @@ mod tests {
         tree.read(ino, 0, usize::MAX / 2).expect("read")
     }
 
+    /// A new file `n` in `dir`: its inode.
+    fn new_file(tree: &mut Tree, dir: u64, n: &str) -> u64 {
+        tree.create(dir, name(n), 0o644, OWNER).expect("create").ino
+    }
+
+    /// A new directory `n` in `parent`: its inode.
+    fn new_dir(tree: &mut Tree, parent: u64, n: &str) -> u64 {
+        tree.mkdir(parent, name(n), 0o755, OWNER).expect("mkdir").ino
+    }
+
+    /// `data` written at the start of `ino` and fsynced.
+    fn write_synced(tree: &mut Tree, ino: u64, data: &[u8]) {
+        tree.write(ino, 0, data).expect("write");
+        tree.sync(ino).expect("fsync");
+    }
+
     #[test]
     fn an_unsynced_write_is_gone_after_a_cut_and_a_synced_one_stays() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
+        let file = new_file(&mut tree, ROOT, "f");
         tree.sync(ROOT).expect("sync dir");
-        tree.write(file, 0, b"kept").expect("write");
-        tree.sync(file).expect("fsync");
+        write_synced(&mut tree, file, b"kept");
         tree.write(file, 4, b" and lost").expect("write");
         tree.write(file, 0, b"KEPT").expect("overwrite");
         assert_eq!(contents(&mut tree, file), b"KEPT and lost");
@@ -739,9 +751,8 @@ mod tests {
     #[test]
     fn a_file_fsynced_but_not_its_directory_is_gone_after_a_cut() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("new"), 0o644, OWNER).expect("create").ino;
-        tree.write(file, 0, b"data").expect("write");
-        tree.sync(file).expect("fsync");
+        let file = new_file(&mut tree, ROOT, "new");
+        write_synced(&mut tree, file, b"data");
         tree.cut(Cut::Unsynced);
         assert!(names(&tree, ROOT).is_empty());
         assert_eq!(tree.attr(file).err(), Some(Errno::ENOENT));
@@ -752,7 +763,7 @@ mod tests {
     #[test]
     fn a_created_entry_whose_data_was_never_synced_comes_back_empty() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
+        let file = new_file(&mut tree, ROOT, "f");
         tree.write(file, 0, b"lost").expect("write");
         tree.sync(ROOT).expect("sync dir");
         tree.cut(Cut::Unsynced);
@@ -763,7 +774,7 @@ mod tests {
     #[test]
     fn truncation_is_volatile_until_fsync_and_zeroes_the_tail() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
+        let file = new_file(&mut tree, ROOT, "f");
         tree.sync(ROOT).expect("sync dir");
         tree.write(file, 0, &[7; 10_000]).expect("write");
         tree.sync(file).expect("fsync");
@@ -780,11 +791,10 @@ mod tests {
     #[test]
     fn a_rename_is_volatile_until_both_directories_are_synced() {
         let mut tree = Tree::new();
-        let a = tree.mkdir(ROOT, name("a"), 0o755, OWNER).expect("mkdir").ino;
-        let b = tree.mkdir(ROOT, name("b"), 0o755, OWNER).expect("mkdir").ino;
-        let file = tree.create(a, name("f"), 0o644, OWNER).expect("create").ino;
-        tree.write(file, 0, b"x").expect("write");
-        tree.sync(file).expect("fsync");
+        let a = new_dir(&mut tree, ROOT, "a");
+        let b = new_dir(&mut tree, ROOT, "b");
+        let file = new_file(&mut tree, a, "f");
+        write_synced(&mut tree, file, b"x");
         for dir in [ROOT, a, b] {
             tree.sync(dir).expect("sync dir");
         }
@@ -805,13 +815,11 @@ mod tests {
     #[test]
     fn a_rename_over_a_file_replaces_it_and_a_cut_brings_the_old_one_back() {
         let mut tree = Tree::new();
-        let old = tree.create(ROOT, name("grant"), 0o644, OWNER).expect("create").ino;
-        tree.write(old, 0, b"1 a").expect("write");
-        tree.sync(old).expect("fsync");
+        let old = new_file(&mut tree, ROOT, "grant");
+        write_synced(&mut tree, old, b"1 a");
         tree.sync(ROOT).expect("sync dir");
-        let new = tree.create(ROOT, name("grant.new"), 0o644, OWNER).expect("create").ino;
-        tree.write(new, 0, b"2 b").expect("write");
-        tree.sync(new).expect("fsync");
+        let new = new_file(&mut tree, ROOT, "grant.new");
+        write_synced(&mut tree, new, b"2 b");
         tree.rename(ROOT, name("grant.new"), ROOT, name("grant"), false).expect("rename");
         assert_eq!(names(&tree, ROOT), ["grant"]);
         assert_eq!(tree.lookup(ROOT, name("grant")).expect("lookup").ino, new);
@@ -819,9 +827,8 @@ mod tests {
         assert_eq!(tree.lookup(ROOT, name("grant")).expect("lookup").ino, old);
         assert_eq!(contents(&mut tree, old), b"1 a");
 
-        let new = tree.create(ROOT, name("grant.new"), 0o644, OWNER).expect("create").ino;
-        tree.write(new, 0, b"2 b").expect("write");
-        tree.sync(new).expect("fsync");
+        let new = new_file(&mut tree, ROOT, "grant.new");
+        write_synced(&mut tree, new, b"2 b");
         tree.rename(ROOT, name("grant.new"), ROOT, name("grant"), false).expect("rename");
         tree.sync(ROOT).expect("sync dir");
         tree.cut(Cut::Unsynced);
@@ -833,10 +840,10 @@ mod tests {
     #[test]
     fn rename_refuses_what_rename_2_refuses() {
         let mut tree = Tree::new();
-        let d = tree.mkdir(ROOT, name("d"), 0o755, OWNER).expect("mkdir").ino;
-        tree.create(d, name("f"), 0o644, OWNER).expect("create");
-        tree.create(ROOT, name("g"), 0o644, OWNER).expect("create");
-        let e = tree.mkdir(d, name("e"), 0o755, OWNER).expect("mkdir").ino;
+        let d = new_dir(&mut tree, ROOT, "d");
+        new_file(&mut tree, d, "f");
+        new_file(&mut tree, ROOT, "g");
+        let e = new_dir(&mut tree, d, "e");
         assert_eq!(tree.rename(ROOT, name("g"), ROOT, name("d"), false), Err(Errno::EISDIR));
         assert_eq!(tree.rename(ROOT, name("d"), d, name("x"), false), Err(Errno::EINVAL));
         assert_eq!(tree.rename(d, name("e"), ROOT, name("g"), false), Err(Errno::ENOTDIR));
@@ -849,9 +856,8 @@ mod tests {
     #[test]
     fn an_unlink_is_volatile_until_the_directory_is_synced() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
-        tree.write(file, 0, b"body").expect("write");
-        tree.sync(file).expect("fsync");
+        let file = new_file(&mut tree, ROOT, "f");
+        write_synced(&mut tree, file, b"body");
         tree.sync(ROOT).expect("sync dir");
         tree.remove(ROOT, name("f"), false).expect("unlink");
         tree.cut(Cut::Unsynced);
@@ -866,11 +872,11 @@ mod tests {
     #[test]
     fn a_directory_made_durable_comes_back_with_only_its_durable_entries() {
         let mut tree = Tree::new();
-        let d = tree.mkdir(ROOT, name("d"), 0o755, OWNER).expect("mkdir").ino;
+        let d = new_dir(&mut tree, ROOT, "d");
         tree.sync(ROOT).expect("sync root");
-        tree.create(d, name("synced"), 0o644, OWNER).expect("create");
+        new_file(&mut tree, d, "synced");
         tree.sync(d).expect("sync d");
-        tree.create(d, name("unsynced"), 0o644, OWNER).expect("create");
+        new_file(&mut tree, d, "unsynced");
         tree.cut(Cut::Unsynced);
         assert_eq!(names(&tree, d), ["synced"]);
     }
@@ -878,8 +884,8 @@ mod tests {
     #[test]
     fn a_sync_writes_only_the_changed_names_and_counts_links_right() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
-        tree.create(ROOT, name("other"), 0o644, OWNER).expect("create");
+        let file = new_file(&mut tree, ROOT, "f");
+        new_file(&mut tree, ROOT, "other");
         tree.sync(ROOT).expect("sync dir");
         tree.rename(ROOT, name("f"), ROOT, name("g"), false).expect("rename");
         tree.rename(ROOT, name("g"), ROOT, name("f"), false).expect("and back");
@@ -898,11 +904,10 @@ mod tests {
     #[test]
     fn a_data_only_cut_keeps_every_directory_change_and_loses_unsynced_data() {
         let mut tree = Tree::new();
-        let kept = tree.create(ROOT, name("kept"), 0o644, OWNER).expect("create").ino;
-        tree.write(kept, 0, b"synced").expect("write");
-        tree.sync(kept).expect("fsync");
+        let kept = new_file(&mut tree, ROOT, "kept");
+        write_synced(&mut tree, kept, b"synced");
         tree.write(kept, 6, b", not synced").expect("write");
-        let blob = tree.create(ROOT, name("blob"), 0o644, OWNER).expect("create").ino;
+        let blob = new_file(&mut tree, ROOT, "blob");
         tree.write(blob, 0, b"never synced").expect("write");
         tree.rename(ROOT, name("kept"), ROOT, name("renamed"), false).expect("rename");
         tree.cut(Cut::UnsyncedData);
@@ -916,11 +921,10 @@ mod tests {
     #[test]
     fn pages_shared_with_the_durable_state_are_copied_on_write() {
         let mut tree = Tree::new();
-        let file = tree.create(ROOT, name("f"), 0o644, OWNER).expect("create").ino;
+        let file = new_file(&mut tree, ROOT, "f");
         tree.sync(ROOT).expect("sync dir");
         let data: Vec<u8> = (0..3 * PAGE + 100).map(|i| i as u8).collect();
-        tree.write(file, 0, &data).expect("write");
-        tree.sync(file).expect("fsync");
+        write_synced(&mut tree, file, &data);
         tree.write(file, PAGE as u64 + 10, b"changed").expect("write");
         tree.write(file, 10 * PAGE as u64, b"far").expect("write past the end");
         assert_eq!(tree.attr(file).expect("attr").size, 10 * PAGE as u64 + 3);
