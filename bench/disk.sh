@@ -17,14 +17,14 @@
 # Each part starts relayd on an empty data_dir.
 #
 # Usage: bench/disk.sh PATH/TO/relayd [burst|steady|all]
-# Knobs: N=50000 SIZE=4096 SESS=20 WAIT=60 M=200000 DEPTH=1000 BATCH=250 CONC=4 EVERY=10
+# Knobs: N=50000 SIZE=4096 SESS=20 WAIT=60 M=200000 DEPTH=1000 BATCH=500 CONC=2 EVERY=10
 # Runs as root (installs postfix for smtp-source/smtp-sink when missing). Leaves nothing running.
 set -u
 . "$(dirname "$(readlink -f "$0")")/lib.sh"
 relayd=$(readlink -f "${1:?usage: disk.sh PATH/TO/relayd [burst|steady|all]}")
 mode=${2:-all}
 N=${N:-50000}; SIZE=${SIZE:-4096}; SESS=${SESS:-20}; WAIT=${WAIT:-60}
-M=${M:-200000}; DEPTH=${DEPTH:-1000}; BATCH=${BATCH:-250}; CONC=${CONC:-4}; EVERY=${EVERY:-10}
+M=${M:-200000}; DEPTH=${DEPTH:-1000}; BATCH=${BATCH:-500}; CONC=${CONC:-2}; EVERY=${EVERY:-10}
 W=$(mktemp -d -p /var/tmp); node=""; sink=""
 cleanup() {
   [ -n "$sink" ] && kill "$sink" 2>/dev/null

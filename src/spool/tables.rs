@@ -41,8 +41,8 @@ pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks"
 /// them in 32 KiB.
 pub const CHUNK_SIZE: usize = 32 * 1024 - PAGE_SLACK;
 /// The most bytes of a body's tail chunk: what is left once the full chunks are cut is stored
-/// in pieces that each fit a 4 KiB page with their key (a 4.3 KB body in two entries, a page
-/// and a bit, not in one entry of an 8 KiB page).
+/// in pieces that each fit a 4 KiB page with their key (a 20 KB tail in five 4 KiB pages, not
+/// in one entry of a 32 KiB page).
 pub const TAIL_PIECE: usize = 4 * 1024 - PAGE_SLACK;
 /// Room left in a page for an entry's key and the leaf's header (redb: 4 bytes of header, two
 /// 4-byte offsets, a 20-byte key).
