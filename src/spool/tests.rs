@@ -337,14 +337,19 @@ async fn trimming_keeps_what_is_wanted_within_the_bounds() {
 
 /// Delivered mail leaves nothing behind once the log is trimmed (records, bodies, messages,
 /// receiving marks: no leak), and the pages it freed are used again: six bursts of the same
-/// mail take far less than six times the room of one.
+/// mail take less than twice the disk blocks of one.
 #[tokio::test]
 async fn delivered_mail_leaves_nothing_and_its_space_is_reused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let spool = Spool::open(dir.path()).expect("open");
     spool.ensure_epoch().await.expect("epoch");
     let file = dir.path().join("spool").join(FILE_NAME);
-    let size = || std::fs::metadata(&file).expect("spool file").len();
+    // The blocks the file holds, not its length: redb extends a file under 4 GiB by doubling
+    // its length, sparse until written.
+    let size = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&file).expect("spool file").blocks() * 512
+    };
     let mut sizes = Vec::new();
     for burst in 0..6 {
         let ids = accept_some(&spool, 500).await;
@@ -362,14 +367,14 @@ async fn delivered_mail_leaves_nothing_and_its_space_is_reused() {
         assert!(tables[4].1 <= 2, "marks: {tables:?}");
         sizes.push((peak, size()));
     }
-    // Without reuse six bursts would need six times the room of one. redb grows a file smaller
-    // than its region (4 GiB) by doubling it, and does not fill its free pages exactly, so a
-    // burst now and then doubles the file once; bench/disk.sh measures the same at 50,000
-    // messages (docs/benchmarks.md).
+    // Without reuse six bursts would need six times the room of one. At this small scale
+    // redb's own pages weigh, and a burst now and then takes a third more than the first
+    // (seen: 4.4 MB, then 6.0 MB for the rest); bench/disk.sh measures the same at 50,000
+    // messages, where a second burst added 0.7 % (docs/benchmarks.md).
     let (first_peak, _) = sizes[0];
     let highest = sizes.iter().map(|(peak, _)| *peak).max().unwrap_or(0);
     assert!(
-        highest < 3 * first_peak,
+        highest < 2 * first_peak,
         "bursts grew the file from {first_peak} to {highest} bytes: {sizes:?}"
     );
 }
