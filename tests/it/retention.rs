@@ -46,16 +46,31 @@ fn link_up(pair: &Pair, n: usize) -> String {
     line.unwrap_or_else(|| panic!("no link #{n}:\n{log}")).to_string()
 }
 
-#[test]
-fn a_standby_away_past_the_log_retention_is_rebuilt_by_snapshot_and_loses_nothing() {
-    let mut pair = Pair::start_with("async", "", "log_retention_age = \"2s\"");
+/// A pair whose nodes keep `log_retention_age` of log, with 5 messages on both, then the
+/// standby stopped and 5 more messages taken by the primary alone (async).
+fn standby_away(log_retention_age: &str) -> Pair {
+    let node = format!("log_retention_age = \"{log_retention_age}\"");
+    let mut pair = Pair::start_with("async", "", &node);
     send(&pair, 0, 5);
     pair.wait_settled(5);
     pair.standby_mut().stop();
     pair.wait_disconnected();
-    // The primary goes on alone; its records age past the bound, and the trim (every 10 s)
-    // drops them, the standby's last one with them.
     send(&pair, 5, 10);
+    pair
+}
+
+/// The standby back: 2 more messages, both nodes settled, stopped, and their queues the same.
+fn back_and_same(mut pair: Pair) {
+    send(&pair, 10, 12);
+    pair.wait_settled(12);
+    assert_same_queues(&mut pair, 12);
+}
+
+#[test]
+fn a_standby_away_past_the_log_retention_is_rebuilt_by_snapshot_and_loses_nothing() {
+    // The primary's records age past the bound, and the trim (every 10 s) drops them, the
+    // standby's last one with them.
+    let mut pair = standby_away("2s");
     wait_for("the primary to trim its log past the standby's last record", || {
         count(&pair.primary().log(), "trimmed past the standby's last record") == 1
     });
@@ -68,19 +83,12 @@ fn a_standby_away_past_the_log_retention_is_rebuilt_by_snapshot_and_loses_nothin
         count(&pair.standby().log(), "snapshot installed") == 2
     });
     // And it streams from there.
-    send(&pair, 10, 12);
-    pair.wait_settled(12);
-    assert_same_queues(&mut pair, 12);
+    back_and_same(pair);
 }
 
 #[test]
 fn a_standby_back_within_the_log_retention_resumes_from_the_log() {
-    let mut pair = Pair::start_with("async", "", "log_retention_age = \"1h\"");
-    send(&pair, 0, 5);
-    pair.wait_settled(5);
-    pair.standby_mut().stop();
-    pair.wait_disconnected();
-    send(&pair, 5, 10);
+    let mut pair = standby_away("1h");
     // Away across a trim (every 10 s), which keeps what the standby lacks. There is nothing to
     // wait on: a trim that keeps every record says nothing.
     std::thread::sleep(Duration::from_secs(11));
@@ -90,7 +98,5 @@ fn a_standby_back_within_the_log_retention_resumes_from_the_log() {
     assert!(relink.contains("from=Some("), "resumed from the log, no snapshot: {relink}");
     assert_eq!(count(&pair.primary().log(), "sending a snapshot"), 1, "no second snapshot");
     assert_eq!(count(&pair.primary().log(), "trimmed past the standby"), 0);
-    send(&pair, 10, 12);
-    pair.wait_settled(12);
-    assert_same_queues(&mut pair, 12);
+    back_and_same(pair);
 }
