@@ -689,3 +689,34 @@ fn relay_domain_tables_that_cannot_work_are_refused() {
         &["longer than 0s"],
     );
 }
+
+#[test]
+fn log_retention_keys() {
+    let c = parse(SMTP).unwrap();
+    assert_eq!(c.node.log_retention_bytes, 512 * 1024 * 1024);
+    assert_eq!(c.node.log_retention_age, Duration::from_secs(86_400));
+    let c = parse(&format!(
+        "[node]\nlog_retention_bytes = \"2GiB\"\nlog_retention_age = \"6h\"\n{SMTP}"
+    ))
+    .unwrap();
+    assert_eq!(c.node.log_retention_bytes, 2 << 30);
+    assert_eq!(c.node.log_retention_age, Duration::from_secs(6 * 3600));
+    assert_err(
+        "[node]\nname = \"a\"\nlog_retention_bytes = \"512KiB\"\n",
+        Some(3),
+        Some("node.log_retention_bytes"),
+        &["at least 1MiB"],
+    );
+    assert_err(
+        "[node]\nlog_retention_age = \"500ms\"\n",
+        Some(2),
+        Some("node.log_retention_age"),
+        &["at least 1s"],
+    );
+    assert_err(
+        "[node]\nlog_retention_age = 60\n",
+        Some(2),
+        Some("node.log_retention_age"),
+        &["duration string"],
+    );
+}

@@ -28,6 +28,7 @@ mod postfix_peers;
 mod powercut;
 mod recipients;
 mod replication;
+mod retention;
 mod signals;
 mod sled_import;
 mod smtp_clients;

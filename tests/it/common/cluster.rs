@@ -92,13 +92,19 @@ impl Pair {
     /// is up and the standby has caught up. `replication` is "sync" or "async"; `extra_cluster`
     /// holds more `[cluster]` keys for both nodes (`sync_timeout = "1s"`, ...).
     pub fn start(replication: &str, extra_cluster: &str) -> Pair {
+        Pair::start_with(replication, extra_cluster, "")
+    }
+
+    /// [`Pair::start`], with `extra_node` keys in both nodes' `[node]` section.
+    pub fn start_with(replication: &str, extra_cluster: &str, extra_node: &str) -> Pair {
         let certs = certs("a,b");
         let primary_cluster = free_addr();
         let standby_cluster = free_addr();
         let proxy = Proxy::start(standby_cluster);
-        let standby = Node::start_named(
+        let mut standby = Node::configure(
             "b",
             "standby",
+            extra_node,
             "",
             &sections(
                 certs.path(),
@@ -109,12 +115,15 @@ impl Pair {
                 extra_cluster,
             ),
         );
-        let primary = Node::start_named(
+        standby.launch();
+        let mut primary = Node::configure(
             "a",
             "primary",
+            extra_node,
             "",
             &sections(certs.path(), "a", primary_cluster, proxy.addr(), replication, extra_cluster),
         );
+        primary.launch();
         let pair = Pair { certs, primary, standby, proxy, standby_cluster };
         pair.wait_links_up(1);
         pair.wait_caught_up();
