@@ -33,3 +33,4 @@ mod sled_import;
 mod smtp_clients;
 mod smtp_limits;
 mod tidy;
+mod witness_admin;
