@@ -342,3 +342,47 @@ pub async fn claim(
         other => Err(WitnessError::Unexpected(Box::new(other))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> Server {
+        Server {
+            grants: Grants::new(0, String::new(), 0),
+            file: PathBuf::from("unused"),
+            origin: Instant::now(),
+            granted_since_start: 0,
+            heard: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_claim_keeps_what_the_last_ping_said_and_a_first_claim_is_a_standby() {
+        let mut server = server();
+        server.hear("a", Some(("primary", 3, true)));
+        server.hear("a", None);
+        server.hear("b", None);
+        let report = WitnessView(Arc::new(Mutex::new(server))).report();
+        let said: Vec<_> = report
+            .nodes
+            .iter()
+            .map(|n| (n.node.as_str(), n.role.as_str(), n.epoch, n.serving))
+            .collect();
+        assert_eq!(said, [("a", "primary", 3, true), ("b", "standby", 0, false)]);
+    }
+
+    #[test]
+    fn the_witness_remembers_a_bounded_number_of_names_dropping_the_one_heard_longest_ago() {
+        let mut server = server();
+        for i in 0..MAX_HEARD {
+            server.hear(&format!("n{i}"), None);
+        }
+        // n0 is heard again, so n1 is now the one heard longest ago.
+        server.hear("n0", Some(("standby", 1, false)));
+        server.hear("newcomer", None);
+        assert_eq!(server.heard.len(), MAX_HEARD);
+        assert!(server.heard.contains_key("n0") && server.heard.contains_key("newcomer"));
+        assert!(!server.heard.contains_key("n1"));
+    }
+}
