@@ -32,9 +32,7 @@ pub struct Snapshot {
 /// Renders the page.
 pub fn render(s: &Snapshot) -> String {
     let mut page = Page(String::with_capacity(2048));
-    let roles = [Role::Primary, Role::Standby, Role::Witness]
-        .map(|role| (format!("{{role=\"{role}\"}}"), u64::from(s.role == Some(role))));
-    page.family("relayd_role", "gauge", "1 for this node's role, 0 for the others.", &roles);
+    page.role(s.role);
     page.gauge("relayd_epoch", "The current epoch (0: none yet).", s.epoch);
     page.gauge(
         "relayd_serving",
@@ -92,19 +90,34 @@ pub fn render(s: &Snapshot) -> String {
     page.0
 }
 
-struct Page(String);
+/// A page being written (also the witness's, `super::witness`).
+pub(super) struct Page(pub(super) String);
 
 impl Page {
-    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+    /// `relayd_role`: 1 for `role`, 0 for the others.
+    pub(super) fn role(&mut self, role: Option<Role>) {
+        let roles = [Role::Primary, Role::Standby, Role::Witness]
+            .map(|each| (format!("{{role=\"{each}\"}}"), u64::from(role == Some(each))));
+        self.family("relayd_role", "gauge", "1 for this node's role, 0 for the others.", &roles);
+    }
+
+    pub(super) fn gauge(&mut self, name: &str, help: &str, value: u64) {
         self.family(name, "gauge", help, &[(String::new(), value)]);
     }
 
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
+    pub(super) fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.family(name, "counter", help, &[(String::new(), value)]);
     }
 
-    /// One metric family: its HELP and TYPE lines, then a sample per label set.
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    /// One metric family: its HELP and TYPE lines, then a sample per label set (`labels` in
+    /// braces, or empty).
+    pub(super) fn family<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(String, V)],
+    ) {
         // Writing to a String cannot fail.
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");

@@ -329,6 +329,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// When set, requests need this bearer token.
     pub token_file: Option<PathBuf>,
+    /// Whether the file has an `[admin]` section. A data node serves the endpoint in any case;
+    /// a witness only then, so that a witness configured before it had one does not take the
+    /// default port from a data node on the same host.
+    pub section: bool,
 }
 
 /// `[log]`

@@ -25,7 +25,7 @@ pub(super) struct RawConfig {
     route: Option<Vec<RawRoute>>,
     delivery: RawDelivery,
     cluster: Option<RawCluster>,
-    admin: RawAdmin,
+    admin: Option<RawAdmin>,
     log: RawLog,
 }
 
@@ -312,9 +312,12 @@ impl RawConfig {
             }
         };
 
+        let section = admin.is_some();
+        let admin = admin.unwrap_or_default();
         let admin = AdminConfig {
             listen: admin.listen.map_or(addr([127, 0, 0, 1], 8025), |Listen(a)| a),
             token_file: path(admin.token_file),
+            section,
         };
 
         let log = LogConfig {

@@ -34,3 +34,4 @@ mod sled_import;
 mod smtp_clients;
 mod smtp_limits;
 mod tidy;
+mod witness_admin;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::proxy::Proxy;
 use super::sink::Sink;
-use super::{BIN, Node, free_addr, node_config, run, wait_for};
+use super::{BIN, Node, free_addr, free_port, node_config, run, wait_for};
 
 /// Where mail and DNS queries go: nothing listens on port 1 of this loopback address.
 pub const CLOSED: &str = "127.63.0.1:1";
@@ -216,10 +216,21 @@ pub fn count(log: &str, needle: &str) -> usize {
 /// `GET path` on the admin endpoint at `port` of 127.0.0.1: the answer's head and body; None
 /// if nothing answers within `patience` or the answer is cut short.
 pub fn admin_get(port: u16, path: &str, patience: Duration) -> Option<(String, String)> {
+    admin_get_with(port, path, "", patience)
+}
+
+/// [`admin_get`] with more header lines (each ended by CRLF), such as an `Authorization`.
+pub fn admin_get_with(
+    port: u16,
+    path: &str,
+    headers: &str,
+    patience: Duration,
+) -> Option<(String, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, patience).ok()?;
     stream.set_read_timeout(Some(patience)).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: relayd\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;
@@ -322,6 +333,9 @@ pub struct TrioOptions {
     /// Whether the witness's config carries the data nodes' timings too (when they are not
     /// the defaults); false: only what docs/configuration.md says a witness needs.
     pub witness_timings: bool,
+    /// Whether the witness serves its admin endpoint (an `[admin]` section on a free port:
+    /// `w.admin_port`).
+    pub witness_admin: bool,
 }
 
 impl Default for TrioOptions {
@@ -333,6 +347,7 @@ impl Default for TrioOptions {
             extra_cluster: String::new(),
             witness: true,
             witness_timings: true,
+            witness_admin: false,
         }
     }
 }
@@ -427,7 +442,15 @@ impl Trio {
         let (aw, bw) = (Proxy::start(w_cluster), Proxy::start(w_cluster));
         let sink = Sink::plain();
         let timings = if options.witness_timings { options.timings } else { Timings::DEFAULTS };
-        let w = Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &timings));
+        let w_admin = if options.witness_admin { free_port() } else { 0 };
+        let mut w = Node::prepare(|data| {
+            let config = witness_config(certs.path(), data, w_cluster, &timings);
+            match w_admin {
+                0 => config,
+                port => format!("{config}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+            }
+        });
+        w.admin_port = w_admin;
         let data_node = |name: &str, role: &str, links: (SocketAddr, SocketAddr, SocketAddr)| {
             let (listen, peer, witness) = links;
             let next_hop = next_hops[usize::from(name == "b")].unwrap_or(sink.addr());
