@@ -44,8 +44,12 @@ pub struct Snapshot {
 /// Renders the page.
 pub fn render(s: &Snapshot) -> String {
     let mut page = Page(String::with_capacity(8192));
-    let version = [(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)];
-    page.family("relayd_build_info", "gauge", "Always 1; the version in its label.", &version);
+    page.family(
+        "relayd_build_info",
+        "gauge",
+        "Always 1; the version and the git commit (empty when unknown) in its labels.",
+        &[(build_labels(), 1)],
+    );
     let roles = [Role::Primary, Role::Standby, Role::Witness]
         .map(|role| (format!("{{role=\"{role}\"}}"), u64::from(s.role == Some(role))));
     page.family("relayd_role", "gauge", "1 for this node's role, 0 for the others.", &roles);
@@ -137,6 +141,12 @@ pub fn render(s: &Snapshot) -> String {
     page.0
 }
 
+/// `relayd_build_info`'s labels: the package version and the commit build.rs found.
+fn build_labels() -> String {
+    let (version, commit) = (env!("CARGO_PKG_VERSION"), env!("RELAYD_GIT_COMMIT"));
+    format!("{{version=\"{version}\",commit=\"{commit}\"}}")
+}
+
 struct Page(String);
 
 impl Page {
@@ -197,7 +207,11 @@ mod tests {
         assert!(page.contains(
             "# TYPE relayd_messages_accepted_total counter\nrelayd_messages_accepted_total 7\n"
         ));
-        let version = format!("relayd_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"));
+        let version = format!(
+            "relayd_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            env!("RELAYD_GIT_COMMIT")
+        );
         assert!(page.contains(&version), "{page}");
         assert!(page.contains("relayd_replication_lag_seconds 0.25\n"));
         assert!(page.contains("relayd_spool_disk_free_bytes 10\n"));

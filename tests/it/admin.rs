@@ -197,7 +197,18 @@ fn metrics_pass_promtool_and_time_the_mail() {
     let node = start("primary");
     let page = get(&node, "/metrics").body;
     promtool_check_metrics(&page);
-    let version = format!("relayd_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    // The commit this checkout is at (the binary was built from it: build.rs runs again when
+    // HEAD moves); empty where git cannot tell.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    let version =
+        format!("relayd_build_info{{version=\"{}\",commit=\"{head}\"}}", env!("CARGO_PKG_VERSION"));
     assert_eq!(sample(&page, &version), Some(1), "{page}");
     assert_eq!(sample(&page, "relayd_smtp_commit_seconds_count"), Some(0), "{page}");
     let free: u64 = sample(&page, "relayd_spool_disk_free_bytes").expect("free bytes");
@@ -207,20 +218,21 @@ fn metrics_pass_promtool_and_time_the_mail() {
     // A single node has no witness to hear from.
     assert!(!page.contains("relayd_witness_last_answer_seconds"), "{page}");
 
-    // One message: one end of DATA timed; its delivery attempt (to a port nobody listens on)
-    // timed too, once it is deferred.
+    // One message: one end of DATA timed; its delivery attempt (to a port nobody listens on,
+    // so deferred) timed too.
     send_message(&node, "bob@example.com");
     let mut page = String::new();
-    wait_for("the delivery attempt", || {
+    wait_for("the delivery attempt timed", || {
         page = get(&node, "/metrics").body;
-        sample(&page, "relayd_recipients_deferred_total") == Some(1)
+        sample(&page, "relayd_delivery_attempt_seconds_count") == Some(1)
     });
+    // The attempt is timed once its results are recorded (and counted).
+    assert_eq!(sample(&page, "relayd_recipients_deferred_total"), Some(1), "{page}");
     promtool_check_metrics(&page);
     assert_eq!(sample(&page, "relayd_smtp_commit_seconds_count"), Some(1), "{page}");
     assert_eq!(sample(&page, "relayd_smtp_commit_seconds_bucket{le=\"+Inf\"}"), Some(1));
     let commit: f64 = sample(&page, "relayd_smtp_commit_seconds_sum").expect("sum");
     assert!(commit > 0.0, "{page}");
-    assert_eq!(sample(&page, "relayd_delivery_attempt_seconds_count"), Some(1), "{page}");
     // Not in a cluster: nothing waits for a standby.
     assert_eq!(sample(&page, "relayd_replication_ack_seconds_count"), Some(0), "{page}");
 }
@@ -496,7 +508,12 @@ fn a_data_node_shows_the_sync_ack_wait_and_how_long_the_witness_has_been_silent(
         sample::<f64>(&get(node, "/metrics").body, "relayd_witness_last_answer_seconds")
     };
     // Heard within the last second, where pings go every heartbeat (100 ms).
-    wait_for("a to hear the witness", || witness_silence(&trio.a).is_some_and(|s| s < 1.0));
+    // Every data node with a witness pings it, a standby too.
+    for node in [&trio.a, &trio.b] {
+        wait_for("the data nodes to hear the witness", || {
+            witness_silence(node).is_some_and(|s| s < 1.0)
+        });
+    }
 
     // Sync mode: the message's 250 waited for b's acknowledgement, and that wait is timed.
     send_message(&trio.a, "bob@example.com");
