@@ -13,25 +13,20 @@ RUNS=${RUNS:-3}; N=${N:-20000}; SESS=${SESS:-20}; SIZE=${SIZE:-4096}; SRC_OPTS=$
 W=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-export PATH=$PATH:/usr/sbin
-if ! command -v smtp-source >/dev/null; then
-  apt-get update -qq
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
+need_postfix_tools
 
 node_config data_dir="$W/data" name=bench smtp=127.0.0.1:2537 hostname=bench.test \
   relay=example.test trusted=127.0.0.0/8 route=127.0.0.1:2535 admin=127.0.0.1:2538 log=warn \
   > "$W/relayd.toml"
 "$relayd" --config "$W/relayd.toml" > "$W/relayd.log" 2>&1 & relayd_pid=$!; pids+=($relayd_pid)
-for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2537) 2>/dev/null && break; sleep 0.1; done
+wait_port 2537
 
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 : > "$W/res"
 for r in $(seq 1 "$RUNS"); do
   smtp-sink -u nobody -c 127.0.0.1:2535 1024 > "$W/sink.out" 2>&1 & sink=$!
-  for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2535) 2>/dev/null && break; sleep 0.05; done
+  wait_port 2535
   t0=$(now)
   smtp-source -s "$SESS" -m "$N" -l "$SIZE" $SRC_OPTS -f bench@src.test -t rcpt@example.test 127.0.0.1:2537 > "$W/src.out" 2>&1
   t1=$(now)

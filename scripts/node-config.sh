@@ -8,7 +8,7 @@
 #   [smtp]      smtp=ADDR (listen) hostname=NAME              smtp_keys=TOML
 #   [relay]     relay=DOMAIN (domains) trusted=NET (trusted_networks)
 #   [[route]]   route=NEXT_HOP route_domain=DOMAIN (default "*"), tls "none"
-#   [delivery]  retry=TOML_ARRAY resolver=ADDR (resolvers)
+#   [delivery]  retry=TOML_ARRAY resolver=ADDR (resolvers)        delivery_keys=TOML
 #   [admin]     admin=ADDR (listen)
 #   [log]       log=LEVEL
 #   [cluster]   cluster=ADDR (listen) peer=ADDR witness=ADDR certs=DIR (NAME.pem, NAME.key and
@@ -22,8 +22,8 @@ for arg in "$@"; do
   field=${arg%%=*}
   case $field in
     data_dir | name | role | node_keys | smtp | hostname | smtp_keys | relay | trusted | route | \
-      route_domain | retry | resolver | admin | log | cluster | peer | witness | certs | \
-      cluster_keys | sections) f[$field]=${arg#*=} ;;
+      route_domain | retry | resolver | delivery_keys | admin | log | cluster | peer | witness | \
+      certs | cluster_keys | sections) f[$field]=${arg#*=} ;;
     *) echo "node-config.sh: unknown field in $arg" >&2; exit 2 ;;
   esac
 done
@@ -49,8 +49,8 @@ if [ -n "${f[route]:-}" ]; then
   printf '[[route]]\ndomain = "%s"\n' "${f[route_domain]:-*}"
   key next_hop route; echo 'tls = "none"'; echo
 fi
-if [ -n "${f[retry]:-}${f[resolver]:-}" ]; then
-  echo "[delivery]"; key retry retry %s; key resolvers resolver '["%s"]'; echo
+if [ -n "${f[retry]:-}${f[resolver]:-}${f[delivery_keys]:-}" ]; then
+  echo "[delivery]"; key retry retry %s; key resolvers resolver '["%s"]'; more delivery_keys; echo
 fi
 if [ -n "${f[admin]:-}" ]; then
   echo "[admin]"; key listen admin; echo

@@ -33,7 +33,8 @@ struct Cli {
 enum Subcommand {
     /// Check a config file and exit: 0 when valid, 2 with the file, line and key of the first error.
     CheckConfig,
-    /// Show the running node's role, epoch, peer, replication lag and queue.
+    /// Show the running node's role, epoch, peer, replication lag and queue (a witness: its
+    /// grant, and when it last heard each data node).
     Status {
         /// Print the admin endpoint's JSON instead of a table.
         #[arg(long)]

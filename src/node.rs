@@ -197,20 +197,35 @@ async fn serve(config: Arc<Config>) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// A witness: grants epochs until SIGTERM or SIGINT.
+/// A witness: grants epochs until SIGTERM or SIGINT, and serves its admin endpoint when its
+/// file has an `[admin]` section. The endpoint is bound first, so that the witness's
+/// "listening" line means that both listen.
 async fn witness(config: &Config, signals: Signals) -> Result<(), NodeError> {
     tracing::info!(node = %config.node.name, "relayd started as a witness");
+    let admin = if config.admin.section {
+        Some(crate::admin::bind(&config.admin).await.map_err(NodeError::Listen)?)
+    } else {
+        None
+    };
+    let witness = crate::ha::witness::Witness::bind(config).await.map_err(NodeError::Witness)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = admin {
+        let context = crate::admin::witness::WitnessContext {
+            node: config.node.name.clone(),
+            witness: witness.view(),
+        };
+        tasks.spawn(crate::admin::witness::serve(listener, context));
+    }
+    tasks.spawn(witness.serve());
     let Signals { mut terminate, mut interrupt, mut hangup } = signals;
-    let serving = crate::ha::witness::serve(config);
-    tokio::pin!(serving);
     loop {
         tokio::select! {
-            result = &mut serving => break result.map_err(NodeError::Witness)?,
             _ = terminate.recv() => break tracing::info!("SIGTERM: stopping"),
             _ = interrupt.recv() => break tracing::info!("SIGINT: stopping"),
             _ = hangup.recv() => tracing::info!("SIGHUP: a witness has nothing to reload"),
         }
     }
+    tasks.abort_all();
     tracing::info!("stopped");
     Ok(())
 }

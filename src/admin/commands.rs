@@ -10,17 +10,34 @@ use bytesize::ByteSize;
 
 use super::api::{Message, Recipient, Status};
 use super::client::{Client, ClientError};
-use crate::config::Config;
+use super::witness::WitnessStatus;
+use crate::config::{Config, Role};
 use crate::spool::QueueId;
 
-/// `relayd status [--json]`.
+/// `relayd status [--json]`, of a data node or a witness (its `/status` says which).
 pub fn status(config: &Config, json: bool) -> ExitCode {
+    if config.node.role == Role::Witness && !config.admin.section {
+        eprintln!(
+            "relayd: {}: this witness has no [admin] section, so it serves no admin endpoint \
+             (add one, and restart it)",
+            config.source
+        );
+        return ExitCode::from(2);
+    }
     run(config, |client| {
+        let status: serde_json::Value = client.get("/status")?;
         if json {
-            let status: serde_json::Value = client.get("/status")?;
             return Ok(pretty(&status));
         }
-        let status: Status = client.get("/status")?;
+        let invalid = |e: serde_json::Error| ClientError::Invalid {
+            address: client.address(),
+            reason: e.to_string(),
+        };
+        if status["role"] == Role::Witness.as_str() {
+            let status: WitnessStatus = serde_json::from_value(status).map_err(invalid)?;
+            return Ok(super::witness::status_table(&status));
+        }
+        let status: Status = serde_json::from_value(status).map_err(invalid)?;
         Ok(status_table(&status))
     })
 }

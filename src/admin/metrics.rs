@@ -44,15 +44,8 @@ pub struct Snapshot {
 /// Renders the page.
 pub fn render(s: &Snapshot) -> String {
     let mut page = Page(String::with_capacity(8192));
-    page.family(
-        "relayd_build_info",
-        "gauge",
-        "Always 1; the version and the git commit (empty when unknown) in its labels.",
-        &[(build_labels(), 1)],
-    );
-    let roles = [Role::Primary, Role::Standby, Role::Witness]
-        .map(|role| (format!("{{role=\"{role}\"}}"), u64::from(s.role == Some(role))));
-    page.family("relayd_role", "gauge", "1 for this node's role, 0 for the others.", &roles);
+    page.build_info();
+    page.role(s.role);
     page.gauge("relayd_epoch", "The current epoch (0: none yet).", s.epoch);
     page.gauge(
         "relayd_serving",
@@ -141,25 +134,43 @@ pub fn render(s: &Snapshot) -> String {
     page.0
 }
 
-/// `relayd_build_info`'s labels: the package version and the commit build.rs found.
-fn build_labels() -> String {
-    let (version, commit) = (env!("CARGO_PKG_VERSION"), env!("RELAYD_GIT_COMMIT"));
-    format!("{{version=\"{version}\",commit=\"{commit}\"}}")
-}
-
-struct Page(String);
+/// A page being written (also the witness's, `super::witness`).
+pub(super) struct Page(pub(super) String);
 
 impl Page {
-    fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
+    /// `relayd_build_info`: always 1, the package version and the commit build.rs found
+    /// (empty when it could not tell) in its labels.
+    pub(super) fn build_info(&mut self) {
+        let (version, commit) = (env!("CARGO_PKG_VERSION"), env!("RELAYD_GIT_COMMIT"));
+        let labels = format!("{{version=\"{version}\",commit=\"{commit}\"}}");
+        let help = "Always 1; the version and the git commit (empty when unknown) in its labels.";
+        self.family("relayd_build_info", "gauge", help, &[(labels, 1)]);
+    }
+
+    /// `relayd_role`: 1 for `role`, 0 for the others.
+    pub(super) fn role(&mut self, role: Option<Role>) {
+        let roles = [Role::Primary, Role::Standby, Role::Witness]
+            .map(|each| (format!("{{role=\"{each}\"}}"), u64::from(role == Some(each))));
+        self.family("relayd_role", "gauge", "1 for this node's role, 0 for the others.", &roles);
+    }
+
+    pub(super) fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
         self.family(name, "gauge", help, &[(String::new(), value)]);
     }
 
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
+    pub(super) fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.family(name, "counter", help, &[(String::new(), value)]);
     }
 
-    /// One metric family: its HELP and TYPE lines, then a sample per label set.
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, impl Display)]) {
+    /// One metric family: its HELP and TYPE lines, then a sample per label set (`labels` in
+    /// braces, or empty).
+    pub(super) fn family<V: Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(String, V)],
+    ) {
         // Writing to a String cannot fail.
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");

@@ -3,6 +3,7 @@
 //!
 //! `routes` holds the handlers, `api` the JSON documents (shared with the CLI's `client`),
 //! `metrics` the Prometheus page, `auth` the optional bearer token, `error` the JSON errors.
+//! `witness` is a witness's smaller endpoint, on the same listener, token and page writer.
 
 pub mod api;
 mod auth;
@@ -11,6 +12,7 @@ pub mod commands;
 mod error;
 pub mod metrics;
 mod routes;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,15 +84,20 @@ pub async fn bind(config: &AdminConfig) -> std::io::Result<Listener> {
 
 /// Serves the endpoint on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: Listener, context: AdminContext) {
-    let service =
-        router(context, listener.token).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener.socket, service).await {
+    let Listener { socket, token } = listener;
+    serve_router(socket, router(context, token)).await;
+}
+
+/// Serves `router`, whose handlers may read the client's address
+/// ([`axum::extract::ConnectInfo`]: the token check logs refusals with it).
+async fn serve_router(socket: TcpListener, router: Router) {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(socket, service).await {
         tracing::error!(error = %e, "admin endpoint stopped");
     }
 }
 
-/// The routes, behind the token check when there is a token. The router needs the client's
-/// address ([`axum::extract::ConnectInfo`]) to log refusals.
+/// The routes, behind the token check when there is a token.
 pub fn router(context: AdminContext, token: Option<Token>) -> Router {
     let router = Router::new()
         .route("/healthz", get(routes::healthz))
@@ -101,9 +108,15 @@ pub fn router(context: AdminContext, token: Option<Token>) -> Router {
         .route("/promote", post(routes::promote))
         .route("/demote", post(routes::demote))
         .route("/queue/{id}", get(routes::queue_show).delete(routes::queue_delete))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(Arc::new(context));
+    finish(router, token)
+}
+
+/// What every endpoint's routes share: the answers to unknown paths and methods, and the token
+/// check when there is a token (`/healthz` stays open).
+fn finish(router: Router, token: Option<Token>) -> Router {
+    let router =
+        router.fallback(routes::not_found).method_not_allowed_fallback(routes::method_not_allowed);
     match token {
         Some(token) => {
             router.layer(axum::middleware::from_fn_with_state(token, auth::require_token))

@@ -73,6 +73,11 @@ pub struct NodeConfig {
     /// Bytes that must stay free on the spool's file system for a new transaction to start
     /// (452 4.3.1 below): room kept for the mail already accepted (delivery results, bounces).
     pub min_free_space: u64,
+    /// The change log is kept at most this many bytes of records: beyond, the oldest go, even
+    /// those a standby has not acknowledged (it is then rebuilt from a snapshot).
+    pub log_retention_bytes: u64,
+    /// ... and records older than this go, on the same terms.
+    pub log_retention_age: Duration,
 }
 
 /// The config a running node uses now: swapped whole on SIGHUP, read where it is used, so that
@@ -324,6 +329,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// When set, requests need this bearer token.
     pub token_file: Option<PathBuf>,
+    /// Whether the file has an `[admin]` section. A data node serves the endpoint in any case;
+    /// a witness only then, so that a witness configured before it had one does not take the
+    /// default port from a data node on the same host.
+    pub section: bool,
 }
 
 /// `[log]`

@@ -25,7 +25,7 @@ pub(super) struct RawConfig {
     route: Option<Vec<RawRoute>>,
     delivery: RawDelivery,
     cluster: Option<RawCluster>,
-    admin: RawAdmin,
+    admin: Option<RawAdmin>,
     log: RawLog,
 }
 
@@ -37,6 +37,8 @@ struct RawNode {
     data_dir: Option<FilePath>,
     drain_timeout: Option<Dur>,
     min_free_space: Option<Size>,
+    log_retention_bytes: Option<Size>,
+    log_retention_age: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -172,6 +174,8 @@ impl RawConfig {
             data_dir: path(node.data_dir).unwrap_or_else(|| PathBuf::from("./relayd-data")),
             drain_timeout: dur(node.drain_timeout, secs(30)),
             min_free_space: node.min_free_space.map_or(64 * 1024 * 1024, |Size(s)| s),
+            log_retention_bytes: node.log_retention_bytes.map_or(512 * 1024 * 1024, |Size(s)| s),
+            log_retention_age: dur(node.log_retention_age, secs(24 * 3600)),
         };
 
         let smtp = SmtpConfig {
@@ -308,9 +312,12 @@ impl RawConfig {
             }
         };
 
+        let section = admin.is_some();
+        let admin = admin.unwrap_or_default();
         let admin = AdminConfig {
             listen: admin.listen.map_or(addr([127, 0, 0, 1], 8025), |Listen(a)| a),
             token_file: path(admin.token_file),
+            section,
         };
 
         let log = LogConfig {

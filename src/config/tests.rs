@@ -94,8 +94,11 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.delivery.max_queue_lifetime, Duration::from_secs(5 * 86400));
     assert_eq!(c.delivery.concurrency_per_host, 10);
     // The embedded file spells out some defaults; it must agree with the built-in ones.
+    // (It has an [admin] section, which an empty file has not.)
     let embedded = Config::embedded_default().unwrap();
-    assert_eq!(Config { source: embedded.source.clone(), ..c }, embedded);
+    assert!(!c.admin.section && embedded.admin.section);
+    let admin = AdminConfig { section: true, ..c.admin.clone() };
+    assert_eq!(Config { source: embedded.source.clone(), admin, ..c }, embedded);
 }
 
 #[test]
@@ -151,6 +154,27 @@ fn example_witness_loads() {
     let cl = c.cluster.unwrap();
     assert_eq!(cl.listen, "10.0.0.3:7400".parse().unwrap());
     assert_eq!(cl.peer, None);
+    assert!(c.admin.section, "the example witness serves its admin endpoint");
+    assert_eq!(c.admin.listen, "127.0.0.1:8025".parse().unwrap());
+}
+
+/// A witness serves the admin endpoint only when its file has an `[admin]` section (with a
+/// data node's keys and defaults); a witness file from before is read as before.
+#[test]
+fn a_witness_admin_endpoint_is_the_admin_section_of_its_file() {
+    const WITNESS: &str = "[node]\nrole = \"witness\"\n[cluster]\ntls_cert = \"c\"\ntls_key = \"k\"\ntls_ca = \"a\"\n";
+    let without = parse(WITNESS).unwrap();
+    assert!(!without.admin.section);
+    let empty = parse(&format!("{WITNESS}[admin]\n")).unwrap();
+    assert!(empty.admin.section);
+    assert_eq!(empty.admin.listen, "127.0.0.1:8025".parse().unwrap());
+    let keys =
+        parse(&format!("{WITNESS}[admin]\nlisten = \"127.0.0.1:9025\"\ntoken_file = \"t\"\n"))
+            .unwrap();
+    assert!(keys.admin.section);
+    assert_eq!(keys.admin.listen, "127.0.0.1:9025".parse().unwrap());
+    assert_eq!(keys.admin.token_file.as_deref(), Some(Path::new("t")));
+    assert_err(&format!("{WITNESS}[admin]\nport = 1\n"), Some(8), Some("admin.port"), &["unknown"]);
 }
 
 #[test]
@@ -687,5 +711,36 @@ fn relay_domain_tables_that_cannot_work_are_refused() {
         Some(2),
         Some("relay.verify_timeout"),
         &["longer than 0s"],
+    );
+}
+
+#[test]
+fn log_retention_keys() {
+    let c = parse(SMTP).unwrap();
+    assert_eq!(c.node.log_retention_bytes, 512 * 1024 * 1024);
+    assert_eq!(c.node.log_retention_age, Duration::from_secs(86_400));
+    let c = parse(&format!(
+        "[node]\nlog_retention_bytes = \"2GiB\"\nlog_retention_age = \"6h\"\n{SMTP}"
+    ))
+    .unwrap();
+    assert_eq!(c.node.log_retention_bytes, 2 << 30);
+    assert_eq!(c.node.log_retention_age, Duration::from_secs(6 * 3600));
+    assert_err(
+        "[node]\nname = \"a\"\nlog_retention_bytes = \"512KiB\"\n",
+        Some(3),
+        Some("node.log_retention_bytes"),
+        &["at least 1MiB"],
+    );
+    assert_err(
+        "[node]\nlog_retention_age = \"500ms\"\n",
+        Some(2),
+        Some("node.log_retention_age"),
+        &["at least 1s"],
+    );
+    assert_err(
+        "[node]\nlog_retention_age = 60\n",
+        Some(2),
+        Some("node.log_retention_age"),
+        &["duration string"],
     );
 }

@@ -22,6 +22,7 @@ const MIN_MESSAGE_SIZE: u64 = 1024;
 pub(super) fn validate(c: &Config) -> Result<(), Invalid> {
     check_node_name(&c.node.name)?;
     positive("node.drain_timeout", c.node.drain_timeout)?;
+    check_log_retention(c)?;
     check_smtp(&c.smtp, c.node.role)?;
     check_recipient_checks(c)?;
     check_routes(c)?;
@@ -37,6 +38,29 @@ fn is_data_node(role: Role) -> bool {
 fn positive(key: &str, d: Duration) -> Result<(), Invalid> {
     if d.is_zero() {
         return Err(Invalid::new(key, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+/// The smallest log_retention_bytes: below it, a standby that misses a moment of traffic
+/// would need a snapshot (and the log's size is only known to a quarter of a MiB).
+const MIN_LOG_RETENTION_BYTES: u64 = 1024 * 1024;
+
+fn check_log_retention(c: &Config) -> Result<(), Invalid> {
+    if c.node.log_retention_bytes < MIN_LOG_RETENTION_BYTES {
+        return Err(Invalid::new(
+            "node.log_retention_bytes",
+            format!(
+                "{} bytes is too small: at least 1MiB (the change log a standby resumes from)",
+                c.node.log_retention_bytes
+            ),
+        ));
+    }
+    if c.node.log_retention_age < Duration::from_secs(1) {
+        return Err(Invalid::new(
+            "node.log_retention_age",
+            "must be at least 1s (the change log's age is kept to the second)",
+        ));
     }
     Ok(())
 }

@@ -33,12 +33,10 @@ use crate::config::{
 };
 use crate::delivery::DeliveryHandle;
 use crate::role::{Data, Peer, Reporter, RoleWatch};
-use crate::spool::{EpochStart, LogPosition, QueueId, Spool, SpoolError};
+use crate::spool::{EpochStart, LogPosition, QueueId, Retention, Spool, SpoolError, Trimmed};
 
-/// Log records kept for a standby that has not acknowledged them, at most; a standby further
-/// behind is rebuilt from a snapshot.
-pub const MAX_RETAINED: u64 = 1_000_000;
-/// Log records a node keeps when nobody needs them (for `relayd`'s own inspection).
+/// Log records a node keeps when nobody needs them (for `relayd`'s own inspection), within
+/// the retention bounds.
 const MIN_RETAINED: u64 = 10_000;
 
 /// This node's end of replication, shared by the sessions (`confirm`), the admin endpoint
@@ -148,7 +146,11 @@ impl Replicator {
                 delivery,
             }),
         };
-        tokio::spawn(trim(replication.clone(), spool.clone(), role.clone()));
+        let retention = Retention {
+            bytes: config.node.log_retention_bytes,
+            age: config.node.log_retention_age,
+        };
+        tokio::spawn(trim(replication.clone(), spool.clone(), role.clone(), retention));
         let (Some(cluster), Some(link)) = (&config.cluster, link) else { return Ok(replication) };
         let listener = tokio::net::TcpListener::bind(cluster.listen).await.map_err(|e| {
             config.error_at("cluster.listen", format!("cannot listen on {}: {e}", cluster.listen))
@@ -352,25 +354,48 @@ impl Replicator {
     }
 }
 
-/// Housekeeping: drops log records nobody needs, every few seconds. A primary keeps what its
-/// standby has not acknowledged (up to [`MAX_RETAINED`] records); every node keeps at least
-/// [`MIN_RETAINED`] records, and a standby its last [`MAX_RETAINED`] (it may become primary and
-/// have a rejoining node to resume).
-async fn trim(replication: Replicator, spool: Spool, role: RoleWatch) {
+/// Where a node's log must go back to for its peer: a primary keeps its standby's last
+/// acknowledged record (the resume check reads it) and what follows; a standby keeps all it
+/// may (promoted, it may have a rejoining node to resume); a single node nothing. Each keeps its
+/// last [`MIN_RETAINED`] records besides. The retention bounds still apply over this.
+fn wanted_from(role: Role, clustered: bool, acked: u64, last: u64) -> u64 {
+    let wanted = match (role, clustered) {
+        (Role::Primary, true) => acked,
+        (_, true) => 0,
+        (_, false) => last,
+    };
+    wanted.min(last.saturating_sub(MIN_RETAINED))
+}
+
+/// Housekeeping: drops log records nobody needs, and those past the retention bounds
+/// (`[node].log_retention_bytes`, `log_retention_age`), every few seconds. A standby whose
+/// position goes that way is rebuilt from a snapshot when it comes back: said once.
+async fn trim(replication: Replicator, spool: Spool, role: RoleWatch, retention: Retention) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut warned_for = None;
     loop {
         tick.tick().await;
         let last = spool.last_position().seq;
         let current = role.borrow().role;
-        let keep_from = match (current, replication.state.cluster.is_some()) {
-            (Role::Primary, true) => replication.acked_seq().max(last.saturating_sub(MAX_RETAINED)),
-            (_, true) => last.saturating_sub(MAX_RETAINED),
-            (_, false) => last,
-        }
-        .min(last.saturating_sub(MIN_RETAINED));
-        match spool.trim_log(keep_from) {
-            Ok(0) => {}
-            Ok(removed) => tracing::debug!(removed, keep_from, "change log trimmed"),
+        let clustered = replication.state.cluster.is_some();
+        let acked = replication.acked_seq();
+        let wanted = wanted_from(current, clustered, acked, last);
+        match spool.trim_log(wanted, crate::spool::now_ms(), &retention) {
+            Ok(Trimmed { removed: 0, .. }) => {}
+            Ok(Trimmed { removed, keep_from }) => {
+                tracing::debug!(removed, keep_from, "change log trimmed");
+                let standby_lost = current == Role::Primary && clustered && acked > 0;
+                if standby_lost && keep_from > acked && warned_for != Some(acked) {
+                    warned_for = Some(acked);
+                    tracing::warn!(
+                        standby_at = acked,
+                        keep_from,
+                        "change log trimmed past the standby's last record \
+                         (node.log_retention_bytes / log_retention_age): it will be rebuilt \
+                         from a snapshot"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "change log trim failed"),
         }
     }
@@ -431,4 +456,23 @@ async fn flush(writer: &mut (impl AsyncWrite + Unpin)) -> Result<(), LinkError> 
 async fn send_now(writer: &mut (impl AsyncWrite + Unpin), frame: &Frame) -> Result<(), LinkError> {
     frame::write(writer, frame).await?;
     flush(writer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_primary_keeps_what_its_standby_has_not_acknowledged() {
+        assert_eq!(wanted_from(Role::Primary, true, 5, 100_000), 5);
+        // A standby caught up: the last records are kept anyway.
+        assert_eq!(wanted_from(Role::Primary, true, 100_000, 100_000), 90_000);
+    }
+
+    #[test]
+    fn a_standby_keeps_what_the_bounds_allow_and_a_single_node_its_last_records() {
+        assert_eq!(wanted_from(Role::Standby, true, 0, 100_000), 0);
+        assert_eq!(wanted_from(Role::Primary, false, 0, 100_000), 90_000);
+        assert_eq!(wanted_from(Role::Primary, false, 0, 10), 0);
+    }
 }

@@ -3,7 +3,7 @@
 use super::commit::Request;
 use super::{QueueId, Spool, SpoolError, tables};
 
-/// Cuts a stream of bytes into chunks of [`tables::CHUNK_SIZE`] (the last one shorter). Its
+/// Cuts a stream of bytes into chunks of [`tables::CHUNK_SIZE`] (the tail in smaller pieces). Its
 /// buffer is allocated when bytes come, and handed over with the chunk: a thousand sessions
 /// that end their messages at once do not each hold a fresh, empty one.
 pub(super) struct Chunker {
@@ -36,11 +36,13 @@ impl Chunker {
         Ok(())
     }
 
-    /// The last, partial chunk, if any bytes are left; trimmed to its size, since it may wait in
-    /// the committer's queue beside many others.
-    pub(super) fn finish(&mut self) -> Option<Vec<u8>> {
-        self.pending.shrink_to_fit();
-        (!self.pending.is_empty()).then(|| self.take())
+    /// The bytes left after the last full chunk, in pieces of at most [`tables::TAIL_PIECE`]
+    /// (each fits a page of its own or shares one: see [`tables::CHUNK_SIZE`]); each piece is
+    /// its own allocation of its size, since it may wait in the committer's queue beside many
+    /// others.
+    pub(super) fn finish(&mut self) -> Vec<Vec<u8>> {
+        let tail = self.take();
+        tail.chunks(tables::TAIL_PIECE).map(<[u8]>::to_vec).collect()
     }
 
     fn take(&mut self) -> Vec<u8> {
@@ -82,11 +84,10 @@ impl BodyWriter {
         self.chunker.write(data, |chunk| send_chunk(spool, id, sent, chunk))
     }
 
-    /// Sends the last partial chunk; the number of chunks the body has. Called by
-    /// [`Spool::accept`].
+    /// Sends the body's tail; the number of chunks the body has. Called by [`Spool::accept`].
     pub(super) fn finish(&mut self) -> Result<u32, SpoolError> {
-        if let Some(chunk) = self.chunker.finish() {
-            send_chunk(&self.spool, self.id, &mut self.chunks_sent, chunk)?;
+        for piece in self.chunker.finish() {
+            send_chunk(&self.spool, self.id, &mut self.chunks_sent, piece)?;
         }
         Ok(self.chunks_sent)
     }

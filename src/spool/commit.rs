@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
 use super::{ErrorKind, QueueId, SpoolError};
-use super::{Opened, tables};
+use super::{Opened, retention, tables};
 
 /// At most this many requests wait for the committer, and share one batch: it bounds the
 /// memory of the chunks in flight (32 KiB each) and of a batch.
@@ -395,6 +395,7 @@ fn stage_and_commit(
         // Dropping the transaction uncommitted aborts it.
         return Err(error);
     }
+    staging.seal(super::now_ms())?;
     let Staged { history, queued_delta, wiped } = staging.close();
     txn.commit()?;
     // From here the records are on disk (or, for a non-durable batch, in redb's buffer).
@@ -497,6 +498,7 @@ pub(super) struct Staging<'t> {
     bodies: Table<'t, (u128, u32), &'static [u8]>,
     receiving: Table<'t, u128, ()>,
     state: Table<'t, &'static str, &'static [u8]>,
+    marks: Table<'t, u64, (u64, u64)>,
     history: Vec<EpochStart>,
     /// Messages added minus messages removed.
     queued_delta: i64,
@@ -522,10 +524,16 @@ impl<'t> Staging<'t> {
             bodies: txn.open_table(tables::BODIES)?,
             receiving: txn.open_table(tables::RECEIVING)?,
             state: txn.open_table(tables::STATE)?,
+            marks: txn.open_table(tables::MARKS)?,
             history,
             queued_delta: 0,
             wiped: false,
         })
+    }
+
+    /// Marks the log's end as of `now_ms`, if records were added (see [`retention::seal`]).
+    pub(super) fn seal(&mut self, now_ms: u64) -> Result<(), SpoolError> {
+        retention::seal(&self.log, &mut self.marks, now_ms)
     }
 
     /// Closes the tables (a transaction commits only once they are), keeping what the caller
@@ -700,6 +708,7 @@ impl<'t> Staging<'t> {
         self.log.retain(|_, _| false)?;
         self.bodies.retain(|_, _| false)?;
         self.receiving.retain(|_, _| false)?;
+        self.marks.retain(|_, _| false)?;
         self.state.remove(tables::EPOCH_HISTORY)?;
         self.state.remove(tables::RESUMED)?;
         self.state.insert(tables::SNAPSHOT_INCOMPLETE, [1u8].as_slice())?;

@@ -79,8 +79,8 @@ impl Import {
                 size += piece.as_ref().len() as u64;
                 chunker.write(piece.as_ref(), &mut store)?;
             }
-            if let Some(last) = chunker.finish() {
-                store(last)?;
+            for piece in chunker.finish() {
+                store(piece)?;
             }
             if size != message.envelope.size {
                 return Err(SpoolError::corrupt(format!(

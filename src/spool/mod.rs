@@ -24,13 +24,14 @@ mod id;
 pub mod import;
 mod open;
 mod record;
+pub mod retention;
 mod tables;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use commit::Store;
@@ -44,6 +45,7 @@ pub use open::create_dir_durable;
 pub use record::{
     Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
 };
+pub use retention::Retention;
 
 /// redb's cache, its write buffer included (at most half of it): bodies stream through it, so
 /// it bounds the spool's memory.
@@ -91,7 +93,7 @@ impl Spool {
         // for its lock, but not for another process that holds it.
         let started = std::time::Instant::now();
         let opened = loop {
-            match open::open_file(&path) {
+            match open::open_at_start(&path) {
                 Err(e) if e.kind == ErrorKind::Locked && started.elapsed() < LOCK_PATIENCE => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -301,19 +303,45 @@ impl Spool {
         Ok(self.state(tables::SNAPSHOT_INCOMPLETE)?.is_some())
     }
 
-    /// Drops log records below `seq`, always keeping the newest one. Housekeeping, not a
-    /// change: what a standby may still need is the caller's to judge. A non-durable commit:
-    /// the next durable one takes it along (records that come back after a crash are harmless).
-    pub fn trim_log(&self, seq: u64) -> Result<usize, SpoolError> {
-        let end = seq.min(self.last_position().seq);
+    /// Drops the log records nobody may need: those before `wanted_from` (what the caller
+    /// judges a peer may still need), and, whatever is wanted, those past `retention` (older
+    /// than its age, or more than its bytes before the log's end: [`retention::keep_from`]).
+    /// The newest record always stays. Housekeeping, not a change: a non-durable commit, which
+    /// the next durable one takes along (records that come back after a crash are harmless).
+    pub fn trim_log(
+        &self,
+        wanted_from: u64,
+        now_ms: u64,
+        retention: &Retention,
+    ) -> Result<Trimmed, SpoolError> {
         let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::None)?;
-        let removed = {
+        let trimmed = {
             let mut log = txn.open_table(tables::LOG)?;
-            log.extract_from_if(..end, |_, _| true)?.count()
+            let mut marks = txn.open_table(tables::MARKS)?;
+            let last = log.last()?.map(|(seq, _)| seq.value());
+            let (Some(end), Some(last)) = (retention::last_mark(&marks)?, last) else {
+                return Ok(Trimmed { removed: 0, keep_from: 0 });
+            };
+            let keep_from = retention::keep_from(
+                retention::marks(&marks)?,
+                end,
+                wanted_from,
+                now_ms,
+                retention,
+            )?
+            .min(last);
+            let removed = log.extract_from_if(..keep_from, |_, _| true)?.count();
+            // The last mark before what is kept stays: the bytes after it are counted from it.
+            let base =
+                marks.range(..keep_from)?.next_back().transpose()?.map(|(seq, _)| seq.value());
+            if let Some(base) = base {
+                marks.retain_in(..base, |_, _| false)?;
+            }
+            Trimmed { removed, keep_from }
         };
         txn.commit()?;
-        Ok(removed)
+        Ok(trimmed)
     }
 
     /// Starts `epoch`: an `EpochStarted` record, durable before this returns.
@@ -516,6 +544,15 @@ impl Spool {
         self.inner.committer.send(Vec::new(), request(done)).await?;
         result.await.map_err(|_| SpoolError::closed())?
     }
+}
+
+/// What [`Spool::trim_log`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Log records dropped.
+    pub removed: usize,
+    /// The log now starts at this sequence number (or later, where it held nothing there).
+    pub keep_from: u64,
 }
 
 /// How long `open` waits for the lock of a spool closed a moment ago.

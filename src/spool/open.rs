@@ -1,6 +1,6 @@
-//! Opening the spool file: redb's settings, the format check, a sled-based relayd's spool
-//! refused with the command that imports it, a damaged file refused with what to do, and the
-//! bodies of messages never committed removed.
+//! Opening the spool file: redb's settings, the format check (a format 1 spool migrated), a
+//! sled-based relayd's spool refused with the command that imports it, a damaged file refused
+//! with what to do, and the bodies of messages never committed removed.
 
 use std::path::Path;
 
@@ -76,6 +76,48 @@ pub(super) fn open_file(path: &Path) -> Result<Opened, SpoolError> {
     prepare(db).map_err(|e| explain(path, e))
 }
 
+/// A spool file smaller than this is never compacted at start: what it could give back is
+/// not worth the start's time.
+pub(super) const COMPACT_FROM: u64 = 32 * 1024 * 1024;
+
+/// Opens (or creates) the spool file at a start, when nothing else uses it: a file of at least
+/// [`COMPACT_FROM`] bytes more than half free is compacted first (redb's `compact` needs the
+/// database to itself: no reader, no writer, which only a start can promise; a running spool
+/// reuses its free pages instead). A compaction that fails is said and skipped: the file is
+/// opened again as it is.
+pub(super) fn open_at_start(path: &Path) -> Result<Opened, SpoolError> {
+    let mut opened = open_file(path)?;
+    match compact(&mut opened.db, path) {
+        Ok(None) => Ok(opened),
+        Ok(Some((before, after))) => {
+            tracing::info!(before, after, "spool file compacted");
+            Ok(opened)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "spool file not compacted");
+            drop(opened);
+            open_file(path)
+        }
+    }
+}
+
+/// Compacts the file at `path` if it is large and mostly free: its sizes before and after.
+fn compact(db: &mut Database, path: &Path) -> Result<Option<(u64, u64)>, SpoolError> {
+    let before = std::fs::metadata(path)?.len();
+    if before < COMPACT_FROM {
+        return Ok(None);
+    }
+    let txn = db.begin_write()?;
+    let stats = txn.stats()?;
+    txn.abort()?;
+    let used = stats.allocated_pages().saturating_mul(stats.page_size() as u64);
+    if used.saturating_mul(2) > before {
+        return Ok(None);
+    }
+    db.compact().map_err(|e| SpoolError::new(ErrorKind::Io, format!("compaction: {e}")))?;
+    Ok(Some((before, std::fs::metadata(path)?.len())))
+}
+
 /// Opens (or creates) a spool on a storage backend of the tests' making.
 #[cfg(test)]
 pub(super) fn open_backend(backend: impl redb::StorageBackend) -> Result<Opened, SpoolError> {
@@ -132,6 +174,16 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             None if fresh => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
             }
+            // Format 1 lacks only the log's marks: the seal below marks its whole log as of
+            // now (its records then count as this young: kept longer, never shorter).
+            Some(tables::FORMAT_WITHOUT_MARKS) => {
+                meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
+                tracing::info!(
+                    from = tables::FORMAT_WITHOUT_MARKS,
+                    to = tables::FORMAT,
+                    "spool format migrated"
+                );
+            }
             None => return Err(SpoolError::corrupt("the file holds no spool format")),
             Some(other) => {
                 return Err(SpoolError::new(
@@ -147,6 +199,8 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
         }
         let mut staging = super::commit::Staging::open(&txn, Vec::new())?;
         let orphans = staging.remove_orphans()?;
+        // A log written without marks (format 1, an import) gets its mark here.
+        staging.seal(super::now_ms())?;
         drop(staging);
         read_tail(&txn, orphans)?
     };

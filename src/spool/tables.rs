@@ -12,13 +12,17 @@
 //! | `log`       | sequence                    | [`LogRecord`](super::LogRecord) (postcard) |
 //! | `bodies`    | (queue id, chunk index)     | up to [`CHUNK_SIZE`] body bytes        |
 //! | `receiving` | queue id                    | nothing: a body begun, not yet committed |
+//! | `marks`     | sequence                    | (Unix ms, log bytes through it): [`super::retention`] |
 
 use redb::TableDefinition;
 
 /// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
 /// in `meta` when the file is created and checked at every open; a change that an older relayd
-/// could not read takes a new number (and an import path).
-pub const FORMAT: u64 = 1;
+/// could not read takes a new number (and an import path). Format 2 added `marks`; a format 1
+/// spool is migrated at open (its log marked as of the open).
+pub const FORMAT: u64 = 2;
+/// The format before `marks`: migrated at open.
+pub const FORMAT_WITHOUT_MARKS: u64 = 1;
 pub const FORMAT_KEY: &str = "format";
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -27,9 +31,22 @@ pub const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("message
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub const BODIES: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("bodies");
 pub const RECEIVING: TableDefinition<u128, ()> = TableDefinition::new("receiving");
+/// The log's marks: at a record's sequence number, when it was committed (Unix ms) and the
+/// bytes of log records written up to and with it (a running total: differences count).
+pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
 
-/// Body chunk size: what a session buffers before handing a chunk to the committer.
-pub const CHUNK_SIZE: usize = 32 * 1024;
+/// Body chunk size: what a session buffers before handing a chunk to the committer. redb
+/// gives an entry larger than a page a page of the next power of two: a chunk of exactly
+/// 32 KiB, with its key and the leaf's header, would take 64 KiB. So a chunk leaves room for
+/// them in 32 KiB.
+pub const CHUNK_SIZE: usize = 32 * 1024 - PAGE_SLACK;
+/// The most bytes of a body's tail chunk: what is left once the full chunks are cut is stored
+/// in pieces that each fit a 4 KiB page with their key (a 20 KB tail in five 4 KiB pages, not
+/// in one entry of a 32 KiB page).
+pub const TAIL_PIECE: usize = 4 * 1024 - PAGE_SLACK;
+/// Room left in a page for an entry's key and the leaf's header (redb: 4 bytes of header, two
+/// 4-byte offsets, a 20-byte key).
+const PAGE_SLACK: usize = 64;
 
 /// In `state`: the epoch history, a list of [`EpochStart`](super::EpochStart).
 pub const EPOCH_HISTORY: &str = "epochs";

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::proxy::Proxy;
 use super::sink::Sink;
-use super::{BIN, Node, free_addr, node_config, run, wait_for};
+use super::{BIN, Node, free_addr, free_port, node_config, run, wait_for};
 
 /// Where mail and DNS queries go: nothing listens on port 1 of this loopback address.
 pub const CLOSED: &str = "127.63.0.1:1";
@@ -92,13 +92,19 @@ impl Pair {
     /// is up and the standby has caught up. `replication` is "sync" or "async"; `extra_cluster`
     /// holds more `[cluster]` keys for both nodes (`sync_timeout = "1s"`, ...).
     pub fn start(replication: &str, extra_cluster: &str) -> Pair {
+        Pair::start_with(replication, extra_cluster, "")
+    }
+
+    /// [`Pair::start`], with `extra_node` keys in both nodes' `[node]` section.
+    pub fn start_with(replication: &str, extra_cluster: &str, extra_node: &str) -> Pair {
         let certs = certs("a,b");
         let primary_cluster = free_addr();
         let standby_cluster = free_addr();
         let proxy = Proxy::start(standby_cluster);
-        let standby = Node::start_named(
+        let mut standby = Node::configure(
             "b",
             "standby",
+            extra_node,
             "",
             &sections(
                 certs.path(),
@@ -109,12 +115,15 @@ impl Pair {
                 extra_cluster,
             ),
         );
-        let primary = Node::start_named(
+        standby.launch();
+        let mut primary = Node::configure(
             "a",
             "primary",
+            extra_node,
             "",
             &sections(certs.path(), "a", primary_cluster, proxy.addr(), replication, extra_cluster),
         );
+        primary.launch();
         let pair = Pair { certs, primary, standby, proxy, standby_cluster };
         pair.wait_links_up(1);
         pair.wait_caught_up();
@@ -207,10 +216,21 @@ pub fn count(log: &str, needle: &str) -> usize {
 /// `GET path` on the admin endpoint at `port` of 127.0.0.1: the answer's head and body; None
 /// if nothing answers within `patience` or the answer is cut short.
 pub fn admin_get(port: u16, path: &str, patience: Duration) -> Option<(String, String)> {
+    admin_get_with(port, path, "", patience)
+}
+
+/// [`admin_get`] with more header lines (each ended by CRLF), such as an `Authorization`.
+pub fn admin_get_with(
+    port: u16,
+    path: &str,
+    headers: &str,
+    patience: Duration,
+) -> Option<(String, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, patience).ok()?;
     stream.set_read_timeout(Some(patience)).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: relayd\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;
@@ -313,6 +333,9 @@ pub struct TrioOptions {
     /// Whether the witness's config carries the data nodes' timings too (when they are not
     /// the defaults); false: only what docs/configuration.md says a witness needs.
     pub witness_timings: bool,
+    /// Whether the witness serves its admin endpoint (an `[admin]` section on a free port:
+    /// `w.admin_port`).
+    pub witness_admin: bool,
 }
 
 impl Default for TrioOptions {
@@ -324,6 +347,7 @@ impl Default for TrioOptions {
             extra_cluster: String::new(),
             witness: true,
             witness_timings: true,
+            witness_admin: false,
         }
     }
 }
@@ -418,7 +442,15 @@ impl Trio {
         let (aw, bw) = (Proxy::start(w_cluster), Proxy::start(w_cluster));
         let sink = Sink::plain();
         let timings = if options.witness_timings { options.timings } else { Timings::DEFAULTS };
-        let w = Node::prepare(|data| witness_config(certs.path(), data, w_cluster, &timings));
+        let w_admin = if options.witness_admin { free_port() } else { 0 };
+        let mut w = Node::prepare(|data| {
+            let config = witness_config(certs.path(), data, w_cluster, &timings);
+            match w_admin {
+                0 => config,
+                port => format!("{config}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+            }
+        });
+        w.admin_port = w_admin;
         let data_node = |name: &str, role: &str, links: (SocketAddr, SocketAddr, SocketAddr)| {
             let (listen, peer, witness) = links;
             let next_hop = next_hops[usize::from(name == "b")].unwrap_or(sink.addr());
