@@ -577,7 +577,8 @@ pub struct DiskUsage {
     pub free: u64,
     /// The file system's size.
     pub size: u64,
-    /// The spool file's size (redb reuses its free pages; it is never compacted).
+    /// The spool file's size (redb reuses its free pages; the file shrinks only when a start
+    /// compacts it).
     pub file: u64,
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use relayd::admin::metrics::{Snapshot, render};
 use relayd::config::Role;
+use relayd::ha::witness::{NodeHeard, WitnessReport};
 use relayd::spool::DiskUsage;
 use serde_json::Value;
 
@@ -37,17 +38,33 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() {
     promtool(&["test", "rules", tests.to_str().expect("utf-8 path")]);
 }
 
-/// Every family and series name the page can show: a node's page with each optional gauge
-/// present (a data node with a witness, its spool readable), histograms by their family's name
-/// and their `_bucket`, `_sum` and `_count`.
+/// Every family and series name the pages can show: a data node's with each optional gauge
+/// present (a witness configured, its spool readable), histograms by their family's name and
+/// their `_bucket`, `_sum` and `_count`; and a witness's, with a grant and a node heard.
 fn exported() -> BTreeSet<String> {
-    let page = render(&Snapshot {
+    let data_node = render(&Snapshot {
         role: Some(Role::Primary),
         spool_disk: Some(DiskUsage::default()),
         witness_silence: Some(Duration::ZERO),
         ..Snapshot::default()
     });
-    page.lines()
+    let heard = NodeHeard {
+        node: "a".into(),
+        silent_for: Duration::ZERO,
+        role: "primary".into(),
+        epoch: 1,
+        serving: true,
+    };
+    let report = WitnessReport {
+        granted: 1,
+        granted_to: "a".into(),
+        grants_since_start: 1,
+        nodes: vec![heard],
+    };
+    let witness = relayd::admin::witness::render(&report);
+    data_node
+        .lines()
+        .chain(witness.lines())
         .filter_map(|line| match line.strip_prefix("# TYPE ") {
             Some(family) => family.split(' ').next(),
             None if line.starts_with('#') => None,
@@ -76,7 +93,7 @@ fn the_rules_name_only_exported_metrics() {
     let exported = exported();
     let rules = std::fs::read_to_string(config_file("prometheus/relayd.rules.yml")).unwrap();
     let names = metric_names(&rules);
-    assert!(names.len() >= 8, "{names:?}");
+    assert!(names.len() >= 9, "{names:?}");
     for name in names {
         assert!(exported.contains(name), "the rules name {name}, which /metrics has not");
     }
