@@ -102,11 +102,18 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
             recipients_deferred: Metrics::read(&counters.recipients_deferred),
             recipients_bounced: Metrics::read(&counters.recipients_bounced),
             replication_lag_records: replication.lag_records,
-            replication_lag_seconds: replication.lag_seconds as u64,
+            replication_lag_seconds: replication.lag_seconds,
             failovers: Metrics::read(&counters.failovers),
             spool_syncs: context.spool.syncs(),
             spool_reopens: context.spool.reopens(),
             storage_refusals: Metrics::read(&counters.storage_refusals),
+            // Unreadable (the directory gone): the page shows no disk gauges, and the
+            // spool's own errors say why.
+            spool_disk: context.spool.disk_usage().ok(),
+            witness_silence: context.ha.witness_silence(),
+            smtp_commit: counters.smtp_commit.snapshot(),
+            replication_ack: counters.replication_ack.snapshot(),
+            delivery_attempt: counters.delivery_attempt.snapshot(),
         }))
     })
     .await?;

@@ -113,6 +113,7 @@ async fn metrics(State(context): Context) -> Response {
 /// The witness's Prometheus page.
 pub fn render(report: &WitnessReport) -> String {
     let mut page = Page(String::with_capacity(1024));
+    page.build_info();
     page.role(Some(Role::Witness));
     page.gauge(
         "relayd_witness_granted_epoch",
@@ -245,7 +246,8 @@ mod tests {
         assert!(page.contains("relayd_witness_last_heard_seconds{node=\"b\\\"\\\\\\n\"} 0.240\n"));
         assert!(page.contains("relayd_witness_node_serving{node=\"b\\\"\\\\\\n\"} 1\n"));
         let families: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
-        assert_eq!(families.len(), 6, "{page}");
+        assert_eq!(families.len(), 7, "{page}");
+        assert!(page.contains("relayd_build_info{version=\""), "{page}");
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("sample line");
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -352,8 +352,11 @@ async fn attempt(
     if rcpts.is_empty() {
         return false;
     }
+    let started = Instant::now();
     let results = deliver(shared, destination, connection, &message, &rcpts).await;
-    record(shared, &message, results).await
+    let finished = record(shared, &message, results).await;
+    shared.metrics.delivery_attempt.observe(started.elapsed());
+    finished
 }
 
 /// Sends over the open connection if there is one (reconnecting once if it turned out dead),

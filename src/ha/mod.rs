@@ -23,6 +23,7 @@ pub mod monitor;
 mod sim;
 pub mod witness;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,8 @@ struct Inner {
     operator: Mutex<Option<oneshot::Sender<Result<u64, Refusal>>>>,
     /// Pings for the pinger task (one at a time: a ping that finds it busy is skipped).
     pings: Mutex<Option<mpsc::Sender<(Frame, Instant)>>>,
+    /// Core time of the witness's last answer to a ping (0, the start, until it answers).
+    witness_answered: AtomicU64,
 }
 
 /// What the driver takes.
@@ -120,6 +123,7 @@ impl Ha {
                 metrics,
                 operator: Mutex::new(None),
                 pings: Mutex::new(None),
+                witness_answered: AtomicU64::new(0),
             }),
         };
         // The start's own actions, inline: a single node's first epoch is committed here.
@@ -164,6 +168,19 @@ impl Ha {
     pub fn witness(&self) -> Option<(&str, &tokio_rustls::TlsConnector)> {
         let address = self.inner.cluster.as_ref()?.witness.as_deref()?;
         Some((address, self.inner.connector.as_ref()?))
+    }
+
+    /// How long since the witness last answered a ping (since the controller opened, when it
+    /// never has), on a node that has a witness: what `/metrics` shows an alert.
+    pub fn witness_silence(&self) -> Option<Duration> {
+        self.witness()?;
+        let answered = self.inner.witness_answered.load(Ordering::Relaxed);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(answered)))
+    }
+
+    /// The pinger's note that the witness answered.
+    fn witness_answered(&self) {
+        self.inner.witness_answered.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Hands an event to the driver.

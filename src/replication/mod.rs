@@ -251,6 +251,11 @@ impl Replicator {
         }
     }
 
+    /// Whether [`Self::confirm`] waits for the standby (sync mode): the sessions time that wait.
+    pub fn waits_for_acks(&self) -> bool {
+        self.sync_cluster().is_some()
+    }
+
     /// The peer and the lag, as this node sees them in its current role.
     pub fn status(&self, spool: &Spool, role: Role) -> ReplicationStatus {
         let state = &self.state;

@@ -163,6 +163,18 @@ impl Spool {
         free_space(&self.inner.dir)
     }
 
+    /// The spool's file system and file, for `/metrics`: read even while the spool is closed
+    /// after a failed write (a full disk is when an operator most wants to see them).
+    pub fn disk_usage(&self) -> Result<DiskUsage, SpoolError> {
+        let stat = rustix::fs::statvfs(&self.inner.dir).map_err(std::io::Error::from)?;
+        let file = std::fs::metadata(self.inner.dir.join(FILE_NAME))?;
+        Ok(DiskUsage {
+            free: available(&stat),
+            size: stat.f_blocks.saturating_mul(stat.f_frsize),
+            file: file.len(),
+        })
+    }
+
     /// Records an accepted message and returns once it is durable: its body chunks, its
     /// message record and its log record, all in one durable commit.
     pub async fn accept(
@@ -549,7 +561,25 @@ const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes free for an unprivileged writer on the file system that holds `path` (statvfs).
 fn free_space(path: &Path) -> Result<u64, SpoolError> {
     let stat = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    Ok(available(&stat))
+}
+
+/// Bytes an unprivileged writer may still use (the blocks reserved for root left out).
+fn available(stat: &rustix::fs::StatVfs) -> u64 {
+    stat.f_bavail.saturating_mul(stat.f_frsize)
+}
+
+/// What the spool occupies, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Free on the spool's file system, for an unprivileged writer (what `min_free_space`
+    /// is compared with).
+    pub free: u64,
+    /// The file system's size.
+    pub size: u64,
+    /// The spool file's size (redb reuses its free pages; the file shrinks only when a start
+    /// compacts it).
+    pub file: u64,
 }
 
 /// The values of a table's range, or the one error that the file is closed. (redb's range is

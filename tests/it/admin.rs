@@ -84,7 +84,7 @@ fn send_message(node: &Node, rcpt: &str) -> String {
 }
 
 /// A sample's value in a Prometheus text page (`name value`, or `name{labels} value`).
-fn sample(page: &str, series: &str) -> Option<u64> {
+fn sample<T: std::str::FromStr>(page: &str, series: &str) -> Option<T> {
     page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
@@ -157,17 +157,84 @@ fn status_healthz_and_metrics() {
     assert!(open.read_reply().starts_with("220 "));
     let page = get(&node, "/metrics").body;
     assert_eq!(sample(&page, "relayd_smtp_sessions_active"), Some(1), "{page}");
-    let syncs_before = sample(&page, "relayd_spool_syncs_total").expect("syncs");
+    let syncs_before: u64 = sample(&page, "relayd_spool_syncs_total").expect("syncs");
     send_message(&node, "bob@example.com");
     let page = get(&node, "/metrics").body;
     assert_eq!(sample(&page, "relayd_messages_accepted_total"), Some(1), "{page}");
     assert_eq!(sample(&page, "relayd_queue_messages"), Some(1), "{page}");
-    assert!(sample(&page, "relayd_spool_syncs_total").expect("syncs") > syncs_before);
+    assert!(sample::<u64>(&page, "relayd_spool_syncs_total").expect("syncs") > syncs_before);
     drop(open);
 
     let status = get(&node, "/status").json();
     assert_eq!(status["queue"]["messages"], 1);
     assert_eq!(status["queue"]["recipients_pending"], 1);
+}
+
+/// `promtool check metrics` (Prometheus's own linter of the text format) on a page.
+fn promtool_check_metrics(page: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool: {e} (run scripts/test.sh, which installs it)")
+        });
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), page.as_bytes())
+        .expect("page to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{page}"
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_and_time_the_mail() {
+    let node = start("primary");
+    let page = get(&node, "/metrics").body;
+    promtool_check_metrics(&page);
+    // The commit this checkout is at (the binary was built from it: build.rs runs again when
+    // HEAD moves); empty where git cannot tell.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    let version =
+        format!("relayd_build_info{{version=\"{}\",commit=\"{head}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(sample(&page, &version), Some(1), "{page}");
+    assert_eq!(sample(&page, "relayd_smtp_commit_seconds_count"), Some(0), "{page}");
+    let free: u64 = sample(&page, "relayd_spool_disk_free_bytes").expect("free bytes");
+    let size: u64 = sample(&page, "relayd_spool_disk_size_bytes").expect("size bytes");
+    assert!(0 < free && free <= size, "{page}");
+    assert!(sample::<u64>(&page, "relayd_spool_file_bytes").is_some_and(|b| b > 0), "{page}");
+    // A single node has no witness to hear from.
+    assert!(!page.contains("relayd_witness_last_answer_seconds"), "{page}");
+
+    // One message: one end of DATA timed; its delivery attempt (to a port nobody listens on,
+    // so deferred) timed too.
+    send_message(&node, "bob@example.com");
+    let mut page = String::new();
+    wait_for("the delivery attempt timed", || {
+        page = get(&node, "/metrics").body;
+        sample(&page, "relayd_delivery_attempt_seconds_count") == Some(1)
+    });
+    // The attempt is timed once its results are recorded (and counted).
+    assert_eq!(sample(&page, "relayd_recipients_deferred_total"), Some(1), "{page}");
+    promtool_check_metrics(&page);
+    assert_eq!(sample(&page, "relayd_smtp_commit_seconds_count"), Some(1), "{page}");
+    assert_eq!(sample(&page, "relayd_smtp_commit_seconds_bucket{le=\"+Inf\"}"), Some(1));
+    let commit: f64 = sample(&page, "relayd_smtp_commit_seconds_sum").expect("sum");
+    assert!(commit > 0.0, "{page}");
+    // Not in a cluster: nothing waits for a standby.
+    assert_eq!(sample(&page, "relayd_replication_ack_seconds_count"), Some(0), "{page}");
 }
 
 #[test]
@@ -431,4 +498,36 @@ fn the_cli_talks_to_the_running_node() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_data_node_shows_the_sync_ack_wait_and_how_long_the_witness_has_been_silent() {
+    use common::cluster::{Trio, TrioOptions, sever};
+    let trio = Trio::start(TrioOptions::default());
+    let witness_silence = |node: &Node| {
+        sample::<f64>(&get(node, "/metrics").body, "relayd_witness_last_answer_seconds")
+    };
+    // Heard within the last second, where pings go every heartbeat (100 ms).
+    // Every data node with a witness pings it, a standby too.
+    for node in [&trio.a, &trio.b] {
+        wait_for("the data nodes to hear the witness", || {
+            witness_silence(node).is_some_and(|s| s < 1.0)
+        });
+    }
+
+    // Sync mode: the message's 250 waited for b's acknowledgement, and that wait is timed.
+    send_message(&trio.a, "bob@example.com");
+    let page = get(&trio.a, "/metrics").body;
+    promtool_check_metrics(&page);
+    assert_eq!(sample(&page, "relayd_replication_ack_seconds_count"), Some(1), "{page}");
+    assert_eq!(sample(&page, "relayd_smtp_commit_seconds_count"), Some(1), "{page}");
+
+    // The witness cut off from a (b's acks keep a's lease): the gauge grows, then falls back
+    // once the witness answers again.
+    sever(&trio.aw);
+    wait_for("a's witness silence to pass 2 s", || {
+        witness_silence(&trio.a).is_some_and(|s| s > 2.0)
+    });
+    trio.aw.unblock();
+    wait_for("a to hear the witness again", || witness_silence(&trio.a).is_some_and(|s| s < 1.0));
 }

@@ -310,6 +310,7 @@ impl Session {
 
     /// Ends the transaction: commits the message and gives the 250 once it is durable.
     async fn complete(&mut self, body: IncomingBody) -> Reply {
+        let ended = Instant::now();
         let Some(transaction) = self.transaction.take() else {
             return Reply::new(503, "5.5.1", "Error: need MAIL command");
         };
@@ -336,7 +337,12 @@ impl Session {
             (envelope.sender.clone(), envelope.recipients.len(), envelope.size);
         match self.services.spool.accept(envelope, body.writer).await {
             Ok(position) => {
-                let copies = match self.services.replication.confirm(position).await {
+                let waited = Instant::now();
+                let confirmed = self.services.replication.confirm(position).await;
+                if self.services.replication.waits_for_acks() {
+                    self.services.metrics.replication_ack.observe(waited.elapsed());
+                }
+                let copies = match confirmed {
                     Ok(copies) => copies,
                     Err(_) => return self.withdraw(id, standby_unavailable()).await,
                 };
@@ -359,6 +365,7 @@ impl Session {
                     "accepted"
                 );
                 Metrics::count(&self.services.metrics.messages_accepted);
+                self.services.metrics.smtp_commit.observe(ended.elapsed());
                 self.services.delivery.queued(id);
                 // A session that moves mail may go on: connection reuse sends RSET and
                 // EHLO between messages.
