@@ -948,8 +948,12 @@ fn a_witness_configured_as_documented_follows_the_data_nodes_failover_timeout() 
         failover: Duration::from_secs(1),
         written: true,
     };
-    let options =
-        TrioOptions { timings, witness_timings: false, witness_admin: true, ..TrioOptions::default() };
+    let options = TrioOptions {
+        timings,
+        witness_timings: false,
+        witness_admin: true,
+        ..TrioOptions::default()
+    };
     let mut trio = Trio::start(options);
     assert_eq!(submit(trio.a.addr(), "documented-a@failover.test"), Outcome::Accepted);
     wait_for("the witness to hear a serving", || {
