@@ -7,7 +7,8 @@
 //!   now, written only by [`ha`]), [`proto`] (the SMTP grammar, no I/O), [`spool`] (the durable
 //!   queue and its change log), [`metrics`], [`logging`], [`certs`];
 //! - the data path: [`delivery`] relays queued mail to its routes, [`replication`] ships the
-//!   spool's change log to the standby, [`smtp`] receives mail into the spool;
+//!   spool's change log to the standby, [`recipients`] checks a relay domain's recipients at
+//!   RCPT (its lists, or a probe at the next hop), [`smtp`] receives mail into the spool;
 //! - [`ha`]: the failover controller, the one writer of the role;
 //! - the top: [`admin`] (the HTTP API and the operator's commands), [`node`] (wires a running
 //!   node), [`cli`] (the command line).
@@ -22,6 +23,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod recipients;
 pub mod replication;
 pub mod role;
 pub mod smtp;

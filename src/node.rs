@@ -14,6 +14,7 @@ use crate::delivery::{self, DeliveryHandle};
 use crate::ha::Ha;
 use crate::ha::error::{OpenError, WitnessServeError};
 use crate::metrics::Metrics;
+use crate::recipients::{self, Recipients};
 use crate::replication::Replicator;
 use crate::replication::link;
 use crate::smtp::{Server, Services};
@@ -21,7 +22,8 @@ use crate::spool::{Spool, SpoolError};
 
 /// What `check-config` checks beyond the file itself: the files the config points to.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
-    crate::smtp::starttls_acceptor(config).map(|_| ())
+    crate::smtp::starttls_acceptor(config)?;
+    Recipients::check(config)
 }
 
 /// Runs the node until SIGTERM or SIGINT; returns the exit status.
@@ -56,6 +58,8 @@ enum NodeError {
     Config(ConfigError),
     Ha(OpenError),
     Delivery(delivery::StartError),
+    /// A recipients file, or the prober's resolver.
+    Recipients(recipients::OpenError),
     /// The SMTP or admin listeners could not be bound.
     Listen(std::io::Error),
     SyncAtShutdown(SpoolError),
@@ -72,6 +76,7 @@ impl fmt::Display for NodeError {
             NodeError::Config(e) => write!(f, "{e}"),
             NodeError::Ha(e) => write!(f, "{e}"),
             NodeError::Delivery(e) => write!(f, "{e}"),
+            NodeError::Recipients(e) => write!(f, "{e}"),
             NodeError::SyncAtShutdown(e) => write!(f, "spool sync at shutdown: {e}"),
             NodeError::Witness(e) => write!(f, "{e}"),
         }
@@ -86,6 +91,7 @@ impl std::error::Error for NodeError {
             NodeError::Config(e) => Some(e),
             NodeError::Ha(e) => Some(e),
             NodeError::Delivery(e) => Some(e),
+            NodeError::Recipients(e) => Some(e),
             NodeError::Witness(e) => Some(e),
         }
     }
@@ -149,12 +155,14 @@ async fn serve(config: Arc<Config>) -> Result<(), NodeError> {
     let replication =
         Replicator::start(&config, &spool, link, ha.role(), reporter, delivery.clone()).await?;
     tokio::spawn(crate::ha::monitor::run(ha.clone()));
+    let recipients = Arc::new(Recipients::open(&config).map_err(NodeError::Recipients)?);
     let services = Services {
         role: ha.role(),
         spool: spool.clone(),
         delivery: delivery.clone(),
         replication: replication.clone(),
         metrics: metrics.clone(),
+        recipients,
     };
     let server = Server::new(live.clone(), services)?;
     crate::smtp::limits::raise_descriptor_limit(config.smtp.max_connections);

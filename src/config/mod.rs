@@ -101,6 +101,9 @@ pub struct SmtpConfig {
     /// Commands that move no mail (NOOP, RSET, EHLO, ...) between accepted messages before a
     /// 421 and the close.
     pub max_junk_commands: u32,
+    /// More Received: headers than this in a message's header section: a mail loop, refused
+    /// with 554 5.4.6 (Postfix's `hopcount_limit`).
+    pub max_received_headers: u32,
     /// Both set (validated): STARTTLS offered.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -109,29 +112,99 @@ pub struct SmtpConfig {
 /// `[relay]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Lowercased, trailing dot removed; ".example.com" stands for the subdomains.
+    /// Lowercased, trailing dot removed; ".example.com" stands for the subdomains. Holds the
+    /// names of the `[[relay.domain]]` tables too.
     pub domains: Vec<String>,
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// The `[[relay.domain]]` tables: relay domains whose recipients are checked at RCPT.
+    pub recipient_checks: Vec<RecipientCheck>,
+    /// How recipients are verified at the next hop, for the tables with `verify = true`.
+    pub verify: VerifyConfig,
+}
+
+/// A `[[relay.domain]]` table: which recipients of a relay domain exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientCheck {
+    /// As in [`RelayConfig::domains`]: "example.com", or ".example.com" for its subdomains.
+    pub name: String,
+    /// The valid recipients written in the file. With `recipients_file`, the two are one list;
+    /// with neither, no list is checked.
+    pub recipients: Vec<RecipientEntry>,
+    /// A file of more entries, one a line (read at start and at each SIGHUP).
+    pub recipients_file: Option<PathBuf>,
+    /// Ask the route's next hop about each recipient (after the list, when there is one).
+    pub verify: bool,
+}
+
+impl RecipientCheck {
+    /// Whether this table has a list of recipients (inline, in a file, or both).
+    pub fn has_list(&self) -> bool {
+        !self.recipients.is_empty() || self.recipients_file.is_some()
+    }
+}
+
+/// An entry of a recipient list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RecipientEntry {
+    /// "alice@example.com": that address; the local part compared exactly, the domain
+    /// (lowercased here) without regard to case.
+    Address { local: String, domain: String },
+    /// "@example.com": every address of that domain.
+    CatchAll { domain: String },
+}
+
+impl RecipientEntry {
+    pub fn domain(&self) -> &str {
+        match self {
+            RecipientEntry::Address { domain, .. } | RecipientEntry::CatchAll { domain } => domain,
+        }
+    }
+}
+
+/// `[relay]`'s verification keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// How long a client's RCPT waits for the next hop's answer; then `450 4.1.1`.
+    pub timeout: Duration,
+    /// How long a recipient the next hop accepted is remembered as valid.
+    pub positive_expire: Duration,
+    /// How long a recipient the next hop refused (5xx) is remembered as unknown.
+    pub negative_expire: Duration,
+    /// The most addresses remembered; the oldest answer is forgotten first.
+    pub cache_size: usize,
+}
+
+/// Whether a domain `pattern` ("example.com", or ".example.com" for every subdomain but not
+/// example.com itself, Postfix style) covers `domain`. Case-insensitive, a trailing dot of
+/// `domain` ignored.
+pub fn domain_matches(pattern: &str, domain: &str) -> bool {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return false;
+    }
+    if pattern.starts_with('.') {
+        domain.len() > pattern.len()
+            && domain.is_char_boundary(domain.len() - pattern.len())
+            && domain[domain.len() - pattern.len()..].eq_ignore_ascii_case(pattern)
+    } else {
+        domain.eq_ignore_ascii_case(pattern)
+    }
 }
 
 impl RelayConfig {
-    /// Whether mail for `domain` is accepted from anyone. Case-insensitive, a trailing dot
-    /// ignored. An entry "example.com" matches exactly that domain; an entry ".example.com"
-    /// matches every subdomain of example.com, but not example.com itself (Postfix style).
+    /// Whether mail for `domain` is accepted from anyone (see [`domain_matches`]).
     pub fn is_relay_domain(&self, domain: &str) -> bool {
-        let domain = domain.strip_suffix('.').unwrap_or(domain);
-        if domain.is_empty() {
-            return false;
-        }
-        self.domains.iter().any(|entry| {
-            if entry.starts_with('.') {
-                domain.len() > entry.len()
-                    && domain.is_char_boundary(domain.len() - entry.len())
-                    && domain[domain.len() - entry.len()..].eq_ignore_ascii_case(entry)
-            } else {
-                domain.eq_ignore_ascii_case(entry)
-            }
-        })
+        self.domains.iter().any(|entry| domain_matches(entry, domain))
+    }
+
+    /// The `[[relay.domain]]` table that checks the recipients of `domain`: the one named
+    /// exactly, else the first ".parent" one that covers it.
+    pub fn recipient_check(&self, domain: &str) -> Option<&RecipientCheck> {
+        let exact = self
+            .recipient_checks
+            .iter()
+            .find(|c| !c.name.starts_with('.') && domain_matches(&c.name, domain));
+        exact.or_else(|| self.recipient_checks.iter().find(|c| domain_matches(&c.name, domain)))
     }
 
     /// Whether a client at `ip` may relay to any domain. An IPv4-mapped IPv6 address

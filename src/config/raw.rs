@@ -12,7 +12,8 @@ use super::error::Invalid;
 use super::values::{Dur, FilePath, Listen, Net, PeerAddr, RelayDomain, RouteDomain, Size};
 use super::{
     AdminConfig, ClusterConfig, Config, DeliveryConfig, LogConfig, LogFormat, NextHop, NodeConfig,
-    RelayConfig, ReplicationMode, Role, RouteConfig, RouteTls, SmtpConfig, StandbyLoss,
+    RecipientCheck, RecipientEntry, RelayConfig, ReplicationMode, Role, RouteConfig, RouteTls,
+    SmtpConfig, StandbyLoss, VerifyConfig,
 };
 
 #[derive(Deserialize, Default)]
@@ -52,6 +53,7 @@ struct RawSmtp {
     min_data_rate: Option<Size>,
     max_bad_commands: Option<u32>,
     max_junk_commands: Option<u32>,
+    max_received_headers: Option<u32>,
     tls_cert: Option<FilePath>,
     tls_key: Option<FilePath>,
 }
@@ -61,6 +63,20 @@ struct RawSmtp {
 struct RawRelay {
     domains: Option<Vec<RelayDomain>>,
     trusted_networks: Option<Vec<Net>>,
+    domain: Option<Vec<RawRecipientCheck>>,
+    verify_timeout: Option<Dur>,
+    verify_positive_expire: Option<Dur>,
+    verify_negative_expire: Option<Dur>,
+    verify_cache_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecipientCheck {
+    name: Option<RelayDomain>,
+    recipients: Option<Vec<RecipientEntry>>,
+    recipients_file: Option<FilePath>,
+    verify: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -173,19 +189,50 @@ impl RawConfig {
             min_data_rate: smtp.min_data_rate.map_or(500, |Size(s)| s),
             max_bad_commands: smtp.max_bad_commands.unwrap_or(20),
             max_junk_commands: smtp.max_junk_commands.unwrap_or(100),
+            max_received_headers: smtp.max_received_headers.unwrap_or(50),
             tls_cert: path(smtp.tls_cert),
             tls_key: path(smtp.tls_key),
         };
 
+        let mut recipient_checks = Vec::new();
+        for (i, table) in relay.domain.unwrap_or_default().into_iter().enumerate() {
+            let Some(RelayDomain(name)) = table.name else {
+                return Err(Invalid::new(
+                    format!("relay.domain[{}].name", i + 1),
+                    "missing: every [[relay.domain]] names the relay domain it checks",
+                ));
+            };
+            recipient_checks.push(RecipientCheck {
+                name,
+                recipients: table.recipients.unwrap_or_default(),
+                recipients_file: path(table.recipients_file),
+                verify: table.verify.unwrap_or(false),
+            });
+        }
+        let mut domains: Vec<String> = relay
+            .domains
+            .map(|d| d.into_iter().map(|RelayDomain(d)| d).collect())
+            .unwrap_or_default();
+        domains.extend(recipient_checks.iter().map(|c| c.name.clone()));
         let relay = RelayConfig {
-            domains: relay
-                .domains
-                .map(|d| d.into_iter().map(|RelayDomain(d)| d).collect())
-                .unwrap_or_default(),
+            domains,
             trusted_networks: relay.trusted_networks.map_or_else(
                 || vec![LOOPBACK_V4, LOOPBACK_V6],
                 |n| n.into_iter().map(|Net(n)| n).collect(),
             ),
+            recipient_checks,
+            // A few seconds: the client's RCPT waits this long (RFC 5321 gives it 5 minutes,
+            // but a sender's whole transaction should not hang on one slow customer server).
+            // A week for a valid address and an hour for an unknown one: shorter than
+            // Postfix's 31 and 3 days, because relayd has no refresh probes (Postfix asks
+            // again after 7 days and 3 hours while still answering from its cache), so these
+            // are how soon a mailbox deleted or created at the customer is noticed.
+            verify: VerifyConfig {
+                timeout: dur(relay.verify_timeout, secs(5)),
+                positive_expire: dur(relay.verify_positive_expire, secs(7 * DAY)),
+                negative_expire: dur(relay.verify_negative_expire, secs(HOUR)),
+                cache_size: relay.verify_cache_size.unwrap_or(100_000),
+            },
         };
 
         let mut routes = Vec::new();

@@ -86,6 +86,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.smtp.min_data_rate, 500);
     assert_eq!(c.smtp.max_bad_commands, 20);
     assert_eq!(c.smtp.max_junk_commands, 100);
+    assert_eq!(c.smtp.max_received_headers, 50);
     assert_eq!(c.smtp.tls_cert, None);
     assert_eq!(c.node.min_free_space, 64 * 1024 * 1024);
     let mins = |m: u64| Duration::from_secs(m * 60);
@@ -366,7 +367,7 @@ fn smtp_rules() {
         Some("smtp.command_timeout"),
         &["longer than 0s"],
     );
-    for key in ["max_bad_commands", "max_junk_commands", "min_data_rate"] {
+    for key in ["max_bad_commands", "max_junk_commands", "max_received_headers", "min_data_rate"] {
         let key_path = format!("smtp.{key}");
         assert_err(&format!("{SMTP}{key} = 0\n"), Some(3), Some(&key_path), &["at least 1"]);
     }
@@ -618,5 +619,73 @@ fn roles_parse_for_the_command_line() {
     assert_eq!(
         "boss".parse::<Role>().unwrap_err().to_string(),
         "invalid role \"boss\": expected one of primary, standby, witness"
+    );
+}
+
+#[test]
+fn relay_domain_tables_are_relay_domains_with_recipient_checks() {
+    let c = parse(&format!(
+        "{SMTP}[relay]\ndomains = [\"plain.test\"]\nverify_timeout = \"2s\"\n\
+         [[relay.domain]]\nname = \"Example.com\"\nrecipients = [\"Alice@Example.com\"]\n\
+         recipients_file = \"/etc/relayd/example.com\"\nverify = true\n\
+         [[relay.domain]]\nname = \".example.org\"\nrecipients = [\"@sales.example.org\"]\n"
+    ))
+    .unwrap();
+    let r = &c.relay;
+    assert_eq!(r.domains, vec!["plain.test", "example.com", ".example.org"]);
+    assert!(r.is_relay_domain("EXAMPLE.com") && r.is_relay_domain("sales.example.org"));
+    assert!(r.recipient_check("plain.test").is_none());
+    let first = r.recipient_check("example.COM.").expect("the example.com table");
+    assert_eq!(
+        first.recipients,
+        vec![RecipientEntry::Address { local: "Alice".into(), domain: "example.com".into() }]
+    );
+    assert_eq!(first.recipients_file, Some(PathBuf::from("/etc/relayd/example.com")));
+    assert!(first.verify);
+    let second = r.recipient_check("x.example.org").expect("the .example.org table");
+    assert!(!second.verify && second.has_list());
+    assert_eq!(r.verify.timeout, Duration::from_secs(2));
+    assert_eq!(r.verify.positive_expire, Duration::from_secs(7 * 86_400));
+    assert_eq!(r.verify.negative_expire, Duration::from_secs(3600));
+    assert_eq!(r.verify.cache_size, 100_000);
+}
+
+#[test]
+fn relay_domain_tables_that_cannot_work_are_refused() {
+    assert_err(
+        "[[relay.domain]]\nverify = true\n",
+        Some(1),
+        Some("relay.domain[1].name"),
+        &["missing"],
+    );
+    assert_err(
+        "[[relay.domain]]\nname = \"example.com\"\n",
+        Some(2),
+        Some("relay.domain[1].name"),
+        &["checks nothing"],
+    );
+    assert_err(
+        "[[relay.domain]]\nname = \"example.com\"\nrecipients = [\"a@example.com\", \"b@other.test\"]\n",
+        Some(3),
+        Some("relay.domain[1].recipients[2]"),
+        &["\"other.test\" is not \"example.com\""],
+    );
+    assert_err(
+        "[[relay.domain]]\nname = \"example.com\"\nrecipients = [\"nobody\"]\n",
+        Some(3),
+        Some("relay.domain[1].recipients[1]"),
+        &["invalid recipient \"nobody\""],
+    );
+    assert_err(
+        "[[relay.domain]]\nname = \"a.test\"\nverify = true\n[[relay.domain]]\nname = \"A.test\"\nverify = true\n",
+        Some(5),
+        Some("relay.domain[2].name"),
+        &["a second [[relay.domain]] for \"a.test\""],
+    );
+    assert_err(
+        "[relay]\nverify_timeout = \"0s\"\n",
+        Some(2),
+        Some("relay.verify_timeout"),
+        &["longer than 0s"],
     );
 }

@@ -23,6 +23,7 @@ pub(super) fn validate(c: &Config) -> Result<(), Invalid> {
     check_node_name(&c.node.name)?;
     positive("node.drain_timeout", c.node.drain_timeout)?;
     check_smtp(&c.smtp, c.node.role)?;
+    check_recipient_checks(c)?;
     check_routes(c)?;
     check_delivery(c)?;
     check_cluster(c.cluster.as_ref(), c.node.role)?;
@@ -128,6 +129,57 @@ fn check_smtp(s: &SmtpConfig, role: Role) -> Result<(), Invalid> {
     }
     if s.max_junk_commands < 1 {
         return Err(Invalid::new("smtp.max_junk_commands", "must be at least 1"));
+    }
+    if s.max_received_headers < 1 {
+        return Err(Invalid::new("smtp.max_received_headers", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_recipient_checks(c: &Config) -> Result<(), Invalid> {
+    let relay = &c.relay;
+    for (i, check) in relay.recipient_checks.iter().enumerate() {
+        let key = |what: &str| format!("relay.domain[{}].{what}", i + 1);
+        if let Some(first) = relay.recipient_checks[..i].iter().position(|o| o.name == check.name) {
+            return Err(Invalid::new(
+                key("name"),
+                format!(
+                    "a second [[relay.domain]] for {:?} (the first is relay.domain[{}])",
+                    check.name,
+                    first + 1
+                ),
+            ));
+        }
+        if !check.has_list() && !check.verify {
+            return Err(Invalid::new(
+                key("name"),
+                format!(
+                    "{:?} checks nothing: give recipients, recipients_file or verify = true (or \
+                     list the domain in relay.domains)",
+                    check.name
+                ),
+            ));
+        }
+        for (j, entry) in check.recipients.iter().enumerate() {
+            if !super::domain_matches(&check.name, entry.domain()) {
+                return Err(Invalid::new(
+                    format!("relay.domain[{}].recipients[{}]", i + 1, j + 1),
+                    format!(
+                        "the domain {:?} is not {:?}: a table lists the recipients of its own \
+                         domain",
+                        entry.domain(),
+                        check.name
+                    ),
+                ));
+            }
+        }
+    }
+    let verify = &relay.verify;
+    positive("relay.verify_timeout", verify.timeout)?;
+    positive("relay.verify_positive_expire", verify.positive_expire)?;
+    positive("relay.verify_negative_expire", verify.negative_expire)?;
+    if verify.cache_size < 1 {
+        return Err(Invalid::new("relay.verify_cache_size", "must be at least 1"));
     }
     Ok(())
 }

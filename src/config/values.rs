@@ -16,7 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use super::NextHop;
+use super::{NextHop, RecipientEntry};
 
 /// A value the config file cannot use, and what is allowed instead. Its `Display` is the
 /// message a `ConfigError` gives after the file, line and key.
@@ -79,6 +79,10 @@ pub enum ValueError {
         input: String,
     },
     EmptyPath,
+    /// A recipient list's entry that is neither "local@domain" nor "@domain".
+    RecipientEntry {
+        input: String,
+    },
 }
 
 const HOST_PORT_HINT: &str =
@@ -148,6 +152,11 @@ impl fmt::Display for ValueError {
                  the default route"
             ),
             ValueError::EmptyPath => f.write_str("a path must not be empty"),
+            ValueError::RecipientEntry { input } => write!(
+                f,
+                "invalid recipient {input:?}: expected an address such as \"alice@example.com\", \
+                 or \"@example.com\" for every address of a domain"
+            ),
         }
     }
 }
@@ -470,6 +479,29 @@ impl FromStr for FilePath {
     }
 }
 
+/// An entry of a recipient list (`[[relay.domain]]`'s `recipients`, or a line of its
+/// `recipients_file`): "local@domain" or "@domain"; the domain normalized, the local part kept
+/// as written (it is compared exactly, as Postfix does).
+impl FromStr for RecipientEntry {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let bad = || ValueError::RecipientEntry { input: s.into() };
+        let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
+        if local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>') {
+            return Err(bad());
+        }
+        let domain = normalize_domain(domain);
+        check_domain(&domain).map_err(|_| bad())?;
+        Ok(if local.is_empty() {
+            RecipientEntry::CatchAll { domain }
+        } else {
+            RecipientEntry::Address { local: local.to_string(), domain }
+        })
+    }
+}
+
+string_value!(RecipientEntry, "an address string such as \"alice@example.com\"");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +612,22 @@ mod tests {
         assert_eq!(n.to_string(), "::1/128");
         assert!("10.0.0.0/33".parse::<Net>().is_err());
         assert!("localhost".parse::<Net>().is_err());
+    }
+
+    #[test]
+    fn recipient_entries() {
+        assert_eq!(
+            RecipientEntry::from_str("Alice@Example.COM.").unwrap(),
+            RecipientEntry::Address { local: "Alice".into(), domain: "example.com".into() }
+        );
+        assert_eq!(
+            RecipientEntry::from_str("@Sales.Example.com").unwrap(),
+            RecipientEntry::CatchAll { domain: "sales.example.com".into() }
+        );
+        for bad in ["", "alice", "alice@", "a b@example.com", "@", "alice@exa mple.com"] {
+            let e = RecipientEntry::from_str(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid recipient {bad:?}")), "{e}");
+        }
     }
 
     #[test]

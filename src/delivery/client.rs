@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::outcome::{Outcome, Reply};
-use super::route::Hop;
+use super::route::{self, Hop};
 use crate::config::RouteTls;
 use crate::proto::{DotStuffer, Stream};
 use crate::spool::{MessageRecord, Spool};
@@ -35,8 +35,31 @@ pub struct Connection {
     transactions: u32,
 }
 
+/// Why one address of a next hop was not used.
+enum Unusable {
+    /// It failed: the next address is tried.
+    Failed(Outcome),
+    /// It is relayd itself (its greeting or EHLO names our host name): no further address is
+    /// tried, the mail loops back (the hosts after it are the ones relayd prefers less than
+    /// itself, as `route::without_self` treats an address of our own).
+    Loop(Outcome),
+}
+
+impl From<Outcome> for Unusable {
+    fn from(outcome: Outcome) -> Unusable {
+        Unusable::Failed(outcome)
+    }
+}
+
+/// Whether a next hop that calls itself `name` (the first word of its greeting, or its EHLO
+/// reply's host name) is relayd itself, which greets as `helo`: Postfix's check.
+fn names_us(name: &str, helo: &str) -> bool {
+    name.trim_end_matches('.').eq_ignore_ascii_case(helo.trim_end_matches('.'))
+}
+
 /// Opens a connection to the first of `hops` that answers well (trying every address of
-/// every host in order, as with MX fallback). A failure is the outcome for every recipient.
+/// every host in order, as with MX fallback). A failure is the outcome for every recipient;
+/// a next hop that is relayd itself fails them for good (5.4.6).
 pub async fn connect(
     hops: &[Hop],
     tls: RouteTls,
@@ -54,7 +77,8 @@ pub async fn connect(
             };
             match open(&hop.name, *addr, &relay, tls, helo, connector).await {
                 Ok(connection) => return Ok(connection),
-                Err(outcome) => {
+                Err(Unusable::Loop(outcome)) => return Err(outcome),
+                Err(Unusable::Failed(outcome)) => {
                     tracing::debug!(relay, reply = %outcome.reply(), "next hop not usable");
                     last = outcome;
                 }
@@ -71,17 +95,19 @@ async fn open(
     tls: RouteTls,
     helo: &str,
     connector: &TlsConnector,
-) -> Result<Connection, Outcome> {
+) -> Result<Connection, Unusable> {
     let lost = |stage: &str, e: mail_send::Error| {
         Outcome::temporary([4, 4, 2], format!("{relay}: {stage}: {e}")).at(relay)
     };
+    let loops = || Unusable::Loop(route::loops_back(host).at(relay));
     let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            return Err(Outcome::temporary([4, 4, 1], format!("connect to {relay}: {e}")));
+            return Err(Outcome::temporary([4, 4, 1], format!("connect to {relay}: {e}")).into());
         }
         Err(_) => {
-            return Err(Outcome::temporary([4, 4, 1], format!("connect to {relay}: timed out")));
+            let text = format!("connect to {relay}: timed out");
+            return Err(Outcome::temporary([4, 4, 1], text).into());
         }
     };
     let _ = stream.set_nodelay(true);
@@ -89,16 +115,24 @@ async fn open(
     let greeting = client.read().await.map_err(|e| lost("reading the greeting", e))?;
     if !greeting.is_positive_completion() {
         // A 4xx or 5xx greeting: try the next host, as RFC 5321 section 5.1 asks.
-        return Err(Outcome::refused(&greeting, relay));
+        return Err(Outcome::refused(&greeting, relay).into());
+    }
+    if greeting.message.split_whitespace().next().is_some_and(|name| names_us(name, helo)) {
+        let _ = client.quit().await;
+        return Err(loops());
     }
     client.timeout = MAIL_RCPT;
     let capabilities = client.ehlo(helo).await.map_err(|e| lost("EHLO", e))?;
+    if names_us(&capabilities.hostname, helo) {
+        let _ = client.quit().await;
+        return Err(loops());
+    }
     let offers_tls = capabilities.has_capability(EXT_START_TLS);
     let (client, capabilities) = match (tls, offers_tls) {
         (RouteTls::Required, false) => {
             let _ = client.quit().await;
             let text = format!("{relay}: TLS is required, but the host does not offer STARTTLS");
-            return Err(Outcome::temporary([4, 7, 4], text).at(relay));
+            return Err(Outcome::temporary([4, 7, 4], text).at(relay).into());
         }
         (RouteTls::None, _) | (RouteTls::Opportunistic, false) => (
             SmtpClient {
@@ -114,7 +148,7 @@ async fn open(
                 if tls == RouteTls::Required {
                     let text =
                         format!("{relay}: STARTTLS refused: {}", Reply::from_response(&ready));
-                    return Err(Outcome::temporary([4, 7, 5], text).at(relay));
+                    return Err(Outcome::temporary([4, 7, 5], text).at(relay).into());
                 }
                 // RFC 3207 section 4.1: after a refusal the session may go on in plain text.
                 tracing::debug!(relay, reply = %Reply::from_response(&ready), "STARTTLS refused; going on in plain text");
@@ -230,7 +264,7 @@ impl Connection {
         for &index in rcpts {
             match replies.next() {
                 Some(reply) if reply.is_positive_completion() => accepted.push(index),
-                Some(reply) => results.push((index, Outcome::refused(&reply, &relay))),
+                Some(reply) => results.push((index, Outcome::refused_recipient(&reply, &relay))),
                 None => {
                     return Err(Outcome::temporary(
                         [4, 4, 2],
@@ -298,10 +332,47 @@ impl Connection {
             .map_err(|_| mail_send::Error::Timeout)?
     }
 
+    /// Asks the next hop whether it takes mail for `address` (recipient verification, as
+    /// Postfix's verify(8) does): MAIL FROM:<> and RCPT TO, then RSET; no message is sent. The
+    /// outcome is the RCPT's (or the refused MAIL's); `Err` means the connection failed.
+    pub async fn probe(&mut self, address: &str) -> Result<Outcome, Outcome> {
+        let relay = self.relay.clone();
+        let lost = |stage: &str, e: mail_send::Error| {
+            Outcome::temporary([4, 4, 2], format!("{relay}: lost connection while {stage}: {e}"))
+                .at(&relay)
+        };
+        self.client.timeout = MAIL_RCPT;
+        let mail = self.client.cmd(b"MAIL FROM:<>\r\n").await.map_err(|e| lost("probing", e))?;
+        if !mail.is_positive_completion() {
+            return Ok(Outcome::refused(&mail, &relay));
+        }
+        let rcpt = self
+            .client
+            .cmd(format!("RCPT TO:<{address}>\r\n"))
+            .await
+            .map_err(|e| lost("probing", e))?;
+        let _ = self.client.cmd(b"RSET\r\n").await;
+        Ok(Outcome::from_final_reply(&rcpt, &relay))
+    }
+
     /// Ends the session politely.
     pub async fn quit(self) {
         let mut client = self.client;
         client.timeout = MAIL_RCPT;
         let _ = client.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_us;
+
+    #[test]
+    fn a_next_hop_naming_our_host_name_is_us() {
+        assert!(names_us("mx.test", "mx.test"));
+        // Host names compare without regard to case or a final dot.
+        assert!(names_us("MX.Test.", "mx.test"));
+        assert!(!names_us("mx2.test", "mx.test"));
+        assert!(!names_us("", "mx.test"));
     }
 }

@@ -20,10 +20,15 @@ pub struct Failed<'a> {
 }
 
 impl Failed<'_> {
-    /// The Status field: 4.4.7 for an expiry, else the reply's own (or its class).
     fn status(&self) -> EnhancedStatus {
-        if self.expired { EnhancedStatus::EXPIRED } else { self.reply.dsn_status() }
+        status(self.reply, self.expired)
     }
+}
+
+/// The Status field (and the `dsn=` of a log line) of a recipient given up on after `reply`:
+/// 4.4.7 for an expiry, else the reply's own (or its class).
+pub fn status(reply: &Reply, expired: bool) -> EnhancedStatus {
+    if expired { EnhancedStatus::EXPIRED } else { reply.dsn_status() }
 }
 
 /// Builds the DSN message (headers and body, CRLF line ends) for `message`'s `failed`

@@ -6,6 +6,7 @@
 mod client;
 mod dsn;
 mod outcome;
+mod probe;
 mod queue;
 mod route;
 
@@ -15,6 +16,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
+pub use outcome::{EnhancedStatus, Outcome, Reply};
+pub use probe::Prober;
 pub use route::ResolverError;
 
 use crate::config::LiveConfig;
@@ -31,10 +34,7 @@ pub fn start(
     role: RoleWatch,
 ) -> Result<DeliveryHandle, StartError> {
     let resolver = route::Resolver::new(&config.load().delivery.resolvers)?;
-    // Certificates are not verified, as with Postfix's "may" and "encrypt" levels: MX
-    // certificates are rarely valid for the MX name, and refusing them would only push the
-    // mail to plain text. Authentication of the next hop (DANE, MTA-STS) is future work.
-    let tls = mail_send::smtp::tls::build_tls_connector(true).map_err(StartError::Tls)?;
+    let tls = tls_connector()?;
     let (requests, request_rx) = mpsc::unbounded_channel();
     let (done, done_rx) = mpsc::unbounded_channel();
     let activity = Arc::new(queue::Activity::default());
@@ -53,7 +53,15 @@ pub fn start(
     Ok(DeliveryHandle { spool, requests, activity })
 }
 
-/// Why the queue runner could not start.
+/// The outbound TLS client. Certificates are not verified, as with Postfix's "may" and
+/// "encrypt" levels: MX certificates are rarely valid for the MX name, and refusing them would
+/// only push the mail to plain text. Authentication of the next hop (DANE, MTA-STS) is future
+/// work.
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, StartError> {
+    mail_send::smtp::tls::build_tls_connector(true).map_err(StartError::Tls)
+}
+
+/// Why the queue runner (or the recipient prober) could not start.
 #[derive(Debug)]
 pub enum StartError {
     Dns(ResolverError),

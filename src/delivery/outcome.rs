@@ -13,9 +13,14 @@ impl EnhancedStatus {
     /// 4.4.7: the message expired in the queue (RFC 3463, "Delivery time expired").
     pub const EXPIRED: EnhancedStatus = EnhancedStatus([4, 4, 7]);
 
-    /// The class alone ("4.0.0" or "5.0.0"), for a reply that gave no enhanced code.
+    /// The class alone ("2.0.0", "4.0.0" or "5.0.0"), for a reply that gave no enhanced code.
     fn of_class(code: u16) -> EnhancedStatus {
-        EnhancedStatus([if (400..500).contains(&code) { 4 } else { 5 }, 0, 0])
+        let class = match code {
+            200..=299 => 2,
+            400..=499 => 4,
+            _ => 5,
+        };
+        EnhancedStatus([class, 0, 0])
     }
 }
 
@@ -148,6 +153,23 @@ impl Outcome {
         }
     }
 
+    /// Classifies a refusal of RCPT: as [`Outcome::refused`], except that a 552 is temporary,
+    /// taken as the 452 it should have been (RFC 5321 section 4.5.3.1.10: servers answered "too
+    /// many recipients" with 552, which clients are to treat as temporary). It is recorded as
+    /// a 452 with a class-4 status, as Postfix does, so that the log, the retry and a later
+    /// expiry report all read as the temporary failure it is taken for.
+    pub fn refused_recipient(response: &Response<String>, relay: &str) -> Outcome {
+        if response.code != 552 {
+            return Outcome::refused(response, relay);
+        }
+        let mut reply = Reply::from_response(response);
+        reply.code = Some(452);
+        reply.status = reply
+            .status
+            .map(|EnhancedStatus([_, subject, detail])| EnhancedStatus([4, subject, detail]));
+        Outcome::Temporary { reply, relay: Some(relay.to_string()) }
+    }
+
     pub fn reply(&self) -> &Reply {
         match self {
             Outcome::Delivered { reply, .. }
@@ -194,6 +216,8 @@ mod tests {
         assert_eq!(dsn(550, [5, 1, 1]).to_string(), "5.1.1");
         assert_eq!(dsn(554, [0, 0, 0]).to_string(), "5.0.0");
         assert_eq!(dsn(451, [0, 0, 0]).to_string(), "4.0.0");
+        assert_eq!(dsn(250, [0, 0, 0]).to_string(), "2.0.0");
+        assert_eq!(dsn(250, [2, 1, 5]).to_string(), "2.1.5");
         // A class RFC 3463 does not define is no status to report.
         assert_eq!(dsn(550, [3, 1, 1]).to_string(), "5.0.0");
         assert_eq!(Reply::ours([5, 1, 2], "no such domain").dsn_status().to_string(), "5.1.2");
@@ -219,5 +243,25 @@ mod tests {
             Outcome::refused(&response(250, [0, 0, 0], "?"), at),
             Outcome::Temporary { .. }
         ));
+    }
+
+    #[test]
+    fn a_552_to_rcpt_is_temporary_and_recorded_as_452() {
+        let at = "mx.test[192.0.2.1]:25";
+        let full = response(552, [5, 2, 2], "mailbox full");
+        let outcome = Outcome::refused_recipient(&full, at);
+        assert!(matches!(outcome, Outcome::Temporary { relay: Some(_), .. }), "{outcome:?}");
+        assert_eq!(outcome.reply().to_string(), "452 4.2.2 mailbox full");
+        assert_eq!(outcome.reply().dsn_status().to_string(), "4.2.2");
+        let bare = Outcome::refused_recipient(&response(552, [0, 0, 0], "too many"), at);
+        assert_eq!(bare.reply().to_string(), "452 too many");
+        assert_eq!(bare.reply().dsn_status().to_string(), "4.0.0");
+        // Any other 5xx to RCPT bounces, any 4xx defers.
+        let unknown = Outcome::refused_recipient(&response(550, [5, 1, 1], "no such user"), at);
+        assert!(matches!(unknown, Outcome::Permanent { .. }), "{unknown:?}");
+        let later = Outcome::refused_recipient(&response(451, [4, 3, 0], "later"), at);
+        assert!(matches!(later, Outcome::Temporary { .. }), "{later:?}");
+        // At the end of the message, a 552 is what it says: exceeded storage, for good.
+        assert!(matches!(Outcome::from_final_reply(&full, at), Outcome::Permanent { .. }));
     }
 }

@@ -373,12 +373,17 @@ async fn deliver(
             Err(_) => *connection = None,
         }
     }
+    let config = shared.config.load_full();
     let hops = match shared.resolver.hops(&destination.target).await {
+        Ok(hops) => route::without_self(&destination.target, hops, &config.smtp.listen),
+        Err(outcome) => Err(outcome),
+    };
+    let hops = match hops {
         Ok(hops) => hops,
         Err(outcome) => return all(outcome),
     };
-    let helo = shared.config.load().smtp.hostname.clone();
-    let mut open = match client::connect(&hops, destination.tls, &helo, &shared.tls).await {
+    let helo = &config.smtp.hostname;
+    let mut open = match client::connect(&hops, destination.tls, helo, &shared.tls).await {
         Ok(open) => open,
         Err(outcome) => return all(outcome),
     };
@@ -411,9 +416,16 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         };
         let retry = &config.delivery.retry;
         let state = state_after(outcome, attempts, expired, now, retry, fastrand::f64());
+        // Bounced after a temporary failure: expired, as the DSN reports it.
+        let expired_now = matches!(
+            (&state, outcome),
+            (RecipientState::Bounced { .. }, Outcome::Temporary { .. })
+        );
+        let dsn = dsn::status(outcome.reply(), expired_now);
+        let delay = Delay { received_at_ms: envelope.received_at_ms, now };
         match &state {
             RecipientState::Delivered { reply, relay } => {
-                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, reply = ?reply, "delivered");
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, %delay, %dsn, reply = ?reply, "delivered");
                 Metrics::count(&shared.metrics.recipients_delivered);
             }
             RecipientState::Pending { next_attempt_ms, last_reply, .. } => {
@@ -422,7 +434,7 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     });
                 let reply = last_reply.as_deref().unwrap_or_default();
-                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, next_attempt = %next_text, "deferred");
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, next_attempt = %next_text, "deferred");
                 Metrics::count(&shared.metrics.recipients_deferred);
             }
             RecipientState::Bounced { reply: recorded } => {
@@ -437,13 +449,13 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                         expired: matches!(outcome, Outcome::Temporary { .. }),
                     });
                 }
-                bounces.push((rcpt, recorded.clone()));
+                bounces.push((rcpt, recorded.clone(), delay, dsn));
             }
         }
         states.push((*index, state));
     }
-    for (rcpt, reply) in &bounces {
-        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), reply = ?reply, "bounced");
+    for (rcpt, reply, delay, dsn) in &bounces {
+        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, "bounced");
         Metrics::count(&shared.metrics.recipients_bounced);
     }
     let mut after = message.recipients.clone();
@@ -503,6 +515,21 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
     }
 }
 
+/// The `delay=` of a delivery log line: the seconds since the message was accepted, with two
+/// decimals (Postfix's `delay=`); zero when the clock is behind the arrival time.
+#[derive(Clone, Copy, Debug)]
+struct Delay {
+    received_at_ms: u64,
+    now: u64,
+}
+
+impl std::fmt::Display for Delay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.now.saturating_sub(self.received_at_ms);
+        write!(f, "{}.{:02}", ms / 1000, ms % 1000 / 10)
+    }
+}
+
 /// Whether a message received at `received_at_ms` has outlived `lifetime` at `now` (Unix ms):
 /// its recipients that fail temporarily now are bounced instead of retried.
 fn is_expired(received_at_ms: u64, now: u64, lifetime: Duration) -> bool {
@@ -556,6 +583,15 @@ mod tests {
 
     fn schedule() -> Vec<Duration> {
         [1, 5, 15].map(|m| Duration::from_secs(m * 60)).to_vec()
+    }
+
+    #[test]
+    fn the_delay_is_seconds_since_acceptance_with_two_decimals() {
+        let delay = |received_at_ms, now| Delay { received_at_ms, now }.to_string();
+        assert_eq!(delay(1_000, 1_000), "0.00");
+        assert_eq!(delay(1_000, 1_529), "0.52");
+        assert_eq!(delay(0, 3_723_004), "3723.00");
+        assert_eq!(delay(5_000, 1_000), "0.00");
     }
 
     #[test]

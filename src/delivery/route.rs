@@ -52,18 +52,75 @@ pub fn destination(config: &Config, recipient: &str) -> Destination {
     }
 }
 
+impl Target {
+    /// The name a report gives it: the domain, or the fixed host.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Mx(domain) => domain,
+            Target::Host { host, .. } => host,
+        }
+    }
+}
+
 /// The MX hosts of `domain` to try, in order, from its MX records (preference, exchange):
-/// lowest preference first, names without their final dot; empty when there are no records
-/// (the domain itself is then the mail host). A null MX (RFC 7505: "." alone) refuses mail.
-fn mx_order(domain: &str, mut exchanges: Vec<(u16, String)>) -> Result<Vec<String>, Outcome> {
+/// lowest preference first, hosts of equal preference in the random order `rng` draws (RFC 5321
+/// section 5.1, so that they share the load), names without their final dot; empty when there
+/// are no records (the domain itself is then the mail host). A null MX (RFC 7505: "." alone)
+/// refuses mail.
+fn mx_order(
+    domain: &str,
+    mut exchanges: Vec<(u16, String)>,
+    rng: &mut fastrand::Rng,
+) -> Result<Vec<String>, Outcome> {
     if exchanges.iter().any(|(_, exchange)| exchange == ".") {
         return Err(Outcome::permanent([5, 1, 10], format!("{domain} accepts no mail (null MX)")));
     }
-    exchanges.sort();
+    exchanges.sort_by_key(|(preference, _)| *preference);
+    for equal in exchanges.chunk_by_mut(|a, b| a.0 == b.0) {
+        rng.shuffle(equal);
+    }
     Ok(exchanges
         .into_iter()
         .map(|(_, exchange)| exchange.trim_end_matches('.').to_string())
         .collect())
+}
+
+/// `hops` without relayd itself: the list ends before the first host with an address relayd
+/// listens on (`listen`), so that relayd never sends mail to itself, nor to a host it prefers
+/// less than itself (as Postfix does with the MX hosts after its own). When that leaves nothing
+/// to try, the mail loops back: a permanent failure (5.4.6), not a delivery in circles.
+pub fn without_self(
+    target: &Target,
+    mut hops: Vec<Hop>,
+    listen: &[SocketAddr],
+) -> Result<Vec<Hop>, Outcome> {
+    let Some(own) = hops.iter().position(|hop| hop.addrs.iter().any(|addr| is_own(*addr, listen)))
+    else {
+        return Ok(hops);
+    };
+    hops.truncate(own);
+    if hops.is_empty() {
+        return Err(loops_back(target.name()));
+    }
+    Ok(hops)
+}
+
+/// The failure of mail for `name` whose next hop is relayd itself (Postfix's words).
+pub fn loops_back(name: &str) -> Outcome {
+    Outcome::permanent([5, 4, 6], format!("mail for {name} loops back to myself"))
+}
+
+/// Whether `addr` reaches one of relayd's own listeners: the same address and port, or the port
+/// of a wildcard listener (0.0.0.0, ::) at a loopback or wildcard address. (A wildcard listener
+/// also takes the host's other addresses, which relayd does not enumerate: the next hop's
+/// greeting still names relayd there, see `client::connect`.)
+fn is_own(addr: SocketAddr, listen: &[SocketAddr]) -> bool {
+    listen.iter().any(|own| {
+        own.port() == addr.port()
+            && (own.ip() == addr.ip()
+                || (own.ip().is_unspecified()
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    })
 }
 
 /// Why the delivery DNS resolver could not be made.
@@ -155,7 +212,7 @@ impl Resolver {
                 ));
             }
         };
-        let hosts = mx_order(domain, exchanges)?;
+        let hosts = mx_order(domain, exchanges, &mut fastrand::Rng::new())?;
         if hosts.is_empty() {
             return Ok(vec![self.hop(domain, 25).await?]);
         }
@@ -247,24 +304,92 @@ mod tests {
     }
 
     #[test]
-    fn mx_hosts_are_tried_by_preference() {
+    fn mx_hosts_are_tried_by_preference_and_equal_ones_in_random_order() {
         let records = vec![
             (20, "mx2.example.".to_string()),
             (10, "mx1.example.".to_string()),
             (20, "mx0.example.".to_string()),
+            (20, "mx3.example.".to_string()),
             (30, "backup.example".to_string()),
         ];
-        assert_eq!(
-            mx_order("example", records).expect("hosts"),
-            ["mx1.example", "mx0.example", "mx2.example", "backup.example"]
-        );
+        let mut orders = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let order = mx_order("example", records.clone(), &mut fastrand::Rng::with_seed(seed))
+                .expect("hosts");
+            // Preference first, whatever the draw.
+            assert_eq!(order[0], "mx1.example", "seed {seed}: {order:?}");
+            assert_eq!(order[4], "backup.example", "seed {seed}: {order:?}");
+            let mut middle = order[1..4].to_vec();
+            orders.insert(middle.clone());
+            middle.sort();
+            assert_eq!(middle, ["mx0.example", "mx2.example", "mx3.example"], "seed {seed}");
+            // The order is the draw's: the same seed, the same order.
+            let again = mx_order("example", records.clone(), &mut fastrand::Rng::with_seed(seed));
+            assert_eq!(again.expect("hosts"), order);
+        }
+        // Each of the 3! orders of the equal hosts comes up.
+        assert_eq!(orders.len(), 6, "{orders:?}");
         // No records: the domain itself, which the caller looks up.
-        assert_eq!(mx_order("example", Vec::new()).expect("no hosts"), Vec::<String>::new());
+        let none = mx_order("example", Vec::new(), &mut fastrand::Rng::with_seed(1));
+        assert_eq!(none.expect("no hosts"), Vec::<String>::new());
+    }
+
+    fn hop(name: &str, addrs: &[&str]) -> Hop {
+        Hop {
+            name: name.into(),
+            addrs: addrs.iter().map(|a| a.parse().expect("address")).collect(),
+        }
+    }
+
+    fn names(hops: &[Hop]) -> Vec<&str> {
+        hops.iter().map(|hop| hop.name.as_str()).collect()
+    }
+
+    #[test]
+    fn relayd_never_sends_to_itself_nor_to_hosts_after_itself() {
+        let target = Target::Mx("loop.example".into());
+        let listen: Vec<SocketAddr> = vec!["127.0.0.1:2525".parse().expect("address")];
+        let hops = vec![
+            hop("mx1", &["127.0.0.2:2525"]),
+            hop("mx2", &["192.0.2.9:25", "127.0.0.1:2525"]),
+            hop("mx3", &["127.0.0.3:25"]),
+        ];
+        // mx2 has our address among its own: it is us, and mx3 is less preferred than us.
+        let kept = without_self(&target, hops.clone(), &listen).expect("mx1 is left");
+        assert_eq!(names(&kept), ["mx1"]);
+        let Err(outcome) = without_self(&target, hops[1..].to_vec(), &listen) else {
+            panic!("relayd itself is the best host")
+        };
+        assert!(matches!(outcome, Outcome::Permanent { .. }), "{outcome:?}");
+        assert_eq!(outcome.reply().to_string(), "5.4.6 mail for loop.example loops back to myself");
+        // Another port of the same address is someone else.
+        let other = vec![hop("mx1", &["127.0.0.1:25"])];
+        assert_eq!(names(&without_self(&target, other, &listen).expect("kept")), ["mx1"]);
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_reached_at_loopback_on_its_port() {
+        let wildcard: Vec<SocketAddr> =
+            vec!["0.0.0.0:25".parse().expect("v4"), "[::]:2525".parse().expect("v6")];
+        let own = |addr: &str| is_own(addr.parse().expect("address"), &wildcard);
+        assert!(own("127.0.0.1:25"));
+        assert!(own("127.8.9.10:25"));
+        assert!(own("[::1]:2525"));
+        assert!(own("0.0.0.0:25"));
+        assert!(!own("127.0.0.1:26"));
+        assert!(!own("192.0.2.1:2526"));
+        // A listener on one address is not reached at another.
+        assert!(!is_own(
+            "127.0.0.2:25".parse().expect("address"),
+            &["127.0.0.1:25".parse().expect("address")]
+        ));
     }
 
     #[test]
     fn a_null_mx_refuses_mail_for_good() {
-        let Err(outcome) = mx_order("nomail.example", vec![(0, ".".to_string())]) else {
+        let null = vec![(0, ".".to_string())];
+        let Err(outcome) = mx_order("nomail.example", null, &mut fastrand::Rng::with_seed(1))
+        else {
             panic!("a null MX gave hosts")
         };
         assert!(matches!(outcome, Outcome::Permanent { relay: None, .. }), "{outcome:?}");

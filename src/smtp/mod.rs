@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError, LiveConfig};
 use crate::delivery::DeliveryHandle;
 use crate::metrics::Metrics;
 use crate::proto::Reply;
+use crate::recipients::Recipients;
 use crate::replication::Replicator;
 use crate::role::RoleWatch;
 use crate::spool::Spool;
@@ -68,6 +69,8 @@ pub struct Services {
     pub delivery: DeliveryHandle,
     pub replication: Replicator,
     pub metrics: Arc<Metrics>,
+    /// The recipient lists and verification of the `[[relay.domain]]` tables.
+    pub recipients: Arc<Recipients>,
 }
 
 /// Everything a listener needs to serve connections.
@@ -96,9 +99,11 @@ impl Server {
     }
 
     /// Makes `config` the one new sessions use (SIGHUP). Sessions already open keep the config
-    /// they started with. Fails, changing nothing, if the new TLS files cannot be used.
+    /// they started with. Fails, changing nothing, if the new TLS files cannot be used or a
+    /// new recipients file cannot be read (one read before keeps its old list).
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let tls = starttls_acceptor(&config)?;
+        self.services.recipients.reload(&config)?;
         self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(config));
         Ok(())

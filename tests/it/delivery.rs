@@ -83,9 +83,18 @@ fn free_port_on(ip: [u8; 4]) -> u16 {
 /// one first. relayd then exits ("Address already in use"), and the harness may even have
 /// taken the other process's listener for relayd's. So this waits for relayd's own log to say
 /// it listens on both its ports, and starts it afresh, on new ports, if it exited instead.
+///
+/// [`OWN_PORT`] in `sections` stands for relayd's own SMTP port, once the harness has picked it.
 fn start_node(sections: &str) -> Node {
     for _ in 0..5 {
-        let started = std::panic::catch_unwind(|| Node::start("", sections));
+        let started = std::panic::catch_unwind(|| {
+            let mut node = Node::configure("test", "primary", "", "", sections);
+            let config = std::fs::read_to_string(&node.config_path).expect("read config");
+            let config = config.replace(OWN_PORT, &node.smtp_port.to_string());
+            std::fs::write(&node.config_path, config).expect("write config");
+            node.launch();
+            node
+        });
         let mut node = match started {
             Ok(node) => node,
             Err(panic) => {
@@ -106,6 +115,9 @@ fn start_node(sections: &str) -> Node {
     }
     panic!("relayd could not get free ports in 5 tries");
 }
+
+/// Stands for relayd's own SMTP port in the sections given to [`start_node`].
+const OWN_PORT: &str = "OWN_SMTP_PORT";
 
 /// After a restart on the same ports: this test's relayd listens on them.
 fn relaunch(node: &mut Node) {
@@ -167,6 +179,8 @@ fn node_for(sink: &Sink, delivery_keys: &str) -> Node {
 
 /// A message to send: its Subject is `tag` and its Message-ID `<tag@client.test>`.
 struct Mail {
+    /// Header fields before the others (CRLF lines): trace fields, as Received:.
+    trace: String,
     from: String,
     to: Vec<String>,
     tag: String,
@@ -176,6 +190,7 @@ struct Mail {
 impl Mail {
     fn new(from: &str, to: &[&str], tag: &str) -> Mail {
         Mail {
+            trace: String::new(),
             from: from.to_string(),
             to: to.iter().map(|r| r.to_string()).collect(),
             tag: tag.to_string(),
@@ -198,8 +213,9 @@ impl Mail {
     fn text(&self) -> String {
         let to: Vec<String> = self.to.iter().map(|r| format!("<{r}>")).collect();
         format!(
-            "From: <{from}>\r\nTo: {to}\r\nSubject: {tag}\r\nMessage-ID: <{id}>\r\n\
+            "{trace}From: <{from}>\r\nTo: {to}\r\nSubject: {tag}\r\nMessage-ID: <{id}>\r\n\
              Date: Mon, 24 Nov 2025 10:00:00 +0000\r\n\r\n{body}",
+            trace = self.trace,
             from = self.from,
             to = to.join(", "),
             tag = self.tag,
@@ -255,6 +271,16 @@ fn field(line: &str, key: &str) -> String {
         Some(quoted) => quoted.split('"').next().unwrap_or("").to_string(),
         None => rest.split(' ').next().unwrap_or("").to_string(),
     }
+}
+
+/// A log line's `delay=`: seconds with two decimals, and less than the test's patience.
+#[track_caller]
+fn assert_delay(line: &str) {
+    let delay = field(line, "delay");
+    let (whole, fraction) = delay.split_once('.').unwrap_or_else(|| panic!("delay= {line}"));
+    assert_eq!(fraction.len(), 2, "{line}");
+    let seconds: f64 = delay.parse().unwrap_or_else(|e| panic!("delay= {e}: {line}"));
+    assert!(whole.parse::<u64>().is_ok() && seconds < common::PATIENCE.as_secs_f64(), "{line}");
 }
 
 /// The DSNs a sink received (transactions from the null sender).
@@ -537,6 +563,12 @@ fn per_recipient_results(pipelining: bool) {
     let deferred = &logged(&log, "deferred", &id, defer)[0];
     assert_eq!(field(deferred, "reply"), "451 4.3.0 try later", "{deferred}");
     assert!(!field(deferred, "next_attempt").is_empty(), "{deferred}");
+    // Postfix's dsn= and delay=: the enhanced status code, and the seconds since the message
+    // was accepted (two decimals).
+    for (line, dsn) in [(delivered, "2.0.0"), (bounced, "5.1.1"), (deferred, "4.3.0")] {
+        assert_eq!(field(line, "dsn"), dsn, "{line}");
+        assert_delay(line);
+    }
     for (event, rcpt) in [("delivered", defer), ("bounced", defer), ("delivered", reject)] {
         assert!(logged(&log, event, &id, rcpt).is_empty(), "{rcpt} not {event}:\n{log}");
     }
@@ -629,28 +661,37 @@ fn a_large_message_arrives_byte_for_byte() {
 /// retry interval, and delivers exactly one copy.
 #[test]
 fn a_deferred_recipient_is_retried_and_delivered_once() {
+    let (deferred, _) = deferred_once_then_delivered("flaky1@dest.test", "flaky");
+    assert_eq!(field(&deferred, "reply"), "451 4.3.0 try later");
+}
+
+/// Sends one message to `rcpt`, which the sink refuses the first time, with a 200 ms retry
+/// interval: relayd defers it once, then delivers exactly one copy, and bounces nothing.
+/// Returns the `deferred` and the `delivered` log lines.
+fn deferred_once_then_delivered(rcpt: &str, tag: &str) -> (String, String) {
     let sink = Sink::plain();
     let mut node = node_for(&sink, "retry = [\"200ms\"]");
-    let rcpt = "flaky1@dest.test";
-    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], "flaky"));
+    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], tag));
     wait_explained(
-        "flaky1 delivered",
+        &format!("{rcpt} delivered"),
         || has(&node, "delivered", &id, rcpt),
         || state(&node, &sink),
     );
     let log = node.log();
     let deferred = logged(&log, "deferred", &id, rcpt);
     assert_eq!(deferred.len(), 1, "deferred once, first: {log}");
-    assert_eq!(field(&deferred[0], "reply"), "451 4.3.0 try later");
     let first_deferred = log.find(&deferred[0]).expect("in the log");
-    let delivered = &logged(&log, "delivered", &id, rcpt)[0];
+    let delivered = logged(&log, "delivered", &id, rcpt).remove(0);
     assert!(first_deferred < log.find(delivered.as_str()).expect("in the log"), "{log}");
+    assert!(logged(&log, "bounced", &id, rcpt).is_empty(), "{log}");
+    assert!(dsns(&sink).is_empty(), "no bounce: {log}");
 
     assert_eq!(node.stop(), Some(0));
     assert!(node.queued().is_empty(), "the message left the spool");
     let at_sink = sink.transactions();
     assert_eq!(at_sink.len(), 1, "exactly one copy: {at_sink:#?}");
     assert_eq!(at_sink[0].recipients, [rcpt]);
+    (deferred[0].clone(), delivered)
 }
 
 /// `relayd queue flush` tries a deferred recipient now, not at its retry time an hour away.
@@ -1240,4 +1281,134 @@ fn an_smtputf8_message_to_a_host_without_it_is_bounced_to_the_sender() {
     let report = dsn_report(&dsns[0]);
     assert_eq!(report["recipients"][0]["Action"], "failed", "{report:#}");
     assert_eq!(report["recipients"][0]["Status"], "5.6.7", "{report:#}");
+}
+
+/// RFC 5321 section 4.5.3.1.10: a 552 to RCPT (full1 gets one, the first time) is temporary.
+/// relayd defers it as a 452, Postfix's reading, retries and delivers it once; the log lines
+/// carry the status code and the delay.
+#[test]
+fn a_552_to_rcpt_is_deferred_and_retried() {
+    let (deferred, delivered) = deferred_once_then_delivered("full1@dest.test", "full");
+    assert_eq!(field(&deferred, "reply"), "452 4.2.2 mailbox full", "{deferred}");
+    assert_eq!(field(&deferred, "dsn"), "4.2.2", "{deferred}");
+    assert_delay(&deferred);
+    assert_eq!(field(&delivered, "dsn"), "2.0.0", "{delivered}");
+    assert_delay(&delivered);
+}
+
+/// A header section with `n` Received: fields, as a looping message gathers them.
+fn looping_mail(tag: &str, n: usize) -> Mail {
+    let received: String = (0..n)
+        .map(|i| format!("Received: from hop{i}.test by hop{}.test; Mon, 24 Nov 2025\r\n", i + 1))
+        .collect();
+    let mut mail = Mail::new("oksender@client.test", &["ok1@dest.test"], tag);
+    mail.trace = received;
+    mail
+}
+
+/// Postfix's hopcount_limit: 51 Received: fields (the default limit is 50) are a mail loop,
+/// refused at the end of DATA, and at BDAT, with 554 5.4.6; nothing is queued. 50 are
+/// accepted. Python's smtplib is the client of the refused DATA.
+#[test]
+fn more_received_fields_than_the_limit_are_refused_as_a_loop() {
+    let mut node = start_node("");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = looping_mail("hops-51", 51);
+    let path = dir.path().join("hops-51.eml");
+    std::fs::write(&path, refused.text()).expect("write the message");
+    let address = node.addr();
+    let out = common::smtplib(&[
+        &address.ip().to_string(),
+        &address.port().to_string(),
+        "oksender@client.test",
+        "ok1@dest.test",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "smtplib: {said}");
+    assert!(said.contains("554 5.4.6 too many hops"), "smtplib: {said}");
+
+    // BDAT, in two chunks cut inside a Received: field: refused when the chunk that makes the
+    // count go over arrives, and the transaction is gone.
+    let text = looping_mail("hops-51-bdat", 51).text();
+    let (first, second) = text.split_at(text.len() / 2);
+    let mut smtp = Raw::greeted(node.addr());
+    assert!(smtp.cmd("MAIL FROM:<oksender@client.test>").starts_with("250"));
+    assert!(smtp.cmd("RCPT TO:<ok1@dest.test>").starts_with("250"));
+    smtp.send(format!("BDAT {}\r\n{first}", first.len()).as_bytes());
+    assert!(smtp.read_reply().starts_with("250"), "the first chunk holds 25 fields");
+    smtp.send(format!("BDAT {} LAST\r\n{second}", second.len()).as_bytes());
+    assert_eq!(smtp.read_reply(), "554 5.4.6 too many hops\n");
+
+    // 50 are fine, and the session goes on.
+    let accepted = looping_mail("hops-50", 50);
+    let reply =
+        smtp.send_message("<oksender@client.test>", &accepted.to, &stuffed(&accepted.text()));
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    assert!(smtp.cmd("QUIT").starts_with("221"));
+
+    let log = node.log();
+    let rejected: Vec<&str> =
+        log.lines().filter(|l| l.contains("rejected: too many hops")).collect();
+    assert_eq!(rejected.len(), 2, "{log}");
+    assert!(rejected.iter().all(|l| field(l, "received") == "51"), "{rejected:?}");
+    assert_eq!(node.stop(), Some(0));
+    let queued = node.queued();
+    assert_eq!(queued.len(), 1, "only the message with 50 Received: fields is queued");
+    common::assert_same_bytes(
+        Node::without_received(&queued[0].1),
+        accepted.text().as_bytes(),
+        "the queued message",
+    );
+}
+
+/// A route whose next hop is relayd's own listener: the recipient bounces with 5.4.6 ("loops
+/// back to myself") and the sender gets a DSN saying so; relayd never receives the message
+/// from itself.
+#[test]
+fn a_route_to_relayds_own_listener_bounces_with_5_4_6() {
+    let sink = Sink::plain();
+    let own = format!("127.0.0.1:{OWN_PORT}");
+    let to_sink = format!("127.0.0.1:{}", sink.port());
+    let node = start_node(&format!(
+        "{}{}{}",
+        route("dest.test", &own, "none"),
+        route("*", &to_sink, "none"),
+        delivery("")
+    ));
+    let rcpt = "ok1@dest.test";
+    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], "loop-self"));
+    wait_explained("the DSN at the sink", || !dsns(&sink).is_empty(), || state(&node, &sink));
+    let log = node.log();
+    let bounced = logged(&log, "bounced", &id, rcpt);
+    assert_eq!(bounced.len(), 1, "{log}");
+    assert_eq!(field(&bounced[0], "reply"), "5.4.6 mail for 127.0.0.1 loops back to myself");
+    assert_eq!(field(&bounced[0], "dsn"), "5.4.6", "{}", bounced[0]);
+    assert_delay(&bounced[0]);
+    assert_dsn(&dsns(&sink)[0], rcpt, "5.4.6", "loop-self");
+    // Only the client's message was ever accepted over SMTP (the DSN is relayd's own).
+    assert_eq!(log.matches(" accepted id=").count(), 1, "{log}");
+}
+
+/// A next hop that greets with relayd's own host name is relayd (another node with the same
+/// name, or an address relayd does not know as its own): bounced with 5.4.6, no message sent.
+#[test]
+fn a_next_hop_greeting_with_our_host_name_bounces_with_5_4_6() {
+    let mirror = Sink::start("127.0.0.1:0", Options { name: "mx.test", ..Options::default() });
+    let sink = Sink::plain();
+    let node = start_node(&format!(
+        "{}{}{}",
+        route("dest.test", &format!("127.0.0.1:{}", mirror.port()), "none"),
+        route("*", &format!("127.0.0.1:{}", sink.port()), "none"),
+        delivery("")
+    ));
+    let rcpt = "ok1@dest.test";
+    let id = send_one(&node, Mail::new("oksender@client.test", &[rcpt], "loop-name"));
+    wait_explained("the DSN at the sink", || !dsns(&sink).is_empty(), || state(&node, &sink));
+    let bounced = &logged(&node.log(), "bounced", &id, rcpt)[0];
+    assert_eq!(field(bounced, "reply"), "5.4.6 mail for 127.0.0.1 loops back to myself");
+    assert_eq!(field(bounced, "dsn"), "5.4.6", "{bounced}");
+    assert_dsn(&dsns(&sink)[0], rcpt, "5.4.6", "loop-name");
+    assert_eq!(mirror.connections(), 1, "one connection, not one per retry");
+    assert!(mirror.transactions().is_empty(), "nothing was sent to the mirror");
 }

@@ -26,6 +26,7 @@ mod faults;
 mod full_disk;
 mod postfix_peers;
 mod powercut;
+mod recipients;
 mod replication;
 mod signals;
 mod sled_import;

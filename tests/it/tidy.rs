@@ -25,7 +25,12 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The data: the queue runner and the cluster link read the role, never write it.
     ("delivery", &["config", "metrics", "proto", "role", "spool"]),
     ("replication", &["config", "delivery", "metrics", "role", "spool"]),
-    ("smtp", &["config", "delivery", "metrics", "proto", "replication", "role", "spool"]),
+    // Recipient checks at RCPT: lists, and probes through the delivery client.
+    ("recipients", &["config", "delivery", "proto"]),
+    (
+        "smtp",
+        &["config", "delivery", "metrics", "proto", "recipients", "replication", "role", "spool"],
+    ),
     // The one writer of the role.
     ("ha", &["config", "delivery", "metrics", "replication", "role", "spool"]),
     // The top: the operator's surfaces and the wiring.
@@ -43,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ha",
             "logging",
             "metrics",
+            "recipients",
             "replication",
             "role",
             "smtp",

@@ -21,13 +21,16 @@ fn standby_unavailable() -> Reply {
     Reply::new(451, "4.3.0", "Error: standby unavailable, try again later")
 }
 
-/// A body on its way into the spool, with the size limit applied as it arrives.
+/// A body on its way into the spool, with the size and hop limits applied as it arrives.
 struct IncomingBody {
     writer: BodyWriter,
     /// Content bytes received (the Received: header not counted).
     size: u64,
     max_size: u64,
     too_big: bool,
+    /// The client's Received: headers (ours not counted), against `max_received_headers`.
+    hops: HopCounter,
+    max_hops: u32,
     failed: Option<SpoolError>,
 }
 
@@ -38,12 +41,121 @@ impl IncomingBody {
             // Keep reading to the end of the body, storing nothing more.
             self.too_big = true;
         }
-        if self.too_big || self.failed.is_some() {
+        self.hops.feed(content);
+        if self.refusal().is_some() || self.failed.is_some() {
             return;
         }
         if let Err(e) = self.writer.write(content) {
             self.failed = Some(e);
         }
+    }
+
+    /// Why this body may not be accepted, whatever the spool says: too big, or looping. Once
+    /// known, nothing more of it is stored; the rest is read and dropped.
+    fn refusal(&self) -> Option<Reply> {
+        if self.too_big {
+            return Some(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
+        }
+        if self.hops.count() > self.max_hops {
+            return Some(Reply::new(554, "5.4.6", "too many hops"));
+        }
+        None
+    }
+}
+
+/// Counts the Received: fields of a message's header section as its content streams past, in
+/// pieces cut anywhere, holding nothing but its state: the body is never held whole, so a
+/// parser that wants the message (or its header section) in one buffer does not fit here.
+/// The content is already decoded (CRLF line ends), and the header section ends at the first
+/// empty line, or at the first line that is neither a field nor a field's continuation (as
+/// Postfix's cleanup reads it); nothing after it is looked at.
+#[derive(Debug, Default)]
+struct HopCounter {
+    state: HeaderState,
+    count: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum HeaderState {
+    /// At the start of a line of the header section.
+    #[default]
+    LineStart,
+    /// In a field name; `matched` is how much of "received" it has matched so far (`None`
+    /// once it cannot be that name).
+    Name { matched: Option<usize> },
+    /// Blanks between a field name and its colon (RFC 5322's obsolete syntax allows them).
+    BeforeColon { received: bool },
+    /// In a field's value, or a continuation line: nothing to see until the line ends.
+    Value,
+    /// Past the header section.
+    Body,
+}
+
+const RECEIVED: &[u8] = b"received";
+
+impl HopCounter {
+    fn feed(&mut self, mut content: &[u8]) {
+        while let Some((&byte, rest)) = content.split_first() {
+            if self.state == HeaderState::Body {
+                return;
+            }
+            if self.state == HeaderState::Value {
+                // Most of a header section is values: skip to the line's end in one go.
+                match memchr::memchr(b'\n', content) {
+                    Some(at) => {
+                        self.state = HeaderState::LineStart;
+                        content = &content[at + 1..];
+                    }
+                    None => return,
+                }
+                continue;
+            }
+            self.state = self.next(byte);
+            content = rest;
+        }
+    }
+
+    fn next(&mut self, byte: u8) -> HeaderState {
+        match (self.state, byte) {
+            // An empty line ends the header section; a blank starts a continuation line.
+            (HeaderState::LineStart, b'\r' | b'\n') => HeaderState::Body,
+            (HeaderState::LineStart, b' ' | b'\t') => HeaderState::Value,
+            (HeaderState::LineStart, _) => self.in_name(Some(0), byte),
+            (HeaderState::Name { matched }, _) => self.in_name(matched, byte),
+            (HeaderState::BeforeColon { .. }, b' ' | b'\t') => self.state,
+            (HeaderState::BeforeColon { received }, b':') => self.named(received),
+            (HeaderState::BeforeColon { .. }, _) => HeaderState::Body,
+            (HeaderState::Value | HeaderState::Body, _) => self.state,
+        }
+    }
+
+    /// The state after `byte` in a field name that has matched `matched` bytes of "received".
+    fn in_name(&mut self, matched: Option<usize>, byte: u8) -> HeaderState {
+        let received = matched == Some(RECEIVED.len());
+        match byte {
+            b':' => self.named(received),
+            b' ' | b'\t' => HeaderState::BeforeColon { received },
+            // RFC 5322's field name: printable US-ASCII but the colon.
+            33..=126 => {
+                let next = matched.filter(|&n| RECEIVED.get(n) == Some(&byte.to_ascii_lowercase()));
+                HeaderState::Name { matched: next.map(|n| n + 1) }
+            }
+            // A line that is no field: the body has begun (a header section without its empty
+            // line).
+            _ => HeaderState::Body,
+        }
+    }
+
+    /// A field name ended at its colon: one hop more if it was Received.
+    fn named(&mut self, received: bool) -> HeaderState {
+        if received {
+            self.count = self.count.saturating_add(1);
+        }
+        HeaderState::Value
+    }
+
+    fn count(&self) -> u32 {
+        self.count
     }
 }
 
@@ -146,9 +258,10 @@ impl Session {
             chunk.body.take(&content);
             return Ok(self.complete(chunk.body).await);
         }
-        if chunk.body.too_big {
+        if let Some(refusal) = chunk.body.refusal() {
             self.transaction = None;
-            return Ok(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
+            self.log_refusal(&chunk.body, &refusal);
+            return Ok(refusal);
         }
         let reply = Reply::new(250, "2.0.0", format!("{size} octets received"));
         if let Some(transaction) = self.transaction.as_mut() {
@@ -189,6 +302,8 @@ impl Session {
             size: 0,
             max_size: self.config.smtp.max_message_size,
             too_big: false,
+            hops: HopCounter::default(),
+            max_hops: self.config.smtp.max_received_headers,
             failed,
         }
     }
@@ -198,8 +313,9 @@ impl Session {
         let Some(transaction) = self.transaction.take() else {
             return Reply::new(503, "5.5.1", "Error: need MAIL command");
         };
-        if body.too_big {
-            return Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
+        if let Some(refusal) = body.refusal() {
+            self.log_refusal(&body, &refusal);
+            return refusal;
         }
         if let Some(error) = body.failed {
             return self.spool_failure(body.writer.id(), error);
@@ -250,6 +366,13 @@ impl Session {
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(error) => self.spool_failure(id, error),
+        }
+    }
+
+    /// A mail loop is worth a line: the operator may have to find the route that makes it.
+    fn log_refusal(&self, body: &IncomingBody, refusal: &Reply) {
+        if !body.too_big {
+            tracing::info!(client = %self.peer.ip(), received = body.hops.count(), reply = %refusal, "rejected: too many hops");
         }
     }
 
@@ -318,5 +441,48 @@ mod tests {
         smtp.min_data_rate = 1;
         smtp.data_timeout = Duration::MAX;
         assert!(clock.deadline(&smtp) > Instant::now());
+    }
+
+    /// The counter fed `content` cut at each of `cuts` (offsets, ascending).
+    fn counted(content: &[u8], cuts: &[usize]) -> u32 {
+        let mut counter = HopCounter::default();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&content.len()]) {
+            counter.feed(&content[from..cut]);
+            from = cut;
+        }
+        counter.count()
+    }
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_section_only() {
+        let message = b"Received: from a by b; Mon, 1 Dec 2025\r\n\
+            \tfor <x@y>; folded\r\n\
+            RECEIVED : obsolete blank before the colon\r\n\
+            received:no blank after it\r\n\
+            Received-SPF: pass\r\n\
+            X-Received: by a relay\r\n\
+            Subject: Received: not a field name\r\n\
+            \tReceived: a continuation line\r\n\
+            Receive: too short\r\n\
+            \r\n\
+            Received: in the body\r\n";
+        assert_eq!(counted(message, &[]), 3);
+        // However the content is cut, the count is the same: every single cut, and every byte
+        // on its own.
+        for cut in 0..=message.len() {
+            assert_eq!(counted(message, &[cut]), 3, "cut at {cut}");
+        }
+        let every: Vec<usize> = (1..message.len()).collect();
+        assert_eq!(counted(message, &every), 3);
+    }
+
+    #[test]
+    fn a_line_that_is_no_field_ends_the_header_section() {
+        assert_eq!(counted(b"Received: a\r\nno colon here\r\nReceived: b\r\n", &[]), 1);
+        assert_eq!(counted(b"Received: a\r\nReceived x\r\nReceived: b\r\n", &[]), 1);
+        // A message with no header section at all.
+        assert_eq!(counted(b"\r\nReceived: a\r\n", &[]), 0);
+        assert_eq!(counted(b"", &[]), 0);
     }
 }

@@ -232,7 +232,7 @@ impl Session {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(address) => self.rcpt(address),
+            Command::Rcpt(address) => self.rcpt(address).await,
             Command::Data => return self.data(conn).await,
             Command::Bdat { size, last } => return self.bdat(conn, size, last).await,
             Command::Rset => {

@@ -25,6 +25,25 @@ impl Postfix {
     /// Creates and starts an instance that relays everything to 127.0.0.1:`relay_port`, and
     /// waits until its master has started logging.
     pub fn start(relay_port: u16) -> Postfix {
+        Postfix::start_with(relay_port, "", "")
+    }
+
+    /// A customer's mail server, as relayd's next hop: an smtpd on 127.0.0.1:`port` that takes
+    /// mail for `domain` and knows only the `users` there (Postfix's relay_recipient_maps:
+    /// anyone else gets "550 5.1.1 ... User unknown in relay recipient table").
+    pub fn customer(port: u16, domain: &str, users: &[&str]) -> Postfix {
+        let users: Vec<String> = users.iter().map(|u| format!("{u}@{domain}=ok")).collect();
+        let main = format!(
+            "relay_domains = {domain}\nrelay_recipient_maps = inline:{{ {} }}\n",
+            users.join(", ")
+        );
+        let master = format!("127.0.0.1:{port} inet n - n - - smtpd\n");
+        // Nothing is relayed on from it in the tests; its relayhost is a port nobody uses.
+        Postfix::start_with(super::free_port(), &main, &master)
+    }
+
+    /// [`Postfix::start`], with lines added to main.cf and master.cf.
+    fn start_with(relay_port: u16, main_extra: &str, master_extra: &str) -> Postfix {
         let uid = run("id", &["-u"]);
         assert_eq!(
             String::from_utf8_lossy(&uid.stdout).trim(),
@@ -41,9 +60,10 @@ impl Postfix {
             std::fs::create_dir(root.join(sub)).expect("create instance dir");
         }
         let postfix = Postfix { dir };
-        std::fs::write(postfix.config_dir().join("main.cf"), main_cf(root, relay_port))
-            .expect("write main.cf");
-        std::fs::write(postfix.config_dir().join("master.cf"), MASTER_CF).expect("write master.cf");
+        let main = main_cf(root, relay_port) + main_extra;
+        std::fs::write(postfix.config_dir().join("main.cf"), main).expect("write main.cf");
+        let master = format!("{MASTER_CF}{master_extra}");
+        std::fs::write(postfix.config_dir().join("master.cf"), master).expect("write master.cf");
         // `check` creates the queue subdirectories with the owners and modes Postfix wants
         // (postdrop group on maildrop and public); the data directory must belong to postfix.
         // (Not `set-permissions`: that also resets the system installation's files.)

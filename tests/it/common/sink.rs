@@ -7,7 +7,12 @@
 //! | `defer`  | `451 4.3.0 try later` |
 //! | `reject` | `550 5.1.1 no such user` |
 //! | `flaky`  | `451 4.3.0 try later` the first time the address is seen, `250` afterwards |
+//! | `full`   | `552 5.2.2 mailbox full` the first time the address is seen, `250` afterwards |
+//! | `slow`   | `250 2.1.5 ok`, after [`Options::slow_rcpt`] |
 //! | anything else (`ok…`) | `250 2.1.5 ok` |
+//!
+//! Every RCPT's address is counted ([`Sink::rcpts_for`]), refused or not: how a test sees that
+//! relayd asked (a recipient verification probe) or did not.
 //!
 //! DATA is answered `250 2.0.0 Ok: queued as S<n>` (n counts the sink's transactions), after
 //! an optional delay and while the sink is not [held](Sink::hold). Every transaction whose
@@ -48,6 +53,10 @@ pub struct Options {
     pub refuse_starttls: bool,
     /// Offer SMTPUTF8.
     pub smtputf8: bool,
+    /// The host name in the greeting and the EHLO reply.
+    pub name: &'static str,
+    /// How long a `slow…` recipient waits for its 250.
+    pub slow_rcpt: Duration,
 }
 
 impl Default for Options {
@@ -58,6 +67,8 @@ impl Default for Options {
             data_delay: Duration::ZERO,
             refuse_starttls: false,
             smtputf8: false,
+            name: "sink.test",
+            slow_rcpt: Duration::from_secs(3),
         }
     }
 }
@@ -120,8 +131,10 @@ struct State {
     unasked_pipelining: usize,
     /// Commands answered 500-503: unknown, bad syntax, not offered, out of sequence.
     protocol_errors: usize,
-    /// Addresses a `flaky…` recipient was already refused for.
+    /// Addresses a `flaky…` or `full…` recipient was already refused for.
     seen: HashSet<String>,
+    /// Every RCPT's address, in the order asked.
+    rcpts: Vec<String>,
     held: bool,
     data_delay: Duration,
     /// A handle on every connection's socket, to cut them all at stop.
@@ -135,6 +148,8 @@ struct Shared {
     pipelining: bool,
     refuse_starttls: bool,
     smtputf8: bool,
+    name: &'static str,
+    slow_rcpt: Duration,
     stopping: AtomicBool,
 }
 
@@ -165,6 +180,8 @@ impl Sink {
             pipelining: options.pipelining,
             refuse_starttls: options.refuse_starttls,
             smtputf8: options.smtputf8,
+            name: options.name,
+            slow_rcpt: options.slow_rcpt,
             stopping: AtomicBool::new(false),
         });
         let acceptor = {
@@ -194,6 +211,11 @@ impl Sink {
 
     pub fn transaction_count(&self) -> usize {
         self.shared.state().transactions.len()
+    }
+
+    /// How many RCPTs named `address` (compared without regard to case), on all connections.
+    pub fn rcpts_for(&self, address: &str) -> usize {
+        self.shared.state().rcpts.iter().filter(|r| r.eq_ignore_ascii_case(address)).count()
     }
 
     /// Connections accepted so far.
@@ -350,7 +372,7 @@ impl Session<'_> {
         // Bounded, so that a client that goes silent never keeps a thread forever.
         stream.set_read_timeout(Some(PATIENCE * 3))?;
         let mut reader = BufReader::new(Conn::Plain(stream));
-        let mut out = String::from("220 sink.test ESMTP scripted sink\r\n");
+        let mut out = format!("220 {} ESMTP scripted sink\r\n", self.shared.name);
         flush(&mut reader, &mut out)?;
         let mut tls = false;
         let mut envelope: Option<Envelope> = None;
@@ -366,9 +388,9 @@ impl Session<'_> {
                 "EHLO" | "HELO" => {
                     envelope = None;
                     if verb == "HELO" {
-                        out += "250 sink.test\r\n";
+                        out += &format!("250 {}\r\n", self.shared.name);
                     } else {
-                        out += "250-sink.test\r\n";
+                        out += &format!("250-{}\r\n", self.shared.name);
                         if self.shared.pipelining {
                             out += "250-PIPELINING\r\n";
                         }
@@ -464,7 +486,11 @@ impl Session<'_> {
     }
 
     fn rcpt_reply(&self, rcpt: &str) -> &'static str {
+        self.shared.state().rcpts.push(rcpt.to_string());
         let local = rcpt.split('@').next().unwrap_or("").to_ascii_lowercase();
+        if local.starts_with("slow") {
+            std::thread::sleep(self.shared.slow_rcpt);
+        }
         if local.starts_with("defer") {
             "451 4.3.0 try later\r\n"
         } else if local.starts_with("reject") {
@@ -472,6 +498,9 @@ impl Session<'_> {
         } else if local.starts_with("flaky") && self.shared.state().seen.insert(rcpt.to_lowercase())
         {
             "451 4.3.0 try later\r\n"
+        } else if local.starts_with("full") && self.shared.state().seen.insert(rcpt.to_lowercase())
+        {
+            "552 5.2.2 mailbox full\r\n"
         } else {
             "250 2.1.5 ok\r\n"
         }
