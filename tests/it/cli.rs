@@ -2,9 +2,34 @@
 
 use crate::common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command};
 
 use common::{BIN, Raw, run, wait_for};
+
+/// Starts relayd without `--config` (the embedded default: SMTP on 127.0.0.1:2525) in `dir`,
+/// with `args`, and waits until *this* process says it listens: on a shared machine another
+/// relayd may hold that port, and answering for this one it would make the test's verdicts
+/// about a stranger. Its output goes to `dir/relayd.log`.
+fn start_embedded_default(dir: &Path, args: &[&str]) -> Child {
+    let log_path = dir.join("relayd.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn relayd");
+    wait_for("the embedded default to listen on 127.0.0.1:2525", || {
+        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("relayd exited with {status}:\n{said}");
+        }
+        said.contains("SMTP listening address=127.0.0.1:2525")
+    });
+    child
+}
 
 fn check_config(text: &str) -> (Option<i32>, String, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -75,15 +100,8 @@ fn bad_usage_exits_2() {
 #[test]
 fn no_config_runs_the_embedded_default_and_role_overrides_it() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(BIN)
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn relayd");
+    let mut child = start_embedded_default(dir.path(), &[]);
     let addr = "127.0.0.1:2525".parse().expect("address");
-    wait_for("the embedded default to listen on 127.0.0.1:2525", || {
-        std::net::TcpStream::connect(addr).is_ok()
-    });
     let mut smtp = Raw::connect(addr);
     assert!(smtp.read_reply().starts_with("220 "));
     assert!(smtp.cmd("EHLO client.test").starts_with("250"));
@@ -94,13 +112,7 @@ fn no_config_runs_the_embedded_default_and_role_overrides_it() {
     child.kill().expect("kill");
     child.wait().expect("reap");
 
-    let mut standby = Command::new(BIN)
-        .current_dir(dir.path())
-        .args(["--role", "standby"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn relayd");
-    wait_for("the standby to listen", || std::net::TcpStream::connect(addr).is_ok());
+    let mut standby = start_embedded_default(dir.path(), &["--role", "standby"]);
     let mut refused = Raw::connect(addr);
     let greeting = refused.read_reply();
     assert!(

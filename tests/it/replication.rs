@@ -250,6 +250,11 @@ fn queued_ids(contents: &Contents) -> HashSet<String> {
     contents.messages.iter().map(|(m, _)| m.envelope.id.to_string()).collect()
 }
 
+/// The "replication link up" lines of a node's log, one per link made.
+fn link_ups(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("replication link up")).collect()
+}
+
 /// Stops both nodes and asserts that their spools are the same and that they hold exactly the
 /// acknowledged mail, `sent`, bodies included; the two spools, for more checks.
 fn stop_and_compare(pair: &mut Pair, sent: &[Sent]) -> (Contents, Contents) {
@@ -299,7 +304,7 @@ fn cut_mid_stream_resumes_without_gap_or_duplicate() {
     pair.wait_settled(sent.len());
 
     let log = pair.primary().log();
-    let ups: Vec<&str> = log.lines().filter(|l| l.contains("replication link up")).collect();
+    let ups = link_ups(&log);
     assert!(ups.len() >= 4, "a link per cut:\n{log}");
     assert!(ups[0].contains("from=None"), "the first link starts with a snapshot: {}", ups[0]);
     for up in &ups[1..] {
@@ -359,7 +364,7 @@ fn a_standby_killed_mid_stream_resumes_from_its_own_log() {
     pair.wait_settled(sent.len());
 
     let log = pair.primary().log();
-    let ups: Vec<&str> = log.lines().filter(|l| l.contains("replication link up")).collect();
+    let ups = link_ups(&log);
     assert!(ups[1..].iter().all(|up| up.contains("from=Some(")), "resumed, no snapshot:\n{log}");
     assert_eq!(count(&log, "sending a snapshot"), 1, "{log}");
     stop_and_compare(&mut pair, &sent);

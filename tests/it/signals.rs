@@ -82,12 +82,9 @@ fn sigterm_waits_for_a_delivery_in_flight() {
              next_hop = \"127.0.0.1:{sink_port}\"\ntls = \"none\"\n"
         ),
     );
-    let mut smtp = connect(&node, [127, 0, 0, 1]);
-    assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
-    assert!(smtp.cmd("RCPT TO:<b@example.com>").starts_with("250"));
-    assert!(smtp.cmd("DATA").starts_with("354"));
-    assert!(smtp.cmd("Subject: slow\r\n\r\nbody\r\n.").starts_with("250"));
+    let mut smtp = Raw::greeted(node.addr());
+    let text = "Subject: slow\r\n\r\nbody\r\n";
+    assert!(smtp.send_message("<a@client.test>", &["b@example.com"], text).starts_with("250"));
     assert!(smtp.cmd("QUIT").starts_with("221"));
     // The sink holds its DATA reply for 2 s: the delivery is in flight once relayd is connected.
     wait_for("relayd to connect to the sink", || connections_to(sink_port) > 0);

@@ -28,6 +28,11 @@ fn connect(node: &Node) -> Raw {
     smtp
 }
 
+/// A transaction in a new session that succeeds, proving the daemon still serves.
+fn assert_node_serves(node: &Node) {
+    assert_serves(&mut connect(node));
+}
+
 /// A transaction that succeeds, proving the session (or daemon) still serves.
 fn assert_serves(smtp: &mut Raw) {
     assert!(smtp.cmd("RSET").starts_with("250"));
@@ -136,8 +141,7 @@ fn command_timeout_421_for_silence_and_for_a_trickled_line() {
     assert!(silent.is_closed());
     assert_trickle_cut_off(&mut slow, trickle, len);
     assert!(node.log().contains("timeout exceeded client=127.0.0.1 phase=\"command\""));
-    let mut again = connect(&node);
-    assert_serves(&mut again);
+    assert_node_serves(&node);
 }
 
 #[test]
@@ -158,8 +162,7 @@ fn data_timeout_421_for_silence_and_for_a_trickled_body_and_nothing_queued() {
     assert!(silent.is_closed());
     assert_trickle_cut_off(&mut slow, trickle, body.len());
     assert_trickle_cut_off(&mut chunked, chunk_trickle, body.len());
-    let mut again = connect(&node);
-    assert_serves(&mut again);
+    assert_node_serves(&node);
     node.stop();
     assert_eq!(node.queued().len(), 1, "neither the stalled nor the trickled messages were queued");
 }
@@ -222,8 +225,7 @@ fn too_many_errors_421() {
     assert_eq!(smtp.cmd("BAZ"), "500 5.5.2 Error: command not recognized\n");
     assert_eq!(smtp.read_reply(), "421 4.7.0 mx.test Error: too many errors\n");
     assert!(smtp.is_closed());
-    let mut again = connect(&node);
-    assert_serves(&mut again);
+    assert_node_serves(&node);
 }
 
 #[test]
@@ -242,8 +244,7 @@ fn commands_that_move_no_mail_are_limited_between_messages() {
     assert_eq!(smtp.cmd("NOOP"), "421 4.7.0 mx.test Error: too many commands without mail\n");
     assert!(smtp.is_closed());
     assert!(node.log().contains("disconnected after too many commands without mail"));
-    let mut again = connect(&node);
-    assert_serves(&mut again);
+    assert_node_serves(&node);
     node.stop();
     assert_eq!(node.queued().len(), 2);
 }
@@ -436,6 +437,5 @@ fn open_files_limit_raised_warned_about_and_a_long_listen_queue() {
     let listen = String::from_utf8_lossy(&ss.stdout).to_string();
     let backlog = listen.split_whitespace().nth(2);
     assert_eq!(backlog, Some(somaxconn.min(1024).to_string().as_str()), "{listen}");
-    let mut smtp = connect(&node);
-    assert_serves(&mut smtp);
+    assert_node_serves(&node);
 }
