@@ -5,7 +5,8 @@
 # scripts/drill.sh, builds its hosts with them; g++ for libFuzzer; tar for the sled-spool
 # fixture; prometheus for promtool (the metrics page's linter,
 # and the alerting rules' checks and unit tests); fuse3 for fusermount3, which cutfs (tools/cutfs, the power-cut tests' file system)
-# mounts with when not root: as root it needs only /dev/fuse, and no C library to build), then runs cargo test, then the fuzz targets for
+# mounts with when not root: as root it needs only /dev/fuse, and no C library to build); systemd
+# for systemd-analyze (the unit's check; installing it in a container starts nothing), then runs cargo test, then the fuzz targets for
 # a bounded time. Needs root for apt-get when something is missing (and for the drill, which
 # tests/it/drill.rs runs).
 set -euo pipefail
@@ -14,7 +15,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
 for pair in swaks:swaks smtp-source:postfix postfix:postfix curl:curl openssl:openssl python3:python3 strace:strace dnsmasq:dnsmasq-base ss:iproute2 ip:iproute2 kill:procps \
-            nsenter:util-linux flock:util-linux postqueue:postfix c++:g++ fusermount3:fuse3 tar:tar promtool:prometheus; do
+            nsenter:util-linux flock:util-linux postqueue:postfix c++:g++ fusermount3:fuse3 tar:tar promtool:prometheus \
+            systemd-analyze:systemd; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -26,5 +26,6 @@ pub mod proto;
 pub mod recipients;
 pub mod replication;
 pub mod role;
+pub mod service;
 pub mod smtp;
 pub mod spool;

@@ -182,6 +182,10 @@ async fn serve(config: Arc<Config>) -> Result<(), NodeError> {
         ha,
     };
     tasks.spawn(crate::admin::serve(admin_listener, admin));
+    // The cluster link's listener was bound by `Replicator::start`, the SMTP and admin ones
+    // above: everything a peer or a client connects to accepts from here on.
+    crate::service::ready();
+    tasks.spawn(crate::service::watchdog(Some(spool.clone())));
     let Signals { mut terminate, mut interrupt, mut hangup } = signals;
     loop {
         tokio::select! {
@@ -190,6 +194,7 @@ async fn serve(config: Arc<Config>) -> Result<(), NodeError> {
             _ = hangup.recv() => reload(&live, &server),
         }
     }
+    crate::service::stopping();
     drain(&server, &delivery, config.node.drain_timeout).await;
     tasks.abort_all();
     spool.sync().map_err(NodeError::SyncAtShutdown)?;
@@ -217,6 +222,8 @@ async fn witness(config: &Config, signals: Signals) -> Result<(), NodeError> {
         tasks.spawn(crate::admin::witness::serve(listener, context));
     }
     tasks.spawn(witness.serve());
+    crate::service::ready();
+    tasks.spawn(crate::service::watchdog(None));
     let Signals { mut terminate, mut interrupt, mut hangup } = signals;
     loop {
         tokio::select! {
@@ -225,6 +232,7 @@ async fn witness(config: &Config, signals: Signals) -> Result<(), NodeError> {
             _ = hangup.recv() => tracing::info!("SIGHUP: a witness has nothing to reload"),
         }
     }
+    crate::service::stopping();
     tasks.abort_all();
     tracing::info!("stopped");
     Ok(())

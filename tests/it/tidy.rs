@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("role", &["config"]),
     ("logging", &["config"]),
     ("spool", &["config"]),
+    // systemd's notify protocol; its watchdog asks the spool's committer.
+    ("service", &["spool"]),
     // The data: the queue runner and the cluster link read the role, never write it.
     ("delivery", &["config", "metrics", "proto", "role", "spool"]),
     ("replication", &["config", "delivery", "metrics", "role", "spool"]),
