@@ -34,5 +34,6 @@ mod signals;
 mod sled_import;
 mod smtp_clients;
 mod smtp_limits;
+mod systemd;
 mod tidy;
 mod witness_admin;

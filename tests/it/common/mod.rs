@@ -66,6 +66,8 @@ pub struct Node {
     /// The admin endpoint's port ([admin].listen on 127.0.0.1).
     pub admin_port: u16,
     pub config_path: PathBuf,
+    /// Environment variables the process is started with, besides the harness's own.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -124,7 +126,7 @@ impl Node {
         ]);
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Node { dir, smtp_port, admin_port, config_path, child: None }
+        Node { dir, smtp_port, admin_port, config_path, env: Vec::new(), child: None }
     }
 
     /// A node with the relay settings most tests want: relay for example.com from anyone,
@@ -167,7 +169,12 @@ impl Node {
         let text = config(&dir.path().join("data"));
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, text).expect("write config");
-        Node { dir, smtp_port: 0, admin_port: 0, config_path, child: None }
+        Node { dir, smtp_port: 0, admin_port: 0, config_path, env: Vec::new(), child: None }
+    }
+
+    /// Starts the process with `key=value` in its environment from its next launch on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts the process (again) and waits until it answers on its SMTP port.
@@ -206,6 +213,7 @@ impl Node {
             .arg("--config")
             .arg(&self.config_path)
             .env("RELAYD_LOG", "info")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
