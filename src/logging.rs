@@ -48,7 +48,7 @@ fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
         return false;
     };
     rustix::fs::fstat(std::io::stderr())
-        .is_ok_and(|stat| u64::from(stat.st_dev) == device && u64::from(stat.st_ino) == inode)
+        .is_ok_and(|stat| stat.st_dev == device && stat.st_ino == inode)
 }
 
 /// The syslog priority journald reads from a line's `<N>` prefix (sd-daemon(3)).
