@@ -10,7 +10,7 @@ use std::os::linux::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 
-use common::cluster::{Timings, certs, witness_config, witness_ready};
+use common::cluster::{self, Timings, certs, witness_config, witness_ready};
 use common::{BIN, Node, PATIENCE, free_addr, run, wait_for};
 
 /// The socket systemd would listen on, in a directory of its own.
@@ -73,15 +73,19 @@ const WATCHDOG_USEC: u32 = 200_000;
 
 #[test]
 fn a_data_node_is_ready_once_its_listeners_accept_pings_the_watchdog_and_stops_with_stopping() {
-    let mut node = Node::configure("test", "primary", "", "", "");
+    // A primary of a pair whose standby is not there: its cluster link listens all the same.
+    let certs = certs("a,b");
+    let cluster = free_addr();
+    let sections = cluster::sections(certs.path(), "a", cluster, free_addr(), "async", "");
+    let mut node = Node::configure("a", "primary", "", "", &sections);
     let notify = NotifySocket::bind();
     notify.attach(&mut node, WATCHDOG_USEC);
     let admin = SocketAddr::from(([127, 0, 0, 1], node.admin_port));
-    let first = notify.first_then_connect(vec![node.addr(), admin]);
+    let first = notify.first_then_connect(vec![node.addr(), admin, cluster]);
     node.launch();
     let (notify, message, accepted) = first.join().unwrap();
     assert_eq!(message, "READY=1\n", "the first notification");
-    assert_eq!(accepted, [true, true], "SMTP and admin accept when READY=1 arrives");
+    assert_eq!(accepted, [true; 3], "SMTP, admin and the cluster link accept at READY=1");
 
     // Half of WATCHDOG_USEC apart, each after the spool's committer answered.
     for _ in 0..3 {
@@ -121,8 +125,8 @@ fn stream_id(path: &std::path::Path) -> String {
 }
 
 /// Starts a relay with `JOURNAL_STREAM` as `journal_stream` gives it (from the log file the
-/// node's stderr goes to), makes it log an error (a SIGHUP with a file that does not load),
-/// and returns its log.
+/// node's stderr goes to), makes it log an error (a SIGHUP with a file that does not load) and
+/// a warning (a SIGHUP with a changed `[log]`, which needs a restart), and returns its log.
 fn log_with_journal_stream(journal_stream: impl FnOnce(&Node) -> Option<String>) -> String {
     let mut node = Node::configure("test", "primary", "", "", "");
     std::fs::write(node.log_path(), "").unwrap();
@@ -134,7 +138,11 @@ fn log_with_journal_stream(journal_stream: impl FnOnce(&Node) -> Option<String>)
     std::fs::write(&node.config_path, "[node\n").unwrap();
     node.signal("HUP");
     wait_for("the reload to fail", || node.log().contains("the running config is kept"));
-    std::fs::write(&node.config_path, good).unwrap();
+    assert!(good.contains("level = \"info\""), "{good}");
+    std::fs::write(&node.config_path, good.replace("level = \"info\"", "level = \"debug\""))
+        .unwrap();
+    node.signal("HUP");
+    wait_for("the reload to warn", || node.log().contains("takes effect at the next restart"));
     assert_eq!(node.stop(), Some(0));
     node.log()
 }
@@ -148,6 +156,7 @@ fn log_lines_carry_their_priority_only_when_stderr_is_the_journal_stream() {
     let journal = log_with_journal_stream(|node| Some(stream_id(&node.log_path())));
     assert!(line_with(&journal, "relayd started").starts_with("<6>"), "{journal}");
     assert!(line_with(&journal, "the running config is kept").starts_with("<3>"), "{journal}");
+    assert!(line_with(&journal, "next restart").starts_with("<4>"), "{journal}");
     assert!(journal.lines().all(|line| line.starts_with('<')), "every line: {journal}");
 
     // A JOURNAL_STREAM inherited by a process whose stderr was redirected since (here: to the
@@ -157,6 +166,7 @@ fn log_lines_carry_their_priority_only_when_stderr_is_the_journal_stream() {
     for log in [redirected, unset] {
         assert!(log.contains("relayd started"), "{log}");
         assert!(log.contains("the running config is kept"), "{log}");
+        assert!(log.contains("next restart"), "{log}");
         assert!(!log.lines().any(|line| line.starts_with('<')), "no prefixes: {log}");
     }
 }
