@@ -5,7 +5,8 @@
 //!
 //! - the bottom, read by all: [`config`] (the operator's file), [`role`] (what this node is
 //!   now, written only by [`ha`]), [`proto`] (the SMTP grammar, no I/O), [`spool`] (the durable
-//!   queue and its change log), [`metrics`], [`logging`], [`certs`];
+//!   queue and its change log), [`metrics`], [`logging`], [`certs`], [`service`] (systemd's
+//!   notify protocol and watchdog);
 //! - the data path: [`delivery`] relays queued mail to its routes, [`replication`] ships the
 //!   spool's change log to the standby, [`recipients`] checks a relay domain's recipients at
 //!   RCPT (its lists, or a probe at the next hop), [`smtp`] receives mail into the spool;
