@@ -78,3 +78,25 @@ fn alive(result: &Result<(), SpoolError>) -> bool {
         Err(e) => e.kind != ErrorKind::Closed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_error_is_an_answer_and_a_closed_spool_is_not() {
+        assert!(alive(&Ok(())));
+        assert!(alive(&Err(SpoolError::reopening())));
+        assert!(alive(&Err(SpoolError::new(ErrorKind::Io, "EIO"))));
+        assert!(!alive(&Err(SpoolError::closed())));
+    }
+
+    #[tokio::test]
+    async fn an_open_spools_committer_answers_with_a_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let syncs = spool.syncs();
+        assert!(committer_answers(&spool, Duration::from_secs(20)).await);
+        assert!(spool.syncs() > syncs, "the probe went through the committer");
+    }
+}
