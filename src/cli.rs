@@ -40,7 +40,7 @@ enum Subcommand {
         #[arg(long)]
         json: bool,
     },
-    /// List, show, flush or delete the running node's queued messages.
+    /// List, show, flush, requeue or delete the running node's queued messages.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -75,30 +75,94 @@ enum CertsCommand {
     },
 }
 
+/// The messages a queue subcommand means; every flag given must hold.
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// "active" (a recipient is due now) or "deferred" (all wait for a retry).
+    #[arg(long)]
+    state: Option<String>,
+    /// A recipient still to be delivered is at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// The sender's address ("" for the null sender).
+    #[arg(long)]
+    sender: Option<String>,
+    /// A recipient still to be delivered has this address.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Received at least this long ago (30m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+}
+
+impl FilterArgs {
+    fn selection(&self) -> commands::Selection {
+        commands::Selection {
+            state: self.state.clone(),
+            domain: self.domain.clone(),
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            older_than: self.older_than.clone(),
+        }
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum QueueCommand {
-    /// Every queued message: id, age, size, sender, recipients and their states.
+    /// Queued messages: id, age, size, sender, recipients and their states. Without a flag,
+    /// the whole queue; with a filter, --limit or --after, a page of it.
     List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many messages (with a filter: 100 unless given).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this queue id (as the previous page's last line says).
+        #[arg(long, value_parser = crate::admin::api::parse_queue_id)]
+        after: Option<QueueId>,
         /// Print the admin endpoint's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// One message in detail.
+    /// One message in detail, or its content as stored (like postcat).
     Show {
         /// The queue id (32 hexadecimal digits, as in the 250 reply and the logs).
         #[arg(value_parser = crate::admin::api::parse_queue_id)]
         id: QueueId,
         /// Print the admin endpoint's JSON instead of the details.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "content")]
         json: bool,
+        /// Print the message itself (headers and body) as stored.
+        #[arg(long)]
+        content: bool,
     },
     /// Try every deferred message now.
     Flush,
-    /// Remove a message from the queue without delivering it.
+    /// Try messages now with the current routes: one, those a filter selects, or --all.
+    Requeue {
+        /// The queue id.
+        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
+        id: Option<QueueId>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove messages from the queue without delivering them: one by its id, or those a
+    /// filter selects (or --all), printing the count.
     Delete {
         /// The queue id.
-        #[arg(value_parser = crate::admin::api::parse_queue_id)]
-        id: QueueId,
+        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "dry_run", "state", "domain", "sender", "recipient", "older_than"])]
+        id: Option<QueueId>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Every queued message (a filter is required otherwise).
+        #[arg(long)]
+        all: bool,
+        /// Delete nothing: list and count what would go.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -120,10 +184,19 @@ pub fn main() -> ExitCode {
         Some(Subcommand::CheckConfig) => configured(&|config| check_config(&config)),
         Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
         Some(Subcommand::Queue { command }) => configured(&|config| match command {
-            QueueCommand::List { json } => commands::queue_list(&config, *json),
-            QueueCommand::Show { id, json } => commands::queue_show(&config, *id, *json),
+            QueueCommand::List { filter, limit, after, json } => {
+                commands::queue_list(&config, &filter.selection(), *limit, *after, *json)
+            }
+            QueueCommand::Show { id, content: true, .. } => commands::queue_content(&config, *id),
+            QueueCommand::Show { id, json, .. } => commands::queue_show(&config, *id, *json),
             QueueCommand::Flush => commands::queue_flush(&config),
-            QueueCommand::Delete { id } => commands::queue_delete(&config, *id),
+            QueueCommand::Requeue { id, filter, all } => {
+                commands::queue_requeue(&config, *id, &filter.selection(), *all)
+            }
+            QueueCommand::Delete { id: Some(id), .. } => commands::queue_delete(&config, *id),
+            QueueCommand::Delete { id: None, filter, all, dry_run } => {
+                commands::queue_delete_matching(&config, &filter.selection(), *all, *dry_run)
+            }
         }),
         Some(Subcommand::Promote { force }) => {
             configured(&|config| commands::promote(&config, *force))

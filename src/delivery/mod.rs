@@ -98,10 +98,19 @@ impl From<ResolverError> for StartError {
 pub(crate) enum RunnerRequest {
     /// A message was just accepted: try it now.
     Queued(QueueId),
-    /// An operator asked for every deferred message to be tried now.
-    Flush,
+    /// An operator asked for messages to be tried now.
+    Requeue(Requeue),
     /// An operator deleted a message: drop it from the schedule.
     Forget(QueueId),
+}
+
+/// Which messages an operator's requeue tries now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// Every queued message (`relayd queue flush`, `relayd queue requeue --all`).
+    All,
+    /// These messages (one, or those of a recipient domain); ids no longer queued are skipped.
+    Only(Vec<QueueId>),
 }
 
 /// A handle on the queue runner; cheap to clone.
@@ -128,10 +137,10 @@ impl DeliveryHandle {
         self.send(RunnerRequest::Queued(id));
     }
 
-    /// Every deferred message is tried now (`relayd queue flush`). False when the runner is
-    /// gone (the node is stopping).
-    pub fn flush(&self) -> bool {
-        self.send(RunnerRequest::Flush)
+    /// The messages are tried now with the current routes (`relayd queue requeue`, `relayd
+    /// queue flush`). False when the runner is gone (the node is stopping).
+    pub fn requeue(&self, which: Requeue) -> bool {
+        self.send(RunnerRequest::Requeue(which))
     }
 
     /// Removes a message from the queue without delivering it (`relayd queue delete ID`).
