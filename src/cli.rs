@@ -107,6 +107,10 @@ impl FilterArgs {
     }
 }
 
+/// What a bulk change needs one of (without any, `relayd queue delete` is bad usage, not
+/// every message).
+const WHICH: [&str; 7] = ["id", "all", "state", "domain", "sender", "recipient", "older_than"];
+
 #[derive(clap::Subcommand)]
 enum QueueCommand {
     /// Queued messages: id, age, size, sender, recipients and their states. Without a flag,
@@ -139,6 +143,7 @@ enum QueueCommand {
     /// Try every deferred message now.
     Flush,
     /// Try messages now with the current routes: one, those a filter selects, or --all.
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
     Requeue {
         /// The queue id.
         #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
@@ -151,6 +156,7 @@ enum QueueCommand {
     },
     /// Remove messages from the queue without delivering them: one by its id, or those a
     /// filter selects (or --all), printing the count.
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
     Delete {
         /// The queue id.
         #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "dry_run", "state", "domain", "sender", "recipient", "older_than"])]
