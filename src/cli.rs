@@ -75,38 +75,6 @@ enum CertsCommand {
     },
 }
 
-/// The messages a queue subcommand means; every flag given must hold.
-#[derive(clap::Args)]
-struct FilterArgs {
-    /// "active" (a recipient is due now) or "deferred" (all wait for a retry).
-    #[arg(long)]
-    state: Option<String>,
-    /// A recipient still to be delivered is at this domain.
-    #[arg(long)]
-    domain: Option<String>,
-    /// The sender's address ("" for the null sender).
-    #[arg(long)]
-    sender: Option<String>,
-    /// A recipient still to be delivered has this address.
-    #[arg(long)]
-    recipient: Option<String>,
-    /// Received at least this long ago (30m, 2h, 1d).
-    #[arg(long, value_name = "DURATION")]
-    older_than: Option<String>,
-}
-
-impl FilterArgs {
-    fn selection(&self) -> commands::Selection {
-        commands::Selection {
-            state: self.state.clone(),
-            domain: self.domain.clone(),
-            sender: self.sender.clone(),
-            recipient: self.recipient.clone(),
-            older_than: self.older_than.clone(),
-        }
-    }
-}
-
 /// What a bulk change needs one of (without any, `relayd queue delete` is bad usage, not
 /// every message).
 const WHICH: [&str; 7] = ["id", "all", "state", "domain", "sender", "recipient", "older_than"];
@@ -117,7 +85,7 @@ enum QueueCommand {
     /// the whole queue; with a filter, --limit or --after, a page of it.
     List {
         #[command(flatten)]
-        filter: FilterArgs,
+        filter: commands::Selection,
         /// At most this many messages (with a filter: 100 unless given).
         #[arg(long)]
         limit: Option<usize>,
@@ -149,7 +117,7 @@ enum QueueCommand {
         #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
         id: Option<QueueId>,
         #[command(flatten)]
-        filter: FilterArgs,
+        filter: commands::Selection,
         /// Every queued message.
         #[arg(long)]
         all: bool,
@@ -162,7 +130,7 @@ enum QueueCommand {
         #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "dry_run", "state", "domain", "sender", "recipient", "older_than"])]
         id: Option<QueueId>,
         #[command(flatten)]
-        filter: FilterArgs,
+        filter: commands::Selection,
         /// Every queued message (a filter is required otherwise).
         #[arg(long)]
         all: bool,
@@ -191,17 +159,17 @@ pub fn main() -> ExitCode {
         Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
         Some(Subcommand::Queue { command }) => configured(&|config| match command {
             QueueCommand::List { filter, limit, after, json } => {
-                commands::queue_list(&config, &filter.selection(), *limit, *after, *json)
+                commands::queue_list(&config, filter, *limit, *after, *json)
             }
             QueueCommand::Show { id, content: true, .. } => commands::queue_content(&config, *id),
             QueueCommand::Show { id, json, .. } => commands::queue_show(&config, *id, *json),
             QueueCommand::Flush => commands::queue_flush(&config),
             QueueCommand::Requeue { id, filter, all } => {
-                commands::queue_requeue(&config, *id, &filter.selection(), *all)
+                commands::queue_requeue(&config, *id, filter, *all)
             }
             QueueCommand::Delete { id: Some(id), .. } => commands::queue_delete(&config, *id),
             QueueCommand::Delete { id: None, filter, all, dry_run } => {
-                commands::queue_delete_matching(&config, &filter.selection(), *all, *dry_run)
+                commands::queue_delete_matching(&config, filter, *all, *dry_run)
             }
         }),
         Some(Subcommand::Promote { force }) => {

@@ -42,14 +42,24 @@ pub fn status(config: &Config, json: bool) -> ExitCode {
     })
 }
 
-/// Which messages a `relayd queue` subcommand means: its `--state`, `--domain`, `--sender`,
-/// `--recipient` and `--older-than`, sent as the endpoint's query parameters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which messages a `relayd queue` subcommand means (every flag given must hold), sent as the
+/// endpoint's query parameters, which check them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Selection {
+    /// "active" (a recipient is due now) or "deferred" (all wait for a retry).
+    #[arg(long)]
     pub state: Option<String>,
+    /// A recipient still to be delivered is at this domain.
+    #[arg(long)]
     pub domain: Option<String>,
+    /// The sender's address ("" for the null sender).
+    #[arg(long)]
     pub sender: Option<String>,
+    /// A recipient still to be delivered has this address.
+    #[arg(long)]
     pub recipient: Option<String>,
+    /// Received at least this long ago (30m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
     pub older_than: Option<String>,
 }
 
