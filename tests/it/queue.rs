@@ -236,6 +236,16 @@ fn content_is_the_message_as_stored() {
     let (code, out, err) = cli(&node, &["queue", "show", &id, "--content"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, content.body);
+
+    // A body of many spool chunks (32 KiB each) comes back whole and in order.
+    let lines: String = (0..20_000).map(|n| format!("line {n:05} of a long body\r\n")).collect();
+    let long = format!("Subject: long\r\n\r\n{lines}");
+    let long_id = send_from(&node, "alice@example.org", "x@one.test", &long);
+    let (code, out, err) = cli(&node, &["queue", "show", &long_id, "--content"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.len() > 500_000, "{}", out.len());
+    assert!(out.ends_with(&long), "the long body differs");
+
     let absent = "0".repeat(32);
     assert_eq!(get(&node, &format!("/queue/{absent}/content")).status, 404);
     let (code, _, err) = cli(&node, &["queue", "show", &absent, "--content"]);
