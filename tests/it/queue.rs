@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::admin::{cli, curl, get, sections, send_from, wait_for_admin};
+use crate::common::cluster::{Pair, all_attempted};
 use crate::common::{Node, free_port, wait_for};
 
 fn start(role: &str) -> Node {
@@ -61,10 +62,6 @@ fn attempts(node: &Node) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn all_attempted(node: &Node) -> bool {
-    attempts(node).iter().all(|(_, n)| *n >= 1)
-}
-
 #[test]
 fn pages_and_filters_see_each_message_once() {
     let node = start("primary");
@@ -109,7 +106,7 @@ fn pages_and_filters_see_each_message_once() {
     assert_eq!(listed(&node, "older_than=1h"), BTreeSet::new());
     assert_eq!(listed(&node, "older_than=0s&domain=two.test"), two_set);
     // After the first attempt (to a closed port), every message waits an hour: deferred.
-    wait_for("every message tried once", || all_attempted(&node));
+    wait_for("every message tried once", || all_attempted(&node, 25));
     assert_eq!(listed(&node, "state=deferred"), every);
     assert_eq!(listed(&node, "state=active"), BTreeSet::new());
 
@@ -193,7 +190,7 @@ fn requeue_tries_one_or_a_domain_now() {
     let node = start("primary");
     let one = send_many(&node, 2, "alice@example.org", "x@one.test");
     let two = send_many(&node, 2, "bob@example.org", "y@two.test");
-    wait_for("every message tried once", || all_attempted(&node));
+    wait_for("every message tried once", || all_attempted(&node, 4));
     let tries = |id: &str| {
         attempts(&node).into_iter().find(|(i, _)| i == id).map(|(_, n)| n).expect("queued")
     };
@@ -267,4 +264,28 @@ fn a_standby_refuses_deletes_and_requeues_but_answers_dry_runs() {
     let (code, _, err) = cli(&node, &["queue", "delete", "--all"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("HTTP 409"), "{err}");
+}
+
+#[test]
+fn a_delete_by_filter_reaches_the_standby() {
+    let pair = Pair::start("sync", "sync_timeout = \"15s\"");
+    let (primary, standby) = (pair.primary(), pair.standby());
+    send_many(primary, 3, "bob@example.org", "y@two.test");
+    let kept: BTreeSet<String> =
+        send_many(primary, 2, "alice@example.org", "x@one.test").into_iter().collect();
+    pair.wait_settled(5);
+
+    // The standby answers a dry run from its copy, and refuses the real thing.
+    let bob = "/queue?sender=bob%40example.org";
+    let dry = curl(standby, "DELETE", &format!("{bob}&dry_run=true"), &[]).json();
+    assert_eq!(dry["deleted"], 3, "{dry}");
+    assert_eq!(curl(standby, "DELETE", bob, &[]).status, 409);
+
+    let deleted = curl(primary, "DELETE", bob, &[]).json();
+    assert_eq!(deleted["deleted"], 3, "{deleted}");
+    assert_eq!(ids(&get(primary, "/queue").json()), kept);
+    // The removals are replicated like every change.
+    wait_for("the standby to drop the deleted messages", || {
+        ids(&get(standby, "/queue").json()) == kept
+    });
 }
