@@ -184,13 +184,7 @@ pub async fn queue_requeue(
     let query = queue_query(query)?;
     let which = match query.id().map_err(bad_query)? {
         Some(id) => {
-            let id_only = blocking({
-                let context = Arc::clone(&context);
-                move || Ok(context.spool.get(id)?.is_some())
-            });
-            if !id_only.await? {
-                return Err(ApiError::not_found(format!("no message {id} in the queue")));
-            }
+            require_queued(&context, id).await?;
             Requeue::Only(vec![id])
         }
         None if query.all => Requeue::All,
@@ -256,13 +250,7 @@ pub async fn queue_content(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = queue_id(id)?;
-    let exists = blocking({
-        let context = Arc::clone(&context);
-        move || Ok(context.spool.get(id)?.is_some())
-    });
-    if !exists.await? {
-        return Err(ApiError::not_found(format!("no message {id} in the queue")));
-    }
+    require_queued(&context, id).await?;
     // A few chunks in flight: the reader waits for a slow client instead of reading ahead.
     let (chunks, receiver) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
@@ -337,6 +325,15 @@ async fn selected_ids(
         Ok(ids)
     })
     .await
+}
+
+/// 404 unless message `id` is queued.
+async fn require_queued(context: &Arc<AdminContext>, id: QueueId) -> Result<(), ApiError> {
+    let context = Arc::clone(context);
+    if blocking(move || Ok(context.spool.get(id)?.is_some())).await? {
+        return Ok(());
+    }
+    Err(ApiError::not_found(format!("no message {id} in the queue")))
 }
 
 /// Refuses a change on any node but the serving primary: a standby's spool is a copy of the
