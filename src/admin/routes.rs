@@ -142,7 +142,7 @@ pub async fn queue_list(State(context): Context, query: QueryResult) -> Result<R
         let now = now_ms();
         let selected = context
             .spool
-            .messages()
+            .messages_after(after)
             .filter(|record| record.as_ref().map_or(true, |r| filter.matches(r, now)));
         let page = filter::page(selected, |record| record.envelope.id, after, limit)?;
         Ok(Json(QueuePage {
