@@ -211,13 +211,9 @@ pub async fn queue_delete_matching(
         serving_primary(&context, "delete the messages")?;
     }
     let ids = selected_ids(&context, &query).await?;
-    let mut deleted = Vec::with_capacity(ids.len());
-    for id in ids {
-        // A message delivered or deleted since the scan is not counted.
-        if query.dry_run || context.delivery.delete(id).await? {
-            deleted.push(id.to_string());
-        }
-    }
+    // A message delivered or deleted since the scan is not counted.
+    let deleted = if query.dry_run { ids } else { context.delivery.delete_all(&ids).await? };
+    let deleted: Vec<String> = deleted.iter().map(QueueId::to_string).collect();
     if !query.dry_run {
         tracing::info!(count = deleted.len(), "deleted by filter by the operator");
     }

@@ -104,6 +104,10 @@ pub(crate) enum RunnerRequest {
     Forget(QueueId),
 }
 
+/// Removals per commit of a bulk delete: one write transaction stays small however many
+/// messages a filter selects.
+const DELETE_BATCH: usize = 1000;
+
 /// Which messages an operator's requeue tries now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requeue {
@@ -147,12 +151,32 @@ impl DeliveryHandle {
     /// Returns false when no such message is queued. A delivery already in flight for it
     /// finishes, but its results are ignored.
     pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
-        if self.spool.get(id)?.is_none() {
-            return Ok(false);
+        Ok(!self.delete_all(&[id]).await?.is_empty())
+    }
+
+    /// Removes these messages ([`Self::delete`]) and returns those that were queued. The
+    /// removals are committed [`DELETE_BATCH`] to a commit (one fdatasync each, not one per
+    /// message), each a `Removed` record of the change log like a single delete's.
+    pub async fn delete_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
+        let mut deleted = Vec::new();
+        for batch in ids.chunks(DELETE_BATCH) {
+            let mut queued = Vec::with_capacity(batch.len());
+            for &id in batch {
+                if self.spool.get(id)?.is_some() {
+                    queued.push(id);
+                }
+            }
+            if queued.is_empty() {
+                continue;
+            }
+            let changes = queued.iter().map(|&id| Change::Removed { id }).collect();
+            self.spool.commit(changes, Vec::new()).await?;
+            for &id in &queued {
+                self.send(RunnerRequest::Forget(id));
+            }
+            deleted.extend(queued);
         }
-        self.spool.commit(vec![Change::Removed { id }], Vec::new()).await?;
-        self.send(RunnerRequest::Forget(id));
-        Ok(true)
+        Ok(deleted)
     }
 
     fn send(&self, request: RunnerRequest) -> bool {
