@@ -40,7 +40,7 @@ enum Subcommand {
         #[arg(long)]
         json: bool,
     },
-    /// List, show, flush or delete the running node's queued messages.
+    /// List, show, flush, requeue or delete the running node's queued messages.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -75,30 +75,68 @@ enum CertsCommand {
     },
 }
 
+/// What a bulk change needs one of (without any, `relayd queue delete` is bad usage, not
+/// every message).
+const WHICH: [&str; 7] = ["id", "all", "state", "domain", "sender", "recipient", "older_than"];
+
 #[derive(clap::Subcommand)]
 enum QueueCommand {
-    /// Every queued message: id, age, size, sender, recipients and their states.
+    /// Queued messages: id, age, size, sender, recipients and their states. Without a flag,
+    /// the whole queue; with a filter, --limit or --after, a page of it.
     List {
+        #[command(flatten)]
+        filter: commands::Selection,
+        /// At most this many messages (with a filter: 100 unless given).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this queue id (as the previous page's last line says).
+        #[arg(long, value_parser = crate::admin::api::parse_queue_id)]
+        after: Option<QueueId>,
         /// Print the admin endpoint's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// One message in detail.
+    /// One message in detail, or its content as stored (like postcat).
     Show {
         /// The queue id (32 hexadecimal digits, as in the 250 reply and the logs).
         #[arg(value_parser = crate::admin::api::parse_queue_id)]
         id: QueueId,
         /// Print the admin endpoint's JSON instead of the details.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "content")]
         json: bool,
+        /// Print the message itself (headers and body) as stored.
+        #[arg(long)]
+        content: bool,
     },
     /// Try every deferred message now.
     Flush,
-    /// Remove a message from the queue without delivering it.
+    /// Try messages now with the current routes: one, those a filter selects, or --all.
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
+    Requeue {
+        /// The queue id.
+        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
+        id: Option<QueueId>,
+        #[command(flatten)]
+        filter: commands::Selection,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove messages from the queue without delivering them: one by its id, or those a
+    /// filter selects (or --all), printing the count.
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
     Delete {
         /// The queue id.
-        #[arg(value_parser = crate::admin::api::parse_queue_id)]
-        id: QueueId,
+        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "dry_run", "state", "domain", "sender", "recipient", "older_than"])]
+        id: Option<QueueId>,
+        #[command(flatten)]
+        filter: commands::Selection,
+        /// Every queued message (a filter is required otherwise).
+        #[arg(long)]
+        all: bool,
+        /// Delete nothing: list and count what would go.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -120,10 +158,19 @@ pub fn main() -> ExitCode {
         Some(Subcommand::CheckConfig) => configured(&|config| check_config(&config)),
         Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
         Some(Subcommand::Queue { command }) => configured(&|config| match command {
-            QueueCommand::List { json } => commands::queue_list(&config, *json),
-            QueueCommand::Show { id, json } => commands::queue_show(&config, *id, *json),
+            QueueCommand::List { filter, limit, after, json } => {
+                commands::queue_list(&config, filter, *limit, *after, *json)
+            }
+            QueueCommand::Show { id, content: true, .. } => commands::queue_content(&config, *id),
+            QueueCommand::Show { id, json, .. } => commands::queue_show(&config, *id, *json),
             QueueCommand::Flush => commands::queue_flush(&config),
-            QueueCommand::Delete { id } => commands::queue_delete(&config, *id),
+            QueueCommand::Requeue { id, filter, all } => {
+                commands::queue_requeue(&config, *id, filter, *all)
+            }
+            QueueCommand::Delete { id: Some(id), .. } => commands::queue_delete(&config, *id),
+            QueueCommand::Delete { id: None, filter, all, dry_run } => {
+                commands::queue_delete_matching(&config, filter, *all, *dry_run)
+            }
         }),
         Some(Subcommand::Promote { force }) => {
             configured(&|config| commands::promote(&config, *force))

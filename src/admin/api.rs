@@ -55,6 +55,14 @@ pub struct Message {
     pub helo: String,
 }
 
+/// A page of `GET /queue?…`: the messages, and the `after=` of the next page (null on the
+/// last one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePage {
+    pub messages: Vec<Message>,
+    pub next_after: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
     pub address: String,

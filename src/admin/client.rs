@@ -123,17 +123,41 @@ impl Client {
         &self,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<String, ClientError> {
+        let mut response = self.succeeded(result)?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_string()
+            .map_err(|e| self.failed(e))
+    }
+
+    /// GET `path`, its body copied to `out` as it comes (a message's content, which may be
+    /// larger than any JSON answer). Returns the bytes copied.
+    pub fn get_to(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
+        let request = self.authorized(self.agent.get(self.url(path)));
+        let mut response = self.succeeded(request.call())?;
+        let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut body, out)
+            .map_err(|e| ClientError::Unreachable { address: self.address, reason: io_reason(&e) })
+    }
+
+    /// The response of a request that succeeded; otherwise the node's JSON error.
+    fn succeeded(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
         let mut response = result.map_err(|e| self.failed(e))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let text = response
             .body_mut()
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
             .map_err(|e| self.failed(e))?;
-        if status.is_success() {
-            return Ok(text);
-        }
         let message = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => body.error,
             Err(_) if text.trim().is_empty() => {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use bytesize::ByteSize;
 
-use super::api::{Message, Recipient, Status};
+use super::api::{Message, QueuePage, Recipient, Status};
 use super::client::{Client, ClientError};
 use super::witness::WitnessStatus;
 use crate::config::{Config, Role};
@@ -42,19 +42,94 @@ pub fn status(config: &Config, json: bool) -> ExitCode {
     })
 }
 
-/// `relayd queue list [--json]`.
-pub fn queue_list(config: &Config, json: bool) -> ExitCode {
+/// Which messages a `relayd queue` subcommand means (every flag given must hold), sent as the
+/// endpoint's query parameters, which check them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct Selection {
+    /// "active" (a recipient is due now) or "deferred" (all wait for a retry).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// A recipient still to be delivered is at this domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// The sender's address ("" for the null sender).
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// A recipient still to be delivered has this address.
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// Received at least this long ago (30m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+}
+
+impl Selection {
+    fn parameters(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("state", &self.state),
+            ("domain", &self.domain),
+            ("sender", &self.sender),
+            ("recipient", &self.recipient),
+            ("older_than", &self.older_than),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_deref().map(|value| (key, value)))
+        .collect()
+    }
+}
+
+/// `path?key=value&…`, the values percent-encoded; `path` alone without parameters.
+fn with_query(path: &str, parameters: &[(&str, &str)]) -> String {
+    let mut url = path.to_string();
+    for (i, (key, value)) in parameters.iter().enumerate() {
+        url.push(if i == 0 { '?' } else { '&' });
+        url.push_str(key);
+        url.push('=');
+        for byte in value.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                url.push(char::from(byte));
+            } else {
+                let _ = write!(url, "%{byte:02X}");
+            }
+        }
+    }
+    url
+}
+
+/// `relayd queue list [--json] [filters] [--limit N] [--after ID]`. Without a filter or a page
+/// flag, the whole queue (as before pages); with one, a page and the command for the next.
+pub fn queue_list(
+    config: &Config,
+    selection: &Selection,
+    limit: Option<usize>,
+    after: Option<QueueId>,
+    json: bool,
+) -> ExitCode {
+    let limit = limit.map(|n| n.to_string());
+    let after = after.map(|id| id.to_string());
+    let mut parameters = selection.parameters();
+    parameters.extend(limit.as_deref().map(|n| ("limit", n)));
+    parameters.extend(after.as_deref().map(|id| ("after", id)));
+    let path = with_query("/queue", &parameters);
     run(config, |client| {
         if json {
-            let list: serde_json::Value = client.get("/queue")?;
+            let list: serde_json::Value = client.get(&path)?;
             return Ok(pretty(&list));
         }
-        let list: Vec<Message> = client.get("/queue")?;
-        Ok(queue_table(&list, now()))
+        if parameters.is_empty() {
+            let list: Vec<Message> = client.get(&path)?;
+            return Ok(queue_table(&list, now()));
+        }
+        let page: QueuePage = client.get(&path)?;
+        let mut out = queue_table(&page.messages, now());
+        if let Some(next) = page.next_after {
+            let _ = writeln!(out, "more: the next page with --after {next}");
+        }
+        Ok(out)
     })
 }
 
-/// `relayd queue show ID [--json]`.
+/// `relayd queue show ID [--json | --content]`.
 pub fn queue_show(config: &Config, id: QueueId, json: bool) -> ExitCode {
     run(config, |client| {
         let path = format!("/queue/{id}");
@@ -67,6 +142,14 @@ pub fn queue_show(config: &Config, id: QueueId, json: bool) -> ExitCode {
     })
 }
 
+/// `relayd queue show ID --content`: the message as stored, streamed to standard output.
+pub fn queue_content(config: &Config, id: QueueId) -> ExitCode {
+    run(config, |client| {
+        client.get_to(&format!("/queue/{id}/content"), &mut std::io::stdout().lock())?;
+        Ok(String::new())
+    })
+}
+
 /// `relayd queue flush`.
 pub fn queue_flush(config: &Config) -> ExitCode {
     run(config, |client| {
@@ -75,11 +158,66 @@ pub fn queue_flush(config: &Config) -> ExitCode {
     })
 }
 
+/// `relayd queue requeue ID | --all | [filters]`: the messages are tried now.
+pub fn queue_requeue(
+    config: &Config,
+    id: Option<QueueId>,
+    selection: &Selection,
+    all: bool,
+) -> ExitCode {
+    let id = id.map(|id| id.to_string());
+    let mut parameters = selection.parameters();
+    parameters.extend(id.as_deref().map(|id| ("id", id)));
+    if all {
+        parameters.push(("all", "true"));
+    }
+    run(config, |client| {
+        let answer = client.post(&with_query("/queue/requeue", &parameters))?;
+        let count = answer["requeued"].as_u64().unwrap_or(0);
+        Ok(format!("requeued {count} {}\n", plural(count, "message", "messages")))
+    })
+}
+
 /// `relayd queue delete ID`.
 pub fn queue_delete(config: &Config, id: QueueId) -> ExitCode {
     run(config, |client| {
         client.delete(&format!("/queue/{id}"))?;
         Ok(format!("deleted {id}\n"))
+    })
+}
+
+/// `relayd queue delete [filters] [--all] [--dry-run]`: prints the count, and with --dry-run
+/// the ids that would go.
+pub fn queue_delete_matching(
+    config: &Config,
+    selection: &Selection,
+    all: bool,
+    dry_run: bool,
+) -> ExitCode {
+    let mut parameters = selection.parameters();
+    if all {
+        parameters.push(("all", "true"));
+    }
+    if dry_run {
+        parameters.push(("dry_run", "true"));
+    }
+    run(config, |client| {
+        let answer = client.delete(&with_query("/queue", &parameters))?;
+        let count = answer["deleted"].as_u64().unwrap_or(0);
+        let mut out = String::new();
+        if dry_run {
+            for id in answer["ids"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "{}", id.as_str().unwrap_or_default());
+            }
+            let _ = writeln!(
+                out,
+                "dry run: {count} {} would be deleted",
+                plural(count, "message", "messages")
+            );
+        } else {
+            let _ = writeln!(out, "deleted {count} {}", plural(count, "message", "messages"));
+        }
+        Ok(out)
     })
 }
 
@@ -303,6 +441,20 @@ fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
 mod tests {
     use super::*;
     use crate::admin::api::{QueueSummary, ReplicationLag};
+
+    #[test]
+    fn queries_are_percent_encoded_and_only_what_is_given() {
+        let selection = Selection {
+            sender: Some("a+b@example.org".into()),
+            older_than: Some("1h 30m".into()),
+            ..Selection::default()
+        };
+        assert_eq!(
+            with_query("/queue", &selection.parameters()),
+            "/queue?sender=a%2Bb%40example.org&older_than=1h%2030m"
+        );
+        assert_eq!(with_query("/queue", &Selection::default().parameters()), "/queue");
+    }
 
     #[test]
     fn ages_are_coarse() {

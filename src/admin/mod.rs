@@ -10,6 +10,7 @@ mod auth;
 pub mod client;
 pub mod commands;
 mod error;
+pub mod filter;
 pub mod metrics;
 mod routes;
 pub mod witness;
@@ -103,11 +104,13 @@ pub fn router(context: AdminContext, token: Option<Token>) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/status", get(routes::status))
         .route("/metrics", get(routes::metrics))
-        .route("/queue", get(routes::queue_list))
+        .route("/queue", get(routes::queue_list).delete(routes::queue_delete_matching))
         .route("/queue/flush", post(routes::queue_flush))
+        .route("/queue/requeue", post(routes::queue_requeue))
         .route("/promote", post(routes::promote))
         .route("/demote", post(routes::demote))
         .route("/queue/{id}", get(routes::queue_show).delete(routes::queue_delete))
+        .route("/queue/{id}/content", get(routes::queue_content))
         .with_state(Arc::new(context));
     finish(router, token)
 }

@@ -3,16 +3,18 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::api::{Message, QueueSummary, ReplicationLag, Status, parse_queue_id};
+use super::api::{Message, QueuePage, QueueSummary, ReplicationLag, Status, parse_queue_id};
 use super::error::ApiError;
+use super::filter::{self, BadQuery, QueueQuery};
 use super::metrics::{self, Snapshot};
 use super::{AdminContext, node_state};
 use crate::config::Role;
+use crate::delivery::Requeue;
 use crate::metrics::Metrics;
 use crate::spool::{QueueId, Spool, SpoolError, now_ms};
 
@@ -120,14 +122,34 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], page).into_response())
 }
 
-/// `GET /queue`: every queued message, oldest first.
-pub async fn queue_list(State(context): Context) -> Result<Json<Vec<Message>>, ApiError> {
+/// `GET /queue[?state=&domain=&sender=&recipient=&older_than=&limit=&after=]`. Without a
+/// parameter: every queued message, oldest first, as a bare array (the shape older scripts
+/// read). With any: a [`QueuePage`] of the messages the filter selects, at most `limit`
+/// ([`filter::DEFAULT_LIMIT`]), and the cursor of the next page.
+pub async fn queue_list(State(context): Context, query: QueryResult) -> Result<Response, ApiError> {
+    let query = queue_query(query)?;
     blocking(move || {
-        let mut messages = Vec::new();
-        for record in context.spool.messages() {
-            messages.push(Message::from_record(&record?));
+        if query.is_empty() {
+            let mut messages = Vec::new();
+            for record in context.spool.messages() {
+                messages.push(Message::from_record(&record?));
+            }
+            return Ok(Json(messages).into_response());
         }
-        Ok(Json(messages))
+        let filter = query.filter().map_err(bad_query)?;
+        let after = query.after().map_err(bad_query)?;
+        let limit = query.limit.unwrap_or(filter::DEFAULT_LIMIT).max(1);
+        let now = now_ms();
+        let selected = context
+            .spool
+            .messages_after(after)
+            .filter(|record| record.as_ref().map_or(true, |r| filter.matches(r, now)));
+        let page = filter::page(selected, |record| record.envelope.id, after, limit)?;
+        Ok(Json(QueuePage {
+            messages: page.items.iter().map(Message::from_record).collect(),
+            next_after: page.next_after.map(|id| id.to_string()),
+        })
+        .into_response())
     })
     .await
 }
@@ -145,14 +167,61 @@ pub async fn queue_show(
     .await
 }
 
-/// `POST /queue/flush`: every deferred message is tried now.
+/// `POST /queue/flush`: every queued message is tried now (`requeue?all=true`).
 pub async fn queue_flush(State(context): Context) -> Result<Response, ApiError> {
-    if !context.ha.status().serving_now() || !context.delivery.flush() {
-        return Err(ApiError::conflict("this node does not deliver mail: nothing to flush"));
-    }
+    requeue(&context, Requeue::All)?;
     tracing::info!("queue flush requested");
     let body = serde_json::json!({ "flush": "requested" });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /queue/requeue?id=ID | ?domain=D (or any filter) | ?all=true`: those messages are
+/// tried now with the current routes. Answers how many were asked for.
+pub async fn queue_requeue(
+    State(context): Context,
+    query: QueryResult,
+) -> Result<Response, ApiError> {
+    let query = queue_query(query)?;
+    let which = match query.id().map_err(bad_query)? {
+        Some(id) => {
+            require_queued(&context, id).await?;
+            Requeue::Only(vec![id])
+        }
+        None if query.all => Requeue::All,
+        None => Requeue::Only(selected_ids(&context, &query).await?),
+    };
+    let count = match &which {
+        Requeue::All => context.spool.queue_len(),
+        Requeue::Only(ids) => u64::try_from(ids.len()).unwrap_or(u64::MAX),
+    };
+    requeue(&context, which)?;
+    tracing::info!(count, "requeue requested by the operator");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": count }))).into_response())
+}
+
+/// `DELETE /queue?<filter>[&dry_run=true]` or `DELETE /queue?all=true`: removes the messages
+/// the filter selects without delivering them, and answers their count and ids. A dry run
+/// only answers (on any node); a real one is the serving primary's, as `DELETE /queue/{id}`.
+pub async fn queue_delete_matching(
+    State(context): Context,
+    query: QueryResult,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let query = queue_query(query)?;
+    if !query.dry_run {
+        serving_primary(&context, "delete the messages")?;
+    }
+    let ids = selected_ids(&context, &query).await?;
+    // A message delivered or deleted since the scan is not counted.
+    let deleted = if query.dry_run { ids } else { context.delivery.delete_all(&ids).await? };
+    let deleted: Vec<String> = deleted.iter().map(QueueId::to_string).collect();
+    if !query.dry_run {
+        tracing::info!(count = deleted.len(), "deleted by filter by the operator");
+    }
+    Ok(Json(serde_json::json!({
+        "dry_run": query.dry_run,
+        "deleted": deleted.len(),
+        "ids": deleted,
+    })))
 }
 
 /// `DELETE /queue/{id}`: removes a message without delivering it. Only a primary changes its
@@ -162,19 +231,49 @@ pub async fn queue_delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = queue_id(id)?;
-    let state = node_state(&context);
-    if state.role != Role::Primary || !state.serving {
-        return Err(ApiError::conflict(format!(
-            "this node is a {}{}: delete the message on the serving primary",
-            state.role,
-            if context.ha.status().serving_now() { "" } else { " that does not serve now" }
-        )));
-    }
+    serving_primary(&context, "delete the message")?;
     if !context.delivery.delete(id).await? {
         return Err(ApiError::not_found(format!("no message {id} in the queue")));
     }
     tracing::info!(%id, "deleted by the operator");
     Ok(Json(serde_json::json!({ "deleted": id.to_string() })))
+}
+
+/// `GET /queue/{id}/content`: the message as stored (our Received: header, the client's
+/// headers and body), as `message/rfc822`, streamed from the spool chunk by chunk.
+pub async fn queue_content(
+    State(context): Context,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = queue_id(id)?;
+    require_queued(&context, id).await?;
+    // A few chunks in flight: the reader waits for a slow client instead of reading ahead.
+    let (chunks, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        for chunk in context.spool.body(id) {
+            let chunk = chunk.map_err(std::io::Error::other);
+            let failed = chunk.is_err();
+            if chunks.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(ChunkStream(receiver));
+    Ok(([(header::CONTENT_TYPE, "message/rfc822")], body).into_response())
+}
+
+/// The body's chunks as the spool's reader hands them over.
+struct ChunkStream(tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>);
+
+impl futures_core::Stream for ChunkStream {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 /// Any other path.
@@ -185,6 +284,74 @@ pub async fn not_found() -> ApiError {
 /// A known path with another method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+}
+
+type QueryResult = Result<Query<QueueQuery>, QueryRejection>;
+
+fn queue_query(query: QueryResult) -> Result<QueueQuery, ApiError> {
+    query.map(|Query(query)| query).map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn bad_query(e: BadQuery) -> ApiError {
+    ApiError::bad_request(e.0)
+}
+
+/// The ids of the messages a bulk change's query selects: at least one filter, or `all=true`
+/// (a bare `DELETE /queue` is refused rather than taken to mean every message).
+async fn selected_ids(
+    context: &Arc<AdminContext>,
+    query: &QueueQuery,
+) -> Result<Vec<QueueId>, ApiError> {
+    let filter = query.filter().map_err(bad_query)?;
+    if filter.is_empty() && !query.all {
+        return Err(ApiError::bad_request(
+            "no filter: give state, domain, sender, recipient or older_than, or all=true",
+        ));
+    }
+    let context = Arc::clone(context);
+    blocking(move || {
+        let now = now_ms();
+        let mut ids = Vec::new();
+        for record in context.spool.messages() {
+            let record = record?;
+            if filter.matches(&record, now) {
+                ids.push(record.envelope.id);
+            }
+        }
+        Ok(ids)
+    })
+    .await
+}
+
+/// 404 unless message `id` is queued.
+async fn require_queued(context: &Arc<AdminContext>, id: QueueId) -> Result<(), ApiError> {
+    let context = Arc::clone(context);
+    if blocking(move || Ok(context.spool.get(id)?.is_some())).await? {
+        return Ok(());
+    }
+    Err(ApiError::not_found(format!("no message {id} in the queue")))
+}
+
+/// Refuses a change on any node but the serving primary: a standby's spool is a copy of the
+/// primary's, and a fenced primary may no longer be the primary.
+fn serving_primary(context: &AdminContext, what: &str) -> Result<(), ApiError> {
+    let state = node_state(context);
+    if state.role != Role::Primary || !state.serving {
+        return Err(ApiError::conflict(format!(
+            "this node is a {}{}: {what} on the serving primary",
+            state.role,
+            if context.ha.status().serving_now() { "" } else { " that does not serve now" }
+        )));
+    }
+    Ok(())
+}
+
+/// Hands a requeue to the runner of a node that delivers.
+fn requeue(context: &AdminContext, which: Requeue) -> Result<(), ApiError> {
+    if !context.ha.status().serving_now() || !context.delivery.requeue(which) {
+        return Err(ApiError::conflict("this node does not deliver mail: nothing to requeue"));
+    }
+    Ok(())
 }
 
 /// A queue id from the path ([`parse_queue_id`]).

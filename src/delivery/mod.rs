@@ -98,10 +98,23 @@ impl From<ResolverError> for StartError {
 pub(crate) enum RunnerRequest {
     /// A message was just accepted: try it now.
     Queued(QueueId),
-    /// An operator asked for every deferred message to be tried now.
-    Flush,
+    /// An operator asked for messages to be tried now.
+    Requeue(Requeue),
     /// An operator deleted a message: drop it from the schedule.
     Forget(QueueId),
+}
+
+/// Removals per commit of a bulk delete: one write transaction stays small however many
+/// messages a filter selects.
+const DELETE_BATCH: usize = 1000;
+
+/// Which messages an operator's requeue tries now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// Every queued message (`relayd queue flush`, `relayd queue requeue --all`).
+    All,
+    /// These messages (one, or those of a recipient domain); ids no longer queued are skipped.
+    Only(Vec<QueueId>),
 }
 
 /// A handle on the queue runner; cheap to clone.
@@ -128,22 +141,42 @@ impl DeliveryHandle {
         self.send(RunnerRequest::Queued(id));
     }
 
-    /// Every deferred message is tried now (`relayd queue flush`). False when the runner is
-    /// gone (the node is stopping).
-    pub fn flush(&self) -> bool {
-        self.send(RunnerRequest::Flush)
+    /// The messages are tried now with the current routes (`relayd queue requeue`, `relayd
+    /// queue flush`). False when the runner is gone (the node is stopping).
+    pub fn requeue(&self, which: Requeue) -> bool {
+        self.send(RunnerRequest::Requeue(which))
     }
 
     /// Removes a message from the queue without delivering it (`relayd queue delete ID`).
     /// Returns false when no such message is queued. A delivery already in flight for it
     /// finishes, but its results are ignored.
     pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
-        if self.spool.get(id)?.is_none() {
-            return Ok(false);
+        Ok(!self.delete_all(&[id]).await?.is_empty())
+    }
+
+    /// Removes these messages ([`Self::delete`]) and returns those that were queued. The
+    /// removals are committed [`DELETE_BATCH`] to a commit (one fdatasync each, not one per
+    /// message), each a `Removed` record of the change log like a single delete's.
+    pub async fn delete_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
+        let mut deleted = Vec::new();
+        for batch in ids.chunks(DELETE_BATCH) {
+            let mut queued = Vec::with_capacity(batch.len());
+            for &id in batch {
+                if self.spool.get(id)?.is_some() {
+                    queued.push(id);
+                }
+            }
+            if queued.is_empty() {
+                continue;
+            }
+            let changes = queued.iter().map(|&id| Change::Removed { id }).collect();
+            self.spool.commit(changes, Vec::new()).await?;
+            for &id in &queued {
+                self.send(RunnerRequest::Forget(id));
+            }
+            deleted.extend(queued);
         }
-        self.spool.commit(vec![Change::Removed { id }], Vec::new()).await?;
-        self.send(RunnerRequest::Forget(id));
-        Ok(true)
+        Ok(deleted)
     }
 
     fn send(&self, request: RunnerRequest) -> bool {

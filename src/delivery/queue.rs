@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
-use super::RunnerRequest;
 use super::client::{self, Connection};
 use super::dsn;
 use super::outcome::{Outcome, Reply};
 use super::route::{self, Destination, Resolver};
+use super::{Requeue, RunnerRequest};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
 use crate::role::RoleWatch;
@@ -119,13 +119,7 @@ impl Runner {
             tokio::select! {
                 request = self.requests.recv() => match request {
                     Some(RunnerRequest::Queued(id)) => self.schedule_at(id, 0),
-                    Some(RunnerRequest::Flush) => {
-                        let ids: Vec<QueueId> = self.due.keys().copied().collect();
-                        for id in ids {
-                            self.schedule_at(id, 0);
-                        }
-                        self.flush_deferred();
-                    }
+                    Some(RunnerRequest::Requeue(which)) => self.requeue(which),
                     Some(RunnerRequest::Forget(id)) => {
                         self.flushed.remove(&id);
                         self.unschedule(id);
@@ -180,18 +174,24 @@ impl Runner {
         }
     }
 
-    /// `relayd queue flush`: messages whose recipients wait for a later attempt are tried now,
-    /// without waiting for their retry time.
-    fn flush_deferred(&mut self) {
-        let ids: Vec<QueueId> = self
-            .shared
-            .spool
-            .messages()
-            .filter_map(|m| m.ok())
-            .map(|m| m.envelope.id)
-            .filter(|id| !self.in_flight.contains_key(id))
-            .collect();
+    /// `relayd queue requeue` (and `flush`, its every-message case): the messages are tried
+    /// now with the current routes, without waiting for their retry time. A message whose
+    /// delivery is in flight is left to it.
+    fn requeue(&mut self, which: Requeue) {
+        let ids: Vec<QueueId> = match which {
+            Requeue::All => {
+                let due: Vec<QueueId> = self.due.keys().copied().collect();
+                for id in due {
+                    self.schedule_at(id, 0);
+                }
+                self.shared.spool.messages().filter_map(|m| m.ok()).map(|m| m.envelope.id).collect()
+            }
+            Requeue::Only(ids) => ids,
+        };
         for id in ids {
+            if self.in_flight.contains_key(&id) {
+                continue;
+            }
             self.flushed.insert(id);
             self.schedule_at(id, 0);
         }

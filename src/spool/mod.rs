@@ -418,7 +418,17 @@ impl Spool {
 
     /// Every queued message, oldest first.
     pub fn messages(&self) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
-        self.scan(tables::MESSAGES, |table| table.range::<u128>(..))
+        self.messages_after(None)
+    }
+
+    /// The queued messages whose ids follow `after` (every one without it), oldest first: a
+    /// page of the admin endpoint's listing starts its read there, not at the queue's head.
+    pub fn messages_after(
+        &self,
+        after: Option<QueueId>,
+    ) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
+        let start = after.map_or(0, |id| id.as_u128().saturating_add(1));
+        self.scan(tables::MESSAGES, move |table| table.range::<u128>(start..))
             .map(|value| Ok(postcard::from_bytes(&value?)?))
     }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// Relay for example.com; every domain routed to a loopback port where nobody listens, so
 /// that mail stays queued (deferred) for the test to look at.
-fn sections() -> String {
+pub(crate) fn sections() -> String {
     format!(
         "[relay]\ndomains = [\"example.com\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\n\
          [[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{}\"\ntls = \"none\"\n",
@@ -28,26 +28,26 @@ fn start(role: &str) -> Node {
 }
 
 /// The admin listener is bound just after the SMTP one, which the harness waits for.
-fn wait_for_admin(node: &Node) {
+pub(crate) fn wait_for_admin(node: &Node) {
     wait_for("the admin endpoint", || TcpStream::connect(("127.0.0.1", node.admin_port)).is_ok());
 }
 
 /// An HTTP answer as curl saw it.
-struct Answer {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Answer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
 /// `curl -X METHOD http://127.0.0.1:ADMIN/PATH`, with extra curl arguments (headers).
-fn curl(node: &Node, method: &str, path: &str, extra: &[&str]) -> Answer {
+pub(crate) fn curl(node: &Node, method: &str, path: &str, extra: &[&str]) -> Answer {
     let url = format!("http://127.0.0.1:{}{path}", node.admin_port);
     let mut args = vec!["-sS", "-i", "--noproxy", "*", "-X", method];
     args.extend_from_slice(extra);
@@ -64,20 +64,25 @@ fn curl(node: &Node, method: &str, path: &str, extra: &[&str]) -> Answer {
     Answer { status, headers: headers.to_ascii_lowercase(), body: body.to_string() }
 }
 
-fn get(node: &Node, path: &str) -> Answer {
+pub(crate) fn get(node: &Node, path: &str) -> Answer {
     curl(node, "GET", path, &[])
 }
 
 /// Sends one message to `rcpt` with the harness's raw SMTP client; returns its queue id.
 fn send_message(node: &Node, rcpt: &str) -> String {
+    send_from(node, "alice@example.org", rcpt, "Subject: admin test\r\n\r\nHello.\r\n")
+}
+
+/// Sends `data` (CRLF lines, ending in CRLF) from `sender` to `rcpt`; returns its queue id.
+pub(crate) fn send_from(node: &Node, sender: &str, rcpt: &str, data: &str) -> String {
     let mut smtp = Raw::connect(node.addr());
     assert!(smtp.read_reply().starts_with("220 "));
     assert!(smtp.cmd("EHLO client.test").starts_with("250"));
-    assert!(smtp.cmd("MAIL FROM:<alice@example.org>").starts_with("250 "));
+    assert!(smtp.cmd(&format!("MAIL FROM:<{sender}>")).starts_with("250 "));
     let reply = smtp.cmd(&format!("RCPT TO:<{rcpt}>"));
     assert!(reply.starts_with("250 "), "{reply}");
     assert!(smtp.cmd("DATA").starts_with("354 "));
-    let reply = smtp.cmd("Subject: admin test\r\n\r\nHello.\r\n.");
+    let reply = smtp.cmd(&format!("{data}."));
     assert!(reply.starts_with("250 "), "{reply}");
     smtp.cmd("QUIT");
     reply.split_whitespace().last().expect("queue id in the 250 reply").to_string()
@@ -89,7 +94,7 @@ fn sample<T: std::str::FromStr>(page: &str, series: &str) -> Option<T> {
 }
 
 /// `relayd ARGS --config NODE'S CONFIG`.
-fn cli(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn cli(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
     let config = node.config_path.to_str().expect("utf-8 path");
     let mut all = args.to_vec();
     all.extend_from_slice(&["--config", config]);

@@ -27,6 +27,7 @@ mod full_disk;
 mod monitoring;
 mod postfix_peers;
 mod powercut;
+mod queue;
 mod recipients;
 mod replication;
 mod retention;

@@ -1,0 +1,291 @@
+//! Queue control against the real binary (docs/operations.md, "Queue control"): the listing's
+//! pages and filters, delete by filter with a dry run, requeue, a message's content; over curl
+//! and through `relayd queue ...`. Mail stays queued: every route leads to a closed port, and
+//! the first retry is an hour away, so only a requeue makes a second attempt.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::admin::{cli, curl, get, sections, send_from, wait_for_admin};
+use crate::common::cluster::{Pair, all_attempted};
+use crate::common::{Node, free_port, wait_for};
+
+fn start(role: &str) -> Node {
+    let delivery =
+        format!("[delivery]\nretry = [\"1h\"]\nresolvers = [\"127.0.0.1:{}\"]\n", free_port());
+    let node = Node::start_as(role, "", &format!("{}\n{delivery}", sections()));
+    wait_for_admin(&node);
+    node
+}
+
+/// The message `n` of a test, as sent (CRLF lines).
+fn data(n: usize) -> String {
+    format!(
+        "Subject: queue test {n}\r\nX-Test: {n}\r\n\r\nBody of message {n}.\r\nSecond line.\r\n"
+    )
+}
+
+/// Sends `count` messages from `sender` to `rcpt`; their queue ids.
+fn send_many(node: &Node, count: usize, sender: &str, rcpt: &str) -> Vec<String> {
+    (0..count).map(|n| send_from(node, sender, rcpt, &data(n))).collect()
+}
+
+fn ids(messages: &Value) -> BTreeSet<String> {
+    messages
+        .as_array()
+        .unwrap_or_else(|| panic!("an array: {messages}"))
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// The ids a filtered listing (one page of 100) answers.
+fn listed(node: &Node, query: &str) -> BTreeSet<String> {
+    let page = get(node, &format!("/queue?{query}"));
+    assert_eq!(page.status, 200, "{query}: {}", page.body);
+    let page = page.json();
+    assert_eq!(page["next_after"], Value::Null, "{page}");
+    ids(&page["messages"])
+}
+
+/// The attempts made so far for the (only) recipient of each queued message, by id.
+fn attempts(node: &Node) -> Vec<(String, u64)> {
+    let list = get(node, "/queue").json();
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_str().expect("id").to_string();
+            (id, m["recipients"][0]["attempts"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+#[test]
+fn pages_and_filters_see_each_message_once() {
+    let node = start("primary");
+    let mut one = send_many(&node, 15, "alice@example.org", "x@one.test");
+    let two = send_many(&node, 10, "bob@example.org", "y@two.test");
+    let every: BTreeSet<String> = one.iter().chain(&two).cloned().collect();
+    assert_eq!(every.len(), 25);
+
+    // The old call: the whole queue, a bare array.
+    assert_eq!(ids(&get(&node, "/queue").json()), every);
+
+    // Pages of 10: 10, 10, 5, each message once, the cursor ending on the last page.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut sizes = Vec::new();
+    loop {
+        let path = match &after {
+            Some(id) => format!("/queue?limit=10&after={id}"),
+            None => "/queue?limit=10".to_string(),
+        };
+        let page = get(&node, &path).json();
+        let messages = page["messages"].as_array().expect("messages").clone();
+        sizes.push(messages.len());
+        seen.extend(messages.iter().map(|m| m["id"].as_str().expect("id").to_string()));
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(seen.len(), 25);
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), every);
+
+    // Each filter.
+    let two_set: BTreeSet<String> = two.iter().cloned().collect();
+    one.sort();
+    let one_set: BTreeSet<String> = one.iter().cloned().collect();
+    assert_eq!(listed(&node, "domain=two.test"), two_set);
+    assert_eq!(listed(&node, "domain=ONE.test"), one_set);
+    assert_eq!(listed(&node, "sender=bob%40example.org"), two_set);
+    assert_eq!(listed(&node, "recipient=x%40one.test"), one_set);
+    assert_eq!(listed(&node, "older_than=1h"), BTreeSet::new());
+    assert_eq!(listed(&node, "older_than=0s&domain=two.test"), two_set);
+    // After the first attempt (to a closed port), every message waits an hour: deferred.
+    wait_for("every message tried once", || all_attempted(&node, 25));
+    assert_eq!(listed(&node, "state=deferred"), every);
+    assert_eq!(listed(&node, "state=active"), BTreeSet::new());
+
+    let bad = get(&node, "/queue?state=held");
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().is_some_and(|e| e.starts_with("state=")), "{}", bad.body);
+    assert_eq!(get(&node, "/queue?after=nope").status, 400);
+
+    // The CLI: a page, and the command for the next one.
+    let (code, out, err) = cli(&node, &["queue", "list", "--limit", "10"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("10 messages\n"), "{out}");
+    let next = out
+        .lines()
+        .find_map(|line| line.strip_prefix("more: the next page with --after "))
+        .unwrap_or_else(|| panic!("no next page in {out}"));
+    let (code, out, err) =
+        cli(&node, &["queue", "list", "--limit", "10", "--after", next, "--domain", "two.test"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("more:"), "{out}");
+    let (code, out, _) = cli(&node, &["queue", "list", "--sender", "bob@example.org", "--json"]);
+    assert_eq!(code, Some(0));
+    let page: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(ids(&page["messages"]), two_set);
+    let (code, _, err) = cli(&node, &["queue", "list", "--older-than", "soon"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("HTTP 400: older_than="), "{err}");
+}
+
+#[test]
+fn delete_by_filter_counts_and_dry_runs() {
+    let node = start("primary");
+    let one = send_many(&node, 4, "alice@example.org", "x@one.test");
+    let two = send_many(&node, 3, "bob@example.org", "y@two.test");
+    let count = || get(&node, "/queue").json().as_array().expect("array").len();
+
+    let dry = curl(&node, "DELETE", "/queue?domain=two.test&dry_run=true", &[]);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    let dry = dry.json();
+    assert_eq!((dry["dry_run"].as_bool(), dry["deleted"].as_u64()), (Some(true), Some(3)));
+    let would_go: BTreeSet<String> = dry["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_str().expect("id").into())
+        .collect();
+    assert_eq!(would_go, two.iter().cloned().collect());
+    assert_eq!(count(), 7, "a dry run removes nothing");
+
+    let refused = curl(&node, "DELETE", "/queue", &[]);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.json()["error"].as_str().is_some_and(|e| e.contains("all=true")));
+    assert_eq!(count(), 7);
+
+    let deleted = curl(&node, "DELETE", "/queue?domain=two.test", &[]).json();
+    assert_eq!(deleted["deleted"], 3, "{deleted}");
+    assert_eq!(ids(&get(&node, "/queue").json()), one.iter().cloned().collect());
+
+    // The CLI: a dry run prints the ids and the count; without a filter it is refused.
+    let (code, out, err) =
+        cli(&node, &["queue", "delete", "--sender", "alice@example.org", "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.ends_with("dry run: 4 messages would be deleted\n"), "{out}");
+    assert!(one.iter().all(|id| out.contains(id.as_str())), "{out}");
+    assert_eq!(count(), 4);
+    // Bad usage, before any request.
+    assert_eq!(cli(&node, &["queue", "delete"]).0, Some(2));
+    assert_eq!(cli(&node, &["queue", "delete", "--dry-run"]).0, Some(2));
+    let (code, out, err) = cli(&node, &["queue", "delete", "--sender", "alice@example.org"]);
+    assert_eq!((code, out.as_str()), (Some(0), "deleted 4 messages\n"), "{err}");
+    assert_eq!(count(), 0);
+    // One by id, as before.
+    let last = send_from(&node, "carol@example.org", "z@one.test", &data(0));
+    let (code, out, _) = cli(&node, &["queue", "delete", &last]);
+    assert_eq!((code, out), (Some(0), format!("deleted {last}\n")));
+    assert_eq!(count(), 0);
+}
+
+#[test]
+fn requeue_tries_one_or_a_domain_now() {
+    let node = start("primary");
+    let one = send_many(&node, 2, "alice@example.org", "x@one.test");
+    let two = send_many(&node, 2, "bob@example.org", "y@two.test");
+    wait_for("every message tried once", || all_attempted(&node, 4));
+    let tries = |id: &str| {
+        attempts(&node).into_iter().find(|(i, _)| i == id).map(|(_, n)| n).expect("queued")
+    };
+
+    let one_only = curl(&node, "POST", &format!("/queue/requeue?id={}", one[0]), &[]);
+    assert_eq!(one_only.status, 202, "{}", one_only.body);
+    assert_eq!(one_only.json()["requeued"], 1);
+    wait_for("the requeued message tried again", || tries(&one[0]) == 2);
+
+    let (code, out, err) = cli(&node, &["queue", "requeue", "--domain", "two.test"]);
+    assert_eq!((code, out.as_str()), (Some(0), "requeued 2 messages\n"), "{err}");
+    wait_for("the domain's messages tried again", || two.iter().all(|id| tries(id) == 2));
+    // The message neither requeue named waits for its retry, an hour away.
+    assert_eq!(tries(&one[1]), 1);
+
+    assert_eq!(cli(&node, &["queue", "requeue"]).0, Some(2));
+    let bare = curl(&node, "POST", "/queue/requeue", &[]);
+    assert_eq!(bare.status, 400, "{}", bare.body);
+    let missing = curl(&node, "POST", &format!("/queue/requeue?id={}", "0".repeat(32)), &[]);
+    assert_eq!(missing.status, 404);
+    let (code, out, err) = cli(&node, &["queue", "requeue", "--all"]);
+    assert_eq!((code, out.as_str()), (Some(0), "requeued 4 messages\n"), "{err}");
+    wait_for("every message tried once more", || {
+        tries(&one[0]) == 3 && tries(&one[1]) == 2 && two.iter().all(|id| tries(id) == 3)
+    });
+}
+
+#[test]
+fn content_is_the_message_as_stored() {
+    let node = start("primary");
+    let id = send_from(&node, "alice@example.org", "x@one.test", &data(7));
+
+    let content = get(&node, &format!("/queue/{id}/content"));
+    assert_eq!(content.status, 200);
+    assert!(content.headers.contains("content-type: message/rfc822"), "{}", content.headers);
+    // Our Received: header first, then the message as the client sent it.
+    assert!(content.body.starts_with("Received: "), "{}", content.body);
+    assert!(content.body.ends_with(&data(7)), "{:?}", content.body);
+
+    let (code, out, err) = cli(&node, &["queue", "show", &id, "--content"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, content.body);
+
+    // A body of many spool chunks (32 KiB each) comes back whole and in order.
+    let lines: String = (0..20_000).map(|n| format!("line {n:05} of a long body\r\n")).collect();
+    let long = format!("Subject: long\r\n\r\n{lines}");
+    let long_id = send_from(&node, "alice@example.org", "x@one.test", &long);
+    let (code, out, err) = cli(&node, &["queue", "show", &long_id, "--content"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.len() > 500_000, "{}", out.len());
+    assert!(out.ends_with(&long), "the long body differs");
+
+    let absent = "0".repeat(32);
+    assert_eq!(get(&node, &format!("/queue/{absent}/content")).status, 404);
+    let (code, _, err) = cli(&node, &["queue", "show", &absent, "--content"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("HTTP 404"), "{err}");
+}
+
+#[test]
+fn a_standby_refuses_deletes_and_requeues_but_answers_dry_runs() {
+    let node = start("standby");
+    let delete = curl(&node, "DELETE", "/queue?all=true", &[]);
+    assert_eq!(delete.status, 409, "{}", delete.body);
+    assert!(delete.json()["error"].as_str().is_some_and(|e| e.contains("serving primary")));
+    let dry = curl(&node, "DELETE", "/queue?all=true&dry_run=true", &[]);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert_eq!(dry.json()["deleted"], 0);
+    let requeue = curl(&node, "POST", "/queue/requeue?all=true", &[]);
+    assert_eq!(requeue.status, 409, "{}", requeue.body);
+    let (code, _, err) = cli(&node, &["queue", "delete", "--all"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("HTTP 409"), "{err}");
+}
+
+#[test]
+fn a_delete_by_filter_reaches_the_standby() {
+    let pair = Pair::start("sync", "sync_timeout = \"15s\"");
+    let (primary, standby) = (pair.primary(), pair.standby());
+    send_many(primary, 3, "bob@example.org", "y@two.test");
+    let kept: BTreeSet<String> =
+        send_many(primary, 2, "alice@example.org", "x@one.test").into_iter().collect();
+    pair.wait_settled(5);
+
+    // The standby answers a dry run from its copy, and refuses the real thing.
+    let bob = "/queue?sender=bob%40example.org";
+    let dry = curl(standby, "DELETE", &format!("{bob}&dry_run=true"), &[]).json();
+    assert_eq!(dry["deleted"], 3, "{dry}");
+    assert_eq!(curl(standby, "DELETE", bob, &[]).status, 409);
+
+    let deleted = curl(primary, "DELETE", bob, &[]).json();
+    assert_eq!(deleted["deleted"], 3, "{deleted}");
+    assert_eq!(ids(&get(primary, "/queue").json()), kept);
+    // The removals are replicated like every change.
+    wait_for("the standby to drop the deleted messages", || {
+        ids(&get(standby, "/queue").json()) == kept
+    });
+}
