@@ -3,12 +3,12 @@
 # missing (swaks, Postfix for smtp-source/smtp-sink, curl, openssl, python3, strace, dnsmasq,
 # iproute2 for ss and ip, procps for kill, util-linux for nsenter and flock: the failover drill,
 # scripts/drill.sh, builds its hosts with them; g++ for libFuzzer; tar for the sled-spool
-# fixture; prometheus for promtool (the metrics page's linter,
-# and the alerting rules' checks and unit tests); fuse3 for fusermount3, which cutfs (tools/cutfs, the power-cut tests' file system)
-# mounts with when not root: as root it needs only /dev/fuse, and no C library to build); systemd
-# for systemd-analyze (the unit's check; installing it in a container starts nothing), then runs cargo test, then the fuzz targets for
-# a bounded time. Needs root for apt-get when something is missing (and for the drill, which
-# tests/it/drill.rs runs).
+# fixture; prometheus for promtool (the metrics page's linter, and the alerting rules' checks
+# and unit tests); fuse3 for fusermount3, which cutfs (tools/cutfs, the power-cut tests' file
+# system) mounts with when not root: as root it needs only /dev/fuse, and no C library to
+# build; systemd for systemd-analyze (the unit's check; installing it in a container starts
+# nothing)), then runs cargo test, then the fuzz targets for a bounded time. Needs root for
+# apt-get when something is missing (and for the drill, which tests/it/drill.rs runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
