@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    CLOSED, Timings, certs, sections, try_get, try_status, witness_config, witness_ready,
+    CLOSED, Timings, admin_get, certs, sections, try_status, witness_config, witness_ready,
 };
 use common::powercut::{Acked, Cut, CutNode, Load, Mail, any_cut, mail, panics, rounds, seed};
 use common::sink::Sink;
@@ -220,9 +220,20 @@ fn single_node_power_cuts_lose_no_acknowledged_1000_recipient_message() {
     single_node(Kind::Crowd);
 }
 
-/// The queue ids a node's `GET /queue` lists.
+/// The queue ids a node's `GET /queue` lists. A node just restarted on a spool of a thousand
+/// crowd messages may take longer than one request's patience to list them on a loaded
+/// machine: the question is asked again until it is answered, and what came instead is said.
 fn queue_ids(node: &Node) -> BTreeSet<String> {
-    let queue = try_get(node, "/queue").expect("GET /queue");
+    let mut queue = None;
+    common::wait_for("the node to list its queue (GET /queue, 200)", || {
+        match admin_get(node.admin_port, "/queue", Duration::from_secs(60)) {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => queue = Some(body),
+            other => eprintln!("GET /queue: not yet: {:?}", other.map(|(head, _)| head)),
+        }
+        queue.is_some()
+    });
+    let queue: serde_json::Value =
+        serde_json::from_str(&queue.unwrap_or_default()).expect("GET /queue: JSON");
     let queue = queue.as_array().expect("GET /queue: an array");
     queue.iter().map(|m| m["id"].as_str().expect("id").to_string()).collect()
 }
