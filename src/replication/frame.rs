@@ -120,6 +120,15 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// The oldest cluster protocol whose nodes decode this frame (see
+    /// [`crate::spool::Change::since_protocol`]): a frame added later is sent only to a peer
+    /// whose Hello announced that protocol or a later one.
+    pub fn since_protocol(&self) -> u32 {
+        1
+    }
+}
+
 /// Why a frame could not be read or written.
 #[derive(Debug)]
 pub enum FrameError {

@@ -47,6 +47,34 @@ pub enum Change {
     Removed { id: QueueId },
 }
 
+impl Change {
+    /// The oldest cluster protocol whose nodes decode this change (protocol 1 is relayd
+    /// 0.1.0's; `replication::frame` says how the link agrees on one). A variant added later
+    /// returns the protocol that added it, and [`Change::for_protocol`] says what an older
+    /// peer is sent instead.
+    pub fn since_protocol(&self) -> u32 {
+        match self {
+            Change::EpochStarted
+            | Change::Accepted(_)
+            | Change::Attempted { .. }
+            | Change::Removed { .. } => 1,
+        }
+    }
+
+    /// What a peer that speaks `protocol` is sent in place of this change: the change itself
+    /// when the peer decodes it, else the nearest change it does decode. A stand-in never
+    /// takes a pending recipient out of the peer's queue: at worst the peer, promoted, does
+    /// what the older release would have done.
+    pub fn for_protocol(self, protocol: u32) -> Change {
+        if protocol >= self.since_protocol() {
+            return self;
+        }
+        // No change is newer than protocol 1 yet: each variant added later gets its stand-in
+        // here.
+        self
+    }
+}
+
 /// What the SMTP transaction established about a message, besides its body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
