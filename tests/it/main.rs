@@ -25,6 +25,7 @@ mod failover;
 mod faults;
 mod full_disk;
 mod monitoring;
+mod package;
 mod postfix_peers;
 mod powercut;
 mod queue;
