@@ -49,6 +49,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The `report=` of the "accepted DSN" log line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Failure => "failure",
+            Kind::Delay => "delay",
+            Kind::Relayed => "relayed",
+        }
+    }
+
     fn action(self) -> &'static str {
         match self {
             Kind::Failure => "failed",
@@ -166,10 +175,11 @@ pub fn report(
          \r\n",
         sender = envelope.sender,
         subject = kind.subject(),
+        // A failure report keeps the Message-ID it always had; a delay or relayed report may
+        // follow another about the same message.
         tag = match kind {
             Kind::Failure => "dsn".to_string(),
-            Kind::Delay => format!("delay{now_ms}"),
-            Kind::Relayed => format!("relayed{now_ms}"),
+            Kind::Delay | Kind::Relayed => format!("{}{now_ms}", kind.name()),
         },
         explanation = kind.explanation(),
     );

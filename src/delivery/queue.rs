@@ -547,7 +547,7 @@ async fn record(
     match shared.spool.commit(changes, bodies).await {
         Ok(_) => {
             for (id, kind, size) in queued {
-                let report = kind_name(kind);
+                let report = kind.name();
                 tracing::info!(id = %id, from = "<>", rcpts = 1, size, orig_id = %envelope.id, report, "accepted DSN");
                 let _ = shared.requests.send(RunnerRequest::Queued(id));
             }
@@ -583,15 +583,6 @@ struct Reports<'a> {
     /// The indexes of the delayed recipients: marked reported with the report.
     delayed_indexes: Vec<u32>,
     relayed: Reported<'a>,
-}
-
-/// The `report=` of the "accepted DSN" log line.
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Failure => "failure",
-        Kind::Delay => "delay",
-        Kind::Relayed => "relayed",
-    }
 }
 
 /// A report about `envelope`'s message, `content`, as a message of its own from the null

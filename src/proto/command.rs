@@ -135,17 +135,8 @@ fn parse_mail(args: &str) -> Result<MailFrom, Reply> {
     let (sender, params) = parse_path(path).map_err(address_error)?;
     let mut mail = MailFrom { sender, ..MailFrom::default() };
     let mut seen_body = false;
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (name, value) = match param.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
-            None => (param, None),
-        };
-        // The name is echoed in the refusal below: only an RFC 5321 esmtp-keyword may be, so
-        // that a client's control characters never reach our reply or our logs (found by the
-        // smtp_command fuzz target).
-        if !is_esmtp_keyword(name) {
-            return Err(syntax("MAIL FROM:<address> [KEYWORD[=value] ...]"));
-        }
+    for param in parameters(params, "MAIL FROM:<address> [KEYWORD[=value] ...]") {
+        let (name, value) = param?;
         match (name.to_ascii_uppercase().as_str(), value) {
             ("SIZE", Some(value)) if mail.size.is_none() => {
                 let size = value.parse().map_err(|_| syntax("MAIL FROM:<address> SIZE=octets"))?;
@@ -172,6 +163,23 @@ fn parse_mail(args: &str) -> Result<MailFrom, Reply> {
     Ok(mail)
 }
 
+/// The `KEYWORD[=value]` parameters after a MAIL or RCPT path, as (name, value). A name is
+/// echoed in refusals: only an RFC 5321 esmtp-keyword may be, so that a client's control
+/// characters never reach our reply or our logs (found by the smtp_command fuzz target); any
+/// other is a syntax error with `usage`.
+fn parameters<'a>(
+    params: &'a str,
+    usage: &'static str,
+) -> impl Iterator<Item = Result<(&'a str, Option<&'a str>), Reply>> {
+    params.split(' ').filter(|p| !p.is_empty()).map(move |param| {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (param, None),
+        };
+        if is_esmtp_keyword(name) { Ok((name, value)) } else { Err(syntax(usage)) }
+    })
+}
+
 /// RFC 5321 section 4.1.2: `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`.
 fn is_esmtp_keyword(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -186,15 +194,8 @@ fn parse_rcpt(args: &str) -> Result<RcptTo, Reply> {
         (Some(address), params) => (address, params),
     };
     let mut dsn = RcptDsn::default();
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (name, value) = match param.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
-            None => (param, None),
-        };
-        // As in MAIL: only a keyword may be echoed in a reply.
-        if !is_esmtp_keyword(name) {
-            return Err(syntax("RCPT TO:<address> [KEYWORD[=value] ...]"));
-        }
+    for param in parameters(params, "RCPT TO:<address> [KEYWORD[=value] ...]") {
+        let (name, value) = param?;
         if !dsn.take(name, value).map_err(dsn_error)? {
             return Err(Reply::new(555, "5.5.4", format!("Unsupported parameter {name}")));
         }

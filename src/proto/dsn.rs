@@ -117,6 +117,11 @@ impl fmt::Display for Orcpt {
     }
 }
 
+/// Text that is not xtext, or decodes to a character a report field or a command line may not
+/// carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotXtext;
+
 /// What a bad DSN parameter was; each is refused with `501 5.5.4`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DsnError {
@@ -146,7 +151,7 @@ impl fmt::Display for DsnError {
 /// `+XX` (two upper-case hex digits) for any other character. The result must be printable
 /// ASCII or space: it is written into report fields and command lines, where a control
 /// character could start a line of its own.
-pub fn xtext_decode(text: &str) -> Result<String, DsnError> {
+pub fn xtext_decode(text: &str) -> Result<String, NotXtext> {
     let mut out = String::with_capacity(text.len());
     let mut bytes = text.bytes();
     while let Some(byte) = bytes.next() {
@@ -155,16 +160,16 @@ pub fn xtext_decode(text: &str) -> Result<String, DsnError> {
                 let hex = |b: Option<u8>| match b {
                     Some(b @ b'0'..=b'9') => Ok(b - b'0'),
                     Some(b @ b'A'..=b'F') => Ok(b - b'A' + 10),
-                    _ => Err(DsnError::Envid),
+                    _ => Err(NotXtext),
                 };
                 hex(bytes.next())? << 4 | hex(bytes.next())?
             }
-            b'=' => return Err(DsnError::Envid),
+            b'=' => return Err(NotXtext),
             b'!'..=b'~' => byte,
-            _ => return Err(DsnError::Envid),
+            _ => return Err(NotXtext),
         };
         if !(b' '..=b'~').contains(&decoded) {
-            return Err(DsnError::Envid);
+            return Err(NotXtext);
         }
         out.push(char::from(decoded));
     }
@@ -183,6 +188,20 @@ pub fn xtext_encode(text: &str) -> String {
     out
 }
 
+/// Sets `slot` to what `parse` makes of a parameter `name` seen for the first time: `Ok(true)`,
+/// the parameter is taken. A second one is an error, whatever its value.
+fn set_once<T>(
+    slot: &mut Option<T>,
+    name: &'static str,
+    parse: impl FnOnce() -> Result<T, DsnError>,
+) -> Result<bool, DsnError> {
+    if slot.is_some() {
+        return Err(DsnError::Repeated(name));
+    }
+    *slot = Some(parse()?);
+    Ok(true)
+}
+
 /// MAIL's DSN parameters: RET and ENVID.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MailDsn {
@@ -195,20 +214,14 @@ impl MailDsn {
     /// Takes `name=value` if it is RET or ENVID: `Ok(false)` when it is neither.
     pub fn take(&mut self, name: &str, value: Option<&str>) -> Result<bool, DsnError> {
         match name.to_ascii_uppercase().as_str() {
-            "RET" if self.ret.is_some() => Err(DsnError::Repeated("RET")),
-            "RET" => {
-                self.ret = Some(Ret::parse(value.ok_or(DsnError::Ret)?)?);
-                Ok(true)
-            }
-            "ENVID" if self.envid.is_some() => Err(DsnError::Repeated("ENVID")),
-            "ENVID" => {
-                let envid = xtext_decode(value.ok_or(DsnError::Envid)?)?;
+            "RET" => set_once(&mut self.ret, "RET", || Ret::parse(value.ok_or(DsnError::Ret)?)),
+            "ENVID" => set_once(&mut self.envid, "ENVID", || {
+                let envid = xtext_decode(value.unwrap_or_default()).map_err(|_| DsnError::Envid)?;
                 if envid.is_empty() || envid.len() > MAX_ENVID {
                     return Err(DsnError::Envid);
                 }
-                self.envid = Some(envid);
-                Ok(true)
-            }
+                Ok(envid)
+            }),
             _ => Ok(false),
         }
     }
@@ -241,15 +254,11 @@ impl RcptDsn {
     /// Takes `name=value` if it is NOTIFY or ORCPT: `Ok(false)` when it is neither.
     pub fn take(&mut self, name: &str, value: Option<&str>) -> Result<bool, DsnError> {
         match name.to_ascii_uppercase().as_str() {
-            "NOTIFY" if self.notify.is_some() => Err(DsnError::Repeated("NOTIFY")),
-            "NOTIFY" => {
-                self.notify = Some(Notify::parse(value.ok_or(DsnError::Notify)?)?);
-                Ok(true)
-            }
-            "ORCPT" if self.orcpt.is_some() => Err(DsnError::Repeated("ORCPT")),
+            "NOTIFY" => set_once(&mut self.notify, "NOTIFY", || {
+                Notify::parse(value.ok_or(DsnError::Notify)?)
+            }),
             "ORCPT" => {
-                self.orcpt = Some(Orcpt::parse(value.ok_or(DsnError::Orcpt)?)?);
-                Ok(true)
+                set_once(&mut self.orcpt, "ORCPT", || Orcpt::parse(value.ok_or(DsnError::Orcpt)?))
             }
             _ => Ok(false),
         }

@@ -268,6 +268,27 @@ async fn marks_a_second_apart_are_kept_apart() {
     assert!(marks.windows(2).all(|w| w[0].seq < w[1].seq && w[0].bytes < w[1].bytes));
 }
 
+/// Makes the closed spool in `data_dir` look as an older relayd left it: of `format`, without
+/// the tables `missing`. Returns the spool file's path.
+fn as_format(data_dir: &Path, format: u64, missing: &[&str]) -> PathBuf {
+    use redb::TableHandle;
+    let path = data_dir.join("spool").join(FILE_NAME);
+    let db = redb::Database::open(&path).expect("redb");
+    let txn = db.begin_write().expect("write");
+    txn.open_table(tables::META).expect("meta").insert(tables::FORMAT_KEY, format).expect("set");
+    let doomed: Vec<_> = txn
+        .list_tables()
+        .expect("tables")
+        .filter(|table| missing.contains(&table.name()))
+        .collect();
+    assert_eq!(doomed.len(), missing.len(), "{missing:?} were there");
+    for table in doomed {
+        txn.delete_table(table).expect("delete a table");
+    }
+    txn.commit().expect("commit");
+    path
+}
+
 #[tokio::test]
 async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -276,18 +297,8 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
         spool.ensure_epoch().await.expect("epoch");
         accept_some(&spool, 5).await
     };
-    // What relayd before format 2 left: format 1, no marks table.
-    let path = dir.path().join("spool").join(FILE_NAME);
-    {
-        let db = redb::Database::open(&path).expect("redb");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(tables::META)
-            .expect("meta")
-            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_MARKS)
-            .expect("set");
-        assert!(txn.delete_table(tables::MARKS).expect("delete marks"));
-        txn.commit().expect("commit");
-    }
+    // What relayd before format 2 left: format 1, no marks table (nor dsn).
+    let path = as_format(dir.path(), tables::FORMAT_WITHOUT_MARKS, &["marks", "dsn"]);
     let before = now_ms();
     let spool = Spool::open(dir.path()).expect("a format 1 spool opens");
     let marks = stored_marks(&spool);
@@ -512,17 +523,7 @@ async fn a_format_2_spool_is_migrated_at_open_with_an_empty_dsn_table() {
         accept_some(&spool, 3).await
     };
     // What relayd 0.1.0 left: format 2, no dsn table.
-    let path = dir.path().join("spool").join(FILE_NAME);
-    {
-        let db = redb::Database::open(&path).expect("redb");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(tables::META)
-            .expect("meta")
-            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_DSN)
-            .expect("set");
-        assert!(txn.delete_table(tables::DSN).expect("delete dsn"));
-        txn.commit().expect("commit");
-    }
+    let path = as_format(dir.path(), tables::FORMAT_WITHOUT_DSN, &["dsn"]);
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
     for &id in &ids {
         assert!(spool.get(id).expect("get").is_some(), "{id} kept");
@@ -537,4 +538,35 @@ async fn a_format_2_spool_is_migrated_at_open_with_an_empty_dsn_table() {
     let txn = db.begin_read().expect("read");
     let meta = txn.open_table(tables::META).expect("meta");
     assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(tables::FORMAT));
+}
+
+#[tokio::test]
+async fn snapshots_and_rewinds_take_the_dsn_requests_of_their_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.ensure_epoch().await.expect("epoch");
+    let (a, b) = (QueueId::new(), QueueId::new());
+    let message = |id| MessageRecord {
+        envelope: envelope(id),
+        recipients: vec![RecipientState::new(); 2],
+        accepted_at: LogPosition { epoch: 1, seq: 2 },
+    };
+    // A snapshot: a with its request, b without; a request for a message not sent is dropped.
+    spool.wipe().await.expect("wipe");
+    let requests = vec![(a, dsn_request()), (QueueId::new(), dsn_request())];
+    spool.install(vec![message(a), message(b)], requests, Vec::new()).await.expect("install");
+    assert_eq!(spool.dsn(a).expect("read"), Some(dsn_request()));
+    assert_eq!(spool.dsn(b).expect("read"), None);
+    assert_eq!(dsn_entries(&spool), 1);
+    // A rewind sets both to the primary's state: a without a request now, b with one.
+    let history = vec![EpochStart { epoch: 1, first_seq: 1 }];
+    let to = LogPosition { epoch: 1, seq: 1 };
+    let requests = vec![(b, dsn_request())];
+    let messages = vec![message(a), message(b)];
+    spool.rewind(to, history, messages, requests, Vec::new(), Vec::new()).await.expect("rewind");
+    assert_eq!(spool.dsn(a).expect("read"), None);
+    assert_eq!(spool.dsn(b).expect("read"), Some(dsn_request()));
+    // The next snapshot erases them with the rest.
+    spool.wipe().await.expect("wipe");
+    assert_eq!(dsn_entries(&spool), 0);
 }
