@@ -6,12 +6,13 @@
 
 use serde_json::Value;
 
-use crate::common::cluster::{Pair, count};
+use crate::common::cluster::{CLOSED, Pair, Trio, TrioOptions, count, sever, try_status};
 use crate::common::sink::{Options, Sink, Transaction};
 use crate::common::{self, Node, Raw, wait_for};
 use crate::delivery::{
     Mail, dsn_report, dsns, field, has, logged, node_for, state, wait_explained,
 };
+use crate::failover::{wait_following, wait_log, wait_role};
 
 /// Sends `mail` to `node` with smtplib, with these MAIL parameters and these parameters on
 /// every RCPT; returns the queue id. smtplib must have seen DSN in relayd's EHLO.
@@ -296,4 +297,33 @@ fn the_dsn_request_reaches_the_standby_through_the_log_and_a_snapshot() {
     assert_eq!(pair.standby_mut().stop(), Some(0));
     expected(pair.primary());
     expected(pair.standby());
+}
+
+/// A message acknowledged by a primary that never replicated it (async, its link cut), killed
+/// then: the new primary salvages it from the returning old one with its DSN request, and,
+/// delivering it to a next hop without DSN, sends the relayed report its NOTIFY=SUCCESS asked
+/// for, with its ENVID. (`a` delivers to a closed port: the message is still queued there.)
+#[test]
+fn a_salvaged_message_keeps_its_dsn_request() {
+    let options = TrioOptions { replication: "async", ..TrioOptions::default() };
+    let closed: std::net::SocketAddr = CLOSED.parse().expect("an address");
+    let mut trio = Trio::start_with(options, Some(closed));
+    wait_following(&trio.a, "b to follow a");
+    sever(&trio.ab);
+    wait_for("a to see b gone", || {
+        try_status(&trio.a).is_some_and(|s| s["peer"]["connected"] == false)
+    });
+    let mail = Mail::new("s@client.test", &["ok-salvaged@failover.test"], "salvaged");
+    let id = send(&trio.a, &mail, &["ENVID=salvaged-1"], &["NOTIFY=SUCCESS"]);
+    trio.a.kill9();
+    wait_log(&trio.b, "b promoted", "promoted epoch=2", 1);
+    wait_role(&trio.b, "b", "primary", 2);
+    trio.ab.unblock();
+    trio.a.launch();
+    wait_log(&trio.b, "b takes what a alone held", "salvaged a message", 1);
+    wait_for("the relayed report from b", || reports_about(&trio.sink, &id).len() == 1);
+    let (_, report) = reports_about(&trio.sink, &id).remove(0);
+    assert_eq!(report["per_message"]["Original-Envelope-Id"], "salvaged-1", "{report:#}");
+    assert_eq!(report["recipients"][0]["Action"], "relayed", "{report:#}");
+    assert_eq!(accepted_reports(&trio.b, &id).len(), 1, "b sent it: {}", trio.b.log());
 }
