@@ -239,7 +239,7 @@ impl Connection {
         commands.push(format!("MAIL FROM:<{}>{params}\r\n", envelope.sender));
         for &index in rcpts {
             let address = envelope.recipients.get(index as usize).map_or("", String::as_str);
-            let rcpt_params = dsn.map(|dsn| dsn.recipient(index).request.params());
+            let rcpt_params = dsn.and_then(|dsn| dsn.recipient(index)).map(|r| r.request.params());
             commands.push(format!("RCPT TO:<{address}>{}\r\n", rcpt_params.unwrap_or_default()));
         }
         // RFC 2920: with PIPELINING, RSET, MAIL, the RCPTs and DATA go in one write, and their

@@ -447,9 +447,9 @@ async fn record(
         let status = dsn::status(outcome.reply(), expired_now);
         let delay = Delay { received_at_ms: envelope.received_at_ms, now };
         // What the sender asked for this recipient; without DSN parameters, failure reports.
-        let wanted = dsn.map(|dsn| dsn.recipient(*index));
-        let notify = wanted.as_ref().and_then(|w| w.request.notify);
-        let orcpt = dsn.and_then(|dsn| dsn.recipients.get(*index as usize)?.request.orcpt.as_ref());
+        let wanted = dsn.and_then(|dsn| dsn.recipient(*index));
+        let notify = wanted.and_then(|w| w.request.notify);
+        let orcpt = wanted.and_then(|w| w.request.orcpt.as_ref());
         let (reply, relay) = match outcome {
             Outcome::Delivered { reply, relay } => (reply, Some(relay.as_str())),
             Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } => {
@@ -473,7 +473,7 @@ async fn record(
                 let reply = last_reply.as_deref().unwrap_or_default();
                 tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, next_attempt = %next_text, "deferred");
                 Metrics::count(&shared.metrics.recipients_deferred);
-                let reported = wanted.as_ref().is_some_and(|w| w.delay_reported);
+                let reported = wanted.is_some_and(|w| w.delay_reported);
                 if notify.is_some_and(|n| n.delay) && !reported && warn_delay {
                     reports.delayed.push(about, orcpt);
                     reports.delayed_indexes.push(*index);

@@ -209,9 +209,9 @@ impl Dsn {
         })
     }
 
-    /// The request of the recipient at `index` (an empty one past the end).
-    pub fn recipient(&self, index: u32) -> RecipientDsn {
-        self.recipients.get(index as usize).cloned().unwrap_or_default()
+    /// The request of the recipient at `index`.
+    pub fn recipient(&self, index: u32) -> Option<&RecipientDsn> {
+        self.recipients.get(index as usize)
     }
 
     /// The same request for the recipients at `kept` (indexes), in that order: a message
