@@ -17,14 +17,17 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::client::{self, Connection};
-use super::dsn;
+use super::dsn::{self, Kind, Notice, Returned};
 use super::outcome::{Outcome, Reply};
 use super::route::{self, Destination, Resolver};
 use super::{Requeue, RunnerRequest};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
+use crate::proto::dsn::{Orcpt, Ret};
 use crate::role::RoleWatch;
-use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool, now_ms};
+use crate::spool::{
+    BodyWriter, Change, Dsn, Envelope, MessageRecord, QueueId, RecipientState, Spool, now_ms,
+};
 
 /// Everything the runner and its workers share.
 pub(super) struct Shared {
@@ -352,26 +355,32 @@ async fn attempt(
     if rcpts.is_empty() {
         return false;
     }
+    // Only a message accepted with DSN parameters has a request (the lookup of one without
+    // finds nothing); unreadable, the message is delivered as one without.
+    let dsn = shared.spool.dsn(job.id).ok().flatten();
     let started = Instant::now();
-    let results = deliver(shared, destination, connection, &message, &rcpts).await;
-    let finished = record(shared, &message, results).await;
+    let (results, passed_on) =
+        deliver(shared, destination, connection, &message, dsn.as_ref(), &rcpts).await;
+    let finished = record(shared, &message, dsn.as_ref(), passed_on, results).await;
     shared.metrics.delivery_attempt.observe(started.elapsed());
     finished
 }
 
 /// Sends over the open connection if there is one (reconnecting once if it turned out dead),
-/// else over a new one.
+/// else over a new one. Also says whether the DSN request went with the message (the next hop
+/// offers DSN): then reporting success is that hop's job.
 async fn deliver(
     shared: &Shared,
     destination: &Destination,
     connection: &mut Option<Connection>,
     message: &MessageRecord,
+    dsn: Option<&Dsn>,
     rcpts: &[u32],
-) -> Vec<(u32, Outcome)> {
-    let all = |outcome: Outcome| rcpts.iter().map(|&i| (i, outcome.clone())).collect();
+) -> (Vec<(u32, Outcome)>, bool) {
+    let all = |outcome: Outcome| (rcpts.iter().map(|&i| (i, outcome.clone())).collect(), false);
     if let Some(open) = connection.as_mut() {
-        match open.send(message, rcpts, &shared.spool).await {
-            Ok(results) => return results,
+        match open.send(message, dsn, rcpts, &shared.spool).await {
+            Ok(results) => return (results, open.offers_dsn()),
             // A cached connection may have been closed by the other side: try a fresh one.
             Err(_) => *connection = None,
         }
@@ -390,26 +399,37 @@ async fn deliver(
         Ok(open) => open,
         Err(outcome) => return all(outcome),
     };
-    match open.send(message, rcpts, &shared.spool).await {
+    match open.send(message, dsn, rcpts, &shared.spool).await {
         Ok(results) => {
+            let passed_on = open.offers_dsn();
             *connection = Some(open);
-            results
+            (results, passed_on)
         }
         Err(outcome) => all(outcome),
     }
 }
 
-/// Turns outcomes into recipient states, logs and counts them, and commits them with the DSN
-/// for any recipient given up on, in one batch. True when, as far as `message` (read before the
+/// Turns outcomes into recipient states, logs and counts them, and commits them with the
+/// reports they call for, in one batch: a failure report (a bounce) for the recipients given
+/// up on, and, where the sender asked with DSN parameters (`dsn`), a delay report for those
+/// deferred past `delay_warning_time` (once) and a "relayed" report for those delivered to a
+/// next hop the request was not `passed_on` to. True when, as far as `message` (read before the
 /// attempt) and these results show, no recipient is left pending. A recipient's state only
 /// ever leaves Pending, so a true here is never wrong; a false may be, and costs one reread.
-async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Outcome)>) -> bool {
+async fn record(
+    shared: &Shared,
+    message: &MessageRecord,
+    dsn: Option<&Dsn>,
+    passed_on: bool,
+    results: Vec<(u32, Outcome)>,
+) -> bool {
     let config = shared.config.load_full();
     let envelope = &message.envelope;
     let now = now_ms();
     let expired = is_expired(envelope.received_at_ms, now, config.delivery.max_queue_lifetime);
+    let warn_delay = is_expired(envelope.received_at_ms, now, config.delivery.delay_warning_time);
     let mut states = Vec::with_capacity(results.len());
-    let mut failed = Vec::new();
+    let mut reports = Reports::default();
     let mut bounces = Vec::new();
     for (index, outcome) in &results {
         let rcpt = envelope.recipients.get(*index as usize).map_or("", String::as_str);
@@ -424,12 +444,26 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
             (&state, outcome),
             (RecipientState::Bounced { .. }, Outcome::Temporary { .. })
         );
-        let dsn = dsn::status(outcome.reply(), expired_now);
+        let status = dsn::status(outcome.reply(), expired_now);
         let delay = Delay { received_at_ms: envelope.received_at_ms, now };
+        // What the sender asked for this recipient; without DSN parameters, failure reports.
+        let wanted = dsn.and_then(|dsn| dsn.recipient(*index));
+        let notify = wanted.and_then(|w| w.request.notify);
+        let orcpt = wanted.and_then(|w| w.request.orcpt.as_ref());
+        let (reply, relay) = match outcome {
+            Outcome::Delivered { reply, relay } => (reply, Some(relay.as_str())),
+            Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } => {
+                (reply, relay.as_deref())
+            }
+        };
+        let about = dsn::Failed { recipient: rcpt, reply, relay, expired: false };
         match &state {
             RecipientState::Delivered { reply, relay } => {
-                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, %delay, %dsn, reply = ?reply, "delivered");
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, %delay, dsn = %status, reply = ?reply, "delivered");
                 Metrics::count(&shared.metrics.recipients_delivered);
+                if notify.is_some_and(|n| n.success) && !passed_on {
+                    reports.relayed.push(about, orcpt);
+                }
             }
             RecipientState::Pending { next_attempt_ms, last_reply, .. } => {
                 let next_text = chrono::DateTime::from_timestamp_millis(*next_attempt_ms as i64)
@@ -437,28 +471,27 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     });
                 let reply = last_reply.as_deref().unwrap_or_default();
-                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, next_attempt = %next_text, "deferred");
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, next_attempt = %next_text, "deferred");
                 Metrics::count(&shared.metrics.recipients_deferred);
+                let reported = wanted.is_some_and(|w| w.delay_reported);
+                if notify.is_some_and(|n| n.delay) && !reported && warn_delay {
+                    reports.delayed.push(about, orcpt);
+                    reports.delayed_indexes.push(*index);
+                }
             }
             RecipientState::Bounced { reply: recorded } => {
-                // Only a failure bounces: the DSN reports its reply, not the recorded text.
-                if let Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } =
-                    outcome
-                {
-                    failed.push(dsn::Failed {
-                        recipient: rcpt,
-                        reply,
-                        relay: relay.as_deref(),
-                        expired: matches!(outcome, Outcome::Temporary { .. }),
-                    });
+                // NOTIFY=NEVER, or a list without FAILURE: no failure report.
+                if notify.is_none_or(|n| n.failure) {
+                    let expired = matches!(outcome, Outcome::Temporary { .. });
+                    reports.failed.push(dsn::Failed { expired, ..about }, orcpt);
                 }
-                bounces.push((rcpt, recorded.clone(), delay, dsn));
+                bounces.push((rcpt, recorded.clone(), delay, status));
             }
         }
         states.push((*index, state));
     }
-    for (rcpt, reply, delay, dsn) in &bounces {
-        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, "bounced");
+    for (rcpt, reply, delay, status) in &bounces {
+        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, "bounced");
         Metrics::count(&shared.metrics.recipients_bounced);
     }
     let mut after = message.recipients.clone();
@@ -470,42 +503,52 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
     let finished = !after.iter().any(RecipientState::is_pending);
     let mut changes = vec![Change::Attempted { id: envelope.id, results: states }];
     let mut bodies = Vec::new();
-    let mut dsn_id = None;
-    let mut dsn_size = 0;
-    // A bounce is never bounced: no DSN for the null sender.
-    if !failed.is_empty() && !envelope.sender.is_empty() {
-        let headers = dsn::original_headers(message, &shared.spool);
-        let content = dsn::build(&config.smtp.hostname, message, &failed, &headers, now);
-        dsn_size = content.len();
-        let id = QueueId::new();
-        let mut body = shared.spool.body_writer(id);
-        match body.write(&content) {
-            Ok(()) => {
-                changes.push(Change::Accepted(Envelope {
-                    id,
-                    sender: String::new(),
-                    recipients: vec![envelope.sender.clone()],
-                    received_at_ms: now,
-                    client: "127.0.0.1".into(),
-                    helo: config.smtp.hostname.clone(),
-                    size: content.len() as u64,
-                    eight_bit: true,
-                    // The DSN needs SMTPUTF8 only to reach a sender whose address needs it
-                    // (RFC 6533): a UTF-8 recipient inside the report is fine in 8-bit text.
-                    smtputf8: !envelope.sender.is_ascii(),
-                }));
-                bodies.push(body);
-                dsn_id = Some(id);
+    let mut queued = Vec::new();
+    // A bounce is never bounced: no report of any kind for the null sender.
+    if !envelope.sender.is_empty() {
+        let ret = dsn.and_then(|dsn| dsn.ret);
+        let envid = dsn.and_then(|dsn| dsn.envid.as_deref());
+        for (kind, about) in [
+            (Kind::Failure, &reports.failed),
+            (Kind::Delay, &reports.delayed),
+            (Kind::Relayed, &reports.relayed),
+        ] {
+            if about.recipients.is_empty() {
+                continue;
             }
-            Err(e) => {
-                tracing::error!(id = %envelope.id, error = %e, "cannot write the DSN; the results are recorded without it")
+            let hostname = &config.smtp.hostname;
+            let headers = dsn::original_headers(message, &shared.spool);
+            let content = if dsn.is_none() {
+                // No DSN parameters: a failure report, as relayd has always written it.
+                dsn::build(hostname, message, &about.recipients, &headers, now)
+            } else {
+                let whole = (kind == Kind::Failure && ret == Some(Ret::Full))
+                    .then(|| dsn::original_message(message, &shared.spool))
+                    .flatten();
+                let returned = match &whole {
+                    Some(whole) => Returned::Message(whole),
+                    None => Returned::Headers(&headers),
+                };
+                let notice = Notice { kind, envid, orcpts: about.orcpts.clone(), returned };
+                dsn::report(hostname, message, &notice, &about.recipients, now)
+            };
+            let Some((change, body)) = report_message(shared, &config, envelope, &content) else {
+                continue;
+            };
+            if kind == Kind::Delay {
+                let recipients = reports.delayed_indexes.clone();
+                changes.push(Change::DelayReported { id: envelope.id, recipients });
             }
+            queued.push((body.id(), kind, content.len()));
+            changes.push(change);
+            bodies.push(body);
         }
     }
     match shared.spool.commit(changes, bodies).await {
         Ok(_) => {
-            if let Some(id) = dsn_id {
-                tracing::info!(id = %id, from = "<>", rcpts = 1, size = dsn_size, orig_id = %envelope.id, "accepted DSN");
+            for (id, kind, size) in queued {
+                let report = kind.name();
+                tracing::info!(id = %id, from = "<>", rcpts = 1, size, orig_id = %envelope.id, report, "accepted DSN");
                 let _ = shared.requests.send(RunnerRequest::Queued(id));
             }
             finished
@@ -516,6 +559,61 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
             false
         }
     }
+}
+
+/// The recipients one report is about, with their ORCPTs in the same order.
+#[derive(Default)]
+struct Reported<'a> {
+    recipients: Vec<dsn::Failed<'a>>,
+    orcpts: Vec<Option<&'a Orcpt>>,
+}
+
+impl<'a> Reported<'a> {
+    fn push(&mut self, about: dsn::Failed<'a>, orcpt: Option<&'a Orcpt>) {
+        self.recipients.push(about);
+        self.orcpts.push(orcpt);
+    }
+}
+
+/// The reports one attempt's results call for.
+#[derive(Default)]
+struct Reports<'a> {
+    failed: Reported<'a>,
+    delayed: Reported<'a>,
+    /// The indexes of the delayed recipients: marked reported with the report.
+    delayed_indexes: Vec<u32>,
+    relayed: Reported<'a>,
+}
+
+/// A report about `envelope`'s message, `content`, as a message of its own from the null
+/// sender to the original sender: the change that accepts it and its body; None (logged) when
+/// its body cannot be written, and the results are recorded without it.
+fn report_message(
+    shared: &Shared,
+    config: &Config,
+    envelope: &Envelope,
+    content: &[u8],
+) -> Option<(Change, BodyWriter)> {
+    let id = QueueId::new();
+    let mut body = shared.spool.body_writer(id);
+    if let Err(e) = body.write(content) {
+        tracing::error!(id = %envelope.id, error = %e, "cannot write the DSN; the results are recorded without it");
+        return None;
+    }
+    let accepted = Change::Accepted(Envelope {
+        id,
+        sender: String::new(),
+        recipients: vec![envelope.sender.clone()],
+        received_at_ms: now_ms(),
+        client: "127.0.0.1".into(),
+        helo: config.smtp.hostname.clone(),
+        size: content.len() as u64,
+        eight_bit: true,
+        // The DSN needs SMTPUTF8 only to reach a sender whose address needs it (RFC 6533): a
+        // UTF-8 recipient inside the report is fine in 8-bit text.
+        smtputf8: !envelope.sender.is_ascii(),
+    });
+    Some((accepted, body))
 }
 
 /// The `delay=` of a delivery log line: the seconds since the message was accepted, with two

@@ -12,11 +12,13 @@ use tokio::sync::watch;
 use super::error::{Awaiting, LinkError};
 use super::frame::{self, Frame, Hello};
 use super::link::{self, Link};
-use super::{Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_now};
+use super::{
+    Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_dsn, send_now,
+};
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
 use crate::spool::{
-    BodyWriter, Change, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Spool,
+    BodyWriter, Change, Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Spool,
     SpoolError,
 };
 
@@ -144,6 +146,8 @@ async fn session(
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
+    // DSN requests arrive, like bodies, before the snapshot or rewind frame that needs them.
+    let mut dsn: HashMap<QueueId, Dsn> = HashMap::new();
     let mut roles = context.role.clone();
     // The last beat received: acks echo it.
     let mut beat = 0;
@@ -161,7 +165,10 @@ async fn session(
         if branch.is_some()
             && !matches!(
                 frame,
-                Frame::Chunk { .. } | Frame::Rewind { .. } | Frame::SnapshotBegin { .. }
+                Frame::Chunk { .. }
+                    | Frame::Dsn(_)
+                    | Frame::Rewind { .. }
+                    | Frame::SnapshotBegin { .. }
             )
         {
             return Err(LinkError::StreamedBeforeRewind);
@@ -173,7 +180,8 @@ async fn session(
                 };
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                spool.rewind(to, history, messages, absent, needed).await?;
+                let requests = take_dsn(&mut dsn, &messages);
+                spool.rewind(to, history, messages, requests, absent, needed).await?;
                 tracing::warn!(
                     at = to.seq,
                     messages = touched.len(),
@@ -184,14 +192,12 @@ async fn session(
                 let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
                 body.write(&data)?;
             }
+            Frame::Dsn(requests) => dsn.extend(requests),
             Frame::Records { records, primary_last, beat: sent } => {
                 beat = sent;
                 let needed = records
                     .iter()
-                    .filter_map(|r| match &r.change {
-                        Change::Accepted(envelope) => bodies.remove(&envelope.id),
-                        _ => None,
-                    })
+                    .filter_map(|r| r.change.accepts().and_then(|e| bodies.remove(&e.id)))
                     .collect();
                 let epoch = records.iter().map(|r| r.position.epoch).max();
                 let applied = spool.apply(records, needed).await?;
@@ -205,12 +211,14 @@ async fn session(
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
                 branch = None;
                 bodies.clear();
+                dsn.clear();
                 spool.wipe().await?;
             }
             Frame::SnapshotMessages(messages) => {
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                spool.install(messages, needed).await?;
+                let requests = take_dsn(&mut dsn, &messages);
+                spool.install(messages, requests, needed).await?;
             }
             Frame::SnapshotEnd { history, last } => {
                 let epoch = last_epoch(&history);
@@ -237,6 +245,15 @@ async fn session(
             }
         }
     }
+}
+
+/// The DSN requests received for `messages`, taken out of `received`.
+fn take_dsn(
+    received: &mut HashMap<QueueId, Dsn>,
+    messages: &[MessageRecord],
+) -> Vec<(QueueId, Dsn)> {
+    let ids = messages.iter().map(|m| m.envelope.id);
+    ids.filter_map(|id| received.remove(&id).map(|dsn| (id, dsn))).collect()
 }
 
 /// Acknowledges everything up to `seq`, unless this node is claiming an epoch of its own: an
@@ -326,8 +343,10 @@ where
         }
         expected += 1;
         let id = match &record.change {
-            Change::Accepted(envelope) => envelope.id,
-            Change::Attempted { id, .. } | Change::Removed { id } => *id,
+            Change::Accepted(envelope) | Change::AcceptedWithDsn { envelope, .. } => envelope.id,
+            Change::Attempted { id, .. }
+            | Change::Removed { id }
+            | Change::DelayReported { id, .. } => *id,
             Change::EpochStarted => continue,
         };
         if seen.insert(id) {
@@ -382,6 +401,7 @@ async fn salvage(
     for message in divergent {
         let id = message.envelope.id;
         send_body(writer, spool, id).await?;
+        send_dsn(writer, spool, &[id]).await?;
         frame::write(writer, &Frame::Salvage(message)).await?;
         tracing::warn!(id = %id, "salvaging: acknowledged here, never replicated");
         count += 1;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::spool::{EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
+use crate::spool::{Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
 
 /// The largest frame either side accepts: a batch of records is cut well below it.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -118,6 +118,11 @@ pub enum Frame {
         messages: Vec<MessageRecord>,
         absent: Vec<QueueId>,
     },
+    /// Primary → standby, before a `SnapshotMessages` or `Rewind` frame, and an old primary →
+    /// the new primary, before a `Salvage`: the DSN requests (RFC 3461) of those of its
+    /// messages accepted with DSN parameters. The receiver keeps them, like chunks, for the
+    /// frame that follows. Protocol 2: an older peer gets the messages without them.
+    Dsn(Vec<(QueueId, Dsn)>),
 }
 
 impl Frame {
@@ -125,7 +130,10 @@ impl Frame {
     /// [`crate::spool::Change::since_protocol`]): a frame added later is sent only to a peer
     /// whose Hello announced that protocol or a later one.
     pub fn since_protocol(&self) -> u32 {
-        1
+        match self {
+            Frame::Dsn(_) => 2,
+            _ => 1,
+        }
     }
 }
 

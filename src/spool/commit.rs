@@ -38,7 +38,9 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
+use super::record::{
+    Change, Dsn, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState,
+};
 use super::{ErrorKind, QueueId, SpoolError};
 use super::{Opened, retention, tables};
 
@@ -92,18 +94,20 @@ pub(super) enum Request {
     Apply(Vec<LogRecord>, Reply),
     /// A standby starts a snapshot: everything is erased.
     Wipe(Reply),
-    /// A standby installs a snapshot's message records (their bodies were written already).
-    Install(Vec<MessageRecord>, Reply),
+    /// A standby installs a snapshot's message records (their bodies were written already),
+    /// with the DSN requests of those that have one.
+    Install(Vec<MessageRecord>, Vec<(QueueId, Dsn)>, Reply),
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
     /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
     /// primary's history does not share, and takes the primary's state of the messages that
     /// branch touched: `messages` as the primary holds them (their bodies were written
-    /// already), `absent` ones it no longer holds.
+    /// already) with the DSN requests of those that have one, `absent` ones it no longer holds.
     Rewind {
         to: LogPosition,
         history: Vec<EpochStart>,
         messages: Vec<MessageRecord>,
+        dsn: Vec<(QueueId, Dsn)>,
         absent: Vec<QueueId>,
         done: Reply,
     },
@@ -139,7 +143,7 @@ impl Request {
             | Request::BeginEpoch(_, done)
             | Request::Apply(_, done)
             | Request::Wipe(done)
-            | Request::Install(_, done)
+            | Request::Install(_, _, done)
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
             | Request::State { done, .. }
@@ -499,6 +503,7 @@ pub(super) struct Staging<'t> {
     receiving: Table<'t, u128, ()>,
     state: Table<'t, &'static str, &'static [u8]>,
     marks: Table<'t, u64, (u64, u64)>,
+    dsn: Table<'t, u128, &'static [u8]>,
     history: Vec<EpochStart>,
     /// Messages added minus messages removed.
     queued_delta: i64,
@@ -525,6 +530,7 @@ impl<'t> Staging<'t> {
             receiving: txn.open_table(tables::RECEIVING)?,
             state: txn.open_table(tables::STATE)?,
             marks: txn.open_table(tables::MARKS)?,
+            dsn: txn.open_table(tables::DSN)?,
             history,
             queued_delta: 0,
             wiped: false,
@@ -588,12 +594,13 @@ impl<'t> Staging<'t> {
                 *next_seq = 1;
                 (Some(done), self.wipe().map(|()| Ok(LogPosition::default())))
             }
-            Request::Install(messages, done) => {
+            Request::Install(messages, dsn, done) => {
                 let installed = messages.into_iter().try_for_each(|m| self.install(m));
+                let installed = installed.and_then(|()| self.put_dsn_all(&dsn));
                 (Some(done), installed.map(|()| Ok(last)))
             }
-            Request::Rewind { to, history, messages, absent, done } => {
-                let rewound = self.rewind(to, *next_seq, history, messages, absent);
+            Request::Rewind { to, history, messages, dsn, absent, done } => {
+                let rewound = self.rewind(to, *next_seq, history, messages, &dsn, absent);
                 *next_seq = to.seq.saturating_add(1);
                 (Some(done), rewound.map(|()| Ok(to)))
             }
@@ -709,6 +716,7 @@ impl<'t> Staging<'t> {
         self.bodies.retain(|_, _| false)?;
         self.receiving.retain(|_, _| false)?;
         self.marks.retain(|_, _| false)?;
+        self.dsn.retain(|_, _| false)?;
         self.state.remove(tables::EPOCH_HISTORY)?;
         self.state.remove(tables::RESUMED)?;
         self.state.insert(tables::SNAPSHOT_INCOMPLETE, [1u8].as_slice())?;
@@ -743,6 +751,7 @@ impl<'t> Staging<'t> {
         next_seq: u64,
         history: Vec<EpochStart>,
         messages: Vec<MessageRecord>,
+        dsn: &[(QueueId, Dsn)],
         absent: Vec<QueueId>,
     ) -> Result<(), SpoolError> {
         if to.seq.saturating_add(1) < next_seq {
@@ -751,8 +760,11 @@ impl<'t> Staging<'t> {
         self.history = history;
         self.state.insert(tables::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?.as_slice())?;
         for message in messages {
+            // The primary's state of the message: its DSN request as it has it, or none.
+            self.dsn.remove(message.envelope.id.as_u128())?;
             self.install(message)?;
         }
+        self.put_dsn_all(dsn)?;
         for id in absent {
             if self.message(id)?.is_some() {
                 self.remove(id)?;
@@ -796,18 +808,21 @@ impl<'t> Staging<'t> {
                 let history = postcard::to_stdvec(&self.history)?;
                 self.state.insert(tables::EPOCH_HISTORY, history.as_slice())?;
             }
-            Change::Accepted(envelope) => {
-                let message = MessageRecord {
-                    recipients: vec![RecipientState::new(); envelope.recipients.len()],
-                    envelope: envelope.clone(),
-                    accepted_at: record.position,
-                };
-                // A snapshot taken while mail kept coming may already hold a message whose
-                // Accepted record is replayed after it: count it once.
-                if self.message(envelope.id)?.is_none() {
-                    self.queued_delta += 1;
+            Change::Accepted(envelope) => self.accept(envelope, record.position)?,
+            Change::AcceptedWithDsn { envelope, dsn } => {
+                self.accept(envelope, record.position)?;
+                self.put_dsn(envelope.id, dsn)?;
+            }
+            Change::DelayReported { id, recipients } => {
+                // A message gone meanwhile has no request left to mark.
+                if let Some(mut dsn) = self.dsn_of(*id)? {
+                    for &index in recipients {
+                        if let Some(slot) = dsn.recipients.get_mut(index as usize) {
+                            slot.delay_reported = true;
+                        }
+                    }
+                    self.put_dsn(*id, &dsn)?;
                 }
-                self.put(&message)?;
             }
             Change::Attempted { id, results } => {
                 // A message removed meanwhile (an operator deleted it) takes no more results.
@@ -836,6 +851,44 @@ impl<'t> Staging<'t> {
         Ok(())
     }
 
+    /// Queues a message of `envelope`, accepted at `position`, every recipient untried.
+    fn accept(&mut self, envelope: &Envelope, position: LogPosition) -> Result<(), SpoolError> {
+        let message = MessageRecord {
+            recipients: vec![RecipientState::new(); envelope.recipients.len()],
+            envelope: envelope.clone(),
+            accepted_at: position,
+        };
+        // A snapshot taken while mail kept coming may already hold a message whose Accepted
+        // record is replayed after it: count it once.
+        if self.message(envelope.id)?.is_none() {
+            self.queued_delta += 1;
+        }
+        self.put(&message)
+    }
+
+    fn dsn_of(&self, id: QueueId) -> Result<Option<Dsn>, SpoolError> {
+        match self.dsn.get(id.as_u128())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_dsn(&mut self, id: QueueId, dsn: &Dsn) -> Result<(), SpoolError> {
+        self.dsn.insert(id.as_u128(), postcard::to_stdvec(dsn)?.as_slice())?;
+        Ok(())
+    }
+
+    /// The DSN requests of messages this spool holds (a snapshot's, a rewind's); one of a
+    /// message it does not hold is dropped.
+    fn put_dsn_all(&mut self, dsn: &[(QueueId, Dsn)]) -> Result<(), SpoolError> {
+        for (id, request) in dsn {
+            if self.message(*id)?.is_some() {
+                self.put_dsn(*id, request)?;
+            }
+        }
+        Ok(())
+    }
+
     fn message(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
         match self.messages.get(id.as_u128())? {
             Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
@@ -847,6 +900,7 @@ impl<'t> Staging<'t> {
     fn remove(&mut self, id: QueueId) -> Result<(), SpoolError> {
         self.bodies.retain_in(tables::body_range(id.as_u128()), |_, _| false)?;
         self.messages.remove(id.as_u128())?;
+        self.dsn.remove(id.as_u128())?;
         self.queued_delta -= 1;
         Ok(())
     }

@@ -43,7 +43,8 @@ pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
 pub use open::create_dir_durable;
 pub use record::{
-    Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
+    Change, Dsn, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientDsn,
+    RecipientState, now_ms,
 };
 pub use retention::Retention;
 
@@ -223,13 +224,17 @@ impl Spool {
         self.submit(commit::Request::Wipe).await.map(|_| ())
     }
 
-    /// A standby stores a snapshot's messages, with their bodies.
+    /// A standby stores a snapshot's messages, with their bodies and the DSN requests of
+    /// those that have one.
     pub async fn install(
         &self,
         messages: Vec<MessageRecord>,
+        dsn: Vec<(QueueId, Dsn)>,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
-        self.submit_with(bodies, |done| commit::Request::Install(messages, done)).await.map(|_| ())
+        self.submit_with(bodies, |done| commit::Request::Install(messages, dsn, done))
+            .await
+            .map(|_| ())
     }
 
     /// A standby (an old primary, rejoining) drops the branch of its log after `to` and takes
@@ -239,6 +244,7 @@ impl Spool {
         to: LogPosition,
         history: Vec<EpochStart>,
         messages: Vec<MessageRecord>,
+        dsn: Vec<(QueueId, Dsn)>,
         absent: Vec<QueueId>,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
@@ -246,6 +252,7 @@ impl Spool {
             to,
             history,
             messages,
+            dsn,
             absent,
             done,
         })
@@ -277,10 +284,10 @@ impl Spool {
         self.scan(tables::LOG, |table| table.range(from..=to))
             .filter_map(Result::ok)
             .map(|value| {
-                let body = match postcard::from_bytes::<LogRecord>(&value) {
-                    Ok(LogRecord { change: Change::Accepted(envelope), .. }) => envelope.size,
-                    _ => 0,
-                };
+                let body = postcard::from_bytes::<LogRecord>(&value)
+                    .ok()
+                    .and_then(|record| record.change.accepts().map(|envelope| envelope.size))
+                    .unwrap_or(0);
                 value.len() as u64 + body
             })
             .sum()
@@ -410,6 +417,16 @@ impl Spool {
 
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
         let table = self.read()?.open_table(tables::MESSAGES)?;
+        match table.get(id.as_u128())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The DSN request of a message accepted with DSN parameters (RFC 3461); None for any
+    /// other message, or one no longer queued.
+    pub fn dsn(&self, id: QueueId) -> Result<Option<Dsn>, SpoolError> {
+        let table = self.read()?.open_table(tables::DSN)?;
         match table.get(id.as_u128())? {
             Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
             None => Ok(None),

@@ -174,15 +174,13 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             None if fresh => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
             }
-            // Format 1 lacks only the log's marks: the seal below marks its whole log as of
-            // now (its records then count as this young: kept longer, never shorter).
-            Some(tables::FORMAT_WITHOUT_MARKS) => {
+            // Format 1 lacks the log's marks: the seal below marks its whole log as of now (its
+            // records then count as this young: kept longer, never shorter). Formats 1 and 2
+            // lack the `dsn` table, which the staging below creates, empty: no message of
+            // theirs was accepted with DSN parameters.
+            Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_WITHOUT_DSN)) => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
-                tracing::info!(
-                    from = tables::FORMAT_WITHOUT_MARKS,
-                    to = tables::FORMAT,
-                    "spool format migrated"
-                );
+                tracing::info!(from, to = tables::FORMAT, "spool format migrated");
             }
             None => return Err(SpoolError::corrupt("the file holds no spool format")),
             Some(other) => {

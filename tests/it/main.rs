@@ -20,6 +20,7 @@ mod cluster_link;
 mod damaged_spool;
 mod delivery;
 mod drill;
+mod dsn;
 mod durability;
 mod failover;
 mod faults;
