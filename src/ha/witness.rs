@@ -385,4 +385,13 @@ mod tests {
         assert!(server.heard.contains_key("n0") && server.heard.contains_key("newcomer"));
         assert!(!server.heard.contains_key("n1"));
     }
+
+    /// The golden grant file: relayd 0.1.0's witness wrote it (tests/fixtures/v0.1.0, after a
+    /// switchover granted epoch 2 to b), and it reads as that grant.
+    #[test]
+    fn the_grant_file_relayd_0_1_0_wrote_reads_as_its_grant() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0.1.0/witness-grant");
+        assert_eq!(read_grant(&path).expect("0.1.0's grant file"), (2, "b".to_string()));
+    }
 }
