@@ -99,13 +99,16 @@ async fn session(
     };
     let theirs = match read {
         Ok(hello) => hello,
-        Err(refused) => {
+        Err(error) => {
             // A primary we cannot talk to (another protocol, or a Hello we cannot read): our
-            // Hello tells it our version, so that its side can say so too. We stay a standby,
-            // as with no primary.
-            let status = *context.role.borrow();
-            send_now(&mut writer, Frame::Hello(hello(node, status.role, spool)?)).await?;
-            return Err(refused);
+            // Hello tells it our version, so that its side can say so too (what it does with
+            // it is its own affair: the refusal is what we log). We stay a standby, as with no
+            // primary.
+            if error.refused_version().is_some() {
+                let ours = hello(node, context.role.borrow().role, spool)?;
+                let _ = send_now(&mut writer, Frame::Hello(ours)).await;
+            }
+            return Err(error);
         }
     };
     writer.speak(theirs.protocol);

@@ -20,7 +20,8 @@ use common::campaign::check::{DataNode, History, duplicates, lost};
 use common::campaign::{Gates, Load};
 use common::client::{self, Outcome, relayd_on};
 use common::cluster::{Trio, TrioOptions, all_attempted, caught_up, role_epoch, status, try_get};
-use common::{BIN, Node, wait_for};
+use common::{BIN, Node, run, wait_for};
+use relayd::replication::frame::{PROTOCOL, RELEASE};
 
 /// The release this build upgrades from.
 const PREVIOUS: &str = "v0.1.0";
@@ -34,10 +35,11 @@ fn previous_release() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// A witness and a sync pair, all three running `binary`, each data node delivering to a sink
-/// of its own behind `gates`; `a` serving, `b` caught up.
+/// A witness (with its admin endpoint) and a sync pair, all three running `binary`, each data
+/// node delivering to a sink of its own behind `gates`; `a` serving, `b` caught up.
 fn trio_of(binary: &Path, gates: &Gates) -> Trio {
-    let mut trio = Trio::configure(TrioOptions::default(), gates.next_hops());
+    let options = TrioOptions { witness_admin: true, ..TrioOptions::default() };
+    let mut trio = Trio::configure(options, gates.next_hops());
     for member in ["w", "b", "a"] {
         trio.node_mut(member).run_binary(binary);
         trio.launch(member);
@@ -47,8 +49,16 @@ fn trio_of(binary: &Path, gates: &Gates) -> Trio {
 }
 
 /// Stops `member` (SIGTERM: it drains) and starts it again as this build, on the same data.
+/// Before, as on a host where the new package is installed and the node not yet restarted,
+/// this build's `relayd status` reads the running old node.
 fn upgrade(trio: &mut Trio, member: &str) {
     let node = trio.node_mut(member);
+    let config = node.config_path.to_str().expect("utf-8 path");
+    let out = run(BIN, &["status", "--config", config]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "relayd status on {member} before its upgrade: {said}");
+    let named = said.lines().any(|l| l.starts_with("node ") && l.trim_end().ends_with(member));
+    assert!(named, "relayd status on {member}: {said}");
     node.stop();
     node.run_binary(Path::new(BIN));
     trio.launch(member);
@@ -90,6 +100,9 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     upgrade(&mut trio, "b");
     wait_for("b, upgraded, to follow a, caught up", || caught_up(&trio.a));
     assert_eq!(peer_version(&trio.b), ("0.1.0".to_string(), 1), "b sees a as protocol 1");
+    let (a, b) = (status(&trio.a), status(&trio.b));
+    assert_eq!((&b["release"], &b["protocol"]), (&RELEASE.into(), &PROTOCOL.into()), "{b}");
+    assert!(a["release"].is_null() && a["peer"]["release"].is_null(), "0.1.0 says neither: {a}");
     more_mail(&load, 20, "a 0.1.0 primary, a standby of this build");
 
     // The planned switchover, with the release a's host runs.
@@ -105,7 +118,7 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     upgrade(&mut trio, "a");
     wait_role(&trio.a, "a", "standby", 2);
     wait_for("a, upgraded, to follow b, caught up", || caught_up(&trio.b));
-    let ours = (relayd::replication::frame::RELEASE.to_string(), 2);
+    let ours = (RELEASE.to_string(), u64::from(PROTOCOL));
     assert_eq!(peer_version(&trio.b), ours, "b sees a as this build");
     assert_eq!(peer_version(&trio.a), ours, "a sees b as this build");
     more_mail(&load, 20, "both data nodes of this build, the 0.1.0 witness");
