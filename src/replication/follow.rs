@@ -158,7 +158,7 @@ async fn session(
     send_now(&mut writer, Frame::Hello(ours)).await?;
     replication.linked(&theirs);
     *linked = true;
-    tracing::info!(peer = %theirs.node, at, "following the primary");
+    tracing::info!(peer = %theirs.node, at, protocol = writer.protocol(), "following the primary");
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();

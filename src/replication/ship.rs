@@ -109,6 +109,7 @@ async fn session(
         peer = %theirs.node,
         standby_at = theirs.last.seq,
         from = ?resume,
+        protocol = writer.protocol(),
         "replication link up"
     );
 

@@ -85,6 +85,17 @@ fn peer_version(node: &Node) -> (String, u64) {
     (release.to_string(), peer["protocol"].as_u64().expect("peer.protocol"))
 }
 
+/// The protocol of each link `node`'s log says it made (`starting`: the line's start), "-" for
+/// a line of 0.1.0's, which names none.
+fn links(node: &Node, starting: &str) -> Vec<String> {
+    let log = node.log();
+    let protocols = log.lines().filter(|l| l.contains(starting)).map(|line| {
+        let field = line.split_whitespace().find_map(|f| f.strip_prefix("protocol="));
+        field.unwrap_or("-").to_string()
+    });
+    protocols.collect()
+}
+
 #[test]
 fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing() {
     let old = previous_release();
@@ -100,6 +111,8 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     upgrade(&mut trio, "b");
     wait_for("b, upgraded, to follow a, caught up", || caught_up(&trio.a));
     assert_eq!(peer_version(&trio.b), ("0.1.0".to_string(), 1), "b sees a as protocol 1");
+    let followed = links(&trio.b, "following the primary peer=a");
+    assert_eq!(followed, ["-", "1"], "b, upgraded, talks to a in protocol 1");
     let (a, b) = (status(&trio.a), status(&trio.b));
     assert_eq!((&b["release"], &b["protocol"]), (&RELEASE.into(), &PROTOCOL.into()), "{b}");
     assert!(a["release"].is_null() && a["peer"]["release"].is_null(), "0.1.0 says neither: {a}");
@@ -112,6 +125,7 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     wait_role(&trio.a, "a", "standby", 2);
     wait_for("a (0.1.0) to follow b, caught up", || caught_up(&trio.b));
     assert_eq!(peer_version(&trio.b), ("0.1.0".to_string(), 1), "b ships to a as protocol 1");
+    assert_eq!(links(&trio.b, "replication link up peer=a"), ["1"], "b ships in protocol 1");
     more_mail(&load, 20, "a primary of this build, a 0.1.0 standby");
 
     // The old primary: upgraded, it rejoins as the standby.
@@ -121,6 +135,9 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     let ours = (RELEASE.to_string(), u64::from(PROTOCOL));
     assert_eq!(peer_version(&trio.b), ours, "b sees a as this build");
     assert_eq!(peer_version(&trio.a), ours, "a sees b as this build");
+    let both = PROTOCOL.to_string();
+    assert_eq!(links(&trio.b, "replication link up peer=a"), ["1", &both], "then in ours");
+    assert_eq!(links(&trio.a, "following the primary peer=b"), ["-", &both], "a, upgraded");
     more_mail(&load, 20, "both data nodes of this build, the 0.1.0 witness");
 
     // The witness last (until now, this build's nodes talked to a 0.1.0 witness: b's claim of
