@@ -50,11 +50,14 @@ rm -rf "$src" "$build"
 mkdir -p "$src" "$build/debug"
 git -C "$root" archive "$rev" | tar -x -C "$src"
 
-# The dependencies built already, as hard links (cheap, and never written: cargo finds them
-# fresh), less this workspace's own crates, which the release builds from its own tree.
+# The dependencies built already, less this workspace's own crates, which the release builds
+# from its own tree: the compiled libraries as hard links (gigabytes, never written: cargo
+# finds them fresh), the build scripts' outputs and the fingerprints as copies (a build script
+# run again must not write through a link into this checkout's target/).
 if [[ -d $target/debug/deps ]]; then
-    for dir in deps build .fingerprint; do
-        [[ -d $target/debug/$dir ]] && cp -al "$target/debug/$dir" "$build/debug/"
+    cp -al "$target/debug/deps" "$build/debug/"
+    for dir in build .fingerprint; do
+        if [[ -d $target/debug/$dir ]]; then cp -a "$target/debug/$dir" "$build/debug/"; fi
     done
     find "$build/debug" -mindepth 2 -maxdepth 2 \
         \( -name 'relayd-*' -o -name 'librelayd-*' -o -name 'it-*' -o -name 'cutfs-*' \

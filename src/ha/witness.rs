@@ -23,6 +23,9 @@ use crate::config::{Config, Role};
 use crate::replication::frame::{self, Frame};
 use crate::replication::link::{self, PEER_NAME};
 
+/// The grant file in `data_dir`: one line, `EPOCH NODE` (format 1, relayd 0.1.0's). Its name is
+/// its version: a later format takes another name (and reads this one), so that an older
+/// witness never misreads a newer file.
 const GRANTS_FILE: &str = "witness-grant";
 /// The witness's own patience with a connection that says nothing.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);

@@ -182,7 +182,24 @@ impl Frame {
     /// [`crate::spool::Change::since_protocol`]): a frame added later is sent only to a peer
     /// whose Hello announced that protocol or a later one.
     pub fn since_protocol(&self) -> u32 {
-        1
+        match self {
+            Frame::Hello(_)
+            | Frame::Chunk { .. }
+            | Frame::Records { .. }
+            | Frame::SnapshotBegin { .. }
+            | Frame::SnapshotMessages(_)
+            | Frame::SnapshotEnd { .. }
+            | Frame::Ack { .. }
+            | Frame::Heartbeat { .. }
+            | Frame::Handover { .. }
+            | Frame::TookOver { .. }
+            | Frame::Salvage(_)
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::Claim { .. }
+            | Frame::Verdict { .. }
+            | Frame::Rewind { .. } => 1,
+        }
     }
 
     /// This frame as a peer of `protocol` is sent it: None when that peer cannot read it (a
