@@ -2,7 +2,8 @@
 //! previous release, relayd 0.1.0, built from its git tag by scripts/previous-release.sh (once:
 //! it is kept under target/releases/), and this build. A witness and a sync pair of 0.1.0 under
 //! a steady load; the standby upgraded on its spool; a planned switchover with 0.1.0's own
-//! `relayd demote`; the old primary upgraded, rejoining as the standby; the witness last. Every
+//! `relayd demote`; the old primary's disk replaced (rebuilt by snapshot across releases), then
+//! it is upgraded and rejoins as the standby; the witness last. Every
 //! acknowledged message must reach the sinks once: lost 0, duplicates 0, counted by the fault
 //! campaign's load, sinks and checks (tests/it/common/campaign).
 //!
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use common::campaign::check::{DataNode, History, duplicates, lost};
 use common::campaign::{Gates, Load};
 use common::client::{self, Outcome, relayd_on};
-use common::cluster::{Trio, TrioOptions, all_attempted, caught_up, role_epoch, status, try_get};
+use common::cluster::{
+    Trio, TrioOptions, all_attempted, caught_up, count, ha_lines, role_epoch, status, try_get,
+};
 use common::{BIN, Node, run, wait_for};
 use relayd::replication::frame::{PROTOCOL, RELEASE};
 
@@ -128,6 +131,17 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     assert_eq!(links(&trio.b, "replication link up peer=a"), ["1"], "b ships in protocol 1");
     more_mail(&load, 20, "a primary of this build, a 0.1.0 standby");
 
+    // A snapshot across releases: a's disk replaced while it still runs 0.1.0; this build's
+    // primary rebuilds it in protocol 1.
+    trio.a.stop();
+    trio.a.wipe_data();
+    trio.launch("a");
+    wait_role(&trio.a, "a", "standby", 2);
+    wait_for("a (0.1.0), emptied, rebuilt by b", || caught_up(&trio.b));
+    assert_eq!(count(&trio.b.log(), "sending a snapshot"), 1, "{}", ha_lines(&trio.b));
+    assert_eq!(links(&trio.b, "replication link up peer=a"), ["1", "1"]);
+    more_mail(&load, 10, "a 0.1.0 standby rebuilt by a primary of this build");
+
     // The old primary: upgraded, it rejoins as the standby.
     upgrade(&mut trio, "a");
     wait_role(&trio.a, "a", "standby", 2);
@@ -136,8 +150,8 @@ fn a_rolling_upgrade_from_0_1_0_under_load_loses_nothing_and_duplicates_nothing(
     assert_eq!(peer_version(&trio.b), ours, "b sees a as this build");
     assert_eq!(peer_version(&trio.a), ours, "a sees b as this build");
     let both = PROTOCOL.to_string();
-    assert_eq!(links(&trio.b, "replication link up peer=a"), ["1", &both], "then in ours");
-    assert_eq!(links(&trio.a, "following the primary peer=b"), ["-", &both], "a, upgraded");
+    assert_eq!(links(&trio.b, "replication link up peer=a"), ["1", "1", &both], "then ours");
+    assert_eq!(links(&trio.a, "following the primary peer=b"), ["-", "-", &both], "a, upgraded");
     more_mail(&load, 20, "both data nodes of this build, the 0.1.0 witness");
 
     // The witness last (until now, this build's nodes talked to a 0.1.0 witness: b's claim of
