@@ -346,10 +346,8 @@ impl Replicator {
             return;
         };
         let mut refused = self.state.refused.lock().unwrap_or_else(PoisonError::into_inner);
-        let repeat = refused
-            .as_ref()
-            .is_some_and(|(last, at)| *last == theirs && at.elapsed() < REFUSAL_REPEAT);
-        if !repeat {
+        let now = Instant::now();
+        if !said_lately(refused.as_ref(), &theirs, now) {
             let ours = format!("relayd {} (protocol {})", frame::RELEASE, frame::PROTOCOL);
             tracing::error!(
                 peer = %peer,
@@ -358,7 +356,7 @@ impl Replicator {
                 error = %error,
                 "cluster peer refused: incompatible version; this node goes on without it"
             );
-            *refused = Some((theirs, Instant::now()));
+            *refused = Some((theirs, now));
         }
     }
 
@@ -409,6 +407,12 @@ impl Replicator {
     fn acked_seq(&self) -> u64 {
         *self.state.acked.borrow()
     }
+}
+
+/// Whether the refusal of a peer of version `theirs` was logged within [`REFUSAL_REPEAT`]
+/// before `now` (`last`: the last one logged, and when).
+fn said_lately(last: Option<&(String, Instant)>, theirs: &str, now: Instant) -> bool {
+    last.is_some_and(|(said, at)| said == theirs && now.duration_since(*at) < REFUSAL_REPEAT)
 }
 
 /// Where a node's log must go back to for its peer: a primary keeps its standby's last
@@ -535,6 +539,16 @@ async fn send_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_said_again_only_for_another_version_or_after_the_repeat_interval() {
+        let at = Instant::now();
+        let last = ("relayd 9.0.0 (protocol 9)".to_string(), at);
+        assert!(!said_lately(None, &last.0, at), "the first refusal is logged");
+        assert!(said_lately(Some(&last), &last.0, at + Duration::from_secs(5)));
+        assert!(!said_lately(Some(&last), "relayd 4.0.0 (protocol 4)", at));
+        assert!(!said_lately(Some(&last), &last.0, at + REFUSAL_REPEAT));
+    }
 
     #[test]
     fn a_primary_keeps_what_its_standby_has_not_acknowledged() {
