@@ -39,6 +39,11 @@ fi
 target=${CARGO_TARGET_DIR:-$root/target}
 out=$target/releases/$tag
 bin=$out/relayd
+mkdir -p "$out"
+# One build at a time: a second caller waits for the first's binary instead of removing its
+# tree under it.
+exec 9>"$out.lock"
+flock 9
 if [[ -x $bin ]]; then
     echo "$bin"
     exit 0

@@ -179,14 +179,13 @@ impl Node {
         let text = config(&dir.path().join("data"));
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, text).expect("write config");
-        let program = BIN.into();
         Node {
             dir,
             smtp_port: 0,
             admin_port: 0,
             config_path,
             env: Vec::new(),
-            program,
+            program: BIN.into(),
             child: None,
         }
     }
