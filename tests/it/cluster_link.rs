@@ -336,8 +336,8 @@ fn hello_of_protocol_9(role: &str, history: Vec<EpochStart>) -> Hello {
 }
 
 /// The rule of docs/operations.md, "Upgrading": a node refuses a peer whose protocol is more
-/// than one from its own, in one log line naming both versions however often the peer comes
-/// back, and goes on as without a peer. As a standby (a protocol-9 primary dials it): it
+/// than one from its own, or whose Hello does not decode, in one log line naming both versions
+/// however often the peer comes back, and goes on as without a peer. As a standby (a protocol-9 primary dials it): it
 /// answers with its own Hello, so that the other side can say so too, stays a standby in its
 /// epoch and follows nothing. As a primary (its standby's place taken by a protocol-9 node):
 /// it keeps serving as with no standby (async here) and ships nothing.
@@ -377,6 +377,23 @@ fn a_peer_of_a_protocol_out_of_reach_is_refused_in_one_line_and_each_side_goes_o
     let after = status(pair.standby());
     assert_eq!((&after["role"], &after["epoch"]), (&before["role"], &before["epoch"]));
     assert_eq!(after["peer"]["protocol"], 9, "{after}");
+    // A Hello that does not decode at all (a release that changed it beyond appending): the
+    // same, one more line for twice, with the peer's version unknown.
+    let undecodable = [&[0, 0, 0, 8][..], &[0xff; 8]].concat();
+    for attempt in 0..2 {
+        let (mut tls, _) = dial(pair.certs(), pair.standby_cluster(), Identity::Member);
+        tls.write_all(&undecodable).expect("a Hello that does not decode");
+        let Frame::Hello(theirs) = read_frame(&mut tls) else { panic!("the standby's Hello") };
+        assert_eq!(theirs.protocol, frame::PROTOCOL, "attempt {attempt}");
+    }
+    let unknown = "theirs=unknown (its Hello does not decode)";
+    wait_for("the standby to refuse the undecodable Hello", || {
+        count(&pair.standby().log(), REFUSED) >= 2
+    });
+    let log = pair.standby().log();
+    assert_eq!(count(&log, REFUSED), 2, "one more line for two attempts:\n{log}");
+    assert!(log.lines().any(|l| l.contains(REFUSED) && l.contains(unknown)), "{log}");
+    assert_eq!(status(pair.standby())["role"], "standby");
     pair.proxy().unblock();
     pair.wait_caught_up();
 
