@@ -205,7 +205,8 @@ impl Frame {
     /// This frame as a peer of `protocol` is sent it: None when that peer cannot read it (a
     /// snapshot to an older peer leaves out what it cannot hold), else the frame with each
     /// record's change as [`crate::spool::Change::for_protocol`] says (a record is never left
-    /// out: the peer's log must stay gapless).
+    /// out: the peer's log must stay gapless). A frame added later that carries changes maps
+    /// them here too.
     pub fn for_protocol(self, protocol: u32) -> Option<Frame> {
         if self.since_protocol() > protocol {
             return None;
