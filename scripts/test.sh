@@ -7,7 +7,8 @@
 # and unit tests); fuse3 for fusermount3, which cutfs (tools/cutfs, the power-cut tests' file
 # system) mounts with when not root: as root it needs only /dev/fuse, and no C library to
 # build; systemd for systemd-analyze (the unit's check; installing it in a container starts
-# nothing)), then runs cargo test, then the fuzz targets for a bounded time. Needs root for
+# nothing); git, which builds the previous release from the history for the rolling-upgrade
+# test, and gzip for its golden spool), then runs cargo test, then the fuzz targets for a bounded time. Needs root for
 # apt-get when something is missing (and for the drill, which tests/it/drill.rs runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for pair in swaks:swaks smtp-source:postfix postfix:postfix curl:curl openssl:openssl python3:python3 strace:strace dnsmasq:dnsmasq-base ss:iproute2 ip:iproute2 kill:procps \
             nsenter:util-linux flock:util-linux postqueue:postfix c++:g++ fusermount3:fuse3 tar:tar promtool:prometheus \
-            systemd-analyze:systemd; do
+            systemd-analyze:systemd git:git gzip:gzip; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -48,10 +49,11 @@ run_tests() {
   [ "$status" -ne 0 ] || status=$code
 }
 # The integration tests are one binary, tests/it, whose tests share one process and its test
-# threads. These of its modules load the machine (the campaign, the drill, the power cuts) or
-# time failovers to the second: each runs in a pass of its own after everything else, as each
-# ran in a binary of its own when cargo ran one binary per test file, one after another.
-alone=(campaign drill failover faults powercut)
+# threads. These of its modules load the machine (the campaign, the drill, the power cuts, the
+# rolling upgrade, which also builds the previous release) or time failovers to the second:
+# each runs in a pass of its own after everything else, as each ran in a binary of its own
+# when cargo ran one binary per test file, one after another.
+alone=(campaign drill failover faults powercut upgrade)
 for module in "${alone[@]}"; do
   # A module renamed or gone would leave its pass empty and run it among the rest unseen.
   grep -qx "mod $module;" tests/it/main.rs || { echo "test.sh: tests/it has no module $module" >&2; exit 2; }

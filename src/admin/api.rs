@@ -20,6 +20,12 @@ pub struct Status {
     pub peer: Option<serde_json::Value>,
     pub replication: ReplicationLag,
     pub queue: QueueSummary,
+    /// The node's release ("0.2.0") and the cluster protocol it speaks; absent from 0.1.0's
+    /// answer, hence the defaults.
+    #[serde(default)]
+    pub release: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<u32>,
 }
 
 /// How far the standby is behind this primary.

@@ -300,6 +300,9 @@ fn status_table(status: &Status) -> String {
         if fenced { " (fenced: not serving)" } else { "" }
     );
     let _ = writeln!(out, "epoch  {}", status.epoch);
+    if let (Some(release), Some(protocol)) = (&status.release, status.protocol) {
+        let _ = writeln!(out, "release {release} (cluster protocol {protocol})");
+    }
     let _ = writeln!(out, "peer   {peer}");
     let _ = writeln!(
         out,
@@ -475,10 +478,16 @@ mod tests {
             peer: None,
             replication: ReplicationLag::default(),
             queue: QueueSummary { messages: 1, recipients_pending: 2, oldest_age_seconds: 65 },
+            release: Some("0.2.0".into()),
+            protocol: Some(2),
         };
         let table = status_table(&status);
         assert!(table.contains("role   primary\n"), "{table}");
+        assert!(table.contains("release 0.2.0 (cluster protocol 2)\n"), "{table}");
         assert!(table.contains("peer   none\n"), "{table}");
+        // A 0.1.0 node says neither: no line.
+        let older = status_table(&Status { release: None, protocol: None, ..status.clone() });
+        assert!(!older.contains("release"), "{older}");
         assert!(
             table.contains("queue  1 message, 2 recipients pending, oldest 1m 5s\n"),
             "{table}"

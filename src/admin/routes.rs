@@ -16,6 +16,7 @@ use super::{AdminContext, node_state};
 use crate::config::Role;
 use crate::delivery::Requeue;
 use crate::metrics::Metrics;
+use crate::replication::frame;
 use crate::spool::{QueueId, Spool, SpoolError, now_ms};
 
 type Context = State<Arc<AdminContext>>;
@@ -82,6 +83,8 @@ pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
                 lag_seconds: replication.lag_seconds as u64,
             },
             queue: summarize(&context.spool)?,
+            release: Some(frame::RELEASE.to_string()),
+            protocol: Some(frame::PROTOCOL),
         }))
     })
     .await

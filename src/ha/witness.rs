@@ -23,6 +23,9 @@ use crate::config::{Config, Role};
 use crate::replication::frame::{self, Frame};
 use crate::replication::link::{self, PEER_NAME};
 
+/// The grant file in `data_dir`: one line, `EPOCH NODE` (format 1, relayd 0.1.0's). Its name is
+/// its version: a later format takes another name (and reads this one), so that an older
+/// witness never misreads a newer file.
 const GRANTS_FILE: &str = "witness-grant";
 /// The witness's own patience with a connection that says nothing.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -384,5 +387,14 @@ mod tests {
         assert_eq!(server.heard.len(), MAX_HEARD);
         assert!(server.heard.contains_key("n0") && server.heard.contains_key("newcomer"));
         assert!(!server.heard.contains_key("n1"));
+    }
+
+    /// The golden grant file: relayd 0.1.0's witness wrote it (tests/fixtures/v0.1.0, after a
+    /// switchover granted epoch 2 to b), and it reads as that grant.
+    #[test]
+    fn the_grant_file_relayd_0_1_0_wrote_reads_as_its_grant() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0.1.0/witness-grant");
+        assert_eq!(read_grant(&path).expect("0.1.0's grant file"), (2, "b".to_string()));
     }
 }

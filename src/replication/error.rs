@@ -6,7 +6,7 @@ use std::fmt;
 
 use tokio::sync::watch::error::RecvError;
 
-use super::frame::{Frame, FrameError};
+use super::frame::{self, Frame, FrameError};
 use crate::role::LinkVerdict;
 use crate::spool::SpoolError;
 
@@ -74,6 +74,28 @@ pub enum LinkError {
     StreamedBeforeRewind,
     /// A rewind came that our Hello did not ask for.
     UnaskedRewind,
+    /// The peer's Hello names a cluster protocol this node does not speak.
+    Incompatible {
+        peer: String,
+        release: String,
+        protocol: u32,
+    },
+}
+
+impl LinkError {
+    /// The peer's version, when this error refused the peer for it: a protocol we do not
+    /// speak, or a Hello we cannot decode (a far newer or an unknown peer).
+    pub fn refused_version(&self) -> Option<String> {
+        match self {
+            LinkError::Incompatible { release, protocol, .. } => {
+                Some(format!("relayd {release} (protocol {protocol})"))
+            }
+            LinkError::Read { awaiting: Awaiting::Hello, source: FrameError::Garbled(_) } => {
+                Some("unknown (its Hello does not decode)".to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Where in the conversation a frame was awaited.
@@ -138,6 +160,15 @@ impl fmt::Display for LinkError {
                 write!(f, "the primary streamed before it answered our rewind")
             }
             LinkError::UnaskedRewind => write!(f, "a rewind nobody asked for"),
+            LinkError::Incompatible { peer, release, protocol } => write!(
+                f,
+                "peer {peer} runs relayd {release}, cluster protocol {protocol}; this node runs \
+                 relayd {}, protocol {}, and talks to protocols {} to {}",
+                frame::RELEASE,
+                frame::PROTOCOL,
+                frame::PROTOCOL - 1,
+                frame::PROTOCOL + 1
+            ),
         }
     }
 }

@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::error::{Awaiting, LinkError};
-use super::frame::{self, Frame, Hello};
+use super::frame::{self, Frame, Hello, Sender};
 use super::link::{self, Link};
 use super::{
-    Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_dsn, send_now,
+    Context, Replicator, data_of, hello, hello_at, last_epoch, peer_of, send_body, send_dsn,
+    send_now,
 };
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
@@ -60,7 +61,7 @@ pub(super) async fn run(
             if let Err(e) =
                 session(&replication, &spool, &context, tls, &current, &mut linked).await
             {
-                tracing::warn!(peer = %address, error = %e, "replication link down");
+                replication.link_ended(&address, &e);
             }
             // Only the session that brought the link up takes it down.
             if linked {
@@ -84,18 +85,34 @@ async fn session(
 ) -> Result<(), LinkError> {
     let node = context.node.as_str();
     let reporter = &context.reporter;
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
-        Ok(Ok(Frame::Hello(hello))) => hello,
+    let (mut reader, writer) = tokio::io::split(tls);
+    let mut writer = Sender::new(writer);
+    let read = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
+        Ok(Ok(Frame::Hello(hello))) => replication.check_peer(&hello).map(|()| hello),
         Ok(Ok(frame)) => {
             return Err(LinkError::Unexpected {
                 awaiting: Awaiting::Hello,
                 frame: Box::new(frame),
             });
         }
-        Ok(Err(source)) => return Err(LinkError::Read { awaiting: Awaiting::Hello, source }),
+        Ok(Err(source)) => Err(LinkError::Read { awaiting: Awaiting::Hello, source }),
         Err(_) => return Err(LinkError::NoHello),
     };
+    let theirs = match read {
+        Ok(hello) => hello,
+        Err(error) => {
+            // A primary we cannot talk to (another protocol, or a Hello we cannot read): our
+            // Hello tells it our version, so that its side can say so too (what it does with
+            // it is its own affair: the refusal is what we log). We stay a standby, as with no
+            // primary.
+            if error.refused_version().is_some() {
+                let ours = hello(node, context.role.borrow().role, spool)?;
+                let _ = send_now(&mut writer, Frame::Hello(ours)).await;
+            }
+            return Err(error);
+        }
+    };
+    writer.speak(theirs.protocol);
     if theirs.role != Role::Primary.as_str() {
         return Err(LinkError::NotAPrimary { peer: theirs.node, role: theirs.role });
     }
@@ -106,11 +123,11 @@ async fn session(
             // Tell it who we are: it steps down on our newer epoch, or yields to our data and
             // asks us to take over.
             let status = *context.role.borrow();
-            send_now(&mut writer, &Frame::Hello(hello(node, status.role, spool)?)).await?;
+            send_now(&mut writer, Frame::Hello(hello(node, status.role, spool)?)).await?;
             return match tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut reader)).await {
                 Ok(Ok(Frame::Handover { epoch })) => {
                     let taken = take_over(context, epoch).await?;
-                    send_now(&mut writer, &Frame::TookOver { epoch: taken }).await
+                    send_now(&mut writer, Frame::TookOver { epoch: taken }).await
                 }
                 _ => Err(LinkError::PeerBehind {
                     their_epoch: last_epoch(&theirs.history),
@@ -139,10 +156,10 @@ async fn session(
         None => hello(node, Role::Standby, spool)?,
     };
     let at = ours.last.seq;
-    send_now(&mut writer, &Frame::Hello(ours)).await?;
-    replication.linked(&theirs.node);
+    send_now(&mut writer, Frame::Hello(ours)).await?;
+    replication.linked(&theirs);
     *linked = true;
-    tracing::info!(peer = %theirs.node, at, "following the primary");
+    tracing::info!(peer = %theirs.node, at, protocol = writer.protocol(), "following the primary");
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
@@ -234,7 +251,7 @@ async fn session(
             }
             Frame::Handover { epoch } => {
                 let taken = take_over(context, epoch).await?;
-                send_now(&mut writer, &Frame::TookOver { epoch: taken }).await?;
+                send_now(&mut writer, Frame::TookOver { epoch: taken }).await?;
                 return Ok(());
             }
             frame => {
@@ -259,7 +276,7 @@ fn take_dsn(
 /// Acknowledges everything up to `seq`, unless this node is claiming an epoch of its own: an
 /// ack would renew the lease of the primary it is about to succeed.
 async fn ack(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     context: &Context,
     seq: u64,
     beat: u64,
@@ -267,7 +284,7 @@ async fn ack(
     if context.role.borrow().claiming {
         return Ok(());
     }
-    send_now(writer, &Frame::Ack { seq, beat }).await
+    send_now(writer, Frame::Ack { seq, beat }).await
 }
 
 /// The primary asks us to take over (a planned switchover, or it found us ahead of it): ha
@@ -298,13 +315,7 @@ impl Branch {
     /// Our Hello as a standby that asks for this branch to be rewound: our log as far as it
     /// shares the primary's.
     fn hello(&self, node: &str) -> Hello {
-        Hello {
-            node: node.to_string(),
-            role: Role::Standby.as_str().into(),
-            history: self.history.clone(),
-            last: self.to,
-            rewind: Some(self.touched.clone()),
-        }
+        hello_at(node, Role::Standby, self.history.clone(), self.to, Some(self.touched.clone()))
     }
 }
 
@@ -382,7 +393,7 @@ fn divergence(ours: &[EpochStart], theirs: &[EpochStart]) -> u64 {
 /// recipients pending: mail we acknowledged that it never received (async replication, or a
 /// degraded sync). Returns how many.
 async fn salvage(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
     theirs: &Hello,
 ) -> Result<usize, LinkError> {
@@ -402,7 +413,7 @@ async fn salvage(
         let id = message.envelope.id;
         send_body(writer, spool, id).await?;
         send_dsn(writer, spool, &[id]).await?;
-        frame::write(writer, &Frame::Salvage(message)).await?;
+        writer.send(Frame::Salvage(message)).await?;
         tracing::warn!(id = %id, "salvaging: acknowledged here, never replicated");
         count += 1;
     }

@@ -1,5 +1,16 @@
 //! The cluster link's frames: a 4-byte big-endian length, then a postcard-encoded [`Frame`].
 //! A frame longer than [`MAX_FRAME`] is refused before anything is allocated for it.
+//!
+//! **Versions.** postcard is not self-describing, so the link agrees on a *cluster protocol*
+//! ([`PROTOCOL`]) in the Hello each side sends first. relayd 0.1.0's Hello names none: it is
+//! protocol 1 ([`FIRST_PROTOCOL`]). Protocol 2 appended `protocol` and `release` to the
+//! [`Hello`]; 0.1.0's decoder (`postcard::from_bytes`) reads the fields it knows and ignores
+//! the bytes after them, and [`decode`] reads a Hello that ends before them as protocol 1's.
+//! A later protocol appends its Hello fields after these, the same way. A node talks to a peer
+//! whose protocol is within one of its own ([`compatible`]), and every frame it sends goes
+//! through [`Sender`], which leaves out or stands in for what the peer's protocol cannot read
+//! ([`Frame::for_protocol`]). The witness's frames (Ping, Pong, Claim, Verdict) have no Hello:
+//! they are protocol 1's and must stay as they are.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -12,7 +23,23 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// The first piece of a frame's body read into memory; the buffer then doubles as bytes arrive.
 const READ_STEP: usize = 64 * 1024;
 
-/// What a node says about itself when the link opens (each side sends one, first).
+/// The cluster protocol this build speaks: 1 was relayd 0.1.0's, 2 is relayd 0.2.0's.
+pub const PROTOCOL: u32 = 2;
+/// The protocol of a Hello that names none: relayd 0.1.0's.
+pub const FIRST_PROTOCOL: u32 = 1;
+/// The release that spoke [`FIRST_PROTOCOL`], named for a peer whose Hello does not say.
+pub const FIRST_RELEASE: &str = "0.1.0";
+/// This build's release, as a Hello names it (for log lines and `/status`).
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
+/// Whether this node talks to a peer of cluster protocol `peer`: one protocol apart at most,
+/// either way (a node of release N works with N-1 and N+1, as primary and as standby).
+pub fn compatible(peer: u32) -> bool {
+    peer.abs_diff(PROTOCOL) <= 1
+}
+
+/// What a node says about itself when the link opens (each side sends one, first). Fields are
+/// only ever appended (see the module's comment).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub node: String,
@@ -26,6 +53,36 @@ pub struct Hello {
     /// share (an old primary, rejoining): the messages that branch touched. The primary answers
     /// with [`Frame::Rewind`] before it streams, and the standby drops the branch.
     pub rewind: Option<Vec<QueueId>>,
+    /// The cluster protocol the sender speaks (since protocol 2; [`FIRST_PROTOCOL`] when the
+    /// Hello ends before it).
+    pub protocol: u32,
+    /// The sender's release, e.g. "0.2.0" ([`FIRST_RELEASE`] when the Hello ends before it).
+    pub release: String,
+}
+
+/// A Hello as relayd 0.1.0 sends it: the fields before `protocol`.
+#[derive(Deserialize)]
+struct FirstHello {
+    node: String,
+    role: String,
+    history: Vec<EpochStart>,
+    last: LogPosition,
+    rewind: Option<Vec<QueueId>>,
+}
+
+/// The frames of protocol 1 whose shape changed since: the Hello alone. Its one variant has
+/// [`Frame::Hello`]'s index, 0, so a 0.1.0 Hello's bytes decode as it.
+#[derive(Deserialize)]
+enum FirstFrame {
+    Hello(FirstHello),
+}
+
+impl From<FirstHello> for Hello {
+    fn from(hello: FirstHello) -> Hello {
+        let FirstHello { node, role, history, last, rewind } = hello;
+        let (protocol, release) = (FIRST_PROTOCOL, FIRST_RELEASE.to_string());
+        Hello { node, role, history, last, rewind, protocol, release }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,9 +188,96 @@ impl Frame {
     /// whose Hello announced that protocol or a later one.
     pub fn since_protocol(&self) -> u32 {
         match self {
+            Frame::Hello(_)
+            | Frame::Chunk { .. }
+            | Frame::Records { .. }
+            | Frame::SnapshotBegin { .. }
+            | Frame::SnapshotMessages(_)
+            | Frame::SnapshotEnd { .. }
+            | Frame::Ack { .. }
+            | Frame::Heartbeat { .. }
+            | Frame::Handover { .. }
+            | Frame::TookOver { .. }
+            | Frame::Salvage(_)
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::Claim { .. }
+            | Frame::Verdict { .. }
+            | Frame::Rewind { .. } => 1,
             Frame::Dsn(_) => 2,
-            _ => 1,
         }
+    }
+
+    /// This frame as a peer of `protocol` is sent it: None when that peer cannot read it (a
+    /// snapshot to an older peer leaves out what it cannot hold), else the frame with each
+    /// record's change as [`crate::spool::Change::for_protocol`] says (a record is never left
+    /// out: the peer's log must stay gapless). A frame added later that carries changes maps
+    /// them here too.
+    pub fn for_protocol(self, protocol: u32) -> Option<Frame> {
+        if self.since_protocol() > protocol {
+            return None;
+        }
+        Some(match self {
+            Frame::Records { records, primary_last, beat } => Frame::Records {
+                records: records
+                    .into_iter()
+                    .map(|LogRecord { position, change }| LogRecord {
+                        position,
+                        change: change.for_protocol(protocol),
+                    })
+                    .collect(),
+                primary_last,
+                beat,
+            },
+            frame => frame,
+        })
+    }
+}
+
+/// The sending half of a cluster link: every frame a data node sends its peer goes through
+/// [`Sender::send`], which encodes it for the protocol the peer speaks. Until the peer's Hello
+/// has said, that is [`FIRST_PROTOCOL`] (our own Hello is protocol 1's frame, with fields an
+/// older peer skips).
+pub struct Sender<W> {
+    writer: W,
+    protocol: u32,
+}
+
+/// What [`Sender::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written (unflushed).
+    Written,
+    /// Not sent: the peer's protocol cannot read it.
+    LeftOut,
+}
+
+impl<W: AsyncWrite + Unpin> Sender<W> {
+    pub fn new(writer: W) -> Sender<W> {
+        Sender { writer, protocol: FIRST_PROTOCOL }
+    }
+
+    /// The peer's Hello named `protocol`: from now on frames are sent as it reads them (ours
+    /// when it is newer: we know no later frames).
+    pub fn speak(&mut self, protocol: u32) {
+        self.protocol = protocol.min(PROTOCOL);
+    }
+
+    /// The protocol frames are sent in.
+    pub fn protocol(&self) -> u32 {
+        self.protocol
+    }
+
+    /// Writes `frame` as the peer's protocol has it, or nothing if it cannot read it.
+    pub async fn send(&mut self, frame: Frame) -> Result<Sent, FrameError> {
+        match frame.for_protocol(self.protocol) {
+            Some(frame) => write(&mut self.writer, &frame).await.map(|()| Sent::Written),
+            None => Ok(Sent::LeftOut),
+        }
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush().await
     }
 }
 
@@ -181,9 +325,14 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
-/// Decodes one frame's body (without its length prefix).
+/// Decodes one frame's body (without its length prefix). Bytes after the frame's last field
+/// are ignored (postcard's `from_bytes`, as in 0.1.0): that is how a newer Hello's appended
+/// fields pass an older node. A Hello that ends before `protocol` is 0.1.0's.
 pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
-    postcard::from_bytes(body).map_err(FrameError::Garbled)
+    postcard::from_bytes(body).or_else(|error| match postcard::from_bytes(body) {
+        Ok(FirstFrame::Hello(hello)) => Ok(Frame::Hello(hello.into())),
+        Err(_) => Err(FrameError::Garbled(error)),
+    })
 }
 
 pub async fn write(
@@ -248,6 +397,11 @@ mod tests {
 
     /// One frame of each kind, as the fuzz seeds hold them (`fuzz/corpus/cluster_frame/`).
     fn seed_frames() -> Vec<(&'static str, Frame)> {
+        frames_with_hellos_of(PROTOCOL, "0.2.0")
+    }
+
+    /// The same frames, with Hellos that name `protocol` and `release`.
+    fn frames_with_hellos_of(protocol: u32, release: &str) -> Vec<(&'static str, Frame)> {
         let id = QueueId::from_bytes(*b"0123456789abcdef");
         let at = LogPosition { epoch: 3, seq: 41 };
         let history =
@@ -288,6 +442,8 @@ mod tests {
                     history: history.clone(),
                     last: at,
                     rewind: None,
+                    protocol,
+                    release: release.into(),
                 }),
             ),
             (
@@ -298,6 +454,8 @@ mod tests {
                     history: history.clone(),
                     last: at,
                     rewind: Some(vec![id]),
+                    protocol,
+                    release: release.into(),
                 }),
             ),
             ("chunk", Frame::Chunk { id, data: b"Subject: hi\r\n\r\nbody\r\n".to_vec() }),
@@ -387,6 +545,94 @@ mod tests {
                 "{} is stale: RELAYD_WRITE_SEEDS=1 cargo test seeds",
                 path.display()
             );
+        }
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/v0.1.0/frames")
+            .join(format!("{name}.bin"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The golden frames: every frame kind as relayd 0.1.0 encoded it (tests/fixtures/v0.1.0,
+    /// see its README) decodes to what 0.1.0 meant, its Hellos as protocol 1's, each alone and
+    /// all in one stream. A change to the encoding of a frame 0.1.0 sends fails here.
+    #[test]
+    fn every_frame_of_relayd_0_1_0_decodes_to_what_it_sent() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let expected = frames_with_hellos_of(FIRST_PROTOCOL, FIRST_RELEASE);
+        for (name, frame) in &expected {
+            let bytes = fixture(name);
+            let mut stream: &[u8] = &bytes;
+            assert_eq!(&runtime.block_on(read(&mut stream)).expect(name), frame, "{name}");
+            assert!(stream.is_empty(), "{name}: bytes left over");
+        }
+        let bytes = fixture("stream");
+        let mut stream: &[u8] = &bytes;
+        for (name, frame) in &expected {
+            assert_eq!(&runtime.block_on(read(&mut stream)).expect(name), frame, "stream: {name}");
+        }
+        assert!(stream.is_empty(), "stream: bytes left over");
+    }
+
+    /// The other direction: our Hello is 0.1.0's bytes with the new fields after them, and a
+    /// decoder of 0.1.0's shape (what `postcard::from_bytes` does there: the fields it knows,
+    /// the rest ignored) reads it as the same Hello.
+    #[test]
+    fn relayd_0_1_0_reads_our_hello_as_the_hello_it_knows() {
+        for name in ["hello", "hello_rewind"] {
+            let (_, ours) = seed_frames().into_iter().find(|(n, _)| *n == name).expect(name);
+            let Frame::Hello(hello) = &ours else { panic!("{name}: a Hello") };
+            let body = postcard::to_stdvec(&ours).expect("encode");
+            let theirs = fixture(name);
+            assert!(body.starts_with(&theirs[4..]), "{name}: 0.1.0's bytes, then ours");
+            let FirstFrame::Hello(read) = postcard::from_bytes(&body).expect("0.1.0 decodes");
+            let read = Hello::from(read);
+            assert_eq!((read.protocol, read.release.as_str()), (FIRST_PROTOCOL, FIRST_RELEASE));
+            let read = Hello { protocol: hello.protocol, release: hello.release.clone(), ..read };
+            assert_eq!(&read, hello, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_node_talks_to_protocols_one_apart_from_its_own() {
+        assert_eq!(PROTOCOL, 2, "the window below is written for protocol 2");
+        assert!(compatible(1) && compatible(2) && compatible(3));
+        assert!(!compatible(0) && !compatible(4) && !compatible(9));
+    }
+
+    /// The sender sends a frame only in a protocol that reads it: a peer that announced more
+    /// than ours is spoken to in ours, and a peer below every frame's protocol gets none.
+    #[test]
+    fn the_sender_leaves_out_what_the_peer_cannot_read() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let frame = Frame::Heartbeat { epoch: 3, beat: 1 };
+        let mut sender = Sender::new(Vec::new());
+        assert_eq!(sender.protocol(), FIRST_PROTOCOL, "before the peer's Hello");
+        sender.speak(9);
+        assert_eq!(sender.protocol(), PROTOCOL);
+        assert_eq!(runtime.block_on(sender.send(frame.clone())).expect("send"), Sent::Written);
+        sender.speak(0);
+        assert_eq!(runtime.block_on(sender.send(frame.clone())).expect("send"), Sent::LeftOut);
+        assert_eq!(sender.writer, encode(&frame).expect("encode"), "one frame written");
+        // What a protocol-1 peer is sent of each frame kind: nothing, or frames and changes it
+        // reads; a frame of protocol 1 with protocol-1 changes goes as it is.
+        for (name, frame) in seed_frames() {
+            let since = frame.since_protocol();
+            match frame.clone().for_protocol(FIRST_PROTOCOL) {
+                None => assert!(since > FIRST_PROTOCOL, "{name} left out"),
+                Some(sent) => {
+                    assert!(since <= FIRST_PROTOCOL, "{name} sent");
+                    if let Frame::Records { records, .. } = &sent {
+                        let newer = records.iter().find(|r| r.change.since_protocol() > 1);
+                        assert_eq!(newer, None, "{name}: a change a protocol-1 peer cannot read");
+                    }
+                    if name != "records" {
+                        assert_eq!(sent, frame, "{name}");
+                    }
+                }
+            }
         }
     }
 }

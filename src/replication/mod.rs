@@ -23,11 +23,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::{Notify, oneshot, watch};
 
 pub use self::error::{HandoverError, LinkError};
-use self::frame::{Frame, Hello};
+use self::frame::{Frame, Hello, Sender};
 use crate::config::{
     ClusterConfig, Config, ConfigError, ReplicationMode as Mode, Role, StandbyLoss,
 };
@@ -38,6 +38,10 @@ use crate::spool::{EpochStart, LogPosition, QueueId, Retention, Spool, SpoolErro
 /// Log records a node keeps when nobody needs them (for `relayd`'s own inspection), within
 /// the retention bounds.
 const MIN_RETAINED: u64 = 10_000;
+
+/// How often the refusal of a peer of an incompatible version is logged again while it keeps
+/// reconnecting.
+const REFUSAL_REPEAT: Duration = Duration::from_secs(600);
 
 /// This node's end of replication, shared by the sessions (`confirm`), the admin endpoint
 /// (`status`), the switchover (`caught_up`, `hand_over`) and the link tasks it starts.
@@ -57,6 +61,10 @@ struct State {
     /// Sync mode lost its standby and accepts without it until the standby has caught up.
     degraded: AtomicBool,
     peer: Mutex<Option<String>>,
+    /// The release and protocol the peer's last Hello named.
+    peer_version: Mutex<Option<(String, u32)>>,
+    /// The last refusal of an incompatible peer logged: what it was, and when.
+    refused: Mutex<Option<(String, Instant)>>,
     /// Since when the standby has been missing records (None: caught up).
     behind_since: Mutex<Option<Instant>>,
     /// A planned switchover waiting for the link: our epoch, and where the new one goes.
@@ -116,6 +124,10 @@ pub struct PeerStatus {
     pub connected: bool,
     /// `sync`, `async`, or `degraded` (sync mode running without its standby).
     pub mode: String,
+    /// The peer's release and cluster protocol, as its last Hello named them (also when it
+    /// was refused for them).
+    pub release: Option<String>,
+    pub protocol: Option<u32>,
 }
 
 impl Replicator {
@@ -140,6 +152,8 @@ impl Replicator {
                 connected: AtomicBool::new(false),
                 degraded: AtomicBool::new(false),
                 peer: Mutex::new(None),
+                peer_version: Mutex::new(None),
+                refused: Mutex::new(None),
                 behind_since: Mutex::new(None),
                 handover: Mutex::new(None),
                 handover_asked: Notify::new(),
@@ -286,11 +300,15 @@ impl Replicator {
         } else {
             cluster.replication.as_str()
         };
+        let version = state.peer_version.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (release, protocol) = version.map_or((None, None), |(r, p)| (Some(r), Some(p)));
         let peer = PeerStatus {
             node: state.peer.lock().unwrap_or_else(PoisonError::into_inner).clone(),
             address: cluster.peer.clone(),
             connected: state.connected.load(Ordering::Relaxed),
             mode: mode.to_string(),
+            release,
+            protocol,
         };
         ReplicationStatus { peer: Some(peer), lag_records, lag_bytes, lag_seconds }
     }
@@ -299,10 +317,47 @@ impl Replicator {
         self.state.cluster.as_ref().filter(|c| c.replication == Mode::Sync)
     }
 
-    /// The link is up with `peer`.
-    fn linked(&self, peer: &str) {
-        *self.state.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(peer.to_string());
+    /// The link is up with the peer that said `theirs`.
+    fn linked(&self, theirs: &Hello) {
+        *self.state.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(theirs.node.clone());
         self.state.connected.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether we talk to the peer that said `theirs` (its protocol within one of ours, see
+    /// [`frame::compatible`]); noted for `/status` either way.
+    fn check_peer(&self, theirs: &Hello) -> Result<(), LinkError> {
+        *self.state.peer_version.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((theirs.release.clone(), theirs.protocol));
+        if frame::compatible(theirs.protocol) {
+            return Ok(());
+        }
+        Err(LinkError::Incompatible {
+            peer: theirs.node.clone(),
+            release: theirs.release.clone(),
+            protocol: theirs.protocol,
+        })
+    }
+
+    /// Logs why a link to `peer` ended: once per link, but a peer refused for its version
+    /// (which reconnects every second or so) once per [`REFUSAL_REPEAT`] for the same version.
+    fn link_ended(&self, peer: &impl std::fmt::Display, error: &LinkError) {
+        let Some(theirs) = error.refused_version() else {
+            tracing::warn!(peer = %peer, error = %error, "replication link down");
+            return;
+        };
+        let mut refused = self.state.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if !said_lately(refused.as_ref(), &theirs, now) {
+            let ours = format!("relayd {} (protocol {})", frame::RELEASE, frame::PROTOCOL);
+            tracing::error!(
+                peer = %peer,
+                theirs = %theirs,
+                ours = %ours,
+                error = %error,
+                "cluster peer refused: incompatible version; this node goes on without it"
+            );
+            *refused = Some((theirs, now));
+        }
     }
 
     fn unlinked(&self) {
@@ -352,6 +407,12 @@ impl Replicator {
     fn acked_seq(&self) -> u64 {
         *self.state.acked.borrow()
     }
+}
+
+/// Whether the refusal of a peer of version `theirs` was logged within [`REFUSAL_REPEAT`]
+/// before `now` (`last`: the last one logged, and when).
+fn said_lately(last: Option<&(String, Instant)>, theirs: &str, now: Instant) -> bool {
+    last.is_some_and(|(said, at)| said == theirs && now.duration_since(*at) < REFUSAL_REPEAT)
 }
 
 /// Where a node's log must go back to for its peer: a primary keeps its standby's last
@@ -422,20 +483,34 @@ fn peer_of(hello: &Hello) -> Peer {
 
 /// Our Hello in `role`: who we are and where our log ends.
 fn hello(node: &str, role: Role, spool: &Spool) -> Result<Hello, SpoolError> {
-    Ok(Hello {
+    Ok(hello_at(node, role, spool.epoch_history()?, spool.last_position(), None))
+}
+
+/// Our Hello in `role`, saying our log ends at `last` with `history` (and, for a rejoining old
+/// primary, the messages of the branch it asks to drop), with our protocol and release.
+fn hello_at(
+    node: &str,
+    role: Role,
+    history: Vec<EpochStart>,
+    last: LogPosition,
+    rewind: Option<Vec<QueueId>>,
+) -> Hello {
+    Hello {
         node: node.to_string(),
         role: role.as_str().into(),
-        history: spool.epoch_history()?,
-        last: spool.last_position(),
-        rewind: None,
-    })
+        history,
+        last,
+        rewind,
+        protocol: frame::PROTOCOL,
+        release: frame::RELEASE.into(),
+    }
 }
 
 /// Sends a message's body as chunk frames, unflushed (the frame that needs the body follows);
 /// returns its size. A body already gone (the message was delivered and removed since) sends
 /// nothing.
 async fn send_body(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
     id: QueueId,
 ) -> Result<usize, LinkError> {
@@ -443,7 +518,7 @@ async fn send_body(
     for chunk in spool.body(id) {
         let data = chunk?;
         size += data.len();
-        frame::write(writer, &Frame::Chunk { id, data }).await?;
+        writer.send(Frame::Chunk { id, data }).await?;
     }
     Ok(size)
 }
@@ -451,7 +526,7 @@ async fn send_body(
 /// Sends the DSN requests of those of `ids` that have one (RFC 3461's parameters, kept beside
 /// the message record), in one [`Frame::Dsn`] before the frame that carries the messages.
 async fn send_dsn(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
     ids: &[QueueId],
 ) -> Result<(), LinkError> {
@@ -462,24 +537,37 @@ async fn send_dsn(
         }
     }
     if !requests.is_empty() {
-        frame::write(writer, &Frame::Dsn(requests)).await?;
+        writer.send(Frame::Dsn(requests)).await?;
     }
     Ok(())
 }
 
-async fn flush(writer: &mut (impl AsyncWrite + Unpin)) -> Result<(), LinkError> {
+async fn flush(writer: &mut Sender<impl AsyncWrite + Unpin>) -> Result<(), LinkError> {
     writer.flush().await.map_err(LinkError::Flush)
 }
 
-/// Writes a frame and flushes it to the peer.
-async fn send_now(writer: &mut (impl AsyncWrite + Unpin), frame: &Frame) -> Result<(), LinkError> {
-    frame::write(writer, frame).await?;
+/// Sends a frame (as the peer's protocol has it) and flushes it to the peer.
+async fn send_now(
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
+    frame: Frame,
+) -> Result<(), LinkError> {
+    writer.send(frame).await?;
     flush(writer).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_said_again_only_for_another_version_or_after_the_repeat_interval() {
+        let at = Instant::now();
+        let last = ("relayd 9.0.0 (protocol 9)".to_string(), at);
+        assert!(!said_lately(None, &last.0, at), "the first refusal is logged");
+        assert!(said_lately(Some(&last), &last.0, at + Duration::from_secs(5)));
+        assert!(!said_lately(Some(&last), "relayd 4.0.0 (protocol 4)", at));
+        assert!(!said_lately(Some(&last), &last.0, at + REFUSAL_REPEAT));
+    }
 
     #[test]
     fn a_primary_keeps_what_its_standby_has_not_acknowledged() {

@@ -10,9 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
 use tokio::net::TcpStream;
 
 use super::error::{Awaiting, LinkError};
-use super::frame::{self, Frame, Hello};
+use super::frame::{self, Frame, Hello, Sender};
 use super::link::{Link, PEER_NAME};
-use super::{Context, Replicator, data_of, flush, hello, last_epoch, peer_of, send_body, send_dsn};
+use super::{
+    Context, Replicator, data_of, flush, hello, last_epoch, peer_of, send_body, send_dsn, send_now,
+};
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
 use crate::spool::{
@@ -46,7 +48,7 @@ pub(super) async fn run(
             _ = roles.wait_for(|status| status.role != Role::Primary) => Ok(()),
         };
         if let Err(e) = result {
-            tracing::warn!(peer = %peer, error = %e, "replication link down");
+            replication.link_ended(&peer, &e);
         }
         replication.unlinked();
         if started.elapsed() > Duration::from_secs(10) {
@@ -75,13 +77,16 @@ async fn session(
         .map_err(|_| LinkError::HandshakeTimeout)?
         .map_err(LinkError::Handshake)?;
     let (mut reader, writer) = tokio::io::split(tls);
-    let mut writer = BufWriter::with_capacity(256 * 1024, writer);
+    let mut writer = Sender::new(BufWriter::with_capacity(256 * 1024, writer));
 
     let ours = hello(&context.node, Role::Primary, spool)?;
-    frame::write(&mut writer, &Frame::Hello(ours)).await?;
-    flush(&mut writer).await?;
+    send_now(&mut writer, Frame::Hello(ours)).await?;
     // An old primary rejoining sends what it must hand over before its Hello.
     let theirs = receive_salvage(&mut reader, replication, spool).await?;
+    // A peer of a protocol we do not speak is refused before ha hears of it: this node goes on
+    // as without a standby.
+    replication.check_peer(&theirs)?;
+    writer.speak(theirs.protocol);
     // Which way the data goes is ha's decision, from both sides' data, not from our role.
     match context.reporter.hello(Side::Shipping, data_of(spool)?, peer_of(&theirs)).await {
         LinkVerdict::Ship => {}
@@ -98,7 +103,7 @@ async fn session(
         }
     }
     let resume = resume_point(spool, &theirs)?;
-    replication.linked(&theirs.node);
+    replication.linked(&theirs);
     // What the standby holds of our log: its last record if it continues ours, else nothing
     // until the snapshot is acknowledged.
     replication.reset_acked(resume.map_or(0, |next| next - 1));
@@ -106,6 +111,7 @@ async fn session(
         peer = %theirs.node,
         standby_at = theirs.last.seq,
         from = ?resume,
+        protocol = writer.protocol(),
         "replication link up"
     );
 
@@ -153,14 +159,13 @@ async fn session(
 /// epoch and promotes, the planned switchover's path) and wait for its word that it did.
 async fn hand_over_to_peer(
     reader: &mut (impl AsyncRead + Unpin),
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     context: &Context,
     peer: &str,
     epoch: u64,
 ) -> Result<(), LinkError> {
     tracing::warn!(peer = %peer, epoch, "handing over to the peer, which holds more than this node");
-    frame::write(writer, &Frame::Handover { epoch }).await?;
-    flush(writer).await?;
+    send_now(writer, Frame::Handover { epoch }).await?;
     let patience = context.cluster.failover_timeout + CONNECT_TIMEOUT;
     match tokio::time::timeout(patience, frame::read(reader)).await {
         Ok(Ok(Frame::TookOver { epoch })) => {
@@ -215,7 +220,7 @@ fn resume_from(
 /// message that branch touched, with their bodies, and the ones we no longer hold. False, with
 /// nothing sent, when that state would not fit in one frame: a snapshot then.
 async fn rewind(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
     touched: &[QueueId],
 ) -> Result<bool, LinkError> {
@@ -236,7 +241,7 @@ async fn rewind(
         absent = absent.len(),
         "rewinding the standby's divergent records"
     );
-    frame::write(writer, &Frame::Rewind { messages, absent }).await?;
+    writer.send(Frame::Rewind { messages, absent }).await?;
     Ok(true)
 }
 
@@ -275,7 +280,10 @@ fn rewind_state(
 /// Sends every queued message, then the history and position the log continues from. The
 /// messages are read after the position is taken, and every record is a state assignment, so
 /// replaying the log from there converges whatever changed during the iteration.
-async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Result<u64, LinkError> {
+async fn snapshot(
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
+    spool: &Spool,
+) -> Result<u64, LinkError> {
     let last = spool.last_position();
     let history = spool.epoch_history()?;
     tracing::info!(
@@ -283,7 +291,7 @@ async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Resu
         messages = spool.queue_len(),
         "sending a snapshot to the standby"
     );
-    frame::write(writer, &Frame::SnapshotBegin { last }).await?;
+    writer.send(Frame::SnapshotBegin { last }).await?;
     let mut batch = Vec::with_capacity(SNAPSHOT_BATCH);
     let mut batch_bytes = 0;
     for message in spool.messages() {
@@ -299,27 +307,27 @@ async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Resu
     if !batch.is_empty() {
         send_snapshot_batch(writer, spool, batch).await?;
     }
-    frame::write(writer, &Frame::SnapshotEnd { history, last }).await?;
+    writer.send(Frame::SnapshotEnd { history, last }).await?;
     flush(writer).await?;
     Ok(last.seq)
 }
 
 /// One `SnapshotMessages` frame, after the DSN requests of its messages that have one.
 async fn send_snapshot_batch(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
     batch: Vec<MessageRecord>,
 ) -> Result<(), LinkError> {
     let ids: Vec<QueueId> = batch.iter().map(|m| m.envelope.id).collect();
     send_dsn(writer, spool, &ids).await?;
-    frame::write(writer, &Frame::SnapshotMessages(batch)).await?;
+    writer.send(Frame::SnapshotMessages(batch)).await?;
     Ok(())
 }
 
 /// Ships records from `next` on, as they become durable; a heartbeat when there is nothing to
 /// ship; the handover when an operator asks for a switchover.
 async fn stream(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut Sender<impl AsyncWrite + Unpin>,
     replication: &Replicator,
     spool: &Spool,
     context: &Context,
@@ -333,16 +341,14 @@ async fn stream(
         let last = durable.borrow_and_update().seq;
         if last < next {
             if let Some(epoch) = replication.handover_to_send() {
-                frame::write(writer, &Frame::Handover { epoch }).await?;
-                flush(writer).await?;
+                send_now(writer, Frame::Handover { epoch }).await?;
             }
             tokio::select! {
                 changed = durable.changed() => changed.map_err(LinkError::SpoolClosed)?,
                 _ = heartbeat.tick() => {
                     let beat = beats.next();
                     let epoch = context.role.borrow().epoch;
-                    frame::write(writer, &Frame::Heartbeat { epoch, beat }).await?;
-                    flush(writer).await?;
+                    send_now(writer, Frame::Heartbeat { epoch, beat }).await?;
                 }
                 _ = replication.handover_wanted() => {}
             }
@@ -373,8 +379,7 @@ async fn stream(
             return Err(LinkError::LogTrimmed { seq: next });
         };
         let beat = beats.next();
-        frame::write(writer, &Frame::Records { records, primary_last: last, beat }).await?;
-        flush(writer).await?;
+        send_now(writer, Frame::Records { records, primary_last: last, beat }).await?;
         next = end + 1;
     }
 }
@@ -481,6 +486,8 @@ mod tests {
                 .collect(),
             last: LogPosition { epoch: last.0, seq: last.1 },
             rewind: None,
+            protocol: frame::PROTOCOL,
+            release: frame::RELEASE.into(),
         }
     }
 

@@ -571,3 +571,82 @@ async fn snapshots_and_rewinds_take_the_dsn_requests_of_their_messages() {
     spool.wipe().await.expect("wipe");
     assert_eq!(dsn_entries(&spool), 0);
 }
+
+/// The golden spool: a spool file written by relayd 0.1.0 itself (tests/fixtures/v0.1.0, see
+/// its README: mail delivered in epoch 1, a switchover, mail queued in epoch 2) opens, migrated
+/// where its format is older, with the queue 0.1.0 listed, the epochs and the role it had, and
+/// its log and bodies readable. A change that cannot read 0.1.0's spool fails here.
+#[tokio::test]
+async fn the_spool_relayd_0_1_0_wrote_opens_with_its_queue_epochs_log_and_bodies() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0.1.0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("spool")).expect("spool directory");
+    let unzipped = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(fixtures.join("spool.redb.gz"))
+        .output()
+        .expect("gzip");
+    assert!(unzipped.status.success(), "gzip -dc spool.redb.gz");
+    std::fs::write(dir.path().join("spool/spool.redb"), unzipped.stdout).expect("spool.redb");
+    let listed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("queue.json")).expect("queue.json"),
+    )
+    .expect("queue.json is JSON");
+
+    let spool = Spool::open(dir.path()).expect("0.1.0's spool opens");
+    let epochs: Vec<u64> = spool.epoch_history().expect("epochs").iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, [1, 2], "epoch 1, and the switchover's epoch 2");
+    assert_eq!(spool.persisted_role().expect("role"), Some(Role::Primary));
+    assert_eq!(spool.highest_epoch().expect("highest epoch"), 2);
+
+    let messages: Vec<MessageRecord> = spool.messages().collect::<Result<_, _>>().expect("read");
+    let queue: Vec<(String, String, Vec<String>)> = messages
+        .iter()
+        .map(|m| {
+            let addresses = m.envelope.recipients.clone();
+            assert!(m.recipients.iter().all(RecipientState::is_pending), "{m:?}");
+            (m.envelope.id.to_string(), m.envelope.sender.clone(), addresses)
+        })
+        .collect();
+    let expected: Vec<(String, String, Vec<String>)> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| {
+            let addresses = m["recipients"].as_array().expect("recipients").iter();
+            let addresses = addresses.map(|r| r["address"].as_str().expect("address").to_string());
+            let id = m["id"].as_str().expect("id").to_string();
+            (id, m["sender"].as_str().expect("sender").to_string(), addresses.collect())
+        })
+        .collect();
+    assert_eq!(queue.len(), 4, "four messages queued");
+    assert_eq!(queue, expected, "the queue 0.1.0 listed");
+    for message in &messages {
+        let body: Vec<u8> = spool
+            .body(message.envelope.id)
+            .map(|c| c.expect("chunk").to_vec())
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(body.len() as u64, message.envelope.size, "{}", message.envelope.id);
+        assert!(String::from_utf8_lossy(&body).contains("@campaign.test>"), "a Message-ID");
+    }
+
+    // The log, every record decoded: the three messages accepted and delivered in epoch 1
+    // (b, the standby then, began from a snapshot of a's empty spool, after epoch 1's start),
+    // epoch 2's start and the four messages queued in it.
+    let log: Vec<LogRecord> = spool.log_from(1).collect::<Result<_, _>>().expect("the log");
+    let count = |epoch: u64, kind: fn(&Change) -> bool| {
+        log.iter().filter(|r| r.position.epoch == epoch && kind(&r.change)).count()
+    };
+    let started = |c: &Change| matches!(c, Change::EpochStarted);
+    let accepted = |c: &Change| matches!(c, Change::Accepted(_));
+    let delivered = |c: &Change| match c {
+        Change::Attempted { results, .. } => {
+            results.iter().any(|(_, r)| matches!(r, RecipientState::Delivered { .. }))
+        }
+        _ => false,
+    };
+    assert_eq!((count(1, accepted), count(1, delivered)), (3, 3));
+    assert_eq!((count(2, started), count(2, accepted), count(2, delivered)), (1, 4, 0));
+    assert_eq!(spool.last_position(), log.last().expect("records").position);
+}

@@ -216,6 +216,8 @@ fn the_cluster_link_refuses_bad_peers_and_frames_and_the_real_link_recovers() {
         last: LogPosition { epoch: history.last().map_or(0, |e| e.epoch), seq: u64::MAX },
         history,
         rewind: None,
+        protocol: frame::PROTOCOL,
+        release: frame::RELEASE.into(),
     };
     tls.write_all(&encoded(&Frame::Hello(hello(stale.clone())))).expect("Hello");
     let Frame::Hello(theirs) = read_frame(&mut tls) else { panic!("the standby's Hello") };
@@ -315,6 +317,136 @@ fn the_cluster_link_refuses_bad_peers_and_frames_and_the_real_link_recovers() {
         pair.wait_settled(before.len() + n + 1);
     }
     assert_eq!(status(pair.standby())["epoch"], epoch);
+}
+
+/// The refusal of a peer for its version, as the log says it.
+const REFUSED: &str = "cluster peer refused: incompatible version";
+
+/// A Hello of a release far ahead, whose protocol (9) is outside the window of ours.
+fn hello_of_protocol_9(role: &str, history: Vec<EpochStart>) -> Hello {
+    Hello {
+        node: "future".into(),
+        role: role.into(),
+        last: LogPosition { epoch: history.last().map_or(0, |e| e.epoch), seq: u64::MAX },
+        history,
+        rewind: None,
+        protocol: 9,
+        release: "9.0.0".into(),
+    }
+}
+
+/// The rule of docs/operations.md, "Upgrading": a node refuses a peer whose protocol is more
+/// than one from its own, or whose Hello does not decode, in one log line naming both versions
+/// however often the peer comes back, and goes on as without a peer. As a standby (a protocol-9 primary dials it): it
+/// answers with its own Hello, so that the other side can say so too, stays a standby in its
+/// epoch and follows nothing. As a primary (its standby's place taken by a protocol-9 node):
+/// it keeps serving as with no standby (async here) and ships nothing.
+#[test]
+fn a_peer_of_a_protocol_out_of_reach_is_refused_in_one_line_and_each_side_goes_on() {
+    let mut pair = Pair::start("async", "");
+    send(pair.primary(), 0);
+    pair.wait_settled(1);
+    let before = status(pair.standby());
+    let epoch = before["epoch"].as_u64().expect("epoch");
+    let history = vec![EpochStart { epoch, first_seq: 1 }];
+
+    // The standby's side: the real primary kept away, a protocol-9 primary dials three times.
+    pair.proxy().block();
+    for attempt in 0..3 {
+        let (mut tls, _) = dial(pair.certs(), pair.standby_cluster(), Identity::Member);
+        let ours = Frame::Hello(hello_of_protocol_9("primary", history.clone()));
+        tls.write_all(&encoded(&ours)).expect("Hello");
+        let Frame::Hello(theirs) = read_frame(&mut tls) else { panic!("the standby's Hello") };
+        assert_eq!((theirs.protocol, theirs.release.as_str()), (frame::PROTOCOL, frame::RELEASE));
+        assert_eq!(theirs.role, "standby", "attempt {attempt}");
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "attempt {attempt}: the standby sent more than its Hello");
+    }
+    let line = format!(
+        "theirs=relayd 9.0.0 (protocol 9) ours=relayd {} (protocol {})",
+        frame::RELEASE,
+        frame::PROTOCOL
+    );
+    wait_for("the standby to refuse the protocol-9 primary", || {
+        count(&pair.standby().log(), REFUSED) >= 1
+    });
+    let log = pair.standby().log();
+    assert_eq!(count(&log, REFUSED), 1, "one line for three attempts:\n{log}");
+    assert!(log.lines().any(|l| l.contains(REFUSED) && l.contains(&line)), "{log}");
+    let after = status(pair.standby());
+    assert_eq!((&after["role"], &after["epoch"]), (&before["role"], &before["epoch"]));
+    assert_eq!(after["peer"]["protocol"], 9, "{after}");
+    // A Hello that does not decode at all (a release that changed it beyond appending): the
+    // same, one more line for twice, with the peer's version unknown.
+    let undecodable = [&[0, 0, 0, 8][..], &[0xff; 8]].concat();
+    for attempt in 0..2 {
+        let (mut tls, _) = dial(pair.certs(), pair.standby_cluster(), Identity::Member);
+        tls.write_all(&undecodable).expect("a Hello that does not decode");
+        let Frame::Hello(theirs) = read_frame(&mut tls) else { panic!("the standby's Hello") };
+        assert_eq!(theirs.protocol, frame::PROTOCOL, "attempt {attempt}");
+    }
+    let unknown = "theirs=unknown (its Hello does not decode)";
+    wait_for("the standby to refuse the undecodable Hello", || {
+        count(&pair.standby().log(), REFUSED) >= 2
+    });
+    let log = pair.standby().log();
+    assert_eq!(count(&log, REFUSED), 2, "one more line for two attempts:\n{log}");
+    assert!(log.lines().any(|l| l.contains(REFUSED) && l.contains(unknown)), "{log}");
+    assert_eq!(status(pair.standby())["role"], "standby");
+    pair.proxy().unblock();
+    pair.wait_caught_up();
+
+    // The primary's side: the standby stopped, a protocol-9 node answers on its port.
+    pair.standby_mut().stop();
+    let standby = pair.standby_cluster();
+    let links = std::net::TcpListener::bind(standby).expect("the standby's port");
+    let acceptor = fake_standby(pair.certs());
+    let answer = Frame::Hello(hello_of_protocol_9("standby", history));
+    for attempt in 0..3 {
+        let (tcp, _) = links.accept().expect("the primary dials");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let connection = rustls::ServerConnection::new(acceptor.clone()).expect("server");
+        let mut tls = StreamOwned::new(connection, tcp);
+        let mut length = [0u8; 4];
+        tls.read_exact(&mut length).expect("the primary's Hello");
+        let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
+        tls.read_exact(&mut body).expect("the primary's Hello");
+        let Frame::Hello(theirs) = frame::decode(&body).expect("a frame") else {
+            panic!("attempt {attempt}: a Hello first")
+        };
+        assert_eq!(theirs.protocol, frame::PROTOCOL);
+        tls.write_all(&encoded(&answer)).expect("our Hello");
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "attempt {attempt}: the primary shipped to a protocol-9 node");
+    }
+    let log = pair.primary().log();
+    assert_eq!(count(&log, REFUSED), 1, "one line for three links:\n{log}");
+    assert!(log.lines().any(|l| l.contains(REFUSED) && l.contains(&line)), "{log}");
+    // It serves as a primary without its standby does.
+    send(pair.primary(), 1);
+    let after = status(pair.primary());
+    assert_eq!((after["role"].as_str(), after["serving"].as_bool()), (Some("primary"), Some(true)));
+    assert_eq!(after["peer"]["connected"], false, "{after}");
+}
+
+/// A TLS server with the standby's certificate (the primary checks it against the cluster CA;
+/// the test does not check the primary's).
+fn fake_standby(certs: &Path) -> Arc<rustls::ServerConfig> {
+    let chain = CertificateDer::pem_file_iter(certs.join("b.pem"))
+        .expect("b.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_file(certs.join("b.key")).expect("b.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the standby's certificate");
+    Arc::new(config)
 }
 
 /// A process killed when dropped.

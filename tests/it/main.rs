@@ -39,4 +39,5 @@ mod smtp_clients;
 mod smtp_limits;
 mod systemd;
 mod tidy;
+mod upgrade;
 mod witness_admin;

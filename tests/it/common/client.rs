@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{BIN, Node, run};
+use super::{Node, run};
 
 /// How one submission ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,9 +174,8 @@ pub fn get_json(port: u16, path: &str, patience: Duration) -> Option<serde_json:
     serde_json::from_str(&body).ok()
 }
 
-/// Runs `relayd ARGS`: (exit code, stdout, stderr).
-pub fn relayd(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = run(BIN, args);
+/// An exit code, stdout and stderr.
+fn outputs(out: std::process::Output) -> (Option<i32>, String, String) {
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -184,10 +183,10 @@ pub fn relayd(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// `relayd SUBCOMMAND... --config` the node's config.
+/// `relayd SUBCOMMAND... --config` the node's config, with the binary the node runs.
 pub fn relayd_on(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
     let config = node.config_path.to_str().expect("utf-8 path");
     let mut all = args.to_vec();
     all.extend(["--config", config]);
-    relayd(&all)
+    outputs(run(node.program().to_str().expect("utf-8 path"), &all))
 }

@@ -170,9 +170,7 @@ impl Pair {
     /// Waits until the primary sees its standby connected and holding all of its log.
     pub fn wait_caught_up(&self) {
         wait_for("the standby to catch up (primary's lag_records == 0, peer connected)", || {
-            try_status(&self.primary).is_some_and(|s| {
-                s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0
-            })
+            caught_up(&self.primary)
         });
     }
 
@@ -237,6 +235,13 @@ pub fn admin_get_with(
     let answer = String::from_utf8(answer).ok()?;
     let (head, body) = answer.split_once("\r\n\r\n")?;
     Some((head.to_string(), body.to_string()))
+}
+
+/// Whether `primary` sees its standby connected and holding all of its log (false while it does
+/// not answer).
+pub fn caught_up(primary: &Node) -> bool {
+    try_status(primary)
+        .is_some_and(|s| s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0)
 }
 
 /// `GET path` on a node's admin endpoint: the body of a 200 answer; None if the node does not
@@ -482,11 +487,7 @@ impl Trio {
                 count(&self.a.log(), "serving reason=") >= 1
             });
         }
-        wait_for("b to follow a, caught up", || {
-            try_status(&self.a).is_some_and(|s| {
-                s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0
-            })
-        });
+        wait_for("b to follow a, caught up", || caught_up(&self.a));
     }
 
     /// Restarts the witness (after [`Node::stop`] or [`Node::kill9`]).

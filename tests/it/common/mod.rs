@@ -68,6 +68,8 @@ pub struct Node {
     pub config_path: PathBuf,
     /// Environment variables the process is started with, besides the harness's own.
     env: Vec<(String, String)>,
+    /// The relayd binary it runs: [`BIN`], or another release's ([`Node::run_binary`]).
+    program: PathBuf,
     child: Option<Child>,
 }
 
@@ -126,7 +128,15 @@ impl Node {
         ]);
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Node { dir, smtp_port, admin_port, config_path, env: Vec::new(), child: None }
+        Node {
+            dir,
+            smtp_port,
+            admin_port,
+            config_path,
+            env: Vec::new(),
+            program: BIN.into(),
+            child: None,
+        }
     }
 
     /// A node with the relay settings most tests want: relay for example.com from anyone,
@@ -169,7 +179,25 @@ impl Node {
         let text = config(&dir.path().join("data"));
         let config_path = dir.path().join("relayd.toml");
         std::fs::write(&config_path, text).expect("write config");
-        Node { dir, smtp_port: 0, admin_port: 0, config_path, env: Vec::new(), child: None }
+        Node {
+            dir,
+            smtp_port: 0,
+            admin_port: 0,
+            config_path,
+            env: Vec::new(),
+            program: BIN.into(),
+            child: None,
+        }
+    }
+
+    /// Runs `program` (another release's relayd) from the next launch on.
+    pub fn run_binary(&mut self, program: &Path) {
+        self.program = program.to_path_buf();
+    }
+
+    /// The relayd binary this node runs: the operator's commands on its host are that one's.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// Starts the process with `key=value` in its environment from its next launch on.
@@ -204,10 +232,10 @@ impl Node {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(BIN);
+                command.args(args).arg(&self.program);
                 command
             }
-            None => Command::new(BIN),
+            None => Command::new(&self.program),
         };
         let child = command
             .arg("--config")
