@@ -55,11 +55,29 @@ enum Subcommand {
     /// Planned switchover: this primary stops accepting, lets the standby catch up, hands over
     /// and follows it. No mail lost, none delivered twice.
     Demote,
+    /// Maintenance: turn automatic failover off (pause) or on (resume) at run time. Given to
+    /// the primary it is replicated to the standby; given to a standby it holds there alone.
+    Failover {
+        #[command(subcommand)]
+        command: FailoverCommand,
+    },
+    /// On a standby: drop its spool and rebuild it from a full snapshot of the primary's
+    /// (refused on a primary).
+    Rebuild,
     /// Certificates for the cluster link's mutual TLS.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum FailoverCommand {
+    /// No standby promotes itself until resumed (relayd promote still does; a primary still
+    /// fences itself when it loses its standby and the witness).
+    Pause,
+    /// Automatic failover on again.
+    Resume,
 }
 
 #[derive(clap::Subcommand)]
@@ -176,6 +194,11 @@ pub fn main() -> ExitCode {
             configured(&|config| commands::promote(&config, *force))
         }
         Some(Subcommand::Demote) => configured(&|config| commands::demote(&config)),
+        Some(Subcommand::Failover { command }) => {
+            let paused = matches!(command, FailoverCommand::Pause);
+            configured(&|config| commands::failover(&config, paused))
+        }
+        Some(Subcommand::Rebuild) => configured(&|config| commands::rebuild(&config)),
         None => configured(&crate::node::run),
     }
 }

@@ -20,6 +20,37 @@ pub struct Status {
     pub peer: Option<serde_json::Value>,
     pub replication: ReplicationLag,
     pub queue: QueueSummary,
+    /// An operator paused automatic failover (`relayd failover pause`). An older node does
+    /// not report it, hence the default.
+    #[serde(default)]
+    pub failover_paused: bool,
+    /// Every member of the cluster this node knows of: itself first, then its peer (as the
+    /// cluster link last saw it) and the witness (as its last answer to a ping said). Empty
+    /// from an older node.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// One member of the cluster in `/status`, as the node that answers sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name; the witness's address (its pongs carry no name).
+    pub name: String,
+    /// "primary", "standby" (the peer: as its Hello said) or "witness".
+    pub role: String,
+    /// A data node's epoch; the witness's highest grant. None: not known (never heard).
+    pub epoch: Option<u64>,
+    /// Only for this node itself: whether it serves; None for the others.
+    pub serving: Option<bool>,
+    /// "self"; a peer "linked" or "unreachable"; a witness "answering" or "unreachable".
+    pub state: String,
+    /// Change-log records the standby lacks (on a pair's primary, its standby's; on the
+    /// standby, its own). None for the witness.
+    pub lag_records: Option<u64>,
+    /// Milliseconds since it was last heard from (0 for this node); None: never heard.
+    pub last_heard_ms: Option<u64>,
+    /// The witness: the node it granted its highest epoch to.
+    pub granted_to: Option<String>,
 }
 
 /// How far the standby is behind this primary.

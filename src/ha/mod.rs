@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status};
-use self::error::{EpochError, OpenError, PromoteError, SwitchoverError};
+use self::error::{EpochError, MaintenanceError, OpenError, PromoteError, SwitchoverError};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
 use crate::replication::frame::Frame;
@@ -62,6 +62,18 @@ struct Inner {
     pings: Mutex<Option<mpsc::Sender<(Frame, Instant)>>>,
     /// Core time of the witness's last answer to a ping (0, the start, until it answers).
     witness_answered: AtomicU64,
+    /// The witness's grant as its last answer said: (epoch, grantee); None until it answers.
+    witness_grant: Mutex<Option<(u64, String)>>,
+}
+
+/// The witness as this node's pings know it, for `/status`'s members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessView {
+    pub address: String,
+    /// Its highest grant and the grantee, as its last answer said; None: it never answered.
+    pub grant: Option<(u64, String)>,
+    /// Since its last answer (since this node started, when it never answered).
+    pub silence: Duration,
 }
 
 /// What the driver takes.
@@ -92,6 +104,7 @@ impl Ha {
             configured: config.node.role,
             epoch: last_epoch(&spool.epoch_history()?),
             highest: spool.highest_epoch()?,
+            paused: spool.failover_paused()?,
         };
         let cluster = config.cluster.as_ref();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -124,6 +137,7 @@ impl Ha {
                 operator: Mutex::new(None),
                 pings: Mutex::new(None),
                 witness_answered: AtomicU64::new(0),
+                witness_grant: Mutex::new(None),
             }),
         };
         // The start's own actions, inline: a single node's first epoch is committed here.
@@ -178,9 +192,26 @@ impl Ha {
         Some(Duration::from_millis(self.now_ms().saturating_sub(answered)))
     }
 
-    /// The pinger's note that the witness answered.
-    fn witness_answered(&self) {
+    /// The pinger's note that the witness answered, naming its grant.
+    fn witness_answered(&self, granted: u64, granted_to: &str) {
         self.inner.witness_answered.store(self.now_ms(), Ordering::Relaxed);
+        *self.inner.witness_grant.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((granted, granted_to.to_string()));
+    }
+
+    /// The witness as the pings know it, on a node that has one.
+    pub fn witness_view(&self) -> Option<WitnessView> {
+        let silence = self.witness_silence()?;
+        let (address, _) = self.witness()?;
+        let grant = self.inner.witness_grant.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Some(WitnessView { address: address.to_string(), grant, silence })
+    }
+
+    /// Standby: how long since the primary showed a sign of life (None on a primary).
+    pub fn primary_silence(&self) -> Option<Duration> {
+        let core = self.inner.core.lock().unwrap_or_else(PoisonError::into_inner);
+        (core.status().role == Role::Standby)
+            .then(|| Duration::from_millis(core.silence(self.now_ms())))
     }
 
     /// Hands an event to the driver.
@@ -359,6 +390,62 @@ impl Ha {
         }
     }
 
+    /// Whether an operator paused automatic failover on this node.
+    pub fn failover_paused(&self) -> bool {
+        self.inner.core.lock().unwrap_or_else(PoisonError::into_inner).paused()
+    }
+
+    /// `relayd failover pause|resume`. On the primary it is a log record
+    /// ([`crate::spool::Change::FailoverPaused`]), which the standby applies and persists too,
+    /// and which a node promoted later holds; on a standby it is persisted on this node alone
+    /// (its log takes only the primary's records). The core decides from it: a paused standby
+    /// never promotes itself (`relayd promote` still does). Returns whether it was replicated.
+    pub async fn pause_failover(&self, paused: bool) -> Result<bool, MaintenanceError> {
+        if self.inner.cluster.is_none() {
+            return Err(MaintenanceError::NotClustered);
+        }
+        let spool = &self.inner.spool;
+        let replicated = self.status().role == Role::Primary;
+        if replicated {
+            spool.commit(vec![crate::spool::Change::FailoverPaused { paused }], Vec::new()).await?;
+        } else {
+            spool.persist_failover_paused(paused).await?;
+        }
+        self.submit(Event::Pause(paused));
+        let scope = if replicated { "this node and its standby" } else { "this node" };
+        tracing::warn!(paused, scope, "automatic failover {} by the operator", pause_word(paused));
+        Ok(replicated)
+    }
+
+    /// `relayd rebuild` on a standby: its spool is emptied (durably: a partial snapshot, so
+    /// that a crash before the primary's snapshot is installed resumes the rebuild at the next
+    /// start), the core told that it holds nothing (it is not promotable until it has
+    /// followed again), and the link to the primary restarted, whose next Hello shows an empty
+    /// spool: the primary sends a full snapshot.
+    pub async fn rebuild(
+        &self,
+        replication: &crate::replication::Replicator,
+    ) -> Result<(), MaintenanceError> {
+        if self.inner.cluster.is_none() {
+            return Err(MaintenanceError::NotClustered);
+        }
+        let status = self.status();
+        if status.role != Role::Standby {
+            return Err(MaintenanceError::NotStandby(status.role));
+        }
+        if status.claiming {
+            return Err(MaintenanceError::Promoting);
+        }
+        self.inner.spool.wipe().await?;
+        self.submit(Event::Emptied);
+        replication.restart_following();
+        tracing::warn!(
+            epoch = status.epoch,
+            "rebuild requested by the operator: spool emptied, waiting for the primary's snapshot"
+        );
+        Ok(())
+    }
+
     /// Runs a promotion or demotion hook in the background, logging how it ended.
     fn run_hook(
         &self,
@@ -387,6 +474,11 @@ impl Ha {
             }
         });
     }
+}
+
+/// What a log line calls a pause or a resume.
+fn pause_word(paused: bool) -> &'static str {
+    if paused { "paused" } else { "resumed" }
 }
 
 /// The core's status as the rest of the node reads it.
@@ -423,6 +515,14 @@ async fn drive(
                 Report::Followed { epoch } => (Event::Followed { epoch }, None),
                 Report::HandoverAsked { epoch } => (Event::HandoverAsked { epoch }, None),
                 Report::TookOver { epoch } => (Event::TookOver { epoch }, None),
+                Report::FailoverPaused(paused) => {
+                    tracing::warn!(
+                        paused,
+                        "automatic failover {}, as the primary's log says",
+                        pause_word(paused)
+                    );
+                    (Event::Pause(paused), None)
+                }
             },
         };
         for action in ha.step(event) {

@@ -196,6 +196,9 @@ struct Options {
     /// `on_standby_loss = "degrade"`: without the standby's ack within `sync_timeout` (or
     /// with no standby linked), a 250 all the same if the node still serves at that instant.
     degrade: bool,
+    /// `relayd failover pause` on both nodes (replicated, so a node keeps it across restarts
+    /// and disk replacements): no node may promote itself for a silent primary.
+    paused: bool,
     old: OldRules,
 }
 
@@ -231,6 +234,8 @@ struct World {
     begun: BTreeMap<u64, usize>,
     /// A node's disk was replaced since it last began an epoch.
     wiped_since_begun: [bool; 2],
+    /// The node was asked to take over (a handover) in its current life.
+    asked_handover: [bool; 2],
     granted: Vec<u64>,
     answers: Vec<(usize, Result<u64, Refusal>)>,
     healed_at: Option<Ms>,
@@ -265,6 +270,7 @@ impl World {
             next_message: 1,
             begun: BTreeMap::new(),
             wiped_since_begun: [false; 2],
+            asked_handover: [false; 2],
             granted: Vec::new(),
             answers: Vec::new(),
             healed_at: None,
@@ -333,7 +339,9 @@ impl World {
             configured,
             epoch: disk.data().epoch,
             highest: disk.highest,
+            paused: self.options.paused,
         };
+        self.asked_handover[node] = false;
         let old = self.options.old;
         let (core, actions) =
             Core::start_with(self.setup(node), start, self.clock(node), |core| core.old = old);
@@ -422,6 +430,14 @@ impl World {
                         self.fail(format!(
                             "epoch {epoch} begun by {} and by {}",
                             NAMES[other], NAMES[node]
+                        ));
+                    }
+                    // Paused, an epoch after the first is begun only on a handover (the
+                    // primary's word), never for a silent primary.
+                    if self.options.paused && epoch > 1 && !self.asked_handover[node] {
+                        self.fail(format!(
+                            "{} promoted itself to epoch {epoch} while failover was paused",
+                            NAMES[node]
                         ));
                     }
                     self.begun.insert(epoch, node);
@@ -730,6 +746,7 @@ impl World {
                     }
                     Frame::Handover { epoch } => {
                         if session.mode == Mode::AwaitHandover || session.follower == to {
+                            self.asked_handover[to] = true;
                             self.feed(to, Event::HandoverAsked { epoch });
                         }
                         self.session = None;
@@ -950,6 +967,10 @@ impl World {
     /// is up.
     fn check_recovery(&mut self) {
         let Some(healed) = self.healed_at else { return };
+        // Paused, a primary that stays down is succeeded only by the operator.
+        if self.options.paused {
+            return;
+        }
         // Without a witness nobody is promoted automatically: the cluster serves again by
         // itself only when both data nodes are up (the primary, or the one it hands over to).
         // Nor when the last primary lost its disk: its peer then waits for the operator's
@@ -1048,9 +1069,19 @@ fn env_u64(name: &str) -> Option<u64> {
 /// One schedule in four runs without a witness; one in three with `on_standby_loss =
 /// "degrade"` (the others "refuse").
 fn run_seed(seed: u64, old: OldRules, trace: bool) -> (Option<Violation>, String) {
+    run_seed_paused(seed, false, old, trace)
+}
+
+/// [`run_seed`], with automatic failover paused on both nodes or not.
+fn run_seed_paused(
+    seed: u64,
+    paused: bool,
+    old: OldRules,
+    trace: bool,
+) -> (Option<Violation>, String) {
     let witness = seed % 4 != 3;
     let degrade = seed % 3 == 1;
-    let mut world = World::new(seed, Options { witness, degrade, old }, trace);
+    let mut world = World::new(seed, Options { witness, degrade, paused, old }, trace);
     random_schedule(&mut world);
     (world.violation.take(), world.trace.take().unwrap_or_default())
 }
@@ -1090,7 +1121,7 @@ mod tests {
     use super::*;
 
     fn world(witness: bool, old: OldRules) -> World {
-        World::new(1, Options { witness, degrade: false, old }, true)
+        World::new(1, Options { witness, degrade: false, paused: false, old }, true)
     }
 
     fn at(world: &mut World, ms: Ms, fault: Fault) {
@@ -1110,6 +1141,7 @@ mod tests {
             config_role_decides: true,
             empty_standby_claims: true,
             claim_ignores_witness: true,
+            pause_ignored: true,
         }
     }
 
@@ -1289,8 +1321,11 @@ mod tests {
     /// before its divergent records are dropped.
     #[test]
     fn mail_a_deposed_primary_alone_acknowledged_is_salvaged_when_it_returns() {
-        let mut w =
-            World::new(1, Options { witness: true, degrade: true, old: OldRules::default() }, true);
+        let mut w = World::new(
+            1,
+            Options { witness: true, degrade: true, paused: false, old: OldRules::default() },
+            true,
+        );
         at(&mut w, 0, Fault::Restart { node: W, wipe: false });
         at(&mut w, 10, Fault::Restart { node: B, wipe: false });
         at(&mut w, 20, Fault::Restart { node: A, wipe: false });
@@ -1336,6 +1371,26 @@ mod tests {
     fn random_schedules_find_the_old_rules_wrong() {
         let err = campaign(old_rules()).expect_err("the old rules break an invariant");
         eprintln!("old rules: {err}");
+    }
+
+    /// Paused ⇒ no automatic promotion: on 500 random schedules with failover paused on
+    /// both nodes, no node begins an epoch after the first but on a handover (and every other
+    /// invariant holds); the same schedules with the pause ignored (the rule before it) do.
+    #[test]
+    fn paused_failover_promotes_nobody_for_a_silent_primary() {
+        let base = env_u64("RELAYD_SIM_BASE").unwrap_or(BASE_SEED);
+        let seeds = base..base + 500;
+        for seed in seeds.clone() {
+            let (violation, _) = run_seed_paused(seed, true, OldRules::default(), false);
+            assert!(violation.is_none(), "seed {seed}, paused: {violation:?}");
+        }
+        let ignored = OldRules { pause_ignored: true, ..OldRules::default() };
+        let promoted = seeds.clone().find_map(|seed| {
+            run_seed_paused(seed, true, ignored, false)
+                .0
+                .filter(|v| v.0.contains("while failover was paused"))
+        });
+        assert!(promoted.is_some(), "the schedules include a primary that goes silent");
     }
 
     #[test]

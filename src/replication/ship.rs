@@ -98,7 +98,7 @@ async fn session(
         }
     }
     let resume = resume_point(spool, &theirs)?;
-    replication.linked(&theirs.node);
+    replication.linked(&theirs);
     // What the standby holds of our log: its last record if it continues ours, else nothing
     // until the snapshot is acknowledged.
     replication.reset_acked(resume.map_or(0, |next| next - 1));

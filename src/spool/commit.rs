@@ -718,6 +718,12 @@ impl<'t> Staging<'t> {
         Ok(())
     }
 
+    /// Persists whether automatic failover is paused (kept across a wipe: the node's own).
+    fn set_failover_paused(&mut self, paused: bool) -> Result<(), SpoolError> {
+        self.state.insert(tables::FAILOVER_PAUSED, [u8::from(paused)].as_slice())?;
+        Ok(())
+    }
+
     /// A snapshot's message record, as the primary had it.
     pub(super) fn install(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
         if self.message(message.envelope.id)?.is_none() {
@@ -831,6 +837,7 @@ impl<'t> Staging<'t> {
                     self.remove(*id)?;
                 }
             }
+            Change::FailoverPaused { paused } => self.set_failover_paused(*paused)?,
         }
         self.log.insert(record.position.seq, postcard::to_stdvec(record)?.as_slice())?;
         Ok(())

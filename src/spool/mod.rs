@@ -370,6 +370,22 @@ impl Spool {
             .map(|_| ())
     }
 
+    /// Whether an operator paused automatic failover on this node (or on the primary whose
+    /// log it applied).
+    pub fn failover_paused(&self) -> Result<bool, SpoolError> {
+        Ok(self.state(tables::FAILOVER_PAUSED)?.is_some_and(|value| value == [1]))
+    }
+
+    /// Pauses or resumes automatic failover on this node alone (a standby, which appends
+    /// nothing to the log; a primary commits [`Change::FailoverPaused`] instead, which its
+    /// standby applies too). Synced before it returns.
+    pub async fn persist_failover_paused(&self, paused: bool) -> Result<(), SpoolError> {
+        let value = vec![u8::from(paused)];
+        self.submit(|done| commit::Request::State { key: tables::FAILOVER_PAUSED, value, done })
+            .await
+            .map(|_| ())
+    }
+
     /// The highest epoch this node has persisted as seen (0 when none was).
     pub fn highest_epoch(&self) -> Result<u64, SpoolError> {
         match self.state(tables::HIGHEST_EPOCH)? {

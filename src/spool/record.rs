@@ -45,6 +45,10 @@ pub enum Change {
     Attempted { id: QueueId, results: Vec<(u32, RecipientState)> },
     /// An operator deleted the message: its record and body are removed.
     Removed { id: QueueId },
+    /// An operator paused (true) or resumed (false) automatic failover on the primary
+    /// (`relayd failover pause|resume`): every node that applies it persists it, so that the
+    /// standby, and the node promoted later, keep it. Protocol 2.
+    FailoverPaused { paused: bool },
 }
 
 impl Change {
@@ -58,6 +62,7 @@ impl Change {
             | Change::Accepted(_)
             | Change::Attempted { .. }
             | Change::Removed { .. } => 1,
+            Change::FailoverPaused { .. } => 2,
         }
     }
 
@@ -69,9 +74,14 @@ impl Change {
         if protocol >= self.since_protocol() {
             return self;
         }
-        // No change is newer than protocol 1 yet: each variant added later gets its stand-in
-        // here.
-        self
+        match self {
+            // About no message: the no-op an old node skips (it holds no such id). An old
+            // standby does not learn of the pause: docs/operations.md says so.
+            Change::FailoverPaused { .. } => {
+                Change::Attempted { id: QueueId::from_bytes([0; 16]), results: vec![] }
+            }
+            change => change,
+        }
     }
 }
 

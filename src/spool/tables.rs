@@ -62,6 +62,10 @@ pub const ROLE: &str = "role";
 /// witness's grants), a big-endian u64: a new epoch it claims is above it.
 pub const HIGHEST_EPOCH: &str = "highest";
 
+/// In `state`: one byte, 1 while an operator has paused automatic failover, 0 (or absent)
+/// otherwise: written by `Change::FailoverPaused`, or by `relayd failover pause` on a standby.
+pub const FAILOVER_PAUSED: &str = "failover_paused";
+
 /// The key range of one message's body chunks.
 pub fn body_range(id: u128) -> std::ops::RangeInclusive<(u128, u32)> {
     (id, 0)..=(id, u32::MAX)
