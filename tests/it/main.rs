@@ -24,6 +24,7 @@ mod durability;
 mod failover;
 mod faults;
 mod full_disk;
+mod maintenance;
 mod monitoring;
 mod postfix_peers;
 mod powercut;
