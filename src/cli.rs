@@ -40,6 +40,12 @@ enum Subcommand {
         #[arg(long)]
         json: bool,
     },
+    /// Who was primary in each epoch, from when, and why (as the running node's spool holds it).
+    History {
+        /// Print the admin endpoint's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List, show, flush, requeue or delete the running node's queued messages.
     Queue {
         #[command(subcommand)]
@@ -175,6 +181,9 @@ pub fn main() -> ExitCode {
         }
         Some(Subcommand::CheckConfig) => configured(&|config| check_config(&config)),
         Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
+        Some(Subcommand::History { json }) => {
+            configured(&|config| commands::history(&config, *json))
+        }
         Some(Subcommand::Queue { command }) => configured(&|config| match command {
             QueueCommand::List { filter, limit, after, json } => {
                 commands::queue_list(&config, filter, *limit, *after, *json)

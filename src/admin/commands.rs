@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use bytesize::ByteSize;
 
-use super::api::{Member, Message, QueuePage, Recipient, Status};
+use super::api::{HistoryEntry, Member, Message, QueuePage, Recipient, Status};
 use super::client::{Client, ClientError};
 use super::witness::WitnessStatus;
 use crate::config::{Config, Role};
@@ -244,6 +244,37 @@ pub fn demote(config: &Config) -> ExitCode {
     })
 }
 
+/// `relayd history [--json]`.
+pub fn history(config: &Config, json: bool) -> ExitCode {
+    run(config, |client| {
+        let entries: serde_json::Value = client.get("/history")?;
+        if json {
+            return Ok(pretty(&entries));
+        }
+        let entries: Vec<HistoryEntry> = serde_json::from_value(entries).map_err(|e| {
+            ClientError::Invalid { address: client.address(), reason: e.to_string() }
+        })?;
+        Ok(history_table(&entries))
+    })
+}
+
+/// The epoch history as `relayd history` prints it: a row an epoch, oldest first.
+fn history_table(entries: &[HistoryEntry]) -> String {
+    let unknown = || "?".to_string();
+    let header = ["EPOCH", "FROM RECORD", "PRIMARY", "SINCE", "CAUSE", "REASON"].map(String::from);
+    let rows = entries.iter().map(|e| {
+        [
+            e.epoch.to_string(),
+            e.first_seq.map_or_else(|| "-".into(), |seq| seq.to_string()),
+            e.node.clone().unwrap_or_else(unknown),
+            e.started_at.clone().unwrap_or_else(unknown),
+            e.cause.clone().unwrap_or_else(unknown),
+            e.reason.clone().unwrap_or_else(|| "(begun by relayd 0.1.0: not noted)".into()),
+        ]
+    });
+    columns(std::iter::once(header).chain(rows).collect())
+}
+
 /// `relayd failover pause|resume`.
 pub fn failover(config: &Config, paused: bool) -> ExitCode {
     run(config, |client| {
@@ -380,6 +411,11 @@ fn members_table(members: &[Member]) -> String {
             heard,
         ]);
     }
+    columns(rows)
+}
+
+/// Rows of six cells in left-aligned columns, two spaces apart.
+fn columns(rows: Vec<[String; 6]>) -> String {
     let widths: Vec<usize> =
         (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();

@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::api::{
-    Member, Message, QueuePage, QueueSummary, ReplicationLag, Status, parse_queue_id,
+    HistoryEntry, Member, Message, QueuePage, QueueSummary, ReplicationLag, Status, parse_queue_id,
 };
 use super::error::ApiError;
 use super::filter::{self, BadQuery, QueueQuery};
@@ -98,6 +98,15 @@ pub async fn rebuild(State(context): Context) -> Result<Json<serde_json::Value>,
         other => ApiError::conflict(other.to_string()),
     })?;
     Ok(Json(serde_json::json!({ "rebuilding": true })))
+}
+
+/// `GET /history`: who was primary in each epoch, from when, and why.
+pub async fn history(State(context): Context) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    blocking(move || {
+        let spool = &context.spool;
+        Ok(Json(HistoryEntry::list(&spool.epoch_history()?, spool.epoch_notes()?)))
+    })
+    .await
 }
 
 /// The members `/status` shows: this node, its peer, its witness.

@@ -187,8 +187,13 @@ pub enum Action {
         role: Role,
         highest: u64,
     },
-    /// Commit `EpochStarted` for this epoch; answer with `EpochBegun` or `EpochFailed`.
-    BeginEpoch(u64),
+    /// Commit `EpochStarted` for this epoch, noting why and the reason said; answer with
+    /// `EpochBegun` or `EpochFailed`.
+    BeginEpoch {
+        epoch: u64,
+        why: Why,
+        reason: String,
+    },
     /// Ask the witness for `epoch`; answer with `Verdict` or `ClaimFailed`.
     Claim {
         epoch: u64,
@@ -957,8 +962,8 @@ impl Core {
         reason: String,
         out: &mut Vec<Action>,
     ) {
+        out.push(Action::BeginEpoch { epoch, why, reason: reason.clone() });
         self.beginning = Some(Begin { epoch, why, lease_from, reason });
-        out.push(Action::BeginEpoch(epoch));
     }
 
     /// The epoch a claim asks for: above everything seen.
@@ -1134,7 +1139,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::BeginEpoch(epoch) => Some(*epoch),
+                Action::BeginEpoch { epoch, .. } => Some(*epoch),
                 _ => None,
             })
             .collect()

@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status};
+use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status, Why};
 use self::error::{EpochError, MaintenanceError, OpenError, PromoteError, SwitchoverError};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
 use crate::replication::frame::Frame;
 use crate::replication::last_epoch;
 use crate::role::{Report, Reporter, RoleStatus, RoleWatch, ServeUntil};
-use crate::spool::Spool;
+use crate::spool::{EpochCause, EpochNote, Spool, now_ms};
 
 /// The node's failover controller; cheap to clone.
 #[derive(Clone)]
@@ -146,8 +146,8 @@ impl Ha {
             let mut next = Vec::new();
             for action in pending {
                 match action {
-                    Action::BeginEpoch(epoch) => {
-                        ha.begin_epoch(epoch).await.map_err(OpenError::FirstEpoch)?;
+                    Action::BeginEpoch { epoch, why, reason } => {
+                        ha.begin_epoch(epoch, why, reason).await.map_err(OpenError::FirstEpoch)?;
                         next.extend(ha.step(Event::EpochBegun { epoch }));
                     }
                     other => ha.execute(other, None).await,
@@ -264,10 +264,10 @@ impl Ha {
                     tracing::error!(error = %e, highest, "cannot persist the highest epoch seen");
                 }
             }
-            Action::BeginEpoch(epoch) => {
+            Action::BeginEpoch { epoch, why, reason } => {
                 let ha = self.clone();
                 tokio::spawn(async move {
-                    let event = match ha.begin_epoch(epoch).await {
+                    let event = match ha.begin_epoch(epoch, why, reason).await {
                         Ok(()) => Event::EpochBegun { epoch },
                         Err(error) => Event::EpochFailed { epoch, error: error.to_string() },
                     };
@@ -300,13 +300,26 @@ impl Ha {
         }
     }
 
-    /// Commits `EpochStarted` for `epoch`, making the spool writable.
-    async fn begin_epoch(&self, epoch: u64) -> Result<(), EpochError> {
+    /// Commits `EpochStarted` for `epoch` with its note (this node, now, why: `relayd
+    /// history`), making the spool writable.
+    async fn begin_epoch(&self, epoch: u64, why: Why, reason: String) -> Result<(), EpochError> {
         let spool = &self.inner.spool;
         if spool.snapshot_incomplete().map_err(EpochError::Spool)? {
             return Err(EpochError::PartialSnapshot);
         }
-        spool.begin_epoch(epoch).await.map_err(|source| EpochError::Commit { epoch, source })?;
+        let cause = match why {
+            Why::Bootstrap => EpochCause::Bootstrap,
+            Why::Failover => EpochCause::Failover,
+            Why::Handover => EpochCause::Switchover,
+            Why::Operator { force: false } => EpochCause::Promote,
+            Why::Operator { force: true } => EpochCause::ForcedPromote,
+        };
+        let note =
+            EpochNote { epoch, node: self.inner.node.clone(), cause, reason, at_ms: now_ms() };
+        spool
+            .begin_epoch(epoch, Some(note))
+            .await
+            .map_err(|source| EpochError::Commit { epoch, source })?;
         spool.set_writable(true);
         Ok(())
     }
@@ -516,11 +529,11 @@ async fn drive(
                 Report::HandoverAsked { epoch } => (Event::HandoverAsked { epoch }, None),
                 Report::TookOver { epoch } => (Event::TookOver { epoch }, None),
                 Report::FailoverPaused(paused) => {
-                    tracing::warn!(
-                        paused,
-                        "automatic failover {}, as the primary's log says",
-                        pause_word(paused)
-                    );
+                    // Said when it changes (every snapshot repeats it).
+                    if ha.failover_paused() != paused {
+                        let word = pause_word(paused);
+                        tracing::warn!(paused, "automatic failover {word}, as the primary says");
+                    }
                     (Event::Pause(paused), None)
                 }
             },

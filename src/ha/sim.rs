@@ -424,7 +424,7 @@ impl World {
                     self.disks[node].role = Some(role);
                     self.disks[node].highest = highest;
                 }
-                Action::BeginEpoch(epoch) => {
+                Action::BeginEpoch { epoch, .. } => {
                     self.disks[node].append(epoch, None);
                     if let Some(&other) = self.begun.get(&epoch).filter(|&&n| n != node) {
                         self.fail(format!(

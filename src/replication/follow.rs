@@ -224,6 +224,10 @@ async fn session(
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
                 spool.install(messages, needed).await?;
             }
+            Frame::SnapshotState { notes, failover_paused } => {
+                spool.install_state(notes, failover_paused).await?;
+                reporter.report(Report::FailoverPaused(failover_paused));
+            }
             Frame::SnapshotEnd { history, last } => {
                 let epoch = last_epoch(&history);
                 spool.resume(history, last).await?;
@@ -341,7 +345,9 @@ where
             Change::Accepted(envelope) => envelope.id,
             Change::Attempted { id, .. } | Change::Removed { id } => *id,
             // Touches no message (a rewind leaves the node's pause as it is).
-            Change::EpochStarted | Change::FailoverPaused { .. } => continue,
+            Change::EpochStarted | Change::FailoverPaused { .. } | Change::EpochNoted(_) => {
+                continue;
+            }
         };
         if seen.insert(id) {
             touched.push(id);

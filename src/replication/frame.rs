@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::spool::{EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
+use crate::spool::{EpochNote, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
 
 /// The largest frame either side accepts: a batch of records is cut well below it.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -118,6 +118,13 @@ pub enum Frame {
         messages: Vec<MessageRecord>,
         absent: Vec<QueueId>,
     },
+    /// Primary → standby, in a snapshot, before [`Frame::SnapshotEnd`]: what the primary's
+    /// spool holds besides the messages, that its log may no longer carry: who began each
+    /// epoch and why (`relayd history`), and whether automatic failover is paused. Protocol 2.
+    SnapshotState {
+        notes: Vec<EpochNote>,
+        failover_paused: bool,
+    },
 }
 
 impl Frame {
@@ -125,7 +132,10 @@ impl Frame {
     /// [`crate::spool::Change::since_protocol`]): a frame added later is sent only to a peer
     /// whose Hello announced that protocol or a later one.
     pub fn since_protocol(&self) -> u32 {
-        1
+        match self {
+            Frame::SnapshotState { .. } => 2,
+            _ => 1,
+        }
     }
 }
 

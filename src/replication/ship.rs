@@ -297,6 +297,11 @@ async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Resu
     if !batch.is_empty() {
         frame::write(writer, &Frame::SnapshotMessages(batch)).await?;
     }
+    let state = Frame::SnapshotState {
+        notes: spool.epoch_notes()?,
+        failover_paused: spool.failover_paused()?,
+    };
+    frame::write(writer, &state).await?;
     frame::write(writer, &Frame::SnapshotEnd { history, last }).await?;
     flush(writer).await?;
     Ok(last.seq)

@@ -38,7 +38,9 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
+use super::record::{
+    Change, EpochNote, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState,
+};
 use super::{ErrorKind, QueueId, SpoolError};
 use super::{Opened, retention, tables};
 
@@ -86,7 +88,7 @@ pub(super) enum Request {
     /// Append changes in the current epoch, all in one batch, in order.
     Append(Vec<Change>, Reply),
     /// Start a new epoch (persisted and synced before the caller may use it).
-    BeginEpoch(u64, Reply),
+    BeginEpoch(u64, Option<EpochNote>, Reply),
     /// A standby applies the primary's records. Records it already has are skipped (a resumed
     /// stream may repeat a few); a record past the next sequence number (a gap) is refused.
     Apply(Vec<LogRecord>, Reply),
@@ -94,6 +96,8 @@ pub(super) enum Request {
     Wipe(Reply),
     /// A standby installs a snapshot's message records (their bodies were written already).
     Install(Vec<MessageRecord>, Reply),
+    /// A standby takes a snapshot's state besides its messages: epoch notes, the pause.
+    InstallState { notes: Vec<EpochNote>, failover_paused: bool, done: Reply },
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
     /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
@@ -136,10 +140,11 @@ impl Request {
     fn into_reply(self) -> Option<Reply> {
         match self {
             Request::Append(_, done)
-            | Request::BeginEpoch(_, done)
+            | Request::BeginEpoch(_, _, done)
             | Request::Apply(_, done)
             | Request::Wipe(done)
             | Request::Install(_, done)
+            | Request::InstallState { done, .. }
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
             | Request::State { done, .. }
@@ -499,6 +504,8 @@ pub(super) struct Staging<'t> {
     receiving: Table<'t, u128, ()>,
     state: Table<'t, &'static str, &'static [u8]>,
     marks: Table<'t, u64, (u64, u64)>,
+    /// Kept across a wipe, like the node's own state: what it knew of past epochs.
+    epoch_notes: Table<'t, u64, &'static [u8]>,
     history: Vec<EpochStart>,
     /// Messages added minus messages removed.
     queued_delta: i64,
@@ -525,6 +532,7 @@ impl<'t> Staging<'t> {
             receiving: txn.open_table(tables::RECEIVING)?,
             state: txn.open_table(tables::STATE)?,
             marks: txn.open_table(tables::MARKS)?,
+            epoch_notes: txn.open_table(tables::EPOCH_NOTES)?,
             history,
             queued_delta: 0,
             wiped: false,
@@ -576,12 +584,16 @@ impl<'t> Staging<'t> {
                 });
                 (Some(done), self.stage_all(next_seq, records))
             }
-            Request::BeginEpoch(epoch, done) => {
-                let record = LogRecord {
-                    position: LogPosition { epoch, seq: *next_seq },
-                    change: Change::EpochStarted,
-                };
-                (Some(done), self.stage_all(next_seq, [record]))
+            Request::BeginEpoch(epoch, note, done) => {
+                let changes = std::iter::once(Change::EpochStarted)
+                    .chain(note.map(Change::EpochNoted))
+                    .enumerate();
+                let first = *next_seq;
+                let records = changes.map(|(i, change)| LogRecord {
+                    position: LogPosition { epoch, seq: first + i as u64 },
+                    change,
+                });
+                (Some(done), self.stage_all(next_seq, records.collect::<Vec<_>>()))
             }
             Request::Apply(records, done) => (Some(done), self.apply(records, next_seq, last)),
             Request::Wipe(done) => {
@@ -590,6 +602,13 @@ impl<'t> Staging<'t> {
             }
             Request::Install(messages, done) => {
                 let installed = messages.into_iter().try_for_each(|m| self.install(m));
+                (Some(done), installed.map(|()| Ok(last)))
+            }
+            Request::InstallState { notes, failover_paused, done } => {
+                let installed = notes
+                    .iter()
+                    .try_for_each(|note| self.note_epoch(note))
+                    .and_then(|()| self.set_failover_paused(failover_paused));
                 (Some(done), installed.map(|()| Ok(last)))
             }
             Request::Rewind { to, history, messages, absent, done } => {
@@ -718,6 +737,12 @@ impl<'t> Staging<'t> {
         Ok(())
     }
 
+    /// Keeps who began an epoch and why.
+    fn note_epoch(&mut self, note: &EpochNote) -> Result<(), SpoolError> {
+        self.epoch_notes.insert(note.epoch, postcard::to_stdvec(note)?.as_slice())?;
+        Ok(())
+    }
+
     /// Persists whether automatic failover is paused (kept across a wipe: the node's own).
     fn set_failover_paused(&mut self, paused: bool) -> Result<(), SpoolError> {
         self.state.insert(tables::FAILOVER_PAUSED, [u8::from(paused)].as_slice())?;
@@ -838,6 +863,7 @@ impl<'t> Staging<'t> {
                 }
             }
             Change::FailoverPaused { paused } => self.set_failover_paused(*paused)?,
+            Change::EpochNoted(note) => self.note_epoch(note)?,
         }
         self.log.insert(record.position.seq, postcard::to_stdvec(record)?.as_slice())?;
         Ok(())

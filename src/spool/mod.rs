@@ -43,7 +43,8 @@ pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
 pub use open::create_dir_durable;
 pub use record::{
-    Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
+    Change, Envelope, EpochCause, EpochNote, EpochStart, LogPosition, LogRecord, MessageRecord,
+    RecipientState, now_ms,
 };
 pub use retention::Retention;
 
@@ -253,6 +254,18 @@ impl Spool {
         .map(|_| ())
     }
 
+    /// A standby stores a snapshot's state besides its messages: the primary's epoch notes
+    /// and whether its automatic failover is paused.
+    pub async fn install_state(
+        &self,
+        notes: Vec<EpochNote>,
+        failover_paused: bool,
+    ) -> Result<(), SpoolError> {
+        self.submit(|done| commit::Request::InstallState { notes, failover_paused, done })
+            .await
+            .map(|_| ())
+    }
+
     /// A standby ends a snapshot: its log continues after `last`, with `history`.
     pub async fn resume(
         &self,
@@ -344,9 +357,21 @@ impl Spool {
         Ok(trimmed)
     }
 
-    /// Starts `epoch`: an `EpochStarted` record, durable before this returns.
-    pub async fn begin_epoch(&self, epoch: u64) -> Result<LogPosition, SpoolError> {
-        self.submit(|done| commit::Request::BeginEpoch(epoch, done)).await
+    /// Starts `epoch`: an `EpochStarted` record and, in the same batch right after it, the
+    /// note of who began it and why, if given; durable before this returns.
+    pub async fn begin_epoch(
+        &self,
+        epoch: u64,
+        note: Option<EpochNote>,
+    ) -> Result<LogPosition, SpoolError> {
+        self.submit(|done| commit::Request::BeginEpoch(epoch, note, done)).await
+    }
+
+    /// Every epoch note this node holds, by epoch (an epoch begun by relayd 0.1.0 has none).
+    pub fn epoch_notes(&self) -> Result<Vec<EpochNote>, SpoolError> {
+        self.scan(tables::EPOCH_NOTES, |table| table.range(0..))
+            .map(|value| Ok(postcard::from_bytes(&value?)?))
+            .collect()
     }
 
     /// The role this node last persisted, if any.
@@ -413,7 +438,7 @@ impl Spool {
         if let Some(current) = self.epoch_history()?.last() {
             return Ok(current.epoch);
         }
-        let position = self.submit(|done| commit::Request::BeginEpoch(1, done)).await?;
+        let position = self.submit(|done| commit::Request::BeginEpoch(1, None, done)).await?;
         Ok(position.epoch)
     }
 

@@ -13,16 +13,20 @@
 //! | `bodies`    | (queue id, chunk index)     | up to [`CHUNK_SIZE`] body bytes        |
 //! | `receiving` | queue id                    | nothing: a body begun, not yet committed |
 //! | `marks`     | sequence                    | (Unix ms, log bytes through it): [`super::retention`] |
+//! | `epoch_notes` | epoch                     | [`EpochNote`](super::EpochNote) (postcard): who began it, why |
 
 use redb::TableDefinition;
 
 /// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
 /// in `meta` when the file is created and checked at every open; a change that an older relayd
 /// could not read takes a new number (and an import path). Format 2 added `marks`; a format 1
-/// spool is migrated at open (its log marked as of the open).
-pub const FORMAT: u64 = 2;
+/// spool is migrated at open (its log marked as of the open). Format 3 added `epoch_notes`; a
+/// format 2 spool (relayd 0.1.0's) is migrated at open (its epochs have no notes).
+pub const FORMAT: u64 = 3;
 /// The format before `marks`: migrated at open.
 pub const FORMAT_WITHOUT_MARKS: u64 = 1;
+/// The format before `epoch_notes` (relayd 0.1.0's): migrated at open.
+pub const FORMAT_WITHOUT_EPOCH_NOTES: u64 = 2;
 pub const FORMAT_KEY: &str = "format";
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -34,6 +38,8 @@ pub const RECEIVING: TableDefinition<u128, ()> = TableDefinition::new("receiving
 /// The log's marks: at a record's sequence number, when it was committed (Unix ms) and the
 /// bytes of log records written up to and with it (a running total: differences count).
 pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
+/// Who began each epoch, when and why, by epoch (`Change::EpochNoted`).
+pub const EPOCH_NOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("epoch_notes");
 
 /// Body chunk size: what a session buffers before handing a chunk to the committer. redb
 /// gives an entry larger than a page a page of the next power of two: a chunk of exactly

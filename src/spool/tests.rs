@@ -426,3 +426,59 @@ async fn a_mostly_free_spool_file_is_compacted_at_start() {
     let (id, body) = big(&spool);
     spool.accept(envelope(id), body).await.expect("the compacted spool takes mail");
 }
+
+/// Format 3: a format 2 spool (relayd 0.1.0's) is migrated at open, its epochs un-noted; an
+/// epoch begun with a note holds it (in the same batch as its `EpochStarted`), and a standby
+/// that applies the log holds it too, as it holds a pause of automatic failover.
+#[tokio::test]
+async fn epoch_notes_and_the_failover_pause_are_kept_and_replicated_and_format_2_migrated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let spool = Spool::open(dir.path()).expect("create");
+        spool.ensure_epoch().await.expect("epoch");
+    }
+    let path = dir.path().join("spool").join(FILE_NAME);
+    {
+        let db = redb::Database::open(&path).expect("redb");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(tables::META)
+            .expect("meta")
+            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_EPOCH_NOTES)
+            .expect("set");
+        assert!(txn.delete_table(tables::EPOCH_NOTES).expect("delete the notes"));
+        txn.commit().expect("commit");
+    }
+    let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
+    assert_eq!(spool.epoch_notes().expect("notes"), vec![], "epoch 1 was not noted");
+    let note = EpochNote {
+        epoch: 2,
+        node: "b".into(),
+        cause: EpochCause::Failover,
+        reason: "primary silent".into(),
+        at_ms: 7,
+    };
+    let begun = spool.begin_epoch(2, Some(note.clone())).await.expect("epoch 2");
+    assert_eq!(begun, LogPosition { epoch: 2, seq: 3 }, "the note right after EpochStarted");
+    assert_eq!(spool.epoch_notes().expect("notes"), vec![note.clone()]);
+    spool.commit(vec![Change::FailoverPaused { paused: true }], Vec::new()).await.expect("pause");
+    assert!(spool.failover_paused().expect("paused"));
+
+    let standby_dir = tempfile::tempdir().expect("temp dir");
+    let standby = Spool::open(standby_dir.path()).expect("standby");
+    standby.set_writable(false);
+    let log: Vec<LogRecord> = spool.log_from(1).collect::<Result<_, _>>().expect("log");
+    standby.apply(log, Vec::new()).await.expect("apply");
+    assert_eq!(standby.epoch_notes().expect("notes"), vec![note]);
+    assert!(standby.failover_paused().expect("paused"));
+    // A standby's own resume, and a wipe (a rebuild) keeps it and the notes.
+    standby.persist_failover_paused(false).await.expect("resume");
+    standby.wipe().await.expect("wipe");
+    assert!(!standby.failover_paused().expect("resumed"));
+    assert_eq!(standby.epoch_notes().expect("notes").len(), 1);
+    assert!(standby.snapshot_incomplete().expect("partial"), "a rebuild is resumed at a restart");
+    drop(spool);
+    let db = redb::Database::open(&path).expect("redb");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(tables::META).expect("meta");
+    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(3));
+}

@@ -113,7 +113,7 @@ fn paused_failover_keeps_the_standby_from_promoting_until_resumed() {
         "{}",
         trio.a.log()
     );
-    assert!(count(&trio.b.log(), "as the primary's log says") == 1, "{}", trio.b.log());
+    assert!(count(&trio.b.log(), "as the primary says") == 1, "{}", trio.b.log());
     let (_, status, _) = relayd_on(&trio.b, &["status"]);
     assert!(status.contains("failover paused"), "{status}");
 
@@ -155,7 +155,9 @@ fn queue_of(node: &Node) -> BTreeSet<(String, Vec<u8>)> {
 
 /// `relayd rebuild` on a primary is refused (409, exit 1); on the standby it empties its spool
 /// and takes a full snapshot of the primary's: afterwards it holds the very queue the primary
-/// holds (the mail stays queued: a's next hop is closed), bodies included.
+/// holds (the mail stays queued: a's next hop is closed), bodies included, and the primary's
+/// state besides: its pause of automatic failover (which b had resumed on its own) and the
+/// history's notes.
 #[test]
 fn rebuild_takes_the_primary_queue_again_and_is_refused_on_a_primary() {
     let closed: SocketAddr = CLOSED.parse().expect("an address");
@@ -174,6 +176,14 @@ fn rebuild_takes_the_primary_queue_again_and_is_refused_on_a_primary() {
     assert!(err.contains("not a standby"), "{err}");
     assert_eq!(try_status(&trio.a).map(|s| s["queue"]["messages"].clone()), Some(5.into()));
 
+    // Paused on a (and so on b), then resumed on b alone: only a snapshot tells b again.
+    assert_eq!(relayd_on(&trio.a, &["failover", "pause"]).0, Some(0));
+    wait_for("b to be paused", || {
+        try_status(&trio.b).is_some_and(|s| s["failover_paused"] == true)
+    });
+    assert_eq!(relayd_on(&trio.b, &["failover", "resume"]).0, Some(0));
+    assert_eq!(try_status(&trio.b).map(|s| s["failover_paused"].clone()), Some(false.into()));
+
     let snapshots = count(&trio.a.log(), "sending a snapshot to the standby");
     let installed = count(&trio.b.log(), "snapshot installed");
     let (code, out, err) = relayd_on(&trio.b, &["rebuild"]);
@@ -191,6 +201,10 @@ fn rebuild_takes_the_primary_queue_again_and_is_refused_on_a_primary() {
     });
     // Still a standby of epoch 1, following: mail taken after the rebuild reaches it too.
     assert_eq!(role_epoch(&trio.b), Some(("standby".into(), 1)));
+    assert_eq!(try_status(&trio.b).map(|s| s["failover_paused"].clone()), Some(true.into()));
+    let (_, history, _) = relayd_on(&trio.b, &["history", "--json"]);
+    let history: serde_json::Value = serde_json::from_str(&history).expect("JSON");
+    assert_eq!((&history[0]["node"], &history[0]["cause"]), (&"a".into(), &"bootstrap".into()));
     assert_eq!(
         client::submit(trio.a.addr(), "rebuild-after@maintenance.test", PATIENCE),
         Outcome::Accepted
@@ -203,4 +217,55 @@ fn rebuild_takes_the_primary_queue_again_and_is_refused_on_a_primary() {
     let (on_a, on_b) = (queue_of(&trio.a), queue_of(&trio.b));
     assert_eq!(on_a.len(), 6);
     assert_eq!(on_a, on_b, "b holds a's queue, bodies included");
+}
+
+/// `relayd history` after a planned switchover: two epochs, a's bootstrap and b's
+/// switchover, with their nodes and reasons, the same on both nodes (the note is replicated
+/// with the epoch's first record).
+#[test]
+fn history_after_a_switchover_names_both_epochs_nodes_and_causes() {
+    let trio = Trio::start(TrioOptions::default());
+    let (code, out, err) = relayd_on(&trio.a, &["demote"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_for("b to be the primary of epoch 2", || {
+        role_epoch(&trio.b) == Some(("primary".into(), 2))
+    });
+    wait_for("a to follow b, caught up", || {
+        try_status(&trio.b)
+            .is_some_and(|s| s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0)
+    });
+    for node in [&trio.a, &trio.b] {
+        let (code, json, err) = relayd_on(node, &["history", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let history: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        let epochs = history.as_array().expect("an array");
+        assert_eq!(epochs.len(), 2, "{history:#}");
+        let (first, second) = (&epochs[0], &epochs[1]);
+        assert_eq!(
+            (first["epoch"].as_u64(), &first["node"], &first["cause"]),
+            (Some(1), &"a".into(), &"bootstrap".into()),
+            "{first}"
+        );
+        assert_eq!(
+            (second["epoch"].as_u64(), &second["node"], &second["cause"]),
+            (Some(2), &"b".into(), &"switchover".into()),
+            "{second}"
+        );
+        assert!(second["reason"].as_str().is_some_and(|r| r.contains("handed over")), "{second}");
+        assert!(
+            second["started_at"]
+                .as_str()
+                .is_some_and(|t| t >= first["started_at"].as_str().unwrap_or("")),
+            "{history:#}"
+        );
+        let (code, table, _) = relayd_on(node, &["history"]);
+        assert_eq!(code, Some(0));
+        assert!(table.starts_with("EPOCH"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("2 ") && l.contains(" b ") && l.contains("switchover")),
+            "{table}"
+        );
+    }
 }
