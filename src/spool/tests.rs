@@ -1,4 +1,5 @@
 use super::*;
+use redb::TableHandle as _;
 
 fn envelope(id: QueueId) -> Envelope {
     Envelope {
@@ -276,18 +277,9 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
         spool.ensure_epoch().await.expect("epoch");
         accept_some(&spool, 5).await
     };
-    // What relayd before format 2 left: format 1, no marks table.
+    // What relayd before format 2 left: format 1, no marks table (nor epoch notes).
     let path = dir.path().join("spool").join(FILE_NAME);
-    {
-        let db = redb::Database::open(&path).expect("redb");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(tables::META)
-            .expect("meta")
-            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_MARKS)
-            .expect("set");
-        assert!(txn.delete_table(tables::MARKS).expect("delete marks"));
-        txn.commit().expect("commit");
-    }
+    as_older_format(&path, tables::FORMAT_WITHOUT_MARKS, &["marks", "epoch_notes"]);
     let before = now_ms();
     let spool = Spool::open(dir.path()).expect("a format 1 spool opens");
     let marks = stored_marks(&spool);
@@ -302,10 +294,7 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     accept_some(&spool, 1).await;
     assert_eq!(stored_marks(&spool).last().map(|m| m.seq), Some(spool.last_position().seq));
     drop(spool);
-    let db = redb::Database::open(&path).expect("redb");
-    let txn = db.begin_read().expect("read");
-    let meta = txn.open_table(tables::META).expect("meta");
-    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(tables::FORMAT));
+    assert_eq!(stored_format(&path), Some(tables::FORMAT));
 }
 
 #[tokio::test]
@@ -438,16 +427,7 @@ async fn epoch_notes_and_the_failover_pause_are_kept_and_replicated_and_format_2
         spool.ensure_epoch().await.expect("epoch");
     }
     let path = dir.path().join("spool").join(FILE_NAME);
-    {
-        let db = redb::Database::open(&path).expect("redb");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(tables::META)
-            .expect("meta")
-            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_EPOCH_NOTES)
-            .expect("set");
-        assert!(txn.delete_table(tables::EPOCH_NOTES).expect("delete the notes"));
-        txn.commit().expect("commit");
-    }
+    as_older_format(&path, tables::FORMAT_WITHOUT_EPOCH_NOTES, &["epoch_notes"]);
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
     assert_eq!(spool.epoch_notes().expect("notes"), vec![], "epoch 1 was not noted");
     let note = EpochNote {
@@ -477,8 +457,29 @@ async fn epoch_notes_and_the_failover_pause_are_kept_and_replicated_and_format_2
     assert_eq!(standby.epoch_notes().expect("notes").len(), 1);
     assert!(standby.snapshot_incomplete().expect("partial"), "a rebuild is resumed at a restart");
     drop(spool);
-    let db = redb::Database::open(&path).expect("redb");
+    assert_eq!(stored_format(&path), Some(3));
+}
+
+/// Makes the spool file at `path` look as an older relayd left it: `format`, and without the
+/// tables that format lacks.
+fn as_older_format(path: &std::path::Path, format: u64, lacking: &[&str]) {
+    let db = redb::Database::open(path).expect("redb");
+    let txn = db.begin_write().expect("write");
+    txn.open_table(tables::META).expect("meta").insert(tables::FORMAT_KEY, format).expect("set");
+    let tables: Vec<_> = txn.list_tables().expect("tables").collect();
+    let mut dropped = 0;
+    for table in tables.into_iter().filter(|t| lacking.contains(&t.name())) {
+        assert!(txn.delete_table(table).expect("delete"));
+        dropped += 1;
+    }
+    assert_eq!(dropped, lacking.len(), "every table named was there");
+    txn.commit().expect("commit");
+}
+
+/// The format the spool file at `path` says it is.
+fn stored_format(path: &std::path::Path) -> Option<u64> {
+    let db = redb::Database::open(path).expect("redb");
     let txn = db.begin_read().expect("read");
     let meta = txn.open_table(tables::META).expect("meta");
-    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(3));
+    meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value())
 }
