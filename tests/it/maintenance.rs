@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::client::{self, Outcome, relayd_on};
-use common::cluster::{CLOSED, Trio, TrioOptions, count, role_epoch, try_get_text, try_status};
+use common::cluster::{
+    CLOSED, Trio, TrioOptions, count, role_epoch, sever, try_get_text, try_status,
+};
 use common::{Node, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -148,6 +150,22 @@ fn paused_failover_keeps_the_standby_from_promoting_until_resumed() {
     assert!(metrics.contains("relayd_failover_paused 0\n"), "{metrics}");
 }
 
+/// A trio whose primary keeps its mail queued (its next hop closed, retried hourly), holding
+/// `n` messages on both nodes.
+fn trio_holding(n: usize) -> Trio {
+    let closed: SocketAddr = CLOSED.parse().expect("an address");
+    let options = TrioOptions { retry: r#"["1h"]"#, ..TrioOptions::default() };
+    let trio = Trio::start_with(options, Some(closed));
+    for i in 0..n {
+        let id = format!("rebuild-{i}@maintenance.test");
+        assert_eq!(client::submit(trio.a.addr(), &id, PATIENCE), Outcome::Accepted);
+    }
+    wait_for("b to hold the messages", || {
+        try_status(&trio.b).is_some_and(|s| s["queue"]["messages"] == n)
+    });
+    trio
+}
+
 /// The ids and bodies of a stopped node's queue.
 fn queue_of(node: &Node) -> BTreeSet<(String, Vec<u8>)> {
     node.queued().into_iter().map(|(m, body)| (m.envelope.id.to_string(), body)).collect()
@@ -160,16 +178,7 @@ fn queue_of(node: &Node) -> BTreeSet<(String, Vec<u8>)> {
 /// history's notes.
 #[test]
 fn rebuild_takes_the_primary_queue_again_and_is_refused_on_a_primary() {
-    let closed: SocketAddr = CLOSED.parse().expect("an address");
-    let options = TrioOptions { retry: r#"["1h"]"#, ..TrioOptions::default() };
-    let mut trio = Trio::start_with(options, Some(closed));
-    for n in 0..5 {
-        let id = format!("rebuild-{n}@maintenance.test");
-        assert_eq!(client::submit(trio.a.addr(), &id, PATIENCE), Outcome::Accepted);
-    }
-    wait_for("b to hold the five messages", || {
-        try_status(&trio.b).is_some_and(|s| s["queue"]["messages"] == 5)
-    });
+    let mut trio = trio_holding(5);
 
     let (code, out, err) = relayd_on(&trio.a, &["rebuild"]);
     assert_eq!(code, Some(1), "refused on a primary: {out}{err}");
@@ -268,4 +277,37 @@ fn history_after_a_switchover_names_both_epochs_nodes_and_causes() {
             "{table}"
         );
     }
+}
+
+/// A rebuild the primary cannot answer yet (the link cut): the emptied standby is not
+/// promotable, neither by itself once it has not heard the primary for failover_timeout nor by
+/// `relayd promote --force`; killed and restarted before the snapshot came, it is still
+/// empty and still waiting, and takes the snapshot once the link is back.
+#[test]
+fn a_rebuild_cut_short_by_a_crash_resumes_and_the_emptied_standby_is_not_promotable() {
+    let mut trio = trio_holding(3);
+    sever(&trio.ab);
+    let (code, out, err) = relayd_on(&trio.b, &["rebuild"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let empty = "this node's spool is empty: it never promotes itself";
+    wait_for("b to decline a failover, holding nothing", || count(&trio.b.log(), empty) == 1);
+    let (code, out, err) = relayd_on(&trio.b, &["promote", "--force"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("spool is empty and the cluster already has epoch 1"), "{err}");
+    let status = try_status(&trio.b).expect("b's status");
+    assert_eq!((status["role"].as_str(), status["epoch"].as_u64()), (Some("standby"), Some(0)));
+    assert_eq!(status["queue"]["messages"], 0);
+
+    trio.b.kill9();
+    let installed = count(&trio.b.log(), "snapshot installed");
+    trio.b.launch();
+    wait_for("b, restarted, to wait holding nothing", || count(&trio.b.log(), empty) == 2);
+    trio.ab.unblock();
+    wait_for("b to take the snapshot once the link is back", || {
+        count(&trio.b.log(), "snapshot installed") > installed
+            && try_status(&trio.b).is_some_and(|s| s["queue"]["messages"] == 3 && s["epoch"] == 1)
+    });
+    trio.b.stop();
+    trio.a.stop();
+    assert_eq!(queue_of(&trio.a), queue_of(&trio.b), "b holds a's queue again");
 }
