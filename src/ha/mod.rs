@@ -418,7 +418,10 @@ impl Ha {
             return Err(MaintenanceError::NotClustered);
         }
         let spool = &self.inner.spool;
-        let replicated = self.status().role == Role::Primary;
+        // A primary with an epoch writes it to its log; a configured primary still waiting to
+        // bootstrap has no log to write to, and keeps it as a standby does.
+        let status = self.status();
+        let replicated = status.role == Role::Primary && status.epoch > 0;
         if replicated {
             spool.commit(vec![crate::spool::Change::FailoverPaused { paused }], Vec::new()).await?;
         } else {
