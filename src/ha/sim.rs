@@ -18,7 +18,9 @@
 //! * mail offered to whichever node serves at that instant (checked at use), with
 //!   `replication = "sync"`: a 250 once the standby acknowledged the record within
 //!   `sync_timeout`; else, with `on_standby_loss = "degrade"` (one schedule in three), a 250
-//!   from the node alone if it still serves at that instant, and with `"refuse"` none.
+//!   from the node alone if it still serves at that instant, and with `"refuse"` none;
+//! * an operator's `relayd failover pause` on both nodes (`Options::paused`, one property
+//!   test): every epoch after the first must then come from a handover.
 //!
 //! Run: `cargo test --lib ha::sim`. `RELAYD_SIM_SCHEDULES=N` runs N schedules (default
 //! [`DEFAULT_SCHEDULES`]), `RELAYD_SIM_SEED=S` replays exactly the schedule of seed S with a
