@@ -50,10 +50,10 @@ run_tests() {
 }
 # The integration tests are one binary, tests/it, whose tests share one process and its test
 # threads. These of its modules load the machine (the campaign, the drill, the power cuts, the
-# rolling upgrade, which also builds the previous release) or time failovers to the second:
-# each runs in a pass of its own after everything else, as each ran in a binary of its own
-# when cargo ran one binary per test file, one after another.
-alone=(campaign drill failover faults powercut upgrade)
+# rolling upgrade, which also builds the previous release) or time failovers to the second
+# (failover, faults, maintenance): each runs in a pass of its own after everything else, as each
+# ran in a binary of its own when cargo ran one binary per test file, one after another.
+alone=(campaign drill failover faults maintenance powercut upgrade)
 for module in "${alone[@]}"; do
   # A module renamed or gone would leave its pass empty and run it among the rest unseen.
   grep -qx "mod $module;" tests/it/main.rs || { echo "test.sh: tests/it has no module $module" >&2; exit 2; }

@@ -48,6 +48,12 @@ enum Subcommand {
         #[arg(long)]
         json: bool,
     },
+    /// Who was primary in each epoch, from when, and why (as the running node's spool holds it).
+    History {
+        /// Print the admin endpoint's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List, show, flush, requeue or delete the running node's queued messages.
     Queue {
         #[command(subcommand)]
@@ -63,6 +69,15 @@ enum Subcommand {
     /// Planned switchover: this primary stops accepting, lets the standby catch up, hands over
     /// and follows it. No mail lost, none delivered twice.
     Demote,
+    /// Maintenance: turn automatic failover off (pause) or on (resume) at run time. Given to
+    /// the primary it is replicated to the standby; given to a standby it holds there alone.
+    Failover {
+        #[command(subcommand)]
+        command: FailoverCommand,
+    },
+    /// On a standby: drop its spool and rebuild it from a full snapshot of the primary's
+    /// (refused on a primary).
+    Rebuild,
     /// Certificates for the cluster link's mutual TLS.
     Certs {
         #[command(subcommand)]
@@ -82,6 +97,15 @@ enum Generated {
     Man,
     /// relayd.bash, _relayd (zsh) and relayd.fish.
     Completions,
+}
+
+#[derive(clap::Subcommand)]
+enum FailoverCommand {
+    /// No standby promotes itself until resumed (relayd promote still does; a primary still
+    /// fences itself when it loses its standby and the witness).
+    Pause,
+    /// Automatic failover on again.
+    Resume,
 }
 
 #[derive(clap::Subcommand)]
@@ -180,6 +204,9 @@ pub fn main() -> ExitCode {
         Some(Subcommand::Generate { what, dir }) => generate(*what, dir),
         Some(Subcommand::CheckConfig) => configured(&|config| check_config(&config)),
         Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
+        Some(Subcommand::History { json }) => {
+            configured(&|config| commands::history(&config, *json))
+        }
         Some(Subcommand::Queue { command }) => configured(&|config| match command {
             QueueCommand::List { filter, limit, after, json } => {
                 commands::queue_list(&config, filter, *limit, *after, *json)
@@ -199,6 +226,11 @@ pub fn main() -> ExitCode {
             configured(&|config| commands::promote(&config, *force))
         }
         Some(Subcommand::Demote) => configured(&|config| commands::demote(&config)),
+        Some(Subcommand::Failover { command }) => {
+            let paused = matches!(command, FailoverCommand::Pause);
+            configured(&|config| commands::failover(&config, paused))
+        }
+        Some(Subcommand::Rebuild) => configured(&|config| commands::rebuild(&config)),
         None => configured(&crate::node::run),
     }
 }

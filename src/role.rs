@@ -136,6 +136,8 @@ pub enum Report {
     HandoverAsked { epoch: u64 },
     /// Primary: the standby took over in `epoch`.
     TookOver { epoch: u64 },
+    /// Standby: a record of the primary's paused (true) or resumed automatic failover.
+    FailoverPaused(bool),
 }
 
 /// The link's way to report to `ha`; cheap to clone.

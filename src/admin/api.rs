@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spool::{MessageRecord, QueueId, RecipientState};
+use crate::spool::{EpochNote, EpochStart, MessageRecord, QueueId, RecipientState};
 
 /// `GET /status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +26,77 @@ pub struct Status {
     pub release: Option<String>,
     #[serde(default)]
     pub protocol: Option<u32>,
+    /// An operator paused automatic failover (`relayd failover pause`). An older node does
+    /// not report it, hence the default.
+    #[serde(default)]
+    pub failover_paused: bool,
+    /// Every member of the cluster this node knows of: itself first, then its peer (as the
+    /// cluster link last saw it) and the witness (as its last answer to a ping said). Empty
+    /// from an older node.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// One epoch in `GET /history`: who was primary in it, from when, and why. The node, cause,
+/// reason and time are null for an epoch begun by relayd 0.1.0 (which noted none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub epoch: u64,
+    /// The log sequence number it began at; null for an epoch noted but not in this node's log
+    /// (a deposed primary's branch, dropped when it rejoined).
+    pub first_seq: Option<u64>,
+    pub node: Option<String>,
+    /// "bootstrap", "failover", "switchover", "promote" or "promote --force".
+    pub cause: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub started_at: Option<String>,
+}
+
+impl HistoryEntry {
+    /// The history: every epoch of the log's history, and every epoch noted, by epoch.
+    pub fn list(history: &[EpochStart], notes: Vec<EpochNote>) -> Vec<HistoryEntry> {
+        let mut entries: std::collections::BTreeMap<u64, HistoryEntry> = history
+            .iter()
+            .map(|start| (start.epoch, HistoryEntry::unnoted(start.epoch, Some(start.first_seq))))
+            .collect();
+        for note in notes {
+            let entry = entries
+                .entry(note.epoch)
+                .or_insert_with(|| HistoryEntry::unnoted(note.epoch, None));
+            entry.node = Some(note.node);
+            entry.cause = Some(note.cause.as_str().to_string());
+            entry.reason = Some(note.reason);
+            entry.started_at = rfc3339(note.at_ms);
+        }
+        entries.into_values().collect()
+    }
+
+    fn unnoted(epoch: u64, first_seq: Option<u64>) -> HistoryEntry {
+        HistoryEntry { epoch, first_seq, node: None, cause: None, reason: None, started_at: None }
+    }
+}
+
+/// One member of the cluster in `/status`, as the node that answers sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name; the witness's address (its pongs carry no name).
+    pub name: String,
+    /// "primary", "standby" (the peer: as its Hello said) or "witness".
+    pub role: String,
+    /// A data node's epoch; the witness's highest grant. None: not known (never heard).
+    pub epoch: Option<u64>,
+    /// Only for this node itself: whether it serves; None for the others.
+    pub serving: Option<bool>,
+    /// "self"; a peer "linked" or "unreachable"; a witness "answering" or "unreachable".
+    pub state: String,
+    /// Change-log records the standby lacks (on a pair's primary, its standby's; on the
+    /// standby, its own). None for the witness.
+    pub lag_records: Option<u64>,
+    /// Milliseconds since it was last heard from (0 for this node); None: never heard.
+    pub last_heard_ms: Option<u64>,
+    /// The witness: the node it granted its highest epoch to.
+    pub granted_to: Option<String>,
 }
 
 /// How far the standby is behind this primary.
@@ -219,6 +290,36 @@ mod tests {
         assert_eq!(json["recipients"][1]["relay"], "mx.test:25");
         assert_eq!(json["recipients"][2]["state"], "bounced");
         assert_eq!(json["recipients"][2]["last_reply"], "550 5.1.1 no such user");
+    }
+
+    #[test]
+    fn history_names_the_noted_epochs_and_leaves_older_ones_unknown() {
+        use crate::spool::{EpochCause, EpochNote, EpochStart};
+        let history =
+            [EpochStart { epoch: 1, first_seq: 1 }, EpochStart { epoch: 3, first_seq: 40 }];
+        let note = |epoch, node: &str, cause| EpochNote {
+            epoch,
+            node: node.into(),
+            cause,
+            reason: "why".into(),
+            at_ms: 1_700_000_000_000,
+        };
+        // Epoch 1 was begun by relayd 0.1.0: no note. Epoch 2 is a dropped branch's.
+        let notes = vec![note(2, "a", EpochCause::Failover), note(3, "b", EpochCause::Switchover)];
+        let entries = HistoryEntry::list(&history, notes);
+        let seen: Vec<_> = entries
+            .iter()
+            .map(|e| (e.epoch, e.first_seq, e.node.as_deref(), e.cause.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, Some(1), None, None),
+                (2, None, Some("a"), Some("failover")),
+                (3, Some(40), Some("b"), Some("switchover"))
+            ]
+        );
+        assert_eq!(entries[2].started_at.as_deref(), Some("2023-11-14T22:13:20Z"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use bytesize::ByteSize;
 
-use super::api::{Message, QueuePage, Recipient, Status};
+use super::api::{HistoryEntry, Member, Message, QueuePage, Recipient, Status};
 use super::client::{Client, ClientError};
 use super::witness::WitnessStatus;
 use crate::config::{Config, Role};
@@ -244,6 +244,61 @@ pub fn demote(config: &Config) -> ExitCode {
     })
 }
 
+/// `relayd history [--json]`.
+pub fn history(config: &Config, json: bool) -> ExitCode {
+    run(config, |client| {
+        let entries: serde_json::Value = client.get("/history")?;
+        if json {
+            return Ok(pretty(&entries));
+        }
+        let entries: Vec<HistoryEntry> = serde_json::from_value(entries).map_err(|e| {
+            ClientError::Invalid { address: client.address(), reason: e.to_string() }
+        })?;
+        Ok(history_table(&entries))
+    })
+}
+
+/// The epoch history as `relayd history` prints it: a row an epoch, oldest first.
+fn history_table(entries: &[HistoryEntry]) -> String {
+    let unknown = || "?".to_string();
+    let header = ["EPOCH", "FROM RECORD", "PRIMARY", "SINCE", "CAUSE", "REASON"].map(String::from);
+    let rows = entries.iter().map(|e| {
+        [
+            e.epoch.to_string(),
+            e.first_seq.map_or_else(|| "-".into(), |seq| seq.to_string()),
+            e.node.clone().unwrap_or_else(unknown),
+            e.started_at.clone().unwrap_or_else(unknown),
+            e.cause.clone().unwrap_or_else(unknown),
+            e.reason.clone().unwrap_or_else(|| "(begun by relayd 0.1.0: not noted)".into()),
+        ]
+    });
+    columns(std::iter::once(header).chain(rows).collect())
+}
+
+/// `relayd failover pause|resume`.
+pub fn failover(config: &Config, paused: bool) -> ExitCode {
+    run(config, |client| {
+        let answer = client.post(if paused { "/failover/pause" } else { "/failover/resume" })?;
+        let what = if paused { "paused" } else { "resumed" };
+        let scope = if answer["scope"] == "cluster" {
+            "on this primary and its standby (replicated)"
+        } else {
+            "on this node only (a standby: run it on the primary for both)"
+        };
+        Ok(format!("automatic failover {what} {scope}\n"))
+    })
+}
+
+/// `relayd rebuild`.
+pub fn rebuild(config: &Config) -> ExitCode {
+    run(config, |client| {
+        client.post("/rebuild")?;
+        Ok("rebuilding: spool emptied; the primary sends a full snapshot (relayd status shows \
+            the lag)\n"
+            .to_string())
+    })
+}
+
 fn run(config: &Config, command: impl FnOnce(&Client) -> Result<String, ClientError>) -> ExitCode {
     let client = match Client::new(config) {
         Ok(client) => client,
@@ -323,6 +378,55 @@ fn status_table(status: &Status) -> String {
         let _ = write!(out, ", oldest {}", age(queue.oldest_age_seconds));
     }
     out.push('\n');
+    if status.failover_paused {
+        out.push_str("failover paused (relayd failover resume turns it on)\n");
+    }
+    if !status.members.is_empty() {
+        out.push('\n');
+        out.push_str(&members_table(&status.members));
+    }
+    out
+}
+
+/// The cluster's members as `relayd status` prints them, a row each, in columns.
+fn members_table(members: &[Member]) -> String {
+    let unknown = || "-".to_string();
+    let mut rows =
+        vec![["MEMBER", "ROLE", "EPOCH", "STATE", "LAG", "LAST HEARD"].map(String::from)];
+    for member in members {
+        let state = match (member.serving, &member.granted_to) {
+            (Some(true), _) => format!("{}, serving", member.state),
+            (Some(false), _) if member.role == "primary" => format!("{}, fenced", member.state),
+            (_, Some(grantee)) => format!("{}, granted to {grantee}", member.state),
+            _ => member.state.clone(),
+        };
+        let heard = match member.last_heard_ms {
+            Some(0) if member.state == "self" => "-".to_string(),
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "never".to_string(),
+        };
+        rows.push([
+            member.name.clone(),
+            member.role.clone(),
+            member.epoch.map_or_else(unknown, |e| e.to_string()),
+            state,
+            member.lag_records.map_or_else(unknown, |l| l.to_string()),
+            heard,
+        ]);
+    }
+    columns(rows)
+}
+
+/// Rows of six cells in left-aligned columns, two spaces apart.
+fn columns(rows: Vec<[String; 6]>) -> String {
+    let widths: Vec<usize> =
+        (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
     out
 }
 
@@ -480,9 +584,45 @@ mod tests {
             queue: QueueSummary { messages: 1, recipients_pending: 2, oldest_age_seconds: 65 },
             release: Some("0.2.0".into()),
             protocol: Some(2),
+            failover_paused: true,
+            members: vec![
+                Member {
+                    name: "mx1".into(),
+                    role: "primary".into(),
+                    epoch: Some(2),
+                    serving: Some(true),
+                    state: "self".into(),
+                    lag_records: None,
+                    last_heard_ms: Some(0),
+                    granted_to: None,
+                },
+                Member {
+                    name: "127.0.0.1:7000".into(),
+                    role: "witness".into(),
+                    epoch: None,
+                    serving: None,
+                    state: "unreachable".into(),
+                    lag_records: None,
+                    last_heard_ms: None,
+                    granted_to: None,
+                },
+            ],
         };
         let table = status_table(&status);
         assert!(table.contains("role   primary\n"), "{table}");
+        assert!(table.contains("failover paused"), "{table}");
+        assert!(
+            table.contains("MEMBER          ROLE     EPOCH  STATE          LAG  LAST HEARD\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("mx1             primary  2      self, serving  -    -\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("127.0.0.1:7000  witness  -      unreachable    -    never\n"),
+            "{table}"
+        );
         assert!(table.contains("release 0.2.0 (cluster protocol 2)\n"), "{table}");
         assert!(table.contains("peer   none\n"), "{table}");
         // A 0.1.0 node says neither: no line.

@@ -36,6 +36,8 @@ pub struct Snapshot {
     /// Since the witness last answered a ping (since the node started, when it never has);
     /// none on a node without a witness.
     pub witness_silence: Option<Duration>,
+    /// An operator paused automatic failover.
+    pub failover_paused: bool,
     pub smtp_commit: HistogramSnapshot,
     pub replication_ack: HistogramSnapshot,
     pub delivery_attempt: HistogramSnapshot,
@@ -90,6 +92,11 @@ pub fn render(s: &Snapshot) -> String {
         &s.replication_ack,
     );
     page.counter("relayd_failovers_total", "Promotions of this node to primary.", s.failovers);
+    page.gauge(
+        "relayd_failover_paused",
+        "1 while automatic failover is paused (relayd failover pause): no standby promotes itself.",
+        u64::from(s.failover_paused),
+    );
     page.counter(
         "relayd_spool_syncs_total",
         "Group commits made durable (one flush and one fdatasync each).",
@@ -207,6 +214,7 @@ mod tests {
             replication_lag_seconds: 0.25,
             spool_disk: Some(DiskUsage { free: 10, size: 20, file: 5 }),
             witness_silence: Some(Duration::from_millis(1500)),
+            failover_paused: true,
             ..Snapshot::default()
         });
         assert!(page.contains("# TYPE relayd_role gauge\n"));
@@ -229,8 +237,9 @@ mod tests {
         assert!(page.contains("relayd_spool_disk_size_bytes 20\n"));
         assert!(page.contains("relayd_spool_file_bytes 5\n"));
         assert!(page.contains("relayd_witness_last_answer_seconds 1.5\n"));
+        assert!(page.contains("relayd_failover_paused 1\n"));
         let families: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
-        assert_eq!(families.len(), 23);
+        assert_eq!(families.len(), 24);
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("sample line");
             assert!(value.parse::<f64>().is_ok(), "{line}");

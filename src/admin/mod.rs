@@ -109,6 +109,10 @@ pub fn router(context: AdminContext, token: Option<Token>) -> Router {
         .route("/queue/requeue", post(routes::queue_requeue))
         .route("/promote", post(routes::promote))
         .route("/demote", post(routes::demote))
+        .route("/failover/pause", post(routes::failover_pause))
+        .route("/failover/resume", post(routes::failover_resume))
+        .route("/rebuild", post(routes::rebuild))
+        .route("/history", get(routes::history))
         .route("/queue/{id}", get(routes::queue_show).delete(routes::queue_delete))
         .route("/queue/{id}/content", get(routes::queue_content))
         .with_state(Arc::new(context));

@@ -8,13 +8,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::api::{Message, QueuePage, QueueSummary, ReplicationLag, Status, parse_queue_id};
+use super::api::{
+    HistoryEntry, Member, Message, QueuePage, QueueSummary, ReplicationLag, Status, parse_queue_id,
+};
 use super::error::ApiError;
 use super::filter::{self, BadQuery, QueueQuery};
 use super::metrics::{self, Snapshot};
 use super::{AdminContext, node_state};
 use crate::config::Role;
 use crate::delivery::Requeue;
+use crate::ha::error::MaintenanceError;
 use crate::metrics::Metrics;
 use crate::replication::frame;
 use crate::spool::{QueueId, Spool, SpoolError, now_ms};
@@ -66,12 +69,115 @@ pub async fn demote(State(context): Context) -> Result<Json<serde_json::Value>, 
     Ok(Json(serde_json::json!({ "role": "standby", "new_primary_epoch": epoch })))
 }
 
+/// `POST /failover/pause` and `/failover/resume`: automatic failover off or on (replicated
+/// from a primary to its standby; a standby's own otherwise).
+pub async fn failover_pause(State(context): Context) -> Result<Json<serde_json::Value>, ApiError> {
+    set_failover_paused(&context, true).await
+}
+
+pub async fn failover_resume(State(context): Context) -> Result<Json<serde_json::Value>, ApiError> {
+    set_failover_paused(&context, false).await
+}
+
+async fn set_failover_paused(
+    context: &AdminContext,
+    paused: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let replicated = context.ha.pause_failover(paused).await.map_err(|e| match e {
+        MaintenanceError::Spool(e) => ApiError::internal(e.to_string()),
+        other => ApiError::conflict(other.to_string()),
+    })?;
+    let scope = if replicated { "cluster" } else { "node" };
+    Ok(Json(serde_json::json!({ "failover_paused": paused, "scope": scope })))
+}
+
+/// `POST /rebuild`: this standby drops its spool and takes a full snapshot from the primary;
+/// refused (409) on a primary.
+pub async fn rebuild(State(context): Context) -> Result<Json<serde_json::Value>, ApiError> {
+    context.ha.rebuild(&context.replication).await.map_err(|e| match e {
+        MaintenanceError::Spool(e) => ApiError::internal(e.to_string()),
+        other => ApiError::conflict(other.to_string()),
+    })?;
+    Ok(Json(serde_json::json!({ "rebuilding": true })))
+}
+
+/// `GET /history`: who was primary in each epoch, from when, and why.
+pub async fn history(State(context): Context) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    blocking(move || {
+        let spool = &context.spool;
+        Ok(Json(HistoryEntry::list(&spool.epoch_history()?, spool.epoch_notes()?)))
+    })
+    .await
+}
+
+/// The members `/status` shows: this node, its peer, its witness.
+fn members(context: &AdminContext, state: &super::NodeState, lag_records: u64) -> Vec<Member> {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut members = vec![Member {
+        name: context.config.node.name.clone(),
+        role: state.role.to_string(),
+        epoch: Some(state.epoch),
+        serving: Some(state.serving),
+        state: "self".into(),
+        lag_records: (state.role == Role::Standby).then_some(lag_records),
+        last_heard_ms: Some(0),
+        granted_to: None,
+    }];
+    if let Some(cluster) = context.ha.cluster() {
+        let history = context.spool.epoch_history().unwrap_or_default();
+        let peer = context.replication.peer_view(&history);
+        // A standby's silence of its primary is what its failover decision counts.
+        let heard = match (&peer, context.ha.primary_silence()) {
+            (Some(peer), Some(silence)) if peer.role == Role::Primary.as_str() => {
+                Some(silence.min(peer.silence))
+            }
+            (Some(peer), _) => Some(peer.silence),
+            (None, _) => None,
+        };
+        members.push(Member {
+            name: peer.as_ref().map_or_else(
+                || cluster.peer.clone().unwrap_or_else(|| "peer".into()),
+                |p| p.node.clone(),
+            ),
+            role: peer.as_ref().map_or_else(|| "unknown".into(), |p| p.role.clone()),
+            epoch: peer.as_ref().map(|p| p.epoch),
+            serving: None,
+            state: if peer.as_ref().is_some_and(|p| p.connected) {
+                "linked"
+            } else {
+                "unreachable"
+            }
+            .into(),
+            lag_records: (state.role == Role::Primary).then_some(lag_records),
+            last_heard_ms: heard.map(ms),
+            granted_to: None,
+        });
+    }
+    if let Some(witness) = context.ha.witness_view() {
+        let answering = witness.grant.is_some()
+            && context.ha.cluster().is_some_and(|c| witness.silence < c.failover_timeout);
+        members.push(Member {
+            name: witness.address,
+            role: Role::Witness.as_str().into(),
+            epoch: witness.grant.as_ref().map(|g| g.0),
+            serving: None,
+            state: if answering { "answering" } else { "unreachable" }.into(),
+            lag_records: None,
+            last_heard_ms: witness.grant.as_ref().map(|_| ms(witness.silence)),
+            granted_to: witness.grant.map(|g| g.1),
+        });
+    }
+    members
+}
+
 /// `GET /status`.
 pub async fn status(State(context): Context) -> Result<Json<Status>, ApiError> {
     blocking(move || {
         let state = node_state(&context);
         let replication = context.replication.status(&context.spool, state.role);
         Ok(Json(Status {
+            failover_paused: context.ha.failover_paused(),
+            members: members(&context, &state, replication.lag_records),
             role: state.role.to_string(),
             epoch: state.epoch,
             serving: state.serving,
@@ -116,6 +222,7 @@ pub async fn metrics(State(context): Context) -> Result<Response, ApiError> {
             // spool's own errors say why.
             spool_disk: context.spool.disk_usage().ok(),
             witness_silence: context.ha.witness_silence(),
+            failover_paused: context.ha.failover_paused(),
             smtp_commit: counters.smtp_commit.snapshot(),
             replication_ack: counters.replication_ack.snapshot(),
             delivery_attempt: counters.delivery_attempt.snapshot(),

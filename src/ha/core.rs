@@ -58,6 +58,8 @@ pub struct Disk {
     pub epoch: u64,
     /// The highest epoch this node has seen (persisted), at least `epoch`.
     pub highest: u64,
+    /// An operator paused automatic failover (persisted: `relayd failover pause`).
+    pub paused: bool,
 }
 
 /// Until when the node may serve, in core time.
@@ -119,6 +121,12 @@ pub enum Event {
     },
     /// A planned switchover holds the primary from serving (true) or releases it (false).
     Hold(bool),
+    /// `relayd failover pause` (true) or `resume` (false), on this node or replicated from
+    /// the primary: while paused, a standby never promotes itself.
+    Pause(bool),
+    /// `relayd rebuild`: the spool was emptied to be rebuilt from the primary's snapshot. The
+    /// node holds nothing until it has followed again, and so never claims (I2).
+    Emptied,
     /// `EpochStarted` for `epoch` is durable.
     EpochBegun {
         epoch: u64,
@@ -179,8 +187,13 @@ pub enum Action {
         role: Role,
         highest: u64,
     },
-    /// Commit `EpochStarted` for this epoch; answer with `EpochBegun` or `EpochFailed`.
-    BeginEpoch(u64),
+    /// Commit `EpochStarted` for this epoch, noting why and the reason said; answer with
+    /// `EpochBegun` or `EpochFailed`.
+    BeginEpoch {
+        epoch: u64,
+        why: Why,
+        reason: String,
+    },
     /// Ask the witness for `epoch`; answer with `Verdict` or `ClaimFailed`.
     Claim {
         epoch: u64,
@@ -292,6 +305,9 @@ pub struct OldRules {
     pub empty_standby_claims: bool,
     /// Case 3: a claim is our log's epoch + 1, whatever the witness has granted since.
     pub claim_ignores_witness: bool,
+    /// Before `relayd failover pause` (issue 15): a silent primary is succeeded whatever the
+    /// operator said.
+    pub pause_ignored: bool,
 }
 
 /// One data node's failover state.
@@ -325,6 +341,8 @@ pub struct Core {
     /// configured primary's bootstrap, needs no witness that cannot be reached.
     peer_empty: bool,
     hold: bool,
+    /// Automatic failover paused by an operator: a silent primary is not succeeded.
+    paused: bool,
     /// A primary handing over to a standby that holds more, until then.
     yielding_until: Option<Ms>,
     published: Option<Status>,
@@ -378,6 +396,7 @@ impl Core {
             handover_epoch: 0,
             peer_empty: false,
             hold: false,
+            paused: disk.paused,
             yielding_until: None,
             published: None,
             was_serving: false,
@@ -443,6 +462,11 @@ impl Core {
     /// How long since the primary showed a sign of life (standby).
     pub fn silence(&self, now: Ms) -> Ms {
         now.saturating_sub(self.heard_primary)
+    }
+
+    /// Whether an operator paused automatic failover.
+    pub fn paused(&self) -> bool {
+        self.paused
     }
 
     pub fn step(&mut self, event: Event, now: Ms) -> Vec<Action> {
@@ -520,6 +544,18 @@ impl Core {
             }
             Event::Promote { force } => self.promote(force, now, &mut out),
             Event::Hold(hold) => self.hold = hold,
+            Event::Pause(paused) => {
+                self.paused = paused;
+                self.warned_idle = false;
+            }
+            Event::Emptied => {
+                if self.role == Role::Standby {
+                    self.has_history = false;
+                    self.epoch = 0;
+                    self.claim = None;
+                    self.handover_until = None;
+                }
+            }
             Event::EpochBegun { epoch } => self.begun(epoch, &mut out),
             Event::EpochFailed { epoch, error } => {
                 if let Some(begin) = self.beginning.take_if(|b| b.epoch == epoch) {
@@ -583,6 +619,15 @@ impl Core {
     /// The primary has been silent for failover_timeout.
     fn fail_over(&mut self, now: Ms, out: &mut Vec<Action>) {
         let silence = self.silence(now);
+        if self.paused && !self.old().pause_ignored {
+            // The operator's maintenance: only `relayd promote` (or a handover) promotes.
+            if !std::mem::replace(&mut self.warned_idle, true) {
+                out.push(Action::Note(Note::Info(format!(
+                    "no primary heard for {silence} ms, but automatic failover is paused: not promoting (relayd failover resume, or relayd promote)"
+                ))));
+            }
+            return;
+        }
         if !self.has_history && !self.old().empty_standby_claims {
             if !std::mem::replace(&mut self.warned_idle, true) {
                 out.push(Action::Note(Note::Info(format!(
@@ -917,8 +962,8 @@ impl Core {
         reason: String,
         out: &mut Vec<Action>,
     ) {
+        out.push(Action::BeginEpoch { epoch, why, reason: reason.clone() });
         self.beginning = Some(Begin { epoch, why, lease_from, reason });
-        out.push(Action::BeginEpoch(epoch));
     }
 
     /// The epoch a claim asks for: above everything seen.
@@ -1065,7 +1110,14 @@ mod tests {
     }
 
     fn disk(role: Role, epoch: u64) -> Disk {
-        Disk { role: Some(role), role_override: None, configured: role, epoch, highest: epoch }
+        Disk {
+            role: Some(role),
+            role_override: None,
+            configured: role,
+            epoch,
+            highest: epoch,
+            paused: false,
+        }
     }
 
     fn claims(actions: &[Action]) -> Vec<u64> {
@@ -1087,7 +1139,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::BeginEpoch(epoch) => Some(*epoch),
+                Action::BeginEpoch { epoch, .. } => Some(*epoch),
                 _ => None,
             })
             .collect()
@@ -1100,7 +1152,14 @@ mod tests {
     const EMPTY: Data = Data { epoch: 0, seq: 0 };
 
     fn empty_primary() -> Disk {
-        Disk { role: None, role_override: None, configured: Role::Primary, epoch: 0, highest: 0 }
+        Disk {
+            role: None,
+            role_override: None,
+            configured: Role::Primary,
+            epoch: 0,
+            highest: 0,
+            paused: false,
+        }
     }
 
     /// The simulation's finding 5: a grant of epoch 1 that arrives once the node has learnt
@@ -1166,6 +1225,44 @@ mod tests {
         assert_eq!(claims(&asked), vec![2]);
         let failed = core.step(Event::ClaimFailed { epoch: 2, error: "refused".into() }, 30);
         assert!(begins(&failed).is_empty(), "{failed:?}");
+    }
+
+    #[test]
+    fn a_paused_standby_never_claims_for_a_silent_primary_but_promotes_when_asked() {
+        let paused = Disk { paused: true, ..disk(Role::Standby, 1) };
+        let (mut core, _) = Core::start(setup("b"), paused, 0);
+        let quiet = run(&mut core, 0, 30_000);
+        assert!(claims(&quiet).is_empty(), "{quiet:?}");
+        let said = quiet.iter().filter(|a| matches!(a, Action::Note(Note::Info(_)))).count();
+        assert_eq!(said, 1, "the pause is said once: {quiet:?}");
+        // The operator's promote still works, and so does a handover.
+        assert_eq!(claims(&core.step(Event::Promote { force: false }, 30_000)), vec![2]);
+        let (mut core, _) =
+            Core::start(setup("b"), Disk { paused: true, ..disk(Role::Standby, 1) }, 0);
+        assert_eq!(claims(&core.step(Event::HandoverAsked { epoch: 1 }, 10)), vec![2]);
+        // Resumed (at run time), it claims once the primary has been silent long enough.
+        let (mut core, _) =
+            Core::start(setup("b"), Disk { paused: true, ..disk(Role::Standby, 1) }, 0);
+        assert!(claims(&run(&mut core, 0, 5000)).is_empty());
+        core.step(Event::Pause(false), 5000);
+        assert!(!core.paused());
+        assert_eq!(claims(&run(&mut core, 5000, 5100)), vec![2]);
+        // Paused at run time, it stops claiming.
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 1), 0);
+        core.step(Event::Pause(true), 10);
+        assert!(claims(&run(&mut core, 50, 10_000)).is_empty());
+    }
+
+    #[test]
+    fn an_emptied_standby_is_not_promotable_until_it_has_followed_again() {
+        let (mut core, _) = Core::start(setup("b"), disk(Role::Standby, 3), 0);
+        core.step(Event::Emptied, 10);
+        assert!(claims(&run(&mut core, 50, 30_000)).is_empty(), "an empty standby never claims");
+        let answer = core.step(Event::Promote { force: true }, 30_000);
+        assert!(answer.contains(&Action::Answer(Err(Refusal::ClusterHasEpoch(3)))), "{answer:?}");
+        core.step(Event::Followed { epoch: 3 }, 30_010);
+        core.step(Event::PrimaryFrame, 30_010);
+        assert_eq!(claims(&run(&mut core, 30_050, 33_200)), vec![4], "rebuilt, it may again");
     }
 
     #[test]

@@ -149,6 +149,49 @@ impl std::error::Error for SwitchoverError {
     }
 }
 
+/// Why `relayd failover pause|resume` or `relayd rebuild` did nothing (the node is as it was).
+#[derive(Debug)]
+pub enum MaintenanceError {
+    NotClustered,
+    /// `relayd rebuild` on a node that is (or is becoming) the primary: it holds the data.
+    NotStandby(Role),
+    /// A claim or an epoch of this node's own is under way: it is becoming the primary.
+    Promoting,
+    /// The spool could not record it.
+    Spool(SpoolError),
+}
+
+impl fmt::Display for MaintenanceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaintenanceError::NotClustered => write!(f, "this node is not in a cluster"),
+            MaintenanceError::NotStandby(role) => write!(
+                f,
+                "this node is a {role}, not a standby: only a standby is rebuilt from its primary (demote it first)"
+            ),
+            MaintenanceError::Promoting => {
+                write!(f, "this node is claiming an epoch of its own: it is becoming the primary")
+            }
+            MaintenanceError::Spool(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for MaintenanceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MaintenanceError::Spool(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SpoolError> for MaintenanceError {
+    fn from(e: SpoolError) -> MaintenanceError {
+        MaintenanceError::Spool(e)
+    }
+}
+
 /// Why a request to the witness got no answer we can use.
 #[derive(Debug)]
 pub enum WitnessError {

@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status};
-use self::error::{EpochError, OpenError, PromoteError, SwitchoverError};
+use self::core::{Action, Core, Disk, Event, Ms, Note, Refusal, Serve, Setup, Status, Why};
+use self::error::{EpochError, MaintenanceError, OpenError, PromoteError, SwitchoverError};
 use crate::config::{ClusterConfig, Config, Role};
 use crate::metrics::Metrics;
 use crate::replication::frame::Frame;
 use crate::replication::last_epoch;
 use crate::role::{Report, Reporter, RoleStatus, RoleWatch, ServeUntil};
-use crate::spool::Spool;
+use crate::spool::{EpochCause, EpochNote, Spool, now_ms};
 
 /// The node's failover controller; cheap to clone.
 #[derive(Clone)]
@@ -62,6 +62,18 @@ struct Inner {
     pings: Mutex<Option<mpsc::Sender<(Frame, Instant)>>>,
     /// Core time of the witness's last answer to a ping (0, the start, until it answers).
     witness_answered: AtomicU64,
+    /// The witness's grant as its last answer said: (epoch, grantee); None until it answers.
+    witness_grant: Mutex<Option<(u64, String)>>,
+}
+
+/// The witness as this node's pings know it, for `/status`'s members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessView {
+    pub address: String,
+    /// Its highest grant and the grantee, as its last answer said; None: it never answered.
+    pub grant: Option<(u64, String)>,
+    /// Since its last answer (since this node started, when it never answered).
+    pub silence: Duration,
 }
 
 /// What the driver takes.
@@ -92,6 +104,7 @@ impl Ha {
             configured: config.node.role,
             epoch: last_epoch(&spool.epoch_history()?),
             highest: spool.highest_epoch()?,
+            paused: spool.failover_paused()?,
         };
         let cluster = config.cluster.as_ref();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -124,6 +137,7 @@ impl Ha {
                 operator: Mutex::new(None),
                 pings: Mutex::new(None),
                 witness_answered: AtomicU64::new(0),
+                witness_grant: Mutex::new(None),
             }),
         };
         // The start's own actions, inline: a single node's first epoch is committed here.
@@ -132,8 +146,8 @@ impl Ha {
             let mut next = Vec::new();
             for action in pending {
                 match action {
-                    Action::BeginEpoch(epoch) => {
-                        ha.begin_epoch(epoch).await.map_err(OpenError::FirstEpoch)?;
+                    Action::BeginEpoch { epoch, why, reason } => {
+                        ha.begin_epoch(epoch, why, reason).await.map_err(OpenError::FirstEpoch)?;
                         next.extend(ha.step(Event::EpochBegun { epoch }));
                     }
                     other => ha.execute(other, None).await,
@@ -178,9 +192,26 @@ impl Ha {
         Some(Duration::from_millis(self.now_ms().saturating_sub(answered)))
     }
 
-    /// The pinger's note that the witness answered.
-    fn witness_answered(&self) {
+    /// The pinger's note that the witness answered, naming its grant.
+    fn witness_answered(&self, granted: u64, granted_to: &str) {
         self.inner.witness_answered.store(self.now_ms(), Ordering::Relaxed);
+        *self.inner.witness_grant.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((granted, granted_to.to_string()));
+    }
+
+    /// The witness as the pings know it, on a node that has one.
+    pub fn witness_view(&self) -> Option<WitnessView> {
+        let silence = self.witness_silence()?;
+        let (address, _) = self.witness()?;
+        let grant = self.inner.witness_grant.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Some(WitnessView { address: address.to_string(), grant, silence })
+    }
+
+    /// Standby: how long since the primary showed a sign of life (None on a primary).
+    pub fn primary_silence(&self) -> Option<Duration> {
+        let core = self.inner.core.lock().unwrap_or_else(PoisonError::into_inner);
+        (core.status().role == Role::Standby)
+            .then(|| Duration::from_millis(core.silence(self.now_ms())))
     }
 
     /// Hands an event to the driver.
@@ -233,10 +264,10 @@ impl Ha {
                     tracing::error!(error = %e, highest, "cannot persist the highest epoch seen");
                 }
             }
-            Action::BeginEpoch(epoch) => {
+            Action::BeginEpoch { epoch, why, reason } => {
                 let ha = self.clone();
                 tokio::spawn(async move {
-                    let event = match ha.begin_epoch(epoch).await {
+                    let event = match ha.begin_epoch(epoch, why, reason).await {
                         Ok(()) => Event::EpochBegun { epoch },
                         Err(error) => Event::EpochFailed { epoch, error: error.to_string() },
                     };
@@ -269,13 +300,26 @@ impl Ha {
         }
     }
 
-    /// Commits `EpochStarted` for `epoch`, making the spool writable.
-    async fn begin_epoch(&self, epoch: u64) -> Result<(), EpochError> {
+    /// Commits `EpochStarted` for `epoch` with its note (this node, now, why: `relayd
+    /// history`), making the spool writable.
+    async fn begin_epoch(&self, epoch: u64, why: Why, reason: String) -> Result<(), EpochError> {
         let spool = &self.inner.spool;
         if spool.snapshot_incomplete().map_err(EpochError::Spool)? {
             return Err(EpochError::PartialSnapshot);
         }
-        spool.begin_epoch(epoch).await.map_err(|source| EpochError::Commit { epoch, source })?;
+        let cause = match why {
+            Why::Bootstrap => EpochCause::Bootstrap,
+            Why::Failover => EpochCause::Failover,
+            Why::Handover => EpochCause::Switchover,
+            Why::Operator { force: false } => EpochCause::Promote,
+            Why::Operator { force: true } => EpochCause::ForcedPromote,
+        };
+        let note =
+            EpochNote { epoch, node: self.inner.node.clone(), cause, reason, at_ms: now_ms() };
+        spool
+            .begin_epoch(epoch, Some(note))
+            .await
+            .map_err(|source| EpochError::Commit { epoch, source })?;
         spool.set_writable(true);
         Ok(())
     }
@@ -359,6 +403,65 @@ impl Ha {
         }
     }
 
+    /// Whether an operator paused automatic failover on this node.
+    pub fn failover_paused(&self) -> bool {
+        self.inner.core.lock().unwrap_or_else(PoisonError::into_inner).paused()
+    }
+
+    /// `relayd failover pause|resume`. On the primary it is a log record
+    /// ([`crate::spool::Change::FailoverPaused`]), which the standby applies and persists too,
+    /// and which a node promoted later holds; on a standby it is persisted on this node alone
+    /// (its log takes only the primary's records). The core decides from it: a paused standby
+    /// never promotes itself (`relayd promote` still does). Returns whether it was replicated.
+    pub async fn pause_failover(&self, paused: bool) -> Result<bool, MaintenanceError> {
+        if self.inner.cluster.is_none() {
+            return Err(MaintenanceError::NotClustered);
+        }
+        let spool = &self.inner.spool;
+        // A primary with an epoch writes it to its log; a configured primary still waiting to
+        // bootstrap has no log to write to, and keeps it as a standby does.
+        let status = self.status();
+        let replicated = status.role == Role::Primary && status.epoch > 0;
+        if replicated {
+            spool.commit(vec![crate::spool::Change::FailoverPaused { paused }], Vec::new()).await?;
+        } else {
+            spool.persist_failover_paused(paused).await?;
+        }
+        self.submit(Event::Pause(paused));
+        let scope = if replicated { "this node and its standby" } else { "this node" };
+        tracing::warn!(paused, scope, "automatic failover {} by the operator", pause_word(paused));
+        Ok(replicated)
+    }
+
+    /// `relayd rebuild` on a standby: its spool is emptied (durably: a partial snapshot, so
+    /// that a crash before the primary's snapshot is installed resumes the rebuild at the next
+    /// start), the core told that it holds nothing (it is not promotable until it has
+    /// followed again), and the link to the primary restarted, whose next Hello shows an empty
+    /// spool: the primary sends a full snapshot.
+    pub async fn rebuild(
+        &self,
+        replication: &crate::replication::Replicator,
+    ) -> Result<(), MaintenanceError> {
+        if self.inner.cluster.is_none() {
+            return Err(MaintenanceError::NotClustered);
+        }
+        let status = self.status();
+        if status.role != Role::Standby {
+            return Err(MaintenanceError::NotStandby(status.role));
+        }
+        if status.claiming {
+            return Err(MaintenanceError::Promoting);
+        }
+        self.inner.spool.wipe().await?;
+        self.submit(Event::Emptied);
+        replication.restart_following();
+        tracing::warn!(
+            epoch = status.epoch,
+            "rebuild requested by the operator: spool emptied, waiting for the primary's snapshot"
+        );
+        Ok(())
+    }
+
     /// Runs a promotion or demotion hook in the background, logging how it ended.
     fn run_hook(
         &self,
@@ -387,6 +490,11 @@ impl Ha {
             }
         });
     }
+}
+
+/// What a log line calls a pause or a resume.
+fn pause_word(paused: bool) -> &'static str {
+    if paused { "paused" } else { "resumed" }
 }
 
 /// The core's status as the rest of the node reads it.
@@ -423,6 +531,14 @@ async fn drive(
                 Report::Followed { epoch } => (Event::Followed { epoch }, None),
                 Report::HandoverAsked { epoch } => (Event::HandoverAsked { epoch }, None),
                 Report::TookOver { epoch } => (Event::TookOver { epoch }, None),
+                Report::FailoverPaused(paused) => {
+                    // Said when it changes (every snapshot repeats it).
+                    if ha.failover_paused() != paused {
+                        let word = pause_word(paused);
+                        tracing::warn!(paused, "automatic failover {word}, as the primary says");
+                    }
+                    (Event::Pause(paused), None)
+                }
             },
         };
         for action in ha.step(event) {

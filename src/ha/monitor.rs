@@ -42,7 +42,7 @@ async fn pinger(ha: Ha, mut client: WitnessClient, mut queue: mpsc::Receiver<(Fr
     while let Some((ping, sent)) = queue.recv().await {
         match client.ask(&ping).await {
             Ok(Frame::Pong { granted, granted_to, .. }) => {
-                ha.witness_answered();
+                ha.witness_answered(granted, &granted_to);
                 ha.submit(Event::Pong { sent: ha.ms(sent), granted, granted_to });
             }
             Ok(other) => tracing::warn!(answer = ?other, "unexpected answer to a ping"),

@@ -18,7 +18,9 @@
 //! * mail offered to whichever node serves at that instant (checked at use), with
 //!   `replication = "sync"`: a 250 once the standby acknowledged the record within
 //!   `sync_timeout`; else, with `on_standby_loss = "degrade"` (one schedule in three), a 250
-//!   from the node alone if it still serves at that instant, and with `"refuse"` none.
+//!   from the node alone if it still serves at that instant, and with `"refuse"` none;
+//! * an operator's `relayd failover pause` on both nodes (`Options::paused`, one property
+//!   test): every epoch after the first must then come from a handover.
 //!
 //! Run: `cargo test --lib ha::sim`. `RELAYD_SIM_SCHEDULES=N` runs N schedules (default
 //! [`DEFAULT_SCHEDULES`]), `RELAYD_SIM_SEED=S` replays exactly the schedule of seed S with a
@@ -196,6 +198,9 @@ struct Options {
     /// `on_standby_loss = "degrade"`: without the standby's ack within `sync_timeout` (or
     /// with no standby linked), a 250 all the same if the node still serves at that instant.
     degrade: bool,
+    /// `relayd failover pause` on both nodes (replicated, so a node keeps it across restarts
+    /// and disk replacements): no node may promote itself for a silent primary.
+    paused: bool,
     old: OldRules,
 }
 
@@ -231,6 +236,8 @@ struct World {
     begun: BTreeMap<u64, usize>,
     /// A node's disk was replaced since it last began an epoch.
     wiped_since_begun: [bool; 2],
+    /// The node was asked to take over (a handover) in its current life.
+    asked_handover: [bool; 2],
     granted: Vec<u64>,
     answers: Vec<(usize, Result<u64, Refusal>)>,
     healed_at: Option<Ms>,
@@ -265,6 +272,7 @@ impl World {
             next_message: 1,
             begun: BTreeMap::new(),
             wiped_since_begun: [false; 2],
+            asked_handover: [false; 2],
             granted: Vec::new(),
             answers: Vec::new(),
             healed_at: None,
@@ -333,7 +341,9 @@ impl World {
             configured,
             epoch: disk.data().epoch,
             highest: disk.highest,
+            paused: self.options.paused,
         };
+        self.asked_handover[node] = false;
         let old = self.options.old;
         let (core, actions) =
             Core::start_with(self.setup(node), start, self.clock(node), |core| core.old = old);
@@ -416,12 +426,20 @@ impl World {
                     self.disks[node].role = Some(role);
                     self.disks[node].highest = highest;
                 }
-                Action::BeginEpoch(epoch) => {
+                Action::BeginEpoch { epoch, .. } => {
                     self.disks[node].append(epoch, None);
                     if let Some(&other) = self.begun.get(&epoch).filter(|&&n| n != node) {
                         self.fail(format!(
                             "epoch {epoch} begun by {} and by {}",
                             NAMES[other], NAMES[node]
+                        ));
+                    }
+                    // Paused, an epoch after the first is begun only on a handover (the
+                    // primary's word), never for a silent primary.
+                    if self.options.paused && epoch > 1 && !self.asked_handover[node] {
+                        self.fail(format!(
+                            "{} promoted itself to epoch {epoch} while failover was paused",
+                            NAMES[node]
                         ));
                     }
                     self.begun.insert(epoch, node);
@@ -730,6 +748,7 @@ impl World {
                     }
                     Frame::Handover { epoch } => {
                         if session.mode == Mode::AwaitHandover || session.follower == to {
+                            self.asked_handover[to] = true;
                             self.feed(to, Event::HandoverAsked { epoch });
                         }
                         self.session = None;
@@ -950,6 +969,10 @@ impl World {
     /// is up.
     fn check_recovery(&mut self) {
         let Some(healed) = self.healed_at else { return };
+        // Paused, a primary that stays down is succeeded only by the operator.
+        if self.options.paused {
+            return;
+        }
         // Without a witness nobody is promoted automatically: the cluster serves again by
         // itself only when both data nodes are up (the primary, or the one it hands over to).
         // Nor when the last primary lost its disk: its peer then waits for the operator's
@@ -1048,9 +1071,19 @@ fn env_u64(name: &str) -> Option<u64> {
 /// One schedule in four runs without a witness; one in three with `on_standby_loss =
 /// "degrade"` (the others "refuse").
 fn run_seed(seed: u64, old: OldRules, trace: bool) -> (Option<Violation>, String) {
+    run_seed_paused(seed, false, old, trace)
+}
+
+/// [`run_seed`], with automatic failover paused on both nodes or not.
+fn run_seed_paused(
+    seed: u64,
+    paused: bool,
+    old: OldRules,
+    trace: bool,
+) -> (Option<Violation>, String) {
     let witness = seed % 4 != 3;
     let degrade = seed % 3 == 1;
-    let mut world = World::new(seed, Options { witness, degrade, old }, trace);
+    let mut world = World::new(seed, Options { witness, degrade, paused, old }, trace);
     random_schedule(&mut world);
     (world.violation.take(), world.trace.take().unwrap_or_default())
 }
@@ -1090,7 +1123,7 @@ mod tests {
     use super::*;
 
     fn world(witness: bool, old: OldRules) -> World {
-        World::new(1, Options { witness, degrade: false, old }, true)
+        World::new(1, Options { witness, degrade: false, paused: false, old }, true)
     }
 
     fn at(world: &mut World, ms: Ms, fault: Fault) {
@@ -1110,6 +1143,7 @@ mod tests {
             config_role_decides: true,
             empty_standby_claims: true,
             claim_ignores_witness: true,
+            pause_ignored: true,
         }
     }
 
@@ -1289,8 +1323,11 @@ mod tests {
     /// before its divergent records are dropped.
     #[test]
     fn mail_a_deposed_primary_alone_acknowledged_is_salvaged_when_it_returns() {
-        let mut w =
-            World::new(1, Options { witness: true, degrade: true, old: OldRules::default() }, true);
+        let mut w = World::new(
+            1,
+            Options { witness: true, degrade: true, paused: false, old: OldRules::default() },
+            true,
+        );
         at(&mut w, 0, Fault::Restart { node: W, wipe: false });
         at(&mut w, 10, Fault::Restart { node: B, wipe: false });
         at(&mut w, 20, Fault::Restart { node: A, wipe: false });
@@ -1336,6 +1373,26 @@ mod tests {
     fn random_schedules_find_the_old_rules_wrong() {
         let err = campaign(old_rules()).expect_err("the old rules break an invariant");
         eprintln!("old rules: {err}");
+    }
+
+    /// Paused ⇒ no automatic promotion: on 500 random schedules with failover paused on
+    /// both nodes, no node begins an epoch after the first but on a handover (and every other
+    /// invariant holds); the same schedules with the pause ignored (the rule before it) do.
+    #[test]
+    fn paused_failover_promotes_nobody_for_a_silent_primary() {
+        let base = env_u64("RELAYD_SIM_BASE").unwrap_or(BASE_SEED);
+        let seeds = base..base + 500;
+        for seed in seeds.clone() {
+            let (violation, _) = run_seed_paused(seed, true, OldRules::default(), false);
+            assert!(violation.is_none(), "seed {seed}, paused: {violation:?}");
+        }
+        let ignored = OldRules { pause_ignored: true, ..OldRules::default() };
+        let promoted = seeds.clone().find_map(|seed| {
+            run_seed_paused(seed, true, ignored, false)
+                .0
+                .filter(|v| v.0.contains("while failover was paused"))
+        });
+        assert!(promoted.is_some(), "the schedules include a primary that goes silent");
     }
 
     #[test]

@@ -168,15 +168,20 @@ async fn session(
     let mut roles = context.role.clone();
     // The last beat received: acks echo it.
     let mut beat = 0;
+    let restarted = replication.restarted();
+    tokio::pin!(restarted);
     loop {
         let frame = tokio::select! {
             frame = frame::read(&mut reader) => frame?,
+            // `relayd rebuild` emptied our spool: the primary's next link sends a snapshot.
+            () = &mut restarted => return Ok(()),
             // Promoted meanwhile (the primary was silent): this link is over.
             _ = roles.wait_for(|status| status.role == Role::Primary) => return Ok(()),
             // A newer link from the primary replaced this one.
             _ = replaced.wait_for(|&generation| generation != mine) => return Ok(()),
         };
         reporter.report(Report::PrimaryFrame);
+        replication.heard();
         // Until the rewind is answered our log still holds the branch: nothing may be applied
         // on top of it, nor acknowledged from it.
         if branch.is_some()
@@ -217,9 +222,16 @@ async fn session(
                     .filter_map(|r| r.change.accepts().and_then(|e| bodies.remove(&e.id)))
                     .collect();
                 let epoch = records.iter().map(|r| r.position.epoch).max();
+                let paused = records.iter().rev().find_map(|r| match r.change {
+                    Change::FailoverPaused { paused } => Some(paused),
+                    _ => None,
+                });
                 let applied = spool.apply(records, needed).await?;
                 if let Some(epoch) = epoch {
                     reporter.report(Report::Followed { epoch });
+                }
+                if let Some(paused) = paused {
+                    reporter.report(Report::FailoverPaused(paused));
                 }
                 replication.primary_at(primary_last, applied.seq);
                 ack(&mut writer, context, applied.seq, beat).await?;
@@ -236,6 +248,10 @@ async fn session(
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
                 let requests = take_dsn(&mut dsn, &messages);
                 spool.install(messages, requests, needed).await?;
+            }
+            Frame::SnapshotState { notes, failover_paused } => {
+                spool.install_state(notes, failover_paused).await?;
+                reporter.report(Report::FailoverPaused(failover_paused));
             }
             Frame::SnapshotEnd { history, last } => {
                 let epoch = last_epoch(&history);
@@ -358,7 +374,10 @@ where
             Change::Attempted { id, .. }
             | Change::Removed { id }
             | Change::DelayReported { id, .. } => *id,
-            Change::EpochStarted => continue,
+            // Touches no message (a rewind leaves the node's pause as it is).
+            Change::EpochStarted | Change::FailoverPaused { .. } | Change::EpochNoted(_) => {
+                continue;
+            }
         };
         if seen.insert(id) {
             touched.push(id);

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::spool::{Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
+use crate::spool::{Dsn, EpochNote, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
 
 /// The largest frame either side accepts: a batch of records is cut well below it.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -180,6 +180,13 @@ pub enum Frame {
     /// messages accepted with DSN parameters. The receiver keeps them, like chunks, for the
     /// frame that follows. Protocol 2: an older peer gets the messages without them.
     Dsn(Vec<(QueueId, Dsn)>),
+    /// Primary → standby, in a snapshot, before [`Frame::SnapshotEnd`]: what the primary's
+    /// spool holds besides the messages, that its log may no longer carry: who began each
+    /// epoch and why (`relayd history`), and whether automatic failover is paused. Protocol 2.
+    SnapshotState {
+        notes: Vec<EpochNote>,
+        failover_paused: bool,
+    },
 }
 
 impl Frame {
@@ -204,7 +211,7 @@ impl Frame {
             | Frame::Claim { .. }
             | Frame::Verdict { .. }
             | Frame::Rewind { .. } => 1,
-            Frame::Dsn(_) => 2,
+            Frame::Dsn(_) | Frame::SnapshotState { .. } => 2,
         }
     }
 

@@ -72,6 +72,32 @@ struct State {
     handover_asked: Notify,
     /// Told of salvaged messages so that it delivers them.
     delivery: DeliveryHandle,
+    /// The peer as the link last saw it (None until a link came up).
+    seen: Mutex<Option<Seen>>,
+    /// Bumped by `relayd rebuild`: the follower's session ends, and the primary's next one
+    /// finds the emptied spool.
+    restarts: watch::Sender<u64>,
+}
+
+/// The peer as the link last saw it: its Hello, and when a frame of it last arrived.
+struct Seen {
+    node: String,
+    role: String,
+    epoch: u64,
+    heard: Instant,
+}
+
+/// The peer as this node's link knows it, for `/status`'s members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    pub node: String,
+    /// The role its Hello said.
+    pub role: String,
+    /// Its epoch: its Hello's, or, for a standby that holds our current epoch's records, ours.
+    pub epoch: u64,
+    pub connected: bool,
+    /// Since its last frame (an ack, a record, a heartbeat).
+    pub silence: Duration,
 }
 
 /// A planned switchover asked of the shipper.
@@ -158,6 +184,8 @@ impl Replicator {
                 handover: Mutex::new(None),
                 handover_asked: Notify::new(),
                 delivery,
+                seen: Mutex::new(None),
+                restarts: watch::Sender::new(0),
             }),
         };
         let retention = Retention {
@@ -317,10 +345,59 @@ impl Replicator {
         self.state.cluster.as_ref().filter(|c| c.replication == Mode::Sync)
     }
 
-    /// The link is up with the peer that said `theirs`.
+    /// The link is up with `peer`.
     fn linked(&self, theirs: &Hello) {
         *self.state.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(theirs.node.clone());
+        *self.state.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Seen {
+            node: theirs.node.clone(),
+            role: theirs.role.clone(),
+            epoch: last_epoch(&theirs.history),
+            heard: Instant::now(),
+        });
         self.state.connected.store(true, Ordering::Relaxed);
+    }
+
+    /// A frame of the peer arrived.
+    fn heard(&self) {
+        if let Some(seen) = self.state.seen.lock().unwrap_or_else(PoisonError::into_inner).as_mut()
+        {
+            seen.heard = Instant::now();
+        }
+    }
+
+    /// The peer as the link last saw it; None until a link came up. `ours`: this node's epoch
+    /// history, by which a standby that acknowledged our current epoch is in it.
+    pub fn peer_view(&self, ours: &[EpochStart]) -> Option<PeerView> {
+        let seen = self.state.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = seen.as_ref()?;
+        let connected = self.state.connected.load(Ordering::Relaxed);
+        let in_ours = ours.last().filter(|current| {
+            connected
+                && seen.role == Role::Standby.as_str()
+                && self.acked_seq() >= current.first_seq
+        });
+        Some(PeerView {
+            node: seen.node.clone(),
+            role: seen.role.clone(),
+            epoch: in_ours.map_or(seen.epoch, |current| current.epoch.max(seen.epoch)),
+            connected,
+            silence: seen.heard.elapsed(),
+        })
+    }
+
+    /// `relayd rebuild`: the follower's session ends (its spool was just emptied); the
+    /// primary dials again and finds it empty.
+    pub fn restart_following(&self) {
+        self.state.restarts.send_modify(|generation| *generation += 1);
+    }
+
+    /// Resolves at the next [`Self::restart_following`].
+    fn restarted(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut restarts = self.state.restarts.subscribe();
+        restarts.mark_unchanged();
+        async move {
+            let _ = restarts.changed().await;
+        }
     }
 
     /// Whether we talk to the peer that said `theirs` (its protocol within one of ours, see
@@ -366,6 +443,7 @@ impl Replicator {
 
     /// Primary: the standby holds everything up to `seq`.
     fn acked(&self, seq: u64, last: u64) {
+        self.heard();
         self.state.acked.send_if_modified(|acked| {
             let advanced = seq > *acked;
             *acked = (*acked).max(seq);

@@ -307,6 +307,11 @@ async fn snapshot(
     if !batch.is_empty() {
         send_snapshot_batch(writer, spool, batch).await?;
     }
+    let state = Frame::SnapshotState {
+        notes: spool.epoch_notes()?,
+        failover_paused: spool.failover_paused()?,
+    };
+    writer.send(state).await?;
     writer.send(Frame::SnapshotEnd { history, last }).await?;
     flush(writer).await?;
     Ok(last.seq)

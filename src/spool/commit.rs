@@ -39,7 +39,8 @@ use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{
-    Change, Dsn, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState,
+    Change, Dsn, Envelope, EpochNote, EpochStart, LogPosition, LogRecord, MessageRecord,
+    RecipientState,
 };
 use super::{ErrorKind, QueueId, SpoolError};
 use super::{Opened, retention, tables};
@@ -88,7 +89,7 @@ pub(super) enum Request {
     /// Append changes in the current epoch, all in one batch, in order.
     Append(Vec<Change>, Reply),
     /// Start a new epoch (persisted and synced before the caller may use it).
-    BeginEpoch(u64, Reply),
+    BeginEpoch(u64, Option<EpochNote>, Reply),
     /// A standby applies the primary's records. Records it already has are skipped (a resumed
     /// stream may repeat a few); a record past the next sequence number (a gap) is refused.
     Apply(Vec<LogRecord>, Reply),
@@ -97,6 +98,8 @@ pub(super) enum Request {
     /// A standby installs a snapshot's message records (their bodies were written already),
     /// with the DSN requests of those that have one.
     Install(Vec<MessageRecord>, Vec<(QueueId, Dsn)>, Reply),
+    /// A standby takes a snapshot's state besides its messages: epoch notes, the pause.
+    InstallState { notes: Vec<EpochNote>, failover_paused: bool, done: Reply },
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
     /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
@@ -140,10 +143,11 @@ impl Request {
     fn into_reply(self) -> Option<Reply> {
         match self {
             Request::Append(_, done)
-            | Request::BeginEpoch(_, done)
+            | Request::BeginEpoch(_, _, done)
             | Request::Apply(_, done)
             | Request::Wipe(done)
             | Request::Install(_, _, done)
+            | Request::InstallState { done, .. }
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
             | Request::State { done, .. }
@@ -504,6 +508,8 @@ pub(super) struct Staging<'t> {
     state: Table<'t, &'static str, &'static [u8]>,
     marks: Table<'t, u64, (u64, u64)>,
     dsn: Table<'t, u128, &'static [u8]>,
+    /// Kept across a wipe, like the node's own state: what it knew of past epochs.
+    epoch_notes: Table<'t, u64, &'static [u8]>,
     history: Vec<EpochStart>,
     /// Messages added minus messages removed.
     queued_delta: i64,
@@ -531,6 +537,7 @@ impl<'t> Staging<'t> {
             state: txn.open_table(tables::STATE)?,
             marks: txn.open_table(tables::MARKS)?,
             dsn: txn.open_table(tables::DSN)?,
+            epoch_notes: txn.open_table(tables::EPOCH_NOTES)?,
             history,
             queued_delta: 0,
             wiped: false,
@@ -582,12 +589,16 @@ impl<'t> Staging<'t> {
                 });
                 (Some(done), self.stage_all(next_seq, records))
             }
-            Request::BeginEpoch(epoch, done) => {
-                let record = LogRecord {
-                    position: LogPosition { epoch, seq: *next_seq },
-                    change: Change::EpochStarted,
-                };
-                (Some(done), self.stage_all(next_seq, [record]))
+            Request::BeginEpoch(epoch, note, done) => {
+                let changes = std::iter::once(Change::EpochStarted)
+                    .chain(note.map(Change::EpochNoted))
+                    .enumerate();
+                let first = *next_seq;
+                let records = changes.map(|(i, change)| LogRecord {
+                    position: LogPosition { epoch, seq: first + i as u64 },
+                    change,
+                });
+                (Some(done), self.stage_all(next_seq, records.collect::<Vec<_>>()))
             }
             Request::Apply(records, done) => (Some(done), self.apply(records, next_seq, last)),
             Request::Wipe(done) => {
@@ -597,6 +608,13 @@ impl<'t> Staging<'t> {
             Request::Install(messages, dsn, done) => {
                 let installed = messages.into_iter().try_for_each(|m| self.install(m));
                 let installed = installed.and_then(|()| self.put_dsn_all(&dsn));
+                (Some(done), installed.map(|()| Ok(last)))
+            }
+            Request::InstallState { notes, failover_paused, done } => {
+                let installed = notes
+                    .iter()
+                    .try_for_each(|note| self.note_epoch(note))
+                    .and_then(|()| self.set_failover_paused(failover_paused));
                 (Some(done), installed.map(|()| Ok(last)))
             }
             Request::Rewind { to, history, messages, dsn, absent, done } => {
@@ -726,6 +744,18 @@ impl<'t> Staging<'t> {
         Ok(())
     }
 
+    /// Keeps who began an epoch and why.
+    fn note_epoch(&mut self, note: &EpochNote) -> Result<(), SpoolError> {
+        self.epoch_notes.insert(note.epoch, postcard::to_stdvec(note)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Persists whether automatic failover is paused (kept across a wipe: the node's own).
+    fn set_failover_paused(&mut self, paused: bool) -> Result<(), SpoolError> {
+        self.state.insert(tables::FAILOVER_PAUSED, [u8::from(paused)].as_slice())?;
+        Ok(())
+    }
+
     /// A snapshot's message record, as the primary had it.
     pub(super) fn install(&mut self, message: MessageRecord) -> Result<(), SpoolError> {
         if self.message(message.envelope.id)?.is_none() {
@@ -846,6 +876,8 @@ impl<'t> Staging<'t> {
                     self.remove(*id)?;
                 }
             }
+            Change::FailoverPaused { paused } => self.set_failover_paused(*paused)?,
+            Change::EpochNoted(note) => self.note_epoch(note)?,
         }
         self.log.insert(record.position.seq, postcard::to_stdvec(record)?.as_slice())?;
         Ok(())

@@ -43,8 +43,8 @@ pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
 pub use open::create_dir_durable;
 pub use record::{
-    Change, Dsn, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientDsn,
-    RecipientState, now_ms,
+    Change, Dsn, Envelope, EpochCause, EpochNote, EpochStart, LogPosition, LogRecord,
+    MessageRecord, RecipientDsn, RecipientState, now_ms,
 };
 pub use retention::Retention;
 
@@ -260,6 +260,18 @@ impl Spool {
         .map(|_| ())
     }
 
+    /// A standby stores a snapshot's state besides its messages: the primary's epoch notes
+    /// and whether its automatic failover is paused.
+    pub async fn install_state(
+        &self,
+        notes: Vec<EpochNote>,
+        failover_paused: bool,
+    ) -> Result<(), SpoolError> {
+        self.submit(|done| commit::Request::InstallState { notes, failover_paused, done })
+            .await
+            .map(|_| ())
+    }
+
     /// A standby ends a snapshot: its log continues after `last`, with `history`.
     pub async fn resume(
         &self,
@@ -351,9 +363,21 @@ impl Spool {
         Ok(trimmed)
     }
 
-    /// Starts `epoch`: an `EpochStarted` record, durable before this returns.
-    pub async fn begin_epoch(&self, epoch: u64) -> Result<LogPosition, SpoolError> {
-        self.submit(|done| commit::Request::BeginEpoch(epoch, done)).await
+    /// Starts `epoch`: an `EpochStarted` record and, in the same batch right after it, the
+    /// note of who began it and why, if given; durable before this returns.
+    pub async fn begin_epoch(
+        &self,
+        epoch: u64,
+        note: Option<EpochNote>,
+    ) -> Result<LogPosition, SpoolError> {
+        self.submit(|done| commit::Request::BeginEpoch(epoch, note, done)).await
+    }
+
+    /// Every epoch note this node holds, by epoch (an epoch begun by relayd 0.1.0 has none).
+    pub fn epoch_notes(&self) -> Result<Vec<EpochNote>, SpoolError> {
+        self.scan(tables::EPOCH_NOTES, |table| table.range(0..))
+            .map(|value| Ok(postcard::from_bytes(&value?)?))
+            .collect()
     }
 
     /// The role this node last persisted, if any.
@@ -373,6 +397,22 @@ impl Spool {
     pub async fn persist_role(&self, role: Role) -> Result<(), SpoolError> {
         let value = role.as_str().as_bytes().to_vec();
         self.submit(|done| commit::Request::State { key: tables::ROLE, value, done })
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether an operator paused automatic failover on this node (or on the primary whose
+    /// log it applied).
+    pub fn failover_paused(&self) -> Result<bool, SpoolError> {
+        Ok(self.state(tables::FAILOVER_PAUSED)?.is_some_and(|value| value == [1]))
+    }
+
+    /// Pauses or resumes automatic failover on this node alone (a standby, which appends
+    /// nothing to the log; a primary commits [`Change::FailoverPaused`] instead, which its
+    /// standby applies too). Synced before it returns.
+    pub async fn persist_failover_paused(&self, paused: bool) -> Result<(), SpoolError> {
+        let value = vec![u8::from(paused)];
+        self.submit(|done| commit::Request::State { key: tables::FAILOVER_PAUSED, value, done })
             .await
             .map(|_| ())
     }
@@ -404,7 +444,7 @@ impl Spool {
         if let Some(current) = self.epoch_history()?.last() {
             return Ok(current.epoch);
         }
-        let position = self.submit(|done| commit::Request::BeginEpoch(1, done)).await?;
+        let position = self.submit(|done| commit::Request::BeginEpoch(1, None, done)).await?;
         Ok(position.epoch)
     }
 

@@ -176,9 +176,9 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             }
             // Format 1 lacks the log's marks: the seal below marks its whole log as of now (its
             // records then count as this young: kept longer, never shorter). Formats 1 and 2
-            // lack the `dsn` table, which the staging below creates, empty: no message of
-            // theirs was accepted with DSN parameters.
-            Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_WITHOUT_DSN)) => {
+            // lack the `dsn` and `epoch_notes` tables, which the staging below creates empty: no
+            // message of theirs was accepted with DSN parameters, and their epochs have no notes.
+            Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_0_1_0)) => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
                 tracing::info!(from, to = tables::FORMAT, "spool format migrated");
             }

@@ -53,6 +53,13 @@ pub enum Change {
     /// Delay reports went to the sender for these recipients (by index) of a message: none is
     /// sent for them again. Protocol 2.
     DelayReported { id: QueueId, recipients: Vec<u32> },
+    /// An operator paused (true) or resumed (false) automatic failover on the primary
+    /// (`relayd failover pause|resume`): every node that applies it persists it, so that the
+    /// standby, and the node promoted later, keep it. Protocol 2.
+    FailoverPaused { paused: bool },
+    /// Who began this record's epoch, when and why: committed with the epoch's
+    /// `EpochStarted`, in the same batch, right after it. Protocol 2.
+    EpochNoted(EpochNote),
 }
 
 impl Change {
@@ -66,7 +73,10 @@ impl Change {
             | Change::Accepted(_)
             | Change::Attempted { .. }
             | Change::Removed { .. } => 1,
-            Change::AcceptedWithDsn { .. } | Change::DelayReported { .. } => 2,
+            Change::AcceptedWithDsn { .. }
+            | Change::DelayReported { .. }
+            | Change::FailoverPaused { .. }
+            | Change::EpochNoted(_) => 2,
         }
     }
 
@@ -100,7 +110,13 @@ impl Change {
             Change::AcceptedWithDsn { envelope, .. } => Change::Accepted(envelope),
             // Nothing of a message's delivery changes: the no-op an older node skips.
             Change::DelayReported { id, .. } => Change::Attempted { id, results: vec![] },
-            other => other,
+            // About no message: the no-op an old node skips (it holds no such id). An old
+            // standby does not learn of the pause: docs/operations.md says so.
+            // An old node's history then shows its epochs as it always did, with no node.
+            Change::FailoverPaused { .. } | Change::EpochNoted(_) => {
+                Change::Attempted { id: QueueId::from_bytes([0; 16]), results: vec![] }
+            }
+            change => change,
         }
     }
 }
@@ -164,6 +180,48 @@ pub struct MessageRecord {
     pub accepted_at: LogPosition,
 }
 
+/// Who began an epoch, when and why (`relayd history`). Kept in a table of its own, by epoch,
+/// on every node that applied it; an epoch begun by relayd 0.1.0 has none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochNote {
+    pub epoch: u64,
+    /// The node that became primary in it.
+    pub node: String,
+    pub cause: EpochCause,
+    /// The failover controller's own words (the `promoted` log line's reason).
+    pub reason: String,
+    /// When it began, in Unix ms.
+    pub at_ms: u64,
+}
+
+/// Why an epoch began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EpochCause {
+    /// The cluster's (or a single node's) first epoch.
+    Bootstrap,
+    /// The primary went silent: the standby promoted itself (with the witness's grant).
+    Failover,
+    /// The primary handed over: a planned switchover (`relayd demote`), or a primary that
+    /// found its standby holding more.
+    Switchover,
+    /// `relayd promote`.
+    Promote,
+    /// `relayd promote --force`.
+    ForcedPromote,
+}
+
+impl EpochCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpochCause::Bootstrap => "bootstrap",
+            EpochCause::Failover => "failover",
+            EpochCause::Switchover => "switchover",
+            EpochCause::Promote => "promote",
+            EpochCause::ForcedPromote => "promote --force",
+        }
+    }
+}
+
 /// One entry of the epoch history: epoch `epoch` began at log sequence `first_seq`.
 /// Compared between two nodes, the histories give the divergence point of their logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +282,30 @@ impl Dsn {
                 .iter()
                 .map(|&i| self.recipients.get(i).cloned().unwrap_or_default())
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The changes of protocol 2 reach a 0.1.0 peer as the no-op it skips; a protocol 2 peer
+    /// gets them as they are.
+    #[test]
+    fn a_protocol_1_peer_gets_the_no_op_for_the_maintenance_changes() {
+        let note = EpochNote {
+            epoch: 2,
+            node: "b".into(),
+            cause: EpochCause::Switchover,
+            reason: "handed over".into(),
+            at_ms: 1,
+        };
+        let no_op = Change::Attempted { id: QueueId::from_bytes([0; 16]), results: vec![] };
+        for change in [Change::FailoverPaused { paused: true }, Change::EpochNoted(note)] {
+            assert_eq!(change.since_protocol(), 2);
+            assert_eq!(change.clone().for_protocol(1), no_op);
+            assert_eq!(change.clone().for_protocol(2), change);
         }
     }
 }

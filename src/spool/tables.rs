@@ -14,18 +14,20 @@
 //! | `receiving` | queue id                    | nothing: a body begun, not yet committed |
 //! | `marks`     | sequence                    | (Unix ms, log bytes through it): [`super::retention`] |
 //! | `dsn`       | queue id                    | [`Dsn`](super::Dsn) (postcard): only for a message accepted with DSN parameters |
+//! | `epoch_notes` | epoch                     | [`EpochNote`](super::EpochNote) (postcard): who began it, why |
 
 use redb::TableDefinition;
 
 /// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
 /// in `meta` when the file is created and checked at every open; a change that an older relayd
-/// could not read takes a new number (and an import path). Format 2 added `marks`, format 3
-/// `dsn`; an older spool is migrated at open (its log marked as of the open, an empty `dsn`).
+/// could not read takes a new number (and an import path). Format 2 added `marks`; format 3
+/// (relayd 0.2.0) `dsn` and `epoch_notes`. An older spool is migrated at open: its log marked
+/// as of the open, the new tables created empty (its epochs have no notes).
 pub const FORMAT: u64 = 3;
 /// The format before `marks`: migrated at open.
 pub const FORMAT_WITHOUT_MARKS: u64 = 1;
-/// The format before `dsn`: migrated at open.
-pub const FORMAT_WITHOUT_DSN: u64 = 2;
+/// The format of relayd 0.1.0, before `dsn` and `epoch_notes`: migrated at open.
+pub const FORMAT_0_1_0: u64 = 2;
 pub const FORMAT_KEY: &str = "format";
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -40,6 +42,8 @@ pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks"
 /// The DSN request of each message accepted with DSN parameters (RFC 3461), and which of its
 /// delay reports went; a message without them has no entry, so costs nothing here.
 pub const DSN: TableDefinition<u128, &[u8]> = TableDefinition::new("dsn");
+/// Who began each epoch, when and why, by epoch (`Change::EpochNoted`).
+pub const EPOCH_NOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("epoch_notes");
 
 /// Body chunk size: what a session buffers before handing a chunk to the committer. redb
 /// gives an entry larger than a page a page of the next power of two: a chunk of exactly
@@ -67,6 +71,10 @@ pub const ROLE: &str = "role";
 /// In `state`: the highest epoch this node has seen anywhere (its own, its peer's, the
 /// witness's grants), a big-endian u64: a new epoch it claims is above it.
 pub const HIGHEST_EPOCH: &str = "highest";
+
+/// In `state`: one byte, 1 while an operator has paused automatic failover, 0 (or absent)
+/// otherwise: written by `Change::FailoverPaused`, or by `relayd failover pause` on a standby.
+pub const FAILOVER_PAUSED: &str = "failover_paused";
 
 /// The key range of one message's body chunks.
 pub fn body_range(id: u128) -> std::ops::RangeInclusive<(u128, u32)> {

@@ -297,8 +297,9 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
         spool.ensure_epoch().await.expect("epoch");
         accept_some(&spool, 5).await
     };
-    // What relayd before format 2 left: format 1, no marks table (nor dsn).
-    let path = as_format(dir.path(), tables::FORMAT_WITHOUT_MARKS, &["marks", "dsn"]);
+    // What relayd before format 2 left: format 1, no marks table (nor dsn, nor epoch notes).
+    let path =
+        as_format(dir.path(), tables::FORMAT_WITHOUT_MARKS, &["marks", "dsn", "epoch_notes"]);
     let before = now_ms();
     let spool = Spool::open(dir.path()).expect("a format 1 spool opens");
     let marks = stored_marks(&spool);
@@ -313,10 +314,7 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     accept_some(&spool, 1).await;
     assert_eq!(stored_marks(&spool).last().map(|m| m.seq), Some(spool.last_position().seq));
     drop(spool);
-    let db = redb::Database::open(&path).expect("redb");
-    let txn = db.begin_read().expect("read");
-    let meta = txn.open_table(tables::META).expect("meta");
-    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(tables::FORMAT));
+    assert_eq!(stored_format(&path), Some(tables::FORMAT));
 }
 
 #[tokio::test]
@@ -523,8 +521,8 @@ async fn a_format_2_spool_is_migrated_at_open_with_an_empty_dsn_table() {
         spool.ensure_epoch().await.expect("epoch");
         accept_some(&spool, 3).await
     };
-    // What relayd 0.1.0 left: format 2, no dsn table.
-    let path = as_format(dir.path(), tables::FORMAT_WITHOUT_DSN, &["dsn"]);
+    // What relayd 0.1.0 left: format 2, no dsn table (nor epoch notes).
+    let path = as_format(dir.path(), tables::FORMAT_0_1_0, &["dsn", "epoch_notes"]);
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
     for &id in &ids {
         assert!(spool.get(id).expect("get").is_some(), "{id} kept");
@@ -535,10 +533,7 @@ async fn a_format_2_spool_is_migrated_at_open_with_an_empty_dsn_table() {
     spool.commit(vec![accepted], vec![spool.body_writer(id)]).await.expect("accept");
     assert_eq!(spool.dsn(id).expect("read"), Some(dsn_request()));
     drop(spool);
-    let db = redb::Database::open(&path).expect("redb");
-    let txn = db.begin_read().expect("read");
-    let meta = txn.open_table(tables::META).expect("meta");
-    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(tables::FORMAT));
+    assert_eq!(stored_format(&path), Some(tables::FORMAT));
 }
 
 #[tokio::test]
@@ -649,4 +644,55 @@ async fn the_spool_relayd_0_1_0_wrote_opens_with_its_queue_epochs_log_and_bodies
     assert_eq!((count(1, accepted), count(1, delivered)), (3, 3));
     assert_eq!((count(2, started), count(2, accepted), count(2, delivered)), (1, 4, 0));
     assert_eq!(spool.last_position(), log.last().expect("records").position);
+}
+
+/// Format 3: a format 2 spool (relayd 0.1.0's) is migrated at open, its epochs un-noted; an
+/// epoch begun with a note holds it (in the same batch as its `EpochStarted`), and a standby
+/// that applies the log holds it too, as it holds a pause of automatic failover.
+#[tokio::test]
+async fn epoch_notes_and_the_failover_pause_are_kept_and_replicated_and_format_2_migrated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let spool = Spool::open(dir.path()).expect("create");
+        spool.ensure_epoch().await.expect("epoch");
+    }
+    let path = as_format(dir.path(), tables::FORMAT_0_1_0, &["dsn", "epoch_notes"]);
+    let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
+    assert_eq!(spool.epoch_notes().expect("notes"), vec![], "epoch 1 was not noted");
+    let note = EpochNote {
+        epoch: 2,
+        node: "b".into(),
+        cause: EpochCause::Failover,
+        reason: "primary silent".into(),
+        at_ms: 7,
+    };
+    let begun = spool.begin_epoch(2, Some(note.clone())).await.expect("epoch 2");
+    assert_eq!(begun, LogPosition { epoch: 2, seq: 3 }, "the note right after EpochStarted");
+    assert_eq!(spool.epoch_notes().expect("notes"), vec![note.clone()]);
+    spool.commit(vec![Change::FailoverPaused { paused: true }], Vec::new()).await.expect("pause");
+    assert!(spool.failover_paused().expect("paused"));
+
+    let standby_dir = tempfile::tempdir().expect("temp dir");
+    let standby = Spool::open(standby_dir.path()).expect("standby");
+    standby.set_writable(false);
+    let log: Vec<LogRecord> = spool.log_from(1).collect::<Result<_, _>>().expect("log");
+    standby.apply(log, Vec::new()).await.expect("apply");
+    assert_eq!(standby.epoch_notes().expect("notes"), vec![note]);
+    assert!(standby.failover_paused().expect("paused"));
+    // A standby's own resume, and a wipe (a rebuild) keeps it and the notes.
+    standby.persist_failover_paused(false).await.expect("resume");
+    standby.wipe().await.expect("wipe");
+    assert!(!standby.failover_paused().expect("resumed"));
+    assert_eq!(standby.epoch_notes().expect("notes").len(), 1);
+    assert!(standby.snapshot_incomplete().expect("partial"), "a rebuild is resumed at a restart");
+    drop(spool);
+    assert_eq!(stored_format(&path), Some(tables::FORMAT));
+}
+
+/// The format the spool file at `path` says it is.
+fn stored_format(path: &std::path::Path) -> Option<u64> {
+    let db = redb::Database::open(path).expect("redb");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(tables::META).expect("meta");
+    meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value())
 }

@@ -25,6 +25,7 @@ mod durability;
 mod failover;
 mod faults;
 mod full_disk;
+mod maintenance;
 mod monitoring;
 mod package;
 mod postfix_peers;

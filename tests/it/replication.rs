@@ -280,9 +280,10 @@ fn standby_spool_equals_primary_after_a_load() {
     assert_eq!(status["peer"]["mode"], "sync", "never degraded: {status}");
     assert_eq!(status["peer"]["node"], "b", "{status}");
     let (_, standby) = stop_and_compare(&mut pair, &sent);
-    // The standby began with a snapshot of the empty queue at the primary's first record;
-    // everything since came through the log: 50 acceptances and 50 deferrals.
-    assert_eq!(standby.log.first().map(|r| r.position.seq), Some(2));
+    // The standby began with a snapshot of the empty queue at the primary's first commit (the
+    // EpochStarted of epoch 1 and its note, records 1 and 2); everything since came through
+    // the log: 50 acceptances and 50 deferrals.
+    assert_eq!(standby.log.first().map(|r| r.position.seq), Some(3));
     assert!(standby.log.len() >= 100, "{} records", standby.log.len());
 }
 
