@@ -249,3 +249,40 @@ fn the_table_refuses_imports_upwards() {
     assert!(may_import(at("cli"), "node"));
     assert!(!may_import(at("node"), "cli"), "the top's anything-below stops at itself");
 }
+
+/// README's first command is `cargo run --release`: cargo must know which binary that runs. The
+/// workspace's default members hold more than one (relayd, and tools/cutfs's), so relayd's
+/// manifest names itself the default; without it the command fails ("could not determine which
+/// binary to run"), as it did once.
+#[test]
+fn the_readme_run_command_knows_its_binary() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: toml::Table =
+        std::fs::read_to_string(root.join("Cargo.toml")).unwrap().parse().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("\n    cargo run --release\n"), "README's run command changed");
+    let members = manifest["workspace"]["default-members"].as_array().unwrap();
+    let binaries: Vec<String> = members
+        .iter()
+        .flat_map(|member| {
+            let dir = root.join(member.as_str().unwrap());
+            let package: toml::Table =
+                std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap();
+            let name = package["package"]["name"].as_str().unwrap().to_string();
+            let mut bins: Vec<String> = package
+                .get("bin")
+                .and_then(|bins| bins.as_array())
+                .map(|bins| bins.iter().map(|b| b["name"].as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            if bins.is_empty() && dir.join("src/main.rs").exists() {
+                bins.push(name);
+            }
+            bins
+        })
+        .collect();
+    let default_run = manifest["package"].get("default-run").and_then(|d| d.as_str());
+    assert!(
+        binaries == ["relayd"] || default_run == Some("relayd"),
+        "`cargo run` would have to choose among {binaries:?}: set [package] default-run"
+    );
+}
