@@ -40,7 +40,7 @@ enum Subcommand {
         #[arg(long)]
         json: bool,
     },
-    /// List, show, flush, requeue or delete the running node's queued messages.
+    /// List, show, flush, requeue, delete, hold or release the running node's queued messages.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -124,20 +124,38 @@ enum QueueCommand {
     },
     /// Remove messages from the queue without delivering them: one by its id, or those a
     /// filter selects (or --all), printing the count.
-    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
-    Delete {
-        /// The queue id.
-        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "dry_run", "state", "domain", "sender", "recipient", "older_than"])]
-        id: Option<QueueId>,
-        #[command(flatten)]
-        filter: commands::Selection,
-        /// Every queued message (a filter is required otherwise).
-        #[arg(long)]
-        all: bool,
-        /// Delete nothing: list and count what would go.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Delete(Bulk),
+    /// Hold messages (postsuper -h): none is delivered, nor expired, until released. One by
+    /// its id, or those a filter selects (or --all).
+    Hold(Bulk),
+    /// Release held messages (postsuper -H): each is tried at once. One by its id, or the
+    /// held ones a filter selects (or --all).
+    Release(Bulk),
+}
+
+/// Which messages a bulk change of the queue means, and whether to change them or only say
+/// which it would.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
+struct Bulk {
+    /// The queue id.
+    #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
+    id: Option<QueueId>,
+    #[command(flatten)]
+    filter: commands::Selection,
+    /// Every queued message (a filter is required otherwise).
+    #[arg(long)]
+    all: bool,
+    /// Change nothing: list and count what would change.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Bulk {
+    fn run(&self, config: &Config, change: commands::BulkChange) -> ExitCode {
+        let Bulk { id, filter, all, dry_run } = self;
+        commands::queue_bulk(config, change, *id, filter, *all, *dry_run)
+    }
 }
 
 /// Runs the command line and returns the process's exit status.
@@ -167,10 +185,12 @@ pub fn main() -> ExitCode {
             QueueCommand::Requeue { id, filter, all } => {
                 commands::queue_requeue(&config, *id, filter, *all)
             }
-            QueueCommand::Delete { id: Some(id), .. } => commands::queue_delete(&config, *id),
-            QueueCommand::Delete { id: None, filter, all, dry_run } => {
-                commands::queue_delete_matching(&config, filter, *all, *dry_run)
+            QueueCommand::Delete(Bulk { id: Some(id), dry_run: false, .. }) => {
+                commands::queue_delete(&config, *id)
             }
+            QueueCommand::Delete(bulk) => bulk.run(&config, commands::BulkChange::Delete),
+            QueueCommand::Hold(bulk) => bulk.run(&config, commands::BulkChange::Hold),
+            QueueCommand::Release(bulk) => bulk.run(&config, commands::BulkChange::Release),
         }),
         Some(Subcommand::Promote { force }) => {
             configured(&|config| commands::promote(&config, *force))

@@ -107,6 +107,8 @@ pub fn router(context: AdminContext, token: Option<Token>) -> Router {
         .route("/queue", get(routes::queue_list).delete(routes::queue_delete_matching))
         .route("/queue/flush", post(routes::queue_flush))
         .route("/queue/requeue", post(routes::queue_requeue))
+        .route("/queue/hold", post(routes::queue_hold))
+        .route("/queue/release", post(routes::queue_release))
         .route("/promote", post(routes::promote))
         .route("/demote", post(routes::demote))
         .route("/queue/{id}", get(routes::queue_show).delete(routes::queue_delete))

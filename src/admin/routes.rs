@@ -16,7 +16,7 @@ use super::{AdminContext, node_state};
 use crate::config::Role;
 use crate::delivery::Requeue;
 use crate::metrics::Metrics;
-use crate::spool::{QueueId, Spool, SpoolError, now_ms};
+use crate::spool::{MessageRecord, QueueId, Spool, SpoolError, now_ms};
 
 type Context = State<Arc<AdminContext>>;
 
@@ -131,8 +131,9 @@ pub async fn queue_list(State(context): Context, query: QueryResult) -> Result<R
     blocking(move || {
         if query.is_empty() {
             let mut messages = Vec::new();
-            for record in context.spool.messages() {
-                messages.push(Message::from_record(&record?));
+            for queued in with_holds(&context.spool, None) {
+                let (record, held) = queued?;
+                messages.push(Message::from_record(&record, held));
             }
             return Ok(Json(messages).into_response());
         }
@@ -140,13 +141,12 @@ pub async fn queue_list(State(context): Context, query: QueryResult) -> Result<R
         let after = query.after().map_err(bad_query)?;
         let limit = query.limit.unwrap_or(filter::DEFAULT_LIMIT).max(1);
         let now = now_ms();
-        let selected = context
-            .spool
-            .messages_after(after)
-            .filter(|record| record.as_ref().map_or(true, |r| filter.matches(r, now)));
-        let page = filter::page(selected, |record| record.envelope.id, after, limit)?;
+        let selected = with_holds(&context.spool, after).filter(|queued| {
+            queued.as_ref().map_or(true, |(r, held)| filter.matches(r, held.is_some(), now))
+        });
+        let page = filter::page(selected, |(record, _)| record.envelope.id, after, limit)?;
         Ok(Json(QueuePage {
-            messages: page.items.iter().map(Message::from_record).collect(),
+            messages: page.items.iter().map(|(r, held)| Message::from_record(r, *held)).collect(),
             next_after: page.next_after.map(|id| id.to_string()),
         })
         .into_response())
@@ -161,7 +161,7 @@ pub async fn queue_show(
 ) -> Result<Json<Message>, ApiError> {
     let id = queue_id(id)?;
     blocking(move || match context.spool.get(id)? {
-        Some(record) => Ok(Json(Message::from_record(&record))),
+        Some(record) => Ok(Json(Message::from_record(&record, context.spool.held_since(id)?))),
         None => Err(ApiError::not_found(format!("no message {id} in the queue"))),
     })
     .await
@@ -188,7 +188,7 @@ pub async fn queue_requeue(
             Requeue::Only(vec![id])
         }
         None if query.all => Requeue::All,
-        None => Requeue::Only(selected_ids(&context, &query).await?),
+        None => Requeue::Only(selected_ids(&context, &query, |_| true).await?),
     };
     let count = match &which {
         Requeue::All => context.spool.queue_len(),
@@ -206,21 +206,110 @@ pub async fn queue_delete_matching(
     State(context): Context,
     query: QueryResult,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let delivery = context.delivery.clone();
+    bulk(
+        &context,
+        query,
+        Bulk::DELETE,
+        |_| true,
+        |ids| async move { delivery.delete_all(&ids).await },
+    )
+    .await
+}
+
+/// `POST /queue/hold?id=ID | ?<filter> | ?all=true [&dry_run=true]`: holds the messages (those
+/// not held already): none is delivered, nor expired, until released. Answers their count and
+/// ids, as `DELETE /queue` does.
+pub async fn queue_hold(
+    State(context): Context,
+    query: QueryResult,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let delivery = context.delivery.clone();
+    bulk(
+        &context,
+        query,
+        Bulk::HOLD,
+        |held| !held,
+        |ids| async move { delivery.hold_all(&ids).await },
+    )
+    .await
+}
+
+/// `POST /queue/release?id=ID | ?<filter> | ?all=true [&dry_run=true]`: releases the held
+/// messages among those selected; each is tried at once.
+pub async fn queue_release(
+    State(context): Context,
+    query: QueryResult,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let delivery = context.delivery.clone();
+    bulk(
+        &context,
+        query,
+        Bulk::RELEASE,
+        |held| held,
+        |ids| async move { delivery.release_all(&ids).await },
+    )
+    .await
+}
+
+/// A bulk change of the queue, as its answer and its log line name it.
+struct Bulk {
+    /// The answer's count ("deleted": 3).
+    key: &'static str,
+    /// What a standby is told to do on the primary instead.
+    refused: &'static str,
+    /// The log line.
+    said: &'static str,
+}
+
+impl Bulk {
+    const DELETE: Bulk = Bulk {
+        key: "deleted",
+        refused: "delete the messages",
+        said: "deleted by filter by the operator",
+    };
+    const HOLD: Bulk =
+        Bulk { key: "held", refused: "hold the messages", said: "held by the operator" };
+    const RELEASE: Bulk =
+        Bulk { key: "released", refused: "release the messages", said: "released by the operator" };
+}
+
+/// A bulk change: the messages `id=` names (404 unless queued), or those the filter (or
+/// `all=true`) selects, of which those `eligible` by whether they are held; a dry run answers
+/// them (on any node), a real one is the serving primary's and answers those `apply` changed
+/// (one delivered or deleted since the scan is not counted).
+async fn bulk<F>(
+    context: &Arc<AdminContext>,
+    query: QueryResult,
+    what: Bulk,
+    eligible: fn(bool) -> bool,
+    apply: impl FnOnce(Vec<QueueId>) -> F,
+) -> Result<Json<serde_json::Value>, ApiError>
+where
+    F: std::future::Future<Output = Result<Vec<QueueId>, SpoolError>>,
+{
     let query = queue_query(query)?;
     if !query.dry_run {
-        serving_primary(&context, "delete the messages")?;
+        serving_primary(context, what.refused)?;
     }
-    let ids = selected_ids(&context, &query).await?;
-    // A message delivered or deleted since the scan is not counted.
-    let deleted = if query.dry_run { ids } else { context.delivery.delete_all(&ids).await? };
-    let deleted: Vec<String> = deleted.iter().map(QueueId::to_string).collect();
+    let ids = match query.id().map_err(bad_query)? {
+        Some(id) => {
+            require_queued(context, id).await?;
+            let spool = context.spool.clone();
+            let held = blocking(move || Ok(spool.held_since(id)?.is_some())).await?;
+            if eligible(held) { vec![id] } else { vec![] }
+        }
+        None => selected_ids(context, &query, eligible).await?,
+    };
+    let changed = if query.dry_run { ids } else { apply(ids).await? };
+    let changed: Vec<String> = changed.iter().map(QueueId::to_string).collect();
     if !query.dry_run {
-        tracing::info!(count = deleted.len(), "deleted by filter by the operator");
+        tracing::info!(count = changed.len(), "{}", what.said);
     }
     Ok(Json(serde_json::json!({
         "dry_run": query.dry_run,
-        "deleted": deleted.len(),
-        "ids": deleted,
+        what.key: changed.len(),
+        "ids": changed,
     })))
 }
 
@@ -296,11 +385,13 @@ fn bad_query(e: BadQuery) -> ApiError {
     ApiError::bad_request(e.0)
 }
 
-/// The ids of the messages a bulk change's query selects: at least one filter, or `all=true`
-/// (a bare `DELETE /queue` is refused rather than taken to mean every message).
+/// The ids of the messages a bulk change's query selects, of those `eligible` by whether they
+/// are held: at least one filter, or `all=true` (a bare `DELETE /queue` is refused rather than
+/// taken to mean every message).
 async fn selected_ids(
     context: &Arc<AdminContext>,
     query: &QueueQuery,
+    eligible: fn(bool) -> bool,
 ) -> Result<Vec<QueueId>, ApiError> {
     let filter = query.filter().map_err(bad_query)?;
     if filter.is_empty() && !query.all {
@@ -312,15 +403,28 @@ async fn selected_ids(
     blocking(move || {
         let now = now_ms();
         let mut ids = Vec::new();
-        for record in context.spool.messages() {
-            let record = record?;
-            if filter.matches(&record, now) {
+        for queued in with_holds(&context.spool, None) {
+            let (record, held) = queued?;
+            if eligible(held.is_some()) && filter.matches(&record, held.is_some(), now) {
                 ids.push(record.envelope.id);
             }
         }
         Ok(ids)
     })
     .await
+}
+
+/// The queued messages after `after` (every one without it), each with since when an
+/// operator holds it.
+fn with_holds(
+    spool: &Spool,
+    after: Option<QueueId>,
+) -> impl Iterator<Item = Result<(MessageRecord, Option<u64>), SpoolError>> + '_ {
+    spool.messages_after(after).map(|record| {
+        let record = record?;
+        let held = spool.held_since(record.envelope.id)?;
+        Ok((record, held))
+    })
 }
 
 /// 404 unless message `id` is queued.

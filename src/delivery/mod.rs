@@ -37,20 +37,19 @@ pub fn start(
     let tls = tls_connector()?;
     let (requests, request_rx) = mpsc::unbounded_channel();
     let (done, done_rx) = mpsc::unbounded_channel();
-    let activity = Arc::new(queue::Activity::default());
     let shared = Arc::new(queue::Shared {
         config,
-        spool: spool.clone(),
+        spool,
         metrics,
         resolver,
         tls,
-        requests: requests.clone(),
+        requests,
         done,
-        activity: activity.clone(),
+        activity: Arc::default(),
         role,
     });
-    tokio::spawn(queue::Runner::new(shared, request_rx, done_rx).run());
-    Ok(DeliveryHandle { spool, requests, activity })
+    tokio::spawn(queue::Runner::new(shared.clone(), request_rx, done_rx).run());
+    Ok(DeliveryHandle { shared })
 }
 
 /// The outbound TLS client. Certificates are not verified, as with Postfix's "may" and
@@ -100,13 +99,13 @@ pub(crate) enum RunnerRequest {
     Queued(QueueId),
     /// An operator asked for messages to be tried now.
     Requeue(Requeue),
-    /// An operator deleted a message: drop it from the schedule.
+    /// An operator deleted (or held) a message: drop it from the schedule.
     Forget(QueueId),
 }
 
-/// Removals per commit of a bulk delete: one write transaction stays small however many
-/// messages a filter selects.
-const DELETE_BATCH: usize = 1000;
+/// Messages per commit of a bulk change (delete, hold, release): one write transaction stays
+/// small however many messages a filter selects.
+const BATCH: usize = 1000;
 
 /// Which messages an operator's requeue tries now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,20 +119,18 @@ pub enum Requeue {
 /// A handle on the queue runner; cheap to clone.
 #[derive(Clone)]
 pub struct DeliveryHandle {
-    spool: Spool,
-    requests: mpsc::UnboundedSender<RunnerRequest>,
-    activity: Arc<queue::Activity>,
+    shared: Arc<queue::Shared>,
 }
 
 impl DeliveryHandle {
     /// SIGTERM: no new delivery starts; the ones in flight finish ([`Self::in_flight`]).
     pub fn drain(&self) {
-        self.activity.draining.store(true, Ordering::Relaxed);
+        self.shared.activity.draining.store(true, Ordering::Relaxed);
     }
 
     /// Deliveries being attempted right now.
     pub fn in_flight(&self) -> usize {
-        self.activity.busy.load(Ordering::Relaxed)
+        self.shared.activity.busy.load(Ordering::Relaxed)
     }
 
     /// A message was accepted: the runner tries it at once.
@@ -155,31 +152,78 @@ impl DeliveryHandle {
     }
 
     /// Removes these messages ([`Self::delete`]) and returns those that were queued. The
-    /// removals are committed [`DELETE_BATCH`] to a commit (one fdatasync each, not one per
+    /// removals are committed [`BATCH`] to a commit (one fdatasync each, not one per
     /// message), each a `Removed` record of the change log like a single delete's.
     pub async fn delete_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
-        let mut deleted = Vec::new();
-        for batch in ids.chunks(DELETE_BATCH) {
-            let mut queued = Vec::with_capacity(batch.len());
+        let spool = &self.shared.spool;
+        self.in_batches(
+            ids,
+            |id| Ok(spool.get(id)?.is_some()),
+            |batch| batch.iter().map(|&id| Change::Removed { id }).collect(),
+            |batch| batch.iter().for_each(|&id| _ = self.send(RunnerRequest::Forget(id))),
+        )
+        .await
+    }
+
+    /// Holds these messages (`relayd queue hold`): none is delivered, nor expired, until it
+    /// is released. Returns those that were queued and not held yet. A delivery in flight
+    /// for one of them finishes; it is not tried again. One `Held` record per [`BATCH`].
+    pub async fn hold_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
+        let spool = &self.shared.spool;
+        let since_ms = crate::spool::now_ms();
+        self.in_batches(
+            ids,
+            |id| Ok(spool.held_since(id)?.is_none() && spool.get(id)?.is_some()),
+            |batch| vec![Change::Held { ids: batch.to_vec(), since_ms }],
+            |batch| batch.iter().for_each(|&id| _ = self.send(RunnerRequest::Forget(id))),
+        )
+        .await
+    }
+
+    /// Releases these held messages (`relayd queue release`), and returns those that were
+    /// held: each is tried at once, as a requeue does; one older than
+    /// `max_queue_lifetime` gets that one attempt, then bounces if it fails temporarily. One
+    /// `Released` record per [`BATCH`].
+    pub async fn release_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
+        let spool = &self.shared.spool;
+        self.in_batches(
+            ids,
+            |id| Ok(spool.held_since(id)?.is_some()),
+            |batch| vec![Change::Released { ids: batch.to_vec() }],
+            |batch| _ = self.requeue(Requeue::Only(batch.to_vec())),
+        )
+        .await
+    }
+
+    /// A bulk change: of `ids`, those `selected` now, [`BATCH`] to a commit of the `changes`
+    /// made of them; `then` tells the runner of each batch once it is durable. Returns the ids
+    /// changed.
+    async fn in_batches(
+        &self,
+        ids: &[QueueId],
+        selected: impl Fn(QueueId) -> Result<bool, SpoolError>,
+        changes: impl Fn(&[QueueId]) -> Vec<Change>,
+        then: impl Fn(&[QueueId]),
+    ) -> Result<Vec<QueueId>, SpoolError> {
+        let mut changed = Vec::new();
+        for batch in ids.chunks(BATCH) {
+            let mut chosen = Vec::with_capacity(batch.len());
             for &id in batch {
-                if self.spool.get(id)?.is_some() {
-                    queued.push(id);
+                if selected(id)? {
+                    chosen.push(id);
                 }
             }
-            if queued.is_empty() {
+            if chosen.is_empty() {
                 continue;
             }
-            let changes = queued.iter().map(|&id| Change::Removed { id }).collect();
-            self.spool.commit(changes, Vec::new()).await?;
-            for &id in &queued {
-                self.send(RunnerRequest::Forget(id));
-            }
-            deleted.extend(queued);
+            self.shared.spool.commit(changes(&chosen), Vec::new()).await?;
+            then(&chosen);
+            changed.extend(chosen);
         }
-        Ok(deleted)
+        Ok(changed)
     }
 
     fn send(&self, request: RunnerRequest) -> bool {
-        self.requests.send(request).is_ok()
+        self.shared.requests.send(request).is_ok()
     }
 }

@@ -242,9 +242,20 @@ impl Runner {
             if self.in_flight.contains_key(&id) {
                 continue;
             }
-            let message = match self.shared.spool.get(id) {
+            // Held by an operator: not dispatched, and so never expired, until released (the
+            // release requeues it). Whatever scheduled it (a reload, a requeue, the end of a
+            // job that was in flight at the hold) stops here, so the spool's `held` table is
+            // the one word on it, on every node.
+            let spool = &self.shared.spool;
+            let message = match spool.held_since(id).and_then(|held| match held {
+                Some(_) => Ok(None),
+                None => spool.get(id),
+            }) {
                 Ok(Some(message)) => message,
-                Ok(None) => continue,
+                Ok(None) => {
+                    self.flushed.remove(&id);
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(id = %id, error = %e, "cannot read a queued message; retrying in a minute");
                     self.schedule_at(id, now + 60_000);

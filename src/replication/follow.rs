@@ -144,6 +144,8 @@ async fn session(
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
+    // The holds of the rewind to come, sent before it.
+    let mut rewind_held = Vec::new();
     let mut roles = context.role.clone();
     // The last beat received: acks echo it.
     let mut beat = 0;
@@ -161,7 +163,10 @@ async fn session(
         if branch.is_some()
             && !matches!(
                 frame,
-                Frame::Chunk { .. } | Frame::Rewind { .. } | Frame::SnapshotBegin { .. }
+                Frame::Chunk { .. }
+                    | Frame::Held(_)
+                    | Frame::Rewind { .. }
+                    | Frame::SnapshotBegin { .. }
             )
         {
             return Err(LinkError::StreamedBeforeRewind);
@@ -173,7 +178,8 @@ async fn session(
                 };
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                spool.rewind(to, history, messages, absent, needed).await?;
+                let held = std::mem::take(&mut rewind_held);
+                spool.rewind(to, history, messages, held, absent, needed).await?;
                 tracing::warn!(
                     at = to.seq,
                     messages = touched.len(),
@@ -207,6 +213,9 @@ async fn session(
                 bodies.clear();
                 spool.wipe().await?;
             }
+            // Before a rewind: kept for it. In a snapshot: its messages came first.
+            Frame::Held(held) if branch.is_some() => rewind_held = held,
+            Frame::Held(held) => spool.install_held(held).await?,
             Frame::SnapshotMessages(messages) => {
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
@@ -325,13 +334,10 @@ where
             return Ok(None);
         }
         expected += 1;
-        let id = match &record.change {
-            Change::Accepted(envelope) => envelope.id,
-            Change::Attempted { id, .. } | Change::Removed { id } => *id,
-            Change::EpochStarted => continue,
-        };
-        if seen.insert(id) {
-            touched.push(id);
+        for &id in record.change.messages() {
+            if seen.insert(id) {
+                touched.push(id);
+            }
         }
         // Named in one Hello, and answered in one frame: past this, a snapshot.
         if touched.len() > MAX_REWIND_MESSAGES {

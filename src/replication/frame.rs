@@ -118,14 +118,26 @@ pub enum Frame {
         messages: Vec<MessageRecord>,
         absent: Vec<QueueId>,
     },
+    /// Primary → standby, protocol 2: which of the messages a snapshot or a rewind carries an
+    /// operator holds, and since when (Unix ms). In a snapshot, after its last
+    /// `SnapshotMessages` (a frame per [`HELD_BATCH`] holds); before a `Rewind`, once, for the
+    /// messages that rewind sends (a standby that gets none before it, from an older primary,
+    /// holds none of them).
+    Held(Vec<(QueueId, u64)>),
 }
+
+/// Holds per [`Frame::Held`] frame of a snapshot: some 30 bytes each, well under a frame.
+pub const HELD_BATCH: usize = 65_536;
 
 impl Frame {
     /// The oldest cluster protocol whose nodes decode this frame (see
     /// [`crate::spool::Change::since_protocol`]): a frame added later is sent only to a peer
     /// whose Hello announced that protocol or a later one.
     pub fn since_protocol(&self) -> u32 {
-        1
+        match self {
+            Frame::Held(_) => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -347,6 +359,18 @@ mod tests {
                 Frame::Verdict { granted: true, epoch: 4, highest: 4, reason: "granted".into() },
             ),
             ("rewind", Frame::Rewind { messages: vec![message], absent: vec![id] }),
+            ("held", Frame::Held(vec![(id, 1_700_000_000_000)])),
+            (
+                "records_held",
+                Frame::Records {
+                    records: vec![
+                        record(44, Change::Held { ids: vec![id], since_ms: 1_700_000_000_000 }),
+                        record(45, Change::Released { ids: vec![id] }),
+                    ],
+                    primary_last: 45,
+                    beat: 18,
+                },
+            ),
         ]
     }
 

@@ -212,8 +212,8 @@ fn resume_from(
 }
 
 /// Answers a rejoining old primary's request to drop the branch of its log: our state of every
-/// message that branch touched, with their bodies, and the ones we no longer hold. False, with
-/// nothing sent, when that state would not fit in one frame: a snapshot then.
+/// message that branch touched, with their bodies and their holds, and the ones we no longer
+/// hold. False, with nothing sent, when that state would not fit in one frame: a snapshot then.
 async fn rewind(
     writer: &mut (impl AsyncWrite + Unpin),
     spool: &Spool,
@@ -229,11 +229,18 @@ async fn rewind(
     for message in &messages {
         send_body(writer, spool, message.envelope.id).await?;
     }
+    let mut held = Vec::new();
+    for message in &messages {
+        let id = message.envelope.id;
+        held.extend(spool.held_since(id)?.map(|since| (id, since)));
+    }
     tracing::info!(
         messages = messages.len(),
         absent = absent.len(),
+        held = held.len(),
         "rewinding the standby's divergent records"
     );
+    frame::write(writer, &Frame::Held(held)).await?;
     frame::write(writer, &Frame::Rewind { messages, absent }).await?;
     Ok(true)
 }
@@ -270,9 +277,10 @@ fn rewind_state(
     Ok(Some(RewindState { messages, absent }))
 }
 
-/// Sends every queued message, then the history and position the log continues from. The
-/// messages are read after the position is taken, and every record is a state assignment, so
-/// replaying the log from there converges whatever changed during the iteration.
+/// Sends every queued message, then the holds, then the history and position the log
+/// continues from. The messages and holds are read after the position is taken, and every
+/// record is a state assignment, so replaying the log from there converges whatever changed
+/// during the iteration.
 async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Result<u64, LinkError> {
     let last = spool.last_position();
     let history = spool.epoch_history()?;
@@ -296,6 +304,9 @@ async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Resu
     }
     if !batch.is_empty() {
         frame::write(writer, &Frame::SnapshotMessages(batch)).await?;
+    }
+    for held in spool.held()?.chunks(frame::HELD_BATCH) {
+        frame::write(writer, &Frame::Held(held.to_vec())).await?;
     }
     frame::write(writer, &Frame::SnapshotEnd { history, last }).await?;
     flush(writer).await?;

@@ -94,16 +94,21 @@ pub(super) enum Request {
     Wipe(Reply),
     /// A standby installs a snapshot's message records (their bodies were written already).
     Install(Vec<MessageRecord>, Reply),
+    /// A standby installs a snapshot's holds: these messages (installed already) are held,
+    /// since the time given.
+    InstallHeld(Vec<(QueueId, u64)>, Reply),
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
     /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
     /// primary's history does not share, and takes the primary's state of the messages that
     /// branch touched: `messages` as the primary holds them (their bodies were written
-    /// already), `absent` ones it no longer holds.
+    /// already), held as `held` says (those of them not listed are not held), `absent` ones it
+    /// no longer holds.
     Rewind {
         to: LogPosition,
         history: Vec<EpochStart>,
         messages: Vec<MessageRecord>,
+        held: Vec<(QueueId, u64)>,
         absent: Vec<QueueId>,
         done: Reply,
     },
@@ -140,6 +145,7 @@ impl Request {
             | Request::Apply(_, done)
             | Request::Wipe(done)
             | Request::Install(_, done)
+            | Request::InstallHeld(_, done)
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
             | Request::State { done, .. }
@@ -499,6 +505,7 @@ pub(super) struct Staging<'t> {
     receiving: Table<'t, u128, ()>,
     state: Table<'t, &'static str, &'static [u8]>,
     marks: Table<'t, u64, (u64, u64)>,
+    held: Table<'t, u128, u64>,
     history: Vec<EpochStart>,
     /// Messages added minus messages removed.
     queued_delta: i64,
@@ -525,6 +532,7 @@ impl<'t> Staging<'t> {
             receiving: txn.open_table(tables::RECEIVING)?,
             state: txn.open_table(tables::STATE)?,
             marks: txn.open_table(tables::MARKS)?,
+            held: txn.open_table(tables::HELD)?,
             history,
             queued_delta: 0,
             wiped: false,
@@ -592,8 +600,12 @@ impl<'t> Staging<'t> {
                 let installed = messages.into_iter().try_for_each(|m| self.install(m));
                 (Some(done), installed.map(|()| Ok(last)))
             }
-            Request::Rewind { to, history, messages, absent, done } => {
-                let rewound = self.rewind(to, *next_seq, history, messages, absent);
+            Request::InstallHeld(held, done) => {
+                let installed = held.into_iter().try_for_each(|(id, since)| self.hold(id, since));
+                (Some(done), installed.map(|()| Ok(last)))
+            }
+            Request::Rewind { to, history, messages, held, absent, done } => {
+                let rewound = self.rewind(to, *next_seq, history, messages, held, absent);
                 *next_seq = to.seq.saturating_add(1);
                 (Some(done), rewound.map(|()| Ok(to)))
             }
@@ -709,6 +721,7 @@ impl<'t> Staging<'t> {
         self.bodies.retain(|_, _| false)?;
         self.receiving.retain(|_, _| false)?;
         self.marks.retain(|_, _| false)?;
+        self.held.retain(|_, _| false)?;
         self.state.remove(tables::EPOCH_HISTORY)?;
         self.state.remove(tables::RESUMED)?;
         self.state.insert(tables::SNAPSHOT_INCOMPLETE, [1u8].as_slice())?;
@@ -736,13 +749,14 @@ impl<'t> Staging<'t> {
     }
 
     /// Drops the log records from `to` + 1 up to (not including) `next_seq`, takes `history`,
-    /// and sets the given messages to the primary's state.
+    /// and sets the given messages to the primary's state, their holds included.
     fn rewind(
         &mut self,
         to: LogPosition,
         next_seq: u64,
         history: Vec<EpochStart>,
         messages: Vec<MessageRecord>,
+        held: Vec<(QueueId, u64)>,
         absent: Vec<QueueId>,
     ) -> Result<(), SpoolError> {
         if to.seq.saturating_add(1) < next_seq {
@@ -751,7 +765,11 @@ impl<'t> Staging<'t> {
         self.history = history;
         self.state.insert(tables::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?.as_slice())?;
         for message in messages {
+            self.held.remove(message.envelope.id.as_u128())?;
             self.install(message)?;
+        }
+        for (id, since) in held {
+            self.hold(id, since)?;
         }
         for id in absent {
             if self.message(id)?.is_some() {
@@ -831,6 +849,16 @@ impl<'t> Staging<'t> {
                     self.remove(*id)?;
                 }
             }
+            Change::Held { ids, since_ms } => {
+                for id in ids {
+                    self.hold(*id, *since_ms)?;
+                }
+            }
+            Change::Released { ids } => {
+                for id in ids {
+                    self.held.remove(id.as_u128())?;
+                }
+            }
         }
         self.log.insert(record.position.seq, postcard::to_stdvec(record)?.as_slice())?;
         Ok(())
@@ -843,8 +871,18 @@ impl<'t> Staging<'t> {
         }
     }
 
-    /// Removes a stored message and its body.
+    /// Holds a queued message since `since_ms`; one held already keeps its first time, and an
+    /// id no longer queued (delivered or deleted meanwhile) is skipped.
+    fn hold(&mut self, id: QueueId, since_ms: u64) -> Result<(), SpoolError> {
+        if self.held.get(id.as_u128())?.is_none() && self.message(id)?.is_some() {
+            self.held.insert(id.as_u128(), since_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a stored message, its body and its hold.
     fn remove(&mut self, id: QueueId) -> Result<(), SpoolError> {
+        self.held.remove(id.as_u128())?;
         self.bodies.retain_in(tables::body_range(id.as_u128()), |_, _| false)?;
         self.messages.remove(id.as_u128())?;
         self.queued_delta -= 1;

@@ -232,13 +232,21 @@ impl Spool {
         self.submit_with(bodies, |done| commit::Request::Install(messages, done)).await.map(|_| ())
     }
 
+    /// A standby stores a snapshot's holds: these messages, stored already, are held since
+    /// the time given.
+    pub async fn install_held(&self, held: Vec<(QueueId, u64)>) -> Result<(), SpoolError> {
+        self.submit(|done| commit::Request::InstallHeld(held, done)).await.map(|_| ())
+    }
+
     /// A standby (an old primary, rejoining) drops the branch of its log after `to` and takes
-    /// the primary's state of the messages it touched (see `commit::Request::Rewind`).
+    /// the primary's state of the messages it touched, their holds included (see
+    /// `commit::Request::Rewind`).
     pub async fn rewind(
         &self,
         to: LogPosition,
         history: Vec<EpochStart>,
         messages: Vec<MessageRecord>,
+        held: Vec<(QueueId, u64)>,
         absent: Vec<QueueId>,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
@@ -246,6 +254,7 @@ impl Spool {
             to,
             history,
             messages,
+            held,
             absent,
             done,
         })
@@ -414,6 +423,22 @@ impl Spool {
             Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// Since when (Unix ms) an operator holds message `id`; None when it is not held (or not
+    /// queued).
+    pub fn held_since(&self, id: QueueId) -> Result<Option<u64>, SpoolError> {
+        let table = self.read()?.open_table(tables::HELD)?;
+        Ok(table.get(id.as_u128())?.map(|since| since.value()))
+    }
+
+    /// Every held message and since when, in queue order.
+    pub fn held(&self) -> Result<Vec<(QueueId, u64)>, SpoolError> {
+        let table = self.read()?.open_table(tables::HELD)?;
+        let entries = table
+            .iter()?
+            .map(|entry| entry.map(|(id, since)| (QueueId::from_u128(id.value()), since.value())));
+        Ok(entries.collect::<Result<_, _>>()?)
     }
 
     /// Every queued message, oldest first.

@@ -1,4 +1,4 @@
-//! Opening the spool file: redb's settings, the format check (a format 1 spool migrated), a
+//! Opening the spool file: redb's settings, the format check (formats 1 and 2 migrated), a
 //! sled-based relayd's spool refused with the command that imports it, a damaged file refused
 //! with what to do, and the bodies of messages never committed removed.
 
@@ -174,15 +174,12 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             None if fresh => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
             }
-            // Format 1 lacks only the log's marks: the seal below marks its whole log as of
-            // now (its records then count as this young: kept longer, never shorter).
-            Some(tables::FORMAT_WITHOUT_MARKS) => {
+            // Format 1 lacks the log's marks: the seal below marks its whole log as of now (its
+            // records then count as this young: kept longer, never shorter). Formats 1 and 2
+            // lack `held`, which the staging below creates, empty: nothing was held before.
+            Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_WITHOUT_HELD)) => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
-                tracing::info!(
-                    from = tables::FORMAT_WITHOUT_MARKS,
-                    to = tables::FORMAT,
-                    "spool format migrated"
-                );
+                tracing::info!(from, to = tables::FORMAT, "spool format migrated");
             }
             None => return Err(SpoolError::corrupt("the file holds no spool format")),
             Some(other) => {

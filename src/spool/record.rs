@@ -45,6 +45,12 @@ pub enum Change {
     Attempted { id: QueueId, results: Vec<(u32, RecipientState)> },
     /// An operator deleted the message: its record and body are removed.
     Removed { id: QueueId },
+    /// An operator held these messages at `since_ms` (Unix ms): none is delivered, nor expired,
+    /// until it is released. A message held already keeps its first time; an id no longer
+    /// queued is skipped. Protocol 2.
+    Held { ids: Vec<QueueId>, since_ms: u64 },
+    /// An operator released these held messages: they are delivered again. Protocol 2.
+    Released { ids: Vec<QueueId> },
 }
 
 impl Change {
@@ -58,6 +64,17 @@ impl Change {
             | Change::Accepted(_)
             | Change::Attempted { .. }
             | Change::Removed { .. } => 1,
+            Change::Held { .. } | Change::Released { .. } => 2,
+        }
+    }
+
+    /// The messages this change is about (none for an epoch's start).
+    pub fn messages(&self) -> &[QueueId] {
+        match self {
+            Change::EpochStarted => &[],
+            Change::Accepted(envelope) => std::slice::from_ref(&envelope.id),
+            Change::Attempted { id, .. } | Change::Removed { id } => std::slice::from_ref(id),
+            Change::Held { ids, .. } | Change::Released { ids } => ids,
         }
     }
 
@@ -69,9 +86,15 @@ impl Change {
         if protocol >= self.since_protocol() {
             return self;
         }
-        // No change is newer than protocol 1 yet: each variant added later gets its stand-in
-        // here.
-        self
+        match self {
+            // Relayd 0.1.0 knows no holds: it delivers the message as if never held, which is
+            // what it would have done. The stand-in leaves the message as it is there.
+            Change::Held { ids, .. } | Change::Released { ids } => Change::Attempted {
+                id: ids.first().copied().unwrap_or(QueueId::from_bytes([0; 16])),
+                results: vec![],
+            },
+            older => older,
+        }
     }
 }
 
@@ -140,4 +163,24 @@ pub struct MessageRecord {
 pub struct EpochStart {
     pub epoch: u64,
     pub first_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_are_protocol_2_and_an_older_peer_gets_a_no_op_attempt_instead() {
+        let (a, b) = (QueueId::from_bytes([1; 16]), QueueId::from_bytes([2; 16]));
+        let held = Change::Held { ids: vec![a, b], since_ms: 7 };
+        let released = Change::Released { ids: vec![b] };
+        assert_eq!((held.since_protocol(), released.since_protocol()), (2, 2));
+        assert_eq!(held.messages(), [a, b]);
+        assert_eq!(held.clone().for_protocol(2), held);
+        assert_eq!(held.for_protocol(1), Change::Attempted { id: a, results: vec![] });
+        assert_eq!(released.for_protocol(1), Change::Attempted { id: b, results: vec![] });
+        let none = Change::Released { ids: vec![] }.for_protocol(1);
+        assert_eq!(none, Change::Attempted { id: QueueId::from_bytes([0; 16]), results: vec![] });
+        assert_eq!(Change::Removed { id: a }.for_protocol(1), Change::Removed { id: a });
+    }
 }

@@ -13,16 +13,20 @@
 //! | `bodies`    | (queue id, chunk index)     | up to [`CHUNK_SIZE`] body bytes        |
 //! | `receiving` | queue id                    | nothing: a body begun, not yet committed |
 //! | `marks`     | sequence                    | (Unix ms, log bytes through it): [`super::retention`] |
+//! | `held`      | queue id                    | Unix ms: an operator held the message then |
 
 use redb::TableDefinition;
 
 /// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
 /// in `meta` when the file is created and checked at every open; a change that an older relayd
-/// could not read takes a new number (and an import path). Format 2 added `marks`; a format 1
-/// spool is migrated at open (its log marked as of the open).
-pub const FORMAT: u64 = 2;
+/// could not read takes a new number (and an import path). Format 2 added `marks`, format 3
+/// `held`; a format 1 spool is migrated at open (its log marked as of the open), and so is a
+/// format 2 one (the open's transaction creates the empty `held` table).
+pub const FORMAT: u64 = 3;
 /// The format before `marks`: migrated at open.
 pub const FORMAT_WITHOUT_MARKS: u64 = 1;
+/// The format before `held`: migrated at open.
+pub const FORMAT_WITHOUT_HELD: u64 = 2;
 pub const FORMAT_KEY: &str = "format";
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -34,6 +38,9 @@ pub const RECEIVING: TableDefinition<u128, ()> = TableDefinition::new("receiving
 /// The log's marks: at a record's sequence number, when it was committed (Unix ms) and the
 /// bytes of log records written up to and with it (a running total: differences count).
 pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
+/// The messages an operator holds (never delivered nor expired until released): since when,
+/// in Unix ms, as the primary's `Held` record says. Derived from the log like `messages`.
+pub const HELD: TableDefinition<u128, u64> = TableDefinition::new("held");
 
 /// Body chunk size: what a session buffers before handing a chunk to the committer. redb
 /// gives an entry larger than a page a page of the next power of two: a chunk of exactly

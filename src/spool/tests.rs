@@ -298,7 +298,7 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     for id in ids {
         assert!(spool.get(id).expect("get").is_some(), "{id} kept");
     }
-    // It is format 2 now, and goes on marking.
+    // It is of the current format now, and goes on marking.
     accept_some(&spool, 1).await;
     assert_eq!(stored_marks(&spool).last().map(|m| m.seq), Some(spool.last_position().seq));
     drop(spool);
@@ -425,4 +425,84 @@ async fn a_mostly_free_spool_file_is_compacted_at_start() {
     }
     let (id, body) = big(&spool);
     spool.accept(envelope(id), body).await.expect("the compacted spool takes mail");
+}
+
+#[tokio::test]
+async fn holds_follow_the_log_survive_a_reopen_and_go_with_their_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = {
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.ensure_epoch().await.expect("epoch");
+        let ids = accept_some(&spool, 3).await;
+        let gone = QueueId::new();
+        let held = Change::Held { ids: vec![ids[0], ids[1], gone], since_ms: 1_000 };
+        spool.commit(vec![held], Vec::new()).await.expect("hold");
+        // Held again later: the first time stays.
+        let again = Change::Held { ids: vec![ids[0]], since_ms: 2_000 };
+        spool.commit(vec![again], Vec::new()).await.expect("hold again");
+        assert_eq!(spool.held().expect("held"), vec![(ids[0], 1_000), (ids[1], 1_000)]);
+        ids
+    };
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.held_since(ids[0]).expect("read"), Some(1_000), "a hold survives a restart");
+    assert_eq!(spool.held_since(ids[2]).expect("read"), None);
+    spool.commit(vec![Change::Released { ids: vec![ids[0]] }], Vec::new()).await.expect("release");
+    assert_eq!(spool.held_since(ids[0]).expect("read"), None);
+    // A held message delivered or deleted takes its hold along.
+    deliver(&spool, &ids[1..2]).await;
+    assert_eq!(spool.held().expect("held"), vec![]);
+}
+
+#[tokio::test]
+async fn a_rewind_takes_the_primarys_holds_of_the_messages_it_sets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.ensure_epoch().await.expect("epoch");
+    let ids = accept_some(&spool, 3).await;
+    let to = spool.last_position();
+    let held = Change::Held { ids: vec![ids[0], ids[2]], since_ms: 5 };
+    spool.commit(vec![held], Vec::new()).await.expect("hold on the branch");
+    let history = spool.epoch_history().expect("history");
+    let primary_state = |id| spool.get(id).expect("get").expect("queued");
+    let messages = vec![primary_state(ids[0]), primary_state(ids[1])];
+    // The primary holds ids[1] (not ids[0]); ids[2] is not among the messages the rewind
+    // sets, so its hold is this node's own still.
+    spool.rewind(to, history, messages, vec![(ids[1], 9)], vec![], vec![]).await.expect("rewind");
+    assert_eq!(spool.held().expect("held"), vec![(ids[1], 9), (ids[2], 5)]);
+    assert_eq!(spool.last_position(), to, "the branch's record is gone");
+}
+
+#[tokio::test]
+async fn a_format_2_spool_is_migrated_at_open_with_nothing_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = {
+        let spool = Spool::open(dir.path()).expect("create");
+        spool.ensure_epoch().await.expect("epoch");
+        accept_some(&spool, 2).await
+    };
+    // What relayd 0.1.0 left: format 2, no held table.
+    let path = dir.path().join("spool").join(FILE_NAME);
+    {
+        let db = redb::Database::open(&path).expect("redb");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(tables::META)
+            .expect("meta")
+            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_HELD)
+            .expect("set");
+        assert!(txn.delete_table(tables::HELD).expect("delete held"));
+        txn.commit().expect("commit");
+    }
+    let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
+    assert_eq!(spool.held().expect("the held table is there"), vec![]);
+    assert!(ids.iter().all(|&id| spool.get(id).expect("get").is_some()));
+    spool
+        .commit(vec![Change::Held { ids: ids.clone(), since_ms: 1 }], Vec::new())
+        .await
+        .expect("hold");
+    assert_eq!(spool.held().expect("held").len(), 2);
+    drop(spool);
+    let db = redb::Database::open(&path).expect("redb");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(tables::META).expect("meta");
+    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(3));
 }

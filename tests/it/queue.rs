@@ -1,14 +1,16 @@
 //! Queue control against the real binary (docs/operations.md, "Queue control"): the listing's
-//! pages and filters, delete by filter with a dry run, requeue, a message's content; over curl
-//! and through `relayd queue ...`. Mail stays queued: every route leads to a closed port, and
-//! the first retry is an hour away, so only a requeue makes a second attempt.
+//! pages and filters, delete by filter with a dry run, requeue, a message's content, hold and
+//! release; over curl and through `relayd queue ...`. Mail stays queued: every route leads to a
+//! closed port (or the test sink, whose `flaky…` recipients defer the first attempt), and the
+//! first retry is an hour away, so only a requeue (or a release) makes a second attempt.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::admin::{cli, curl, get, sections, send_from, wait_for_admin};
-use crate::common::cluster::{Pair, all_attempted};
+use crate::common::cluster::{Pair, all_attempted, count};
+use crate::common::sink::Sink;
 use crate::common::{Node, free_port, wait_for};
 
 fn start(role: &str) -> Node {
@@ -110,7 +112,7 @@ fn pages_and_filters_see_each_message_once() {
     assert_eq!(listed(&node, "state=deferred"), every);
     assert_eq!(listed(&node, "state=active"), BTreeSet::new());
 
-    let bad = get(&node, "/queue?state=held");
+    let bad = get(&node, "/queue?state=frozen");
     assert_eq!(bad.status, 400);
     assert!(bad.json()["error"].as_str().is_some_and(|e| e.starts_with("state=")), "{}", bad.body);
     assert_eq!(get(&node, "/queue?after=nope").status, 400);
@@ -288,4 +290,153 @@ fn a_delete_by_filter_reaches_the_standby() {
     wait_for("the standby to drop the deleted messages", || {
         ids(&get(standby, "/queue").json()) == kept
     });
+}
+
+/// A primary whose every domain goes to `sink`, one delivery at a time (so that what the runner
+/// dispatches reaches the sink in that order), the first retry an hour away.
+fn start_for(sink: &Sink) -> Node {
+    let sections = format!(
+        "[relay]\ndomains = [\"example.com\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\n\
+         [[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{}\"\ntls = \"none\"\n\n\
+         [delivery]\nretry = [\"1h\"]\nconcurrency_per_host = 1\nresolvers = [\"127.0.0.1:{}\"]\n",
+        sink.port(),
+        free_port()
+    );
+    let node = Node::start_as("primary", "", &sections);
+    wait_for_admin(&node);
+    node
+}
+
+/// Sends a message to `rcpt` and waits until the sink has it: everything the runner dispatched
+/// before it (one delivery at a time) has been tried by then.
+fn delivered_through(node: &Node, sink: &Sink, rcpt: &str) {
+    send_from(node, "alice@example.org", rcpt, &data(0));
+    wait_for(&format!("{rcpt} at the sink"), || {
+        sink.transactions().iter().any(|t| t.recipients.iter().any(|r| r == rcpt))
+    });
+}
+
+#[test]
+fn a_held_message_is_never_delivered_until_released() {
+    let sink = Sink::plain();
+    let mut node = start_for(&sink);
+    // Its first attempt is deferred (451): it then waits an hour.
+    let held = send_from(&node, "alice@example.org", "flaky-held@one.test", &data(1));
+    wait_for("the first attempt", || all_attempted(&node, 1));
+    let one = BTreeSet::from([held.clone()]);
+
+    let dry = curl(&node, "POST", &format!("/queue/hold?id={held}&dry_run=true"), &[]);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert_eq!(
+        (dry.json()["held"].as_u64(), dry.json()["dry_run"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(listed(&node, "state=held"), BTreeSet::new(), "a dry run holds nothing");
+    let (code, out, err) = cli(&node, &["queue", "hold", &held]);
+    assert_eq!((code, out.as_str()), (Some(0), "held 1 message\n"), "{err}");
+    assert_eq!(listed(&node, "state=held"), one);
+    assert_eq!(listed(&node, "state=deferred"), BTreeSet::new(), "held is neither deferred...");
+    assert_eq!(listed(&node, "state=active"), BTreeSet::new(), "... nor active");
+    assert!(get(&node, &format!("/queue/{held}")).json()["held_since"].is_string());
+    let (_, out, _) = cli(&node, &["queue", "list"]);
+    assert!(out.contains("<flaky-held@one.test> held (1 attempt)"), "{out}");
+    // Held already: nothing to do.
+    let again = curl(&node, "POST", &format!("/queue/hold?id={held}"), &[]).json();
+    assert_eq!(again["held"], 0, "{again}");
+
+    // A requeue of everything passes it by: the mail sent after the requeue, dispatched after
+    // it, arrives, and the held message was not tried.
+    let (code, _, err) = cli(&node, &["queue", "requeue", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    delivered_through(&node, &sink, "ok-after-requeue@one.test");
+    assert_eq!(sink.rcpts_for("flaky-held@one.test"), 1, "a held message was tried");
+
+    // Still held after a restart.
+    node.stop();
+    node.launch();
+    wait_for_admin(&node);
+    delivered_through(&node, &sink, "ok-after-restart@one.test");
+    assert_eq!(sink.rcpts_for("flaky-held@one.test"), 1, "a held message was tried");
+    assert_eq!(listed(&node, "state=held"), one);
+
+    // Released: tried at once (the flaky recipient takes it the second time).
+    let dry = curl(&node, "POST", "/queue/release?all=true&dry_run=true", &[]).json();
+    assert_eq!(
+        (dry["released"].as_u64(), &dry["ids"]),
+        (Some(1), &serde_json::json!([held])),
+        "{dry}"
+    );
+    let (code, out, err) = cli(&node, &["queue", "release", "--sender", "alice@example.org"]);
+    assert_eq!((code, out.as_str()), (Some(0), "released 1 message\n"), "{err}");
+    wait_for("the released message delivered", || {
+        sink.rcpts_for("flaky-held@one.test") == 2
+            && get(&node, "/queue").json() == Value::Array(vec![])
+    });
+
+    // No selector: bad usage, and a 400.
+    assert_eq!(cli(&node, &["queue", "hold"]).0, Some(2));
+    assert_eq!(cli(&node, &["queue", "release", "--dry-run"]).0, Some(2));
+    let bare = curl(&node, "POST", "/queue/hold", &[]);
+    assert_eq!(bare.status, 400, "{}", bare.body);
+    let missing = curl(&node, "POST", &format!("/queue/release?id={}", "0".repeat(32)), &[]);
+    assert_eq!(missing.status, 404, "{}", missing.body);
+}
+
+/// The attempts of message `id`'s only recipient on `node`.
+fn tries(node: &Node, id: &str) -> u64 {
+    attempts(node).into_iter().find(|(i, _)| i == id).map(|(_, n)| n).expect("queued")
+}
+
+#[test]
+fn a_hold_reaches_the_standby_by_log_and_snapshot_and_outlives_a_failover() {
+    let mut pair = Pair::start("sync", "sync_timeout = \"15s\"");
+    let held = send_from(pair.primary(), "bob@example.org", "y@two.test", &data(0));
+    let others = send_many(pair.primary(), 2, "alice@example.org", "x@one.test");
+    pair.wait_settled(3);
+    let one = BTreeSet::from([held.clone()]);
+
+    // The standby answers a dry run from its copy, and refuses the real thing.
+    let standby = pair.standby();
+    let dry = curl(standby, "POST", "/queue/hold?sender=bob%40example.org&dry_run=true", &[]);
+    assert_eq!((dry.status, dry.json()["held"].as_u64()), (200, Some(1)), "{}", dry.body);
+    let refused = curl(standby, "POST", &format!("/queue/hold?id={held}"), &[]);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(curl(standby, "POST", "/queue/release?all=true", &[]).status, 409);
+    let (code, _, err) = cli(standby, &["queue", "hold", "--all"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("HTTP 409"), "{err}");
+
+    // Held on the primary: the Held record reaches the standby.
+    let (code, out, err) = cli(pair.primary(), &["queue", "hold", "--sender", "bob@example.org"]);
+    assert_eq!((code, out.as_str()), (Some(0), "held 1 message\n"), "{err}");
+    wait_for("the hold on the standby", || listed(pair.standby(), "state=held") == one);
+
+    // A standby rebuilt from a snapshot gets the hold with the messages.
+    pair.standby_mut().stop();
+    pair.standby().wipe_data();
+    pair.standby_mut().launch();
+    pair.wait_links_up(2);
+    pair.wait_caught_up();
+    assert!(count(&pair.primary().log(), "sending a snapshot to the standby") >= 1);
+    assert_eq!(ids(&get(pair.standby(), "/queue").json()).len(), 3);
+    assert_eq!(listed(pair.standby(), "state=held"), one);
+
+    // The primary dies; the promoted standby keeps the message held: two requeues of
+    // everything try the others twice more, the held one not at all.
+    pair.primary_mut().kill9();
+    let standby = pair.standby();
+    let (code, _, err) = cli(standby, &["promote", "--force"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(listed(standby, "state=held"), one);
+    for round in [2, 3] {
+        let (code, _, err) = cli(standby, &["queue", "requeue", "--all"]);
+        assert_eq!(code, Some(0), "{err}");
+        wait_for(&format!("the others tried {round} times"), || {
+            others.iter().all(|id| tries(standby, id) == round)
+        });
+    }
+    assert_eq!(tries(standby, &held), 1, "the held message was tried on the new primary");
+    let (code, out, err) = cli(standby, &["queue", "release", &held]);
+    assert_eq!((code, out.as_str()), (Some(0), "released 1 message\n"), "{err}");
+    wait_for("the released message tried", || tries(standby, &held) == 2);
 }
