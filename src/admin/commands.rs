@@ -12,6 +12,7 @@ use super::api::{Message, QueuePage, Recipient, Status};
 use super::client::{Client, ClientError};
 use super::witness::WitnessStatus;
 use crate::config::{Config, Role};
+use crate::delivery::QueueChange;
 use crate::spool::QueueId;
 
 /// `relayd status [--json]`, of a data node or a witness (its `/status` says which).
@@ -187,44 +188,24 @@ pub fn queue_delete(config: &Config, id: QueueId) -> ExitCode {
     })
 }
 
-/// A change of the queue's messages by id, filter or `--all`, with a dry run: `relayd queue
-/// delete`, `hold`, `release`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BulkChange {
-    Delete,
-    Hold,
-    Release,
-}
-
-impl BulkChange {
-    /// The past participle, as the answer's count and the output say it.
-    fn done(self) -> &'static str {
-        match self {
-            BulkChange::Delete => "deleted",
-            BulkChange::Hold => "held",
-            BulkChange::Release => "released",
-        }
-    }
-
-    /// Asks the endpoint for the change of the messages `parameters` select.
-    fn request(
-        self,
-        client: &Client,
-        parameters: &[(&str, &str)],
-    ) -> Result<serde_json::Value, ClientError> {
-        match self {
-            BulkChange::Delete => client.delete(&with_query("/queue", parameters)),
-            BulkChange::Hold => client.post(&with_query("/queue/hold", parameters)),
-            BulkChange::Release => client.post(&with_query("/queue/release", parameters)),
-        }
+/// Asks the endpoint for `change` of the messages `parameters` select: `DELETE /queue`, or
+/// `POST /queue/hold` (`release`, `bounce`).
+fn request_change(
+    client: &Client,
+    change: QueueChange,
+    parameters: &[(&str, &str)],
+) -> Result<serde_json::Value, ClientError> {
+    match change {
+        QueueChange::Delete => client.delete(&with_query("/queue", parameters)),
+        _ => client.post(&with_query(&format!("/queue/{}", change.verb()), parameters)),
     }
 }
 
-/// `relayd queue delete|hold|release [ID] [filters] [--all] [--dry-run]`: prints the count,
+/// `relayd queue delete|hold|release|bounce [ID] [filters] [--all] [--dry-run]`: prints the count,
 /// and with --dry-run the ids that would change.
 pub fn queue_bulk(
     config: &Config,
-    change: BulkChange,
+    change: QueueChange,
     id: Option<QueueId>,
     selection: &Selection,
     all: bool,
@@ -240,7 +221,7 @@ pub fn queue_bulk(
         parameters.push(("dry_run", "true"));
     }
     run(config, |client| {
-        let answer = change.request(client, &parameters)?;
+        let answer = request_change(client, change, &parameters)?;
         let count = answer[change.done()].as_u64().unwrap_or(0);
         let messages = plural(count, "message", "messages");
         let mut out = String::new();

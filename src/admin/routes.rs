@@ -14,7 +14,7 @@ use super::filter::{self, BadQuery, QueueQuery};
 use super::metrics::{self, Snapshot};
 use super::{AdminContext, node_state};
 use crate::config::Role;
-use crate::delivery::Requeue;
+use crate::delivery::{QueueChange, Requeue};
 use crate::metrics::Metrics;
 use crate::spool::{MessageRecord, QueueId, Spool, SpoolError, now_ms};
 
@@ -199,116 +199,55 @@ pub async fn queue_requeue(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": count }))).into_response())
 }
 
-/// `DELETE /queue?<filter>[&dry_run=true]` or `DELETE /queue?all=true`: removes the messages
-/// the filter selects without delivering them, and answers their count and ids. A dry run
-/// only answers (on any node); a real one is the serving primary's, as `DELETE /queue/{id}`.
-pub async fn queue_delete_matching(
-    State(context): Context,
+/// The answer of [`queue_change`], boxed: the handler [`change`] makes names its type.
+pub type ChangeAnswer =
+    std::pin::Pin<Box<dyn Future<Output = Result<Json<serde_json::Value>, ApiError>> + Send>>;
+
+/// The handler of one bulk change of the queue ([`queue_change`]), for the router.
+pub fn change(
+    change: QueueChange,
+) -> impl Fn(Context, QueryResult) -> ChangeAnswer + Clone + Send + Sync + 'static {
+    move |State(context), query| Box::pin(queue_change(context, query, change))
+}
+
+/// `DELETE /queue?<filter>[&dry_run=true]` or `DELETE /queue?all=true`, and `POST
+/// /queue/hold`, `/queue/release` and `/queue/bounce` with the same parameters (or `id=ID`):
+/// makes `change` to the messages the filter selects (a hold those not held yet, a release
+/// the held ones), and answers their count and ids. A dry run only answers (on any node); a
+/// real one is the serving primary's, as `DELETE /queue/{id}`. A hold keeps a message from
+/// delivery and expiry until its release, which tries it at once; a bounce makes every pending
+/// recipient bounced by the operator (5.0.0), with a DSN to the sender (none to the null
+/// sender), and the message leaves the queue.
+pub async fn queue_change(
+    context: Arc<AdminContext>,
     query: QueryResult,
+    change: QueueChange,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let delivery = context.delivery.clone();
-    bulk(
-        &context,
-        query,
-        Bulk::DELETE,
-        |_| true,
-        |ids| async move { delivery.delete_all(&ids).await },
-    )
-    .await
-}
-
-/// `POST /queue/hold?id=ID | ?<filter> | ?all=true [&dry_run=true]`: holds the messages (those
-/// not held already): none is delivered, nor expired, until released. Answers their count and
-/// ids, as `DELETE /queue` does.
-pub async fn queue_hold(
-    State(context): Context,
-    query: QueryResult,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let delivery = context.delivery.clone();
-    bulk(
-        &context,
-        query,
-        Bulk::HOLD,
-        |held| !held,
-        |ids| async move { delivery.hold_all(&ids).await },
-    )
-    .await
-}
-
-/// `POST /queue/release?id=ID | ?<filter> | ?all=true [&dry_run=true]`: releases the held
-/// messages among those selected; each is tried at once.
-pub async fn queue_release(
-    State(context): Context,
-    query: QueryResult,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let delivery = context.delivery.clone();
-    bulk(
-        &context,
-        query,
-        Bulk::RELEASE,
-        |held| held,
-        |ids| async move { delivery.release_all(&ids).await },
-    )
-    .await
-}
-
-/// A bulk change of the queue, as its answer and its log line name it.
-struct Bulk {
-    /// The answer's count ("deleted": 3).
-    key: &'static str,
-    /// What a standby is told to do on the primary instead.
-    refused: &'static str,
-    /// The log line.
-    said: &'static str,
-}
-
-impl Bulk {
-    const DELETE: Bulk = Bulk {
-        key: "deleted",
-        refused: "delete the messages",
-        said: "deleted by filter by the operator",
-    };
-    const HOLD: Bulk =
-        Bulk { key: "held", refused: "hold the messages", said: "held by the operator" };
-    const RELEASE: Bulk =
-        Bulk { key: "released", refused: "release the messages", said: "released by the operator" };
-}
-
-/// A bulk change: the messages `id=` names (404 unless queued), or those the filter (or
-/// `all=true`) selects, of which those `eligible` by whether they are held; a dry run answers
-/// them (on any node), a real one is the serving primary's and answers those `apply` changed
-/// (one delivered or deleted since the scan is not counted).
-async fn bulk<F>(
-    context: &Arc<AdminContext>,
-    query: QueryResult,
-    what: Bulk,
-    eligible: fn(bool) -> bool,
-    apply: impl FnOnce(Vec<QueueId>) -> F,
-) -> Result<Json<serde_json::Value>, ApiError>
-where
-    F: std::future::Future<Output = Result<Vec<QueueId>, SpoolError>>,
-{
     let query = queue_query(query)?;
     if !query.dry_run {
-        serving_primary(context, what.refused)?;
+        serving_primary(&context, &format!("{} the messages", change.verb()))?;
     }
     let ids = match query.id().map_err(bad_query)? {
         Some(id) => {
-            require_queued(context, id).await?;
+            require_queued(&context, id).await?;
             let spool = context.spool.clone();
             let held = blocking(move || Ok(spool.held_since(id)?.is_some())).await?;
-            if eligible(held) { vec![id] } else { vec![] }
+            if change.applies_to(held) { vec![id] } else { vec![] }
         }
-        None => selected_ids(context, &query, eligible).await?,
+        None => selected_ids(&context, &query, move |held| change.applies_to(held)).await?,
     };
-    let changed = if query.dry_run { ids } else { apply(ids).await? };
+    // A message delivered or deleted since the scan is not counted.
+    let changed = match query.dry_run {
+        true => ids,
+        false => context.delivery.change_all(change, &ids).await?,
+    };
     let changed: Vec<String> = changed.iter().map(QueueId::to_string).collect();
     if !query.dry_run {
-        tracing::info!(count = changed.len(), "{}", what.said);
+        tracing::info!(count = changed.len(), "{} by the operator", change.done());
     }
     Ok(Json(serde_json::json!({
         "dry_run": query.dry_run,
-        what.key: changed.len(),
+        change.done(): changed.len(),
         "ids": changed,
     })))
 }
@@ -375,7 +314,7 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
 }
 
-type QueryResult = Result<Query<QueueQuery>, QueryRejection>;
+pub type QueryResult = Result<Query<QueueQuery>, QueryRejection>;
 
 fn queue_query(query: QueryResult) -> Result<QueueQuery, ApiError> {
     query.map(|Query(query)| query).map_err(|e| ApiError::bad_request(e.body_text()))
@@ -391,7 +330,7 @@ fn bad_query(e: BadQuery) -> ApiError {
 async fn selected_ids(
     context: &Arc<AdminContext>,
     query: &QueueQuery,
-    eligible: fn(bool) -> bool,
+    eligible: impl Fn(bool) -> bool + Send + 'static,
 ) -> Result<Vec<QueueId>, ApiError> {
     let filter = query.filter().map_err(bad_query)?;
     if filter.is_empty() && !query.all {

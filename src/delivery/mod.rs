@@ -23,7 +23,7 @@ pub use route::ResolverError;
 use crate::config::LiveConfig;
 use crate::metrics::Metrics;
 use crate::role::RoleWatch;
-use crate::spool::{Change, QueueId, Spool, SpoolError};
+use crate::spool::{BodyWriter, Change, QueueId, Spool, SpoolError};
 
 /// Starts the queue runner on the current tokio runtime. It delivers while the node serves
 /// (a primary that is not fenced), loading the queue from the spool each time it starts to.
@@ -107,6 +107,63 @@ pub(crate) enum RunnerRequest {
 /// small however many messages a filter selects.
 const BATCH: usize = 1000;
 
+/// What an operator does to a selection of queued messages (`relayd queue delete|hold|release|
+/// bounce`, [`DeliveryHandle::change_all`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueChange {
+    Delete,
+    Hold,
+    Release,
+    Bounce,
+}
+
+impl QueueChange {
+    /// The operation's verb ("hold").
+    pub fn verb(self) -> &'static str {
+        match self {
+            QueueChange::Delete => "delete",
+            QueueChange::Hold => "hold",
+            QueueChange::Release => "release",
+            QueueChange::Bounce => "bounce",
+        }
+    }
+
+    /// Its past participle ("held"), as the admin endpoint's answer counts the messages.
+    pub fn done(self) -> &'static str {
+        match self {
+            QueueChange::Delete => "deleted",
+            QueueChange::Hold => "held",
+            QueueChange::Release => "released",
+            QueueChange::Bounce => "bounced",
+        }
+    }
+
+    /// Whether it changes a message that is (or is not) `held`: a hold only one that is not, a
+    /// release only one that is, the others any.
+    pub fn applies_to(self, held: bool) -> bool {
+        match self {
+            QueueChange::Hold => !held,
+            QueueChange::Release => held,
+            QueueChange::Delete | QueueChange::Bounce => true,
+        }
+    }
+}
+
+/// One commit of a bulk change: its changes, the bodies they accept, and what the runner is
+/// told once it is durable.
+struct Batch {
+    changes: Vec<Change>,
+    bodies: Vec<BodyWriter>,
+    then: Vec<RunnerRequest>,
+}
+
+/// A batch of `changes` after which the runner forgets the messages of `ids` (removed, or
+/// held: not to be dispatched).
+fn forgotten(ids: &[QueueId], changes: Vec<Change>) -> Batch {
+    let then = ids.iter().map(|&id| RunnerRequest::Forget(id)).collect();
+    Batch { changes, bodies: Vec::new(), then }
+}
+
 /// Which messages an operator's requeue tries now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requeue {
@@ -156,13 +213,27 @@ impl DeliveryHandle {
     /// message), each a `Removed` record of the change log like a single delete's.
     pub async fn delete_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
         let spool = &self.shared.spool;
+        let changes = |batch: &[QueueId]| batch.iter().map(|&id| Change::Removed { id }).collect();
         self.in_batches(
             ids,
             |id| Ok(spool.get(id)?.is_some()),
-            |batch| batch.iter().map(|&id| Change::Removed { id }).collect(),
-            |batch| batch.iter().for_each(|&id| _ = self.send(RunnerRequest::Forget(id))),
+            |batch| Ok(forgotten(batch, changes(batch))),
         )
         .await
+    }
+
+    /// Makes `change` to these messages; those it changed.
+    pub async fn change_all(
+        &self,
+        change: QueueChange,
+        ids: &[QueueId],
+    ) -> Result<Vec<QueueId>, SpoolError> {
+        match change {
+            QueueChange::Delete => self.delete_all(ids).await,
+            QueueChange::Hold => self.hold_all(ids).await,
+            QueueChange::Release => self.release_all(ids).await,
+            QueueChange::Bounce => self.bounce_all(ids).await,
+        }
     }
 
     /// Holds these messages (`relayd queue hold`): none is delivered, nor expired, until it
@@ -174,8 +245,7 @@ impl DeliveryHandle {
         self.in_batches(
             ids,
             |id| Ok(spool.held_since(id)?.is_none() && spool.get(id)?.is_some()),
-            |batch| vec![Change::Held { ids: batch.to_vec(), since_ms }],
-            |batch| batch.iter().for_each(|&id| _ = self.send(RunnerRequest::Forget(id))),
+            |batch| Ok(forgotten(batch, vec![Change::Held { ids: batch.to_vec(), since_ms }])),
         )
         .await
     }
@@ -189,21 +259,41 @@ impl DeliveryHandle {
         self.in_batches(
             ids,
             |id| Ok(spool.held_since(id)?.is_some()),
-            |batch| vec![Change::Released { ids: batch.to_vec() }],
-            |batch| _ = self.requeue(Requeue::Only(batch.to_vec())),
+            |batch| {
+                Ok(Batch {
+                    changes: vec![Change::Released { ids: batch.to_vec() }],
+                    bodies: Vec::new(),
+                    then: vec![RunnerRequest::Requeue(Requeue::Only(batch.to_vec()))],
+                })
+            },
         )
         .await
     }
 
-    /// A bulk change: of `ids`, those `selected` now, [`BATCH`] to a commit of the `changes`
-    /// made of them; `then` tells the runner of each batch once it is durable. Returns the ids
+    /// Bounces these messages now (`relayd queue bounce`): every pending recipient becomes
+    /// bounced, "5.0.0 bounced by the operator", and the sender (unless null) gets a DSN, in
+    /// the same commit; the message leaves the queue with it, held or not. Returns those that
+    /// were queued. A delivery in flight for one of them finishes, and its results are ignored
+    /// (the message is gone), as after a delete. [`BATCH`] messages to a commit.
+    pub async fn bounce_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
+        let spool = &self.shared.spool;
+        let now = crate::spool::now_ms();
+        self.in_batches(
+            ids,
+            |id| Ok(spool.get(id)?.is_some()),
+            |batch| queue::bounce_now(&self.shared, batch, now),
+        )
+        .await
+    }
+
+    /// A bulk change: of `ids`, those `selected` now, [`BATCH`] to a commit of the [`Batch`]
+    /// made of them, whose requests go to the runner once it is durable. Returns the ids
     /// changed.
     async fn in_batches(
         &self,
         ids: &[QueueId],
         selected: impl Fn(QueueId) -> Result<bool, SpoolError>,
-        changes: impl Fn(&[QueueId]) -> Vec<Change>,
-        then: impl Fn(&[QueueId]),
+        make: impl Fn(&[QueueId]) -> Result<Batch, SpoolError>,
     ) -> Result<Vec<QueueId>, SpoolError> {
         let mut changed = Vec::new();
         for batch in ids.chunks(BATCH) {
@@ -216,8 +306,11 @@ impl DeliveryHandle {
             if chosen.is_empty() {
                 continue;
             }
-            self.shared.spool.commit(changes(&chosen), Vec::new()).await?;
-            then(&chosen);
+            let Batch { changes, bodies, then } = make(&chosen)?;
+            self.shared.spool.commit(changes, bodies).await?;
+            for request in then {
+                self.send(request);
+            }
             changed.extend(chosen);
         }
         Ok(changed)

@@ -18,13 +18,15 @@ use tokio_rustls::TlsConnector;
 
 use super::client::{self, Connection};
 use super::dsn;
-use super::outcome::{Outcome, Reply};
+use super::outcome::{EnhancedStatus, Outcome, Reply};
 use super::route::{self, Destination, Resolver};
-use super::{Requeue, RunnerRequest};
+use super::{Batch, Requeue, RunnerRequest};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
 use crate::role::RoleWatch;
-use crate::spool::{Change, Envelope, MessageRecord, QueueId, RecipientState, Spool, now_ms};
+use crate::spool::{
+    BodyWriter, Change, Envelope, MessageRecord, QueueId, RecipientState, Spool, SpoolError, now_ms,
+};
 
 /// Everything the runner and its workers share.
 pub(super) struct Shared {
@@ -469,8 +471,7 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         states.push((*index, state));
     }
     for (rcpt, reply, delay, dsn) in &bounces {
-        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, "bounced");
-        Metrics::count(&shared.metrics.recipients_bounced);
+        bounced(shared, envelope.id, rcpt, reply, *delay, *dsn);
     }
     let mut after = message.recipients.clone();
     for (index, state) in &states {
@@ -481,43 +482,16 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
     let finished = !after.iter().any(RecipientState::is_pending);
     let mut changes = vec![Change::Attempted { id: envelope.id, results: states }];
     let mut bodies = Vec::new();
-    let mut dsn_id = None;
-    let mut dsn_size = 0;
-    // A bounce is never bounced: no DSN for the null sender.
-    if !failed.is_empty() && !envelope.sender.is_empty() {
-        let headers = dsn::original_headers(message, &shared.spool);
-        let content = dsn::build(&config.smtp.hostname, message, &failed, &headers, now);
-        dsn_size = content.len();
-        let id = QueueId::new();
-        let mut body = shared.spool.body_writer(id);
-        match body.write(&content) {
-            Ok(()) => {
-                changes.push(Change::Accepted(Envelope {
-                    id,
-                    sender: String::new(),
-                    recipients: vec![envelope.sender.clone()],
-                    received_at_ms: now,
-                    client: "127.0.0.1".into(),
-                    helo: config.smtp.hostname.clone(),
-                    size: content.len() as u64,
-                    eight_bit: true,
-                    // The DSN needs SMTPUTF8 only to reach a sender whose address needs it
-                    // (RFC 6533): a UTF-8 recipient inside the report is fine in 8-bit text.
-                    smtputf8: !envelope.sender.is_ascii(),
-                }));
-                bodies.push(body);
-                dsn_id = Some(id);
-            }
-            Err(e) => {
-                tracing::error!(id = %envelope.id, error = %e, "cannot write the DSN; the results are recorded without it")
-            }
-        }
-    }
+    let dsn = bounce_report(shared, &config, message, &failed, now).map(|(change, body, dsn)| {
+        changes.push(change);
+        bodies.push(body);
+        dsn
+    });
     match shared.spool.commit(changes, bodies).await {
         Ok(_) => {
-            if let Some(id) = dsn_id {
-                tracing::info!(id = %id, from = "<>", rcpts = 1, size = dsn_size, orig_id = %envelope.id, "accepted DSN");
-                let _ = shared.requests.send(RunnerRequest::Queued(id));
+            if let Some(dsn) = dsn {
+                dsn.log();
+                let _ = shared.requests.send(dsn.queued());
             }
             finished
         }
@@ -527,6 +501,129 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
             false
         }
     }
+}
+
+/// The `bounced` log line of one recipient, and its count.
+fn bounced(
+    shared: &Shared,
+    id: QueueId,
+    rcpt: &str,
+    reply: &str,
+    delay: Delay,
+    dsn: EnhancedStatus,
+) {
+    tracing::info!(id = %id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, "bounced");
+    Metrics::count(&shared.metrics.recipients_bounced);
+}
+
+/// A DSN accepted into the queue with the results it reports.
+struct DsnAccepted {
+    id: QueueId,
+    size: usize,
+    /// The message it reports on.
+    original: QueueId,
+}
+
+impl DsnAccepted {
+    fn log(&self) {
+        tracing::info!(id = %self.id, from = "<>", rcpts = 1, size = self.size, orig_id = %self.original, "accepted DSN");
+    }
+
+    /// What tells the runner to deliver it, once durable.
+    fn queued(&self) -> RunnerRequest {
+        RunnerRequest::Queued(self.id)
+    }
+}
+
+/// The DSN to `message`'s sender for its `failed` recipients (RFC 3464, [`dsn::build`]): the
+/// `Accepted` change and the body to commit with the results that bounce them, in one batch,
+/// so that a bounce is never lost nor made twice. None for the null sender (a bounce is never
+/// bounced), for no failure, or when its body cannot be written (said; the results are then
+/// recorded without it).
+fn bounce_report(
+    shared: &Shared,
+    config: &Config,
+    message: &MessageRecord,
+    failed: &[dsn::Failed<'_>],
+    now: u64,
+) -> Option<(Change, BodyWriter, DsnAccepted)> {
+    let envelope = &message.envelope;
+    if failed.is_empty() || envelope.sender.is_empty() {
+        return None;
+    }
+    let headers = dsn::original_headers(message, &shared.spool);
+    let content = dsn::build(&config.smtp.hostname, message, failed, &headers, now);
+    let id = QueueId::new();
+    let mut body = shared.spool.body_writer(id);
+    if let Err(e) = body.write(&content) {
+        tracing::error!(id = %envelope.id, error = %e, "cannot write the DSN; the results are recorded without it");
+        return None;
+    }
+    let change = Change::Accepted(Envelope {
+        id,
+        sender: String::new(),
+        recipients: vec![envelope.sender.clone()],
+        received_at_ms: now,
+        client: "127.0.0.1".into(),
+        helo: config.smtp.hostname.clone(),
+        size: content.len() as u64,
+        eight_bit: true,
+        // The DSN needs SMTPUTF8 only to reach a sender whose address needs it (RFC 6533): a
+        // UTF-8 recipient inside the report is fine in 8-bit text.
+        smtputf8: !envelope.sender.is_ascii(),
+    });
+    Some((change, body, DsnAccepted { id, size: content.len(), original: envelope.id }))
+}
+
+/// What an operator's bounce records for each pending recipient, and its DSN reports.
+fn operator_bounce() -> Reply {
+    Reply::ours([5, 0, 0], "message bounced by the mail system's operator")
+}
+
+/// `relayd queue bounce`'s commit for `ids` at `now`: each queued message's pending recipients
+/// bounced ([`operator_bounce`]), with the DSN to its sender, in one batch; the runner forgets
+/// the messages (gone with the commit) and delivers the DSNs.
+pub(super) fn bounce_now(shared: &Shared, ids: &[QueueId], now: u64) -> Result<Batch, SpoolError> {
+    let config = shared.config.load_full();
+    let reply = operator_bounce();
+    let recorded = reply.to_string();
+    let status = dsn::status(&reply, false);
+    let mut batch = Batch { changes: Vec::new(), bodies: Vec::new(), then: Vec::new() };
+    for &id in ids {
+        let Some(message) = shared.spool.get(id)? else { continue };
+        let envelope = &message.envelope;
+        let delay = Delay { received_at_ms: envelope.received_at_ms, now };
+        let pending: Vec<(u32, &str)> = (0u32..)
+            .zip(envelope.recipients.iter().zip(&message.recipients))
+            .filter(|(_, (_, state))| state.is_pending())
+            .map(|(index, (rcpt, _))| (index, rcpt.as_str()))
+            .collect();
+        let failed: Vec<dsn::Failed<'_>> = pending
+            .iter()
+            .map(|&(_, recipient)| dsn::Failed {
+                recipient,
+                reply: &reply,
+                relay: None,
+                expired: false,
+            })
+            .collect();
+        for &(_, rcpt) in &pending {
+            bounced(shared, id, rcpt, &recorded, delay, status);
+        }
+        let results = pending
+            .iter()
+            .map(|&(index, _)| (index, RecipientState::Bounced { reply: recorded.clone() }))
+            .collect();
+        batch.changes.push(Change::Attempted { id, results });
+        batch.then.push(RunnerRequest::Forget(id));
+        if let Some((change, body, dsn)) = bounce_report(shared, &config, &message, &failed, now) {
+            dsn.log();
+            batch.changes.push(change);
+            batch.bodies.push(body);
+            batch.then.push(dsn.queued());
+        }
+    }
+    Ok(batch)
 }
 
 /// The `delay=` of a delivery log line: the seconds since the message was accepted, with two

@@ -268,26 +268,37 @@ async fn marks_a_second_apart_are_kept_apart() {
     assert!(marks.windows(2).all(|w| w[0].seq < w[1].seq && w[0].bytes < w[1].bytes));
 }
 
+/// A spool of `n` messages as an older relayd left it: of `format`, without the tables
+/// `missing` that later formats added. Its file, and the messages' ids.
+async fn older_spool<K: redb::Key + 'static, V: redb::Value + 'static>(
+    dir: &std::path::Path,
+    n: usize,
+    format: u64,
+    missing: &[redb::TableDefinition<'_, K, V>],
+) -> (std::path::PathBuf, Vec<QueueId>) {
+    let ids = {
+        let spool = Spool::open(dir).expect("create");
+        spool.ensure_epoch().await.expect("epoch");
+        accept_some(&spool, n).await
+    };
+    let path = dir.join("spool").join(FILE_NAME);
+    let db = redb::Database::open(&path).expect("redb");
+    let txn = db.begin_write().expect("write");
+    txn.open_table(tables::META).expect("meta").insert(tables::FORMAT_KEY, format).expect("set");
+    for table in missing {
+        assert!(txn.delete_table(*table).expect("delete a table"));
+    }
+    txn.commit().expect("commit");
+    (path, ids)
+}
+
 #[tokio::test]
 async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ids = {
-        let spool = Spool::open(dir.path()).expect("create");
-        spool.ensure_epoch().await.expect("epoch");
-        accept_some(&spool, 5).await
-    };
-    // What relayd before format 2 left: format 1, no marks table.
-    let path = dir.path().join("spool").join(FILE_NAME);
-    {
-        let db = redb::Database::open(&path).expect("redb");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(tables::META)
-            .expect("meta")
-            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_MARKS)
-            .expect("set");
-        assert!(txn.delete_table(tables::MARKS).expect("delete marks"));
-        txn.commit().expect("commit");
-    }
+    // What relayd before format 2 left: format 1, no marks table (nor held, a table of
+    // another type, which the format 2 test covers).
+    let (path, ids) =
+        older_spool(dir.path(), 5, tables::FORMAT_WITHOUT_MARKS, &[tables::MARKS]).await;
     let before = now_ms();
     let spool = Spool::open(dir.path()).expect("a format 1 spool opens");
     let marks = stored_marks(&spool);
@@ -475,23 +486,9 @@ async fn a_rewind_takes_the_primarys_holds_of_the_messages_it_sets() {
 #[tokio::test]
 async fn a_format_2_spool_is_migrated_at_open_with_nothing_held() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ids = {
-        let spool = Spool::open(dir.path()).expect("create");
-        spool.ensure_epoch().await.expect("epoch");
-        accept_some(&spool, 2).await
-    };
     // What relayd 0.1.0 left: format 2, no held table.
-    let path = dir.path().join("spool").join(FILE_NAME);
-    {
-        let db = redb::Database::open(&path).expect("redb");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(tables::META)
-            .expect("meta")
-            .insert(tables::FORMAT_KEY, tables::FORMAT_WITHOUT_HELD)
-            .expect("set");
-        assert!(txn.delete_table(tables::HELD).expect("delete held"));
-        txn.commit().expect("commit");
-    }
+    let (path, ids) =
+        older_spool(dir.path(), 2, tables::FORMAT_WITHOUT_HELD, &[tables::HELD]).await;
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
     assert_eq!(spool.held().expect("the held table is there"), vec![]);
     assert!(ids.iter().all(|&id| spool.get(id).expect("get").is_some()));

@@ -284,7 +284,7 @@ fn assert_delay(line: &str) {
 }
 
 /// The DSNs a sink received (transactions from the null sender).
-fn dsns(sink: &Sink) -> Vec<Transaction> {
+pub(crate) fn dsns(sink: &Sink) -> Vec<Transaction> {
     sink.transactions().into_iter().filter(|t| t.sender.is_empty()).collect()
 }
 
@@ -298,7 +298,7 @@ fn copies(sink: &Sink) -> BTreeMap<String, usize> {
 }
 
 /// A DSN read by Python's email package (tests/peers/dsn_report.py).
-fn dsn_report(dsn: &Transaction) -> Value {
+pub(crate) fn dsn_report(dsn: &Transaction) -> Value {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), &dsn.body).expect("write the DSN");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dsn_report.py");

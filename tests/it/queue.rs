@@ -12,6 +12,7 @@ use crate::admin::{cli, curl, get, sections, send_from, wait_for_admin};
 use crate::common::cluster::{Pair, all_attempted, count};
 use crate::common::sink::Sink;
 use crate::common::{Node, free_port, wait_for};
+use crate::delivery::{dsn_report, dsns};
 
 fn start(role: &str) -> Node {
     let delivery =
@@ -263,6 +264,10 @@ fn a_standby_refuses_deletes_and_requeues_but_answers_dry_runs() {
     assert_eq!(dry.json()["deleted"], 0);
     let requeue = curl(&node, "POST", "/queue/requeue?all=true", &[]);
     assert_eq!(requeue.status, 409, "{}", requeue.body);
+    let bounce = curl(&node, "POST", "/queue/bounce?all=true", &[]);
+    assert_eq!(bounce.status, 409, "{}", bounce.body);
+    let dry = curl(&node, "POST", "/queue/bounce?all=true&dry_run=true", &[]);
+    assert_eq!((dry.status, dry.json()["bounced"].as_u64()), (200, Some(0)), "{}", dry.body);
     let (code, _, err) = cli(&node, &["queue", "delete", "--all"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("HTTP 409"), "{err}");
@@ -439,4 +444,80 @@ fn a_hold_reaches_the_standby_by_log_and_snapshot_and_outlives_a_failover() {
     let (code, out, err) = cli(standby, &["queue", "release", &held]);
     assert_eq!((code, out.as_str()), (Some(0), "released 1 message\n"), "{err}");
     wait_for("the released message tried", || tries(standby, &held) == 2);
+}
+
+/// The DSNs at the sink for `sender`.
+fn dsns_to(sink: &Sink, sender: &str) -> usize {
+    dsns(sink).iter().filter(|t| t.recipients.iter().any(|r| r == sender)).count()
+}
+
+#[test]
+fn bounce_now_reports_every_pending_recipient_to_the_sender_but_never_to_the_null_sender() {
+    let sink = Sink::plain();
+    let node = start_for(&sink);
+    // Deferred at their first attempt (451), then an hour away from the next.
+    let both = send_many_to(&node, "sender@client.test", &["defer-a@one.test", "defer-b@two.test"]);
+    let null = send_from(&node, "", "defer-c@one.test", &data(2));
+    let bob = send_from(&node, "bob@client.test", "defer-d@one.test", &data(3));
+    wait_for("every message tried once", || all_attempted(&node, 3));
+
+    let dry = curl(&node, "POST", "/queue/bounce?sender=sender%40client.test&dry_run=true", &[]);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert_eq!(
+        (dry.json()["bounced"].as_u64(), &dry.json()["ids"]),
+        (Some(1), &serde_json::json!([both]))
+    );
+    assert_eq!(ids(&get(&node, "/queue").json()).len(), 3, "a dry run bounces nothing");
+
+    let bounced = curl(&node, "POST", &format!("/queue/bounce?id={both}"), &[]).json();
+    assert_eq!(bounced["bounced"], 1, "{bounced}");
+    wait_for("the DSN to the sender", || dsns_to(&sink, "sender@client.test") == 1);
+    let dsn =
+        dsns(&sink).into_iter().find(|t| t.recipients == ["sender@client.test"]).expect("DSN");
+    let report = dsn_report(&dsn);
+    let context = format!("{report:#}\n{}", String::from_utf8_lossy(&dsn.body));
+    assert_eq!(report["content_type"], "multipart/report", "{context}");
+    assert_eq!(report["defects"], serde_json::json!([]), "{context}");
+    let recipients = report["recipients"].as_array().expect("recipients");
+    let finals: Vec<&str> =
+        recipients.iter().map(|r| r["Final-Recipient"].as_str().expect("field")).collect();
+    assert_eq!(finals, ["rfc822; defer-a@one.test", "rfc822; defer-b@two.test"], "{context}");
+    for fields in recipients {
+        assert_eq!(
+            (&fields["Action"], &fields["Status"]),
+            (&Value::from("failed"), &Value::from("5.0.0")),
+            "{context}"
+        );
+        let diagnostic = fields["Diagnostic-Code"].as_str().expect("Diagnostic-Code");
+        assert!(diagnostic.contains("bounced by the mail system's operator"), "{context}");
+    }
+    assert_eq!(report["original_headers"]["Subject"], "queue test 0", "{context}");
+
+    // The null sender's message goes without a DSN: bounced through the CLI, then bob's, whose
+    // DSN arrives after any the first would have made (one delivery at a time).
+    let (code, out, err) = cli(&node, &["queue", "bounce", "--sender", ""]);
+    assert_eq!((code, out.as_str()), (Some(0), "bounced 1 message\n"), "{err}");
+    let (code, out, err) = cli(&node, &["queue", "bounce", &bob]);
+    assert_eq!((code, out.as_str()), (Some(0), "bounced 1 message\n"), "{err}");
+    wait_for("the DSN to bob", || dsns_to(&sink, "bob@client.test") == 1);
+    assert_eq!(dsns(&sink).len(), 2, "a DSN for the null sender's message");
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&null) && l.contains("<defer-c@one.test>") && l.contains("bounced"))
+        .unwrap_or_else(|| panic!("no bounced line for {null}:\n{log}"));
+    assert!(line.contains("dsn=5.0.0"), "{line}");
+    wait_for("an empty queue (the DSNs delivered)", || {
+        get(&node, "/queue").json() == Value::Array(vec![])
+    });
+    assert_eq!(cli(&node, &["queue", "bounce"]).0, Some(2));
+    assert_eq!(curl(&node, "POST", "/queue/bounce", &[]).status, 400);
+}
+
+/// Sends one message from `sender` to every one of `rcpts`; its queue id.
+fn send_many_to(node: &Node, sender: &str, rcpts: &[&str]) -> String {
+    let mut smtp = crate::common::Raw::greeted(node.addr());
+    let reply = smtp.send_message(&format!("<{sender}>"), rcpts, &data(0));
+    assert!(reply.starts_with("250 "), "{reply}");
+    reply.split_whitespace().last().expect("queue id in the 250 reply").to_string()
 }
