@@ -320,3 +320,26 @@ impl DeliveryHandle {
         self.shared.requests.send(request).is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_changes_only_messages_not_held_and_a_release_only_held_ones() {
+        let changes =
+            [QueueChange::Delete, QueueChange::Hold, QueueChange::Release, QueueChange::Bounce];
+        let applies = changes.map(|c| (c.applies_to(false), c.applies_to(true)));
+        assert_eq!(applies, [(true, true), (true, false), (false, true), (true, true)]);
+        let words = changes.map(|c| (c.verb(), c.done()));
+        assert_eq!(
+            words,
+            [
+                ("delete", "deleted"),
+                ("hold", "held"),
+                ("release", "released"),
+                ("bounce", "bounced")
+            ]
+        );
+    }
+}

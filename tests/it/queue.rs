@@ -298,12 +298,13 @@ fn a_delete_by_filter_reaches_the_standby() {
 }
 
 /// A primary whose every domain goes to `sink`, one delivery at a time (so that what the runner
-/// dispatches reaches the sink in that order), the first retry an hour away.
-fn start_for(sink: &Sink) -> Node {
+/// dispatches reaches the sink in that order), the first retry an hour away, with more
+/// `[delivery]` keys.
+fn start_for(sink: &Sink, delivery: &str) -> Node {
     let sections = format!(
         "[relay]\ndomains = [\"example.com\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\n\
          [[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{}\"\ntls = \"none\"\n\n\
-         [delivery]\nretry = [\"1h\"]\nconcurrency_per_host = 1\nresolvers = [\"127.0.0.1:{}\"]\n",
+         [delivery]\nretry = [\"1h\"]\nconcurrency_per_host = 1\nresolvers = [\"127.0.0.1:{}\"]\n{delivery}\n",
         sink.port(),
         free_port()
     );
@@ -324,7 +325,7 @@ fn delivered_through(node: &Node, sink: &Sink, rcpt: &str) {
 #[test]
 fn a_held_message_is_never_delivered_until_released() {
     let sink = Sink::plain();
-    let mut node = start_for(&sink);
+    let mut node = start_for(&sink, "");
     // Its first attempt is deferred (451): it then waits an hour.
     let held = send_from(&node, "alice@example.org", "flaky-held@one.test", &data(1));
     wait_for("the first attempt", || all_attempted(&node, 1));
@@ -454,7 +455,7 @@ fn dsns_to(sink: &Sink, sender: &str) -> usize {
 #[test]
 fn bounce_now_reports_every_pending_recipient_to_the_sender_but_never_to_the_null_sender() {
     let sink = Sink::plain();
-    let node = start_for(&sink);
+    let node = start_for(&sink, "");
     // Deferred at their first attempt (451), then an hour away from the next.
     let both = send_many_to(&node, "sender@client.test", &["defer-a@one.test", "defer-b@two.test"]);
     let null = send_from(&node, "", "defer-c@one.test", &data(2));
@@ -520,4 +521,37 @@ fn send_many_to(node: &Node, sender: &str, rcpts: &[&str]) -> String {
     let reply = smtp.send_message(&format!("<{sender}>"), rcpts, &data(0));
     assert!(reply.starts_with("250 "), "{reply}");
     reply.split_whitespace().last().expect("queue id in the 250 reply").to_string()
+}
+
+#[test]
+fn a_message_held_past_its_lifetime_is_not_expired_and_gets_one_attempt_at_its_release() {
+    let sink = Sink::plain();
+    let node = start_for(&sink, "max_queue_lifetime = \"2s\"");
+    let sent = std::time::Instant::now();
+    let late = send_from(&node, "sender@client.test", "defer-late@one.test", &data(4));
+    wait_for("the first attempt", || all_attempted(&node, 1));
+    let (code, _, err) = cli(&node, &["queue", "hold", &late]);
+    assert_eq!(code, Some(0), "{err}");
+    // Past its lifetime, held: a requeue of everything passes it by (not held, it would be
+    // tried and bounced as expired), and the mail sent after the requeue arrives.
+    wait_for("the message's lifetime to pass", || {
+        sent.elapsed() > std::time::Duration::from_millis(2500)
+    });
+    let (code, _, err) = cli(&node, &["queue", "requeue", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    delivered_through(&node, &sink, "ok-meanwhile@one.test");
+    assert_eq!(sink.rcpts_for("defer-late@one.test"), 1, "tried while held");
+    assert_eq!(dsns_to(&sink, "sender@client.test"), 0, "expired while held");
+    assert_eq!(listed(&node, "state=held"), BTreeSet::from([late.clone()]));
+
+    // Released: one attempt, deferred again (451), and so bounced as expired (Postfix's way).
+    let (code, _, err) = cli(&node, &["queue", "release", &late]);
+    assert_eq!(code, Some(0), "{err}");
+    wait_for("the expiry DSN", || dsns_to(&sink, "sender@client.test") == 1);
+    assert_eq!(sink.rcpts_for("defer-late@one.test"), 2, "one attempt at the release");
+    let dsn =
+        dsns(&sink).into_iter().find(|t| t.recipients == ["sender@client.test"]).expect("DSN");
+    let report = dsn_report(&dsn);
+    assert_eq!(report["recipients"][0]["Status"], "4.4.7", "{report:#}");
+    assert!(!ids(&get(&node, "/queue").json()).contains(&late), "the expired message left");
 }
