@@ -1,5 +1,6 @@
 //! The endpoint's handlers, one per route (docs/contract.md, "Admin endpoint").
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -354,16 +355,22 @@ async fn selected_ids(
 }
 
 /// The queued messages after `after` (every one without it), each with since when an
-/// operator holds it.
+/// operator holds it. The holds are read first, in one go: there are few, and a listing of a
+/// large queue then costs no read per message.
 fn with_holds(
     spool: &Spool,
     after: Option<QueueId>,
 ) -> impl Iterator<Item = Result<(MessageRecord, Option<u64>), SpoolError>> + '_ {
-    spool.messages_after(after).map(|record| {
+    let holds = spool.held().map(|held| held.into_iter().collect::<HashMap<QueueId, u64>>());
+    let (holds, failed) = match holds {
+        Ok(holds) => (holds, None),
+        Err(e) => (HashMap::new(), Some(Err(e))),
+    };
+    failed.into_iter().chain(spool.messages_after(after).map(move |record| {
         let record = record?;
-        let held = spool.held_since(record.envelope.id)?;
+        let held = holds.get(&record.envelope.id).copied();
         Ok((record, held))
-    })
+    }))
 }
 
 /// 404 unless message `id` is queued.
