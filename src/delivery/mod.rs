@@ -23,7 +23,7 @@ pub use route::ResolverError;
 use crate::config::LiveConfig;
 use crate::metrics::Metrics;
 use crate::role::RoleWatch;
-use crate::spool::{BodyWriter, Change, QueueId, Spool, SpoolError};
+use crate::spool::{BodyWriter, Change, ErrorKind, QueueId, Spool, SpoolError};
 
 /// Starts the queue runner on the current tokio runtime. It delivers while the node serves
 /// (a primary that is not fenced), loading the queue from the spool each time it starts to.
@@ -101,6 +101,11 @@ pub(crate) enum RunnerRequest {
     Requeue(Requeue),
     /// An operator deleted (or held) a message: drop it from the schedule.
     Forget(QueueId),
+    /// An operator's bounce is about to change these messages: dispatch none of them, and
+    /// answer once none has a delivery in flight.
+    Pause(Vec<QueueId>, tokio::sync::oneshot::Sender<()>),
+    /// The bounce is done: those still queued are scheduled again.
+    Resume(Vec<QueueId>),
 }
 
 /// Messages per commit of a bulk change (delete, hold, release): one write transaction stays
@@ -273,17 +278,35 @@ impl DeliveryHandle {
     /// Bounces these messages now (`relayd queue bounce`): every pending recipient becomes
     /// bounced, "5.0.0 bounced by the operator", and the sender (unless null) gets a DSN, in
     /// the same commit; the message leaves the queue with it, held or not. Returns those that
-    /// were queued. A delivery in flight for one of them finishes, and its results are ignored
-    /// (the message is gone), as after a delete. [`BATCH`] messages to a commit.
+    /// were queued. The runner first stops dispatching them and waits for their deliveries in
+    /// flight (what those record stands: a recipient delivered is not bounced). [`BATCH`]
+    /// messages to a commit.
     pub async fn bounce_all(&self, ids: &[QueueId]) -> Result<Vec<QueueId>, SpoolError> {
-        let spool = &self.shared.spool;
-        let now = crate::spool::now_ms();
-        self.in_batches(
-            ids,
-            |id| Ok(spool.get(id)?.is_some()),
-            |batch| queue::bounce_now(&self.shared, batch, now),
-        )
-        .await
+        // A task of its own: a caller that goes away (an HTTP client that hangs up) must not
+        // leave the messages paused.
+        let (handle, ids) = (self.clone(), ids.to_vec());
+        let bounce = tokio::spawn(async move {
+            let (paused, landed) = tokio::sync::oneshot::channel();
+            // A runner gone (the node stopping) delivers nothing more: nothing to wait for.
+            if handle.send(RunnerRequest::Pause(ids.clone(), paused)) {
+                let _ = landed.await;
+            }
+            let spool = &handle.shared.spool;
+            let now = crate::spool::now_ms();
+            let bounced = handle
+                .in_batches(
+                    &ids,
+                    |id| Ok(spool.get(id)?.is_some()),
+                    |batch| queue::bounce_now(&handle.shared, batch, now),
+                )
+                .await;
+            // Bounced or not (a failed commit, a message gone meanwhile), the pause ends.
+            handle.send(RunnerRequest::Resume(ids));
+            bounced
+        });
+        bounce
+            .await
+            .map_err(|e| SpoolError::new(ErrorKind::Io, format!("the bounce failed: {e}")))?
     }
 
     /// A bulk change: of `ids`, those `selected` now, [`BATCH`] to a commit of the [`Batch`]

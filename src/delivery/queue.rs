@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
 use super::client::{self, Connection};
@@ -84,6 +84,10 @@ pub(super) struct Runner {
     /// Messages flushed by an operator: their next dispatch tries every pending recipient,
     /// whatever its retry time says.
     flushed: HashSet<QueueId>,
+    /// Messages an operator's bounce is changing: not dispatched until resumed.
+    paused: HashSet<QueueId>,
+    /// Pauses waiting for deliveries: the messages still in flight, and whom to tell.
+    pauses: Vec<(HashSet<QueueId>, oneshot::Sender<()>)>,
     lanes: Arc<Mutex<HashMap<Destination, Lane>>>,
 }
 
@@ -101,6 +105,8 @@ impl Runner {
             due: HashMap::new(),
             in_flight: HashMap::new(),
             flushed: HashSet::new(),
+            paused: HashSet::new(),
+            pauses: Vec::new(),
             lanes: Arc::default(),
         }
     }
@@ -126,6 +132,14 @@ impl Runner {
                         self.flushed.remove(&id);
                         self.unschedule(id);
                     }
+                    Some(RunnerRequest::Pause(ids, done)) => self.pause(ids, done),
+                    Some(RunnerRequest::Resume(ids)) => {
+                        for id in ids {
+                            if self.paused.remove(&id) && !self.in_flight.contains_key(&id) {
+                                self.reschedule(id);
+                            }
+                        }
+                    }
                     None => return,
                 },
                 Some(JobDone { id, finished }) = self.done.recv() => {
@@ -137,9 +151,11 @@ impl Runner {
                         // Nothing left to schedule: no need to read the spool again.
                         self.in_flight.remove(&id);
                         self.unschedule(id);
+                        self.landed(id);
                     } else if left == Some(0) {
                         self.in_flight.remove(&id);
                         self.reschedule(id);
+                        self.landed(id);
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
@@ -161,6 +177,37 @@ impl Runner {
                     serving = now;
                 }
             }
+        }
+    }
+
+    /// An operator's bounce is about to change `ids`: none of them is dispatched until they are
+    /// resumed, and `done` is answered once no delivery of theirs is in flight (at once when
+    /// none is), so that the bounce never reports a recipient a delivery is sending.
+    fn pause(&mut self, ids: Vec<QueueId>, done: oneshot::Sender<()>) {
+        let mut busy = HashSet::new();
+        for id in ids {
+            self.unschedule(id);
+            self.flushed.remove(&id);
+            if self.in_flight.contains_key(&id) {
+                busy.insert(id);
+            }
+            self.paused.insert(id);
+        }
+        if busy.is_empty() {
+            let _ = done.send(());
+        } else {
+            tracing::info!(messages = busy.len(), "bounce waits for the deliveries in flight");
+            self.pauses.push((busy, done));
+        }
+    }
+
+    /// Message `id` has no delivery in flight any more: a pause waiting for it may be over.
+    fn landed(&mut self, id: QueueId) {
+        for (busy, _) in &mut self.pauses {
+            busy.remove(&id);
+        }
+        for (_, done) in self.pauses.extract_if(.., |(busy, _)| busy.is_empty()) {
+            let _ = done.send(());
         }
     }
 
@@ -241,7 +288,7 @@ impl Runner {
                 break;
             }
             self.unschedule(id);
-            if self.in_flight.contains_key(&id) {
+            if self.in_flight.contains_key(&id) || self.paused.contains(&id) {
                 continue;
             }
             // Held by an operator: not dispatched, and so never expired, until released (the

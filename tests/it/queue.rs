@@ -555,3 +555,25 @@ fn a_message_held_past_its_lifetime_is_not_expired_and_gets_one_attempt_at_its_r
     assert_eq!(report["recipients"][0]["Status"], "4.4.7", "{report:#}");
     assert!(!ids(&get(&node, "/queue").json()).contains(&late), "the expired message left");
 }
+
+#[test]
+fn a_bounce_waits_for_a_delivery_in_flight_and_does_not_report_what_it_delivered() {
+    let sink = Sink::plain();
+    // The sink takes the body and holds its reply: the delivery is in flight.
+    sink.hold();
+    let node = start_for(&sink, "");
+    let id = send_from(&node, "sender@client.test", "ok-in-flight@one.test", &data(5));
+    wait_for("the body at the sink, its reply held", || sink.transaction_count() == 1);
+    std::thread::scope(|scope| {
+        let bounce = scope.spawn(|| curl(&node, "POST", &format!("/queue/bounce?id={id}"), &[]));
+        wait_for("the bounce to wait for the delivery", || {
+            node.log().contains("bounce waits for the deliveries in flight")
+        });
+        sink.release();
+        let answer = bounce.join().expect("the bounce's thread");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["bounced"], 0, "a delivered message bounced: {}", answer.body);
+    });
+    assert_eq!(get(&node, "/queue").json(), Value::Array(vec![]), "a DSN queued");
+    assert!(dsns(&sink).is_empty(), "a DSN for a delivered recipient");
+}
