@@ -5,18 +5,26 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::admin::commands;
 use crate::config::{Config, ConfigError, Role};
 use crate::delivery::QueueChange;
 use crate::spool::QueueId;
 
+mod manual;
+
 #[derive(Parser)]
 #[command(
     name = "relayd",
     version,
-    about = "A primary/warm-standby SMTP relay whose 250 means the mail is on disk"
+    about = "A primary/warm-standby SMTP relay whose 250 means the mail is on disk",
+    long_about = "A primary/warm-standby SMTP relay whose 250 means the mail is on disk.\n\n\
+        Without a subcommand relayd runs a node in the role its config names (--role overrides \
+        it): a primary accepts mail for its relay domains and relays it, streaming its spool's \
+        change log to a standby; a standby follows and takes over when the primary is gone and \
+        the witness grants it the next epoch; a witness holds no mail and grants epochs. The \
+        subcommands talk to a running node's admin endpoint ([admin].listen of the config)."
 )]
 struct Cli {
     /// The config file; without it, the embedded default (one primary on 127.0.0.1:2525).
@@ -62,6 +70,20 @@ enum Subcommand {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Write the man pages or the shell completions into DIR, made from these definitions so
+    /// that they cannot fall behind them (scripts/package-deb.sh runs it; not for operators,
+    /// hence hidden).
+    #[command(hide = true)]
+    Generate { what: Generated, dir: PathBuf },
+}
+
+/// What `relayd generate` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    /// relayd.1, and a page per subcommand (relayd-queue-list.1, ...).
+    Man,
+    /// relayd.bash, _relayd (zsh) and relayd.fish.
+    Completions,
 }
 
 #[derive(clap::Subcommand)]
@@ -175,6 +197,7 @@ pub fn main() -> ExitCode {
         Some(Subcommand::Certs { command: CertsCommand::Init { dir, nodes } }) => {
             certs_init(dir, nodes)
         }
+        Some(Subcommand::Generate { what, dir }) => generate(*what, dir),
         Some(Subcommand::CheckConfig) => configured(&|config| check_config(&config)),
         Some(Subcommand::Status { json }) => configured(&|config| commands::status(&config, *json)),
         Some(Subcommand::Queue { command }) => configured(&|config| match command {
@@ -212,6 +235,26 @@ fn certs_init(dir: &Path, nodes: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("relayd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `relayd generate man|completions DIR`: prints each file written.
+fn generate(what: Generated, dir: &Path) -> ExitCode {
+    let written = match what {
+        Generated::Man => manual::write_pages(Cli::command(), dir),
+        Generated::Completions => manual::write_completions(Cli::command(), dir),
+    };
+    match written {
+        Ok(paths) => {
+            for path in paths {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relayd: writing into {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }

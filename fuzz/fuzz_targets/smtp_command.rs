@@ -51,7 +51,7 @@ fn check_round_trip(parsed: &Command) {
         Command::Ehlo(name) => format!("EHLO {name}"),
         Command::Helo(name) => format!("HELO {name}"),
         Command::Mail(mail) => mail_line(mail),
-        Command::Rcpt(address) => format!("RCPT TO:<{address}>"),
+        Command::Rcpt(rcpt) => format!("RCPT TO:<{}>{}", rcpt.address, rcpt.dsn.params()),
         Command::Bdat { size, last: true } => format!("BDAT {size} LAST"),
         Command::Bdat { size, last: false } => format!("BDAT {size}"),
         // The rest carry nothing that could be written differently.
@@ -77,5 +77,6 @@ fn mail_line(mail: &MailFrom) -> String {
     if mail.smtputf8 {
         line.push_str(" SMTPUTF8");
     }
+    line.push_str(&relayd::proto::dsn::MailDsn::params(mail.dsn.ret, mail.dsn.envid.as_deref()));
     line
 }

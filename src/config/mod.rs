@@ -262,6 +262,10 @@ pub struct DeliveryConfig {
     pub retry: Vec<Duration>,
     /// Then a bounce (DSN) to the sender.
     pub max_queue_lifetime: Duration,
+    /// A recipient whose sender asked for delay reports (DSN NOTIFY=DELAY) and that is still
+    /// deferred once its message has been queued this long gets one (Postfix's
+    /// delay_warning_time).
+    pub delay_warning_time: Duration,
     pub concurrency_per_host: usize,
     /// DNS servers (IP:port) for MX and address lookups; empty = the system's (/etc/resolv.conf).
     pub resolvers: Vec<SocketAddr>,

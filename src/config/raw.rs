@@ -94,6 +94,7 @@ struct RawRoute {
 struct RawDelivery {
     retry: Option<Vec<Dur>>,
     max_queue_lifetime: Option<Dur>,
+    delay_warning_time: Option<Dur>,
     concurrency_per_host: Option<usize>,
     resolvers: Option<Vec<Listen>>,
 }
@@ -268,6 +269,7 @@ impl RawConfig {
                 |r| r.into_iter().map(|Dur(d)| d).collect(),
             ),
             max_queue_lifetime: dur(delivery.max_queue_lifetime, secs(5 * DAY)),
+            delay_warning_time: dur(delivery.delay_warning_time, secs(4 * HOUR)),
             concurrency_per_host: delivery.concurrency_per_host.unwrap_or(10),
             resolvers: delivery
                 .resolvers

@@ -92,6 +92,7 @@ fn empty_file_gives_the_defaults() {
     let mins = |m: u64| Duration::from_secs(m * 60);
     assert_eq!(c.delivery.retry, vec![mins(1), mins(5), mins(15), mins(60), mins(240)]);
     assert_eq!(c.delivery.max_queue_lifetime, Duration::from_secs(5 * 86400));
+    assert_eq!(c.delivery.delay_warning_time, Duration::from_secs(4 * 3600));
     assert_eq!(c.delivery.concurrency_per_host, 10);
     // The embedded file spells out some defaults; it must agree with the built-in ones.
     // (It has an [admin] section, which an empty file has not.)
@@ -461,6 +462,14 @@ fn delivery_rules() {
         Some("delivery.max_queue_lifetime"),
         &["longer than 0s"],
     );
+    assert_err(
+        &format!("{SMTP}[delivery]\nretry = [\"1m\"]\ndelay_warning_time = \"0s\"\n"),
+        Some(5),
+        Some("delivery.delay_warning_time"),
+        &["longer than 0s"],
+    );
+    let c = parse(&format!("{SMTP}[delivery]\ndelay_warning_time = \"30m\"\n")).unwrap();
+    assert_eq!(c.delivery.delay_warning_time, Duration::from_secs(30 * 60));
 }
 
 #[test]

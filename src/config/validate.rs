@@ -241,6 +241,7 @@ fn check_delivery(c: &Config) -> Result<(), Invalid> {
         positive(&format!("delivery.retry[{}]", i + 1), *interval)?;
     }
     positive("delivery.max_queue_lifetime", d.max_queue_lifetime)?;
+    positive("delivery.delay_warning_time", d.delay_warning_time)?;
     if d.concurrency_per_host < 1 {
         return Err(Invalid::new("delivery.concurrency_per_host", "must be at least 1"));
     }

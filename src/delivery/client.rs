@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use mail_send::SmtpClient;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
+    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+    Response,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -14,8 +15,9 @@ use tokio_rustls::TlsConnector;
 use super::outcome::{Outcome, Reply};
 use super::route::{self, Hop};
 use crate::config::RouteTls;
+use crate::proto::dsn::MailDsn;
 use crate::proto::{DotStuffer, Stream};
-use crate::spool::{MessageRecord, Spool};
+use crate::spool::{Dsn, MessageRecord, Spool};
 
 /// RFC 5321 section 4.5.3.2's minimum timeouts, per stage; connecting gets Postfix's 30 s.
 const CONNECT: Duration = Duration::from_secs(30);
@@ -182,12 +184,19 @@ async fn open(
 }
 
 impl Connection {
-    /// Delivers `message` to the recipients at `rcpts` (indexes into its envelope). `Err` means
-    /// the connection failed: its outcome holds for every recipient, and the connection must
-    /// not be reused.
+    /// Whether the next hop offers DSN (RFC 3461): then a message's DSN request is passed on
+    /// to it, and reporting success is its job.
+    pub fn offers_dsn(&self) -> bool {
+        self.capabilities.has_capability(EXT_DSN)
+    }
+
+    /// Delivers `message` to the recipients at `rcpts` (indexes into its envelope), passing
+    /// its DSN request `dsn` on when the next hop offers DSN. `Err` means the connection
+    /// failed: its outcome holds for every recipient, and the connection must not be reused.
     pub async fn send(
         &mut self,
         message: &MessageRecord,
+        dsn: Option<&Dsn>,
         rcpts: &[u32],
         spool: &Spool,
     ) -> Result<Vec<(u32, Outcome)>, Outcome> {
@@ -219,6 +228,10 @@ impl Connection {
         if envelope.smtputf8 {
             params += " SMTPUTF8";
         }
+        let dsn = dsn.filter(|_| self.offers_dsn());
+        if let Some(dsn) = dsn {
+            params += &MailDsn::params(dsn.ret, dsn.envid.as_deref());
+        }
         let mut commands = Vec::with_capacity(rcpts.len() + 3);
         if reset {
             commands.push("RSET\r\n".to_string());
@@ -226,7 +239,8 @@ impl Connection {
         commands.push(format!("MAIL FROM:<{}>{params}\r\n", envelope.sender));
         for &index in rcpts {
             let address = envelope.recipients.get(index as usize).map_or("", String::as_str);
-            commands.push(format!("RCPT TO:<{address}>\r\n"));
+            let rcpt_params = dsn.and_then(|dsn| dsn.recipient(index)).map(|r| r.request.params());
+            commands.push(format!("RCPT TO:<{address}>{}\r\n", rcpt_params.unwrap_or_default()));
         }
         // RFC 2920: with PIPELINING, RSET, MAIL, the RCPTs and DATA go in one write, and their
         // replies come back together: one round trip instead of one per command.

@@ -17,15 +17,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
 use super::client::{self, Connection};
-use super::dsn;
+use super::dsn::{self, Kind, Notice, Returned};
 use super::outcome::{EnhancedStatus, Outcome, Reply};
 use super::route::{self, Destination, Resolver};
 use super::{Batch, Requeue, RunnerRequest};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
+use crate::proto::dsn::{Orcpt, Ret};
 use crate::role::RoleWatch;
 use crate::spool::{
-    BodyWriter, Change, Envelope, MessageRecord, QueueId, RecipientState, Spool, SpoolError, now_ms,
+    BodyWriter, Change, Dsn, Envelope, MessageRecord, QueueId, RecipientState, Spool, SpoolError,
+    now_ms,
 };
 
 /// Everything the runner and its workers share.
@@ -412,26 +414,32 @@ async fn attempt(
     if rcpts.is_empty() {
         return false;
     }
+    // Only a message accepted with DSN parameters has a request (the lookup of one without
+    // finds nothing); unreadable, the message is delivered as one without.
+    let dsn = shared.spool.dsn(job.id).ok().flatten();
     let started = Instant::now();
-    let results = deliver(shared, destination, connection, &message, &rcpts).await;
-    let finished = record(shared, &message, results).await;
+    let (results, passed_on) =
+        deliver(shared, destination, connection, &message, dsn.as_ref(), &rcpts).await;
+    let finished = record(shared, &message, dsn.as_ref(), passed_on, results).await;
     shared.metrics.delivery_attempt.observe(started.elapsed());
     finished
 }
 
 /// Sends over the open connection if there is one (reconnecting once if it turned out dead),
-/// else over a new one.
+/// else over a new one. Also says whether the DSN request went with the message (the next hop
+/// offers DSN): then reporting success is that hop's job.
 async fn deliver(
     shared: &Shared,
     destination: &Destination,
     connection: &mut Option<Connection>,
     message: &MessageRecord,
+    dsn: Option<&Dsn>,
     rcpts: &[u32],
-) -> Vec<(u32, Outcome)> {
-    let all = |outcome: Outcome| rcpts.iter().map(|&i| (i, outcome.clone())).collect();
+) -> (Vec<(u32, Outcome)>, bool) {
+    let all = |outcome: Outcome| (rcpts.iter().map(|&i| (i, outcome.clone())).collect(), false);
     if let Some(open) = connection.as_mut() {
-        match open.send(message, rcpts, &shared.spool).await {
-            Ok(results) => return results,
+        match open.send(message, dsn, rcpts, &shared.spool).await {
+            Ok(results) => return (results, open.offers_dsn()),
             // A cached connection may have been closed by the other side: try a fresh one.
             Err(_) => *connection = None,
         }
@@ -450,26 +458,37 @@ async fn deliver(
         Ok(open) => open,
         Err(outcome) => return all(outcome),
     };
-    match open.send(message, rcpts, &shared.spool).await {
+    match open.send(message, dsn, rcpts, &shared.spool).await {
         Ok(results) => {
+            let passed_on = open.offers_dsn();
             *connection = Some(open);
-            results
+            (results, passed_on)
         }
         Err(outcome) => all(outcome),
     }
 }
 
-/// Turns outcomes into recipient states, logs and counts them, and commits them with the DSN
-/// for any recipient given up on, in one batch. True when, as far as `message` (read before the
+/// Turns outcomes into recipient states, logs and counts them, and commits them with the
+/// reports they call for, in one batch: a failure report (a bounce) for the recipients given
+/// up on, and, where the sender asked with DSN parameters (`dsn`), a delay report for those
+/// deferred past `delay_warning_time` (once) and a "relayed" report for those delivered to a
+/// next hop the request was not `passed_on` to. True when, as far as `message` (read before the
 /// attempt) and these results show, no recipient is left pending. A recipient's state only
 /// ever leaves Pending, so a true here is never wrong; a false may be, and costs one reread.
-async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Outcome)>) -> bool {
+async fn record(
+    shared: &Shared,
+    message: &MessageRecord,
+    dsn: Option<&Dsn>,
+    passed_on: bool,
+    results: Vec<(u32, Outcome)>,
+) -> bool {
     let config = shared.config.load_full();
     let envelope = &message.envelope;
     let now = now_ms();
     let expired = is_expired(envelope.received_at_ms, now, config.delivery.max_queue_lifetime);
+    let warn_delay = is_expired(envelope.received_at_ms, now, config.delivery.delay_warning_time);
     let mut states = Vec::with_capacity(results.len());
-    let mut failed = Vec::new();
+    let mut reports = Reports::default();
     let mut bounces = Vec::new();
     for (index, outcome) in &results {
         let rcpt = envelope.recipients.get(*index as usize).map_or("", String::as_str);
@@ -484,12 +503,26 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
             (&state, outcome),
             (RecipientState::Bounced { .. }, Outcome::Temporary { .. })
         );
-        let dsn = dsn::status(outcome.reply(), expired_now);
+        let status = dsn::status(outcome.reply(), expired_now);
         let delay = Delay { received_at_ms: envelope.received_at_ms, now };
+        // What the sender asked for this recipient; without DSN parameters, failure reports.
+        let wanted = dsn.and_then(|dsn| dsn.recipient(*index));
+        let notify = wanted.and_then(|w| w.request.notify);
+        let orcpt = wanted.and_then(|w| w.request.orcpt.as_ref());
+        let (reply, relay) = match outcome {
+            Outcome::Delivered { reply, relay } => (reply, Some(relay.as_str())),
+            Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } => {
+                (reply, relay.as_deref())
+            }
+        };
+        let about = dsn::Failed { recipient: rcpt, reply, relay, expired: false };
         match &state {
             RecipientState::Delivered { reply, relay } => {
-                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, %delay, %dsn, reply = ?reply, "delivered");
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), relay = %relay, %delay, dsn = %status, reply = ?reply, "delivered");
                 Metrics::count(&shared.metrics.recipients_delivered);
+                if notify.is_some_and(|n| n.success) && !passed_on {
+                    reports.relayed.push(about, orcpt);
+                }
             }
             RecipientState::Pending { next_attempt_ms, last_reply, .. } => {
                 let next_text = chrono::DateTime::from_timestamp_millis(*next_attempt_ms as i64)
@@ -497,28 +530,27 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
                         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     });
                 let reply = last_reply.as_deref().unwrap_or_default();
-                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, next_attempt = %next_text, "deferred");
+                tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, next_attempt = %next_text, "deferred");
                 Metrics::count(&shared.metrics.recipients_deferred);
+                let reported = wanted.is_some_and(|w| w.delay_reported);
+                if notify.is_some_and(|n| n.delay) && !reported && warn_delay {
+                    reports.delayed.push(about, orcpt);
+                    reports.delayed_indexes.push(*index);
+                }
             }
             RecipientState::Bounced { reply: recorded } => {
-                // Only a failure bounces: the DSN reports its reply, not the recorded text.
-                if let Outcome::Permanent { reply, relay } | Outcome::Temporary { reply, relay } =
-                    outcome
-                {
-                    failed.push(dsn::Failed {
-                        recipient: rcpt,
-                        reply,
-                        relay: relay.as_deref(),
-                        expired: matches!(outcome, Outcome::Temporary { .. }),
-                    });
+                // NOTIFY=NEVER, or a list without FAILURE: no failure report.
+                if notify.is_none_or(|n| n.failure) {
+                    let expired = matches!(outcome, Outcome::Temporary { .. });
+                    reports.failed.push(dsn::Failed { expired, ..about }, orcpt);
                 }
-                bounces.push((rcpt, recorded.clone(), delay, dsn));
+                bounces.push((rcpt, recorded.clone(), delay, status));
             }
         }
         states.push((*index, state));
     }
-    for (rcpt, reply, delay, dsn) in &bounces {
-        bounced(shared, envelope.id, rcpt, reply, *delay, *dsn);
+    for (rcpt, reply, delay, status) in &bounces {
+        bounced(shared, envelope.id, rcpt, reply, *delay, *status);
     }
     let mut after = message.recipients.clone();
     for (index, state) in &states {
@@ -527,18 +559,14 @@ async fn record(shared: &Shared, message: &MessageRecord, results: Vec<(u32, Out
         }
     }
     let finished = !after.iter().any(RecipientState::is_pending);
-    let mut changes = vec![Change::Attempted { id: envelope.id, results: states }];
-    let mut bodies = Vec::new();
-    let dsn = bounce_report(shared, &config, message, &failed, now).map(|(change, body, dsn)| {
-        changes.push(change);
-        bodies.push(body);
-        dsn
-    });
-    match shared.spool.commit(changes, bodies).await {
+    let changes = vec![Change::Attempted { id: envelope.id, results: states }];
+    let mut batch = Batch { changes, bodies: Vec::new(), then: Vec::new() };
+    let queued = sender_reports(shared, &config, message, dsn, &reports, now, &mut batch);
+    match shared.spool.commit(batch.changes, batch.bodies).await {
         Ok(_) => {
-            if let Some(dsn) = dsn {
-                dsn.log();
-                let _ = shared.requests.send(dsn.queued());
+            for report in queued {
+                report.log(envelope.id);
+                let _ = shared.requests.send(RunnerRequest::Queued(report.id));
             }
             finished
         }
@@ -557,60 +585,128 @@ fn bounced(
     rcpt: &str,
     reply: &str,
     delay: Delay,
-    dsn: EnhancedStatus,
+    status: EnhancedStatus,
 ) {
-    tracing::info!(id = %id, rcpt = %format_args!("<{rcpt}>"), %delay, %dsn, reply = ?reply, "bounced");
+    tracing::info!(id = %id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, "bounced");
     Metrics::count(&shared.metrics.recipients_bounced);
 }
 
-/// A DSN accepted into the queue with the results it reports.
-struct DsnAccepted {
+/// A report queued with the results it is about (the `accepted DSN` line).
+struct Queued {
     id: QueueId,
+    kind: Kind,
     size: usize,
-    /// The message it reports on.
-    original: QueueId,
 }
 
-impl DsnAccepted {
-    fn log(&self) {
-        tracing::info!(id = %self.id, from = "<>", rcpts = 1, size = self.size, orig_id = %self.original, "accepted DSN");
-    }
-
-    /// What tells the runner to deliver it, once durable.
-    fn queued(&self) -> RunnerRequest {
-        RunnerRequest::Queued(self.id)
+impl Queued {
+    fn log(&self, original: QueueId) {
+        let (id, size, report) = (self.id, self.size, self.kind.name());
+        tracing::info!(id = %id, from = "<>", rcpts = 1, size, orig_id = %original, report, "accepted DSN");
     }
 }
 
-/// The DSN to `message`'s sender for its `failed` recipients (RFC 3464, [`dsn::build`]): the
-/// `Accepted` change and the body to commit with the results that bounce them, in one batch,
-/// so that a bounce is never lost nor made twice. None for the null sender (a bounce is never
-/// bounced), for no failure, or when its body cannot be written (said; the results are then
-/// recorded without it).
-fn bounce_report(
+/// The reports `reports` calls for to `message`'s sender, as its DSN request (`dsn`; none:
+/// failure reports as relayd has always written them) asks, added to `batch`, which commits
+/// them with the results they report: so a report is never lost nor made twice. None of any
+/// kind for the null sender (a bounce is never bounced). The reports queued.
+fn sender_reports(
     shared: &Shared,
     config: &Config,
     message: &MessageRecord,
-    failed: &[dsn::Failed<'_>],
+    dsn: Option<&Dsn>,
+    reports: &Reports<'_>,
     now: u64,
-) -> Option<(Change, BodyWriter, DsnAccepted)> {
+    batch: &mut Batch,
+) -> Vec<Queued> {
     let envelope = &message.envelope;
-    if failed.is_empty() || envelope.sender.is_empty() {
-        return None;
+    let mut queued = Vec::new();
+    if envelope.sender.is_empty() {
+        return queued;
     }
-    let headers = dsn::original_headers(message, &shared.spool);
-    let content = dsn::build(&config.smtp.hostname, message, failed, &headers, now);
+    let ret = dsn.and_then(|dsn| dsn.ret);
+    let envid = dsn.and_then(|dsn| dsn.envid.as_deref());
+    for (kind, about) in [
+        (Kind::Failure, &reports.failed),
+        (Kind::Delay, &reports.delayed),
+        (Kind::Relayed, &reports.relayed),
+    ] {
+        if about.recipients.is_empty() {
+            continue;
+        }
+        let hostname = &config.smtp.hostname;
+        let headers = dsn::original_headers(message, &shared.spool);
+        let content = if dsn.is_none() {
+            // No DSN parameters: a failure report, as relayd has always written it.
+            dsn::build(hostname, message, &about.recipients, &headers, now)
+        } else {
+            let whole = (kind == Kind::Failure && ret == Some(Ret::Full))
+                .then(|| dsn::original_message(message, &shared.spool))
+                .flatten();
+            let returned = match &whole {
+                Some(whole) => Returned::Message(whole),
+                None => Returned::Headers(&headers),
+            };
+            let notice = Notice { kind, envid, orcpts: about.orcpts.clone(), returned };
+            dsn::report(hostname, message, &notice, &about.recipients, now)
+        };
+        let Some((change, body)) = report_message(shared, config, envelope, &content) else {
+            continue;
+        };
+        if kind == Kind::Delay {
+            let recipients = reports.delayed_indexes.clone();
+            batch.changes.push(Change::DelayReported { id: envelope.id, recipients });
+        }
+        queued.push(Queued { id: body.id(), kind, size: content.len() });
+        batch.changes.push(change);
+        batch.bodies.push(body);
+    }
+    queued
+}
+
+/// The recipients one report is about, with their ORCPTs in the same order.
+#[derive(Default)]
+struct Reported<'a> {
+    recipients: Vec<dsn::Failed<'a>>,
+    orcpts: Vec<Option<&'a Orcpt>>,
+}
+
+impl<'a> Reported<'a> {
+    fn push(&mut self, about: dsn::Failed<'a>, orcpt: Option<&'a Orcpt>) {
+        self.recipients.push(about);
+        self.orcpts.push(orcpt);
+    }
+}
+
+/// The reports one attempt's results call for.
+#[derive(Default)]
+struct Reports<'a> {
+    failed: Reported<'a>,
+    delayed: Reported<'a>,
+    /// The indexes of the delayed recipients: marked reported with the report.
+    delayed_indexes: Vec<u32>,
+    relayed: Reported<'a>,
+}
+
+/// A report about `envelope`'s message, `content`, as a message of its own from the null
+/// sender to the original sender: the change that accepts it and its body; None (logged) when
+/// its body cannot be written, and the results are recorded without it.
+fn report_message(
+    shared: &Shared,
+    config: &Config,
+    envelope: &Envelope,
+    content: &[u8],
+) -> Option<(Change, BodyWriter)> {
     let id = QueueId::new();
     let mut body = shared.spool.body_writer(id);
-    if let Err(e) = body.write(&content) {
+    if let Err(e) = body.write(content) {
         tracing::error!(id = %envelope.id, error = %e, "cannot write the DSN; the results are recorded without it");
         return None;
     }
-    let change = Change::Accepted(Envelope {
+    let accepted = Change::Accepted(Envelope {
         id,
         sender: String::new(),
         recipients: vec![envelope.sender.clone()],
-        received_at_ms: now,
+        received_at_ms: now_ms(),
         client: "127.0.0.1".into(),
         helo: config.smtp.hostname.clone(),
         size: content.len() as u64,
@@ -619,7 +715,7 @@ fn bounce_report(
         // UTF-8 recipient inside the report is fine in 8-bit text.
         smtputf8: !envelope.sender.is_ascii(),
     });
-    Some((change, body, DsnAccepted { id, size: content.len(), original: envelope.id }))
+    Some((accepted, body))
 }
 
 /// What an operator's bounce records for each pending recipient, and its DSN reports.
@@ -628,8 +724,9 @@ fn operator_bounce() -> Reply {
 }
 
 /// `relayd queue bounce`'s commit for `ids` at `now`: each queued message's pending recipients
-/// bounced ([`operator_bounce`]), with the DSN to its sender, in one batch; the runner forgets
-/// the messages (gone with the commit) and delivers the DSNs.
+/// bounced ([`operator_bounce`]), with the failure report to its sender that its DSN request
+/// allows (none for a recipient with NOTIFY=NEVER, or without FAILURE), in one batch; the
+/// runner forgets the messages (gone with the commit) and delivers the reports.
 pub(super) fn bounce_now(shared: &Shared, ids: &[QueueId], now: u64) -> Result<Batch, SpoolError> {
     let config = shared.config.load_full();
     let reply = operator_bounce();
@@ -638,6 +735,7 @@ pub(super) fn bounce_now(shared: &Shared, ids: &[QueueId], now: u64) -> Result<B
     let mut batch = Batch { changes: Vec::new(), bodies: Vec::new(), then: Vec::new() };
     for &id in ids {
         let Some(message) = shared.spool.get(id)? else { continue };
+        let request = shared.spool.dsn(id)?;
         let envelope = &message.envelope;
         let delay = Delay { received_at_ms: envelope.received_at_ms, now };
         let pending: Vec<(u32, &str)> = (0u32..)
@@ -645,17 +743,15 @@ pub(super) fn bounce_now(shared: &Shared, ids: &[QueueId], now: u64) -> Result<B
             .filter(|(_, (_, state))| state.is_pending())
             .map(|(index, (rcpt, _))| (index, rcpt.as_str()))
             .collect();
-        let failed: Vec<dsn::Failed<'_>> = pending
-            .iter()
-            .map(|&(_, recipient)| dsn::Failed {
-                recipient,
-                reply: &reply,
-                relay: None,
-                expired: false,
-            })
-            .collect();
-        for &(_, rcpt) in &pending {
-            bounced(shared, id, rcpt, &recorded, delay, status);
+        let mut reports = Reports::default();
+        for &(index, recipient) in &pending {
+            bounced(shared, id, recipient, &recorded, delay, status);
+            let wanted = request.as_ref().and_then(|dsn| dsn.recipient(index));
+            let notify = wanted.and_then(|w| w.request.notify);
+            if notify.is_none_or(|n| n.failure) {
+                let about = dsn::Failed { recipient, reply: &reply, relay: None, expired: false };
+                reports.failed.push(about, wanted.and_then(|w| w.request.orcpt.as_ref()));
+            }
         }
         let results = pending
             .iter()
@@ -663,11 +759,12 @@ pub(super) fn bounce_now(shared: &Shared, ids: &[QueueId], now: u64) -> Result<B
             .collect();
         batch.changes.push(Change::Attempted { id, results });
         batch.then.push(RunnerRequest::Forget(id));
-        if let Some((change, body, dsn)) = bounce_report(shared, &config, &message, &failed, now) {
-            dsn.log();
-            batch.changes.push(change);
-            batch.bodies.push(body);
-            batch.then.push(dsn.queued());
+        let queued =
+            sender_reports(shared, &config, &message, request.as_ref(), &reports, now, &mut batch);
+        for report in queued {
+            // Said before the commit: an operator's bounce is a batch of many messages.
+            report.log(id);
+            batch.then.push(RunnerRequest::Queued(report.id));
         }
     }
     Ok(batch)

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod body;
 pub mod command;
+pub mod dsn;
 pub mod line;
 pub mod reply;
 
@@ -14,7 +15,7 @@ mod properties;
 
 pub use address::Address;
 pub use body::{BodyDecoder, Decoded, DotStuffer};
-pub use command::{Command, MailFrom};
+pub use command::{Command, MailFrom, RcptTo};
 pub use line::{LineReader, Pushed};
 pub use reply::Reply;
 

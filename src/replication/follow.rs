@@ -12,11 +12,13 @@ use tokio::sync::watch;
 use super::error::{Awaiting, LinkError};
 use super::frame::{self, Frame, Hello};
 use super::link::{self, Link};
-use super::{Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_now};
+use super::{
+    Context, Replicator, data_of, hello, last_epoch, peer_of, send_body, send_dsn, send_now,
+};
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
 use crate::spool::{
-    BodyWriter, Change, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Spool,
+    BodyWriter, Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Rewound, Spool,
     SpoolError,
 };
 
@@ -144,6 +146,8 @@ async fn session(
 
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
+    // DSN requests arrive, like bodies, before the snapshot or rewind frame that needs them.
+    let mut dsn: HashMap<QueueId, Dsn> = HashMap::new();
     // The holds of the rewind to come, sent before it.
     let mut rewind_held = Vec::new();
     let mut roles = context.role.clone();
@@ -164,6 +168,7 @@ async fn session(
             && !matches!(
                 frame,
                 Frame::Chunk { .. }
+                    | Frame::Dsn(_)
                     | Frame::Held(_)
                     | Frame::Rewind { .. }
                     | Frame::SnapshotBegin { .. }
@@ -178,8 +183,10 @@ async fn session(
                 };
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
+                let dsn = take_dsn(&mut dsn, &messages);
                 let held = std::mem::take(&mut rewind_held);
-                spool.rewind(to, history, messages, held, absent, needed).await?;
+                let state = Rewound { messages, dsn, held, absent };
+                spool.rewind(to, history, state, needed).await?;
                 tracing::warn!(
                     at = to.seq,
                     messages = touched.len(),
@@ -190,14 +197,12 @@ async fn session(
                 let body = bodies.entry(id).or_insert_with(|| spool.body_writer(id));
                 body.write(&data)?;
             }
+            Frame::Dsn(requests) => dsn.extend(requests),
             Frame::Records { records, primary_last, beat: sent } => {
                 beat = sent;
                 let needed = records
                     .iter()
-                    .filter_map(|r| match &r.change {
-                        Change::Accepted(envelope) => bodies.remove(&envelope.id),
-                        _ => None,
-                    })
+                    .filter_map(|r| r.change.accepts().and_then(|e| bodies.remove(&e.id)))
                     .collect();
                 let epoch = records.iter().map(|r| r.position.epoch).max();
                 let applied = spool.apply(records, needed).await?;
@@ -211,6 +216,7 @@ async fn session(
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
                 branch = None;
                 bodies.clear();
+                dsn.clear();
                 spool.wipe().await?;
             }
             // Before a rewind: kept for it. In a snapshot: its messages came first.
@@ -219,7 +225,8 @@ async fn session(
             Frame::SnapshotMessages(messages) => {
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                spool.install(messages, needed).await?;
+                let requests = take_dsn(&mut dsn, &messages);
+                spool.install(messages, requests, needed).await?;
             }
             Frame::SnapshotEnd { history, last } => {
                 let epoch = last_epoch(&history);
@@ -246,6 +253,15 @@ async fn session(
             }
         }
     }
+}
+
+/// The DSN requests received for `messages`, taken out of `received`.
+fn take_dsn(
+    received: &mut HashMap<QueueId, Dsn>,
+    messages: &[MessageRecord],
+) -> Vec<(QueueId, Dsn)> {
+    let ids = messages.iter().map(|m| m.envelope.id);
+    ids.filter_map(|id| received.remove(&id).map(|dsn| (id, dsn))).collect()
 }
 
 /// Acknowledges everything up to `seq`, unless this node is claiming an epoch of its own: an
@@ -388,6 +404,7 @@ async fn salvage(
     for message in divergent {
         let id = message.envelope.id;
         send_body(writer, spool, id).await?;
+        send_dsn(writer, spool, &[id]).await?;
         frame::write(writer, &Frame::Salvage(message)).await?;
         tracing::warn!(id = %id, "salvaging: acknowledged here, never replicated");
         count += 1;
@@ -398,6 +415,7 @@ async fn salvage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::Change;
 
     fn history(starts: &[(u64, u64)]) -> Vec<EpochStart> {
         starts.iter().map(|&(epoch, first_seq)| EpochStart { epoch, first_seq }).collect()

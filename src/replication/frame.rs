@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::spool::{EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
+use crate::spool::{Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId};
 
 /// The largest frame either side accepts: a batch of records is cut well below it.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -118,6 +118,11 @@ pub enum Frame {
         messages: Vec<MessageRecord>,
         absent: Vec<QueueId>,
     },
+    /// Primary → standby, before a `SnapshotMessages` or `Rewind` frame, and an old primary →
+    /// the new primary, before a `Salvage`: the DSN requests (RFC 3461) of those of its
+    /// messages accepted with DSN parameters. The receiver keeps them, like chunks, for the
+    /// frame that follows. Protocol 2: an older peer gets the messages without them.
+    Dsn(Vec<(QueueId, Dsn)>),
     /// Primary → standby, protocol 2: which of the messages a snapshot or a rewind carries an
     /// operator holds, and since when (Unix ms). In a snapshot, after its last
     /// `SnapshotMessages` (a frame per [`HELD_BATCH`] holds); before a `Rewind`, once, for the
@@ -135,7 +140,7 @@ impl Frame {
     /// whose Hello announced that protocol or a later one.
     pub fn since_protocol(&self) -> u32 {
         match self {
-            Frame::Held(_) => 2,
+            Frame::Dsn(_) | Frame::Held(_) => 2,
             _ => 1,
         }
     }

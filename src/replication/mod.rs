@@ -448,6 +448,25 @@ async fn send_body(
     Ok(size)
 }
 
+/// Sends the DSN requests of those of `ids` that have one (RFC 3461's parameters, kept beside
+/// the message record), in one [`Frame::Dsn`] before the frame that carries the messages.
+async fn send_dsn(
+    writer: &mut (impl AsyncWrite + Unpin),
+    spool: &Spool,
+    ids: &[QueueId],
+) -> Result<(), LinkError> {
+    let mut requests = Vec::new();
+    for &id in ids {
+        if let Some(dsn) = spool.dsn(id)? {
+            requests.push((id, dsn));
+        }
+    }
+    if !requests.is_empty() {
+        frame::write(writer, &Frame::Dsn(requests)).await?;
+    }
+    Ok(())
+}
+
 async fn flush(writer: &mut (impl AsyncWrite + Unpin)) -> Result<(), LinkError> {
     writer.flush().await.map_err(LinkError::Flush)
 }

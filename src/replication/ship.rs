@@ -12,11 +12,11 @@ use tokio::net::TcpStream;
 use super::error::{Awaiting, LinkError};
 use super::frame::{self, Frame, Hello};
 use super::link::{Link, PEER_NAME};
-use super::{Context, Replicator, data_of, flush, hello, last_epoch, peer_of, send_body};
+use super::{Context, Replicator, data_of, flush, hello, last_epoch, peer_of, send_body, send_dsn};
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
 use crate::spool::{
-    BodyWriter, Change, LogPosition, LogRecord, MessageRecord, QueueId, Spool, SpoolError,
+    BodyWriter, Change, Dsn, LogPosition, LogRecord, MessageRecord, QueueId, Spool, SpoolError,
 };
 
 /// A frame of records is cut at this many records or bytes.
@@ -229,9 +229,10 @@ async fn rewind(
     for message in &messages {
         send_body(writer, spool, message.envelope.id).await?;
     }
+    let ids: Vec<QueueId> = messages.iter().map(|m| m.envelope.id).collect();
+    send_dsn(writer, spool, &ids).await?;
     let mut held = Vec::new();
-    for message in &messages {
-        let id = message.envelope.id;
+    for &id in &ids {
         held.extend(spool.held_since(id)?.map(|since| (id, since)));
     }
     tracing::info!(
@@ -299,11 +300,11 @@ async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Resu
         batch.push(message);
         if batch.len() == SNAPSHOT_BATCH || batch_bytes >= BATCH_BYTES {
             batch_bytes = 0;
-            frame::write(writer, &Frame::SnapshotMessages(std::mem::take(&mut batch))).await?;
+            send_snapshot_batch(writer, spool, std::mem::take(&mut batch)).await?;
         }
     }
     if !batch.is_empty() {
-        frame::write(writer, &Frame::SnapshotMessages(batch)).await?;
+        send_snapshot_batch(writer, spool, batch).await?;
     }
     for held in spool.held()?.chunks(frame::HELD_BATCH) {
         frame::write(writer, &Frame::Held(held.to_vec())).await?;
@@ -311,6 +312,18 @@ async fn snapshot(writer: &mut (impl AsyncWrite + Unpin), spool: &Spool) -> Resu
     frame::write(writer, &Frame::SnapshotEnd { history, last }).await?;
     flush(writer).await?;
     Ok(last.seq)
+}
+
+/// One `SnapshotMessages` frame, after the DSN requests of its messages that have one.
+async fn send_snapshot_batch(
+    writer: &mut (impl AsyncWrite + Unpin),
+    spool: &Spool,
+    batch: Vec<MessageRecord>,
+) -> Result<(), LinkError> {
+    let ids: Vec<QueueId> = batch.iter().map(|m| m.envelope.id).collect();
+    send_dsn(writer, spool, &ids).await?;
+    frame::write(writer, &Frame::SnapshotMessages(batch)).await?;
+    Ok(())
 }
 
 /// Ships records from `next` on, as they become durable; a heartbeat when there is nothing to
@@ -356,7 +369,7 @@ async fn stream(
             if record.position.seq != next + records.len() as u64 {
                 return Err(LinkError::LogTrimmed { seq: next + records.len() as u64 });
             }
-            if let Change::Accepted(envelope) = &record.change {
+            if let Some(envelope) = record.change.accepts() {
                 bytes += send_body(writer, spool, envelope.id).await?;
             }
             // Records count by their encoded size: a frame must stay under frame::MAX_FRAME.
@@ -384,6 +397,7 @@ async fn receive_salvage(
     spool: &Spool,
 ) -> Result<Hello, LinkError> {
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
+    let mut requests: HashMap<QueueId, Dsn> = HashMap::new();
     loop {
         let frame = match tokio::time::timeout(CONNECT_TIMEOUT, frame::read(reader)).await {
             Ok(Ok(frame)) => frame,
@@ -399,25 +413,28 @@ async fn receive_salvage(
                     body.write(&data)?;
                 }
             }
+            Frame::Dsn(received) => requests.extend(received),
             Frame::Salvage(message) => {
                 let id = message.envelope.id;
                 let body = bodies.remove(&id).unwrap_or_else(|| spool.body_writer(id));
+                let dsn = requests.remove(&id);
                 if spool.get(id)?.is_some() {
                     continue;
                 }
+                let pending: Vec<usize> = (0..message.recipients.len())
+                    .filter(|&i| message.recipients[i].is_pending())
+                    .collect();
                 let mut envelope = message.envelope.clone();
-                envelope.recipients = message
-                    .envelope
-                    .recipients
+                envelope.recipients = pending
                     .iter()
-                    .zip(&message.recipients)
-                    .filter(|(_, state)| state.is_pending())
-                    .map(|(address, _)| address.clone())
+                    .filter_map(|&i| message.envelope.recipients.get(i).cloned())
                     .collect();
                 if envelope.recipients.is_empty() {
                     continue;
                 }
-                spool.accept(envelope, body).await?;
+                // The pending recipients keep their DSN requests (and delay reports sent).
+                let dsn = dsn.map(|dsn| dsn.only(&pending));
+                spool.commit(vec![Change::accepted(envelope, dsn)], vec![body]).await?;
                 tracing::warn!(id = %id, "salvaged a message the old primary acknowledged and we lacked");
                 replication.state.delivery.queued(id);
             }

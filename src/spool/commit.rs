@@ -38,8 +38,10 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::record::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
-use super::{ErrorKind, QueueId, SpoolError};
+use super::record::{
+    Change, Dsn, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState,
+};
+use super::{ErrorKind, QueueId, Rewound, SpoolError};
 use super::{Opened, retention, tables};
 
 /// At most this many requests wait for the committer, and share one batch: it bounds the
@@ -92,8 +94,9 @@ pub(super) enum Request {
     Apply(Vec<LogRecord>, Reply),
     /// A standby starts a snapshot: everything is erased.
     Wipe(Reply),
-    /// A standby installs a snapshot's message records (their bodies were written already).
-    Install(Vec<MessageRecord>, Reply),
+    /// A standby installs a snapshot's message records (their bodies were written already),
+    /// with the DSN requests of those that have one.
+    Install(Vec<MessageRecord>, Vec<(QueueId, Dsn)>, Reply),
     /// A standby installs a snapshot's holds: these messages (installed already) are held,
     /// since the time given.
     InstallHeld(Vec<(QueueId, u64)>, Reply),
@@ -101,17 +104,8 @@ pub(super) enum Request {
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
     /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
     /// primary's history does not share, and takes the primary's state of the messages that
-    /// branch touched: `messages` as the primary holds them (their bodies were written
-    /// already), held as `held` says (those of them not listed are not held), `absent` ones it
-    /// no longer holds.
-    Rewind {
-        to: LogPosition,
-        history: Vec<EpochStart>,
-        messages: Vec<MessageRecord>,
-        held: Vec<(QueueId, u64)>,
-        absent: Vec<QueueId>,
-        done: Reply,
-    },
+    /// branch touched ([`Rewound`]).
+    Rewind { to: LogPosition, history: Vec<EpochStart>, state: Rewound, done: Reply },
     /// Node state outside the log (the role), made durable like the rest.
     State { key: &'static str, value: Vec<u8>, done: Reply },
     /// Nothing to stage: a durable commit of everything sent before it.
@@ -144,7 +138,7 @@ impl Request {
             | Request::BeginEpoch(_, done)
             | Request::Apply(_, done)
             | Request::Wipe(done)
-            | Request::Install(_, done)
+            | Request::Install(_, _, done)
             | Request::InstallHeld(_, done)
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
@@ -506,6 +500,7 @@ pub(super) struct Staging<'t> {
     state: Table<'t, &'static str, &'static [u8]>,
     marks: Table<'t, u64, (u64, u64)>,
     held: Table<'t, u128, u64>,
+    dsn: Table<'t, u128, &'static [u8]>,
     history: Vec<EpochStart>,
     /// Messages added minus messages removed.
     queued_delta: i64,
@@ -533,6 +528,7 @@ impl<'t> Staging<'t> {
             state: txn.open_table(tables::STATE)?,
             marks: txn.open_table(tables::MARKS)?,
             held: txn.open_table(tables::HELD)?,
+            dsn: txn.open_table(tables::DSN)?,
             history,
             queued_delta: 0,
             wiped: false,
@@ -596,16 +592,17 @@ impl<'t> Staging<'t> {
                 *next_seq = 1;
                 (Some(done), self.wipe().map(|()| Ok(LogPosition::default())))
             }
-            Request::Install(messages, done) => {
+            Request::Install(messages, dsn, done) => {
                 let installed = messages.into_iter().try_for_each(|m| self.install(m));
+                let installed = installed.and_then(|()| self.put_dsn_all(&dsn));
                 (Some(done), installed.map(|()| Ok(last)))
             }
             Request::InstallHeld(held, done) => {
                 let installed = held.into_iter().try_for_each(|(id, since)| self.hold(id, since));
                 (Some(done), installed.map(|()| Ok(last)))
             }
-            Request::Rewind { to, history, messages, held, absent, done } => {
-                let rewound = self.rewind(to, *next_seq, history, messages, held, absent);
+            Request::Rewind { to, history, state, done } => {
+                let rewound = self.rewind(to, *next_seq, history, state);
                 *next_seq = to.seq.saturating_add(1);
                 (Some(done), rewound.map(|()| Ok(to)))
             }
@@ -722,6 +719,7 @@ impl<'t> Staging<'t> {
         self.receiving.retain(|_, _| false)?;
         self.marks.retain(|_, _| false)?;
         self.held.retain(|_, _| false)?;
+        self.dsn.retain(|_, _| false)?;
         self.state.remove(tables::EPOCH_HISTORY)?;
         self.state.remove(tables::RESUMED)?;
         self.state.insert(tables::SNAPSHOT_INCOMPLETE, [1u8].as_slice())?;
@@ -749,25 +747,29 @@ impl<'t> Staging<'t> {
     }
 
     /// Drops the log records from `to` + 1 up to (not including) `next_seq`, takes `history`,
-    /// and sets the given messages to the primary's state, their holds included.
+    /// and sets the messages of `state` to the primary's state, their DSN requests and holds
+    /// included.
     fn rewind(
         &mut self,
         to: LogPosition,
         next_seq: u64,
         history: Vec<EpochStart>,
-        messages: Vec<MessageRecord>,
-        held: Vec<(QueueId, u64)>,
-        absent: Vec<QueueId>,
+        state: Rewound,
     ) -> Result<(), SpoolError> {
+        let Rewound { messages, dsn, held, absent } = state;
         if to.seq.saturating_add(1) < next_seq {
             self.log.retain_in(to.seq.saturating_add(1)..next_seq, |_, _| false)?;
         }
         self.history = history;
         self.state.insert(tables::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?.as_slice())?;
         for message in messages {
+            // The primary's state of the message: its DSN request and its hold as it has
+            // them, or none.
+            self.dsn.remove(message.envelope.id.as_u128())?;
             self.held.remove(message.envelope.id.as_u128())?;
             self.install(message)?;
         }
+        self.put_dsn_all(&dsn)?;
         for (id, since) in held {
             self.hold(id, since)?;
         }
@@ -814,18 +816,21 @@ impl<'t> Staging<'t> {
                 let history = postcard::to_stdvec(&self.history)?;
                 self.state.insert(tables::EPOCH_HISTORY, history.as_slice())?;
             }
-            Change::Accepted(envelope) => {
-                let message = MessageRecord {
-                    recipients: vec![RecipientState::new(); envelope.recipients.len()],
-                    envelope: envelope.clone(),
-                    accepted_at: record.position,
-                };
-                // A snapshot taken while mail kept coming may already hold a message whose
-                // Accepted record is replayed after it: count it once.
-                if self.message(envelope.id)?.is_none() {
-                    self.queued_delta += 1;
+            Change::Accepted(envelope) => self.accept(envelope, record.position)?,
+            Change::AcceptedWithDsn { envelope, dsn } => {
+                self.accept(envelope, record.position)?;
+                self.put_dsn(envelope.id, dsn)?;
+            }
+            Change::DelayReported { id, recipients } => {
+                // A message gone meanwhile has no request left to mark.
+                if let Some(mut dsn) = self.dsn_of(*id)? {
+                    for &index in recipients {
+                        if let Some(slot) = dsn.recipients.get_mut(index as usize) {
+                            slot.delay_reported = true;
+                        }
+                    }
+                    self.put_dsn(*id, &dsn)?;
                 }
-                self.put(&message)?;
             }
             Change::Attempted { id, results } => {
                 // A message removed meanwhile (an operator deleted it) takes no more results.
@@ -864,6 +869,44 @@ impl<'t> Staging<'t> {
         Ok(())
     }
 
+    /// Queues a message of `envelope`, accepted at `position`, every recipient untried.
+    fn accept(&mut self, envelope: &Envelope, position: LogPosition) -> Result<(), SpoolError> {
+        let message = MessageRecord {
+            recipients: vec![RecipientState::new(); envelope.recipients.len()],
+            envelope: envelope.clone(),
+            accepted_at: position,
+        };
+        // A snapshot taken while mail kept coming may already hold a message whose Accepted
+        // record is replayed after it: count it once.
+        if self.message(envelope.id)?.is_none() {
+            self.queued_delta += 1;
+        }
+        self.put(&message)
+    }
+
+    fn dsn_of(&self, id: QueueId) -> Result<Option<Dsn>, SpoolError> {
+        match self.dsn.get(id.as_u128())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_dsn(&mut self, id: QueueId, dsn: &Dsn) -> Result<(), SpoolError> {
+        self.dsn.insert(id.as_u128(), postcard::to_stdvec(dsn)?.as_slice())?;
+        Ok(())
+    }
+
+    /// The DSN requests of messages this spool holds (a snapshot's, a rewind's); one of a
+    /// message it does not hold is dropped.
+    fn put_dsn_all(&mut self, dsn: &[(QueueId, Dsn)]) -> Result<(), SpoolError> {
+        for (id, request) in dsn {
+            if self.message(*id)?.is_some() {
+                self.put_dsn(*id, request)?;
+            }
+        }
+        Ok(())
+    }
+
     fn message(&self, id: QueueId) -> Result<Option<MessageRecord>, SpoolError> {
         match self.messages.get(id.as_u128())? {
             Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
@@ -885,6 +928,7 @@ impl<'t> Staging<'t> {
         self.held.remove(id.as_u128())?;
         self.bodies.retain_in(tables::body_range(id.as_u128()), |_, _| false)?;
         self.messages.remove(id.as_u128())?;
+        self.dsn.remove(id.as_u128())?;
         self.queued_delta -= 1;
         Ok(())
     }

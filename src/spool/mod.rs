@@ -43,7 +43,8 @@ pub use error::{ErrorKind, SpoolError};
 pub use id::QueueId;
 pub use open::create_dir_durable;
 pub use record::{
-    Change, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState, now_ms,
+    Change, Dsn, Envelope, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientDsn,
+    RecipientState, now_ms,
 };
 pub use retention::Retention;
 
@@ -223,13 +224,17 @@ impl Spool {
         self.submit(commit::Request::Wipe).await.map(|_| ())
     }
 
-    /// A standby stores a snapshot's messages, with their bodies.
+    /// A standby stores a snapshot's messages, with their bodies and the DSN requests of
+    /// those that have one.
     pub async fn install(
         &self,
         messages: Vec<MessageRecord>,
+        dsn: Vec<(QueueId, Dsn)>,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
-        self.submit_with(bodies, |done| commit::Request::Install(messages, done)).await.map(|_| ())
+        self.submit_with(bodies, |done| commit::Request::Install(messages, dsn, done))
+            .await
+            .map(|_| ())
     }
 
     /// A standby stores a snapshot's holds: these messages, stored already, are held since
@@ -239,27 +244,18 @@ impl Spool {
     }
 
     /// A standby (an old primary, rejoining) drops the branch of its log after `to` and takes
-    /// the primary's state of the messages it touched, their holds included (see
-    /// `commit::Request::Rewind`).
+    /// the primary's state of the messages it touched, their DSN requests and holds included
+    /// (see `commit::Request::Rewind`).
     pub async fn rewind(
         &self,
         to: LogPosition,
         history: Vec<EpochStart>,
-        messages: Vec<MessageRecord>,
-        held: Vec<(QueueId, u64)>,
-        absent: Vec<QueueId>,
+        state: Rewound,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
-        self.submit_with(bodies, |done| commit::Request::Rewind {
-            to,
-            history,
-            messages,
-            held,
-            absent,
-            done,
-        })
-        .await
-        .map(|_| ())
+        self.submit_with(bodies, |done| commit::Request::Rewind { to, history, state, done })
+            .await
+            .map(|_| ())
     }
 
     /// A standby ends a snapshot: its log continues after `last`, with `history`.
@@ -286,10 +282,10 @@ impl Spool {
         self.scan(tables::LOG, |table| table.range(from..=to))
             .filter_map(Result::ok)
             .map(|value| {
-                let body = match postcard::from_bytes::<LogRecord>(&value) {
-                    Ok(LogRecord { change: Change::Accepted(envelope), .. }) => envelope.size,
-                    _ => 0,
-                };
+                let body = postcard::from_bytes::<LogRecord>(&value)
+                    .ok()
+                    .and_then(|record| record.change.accepts().map(|envelope| envelope.size))
+                    .unwrap_or(0);
                 value.len() as u64 + body
             })
             .sum()
@@ -441,6 +437,16 @@ impl Spool {
         Ok(entries.collect::<Result<_, _>>()?)
     }
 
+    /// The DSN request of a message accepted with DSN parameters (RFC 3461); None for any
+    /// other message, or one no longer queued.
+    pub fn dsn(&self, id: QueueId) -> Result<Option<Dsn>, SpoolError> {
+        let table = self.read()?.open_table(tables::DSN)?;
+        match table.get(id.as_u128())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every queued message, oldest first.
     pub fn messages(&self) -> impl Iterator<Item = Result<MessageRecord, SpoolError>> + '_ {
         self.messages_after(None)
@@ -579,6 +585,18 @@ impl Spool {
         self.inner.committer.send(Vec::new(), request(done)).await?;
         result.await.map_err(|_| SpoolError::closed())?
     }
+}
+
+/// A primary's state of the messages a rejoining standby's branch touched, which
+/// [`Spool::rewind`] takes: those it holds (their bodies were written already), the DSN
+/// requests of those that have one, the holds of those held (the others are not), and the ids
+/// it no longer holds.
+#[derive(Debug, Default)]
+pub struct Rewound {
+    pub messages: Vec<MessageRecord>,
+    pub dsn: Vec<(QueueId, Dsn)>,
+    pub held: Vec<(QueueId, u64)>,
+    pub absent: Vec<QueueId>,
 }
 
 /// What [`Spool::trim_log`] did.

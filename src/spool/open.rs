@@ -176,8 +176,9 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             }
             // Format 1 lacks the log's marks: the seal below marks its whole log as of now (its
             // records then count as this young: kept longer, never shorter). Formats 1 and 2
-            // lack `held`, which the staging below creates, empty: nothing was held before.
-            Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_WITHOUT_HELD)) => {
+            // lack the `dsn` and `held` tables, which the staging below creates, empty: no
+            // message of theirs was accepted with DSN parameters, nor held.
+            Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_WITHOUT_DSN)) => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
                 tracing::info!(from, to = tables::FORMAT, "spool format migrated");
             }

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::QueueId;
+use crate::proto::dsn::{MailDsn, RcptDsn, Ret};
 
 /// Now, in Unix milliseconds: the unit of every time the spool stores.
 pub fn now_ms() -> u64 {
@@ -45,6 +46,13 @@ pub enum Change {
     Attempted { id: QueueId, results: Vec<(u32, RecipientState)> },
     /// An operator deleted the message: its record and body are removed.
     Removed { id: QueueId },
+    /// A message was accepted with DSN parameters (RFC 3461): its envelope, as `Accepted`, and
+    /// its DSN request, which the spool keeps beside the message record (table `dsn`). A
+    /// message without them is an `Accepted`, as before. Protocol 2.
+    AcceptedWithDsn { envelope: Envelope, dsn: Dsn },
+    /// Delay reports went to the sender for these recipients (by index) of a message: none is
+    /// sent for them again. Protocol 2.
+    DelayReported { id: QueueId, recipients: Vec<u32> },
     /// An operator held these messages at `since_ms` (Unix ms): none is delivered, nor expired,
     /// until it is released. A message held already keeps its first time; an id no longer
     /// queued is skipped. Protocol 2.
@@ -64,7 +72,10 @@ impl Change {
             | Change::Accepted(_)
             | Change::Attempted { .. }
             | Change::Removed { .. } => 1,
-            Change::Held { .. } | Change::Released { .. } => 2,
+            Change::AcceptedWithDsn { .. }
+            | Change::DelayReported { .. }
+            | Change::Held { .. }
+            | Change::Released { .. } => 2,
         }
     }
 
@@ -72,9 +83,29 @@ impl Change {
     pub fn messages(&self) -> &[QueueId] {
         match self {
             Change::EpochStarted => &[],
-            Change::Accepted(envelope) => std::slice::from_ref(&envelope.id),
-            Change::Attempted { id, .. } | Change::Removed { id } => std::slice::from_ref(id),
+            Change::Accepted(envelope) | Change::AcceptedWithDsn { envelope, .. } => {
+                std::slice::from_ref(&envelope.id)
+            }
+            Change::Attempted { id, .. }
+            | Change::Removed { id }
+            | Change::DelayReported { id, .. } => std::slice::from_ref(id),
             Change::Held { ids, .. } | Change::Released { ids } => ids,
+        }
+    }
+
+    /// The change that accepts `envelope`: with its DSN request when the client gave one.
+    pub fn accepted(envelope: Envelope, dsn: Option<Dsn>) -> Change {
+        match dsn {
+            Some(dsn) => Change::AcceptedWithDsn { envelope, dsn },
+            None => Change::Accepted(envelope),
+        }
+    }
+
+    /// The envelope of a change that accepts a message (whose body comes with it).
+    pub fn accepts(&self) -> Option<&Envelope> {
+        match self {
+            Change::Accepted(envelope) | Change::AcceptedWithDsn { envelope, .. } => Some(envelope),
+            _ => None,
         }
     }
 
@@ -87,13 +118,18 @@ impl Change {
             return self;
         }
         match self {
+            // An older node queues the message as one without DSN parameters: it loses only
+            // the sender's DSN options (its reports are relayd 0.1.0's).
+            Change::AcceptedWithDsn { envelope, .. } => Change::Accepted(envelope),
+            // Nothing of a message's delivery changes: the no-op an older node skips.
+            Change::DelayReported { id, .. } => Change::Attempted { id, results: vec![] },
             // Relayd 0.1.0 knows no holds: it delivers the message as if never held, which is
             // what it would have done. The stand-in leaves the message as it is there.
             Change::Held { ids, .. } | Change::Released { ids } => Change::Attempted {
                 id: ids.first().copied().unwrap_or(QueueId::from_bytes([0; 16])),
                 results: vec![],
             },
-            older => older,
+            other => other,
         }
     }
 }
@@ -163,6 +199,62 @@ pub struct MessageRecord {
 pub struct EpochStart {
     pub epoch: u64,
     pub first_seq: u64,
+}
+
+/// A message's DSN request (RFC 3461), for a message accepted with DSN parameters, and what of
+/// it was done: stored under the message's id in the spool's `dsn` table, removed with the
+/// message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dsn {
+    /// RET: what a failure report returns (absent: the header section, as without DSN).
+    pub ret: Option<Ret>,
+    /// ENVID, decoded: the report's Original-Envelope-Id.
+    pub envid: Option<String>,
+    /// One per recipient of the envelope, in its order.
+    pub recipients: Vec<RecipientDsn>,
+}
+
+/// One recipient's NOTIFY and ORCPT, and whether its delay report went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientDsn {
+    pub request: RcptDsn,
+    pub delay_reported: bool,
+}
+
+impl Dsn {
+    /// What a transaction's DSN parameters ask for, or None when it gave none: a message
+    /// without them is stored as before, with no entry in the `dsn` table.
+    pub fn requested(mail: &MailDsn, rcpts: &[RcptDsn]) -> Option<Dsn> {
+        if mail.is_empty() && rcpts.iter().all(RcptDsn::is_empty) {
+            return None;
+        }
+        Some(Dsn {
+            ret: mail.ret,
+            envid: mail.envid.clone(),
+            recipients: rcpts
+                .iter()
+                .map(|request| RecipientDsn { request: request.clone(), delay_reported: false })
+                .collect(),
+        })
+    }
+
+    /// The request of the recipient at `index`.
+    pub fn recipient(&self, index: u32) -> Option<&RecipientDsn> {
+        self.recipients.get(index as usize)
+    }
+
+    /// The same request for the recipients at `kept` (indexes), in that order: a message
+    /// accepted again with fewer recipients (salvaged) keeps theirs.
+    pub fn only(&self, kept: &[usize]) -> Dsn {
+        Dsn {
+            ret: self.ret,
+            envid: self.envid.clone(),
+            recipients: kept
+                .iter()
+                .map(|&i| self.recipients.get(i).cloned().unwrap_or_default())
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! | `bodies`    | (queue id, chunk index)     | up to [`CHUNK_SIZE`] body bytes        |
 //! | `receiving` | queue id                    | nothing: a body begun, not yet committed |
 //! | `marks`     | sequence                    | (Unix ms, log bytes through it): [`super::retention`] |
+//! | `dsn`       | queue id                    | [`Dsn`](super::Dsn) (postcard): only for a message accepted with DSN parameters |
 //! | `held`      | queue id                    | Unix ms: an operator held the message then |
 
 use redb::TableDefinition;
@@ -20,13 +21,13 @@ use redb::TableDefinition;
 /// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
 /// in `meta` when the file is created and checked at every open; a change that an older relayd
 /// could not read takes a new number (and an import path). Format 2 added `marks`, format 3
-/// `held`; a format 1 spool is migrated at open (its log marked as of the open), and so is a
-/// format 2 one (the open's transaction creates the empty `held` table).
+/// `dsn` and `held`; an older spool is migrated at open (its log marked as of the open, an
+/// empty `dsn` and `held`: the open's transaction creates them).
 pub const FORMAT: u64 = 3;
 /// The format before `marks`: migrated at open.
 pub const FORMAT_WITHOUT_MARKS: u64 = 1;
-/// The format before `held`: migrated at open.
-pub const FORMAT_WITHOUT_HELD: u64 = 2;
+/// The format before `dsn` and `held`: migrated at open.
+pub const FORMAT_WITHOUT_DSN: u64 = 2;
 pub const FORMAT_KEY: &str = "format";
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -38,6 +39,9 @@ pub const RECEIVING: TableDefinition<u128, ()> = TableDefinition::new("receiving
 /// The log's marks: at a record's sequence number, when it was committed (Unix ms) and the
 /// bytes of log records written up to and with it (a running total: differences count).
 pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
+/// The DSN request of each message accepted with DSN parameters (RFC 3461), and which of its
+/// delay reports went; a message without them has no entry, so costs nothing here.
+pub const DSN: TableDefinition<u128, &[u8]> = TableDefinition::new("dsn");
 /// The messages an operator holds (never delivered nor expired until released): since when,
 /// in Unix ms, as the primary's `Held` record says. Derived from the log like `messages`.
 pub const HELD: TableDefinition<u128, u64> = TableDefinition::new("held");

@@ -268,37 +268,37 @@ async fn marks_a_second_apart_are_kept_apart() {
     assert!(marks.windows(2).all(|w| w[0].seq < w[1].seq && w[0].bytes < w[1].bytes));
 }
 
-/// A spool of `n` messages as an older relayd left it: of `format`, without the tables
-/// `missing` that later formats added. Its file, and the messages' ids.
-async fn older_spool<K: redb::Key + 'static, V: redb::Value + 'static>(
-    dir: &std::path::Path,
-    n: usize,
-    format: u64,
-    missing: &[redb::TableDefinition<'_, K, V>],
-) -> (std::path::PathBuf, Vec<QueueId>) {
-    let ids = {
-        let spool = Spool::open(dir).expect("create");
-        spool.ensure_epoch().await.expect("epoch");
-        accept_some(&spool, n).await
-    };
-    let path = dir.join("spool").join(FILE_NAME);
+/// Makes the closed spool in `data_dir` look as an older relayd left it: of `format`, without
+/// the tables `missing`. Returns the spool file's path.
+fn as_format(data_dir: &Path, format: u64, missing: &[&str]) -> PathBuf {
+    use redb::TableHandle;
+    let path = data_dir.join("spool").join(FILE_NAME);
     let db = redb::Database::open(&path).expect("redb");
     let txn = db.begin_write().expect("write");
     txn.open_table(tables::META).expect("meta").insert(tables::FORMAT_KEY, format).expect("set");
-    for table in missing {
-        assert!(txn.delete_table(*table).expect("delete a table"));
+    let doomed: Vec<_> = txn
+        .list_tables()
+        .expect("tables")
+        .filter(|table| missing.contains(&table.name()))
+        .collect();
+    assert_eq!(doomed.len(), missing.len(), "{missing:?} were there");
+    for table in doomed {
+        txn.delete_table(table).expect("delete a table");
     }
     txn.commit().expect("commit");
-    (path, ids)
+    path
 }
 
 #[tokio::test]
 async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // What relayd before format 2 left: format 1, no marks table (nor held, a table of
-    // another type, which the format 2 test covers).
-    let (path, ids) =
-        older_spool(dir.path(), 5, tables::FORMAT_WITHOUT_MARKS, &[tables::MARKS]).await;
+    let ids = {
+        let spool = Spool::open(dir.path()).expect("create");
+        spool.ensure_epoch().await.expect("epoch");
+        accept_some(&spool, 5).await
+    };
+    // What relayd before format 2 left: format 1, no marks table (nor dsn, nor held).
+    let path = as_format(dir.path(), tables::FORMAT_WITHOUT_MARKS, &["marks", "dsn", "held"]);
     let before = now_ms();
     let spool = Spool::open(dir.path()).expect("a format 1 spool opens");
     let marks = stored_marks(&spool);
@@ -478,28 +478,147 @@ async fn a_rewind_takes_the_primarys_holds_of_the_messages_it_sets() {
     let messages = vec![primary_state(ids[0]), primary_state(ids[1])];
     // The primary holds ids[1] (not ids[0]); ids[2] is not among the messages the rewind
     // sets, so its hold is this node's own still.
-    spool.rewind(to, history, messages, vec![(ids[1], 9)], vec![], vec![]).await.expect("rewind");
+    let held = vec![(ids[1], 9)];
+    let state = Rewound { messages, held, ..Rewound::default() };
+    spool.rewind(to, history, state, vec![]).await.expect("rewind");
     assert_eq!(spool.held().expect("held"), vec![(ids[1], 9), (ids[2], 5)]);
     assert_eq!(spool.last_position(), to, "the branch's record is gone");
 }
 
+/// A DSN request for `envelope`'s two recipients: NOTIFY=DELAY,FAILURE with an ORCPT for the
+/// first, NEVER for the second.
+fn dsn_request() -> Dsn {
+    use crate::proto::dsn::{Notify, Orcpt, RcptDsn, Ret};
+    let orcpt = Orcpt { addr_type: "rfc822".into(), address: "B@example.com".into() };
+    let first = RcptDsn {
+        notify: Some(Notify { success: false, failure: true, delay: true }),
+        orcpt: Some(orcpt),
+    };
+    let second = RcptDsn { notify: Some(Notify::NEVER), orcpt: None };
+    Dsn {
+        ret: Some(Ret::Headers),
+        envid: Some("ENV-1".into()),
+        recipients: [first, second]
+            .map(|request| RecipientDsn { request, delay_reported: false })
+            .to_vec(),
+    }
+}
+
+fn dsn_entries(spool: &Spool) -> u64 {
+    use redb::ReadableTableMetadata;
+    let txn = spool.read().expect("read");
+    txn.open_table(tables::DSN).expect("dsn").len().expect("length")
+}
+
 #[tokio::test]
-async fn a_format_2_spool_is_migrated_at_open_with_nothing_held() {
+async fn a_dsn_request_is_stored_with_its_message_marked_and_removed_with_it() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // What relayd 0.1.0 left: format 2, no held table.
-    let (path, ids) =
-        older_spool(dir.path(), 2, tables::FORMAT_WITHOUT_HELD, &[tables::HELD]).await;
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.ensure_epoch().await.expect("epoch");
+    let (plain, with_dsn) = (QueueId::new(), QueueId::new());
+    spool.accept(envelope(plain), spool.body_writer(plain)).await.expect("accept");
+    let accepted = Change::accepted(envelope(with_dsn), Some(dsn_request()));
+    spool.commit(vec![accepted], vec![spool.body_writer(with_dsn)]).await.expect("accept");
+    // Without DSN parameters, nothing more is stored than before.
+    assert_eq!(spool.dsn(plain).expect("read"), None);
+    assert_eq!(dsn_entries(&spool), 1);
+    assert_eq!(spool.dsn(with_dsn).expect("read"), Some(dsn_request()));
+
+    let marked = Change::DelayReported { id: with_dsn, recipients: vec![0] };
+    spool.commit(vec![marked], Vec::new()).await.expect("mark");
+    let stored = spool.dsn(with_dsn).expect("read").expect("stored");
+    assert!(stored.recipients[0].delay_reported && !stored.recipients[1].delay_reported);
+
+    let delivered = RecipientState::Delivered { reply: "250 ok".into(), relay: "mx".into() };
+    let results = vec![(0, delivered.clone()), (1, delivered)];
+    spool
+        .commit(vec![Change::Attempted { id: with_dsn, results }], Vec::new())
+        .await
+        .expect("done");
+    assert_eq!(spool.get(with_dsn).expect("get"), None);
+    assert_eq!(dsn_entries(&spool), 0, "removed with its message");
+}
+
+#[test]
+fn an_older_peer_gets_dsn_changes_as_stand_ins_that_keep_its_queue() {
+    let id = QueueId::new();
+    let accepted = Change::accepted(envelope(id), Some(dsn_request()));
+    assert_eq!(accepted.since_protocol(), 2);
+    assert_eq!(accepted.clone().for_protocol(2), accepted);
+    assert_eq!(accepted.for_protocol(1), Change::Accepted(envelope(id)));
+    let marked = Change::DelayReported { id, recipients: vec![0] };
+    assert_eq!(marked.since_protocol(), 2);
+    assert_eq!(marked.for_protocol(1), Change::Attempted { id, results: vec![] });
+    assert_eq!(Change::accepted(envelope(id), None), Change::Accepted(envelope(id)));
+}
+
+#[test]
+fn a_salvaged_message_keeps_the_requests_of_the_recipients_it_keeps() {
+    let dsn = dsn_request();
+    let kept = dsn.only(&[1]);
+    assert_eq!((kept.ret, kept.envid.as_deref()), (dsn.ret, Some("ENV-1")));
+    assert_eq!(kept.recipients, vec![dsn.recipients[1].clone()]);
+    assert_eq!(dsn.recipient(1), Some(&dsn.recipients[1]));
+    assert_eq!(dsn.recipient(7), None, "past the end: nothing asked");
+}
+
+#[tokio::test]
+async fn a_format_2_spool_is_migrated_at_open_with_empty_dsn_and_held_tables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = {
+        let spool = Spool::open(dir.path()).expect("create");
+        spool.ensure_epoch().await.expect("epoch");
+        accept_some(&spool, 3).await
+    };
+    // What relayd 0.1.0 left: format 2, no dsn table, no held table.
+    let path = as_format(dir.path(), tables::FORMAT_WITHOUT_DSN, &["dsn", "held"]);
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
     assert_eq!(spool.held().expect("the held table is there"), vec![]);
-    assert!(ids.iter().all(|&id| spool.get(id).expect("get").is_some()));
-    spool
-        .commit(vec![Change::Held { ids: ids.clone(), since_ms: 1 }], Vec::new())
-        .await
-        .expect("hold");
-    assert_eq!(spool.held().expect("held").len(), 2);
+    for &id in &ids {
+        assert!(spool.get(id).expect("get").is_some(), "{id} kept");
+        assert_eq!(spool.dsn(id).expect("the dsn table is there"), None);
+    }
+    let id = QueueId::new();
+    let accepted = Change::accepted(envelope(id), Some(dsn_request()));
+    spool.commit(vec![accepted], vec![spool.body_writer(id)]).await.expect("accept");
+    assert_eq!(spool.dsn(id).expect("read"), Some(dsn_request()));
     drop(spool);
     let db = redb::Database::open(&path).expect("redb");
     let txn = db.begin_read().expect("read");
     let meta = txn.open_table(tables::META).expect("meta");
-    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(3));
+    assert_eq!(meta.get(tables::FORMAT_KEY).expect("get").map(|f| f.value()), Some(tables::FORMAT));
+}
+
+#[tokio::test]
+async fn snapshots_and_rewinds_take_the_dsn_requests_of_their_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.ensure_epoch().await.expect("epoch");
+    let (a, b) = (QueueId::new(), QueueId::new());
+    let message = |id| MessageRecord {
+        envelope: envelope(id),
+        recipients: vec![RecipientState::new(); 2],
+        accepted_at: LogPosition { epoch: 1, seq: 2 },
+    };
+    // A snapshot: a with its request, b without; a request for a message not sent is dropped.
+    spool.wipe().await.expect("wipe");
+    let requests = vec![(a, dsn_request()), (QueueId::new(), dsn_request())];
+    spool.install(vec![message(a), message(b)], requests, Vec::new()).await.expect("install");
+    assert_eq!(spool.dsn(a).expect("read"), Some(dsn_request()));
+    assert_eq!(spool.dsn(b).expect("read"), None);
+    assert_eq!(dsn_entries(&spool), 1);
+    // A rewind sets both to the primary's state: a without a request now, b with one.
+    let history = vec![EpochStart { epoch: 1, first_seq: 1 }];
+    let to = LogPosition { epoch: 1, seq: 1 };
+    let requests = vec![(b, dsn_request())];
+    let messages = vec![message(a), message(b)];
+    spool
+        .rewind(to, history, Rewound { messages, dsn: requests, ..Rewound::default() }, Vec::new())
+        .await
+        .expect("rewind");
+    assert_eq!(spool.dsn(a).expect("read"), None);
+    assert_eq!(spool.dsn(b).expect("read"), Some(dsn_request()));
+    // The next snapshot erases them with the rest.
+    spool.wipe().await.expect("wipe");
+    assert_eq!(dsn_entries(&spool), 0);
 }

@@ -43,7 +43,11 @@ use serde_json::Value;
 const CONNECT_CHECK: Duration = Duration::from_secs(2);
 
 /// `common::wait_for`, failing with `context()` (relayd's log, the sink's state) on a timeout.
-fn wait_explained(what: &str, mut condition: impl FnMut() -> bool, context: impl Fn() -> String) {
+pub(crate) fn wait_explained(
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
     let deadline = Instant::now() + common::PATIENCE;
     while !condition() {
         if Instant::now() >= deadline {
@@ -54,7 +58,7 @@ fn wait_explained(what: &str, mut condition: impl FnMut() -> bool, context: impl
 }
 
 /// What a timed-out wait shows: relayd's log and what the sink received.
-fn state(node: &Node, sink: &Sink) -> String {
+pub(crate) fn state(node: &Node, sink: &Sink) -> String {
     let received: Vec<String> = sink
         .transactions()
         .iter()
@@ -172,23 +176,23 @@ fn delivery(keys: &str) -> String {
 }
 
 /// A relayd whose every domain goes to `sink` in plain text, with the given [delivery] keys.
-fn node_for(sink: &Sink, delivery_keys: &str) -> Node {
+pub(crate) fn node_for(sink: &Sink, delivery_keys: &str) -> Node {
     let hop = format!("127.0.0.1:{}", sink.port());
     start_node(&format!("{}{}", route("*", &hop, "none"), delivery(delivery_keys)))
 }
 
 /// A message to send: its Subject is `tag` and its Message-ID `<tag@client.test>`.
-struct Mail {
+pub(crate) struct Mail {
     /// Header fields before the others (CRLF lines): trace fields, as Received:.
     trace: String,
-    from: String,
-    to: Vec<String>,
+    pub(crate) from: String,
+    pub(crate) to: Vec<String>,
     tag: String,
     body: String,
 }
 
 impl Mail {
-    fn new(from: &str, to: &[&str], tag: &str) -> Mail {
+    pub(crate) fn new(from: &str, to: &[&str], tag: &str) -> Mail {
         Mail {
             trace: String::new(),
             from: from.to_string(),
@@ -210,7 +214,7 @@ impl Mail {
 
     /// The message as relayd stores it after its Received: header (CRLF lines, dots as they
     /// are, not stuffed).
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let to: Vec<String> = self.to.iter().map(|r| format!("<{r}>")).collect();
         format!(
             "{trace}From: <{from}>\r\nTo: {to}\r\nSubject: {tag}\r\nMessage-ID: <{id}>\r\n\
@@ -253,18 +257,18 @@ fn send_one(node: &Node, mail: Mail) -> String {
 
 /// relayd's log lines for `event` ("delivered", "deferred", "bounced") of queue id `id` and
 /// recipient `rcpt`.
-fn logged(log: &str, event: &str, id: &str, rcpt: &str) -> Vec<String> {
+pub(crate) fn logged(log: &str, event: &str, id: &str, rcpt: &str) -> Vec<String> {
     let head = format!(" {event} id={id} rcpt=<{rcpt}> ");
     log.lines().filter(|line| line.contains(&head)).map(String::from).collect()
 }
 
 /// Whether relayd logged `event` for `id` and `rcpt`.
-fn has(node: &Node, event: &str, id: &str, rcpt: &str) -> bool {
+pub(crate) fn has(node: &Node, event: &str, id: &str, rcpt: &str) -> bool {
     !logged(&node.log(), event, id, rcpt).is_empty()
 }
 
 /// The value of `key=` in a log line (quoted values unquoted).
-fn field(line: &str, key: &str) -> String {
+pub(crate) fn field(line: &str, key: &str) -> String {
     let at = line.find(&format!(" {key}=")).unwrap_or_else(|| panic!("no {key}= in {line}"));
     let rest = &line[at + key.len() + 2..];
     match rest.strip_prefix('"') {

@@ -263,19 +263,19 @@ fn config(node: &Node) -> &str {
 }
 
 /// Waits until `node`'s log has at least `n` lines containing `needle`.
-fn wait_log(node: &Node, what: &str, needle: &str, n: usize) {
+pub(crate) fn wait_log(node: &Node, what: &str, needle: &str, n: usize) {
     wait_for(&format!("{what} (log: {needle:?} x{n})"), || count(&node.log(), needle) >= n);
 }
 
 /// Waits until `/status` on `node` says `role` in `epoch`.
-fn wait_role(node: &Node, name: &str, role: &str, epoch: u64) {
+pub(crate) fn wait_role(node: &Node, name: &str, role: &str, epoch: u64) {
     wait_for(&format!("{name} to be {role} in epoch {epoch}"), || {
         role_epoch(node).is_some_and(|(r, e)| r == role && e == epoch)
     });
 }
 
 /// Waits until `primary` sees its standby connected and holding all of its log.
-fn wait_following(primary: &Node, what: &str) {
+pub(crate) fn wait_following(primary: &Node, what: &str) {
     wait_for(what, || {
         common::cluster::try_status(primary)
             .is_some_and(|s| s["peer"]["connected"] == true && s["replication"]["lag_records"] == 0)

@@ -577,3 +577,37 @@ fn a_bounce_waits_for_a_delivery_in_flight_and_does_not_report_what_it_delivered
     assert_eq!(get(&node, "/queue").json(), Value::Array(vec![]), "a DSN queued");
     assert!(dsns(&sink).is_empty(), "a DSN for a delivered recipient");
 }
+
+#[test]
+fn bounce_now_honours_the_senders_dsn_request() {
+    let sink = Sink::plain();
+    let node = start_for(&sink, "");
+    let mut smtp = crate::common::Raw::greeted(node.addr());
+    for (command, expected) in [
+        ("MAIL FROM:<sender@client.test> ENVID=op-bounce-1", "250"),
+        ("RCPT TO:<defer-never@one.test> NOTIFY=NEVER", "250"),
+        ("RCPT TO:<defer-told@one.test> NOTIFY=FAILURE ORCPT=rfc822;told+40one.test", "250"),
+        ("DATA", "354"),
+    ] {
+        let reply = smtp.cmd(command);
+        assert!(reply.starts_with(expected), "{command}: {reply}");
+    }
+    let reply = smtp.cmd(&format!("{}.", data(6)));
+    assert!(reply.starts_with("250 "), "{reply}");
+    let id = reply.split_whitespace().last().expect("queue id").to_string();
+    wait_for("the first attempt", || all_attempted(&node, 1));
+
+    let (code, out, err) = cli(&node, &["queue", "bounce", &id]);
+    assert_eq!((code, out.as_str()), (Some(0), "bounced 1 message\n"), "{err}");
+    wait_for("the failure report", || dsns_to(&sink, "sender@client.test") == 1);
+    let dsn = dsns(&sink).remove(0);
+    let report = dsn_report(&dsn);
+    let context = format!("{report:#}\n{}", String::from_utf8_lossy(&dsn.body));
+    assert_eq!(report["per_message"]["Original-Envelope-Id"], "op-bounce-1", "{context}");
+    let recipients = report["recipients"].as_array().expect("recipients");
+    assert_eq!(recipients.len(), 1, "NOTIFY=NEVER reported: {context}");
+    assert_eq!(recipients[0]["Final-Recipient"], "rfc822; defer-told@one.test", "{context}");
+    assert_eq!(recipients[0]["Original-Recipient"], "rfc822;told@one.test", "{context}");
+    assert_eq!(recipients[0]["Status"], "5.0.0", "{context}");
+    wait_for("an empty queue", || get(&node, "/queue").json() == Value::Array(vec![]));
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Pair, certs, certs_init, count, sections, send_signal, status};
 use common::{BIN, Node, Raw, assert_same_bytes, free_addr, run, wait_for};
-use relayd::spool::{Change, EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
+use relayd::spool::{EpochStart, LogPosition, LogRecord, MessageRecord, RecipientState};
 
 /// A message's DATA as the client sends it: CRLF lines (none starting with a dot), about `size`
 /// bytes, different for every `n`.
@@ -210,7 +210,7 @@ fn assert_same_spools(pair: &Pair) -> (Contents, Contents) {
     }
     let mut accepted = HashSet::new();
     for record in &standby.log {
-        if let Change::Accepted(envelope) = &record.change {
+        if let Some(envelope) = record.change.accepts() {
             assert!(accepted.insert(envelope.id), "{} accepted twice in the log", envelope.id);
         }
     }

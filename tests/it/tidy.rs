@@ -24,7 +24,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("role", &["config"]),
     ("logging", &["config"]),
-    ("spool", &["config"]),
+    // The spool stores a message's DSN request in proto's types (RFC 3461's parameters).
+    ("spool", &["config", "proto"]),
     // systemd's notify protocol; its watchdog asks the spool's committer.
     ("service", &["spool"]),
     // The data: the queue runner and the cluster link read the role, never write it.

@@ -7,7 +7,9 @@ Python's email package, and prints what the tests check, as one JSON object:
   parts             the content types of the top-level parts, in order
   per_message       the per-message fields of the message/delivery-status part
   recipients        one object of fields per per-recipient block
-  original_headers  the header fields of the text/rfc822-headers part
+  original_headers  the header fields of the text/rfc822-headers part, or of the message of the
+                    message/rfc822 part (RET=FULL)
+  original_body     the body of that message/rfc822 part ("" without one)
   defects           the names of the defects the parser found, in any part
 """
 
@@ -32,6 +34,7 @@ def main():
         "per_message": {},
         "recipients": [],
         "original_headers": {},
+        "original_body": "",
         "defects": [],
     }
     for part in report.walk():
@@ -49,6 +52,10 @@ def main():
             elif content_type == "text/rfc822-headers":
                 headers = BytesHeaderParser().parsebytes(part.get_payload(decode=True))
                 out["original_headers"] = fields(headers)
+            elif content_type == "message/rfc822":
+                returned = part.get_payload()[0]
+                out["original_headers"] = fields(returned)
+                out["original_body"] = returned.get_payload()
     print(json.dumps(out))
 
 

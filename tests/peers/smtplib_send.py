@@ -2,6 +2,10 @@
 """Sends one message with Python's smtplib (a client nobody in this project wrote).
 
 usage: smtplib_send.py HOST PORT FROM TO[,TO...] MESSAGE_FILE [--starttls] [--8bitmime] [--smtputf8]
+                       [--mail-option=OPTION ...] [--rcpt-option=OPTION ...]
+
+--mail-option adds a MAIL FROM parameter (RET=HDRS), --rcpt-option one to every RCPT TO
+(NOTIFY=SUCCESS): smtplib's mail_options and rcpt_options.
 
 Prints the server's final reply to DATA ("250 2.0.0 Ok: queued as ...") and the extensions the
 server announced, one per line as "ext NAME". Exits 1 with the server's reply if it refuses.
@@ -29,6 +33,8 @@ def main():
         options.append("BODY=8BITMIME")
     if "--smtputf8" in flags:
         options.append("SMTPUTF8")
+    options += [f.split("=", 1)[1] for f in sys.argv[6:] if f.startswith("--mail-option=")]
+    rcpt_options = [f.split("=", 1)[1] for f in sys.argv[6:] if f.startswith("--rcpt-option=")]
     for name in sorted(client.esmtp_features):
         print("ext", name.upper())
     code, reply = client.mail(sender, options)
@@ -36,7 +42,7 @@ def main():
         print(code, reply.decode(errors="replace"))
         sys.exit(1)
     for rcpt in rcpts.split(","):
-        code, reply = client.rcpt(rcpt)
+        code, reply = client.rcpt(rcpt, rcpt_options)
         if code != 250:
             print(code, reply.decode(errors="replace"))
             sys.exit(1)

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::proto::{BodyDecoder, Reply};
 use crate::replication::Copies;
 use crate::smtp::Elsewhere;
-use crate::spool::{BodyWriter, Change, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
+use crate::spool::{BodyWriter, Change, Dsn, Envelope, ErrorKind, QueueId, SpoolError, now_ms};
 
 /// `replication = "sync"`, `on_standby_loss = "refuse"`, and no standby to confirm.
 fn standby_unavailable() -> Reply {
@@ -335,7 +335,9 @@ impl Session {
         };
         let (from, rcpts, size) =
             (envelope.sender.clone(), envelope.recipients.len(), envelope.size);
-        match self.services.spool.accept(envelope, body.writer).await {
+        let dsn = Dsn::requested(&transaction.mail.dsn, &transaction.rcpt_dsn);
+        let accepted = Change::accepted(envelope, dsn);
+        match self.services.spool.commit(vec![accepted], vec![body.writer]).await {
             Ok(position) => {
                 let waited = Instant::now();
                 let confirmed = self.services.replication.confirm(position).await;

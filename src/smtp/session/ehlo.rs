@@ -20,6 +20,7 @@ impl Session {
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "CHUNKING".into(),
+            "DSN".into(),
         ];
         if self.tls_acceptor.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".into());

@@ -26,7 +26,8 @@ impl Session {
         if let Some(refusal) = self.no_room(mail.size) {
             return refusal;
         }
-        self.transaction = Some(Transaction { mail, recipients: Vec::new(), chunked: None });
+        self.transaction =
+            Some(Transaction { mail, recipients: Vec::new(), rcpt_dsn: Vec::new(), chunked: None });
         Reply::new(250, "2.1.0", "Ok")
     }
 }

@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use super::limits::ConnectionSlot;
 use super::{Elsewhere, Services};
 use crate::config::Config;
-use crate::proto::{self, Address, Command, LineReader, MailFrom, Reply, Stream};
+use crate::proto::dsn::RcptDsn;
+use crate::proto::{self, Address, Command, LineReader, MailFrom, RcptTo, Reply, Stream};
 
 /// The client's connection: buffered input, and the replies not yet written.
 struct Conn {
@@ -68,6 +69,8 @@ pub struct Session {
 struct Transaction {
     mail: MailFrom,
     recipients: Vec<Address>,
+    /// Each recipient's DSN parameters (NOTIFY, ORCPT), in the order of `recipients`.
+    rcpt_dsn: Vec<RcptDsn>,
     /// The BDAT body received so far, when the client uses CHUNKING.
     chunked: Option<data::ChunkedBody>,
 }
@@ -232,7 +235,7 @@ impl Session {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(address) => self.rcpt(address).await,
+            Command::Rcpt(rcpt) => self.rcpt(rcpt).await,
             Command::Data => return self.data(conn).await,
             Command::Bdat { size, last } => return self.bdat(conn, size, last).await,
             Command::Rset => {

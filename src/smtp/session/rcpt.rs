@@ -1,9 +1,10 @@
 //! RCPT TO: adds a recipient, if we relay for it and its domain's checks know it.
 
-use super::{Address, Reply, Session};
+use super::{Address, RcptTo, Reply, Session};
 
 impl Session {
-    pub(super) async fn rcpt(&mut self, recipient: Address) -> Reply {
+    pub(super) async fn rcpt(&mut self, rcpt: RcptTo) -> Reply {
+        let RcptTo { address: recipient, dsn } = rcpt;
         if let Some(refusal) = self.rcpt_refusal(&recipient) {
             return refusal;
         }
@@ -19,6 +20,7 @@ impl Session {
             return Reply::new(503, "5.5.1", "Error: need MAIL command");
         };
         transaction.recipients.push(recipient);
+        transaction.rcpt_dsn.push(dsn);
         Reply::new(250, "2.1.5", "Ok")
     }
 

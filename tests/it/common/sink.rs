@@ -11,6 +11,9 @@
 //! | `slow`   | `250 2.1.5 ok`, after [`Options::slow_rcpt`] |
 //! | anything else (`ok…`) | `250 2.1.5 ok` |
 //!
+//! With [`Options::dsn`] the sink offers DSN (RFC 3461); with or without it, it records what
+//! followed the path in MAIL and in each accepted RCPT (the parameters relayd passed on).
+//!
 //! Every RCPT's address is counted ([`Sink::rcpts_for`]), refused or not: how a test sees that
 //! relayd asked (a recipient verification probe) or did not.
 //!
@@ -53,6 +56,8 @@ pub struct Options {
     pub refuse_starttls: bool,
     /// Offer SMTPUTF8.
     pub smtputf8: bool,
+    /// Offer DSN.
+    pub dsn: bool,
     /// The host name in the greeting and the EHLO reply.
     pub name: &'static str,
     /// How long a `slow…` recipient waits for its 250.
@@ -67,6 +72,7 @@ impl Default for Options {
             data_delay: Duration::ZERO,
             refuse_starttls: false,
             smtputf8: false,
+            dsn: false,
             name: "sink.test",
             slow_rcpt: Duration::from_secs(3),
         }
@@ -84,6 +90,8 @@ pub struct Transaction {
     pub mail_params: String,
     /// The recipients the sink accepted, without angle brackets.
     pub recipients: Vec<String>,
+    /// What followed each accepted recipient's path in RCPT TO (" NOTIFY=SUCCESS"), in order.
+    pub rcpt_params: Vec<String>,
     /// The message as sent, dot-unstuffed, without the final ".".
     pub body: Vec<u8>,
     /// Whether the connection was under TLS (after STARTTLS).
@@ -148,6 +156,7 @@ struct Shared {
     pipelining: bool,
     refuse_starttls: bool,
     smtputf8: bool,
+    dsn: bool,
     name: &'static str,
     slow_rcpt: Duration,
     stopping: AtomicBool,
@@ -180,6 +189,7 @@ impl Sink {
             pipelining: options.pipelining,
             refuse_starttls: options.refuse_starttls,
             smtputf8: options.smtputf8,
+            dsn: options.dsn,
             name: options.name,
             slow_rcpt: options.slow_rcpt,
             stopping: AtomicBool::new(false),
@@ -364,6 +374,7 @@ struct Envelope {
     sender: String,
     params: String,
     recipients: Vec<String>,
+    rcpt_params: Vec<String>,
     at: Instant,
 }
 
@@ -400,6 +411,9 @@ impl Session<'_> {
                         if self.shared.smtputf8 {
                             out += "250-SMTPUTF8\r\n";
                         }
+                        if self.shared.dsn {
+                            out += "250-DSN\r\n";
+                        }
                         out += "250-SIZE 104857600\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
                     }
                 }
@@ -427,6 +441,7 @@ impl Session<'_> {
                             sender,
                             params,
                             recipients: Vec::new(),
+                            rcpt_params: Vec::new(),
                             at: Instant::now(),
                         });
                         out += "250 2.1.0 ok\r\n";
@@ -435,10 +450,11 @@ impl Session<'_> {
                     None => out += "501 5.5.4 syntax: MAIL FROM:<address>\r\n",
                 },
                 "RCPT" => match (envelope.as_mut(), path_after(&line, "RCPT TO:")) {
-                    (Some(envelope), Some((rcpt, _))) => {
+                    (Some(envelope), Some((rcpt, params))) => {
                         let reply = self.rcpt_reply(&rcpt);
                         if reply.starts_with('2') {
                             envelope.recipients.push(rcpt);
+                            envelope.rcpt_params.push(params);
                         }
                         out += reply;
                     }
@@ -514,6 +530,7 @@ impl Session<'_> {
             sender: envelope.sender,
             mail_params: envelope.params,
             recipients: envelope.recipients,
+            rcpt_params: envelope.rcpt_params,
             body,
             tls,
             mail_at: envelope.at,
