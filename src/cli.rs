@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::admin::commands;
 use crate::config::{Config, ConfigError, Role};
+use crate::delivery::QueueChange;
 use crate::spool::QueueId;
 
 mod manual;
@@ -54,7 +55,8 @@ enum Subcommand {
         #[arg(long)]
         json: bool,
     },
-    /// List, show, flush, requeue or delete the running node's queued messages.
+    /// List, show, flush, requeue, delete, hold, release or bounce the running node's queued
+    /// messages.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -157,33 +159,51 @@ enum QueueCommand {
     /// Try every deferred message now.
     Flush,
     /// Try messages now with the current routes: one, those a filter selects, or --all.
-    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
-    Requeue {
-        /// The queue id.
-        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
-        id: Option<QueueId>,
-        #[command(flatten)]
-        filter: commands::Selection,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
-    },
+    Requeue(Which),
     /// Remove messages from the queue without delivering them: one by its id, or those a
     /// filter selects (or --all), printing the count.
-    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(WHICH)))]
-    Delete {
-        /// The queue id.
-        #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "dry_run", "state", "domain", "sender", "recipient", "older_than"])]
-        id: Option<QueueId>,
-        #[command(flatten)]
-        filter: commands::Selection,
-        /// Every queued message (a filter is required otherwise).
-        #[arg(long)]
-        all: bool,
-        /// Delete nothing: list and count what would go.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Delete(Bulk),
+    /// Hold messages (postsuper -h): none is delivered, nor expired, until released. One by
+    /// its id, or those a filter selects (or --all).
+    Hold(Bulk),
+    /// Release held messages (postsuper -H): each is tried at once. One by its id, or the
+    /// held ones a filter selects (or --all).
+    Release(Bulk),
+    /// Bounce messages now: every recipient still to be delivered is bounced by the operator
+    /// (5.0.0) and the sender gets a DSN (none for the null sender). One by its id, or those a
+    /// filter selects (or --all).
+    Bounce(Bulk),
+}
+
+/// Which messages a change of the queue means: one, those a filter selects, or every one.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("selector").required(true).multiple(true).args(WHICH)))]
+struct Which {
+    /// The queue id.
+    #[arg(value_parser = crate::admin::api::parse_queue_id, conflicts_with_all = ["all", "state", "domain", "sender", "recipient", "older_than"])]
+    id: Option<QueueId>,
+    #[command(flatten)]
+    filter: commands::Selection,
+    /// Every queued message (a filter is required otherwise).
+    #[arg(long)]
+    all: bool,
+}
+
+/// The messages of a bulk change, and whether to change them or only say which it would.
+#[derive(clap::Args)]
+struct Bulk {
+    #[command(flatten)]
+    which: Which,
+    /// Change nothing: list and count what would change.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Bulk {
+    fn run(&self, config: &Config, change: QueueChange) -> ExitCode {
+        let Bulk { which: Which { id, filter, all }, dry_run } = self;
+        commands::queue_bulk(config, change, *id, filter, *all, *dry_run)
+    }
 }
 
 /// Runs the command line and returns the process's exit status.
@@ -214,13 +234,16 @@ pub fn main() -> ExitCode {
             QueueCommand::Show { id, content: true, .. } => commands::queue_content(&config, *id),
             QueueCommand::Show { id, json, .. } => commands::queue_show(&config, *id, *json),
             QueueCommand::Flush => commands::queue_flush(&config),
-            QueueCommand::Requeue { id, filter, all } => {
+            QueueCommand::Requeue(Which { id, filter, all }) => {
                 commands::queue_requeue(&config, *id, filter, *all)
             }
-            QueueCommand::Delete { id: Some(id), .. } => commands::queue_delete(&config, *id),
-            QueueCommand::Delete { id: None, filter, all, dry_run } => {
-                commands::queue_delete_matching(&config, filter, *all, *dry_run)
+            QueueCommand::Delete(Bulk { which: Which { id: Some(id), .. }, dry_run: false }) => {
+                commands::queue_delete(&config, *id)
             }
+            QueueCommand::Delete(bulk) => bulk.run(&config, QueueChange::Delete),
+            QueueCommand::Hold(bulk) => bulk.run(&config, QueueChange::Hold),
+            QueueCommand::Release(bulk) => bulk.run(&config, QueueChange::Release),
+            QueueCommand::Bounce(bulk) => bulk.run(&config, QueueChange::Bounce),
         }),
         Some(Subcommand::Promote { force }) => {
             configured(&|config| commands::promote(&config, *force))

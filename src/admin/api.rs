@@ -130,6 +130,10 @@ pub struct Message {
     pub client: String,
     /// The name the client gave in EHLO/HELO.
     pub helo: String,
+    /// RFC 3339, UTC: since when an operator holds the message (`relayd queue hold`); null
+    /// when it is not held. (Absent from an older node's answer.)
+    #[serde(default)]
+    pub held_since: Option<String>,
 }
 
 /// A page of `GET /queue?…`: the messages, and the `after=` of the next page (null on the
@@ -163,7 +167,8 @@ pub struct ErrorBody {
 }
 
 impl Message {
-    pub fn from_record(record: &MessageRecord) -> Message {
+    /// The message as listed; `held_since` (Unix ms) when an operator holds it.
+    pub fn from_record(record: &MessageRecord, held_since: Option<u64>) -> Message {
         let envelope = &record.envelope;
         let recipients = envelope
             .recipients
@@ -183,6 +188,7 @@ impl Message {
             received_at: rfc3339(envelope.received_at_ms).unwrap_or_default(),
             client: envelope.client.clone(),
             helo: envelope.helo.clone(),
+            held_since: held_since.and_then(rfc3339),
         }
     }
 }
@@ -278,8 +284,11 @@ mod tests {
             ],
             accepted_at: LogPosition { epoch: 1, seq: 2 },
         };
-        let view = Message::from_record(&record);
+        let view = Message::from_record(&record, None);
         assert_eq!(view.id, id.to_string());
+        assert_eq!(view.held_since, None);
+        let held = Message::from_record(&record, Some(1_700_000_120_000));
+        assert_eq!(held.held_since.as_deref(), Some("2023-11-14T22:15:20Z"));
         assert_eq!(view.received_at, "2023-11-14T22:13:20Z");
         let json = serde_json::to_value(&view).expect("serialize");
         assert_eq!(json["recipients"][0]["state"], "pending");

@@ -12,6 +12,7 @@ use super::api::{HistoryEntry, Member, Message, QueuePage, Recipient, Status};
 use super::client::{Client, ClientError};
 use super::witness::WitnessStatus;
 use crate::config::{Config, Role};
+use crate::delivery::QueueChange;
 use crate::spool::QueueId;
 
 /// `relayd status [--json]`, of a data node or a witness (its `/status` says which).
@@ -46,7 +47,8 @@ pub fn status(config: &Config, json: bool) -> ExitCode {
 /// endpoint's query parameters, which check them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Selection {
-    /// "active" (a recipient is due now) or "deferred" (all wait for a retry).
+    /// "active" (a recipient is due now), "deferred" (all wait for a retry) or "held" (by an
+    /// operator: `relayd queue hold`).
     #[arg(long)]
     pub state: Option<String>,
     /// A recipient still to be delivered is at this domain.
@@ -186,15 +188,32 @@ pub fn queue_delete(config: &Config, id: QueueId) -> ExitCode {
     })
 }
 
-/// `relayd queue delete [filters] [--all] [--dry-run]`: prints the count, and with --dry-run
-/// the ids that would go.
-pub fn queue_delete_matching(
+/// Asks the endpoint for `change` of the messages `parameters` select: `DELETE /queue`, or
+/// `POST /queue/hold` (`release`, `bounce`).
+fn request_change(
+    client: &Client,
+    change: QueueChange,
+    parameters: &[(&str, &str)],
+) -> Result<serde_json::Value, ClientError> {
+    match change {
+        QueueChange::Delete => client.delete(&with_query("/queue", parameters)),
+        _ => client.post(&with_query(&format!("/queue/{}", change.verb()), parameters)),
+    }
+}
+
+/// `relayd queue delete|hold|release|bounce [ID] [filters] [--all] [--dry-run]`: prints the count,
+/// and with --dry-run the ids that would change.
+pub fn queue_bulk(
     config: &Config,
+    change: QueueChange,
+    id: Option<QueueId>,
     selection: &Selection,
     all: bool,
     dry_run: bool,
 ) -> ExitCode {
+    let id = id.map(|id| id.to_string());
     let mut parameters = selection.parameters();
+    parameters.extend(id.as_deref().map(|id| ("id", id)));
     if all {
         parameters.push(("all", "true"));
     }
@@ -202,20 +221,17 @@ pub fn queue_delete_matching(
         parameters.push(("dry_run", "true"));
     }
     run(config, |client| {
-        let answer = client.delete(&with_query("/queue", &parameters))?;
-        let count = answer["deleted"].as_u64().unwrap_or(0);
+        let answer = request_change(client, change, &parameters)?;
+        let count = answer[change.done()].as_u64().unwrap_or(0);
+        let messages = plural(count, "message", "messages");
         let mut out = String::new();
         if dry_run {
             for id in answer["ids"].as_array().into_iter().flatten() {
                 let _ = writeln!(out, "{}", id.as_str().unwrap_or_default());
             }
-            let _ = writeln!(
-                out,
-                "dry run: {count} {} would be deleted",
-                plural(count, "message", "messages")
-            );
+            let _ = writeln!(out, "dry run: {count} {messages} would be {}", change.done());
         } else {
-            let _ = writeln!(out, "deleted {count} {}", plural(count, "message", "messages"));
+            let _ = writeln!(out, "{} {count} {messages}", change.done());
         }
         Ok(out)
     })
@@ -440,7 +456,7 @@ fn queue_table(list: &[Message], now: chrono::DateTime<chrono::Utc>) -> String {
             let recipients = m
                 .recipients
                 .iter()
-                .map(|r| format!("<{}> {}", r.address, short_state(r)))
+                .map(|r| format!("<{}> {}", r.address, short_state(r, m.held_since.is_some())))
                 .collect::<Vec<_>>()
                 .join(", ");
             [
@@ -488,6 +504,9 @@ fn message_details(m: &Message, now: chrono::DateTime<chrono::Utc>) -> String {
         m.helo
     );
     let _ = writeln!(out, "size        {} bytes", m.size);
+    if let Some(since) = &m.held_since {
+        let _ = writeln!(out, "held        since {since} (relayd queue release {})", m.id);
+    }
     let _ = writeln!(out, "recipients  {}", m.recipients.len());
     for r in &m.recipients {
         let _ = write!(out, "  <{}>  {}", r.address, r.state);
@@ -508,14 +527,14 @@ fn message_details(m: &Message, now: chrono::DateTime<chrono::Utc>) -> String {
     out
 }
 
-fn short_state(r: &Recipient) -> String {
+/// A recipient's state in the listing: a pending one of a held message reads "held".
+fn short_state(r: &Recipient, held: bool) -> String {
+    let state = if held && r.state == "pending" { "held" } else { r.state.as_str() };
     match r.attempts {
-        Some(attempts) if attempts > 0 => format!(
-            "{} ({attempts} {})",
-            r.state,
-            plural(u64::from(attempts), "attempt", "attempts")
-        ),
-        _ => r.state.clone(),
+        Some(attempts) if attempts > 0 => {
+            format!("{state} ({attempts} {})", plural(u64::from(attempts), "attempt", "attempts"))
+        }
+        _ => state.to_string(),
     }
 }
 
@@ -648,6 +667,7 @@ mod tests {
             received_at: "2030-01-01T00:00:00Z".into(),
             client: "127.0.0.1".into(),
             helo: "client.test".into(),
+            held_since: None,
         };
         let at = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:02:00Z")
             .expect("time")
@@ -658,6 +678,11 @@ mod tests {
             list.contains("0190A1B2C3D4E5F60718293A4B5C6D7E  2m 0s  2.0 KiB  <a@example.org>  <b@example.com> pending (2 attempts)"),
             "{list}"
         );
+        let held = Message { held_since: Some("2030-01-01T00:01:00Z".into()), ..message.clone() };
+        let list = queue_table(std::slice::from_ref(&held), at);
+        assert!(list.contains("<b@example.com> held (2 attempts)"), "{list}");
+        let details = message_details(&held, at);
+        assert!(details.contains("held        since 2030-01-01T00:01:00Z"), "{details}");
         let details = message_details(&message, at);
         assert!(details.contains("<b@example.com>  pending  attempts 2  next attempt 2030-01-01T00:00:00Z  reply \"451 4.3.0 try later\""), "{details}");
     }

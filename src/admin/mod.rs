@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 pub use auth::{Token, TokenError};
 
 use crate::config::{AdminConfig, Config, Role};
-use crate::delivery::DeliveryHandle;
+use crate::delivery::{DeliveryHandle, QueueChange};
 use crate::metrics::Metrics;
 use crate::smtp::limits::ConnectionLimiter;
 use crate::spool::Spool;
@@ -104,9 +104,12 @@ pub fn router(context: AdminContext, token: Option<Token>) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/status", get(routes::status))
         .route("/metrics", get(routes::metrics))
-        .route("/queue", get(routes::queue_list).delete(routes::queue_delete_matching))
+        .route("/queue", get(routes::queue_list).delete(routes::change(QueueChange::Delete)))
         .route("/queue/flush", post(routes::queue_flush))
         .route("/queue/requeue", post(routes::queue_requeue))
+        .route("/queue/hold", post(routes::change(QueueChange::Hold)))
+        .route("/queue/release", post(routes::change(QueueChange::Release)))
+        .route("/queue/bounce", post(routes::change(QueueChange::Bounce)))
         .route("/promote", post(routes::promote))
         .route("/demote", post(routes::demote))
         .route("/failover/pause", post(routes::failover_pause))

@@ -1,5 +1,6 @@
 //! The endpoint's handlers, one per route (docs/contract.md, "Admin endpoint").
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -16,11 +17,11 @@ use super::filter::{self, BadQuery, QueueQuery};
 use super::metrics::{self, Snapshot};
 use super::{AdminContext, node_state};
 use crate::config::Role;
-use crate::delivery::Requeue;
+use crate::delivery::{QueueChange, Requeue};
 use crate::ha::error::MaintenanceError;
 use crate::metrics::Metrics;
 use crate::replication::frame;
-use crate::spool::{QueueId, Spool, SpoolError, now_ms};
+use crate::spool::{MessageRecord, QueueId, Spool, SpoolError, now_ms};
 
 type Context = State<Arc<AdminContext>>;
 
@@ -241,8 +242,9 @@ pub async fn queue_list(State(context): Context, query: QueryResult) -> Result<R
     blocking(move || {
         if query.is_empty() {
             let mut messages = Vec::new();
-            for record in context.spool.messages() {
-                messages.push(Message::from_record(&record?));
+            for queued in with_holds(&context.spool, None) {
+                let (record, held) = queued?;
+                messages.push(Message::from_record(&record, held));
             }
             return Ok(Json(messages).into_response());
         }
@@ -250,13 +252,12 @@ pub async fn queue_list(State(context): Context, query: QueryResult) -> Result<R
         let after = query.after().map_err(bad_query)?;
         let limit = query.limit.unwrap_or(filter::DEFAULT_LIMIT).max(1);
         let now = now_ms();
-        let selected = context
-            .spool
-            .messages_after(after)
-            .filter(|record| record.as_ref().map_or(true, |r| filter.matches(r, now)));
-        let page = filter::page(selected, |record| record.envelope.id, after, limit)?;
+        let selected = with_holds(&context.spool, after).filter(|queued| {
+            queued.as_ref().map_or(true, |(r, held)| filter.matches(r, held.is_some(), now))
+        });
+        let page = filter::page(selected, |(record, _)| record.envelope.id, after, limit)?;
         Ok(Json(QueuePage {
-            messages: page.items.iter().map(Message::from_record).collect(),
+            messages: page.items.iter().map(|(r, held)| Message::from_record(r, *held)).collect(),
             next_after: page.next_after.map(|id| id.to_string()),
         })
         .into_response())
@@ -271,7 +272,7 @@ pub async fn queue_show(
 ) -> Result<Json<Message>, ApiError> {
     let id = queue_id(id)?;
     blocking(move || match context.spool.get(id)? {
-        Some(record) => Ok(Json(Message::from_record(&record))),
+        Some(record) => Ok(Json(Message::from_record(&record, context.spool.held_since(id)?))),
         None => Err(ApiError::not_found(format!("no message {id} in the queue"))),
     })
     .await
@@ -298,7 +299,7 @@ pub async fn queue_requeue(
             Requeue::Only(vec![id])
         }
         None if query.all => Requeue::All,
-        None => Requeue::Only(selected_ids(&context, &query).await?),
+        None => Requeue::Only(selected_ids(&context, &query, |_| true).await?),
     };
     let count = match &which {
         Requeue::All => context.spool.queue_len(),
@@ -309,28 +310,56 @@ pub async fn queue_requeue(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": count }))).into_response())
 }
 
-/// `DELETE /queue?<filter>[&dry_run=true]` or `DELETE /queue?all=true`: removes the messages
-/// the filter selects without delivering them, and answers their count and ids. A dry run
-/// only answers (on any node); a real one is the serving primary's, as `DELETE /queue/{id}`.
-pub async fn queue_delete_matching(
-    State(context): Context,
+/// The answer of [`queue_change`], boxed: the handler [`change`] makes names its type.
+pub type ChangeAnswer =
+    std::pin::Pin<Box<dyn Future<Output = Result<Json<serde_json::Value>, ApiError>> + Send>>;
+
+/// The handler of one bulk change of the queue ([`queue_change`]), for the router.
+pub fn change(
+    change: QueueChange,
+) -> impl Fn(Context, QueryResult) -> ChangeAnswer + Clone + Send + Sync + 'static {
+    move |State(context), query| Box::pin(queue_change(context, query, change))
+}
+
+/// `DELETE /queue?<filter>[&dry_run=true]` or `DELETE /queue?all=true`, and `POST
+/// /queue/hold`, `/queue/release` and `/queue/bounce` with the same parameters (or `id=ID`):
+/// makes `change` to the messages the filter selects (a hold those not held yet, a release
+/// the held ones), and answers their count and ids. A dry run only answers (on any node); a
+/// real one is the serving primary's, as `DELETE /queue/{id}`. A hold keeps a message from
+/// delivery and expiry until its release, which tries it at once; a bounce makes every pending
+/// recipient bounced by the operator (5.0.0), with a DSN to the sender (none to the null
+/// sender), and the message leaves the queue.
+pub async fn queue_change(
+    context: Arc<AdminContext>,
     query: QueryResult,
+    change: QueueChange,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let query = queue_query(query)?;
     if !query.dry_run {
-        serving_primary(&context, "delete the messages")?;
+        serving_primary(&context, &format!("{} the messages", change.verb()))?;
     }
-    let ids = selected_ids(&context, &query).await?;
+    let ids = match query.id().map_err(bad_query)? {
+        Some(id) => {
+            require_queued(&context, id).await?;
+            let spool = context.spool.clone();
+            let held = blocking(move || Ok(spool.held_since(id)?.is_some())).await?;
+            if change.applies_to(held) { vec![id] } else { vec![] }
+        }
+        None => selected_ids(&context, &query, move |held| change.applies_to(held)).await?,
+    };
     // A message delivered or deleted since the scan is not counted.
-    let deleted = if query.dry_run { ids } else { context.delivery.delete_all(&ids).await? };
-    let deleted: Vec<String> = deleted.iter().map(QueueId::to_string).collect();
+    let changed = match query.dry_run {
+        true => ids,
+        false => context.delivery.change_all(change, &ids).await?,
+    };
+    let changed: Vec<String> = changed.iter().map(QueueId::to_string).collect();
     if !query.dry_run {
-        tracing::info!(count = deleted.len(), "deleted by filter by the operator");
+        tracing::info!(count = changed.len(), "{} by the operator", change.done());
     }
     Ok(Json(serde_json::json!({
         "dry_run": query.dry_run,
-        "deleted": deleted.len(),
-        "ids": deleted,
+        change.done(): changed.len(),
+        "ids": changed,
     })))
 }
 
@@ -396,7 +425,7 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
 }
 
-type QueryResult = Result<Query<QueueQuery>, QueryRejection>;
+pub type QueryResult = Result<Query<QueueQuery>, QueryRejection>;
 
 fn queue_query(query: QueryResult) -> Result<QueueQuery, ApiError> {
     query.map(|Query(query)| query).map_err(|e| ApiError::bad_request(e.body_text()))
@@ -406,11 +435,13 @@ fn bad_query(e: BadQuery) -> ApiError {
     ApiError::bad_request(e.0)
 }
 
-/// The ids of the messages a bulk change's query selects: at least one filter, or `all=true`
-/// (a bare `DELETE /queue` is refused rather than taken to mean every message).
+/// The ids of the messages a bulk change's query selects, of those `eligible` by whether they
+/// are held: at least one filter, or `all=true` (a bare `DELETE /queue` is refused rather than
+/// taken to mean every message).
 async fn selected_ids(
     context: &Arc<AdminContext>,
     query: &QueueQuery,
+    eligible: impl Fn(bool) -> bool + Send + 'static,
 ) -> Result<Vec<QueueId>, ApiError> {
     let filter = query.filter().map_err(bad_query)?;
     if filter.is_empty() && !query.all {
@@ -422,15 +453,34 @@ async fn selected_ids(
     blocking(move || {
         let now = now_ms();
         let mut ids = Vec::new();
-        for record in context.spool.messages() {
-            let record = record?;
-            if filter.matches(&record, now) {
+        for queued in with_holds(&context.spool, None) {
+            let (record, held) = queued?;
+            if eligible(held.is_some()) && filter.matches(&record, held.is_some(), now) {
                 ids.push(record.envelope.id);
             }
         }
         Ok(ids)
     })
     .await
+}
+
+/// The queued messages after `after` (every one without it), each with since when an
+/// operator holds it. The holds are read first, in one go: there are few, and a listing of a
+/// large queue then costs no read per message.
+fn with_holds(
+    spool: &Spool,
+    after: Option<QueueId>,
+) -> impl Iterator<Item = Result<(MessageRecord, Option<u64>), SpoolError>> + '_ {
+    let holds = spool.held().map(|held| held.into_iter().collect::<HashMap<QueueId, u64>>());
+    let (holds, failed) = match holds {
+        Ok(holds) => (holds, None),
+        Err(e) => (HashMap::new(), Some(Err(e))),
+    };
+    failed.into_iter().chain(spool.messages_after(after).map(move |record| {
+        let record = record?;
+        let held = holds.get(&record.envelope.id).copied();
+        Ok((record, held))
+    }))
 }
 
 /// 404 unless message `id` is queued.

@@ -13,20 +13,21 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
 use super::client::{self, Connection};
 use super::dsn::{self, Kind, Notice, Returned};
-use super::outcome::{Outcome, Reply};
+use super::outcome::{EnhancedStatus, Outcome, Reply};
 use super::route::{self, Destination, Resolver};
-use super::{Requeue, RunnerRequest};
+use super::{Batch, Requeue, RunnerRequest};
 use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
 use crate::proto::dsn::{Orcpt, Ret};
 use crate::role::RoleWatch;
 use crate::spool::{
-    BodyWriter, Change, Dsn, Envelope, MessageRecord, QueueId, RecipientState, Spool, now_ms,
+    BodyWriter, Change, Dsn, Envelope, MessageRecord, QueueId, RecipientState, Spool, SpoolError,
+    now_ms,
 };
 
 /// Everything the runner and its workers share.
@@ -85,6 +86,10 @@ pub(super) struct Runner {
     /// Messages flushed by an operator: their next dispatch tries every pending recipient,
     /// whatever its retry time says.
     flushed: HashSet<QueueId>,
+    /// Messages an operator's bounce is changing: not dispatched until resumed.
+    paused: HashSet<QueueId>,
+    /// Pauses waiting for deliveries: the messages still in flight, and whom to tell.
+    pauses: Vec<(HashSet<QueueId>, oneshot::Sender<()>)>,
     lanes: Arc<Mutex<HashMap<Destination, Lane>>>,
 }
 
@@ -102,6 +107,8 @@ impl Runner {
             due: HashMap::new(),
             in_flight: HashMap::new(),
             flushed: HashSet::new(),
+            paused: HashSet::new(),
+            pauses: Vec::new(),
             lanes: Arc::default(),
         }
     }
@@ -127,6 +134,14 @@ impl Runner {
                         self.flushed.remove(&id);
                         self.unschedule(id);
                     }
+                    Some(RunnerRequest::Pause(ids, done)) => self.pause(ids, done),
+                    Some(RunnerRequest::Resume(ids)) => {
+                        for id in ids {
+                            if self.paused.remove(&id) && !self.in_flight.contains_key(&id) {
+                                self.reschedule(id);
+                            }
+                        }
+                    }
                     None => return,
                 },
                 Some(JobDone { id, finished }) = self.done.recv() => {
@@ -138,9 +153,11 @@ impl Runner {
                         // Nothing left to schedule: no need to read the spool again.
                         self.in_flight.remove(&id);
                         self.unschedule(id);
+                        self.landed(id);
                     } else if left == Some(0) {
                         self.in_flight.remove(&id);
                         self.reschedule(id);
+                        self.landed(id);
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
@@ -162,6 +179,37 @@ impl Runner {
                     serving = now;
                 }
             }
+        }
+    }
+
+    /// An operator's bounce is about to change `ids`: none of them is dispatched until they are
+    /// resumed, and `done` is answered once no delivery of theirs is in flight (at once when
+    /// none is), so that the bounce never reports a recipient a delivery is sending.
+    fn pause(&mut self, ids: Vec<QueueId>, done: oneshot::Sender<()>) {
+        let mut busy = HashSet::new();
+        for id in ids {
+            self.unschedule(id);
+            self.flushed.remove(&id);
+            if self.in_flight.contains_key(&id) {
+                busy.insert(id);
+            }
+            self.paused.insert(id);
+        }
+        if busy.is_empty() {
+            let _ = done.send(());
+        } else {
+            tracing::info!(messages = busy.len(), "bounce waits for the deliveries in flight");
+            self.pauses.push((busy, done));
+        }
+    }
+
+    /// Message `id` has no delivery in flight any more: a pause waiting for it may be over.
+    fn landed(&mut self, id: QueueId) {
+        for (busy, _) in &mut self.pauses {
+            busy.remove(&id);
+        }
+        for (_, done) in self.pauses.extract_if(.., |(busy, _)| busy.is_empty()) {
+            let _ = done.send(());
         }
     }
 
@@ -242,12 +290,23 @@ impl Runner {
                 break;
             }
             self.unschedule(id);
-            if self.in_flight.contains_key(&id) {
+            if self.in_flight.contains_key(&id) || self.paused.contains(&id) {
                 continue;
             }
-            let message = match self.shared.spool.get(id) {
+            // Held by an operator: not dispatched, and so never expired, until released (the
+            // release requeues it). Whatever scheduled it (a reload, a requeue, the end of a
+            // job that was in flight at the hold) stops here, so the spool's `held` table is
+            // the one word on it, on every node.
+            let spool = &self.shared.spool;
+            let message = match spool.held_since(id).and_then(|held| match held {
+                Some(_) => Ok(None),
+                None => spool.get(id),
+            }) {
                 Ok(Some(message)) => message,
-                Ok(None) => continue,
+                Ok(None) => {
+                    self.flushed.remove(&id);
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(id = %id, error = %e, "cannot read a queued message; retrying in a minute");
                     self.schedule_at(id, now + 60_000);
@@ -491,8 +550,7 @@ async fn record(
         states.push((*index, state));
     }
     for (rcpt, reply, delay, status) in &bounces {
-        tracing::info!(id = %envelope.id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, "bounced");
-        Metrics::count(&shared.metrics.recipients_bounced);
+        bounced(shared, envelope.id, rcpt, reply, *delay, *status);
     }
     let mut after = message.recipients.clone();
     for (index, state) in &states {
@@ -501,55 +559,14 @@ async fn record(
         }
     }
     let finished = !after.iter().any(RecipientState::is_pending);
-    let mut changes = vec![Change::Attempted { id: envelope.id, results: states }];
-    let mut bodies = Vec::new();
-    let mut queued = Vec::new();
-    // A bounce is never bounced: no report of any kind for the null sender.
-    if !envelope.sender.is_empty() {
-        let ret = dsn.and_then(|dsn| dsn.ret);
-        let envid = dsn.and_then(|dsn| dsn.envid.as_deref());
-        for (kind, about) in [
-            (Kind::Failure, &reports.failed),
-            (Kind::Delay, &reports.delayed),
-            (Kind::Relayed, &reports.relayed),
-        ] {
-            if about.recipients.is_empty() {
-                continue;
-            }
-            let hostname = &config.smtp.hostname;
-            let headers = dsn::original_headers(message, &shared.spool);
-            let content = if dsn.is_none() {
-                // No DSN parameters: a failure report, as relayd has always written it.
-                dsn::build(hostname, message, &about.recipients, &headers, now)
-            } else {
-                let whole = (kind == Kind::Failure && ret == Some(Ret::Full))
-                    .then(|| dsn::original_message(message, &shared.spool))
-                    .flatten();
-                let returned = match &whole {
-                    Some(whole) => Returned::Message(whole),
-                    None => Returned::Headers(&headers),
-                };
-                let notice = Notice { kind, envid, orcpts: about.orcpts.clone(), returned };
-                dsn::report(hostname, message, &notice, &about.recipients, now)
-            };
-            let Some((change, body)) = report_message(shared, &config, envelope, &content) else {
-                continue;
-            };
-            if kind == Kind::Delay {
-                let recipients = reports.delayed_indexes.clone();
-                changes.push(Change::DelayReported { id: envelope.id, recipients });
-            }
-            queued.push((body.id(), kind, content.len()));
-            changes.push(change);
-            bodies.push(body);
-        }
-    }
-    match shared.spool.commit(changes, bodies).await {
+    let changes = vec![Change::Attempted { id: envelope.id, results: states }];
+    let mut batch = Batch { changes, bodies: Vec::new(), then: Vec::new() };
+    let queued = sender_reports(shared, &config, message, dsn, &reports, now, &mut batch);
+    match shared.spool.commit(batch.changes, batch.bodies).await {
         Ok(_) => {
-            for (id, kind, size) in queued {
-                let report = kind.name();
-                tracing::info!(id = %id, from = "<>", rcpts = 1, size, orig_id = %envelope.id, report, "accepted DSN");
-                let _ = shared.requests.send(RunnerRequest::Queued(id));
+            for report in queued {
+                report.log(envelope.id);
+                let _ = shared.requests.send(RunnerRequest::Queued(report.id));
             }
             finished
         }
@@ -559,6 +576,91 @@ async fn record(
             false
         }
     }
+}
+
+/// The `bounced` log line of one recipient, and its count.
+fn bounced(
+    shared: &Shared,
+    id: QueueId,
+    rcpt: &str,
+    reply: &str,
+    delay: Delay,
+    status: EnhancedStatus,
+) {
+    tracing::info!(id = %id, rcpt = %format_args!("<{rcpt}>"), %delay, dsn = %status, reply = ?reply, "bounced");
+    Metrics::count(&shared.metrics.recipients_bounced);
+}
+
+/// A report queued with the results it is about (the `accepted DSN` line).
+struct Queued {
+    id: QueueId,
+    kind: Kind,
+    size: usize,
+}
+
+impl Queued {
+    fn log(&self, original: QueueId) {
+        let (id, size, report) = (self.id, self.size, self.kind.name());
+        tracing::info!(id = %id, from = "<>", rcpts = 1, size, orig_id = %original, report, "accepted DSN");
+    }
+}
+
+/// The reports `reports` calls for to `message`'s sender, as its DSN request (`dsn`; none:
+/// failure reports as relayd has always written them) asks, added to `batch`, which commits
+/// them with the results they report: so a report is never lost nor made twice. None of any
+/// kind for the null sender (a bounce is never bounced). The reports queued.
+fn sender_reports(
+    shared: &Shared,
+    config: &Config,
+    message: &MessageRecord,
+    dsn: Option<&Dsn>,
+    reports: &Reports<'_>,
+    now: u64,
+    batch: &mut Batch,
+) -> Vec<Queued> {
+    let envelope = &message.envelope;
+    let mut queued = Vec::new();
+    if envelope.sender.is_empty() {
+        return queued;
+    }
+    let ret = dsn.and_then(|dsn| dsn.ret);
+    let envid = dsn.and_then(|dsn| dsn.envid.as_deref());
+    for (kind, about) in [
+        (Kind::Failure, &reports.failed),
+        (Kind::Delay, &reports.delayed),
+        (Kind::Relayed, &reports.relayed),
+    ] {
+        if about.recipients.is_empty() {
+            continue;
+        }
+        let hostname = &config.smtp.hostname;
+        let headers = dsn::original_headers(message, &shared.spool);
+        let content = if dsn.is_none() {
+            // No DSN parameters: a failure report, as relayd has always written it.
+            dsn::build(hostname, message, &about.recipients, &headers, now)
+        } else {
+            let whole = (kind == Kind::Failure && ret == Some(Ret::Full))
+                .then(|| dsn::original_message(message, &shared.spool))
+                .flatten();
+            let returned = match &whole {
+                Some(whole) => Returned::Message(whole),
+                None => Returned::Headers(&headers),
+            };
+            let notice = Notice { kind, envid, orcpts: about.orcpts.clone(), returned };
+            dsn::report(hostname, message, &notice, &about.recipients, now)
+        };
+        let Some((change, body)) = report_message(shared, config, envelope, &content) else {
+            continue;
+        };
+        if kind == Kind::Delay {
+            let recipients = reports.delayed_indexes.clone();
+            batch.changes.push(Change::DelayReported { id: envelope.id, recipients });
+        }
+        queued.push(Queued { id: body.id(), kind, size: content.len() });
+        batch.changes.push(change);
+        batch.bodies.push(body);
+    }
+    queued
 }
 
 /// The recipients one report is about, with their ORCPTs in the same order.
@@ -614,6 +716,58 @@ fn report_message(
         smtputf8: !envelope.sender.is_ascii(),
     });
     Some((accepted, body))
+}
+
+/// What an operator's bounce records for each pending recipient, and its DSN reports.
+fn operator_bounce() -> Reply {
+    Reply::ours([5, 0, 0], "message bounced by the mail system's operator")
+}
+
+/// `relayd queue bounce`'s commit for `ids` at `now`: each queued message's pending recipients
+/// bounced ([`operator_bounce`]), with the failure report to its sender that its DSN request
+/// allows (none for a recipient with NOTIFY=NEVER, or without FAILURE), in one batch; the
+/// runner forgets the messages (gone with the commit) and delivers the reports.
+pub(super) fn bounce_now(shared: &Shared, ids: &[QueueId], now: u64) -> Result<Batch, SpoolError> {
+    let config = shared.config.load_full();
+    let reply = operator_bounce();
+    let recorded = reply.to_string();
+    let status = dsn::status(&reply, false);
+    let mut batch = Batch { changes: Vec::new(), bodies: Vec::new(), then: Vec::new() };
+    for &id in ids {
+        let Some(message) = shared.spool.get(id)? else { continue };
+        let request = shared.spool.dsn(id)?;
+        let envelope = &message.envelope;
+        let delay = Delay { received_at_ms: envelope.received_at_ms, now };
+        let pending: Vec<(u32, &str)> = (0u32..)
+            .zip(envelope.recipients.iter().zip(&message.recipients))
+            .filter(|(_, (_, state))| state.is_pending())
+            .map(|(index, (rcpt, _))| (index, rcpt.as_str()))
+            .collect();
+        let mut reports = Reports::default();
+        for &(index, recipient) in &pending {
+            bounced(shared, id, recipient, &recorded, delay, status);
+            let wanted = request.as_ref().and_then(|dsn| dsn.recipient(index));
+            let notify = wanted.and_then(|w| w.request.notify);
+            if notify.is_none_or(|n| n.failure) {
+                let about = dsn::Failed { recipient, reply: &reply, relay: None, expired: false };
+                reports.failed.push(about, wanted.and_then(|w| w.request.orcpt.as_ref()));
+            }
+        }
+        let results = pending
+            .iter()
+            .map(|&(index, _)| (index, RecipientState::Bounced { reply: recorded.clone() }))
+            .collect();
+        batch.changes.push(Change::Attempted { id, results });
+        batch.then.push(RunnerRequest::Forget(id));
+        let queued =
+            sender_reports(shared, &config, &message, request.as_ref(), &reports, now, &mut batch);
+        for report in queued {
+            // Said before the commit: an operator's bounce is a batch of many messages.
+            report.log(id);
+            batch.then.push(RunnerRequest::Queued(report.id));
+        }
+    }
+    Ok(batch)
 }
 
 /// The `delay=` of a delivery log line: the seconds since the message was accepted, with two

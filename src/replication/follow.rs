@@ -19,8 +19,8 @@ use super::{
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
 use crate::spool::{
-    BodyWriter, Change, Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Spool,
-    SpoolError,
+    BodyWriter, Change, Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Rewound,
+    Spool, SpoolError,
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,6 +165,8 @@ async fn session(
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
     // DSN requests arrive, like bodies, before the snapshot or rewind frame that needs them.
     let mut dsn: HashMap<QueueId, Dsn> = HashMap::new();
+    // The holds of the rewind to come, sent before it.
+    let mut rewind_held = Vec::new();
     let mut roles = context.role.clone();
     // The last beat received: acks echo it.
     let mut beat = 0;
@@ -189,6 +191,7 @@ async fn session(
                 frame,
                 Frame::Chunk { .. }
                     | Frame::Dsn(_)
+                    | Frame::Held(_)
                     | Frame::Rewind { .. }
                     | Frame::SnapshotBegin { .. }
             )
@@ -202,8 +205,10 @@ async fn session(
                 };
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
-                let requests = take_dsn(&mut dsn, &messages);
-                spool.rewind(to, history, messages, requests, absent, needed).await?;
+                let dsn = take_dsn(&mut dsn, &messages);
+                let held = std::mem::take(&mut rewind_held);
+                let state = Rewound { messages, dsn, held, absent };
+                spool.rewind(to, history, state, needed).await?;
                 tracing::warn!(
                     at = to.seq,
                     messages = touched.len(),
@@ -243,6 +248,9 @@ async fn session(
                 dsn.clear();
                 spool.wipe().await?;
             }
+            // Before a rewind: kept for it. In a snapshot: its messages came first.
+            Frame::Held(held) if branch.is_some() => rewind_held = held,
+            Frame::Held(held) => spool.install_held(held).await?,
             Frame::SnapshotMessages(messages) => {
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
@@ -369,18 +377,10 @@ where
             return Ok(None);
         }
         expected += 1;
-        let id = match &record.change {
-            Change::Accepted(envelope) | Change::AcceptedWithDsn { envelope, .. } => envelope.id,
-            Change::Attempted { id, .. }
-            | Change::Removed { id }
-            | Change::DelayReported { id, .. } => *id,
-            // Touches no message (a rewind leaves the node's pause as it is).
-            Change::EpochStarted | Change::FailoverPaused { .. } | Change::EpochNoted(_) => {
-                continue;
+        for &id in record.change.messages() {
+            if seen.insert(id) {
+                touched.push(id);
             }
-        };
-        if seen.insert(id) {
-            touched.push(id);
         }
         // Named in one Hello, and answered in one frame: past this, a snapshot.
         if touched.len() > MAX_REWIND_MESSAGES {
@@ -442,6 +442,7 @@ async fn salvage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::Change;
 
     fn history(starts: &[(u64, u64)]) -> Vec<EpochStart> {
         starts.iter().map(|&(epoch, first_seq)| EpochStart { epoch, first_seq }).collect()

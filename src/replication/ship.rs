@@ -217,8 +217,8 @@ fn resume_from(
 }
 
 /// Answers a rejoining old primary's request to drop the branch of its log: our state of every
-/// message that branch touched, with their bodies, and the ones we no longer hold. False, with
-/// nothing sent, when that state would not fit in one frame: a snapshot then.
+/// message that branch touched, with their bodies and their holds, and the ones we no longer
+/// hold. False, with nothing sent, when that state would not fit in one frame: a snapshot then.
 async fn rewind(
     writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
@@ -236,11 +236,17 @@ async fn rewind(
     }
     let ids: Vec<QueueId> = messages.iter().map(|m| m.envelope.id).collect();
     send_dsn(writer, spool, &ids).await?;
+    let mut held = Vec::new();
+    for &id in &ids {
+        held.extend(spool.held_since(id)?.map(|since| (id, since)));
+    }
     tracing::info!(
         messages = messages.len(),
         absent = absent.len(),
+        held = held.len(),
         "rewinding the standby's divergent records"
     );
+    writer.send(Frame::Held(held)).await?;
     writer.send(Frame::Rewind { messages, absent }).await?;
     Ok(true)
 }
@@ -277,9 +283,10 @@ fn rewind_state(
     Ok(Some(RewindState { messages, absent }))
 }
 
-/// Sends every queued message, then the history and position the log continues from. The
-/// messages are read after the position is taken, and every record is a state assignment, so
-/// replaying the log from there converges whatever changed during the iteration.
+/// Sends every queued message, then the holds, then the history and position the log
+/// continues from. The messages and holds are read after the position is taken, and every
+/// record is a state assignment, so replaying the log from there converges whatever changed
+/// during the iteration.
 async fn snapshot(
     writer: &mut Sender<impl AsyncWrite + Unpin>,
     spool: &Spool,
@@ -306,6 +313,9 @@ async fn snapshot(
     }
     if !batch.is_empty() {
         send_snapshot_batch(writer, spool, batch).await?;
+    }
+    for held in spool.held()?.chunks(frame::HELD_BATCH) {
+        writer.send(Frame::Held(held.to_vec())).await?;
     }
     let state = Frame::SnapshotState {
         notes: spool.epoch_notes()?,

@@ -42,7 +42,7 @@ use super::record::{
     Change, Dsn, Envelope, EpochNote, EpochStart, LogPosition, LogRecord, MessageRecord,
     RecipientState,
 };
-use super::{ErrorKind, QueueId, SpoolError};
+use super::{ErrorKind, QueueId, Rewound, SpoolError};
 use super::{Opened, retention, tables};
 
 /// At most this many requests wait for the committer, and share one batch: it bounds the
@@ -100,20 +100,15 @@ pub(super) enum Request {
     Install(Vec<MessageRecord>, Vec<(QueueId, Dsn)>, Reply),
     /// A standby takes a snapshot's state besides its messages: epoch notes, the pause.
     InstallState { notes: Vec<EpochNote>, failover_paused: bool, done: Reply },
+    /// A standby installs a snapshot's holds: these messages (installed already) are held,
+    /// since the time given.
+    InstallHeld(Vec<(QueueId, u64)>, Reply),
     /// A standby ends a snapshot: the log continues after `last` with this epoch history.
     Resume { history: Vec<EpochStart>, last: LogPosition, done: Reply },
     /// A standby (an old primary, rejoining) drops its log's records after `to`, a branch the
     /// primary's history does not share, and takes the primary's state of the messages that
-    /// branch touched: `messages` as the primary holds them (their bodies were written
-    /// already) with the DSN requests of those that have one, `absent` ones it no longer holds.
-    Rewind {
-        to: LogPosition,
-        history: Vec<EpochStart>,
-        messages: Vec<MessageRecord>,
-        dsn: Vec<(QueueId, Dsn)>,
-        absent: Vec<QueueId>,
-        done: Reply,
-    },
+    /// branch touched ([`Rewound`]).
+    Rewind { to: LogPosition, history: Vec<EpochStart>, state: Rewound, done: Reply },
     /// Node state outside the log (the role), made durable like the rest.
     State { key: &'static str, value: Vec<u8>, done: Reply },
     /// Nothing to stage: a durable commit of everything sent before it.
@@ -148,6 +143,7 @@ impl Request {
             | Request::Wipe(done)
             | Request::Install(_, _, done)
             | Request::InstallState { done, .. }
+            | Request::InstallHeld(_, done)
             | Request::Resume { done, .. }
             | Request::Rewind { done, .. }
             | Request::State { done, .. }
@@ -507,6 +503,7 @@ pub(super) struct Staging<'t> {
     receiving: Table<'t, u128, ()>,
     state: Table<'t, &'static str, &'static [u8]>,
     marks: Table<'t, u64, (u64, u64)>,
+    held: Table<'t, u128, u64>,
     dsn: Table<'t, u128, &'static [u8]>,
     /// Kept across a wipe, like the node's own state: what it knew of past epochs.
     epoch_notes: Table<'t, u64, &'static [u8]>,
@@ -536,6 +533,7 @@ impl<'t> Staging<'t> {
             receiving: txn.open_table(tables::RECEIVING)?,
             state: txn.open_table(tables::STATE)?,
             marks: txn.open_table(tables::MARKS)?,
+            held: txn.open_table(tables::HELD)?,
             dsn: txn.open_table(tables::DSN)?,
             epoch_notes: txn.open_table(tables::EPOCH_NOTES)?,
             history,
@@ -617,8 +615,12 @@ impl<'t> Staging<'t> {
                     .and_then(|()| self.set_failover_paused(failover_paused));
                 (Some(done), installed.map(|()| Ok(last)))
             }
-            Request::Rewind { to, history, messages, dsn, absent, done } => {
-                let rewound = self.rewind(to, *next_seq, history, messages, &dsn, absent);
+            Request::InstallHeld(held, done) => {
+                let installed = held.into_iter().try_for_each(|(id, since)| self.hold(id, since));
+                (Some(done), installed.map(|()| Ok(last)))
+            }
+            Request::Rewind { to, history, state, done } => {
+                let rewound = self.rewind(to, *next_seq, history, state);
                 *next_seq = to.seq.saturating_add(1);
                 (Some(done), rewound.map(|()| Ok(to)))
             }
@@ -734,6 +736,7 @@ impl<'t> Staging<'t> {
         self.bodies.retain(|_, _| false)?;
         self.receiving.retain(|_, _| false)?;
         self.marks.retain(|_, _| false)?;
+        self.held.retain(|_, _| false)?;
         self.dsn.retain(|_, _| false)?;
         self.state.remove(tables::EPOCH_HISTORY)?;
         self.state.remove(tables::RESUMED)?;
@@ -774,27 +777,32 @@ impl<'t> Staging<'t> {
     }
 
     /// Drops the log records from `to` + 1 up to (not including) `next_seq`, takes `history`,
-    /// and sets the given messages to the primary's state.
+    /// and sets the messages of `state` to the primary's state, their DSN requests and holds
+    /// included.
     fn rewind(
         &mut self,
         to: LogPosition,
         next_seq: u64,
         history: Vec<EpochStart>,
-        messages: Vec<MessageRecord>,
-        dsn: &[(QueueId, Dsn)],
-        absent: Vec<QueueId>,
+        state: Rewound,
     ) -> Result<(), SpoolError> {
+        let Rewound { messages, dsn, held, absent } = state;
         if to.seq.saturating_add(1) < next_seq {
             self.log.retain_in(to.seq.saturating_add(1)..next_seq, |_, _| false)?;
         }
         self.history = history;
         self.state.insert(tables::EPOCH_HISTORY, postcard::to_stdvec(&self.history)?.as_slice())?;
         for message in messages {
-            // The primary's state of the message: its DSN request as it has it, or none.
+            // The primary's state of the message: its DSN request and its hold as it has
+            // them, or none.
             self.dsn.remove(message.envelope.id.as_u128())?;
+            self.held.remove(message.envelope.id.as_u128())?;
             self.install(message)?;
         }
-        self.put_dsn_all(dsn)?;
+        self.put_dsn_all(&dsn)?;
+        for (id, since) in held {
+            self.hold(id, since)?;
+        }
         for id in absent {
             if self.message(id)?.is_some() {
                 self.remove(id)?;
@@ -878,6 +886,16 @@ impl<'t> Staging<'t> {
             }
             Change::FailoverPaused { paused } => self.set_failover_paused(*paused)?,
             Change::EpochNoted(note) => self.note_epoch(note)?,
+            Change::Held { ids, since_ms } => {
+                for id in ids {
+                    self.hold(*id, *since_ms)?;
+                }
+            }
+            Change::Released { ids } => {
+                for id in ids {
+                    self.held.remove(id.as_u128())?;
+                }
+            }
         }
         self.log.insert(record.position.seq, postcard::to_stdvec(record)?.as_slice())?;
         Ok(())
@@ -928,8 +946,18 @@ impl<'t> Staging<'t> {
         }
     }
 
-    /// Removes a stored message and its body.
+    /// Holds a queued message since `since_ms`; one held already keeps its first time, and an
+    /// id no longer queued (delivered or deleted meanwhile) is skipped.
+    fn hold(&mut self, id: QueueId, since_ms: u64) -> Result<(), SpoolError> {
+        if self.held.get(id.as_u128())?.is_none() && self.message(id)?.is_some() {
+            self.held.insert(id.as_u128(), since_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a stored message, its body and its hold.
     fn remove(&mut self, id: QueueId) -> Result<(), SpoolError> {
+        self.held.remove(id.as_u128())?;
         self.bodies.retain_in(tables::body_range(id.as_u128()), |_, _| false)?;
         self.messages.remove(id.as_u128())?;
         self.dsn.remove(id.as_u128())?;

@@ -237,27 +237,25 @@ impl Spool {
             .map(|_| ())
     }
 
+    /// A standby stores a snapshot's holds: these messages, stored already, are held since
+    /// the time given.
+    pub async fn install_held(&self, held: Vec<(QueueId, u64)>) -> Result<(), SpoolError> {
+        self.submit(|done| commit::Request::InstallHeld(held, done)).await.map(|_| ())
+    }
+
     /// A standby (an old primary, rejoining) drops the branch of its log after `to` and takes
-    /// the primary's state of the messages it touched (see `commit::Request::Rewind`).
+    /// the primary's state of the messages it touched, their DSN requests and holds included
+    /// (see `commit::Request::Rewind`).
     pub async fn rewind(
         &self,
         to: LogPosition,
         history: Vec<EpochStart>,
-        messages: Vec<MessageRecord>,
-        dsn: Vec<(QueueId, Dsn)>,
-        absent: Vec<QueueId>,
+        state: Rewound,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
-        self.submit_with(bodies, |done| commit::Request::Rewind {
-            to,
-            history,
-            messages,
-            dsn,
-            absent,
-            done,
-        })
-        .await
-        .map(|_| ())
+        self.submit_with(bodies, |done| commit::Request::Rewind { to, history, state, done })
+            .await
+            .map(|_| ())
     }
 
     /// A standby stores a snapshot's state besides its messages: the primary's epoch notes
@@ -463,6 +461,22 @@ impl Spool {
         }
     }
 
+    /// Since when (Unix ms) an operator holds message `id`; None when it is not held (or not
+    /// queued).
+    pub fn held_since(&self, id: QueueId) -> Result<Option<u64>, SpoolError> {
+        let table = self.read()?.open_table(tables::HELD)?;
+        Ok(table.get(id.as_u128())?.map(|since| since.value()))
+    }
+
+    /// Every held message and since when, in queue order.
+    pub fn held(&self) -> Result<Vec<(QueueId, u64)>, SpoolError> {
+        let table = self.read()?.open_table(tables::HELD)?;
+        let entries = table
+            .iter()?
+            .map(|entry| entry.map(|(id, since)| (QueueId::from_u128(id.value()), since.value())));
+        Ok(entries.collect::<Result<_, _>>()?)
+    }
+
     /// The DSN request of a message accepted with DSN parameters (RFC 3461); None for any
     /// other message, or one no longer queued.
     pub fn dsn(&self, id: QueueId) -> Result<Option<Dsn>, SpoolError> {
@@ -611,6 +625,18 @@ impl Spool {
         self.inner.committer.send(Vec::new(), request(done)).await?;
         result.await.map_err(|_| SpoolError::closed())?
     }
+}
+
+/// A primary's state of the messages a rejoining standby's branch touched, which
+/// [`Spool::rewind`] takes: those it holds (their bodies were written already), the DSN
+/// requests of those that have one, the holds of those held (the others are not), and the ids
+/// it no longer holds.
+#[derive(Debug, Default)]
+pub struct Rewound {
+    pub messages: Vec<MessageRecord>,
+    pub dsn: Vec<(QueueId, Dsn)>,
+    pub held: Vec<(QueueId, u64)>,
+    pub absent: Vec<QueueId>,
 }
 
 /// What [`Spool::trim_log`] did.

@@ -1,4 +1,4 @@
-//! Opening the spool file: redb's settings, the format check (a format 1 spool migrated), a
+//! Opening the spool file: redb's settings, the format check (formats 1 and 2 migrated), a
 //! sled-based relayd's spool refused with the command that imports it, a damaged file refused
 //! with what to do, and the bodies of messages never committed removed.
 
@@ -176,8 +176,9 @@ fn prepare(db: Database) -> Result<Opened, SpoolError> {
             }
             // Format 1 lacks the log's marks: the seal below marks its whole log as of now (its
             // records then count as this young: kept longer, never shorter). Formats 1 and 2
-            // lack the `dsn` and `epoch_notes` tables, which the staging below creates empty: no
-            // message of theirs was accepted with DSN parameters, and their epochs have no notes.
+            // lack the `dsn`, `epoch_notes` and `held` tables, which the staging below creates
+            // empty: no message of theirs was accepted with DSN parameters or held, and their
+            // epochs have no notes.
             Some(from @ (tables::FORMAT_WITHOUT_MARKS | tables::FORMAT_0_1_0)) => {
                 meta.insert(tables::FORMAT_KEY, tables::FORMAT)?;
                 tracing::info!(from, to = tables::FORMAT, "spool format migrated");

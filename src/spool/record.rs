@@ -60,6 +60,12 @@ pub enum Change {
     /// Who began this record's epoch, when and why: committed with the epoch's
     /// `EpochStarted`, in the same batch, right after it. Protocol 2.
     EpochNoted(EpochNote),
+    /// An operator held these messages at `since_ms` (Unix ms): none is delivered, nor expired,
+    /// until it is released. A message held already keeps its first time; an id no longer
+    /// queued is skipped. Protocol 2.
+    Held { ids: Vec<QueueId>, since_ms: u64 },
+    /// An operator released these held messages: they are delivered again. Protocol 2.
+    Released { ids: Vec<QueueId> },
 }
 
 impl Change {
@@ -76,7 +82,23 @@ impl Change {
             Change::AcceptedWithDsn { .. }
             | Change::DelayReported { .. }
             | Change::FailoverPaused { .. }
-            | Change::EpochNoted(_) => 2,
+            | Change::EpochNoted(_)
+            | Change::Held { .. }
+            | Change::Released { .. } => 2,
+        }
+    }
+
+    /// The messages this change is about (none for an epoch's start).
+    pub fn messages(&self) -> &[QueueId] {
+        match self {
+            Change::EpochStarted | Change::FailoverPaused { .. } | Change::EpochNoted(_) => &[],
+            Change::Accepted(envelope) | Change::AcceptedWithDsn { envelope, .. } => {
+                std::slice::from_ref(&envelope.id)
+            }
+            Change::Attempted { id, .. }
+            | Change::Removed { id }
+            | Change::DelayReported { id, .. } => std::slice::from_ref(id),
+            Change::Held { ids, .. } | Change::Released { ids } => ids,
         }
     }
 
@@ -116,6 +138,12 @@ impl Change {
             Change::FailoverPaused { .. } | Change::EpochNoted(_) => {
                 Change::Attempted { id: QueueId::from_bytes([0; 16]), results: vec![] }
             }
+            // Relayd 0.1.0 knows no holds: it delivers the message as if never held, which is
+            // what it would have done. The stand-in leaves the message as it is there.
+            Change::Held { ids, .. } | Change::Released { ids } => Change::Attempted {
+                id: ids.first().copied().unwrap_or(QueueId::from_bytes([0; 16])),
+                results: vec![],
+            },
             change => change,
         }
     }
@@ -307,5 +335,20 @@ mod tests {
             assert_eq!(change.clone().for_protocol(1), no_op);
             assert_eq!(change.clone().for_protocol(2), change);
         }
+    }
+
+    #[test]
+    fn holds_are_protocol_2_and_an_older_peer_gets_a_no_op_attempt_instead() {
+        let (a, b) = (QueueId::from_bytes([1; 16]), QueueId::from_bytes([2; 16]));
+        let held = Change::Held { ids: vec![a, b], since_ms: 7 };
+        let released = Change::Released { ids: vec![b] };
+        assert_eq!((held.since_protocol(), released.since_protocol()), (2, 2));
+        assert_eq!(held.messages(), [a, b]);
+        assert_eq!(held.clone().for_protocol(2), held);
+        assert_eq!(held.for_protocol(1), Change::Attempted { id: a, results: vec![] });
+        assert_eq!(released.for_protocol(1), Change::Attempted { id: b, results: vec![] });
+        let none = Change::Released { ids: vec![] }.for_protocol(1);
+        assert_eq!(none, Change::Attempted { id: QueueId::from_bytes([0; 16]), results: vec![] });
+        assert_eq!(Change::Removed { id: a }.for_protocol(1), Change::Removed { id: a });
     }
 }

@@ -15,18 +15,20 @@
 //! | `marks`     | sequence                    | (Unix ms, log bytes through it): [`super::retention`] |
 //! | `dsn`       | queue id                    | [`Dsn`](super::Dsn) (postcard): only for a message accepted with DSN parameters |
 //! | `epoch_notes` | epoch                     | [`EpochNote`](super::EpochNote) (postcard): who began it, why |
+//! | `held`      | queue id                    | Unix ms: an operator held the message then |
 
 use redb::TableDefinition;
 
 /// The format of the spool: the tables above and their encodings. Stored under [`FORMAT_KEY`]
 /// in `meta` when the file is created and checked at every open; a change that an older relayd
 /// could not read takes a new number (and an import path). Format 2 added `marks`; format 3
-/// (relayd 0.2.0) `dsn` and `epoch_notes`. An older spool is migrated at open: its log marked
-/// as of the open, the new tables created empty (its epochs have no notes).
+/// (relayd 0.2.0) `dsn`, `epoch_notes` and `held`. An older spool is migrated at open: its log
+/// marked as of the open, the new tables created empty by the open's transaction (its epochs
+/// have no notes, none of its messages is held).
 pub const FORMAT: u64 = 3;
 /// The format before `marks`: migrated at open.
 pub const FORMAT_WITHOUT_MARKS: u64 = 1;
-/// The format of relayd 0.1.0, before `dsn` and `epoch_notes`: migrated at open.
+/// The format of relayd 0.1.0, before `dsn`, `epoch_notes` and `held`: migrated at open.
 pub const FORMAT_0_1_0: u64 = 2;
 pub const FORMAT_KEY: &str = "format";
 
@@ -44,6 +46,9 @@ pub const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks"
 pub const DSN: TableDefinition<u128, &[u8]> = TableDefinition::new("dsn");
 /// Who began each epoch, when and why, by epoch (`Change::EpochNoted`).
 pub const EPOCH_NOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("epoch_notes");
+/// The messages an operator holds (never delivered nor expired until released): since when,
+/// in Unix ms, as the primary's `Held` record says. Derived from the log like `messages`.
+pub const HELD: TableDefinition<u128, u64> = TableDefinition::new("held");
 
 /// Body chunk size: what a session buffers before handing a chunk to the committer. redb
 /// gives an entry larger than a page a page of the next power of two: a chunk of exactly

@@ -297,9 +297,12 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
         spool.ensure_epoch().await.expect("epoch");
         accept_some(&spool, 5).await
     };
-    // What relayd before format 2 left: format 1, no marks table (nor dsn, nor epoch notes).
-    let path =
-        as_format(dir.path(), tables::FORMAT_WITHOUT_MARKS, &["marks", "dsn", "epoch_notes"]);
+    // What relayd before format 2 left: format 1, no marks table (nor the tables of format 3).
+    let path = as_format(
+        dir.path(),
+        tables::FORMAT_WITHOUT_MARKS,
+        &["marks", "dsn", "epoch_notes", "held"],
+    );
     let before = now_ms();
     let spool = Spool::open(dir.path()).expect("a format 1 spool opens");
     let marks = stored_marks(&spool);
@@ -310,7 +313,7 @@ async fn a_format_1_spool_is_migrated_at_open_its_log_marked() {
     for id in ids {
         assert!(spool.get(id).expect("get").is_some(), "{id} kept");
     }
-    // It is format 2 now, and goes on marking.
+    // It is of the current format now, and goes on marking.
     accept_some(&spool, 1).await;
     assert_eq!(stored_marks(&spool).last().map(|m| m.seq), Some(spool.last_position().seq));
     drop(spool);
@@ -436,6 +439,53 @@ async fn a_mostly_free_spool_file_is_compacted_at_start() {
     spool.accept(envelope(id), body).await.expect("the compacted spool takes mail");
 }
 
+#[tokio::test]
+async fn holds_follow_the_log_survive_a_reopen_and_go_with_their_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = {
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.ensure_epoch().await.expect("epoch");
+        let ids = accept_some(&spool, 3).await;
+        let gone = QueueId::new();
+        let held = Change::Held { ids: vec![ids[0], ids[1], gone], since_ms: 1_000 };
+        spool.commit(vec![held], Vec::new()).await.expect("hold");
+        // Held again later: the first time stays.
+        let again = Change::Held { ids: vec![ids[0]], since_ms: 2_000 };
+        spool.commit(vec![again], Vec::new()).await.expect("hold again");
+        assert_eq!(spool.held().expect("held"), vec![(ids[0], 1_000), (ids[1], 1_000)]);
+        ids
+    };
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.held_since(ids[0]).expect("read"), Some(1_000), "a hold survives a restart");
+    assert_eq!(spool.held_since(ids[2]).expect("read"), None);
+    spool.commit(vec![Change::Released { ids: vec![ids[0]] }], Vec::new()).await.expect("release");
+    assert_eq!(spool.held_since(ids[0]).expect("read"), None);
+    // A held message delivered or deleted takes its hold along.
+    deliver(&spool, &ids[1..2]).await;
+    assert_eq!(spool.held().expect("held"), vec![]);
+}
+
+#[tokio::test]
+async fn a_rewind_takes_the_primarys_holds_of_the_messages_it_sets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = Spool::open(dir.path()).expect("open");
+    spool.ensure_epoch().await.expect("epoch");
+    let ids = accept_some(&spool, 3).await;
+    let to = spool.last_position();
+    let held = Change::Held { ids: vec![ids[0], ids[2]], since_ms: 5 };
+    spool.commit(vec![held], Vec::new()).await.expect("hold on the branch");
+    let history = spool.epoch_history().expect("history");
+    let primary_state = |id| spool.get(id).expect("get").expect("queued");
+    let messages = vec![primary_state(ids[0]), primary_state(ids[1])];
+    // The primary holds ids[1] (not ids[0]); ids[2] is not among the messages the rewind
+    // sets, so its hold is this node's own still.
+    let held = vec![(ids[1], 9)];
+    let state = Rewound { messages, held, ..Rewound::default() };
+    spool.rewind(to, history, state, vec![]).await.expect("rewind");
+    assert_eq!(spool.held().expect("held"), vec![(ids[1], 9), (ids[2], 5)]);
+    assert_eq!(spool.last_position(), to, "the branch's record is gone");
+}
+
 /// A DSN request for `envelope`'s two recipients: NOTIFY=DELAY,FAILURE with an ORCPT for the
 /// first, NEVER for the second.
 fn dsn_request() -> Dsn {
@@ -514,16 +564,17 @@ fn a_salvaged_message_keeps_the_requests_of_the_recipients_it_keeps() {
 }
 
 #[tokio::test]
-async fn a_format_2_spool_is_migrated_at_open_with_an_empty_dsn_table() {
+async fn a_format_2_spool_is_migrated_at_open_with_empty_dsn_and_held_tables() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ids = {
         let spool = Spool::open(dir.path()).expect("create");
         spool.ensure_epoch().await.expect("epoch");
         accept_some(&spool, 3).await
     };
-    // What relayd 0.1.0 left: format 2, no dsn table (nor epoch notes).
-    let path = as_format(dir.path(), tables::FORMAT_0_1_0, &["dsn", "epoch_notes"]);
+    // What relayd 0.1.0 left: format 2, without the tables of format 3.
+    let path = as_format(dir.path(), tables::FORMAT_0_1_0, &["dsn", "epoch_notes", "held"]);
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
+    assert_eq!(spool.held().expect("the held table is there"), vec![]);
     for &id in &ids {
         assert!(spool.get(id).expect("get").is_some(), "{id} kept");
         assert_eq!(spool.dsn(id).expect("the dsn table is there"), None);
@@ -559,7 +610,10 @@ async fn snapshots_and_rewinds_take_the_dsn_requests_of_their_messages() {
     let to = LogPosition { epoch: 1, seq: 1 };
     let requests = vec![(b, dsn_request())];
     let messages = vec![message(a), message(b)];
-    spool.rewind(to, history, messages, requests, Vec::new(), Vec::new()).await.expect("rewind");
+    spool
+        .rewind(to, history, Rewound { messages, dsn: requests, ..Rewound::default() }, Vec::new())
+        .await
+        .expect("rewind");
     assert_eq!(spool.dsn(a).expect("read"), None);
     assert_eq!(spool.dsn(b).expect("read"), Some(dsn_request()));
     // The next snapshot erases them with the rest.
@@ -656,7 +710,7 @@ async fn epoch_notes_and_the_failover_pause_are_kept_and_replicated_and_format_2
         let spool = Spool::open(dir.path()).expect("create");
         spool.ensure_epoch().await.expect("epoch");
     }
-    let path = as_format(dir.path(), tables::FORMAT_0_1_0, &["dsn", "epoch_notes"]);
+    let path = as_format(dir.path(), tables::FORMAT_0_1_0, &["dsn", "epoch_notes", "held"]);
     let spool = Spool::open(dir.path()).expect("a format 2 spool opens");
     assert_eq!(spool.epoch_notes().expect("notes"), vec![], "epoch 1 was not noted");
     let note = EpochNote {

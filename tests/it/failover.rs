@@ -986,3 +986,63 @@ fn heard_ms_ago(line: &str) -> Option<u128> {
     let (_, after) = line.split_once("was heard ")?;
     after.split_once(" ms ago")?.0.parse().ok()
 }
+
+/// Holds travel with a rewind (guarantee 4's catch-up, docs/operations.md "Hold and release"):
+/// a message held on both nodes is released by the old primary alone, cut off, and another
+/// held there; it dies, the standby is promoted, and the old primary, rejoining, drops its
+/// branch and takes the new primary's state of what that branch touched, holds included: the
+/// first held again (the new primary's `Frame::Held`, since its hold came before the logs
+/// parted), the second not.
+#[test]
+fn a_rejoining_old_primary_takes_the_new_primarys_holds_with_its_rewind() {
+    use crate::admin::{cli, send_from};
+    use common::cluster::{all_attempted, try_get};
+    let options = TrioOptions { replication: "async", retry: r#"["1h"]"#, ..Default::default() };
+    let closed: SocketAddr = CLOSED.parse().expect("an address");
+    let mut trio = Trio::configure(options, [Some(closed), Some(closed)]);
+    for member in ["w", "b", "a"] {
+        trio.launch(member);
+    }
+    trio.wait_ready();
+    let held = |node: &Node| -> Vec<String> {
+        let page = try_get(node, "/queue?state=held").unwrap_or_default();
+        let ids = page["messages"].as_array().cloned().unwrap_or_default();
+        ids.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect()
+    };
+    let data = "Subject: rewound holds\r\n\r\nHeld, or not.\r\n";
+    let x = send_from(&trio.a, "alice@example.org", "x@example.com", data);
+    let y = send_from(&trio.a, "alice@example.org", "y@example.com", data);
+    wait_for("b to hold both messages, tried", || all_attempted(&trio.b, 2));
+    let (code, _, err) = cli(&trio.a, &["queue", "hold", &x]);
+    assert_eq!(code, Some(0), "{err}");
+    wait_for("the hold on b", || held(&trio.b) == [x.clone()]);
+    wait_following(&trio.a, "b to catch up");
+
+    sever(&trio.ab);
+    wait_for("a to see b gone", || {
+        common::cluster::try_status(&trio.a).is_some_and(|s| s["peer"]["connected"] == false)
+    });
+    for (change, id) in [("release", &x), ("hold", &y)] {
+        let (code, out, err) = cli(&trio.a, &["queue", change, id]);
+        assert_eq!(code, Some(0), "{change}: {out}{err}");
+    }
+    assert_eq!(held(&trio.a), std::slice::from_ref(&y), "a's branch");
+    trio.a.kill9();
+    wait_log(&trio.b, "b promoted", "promoted epoch=2", 1);
+    wait_role(&trio.b, "b", "primary", 2);
+    assert_eq!(held(&trio.b), std::slice::from_ref(&x), "b keeps what it followed");
+
+    trio.ab.unblock();
+    trio.a.launch();
+    wait_log(&trio.a, "a steps down", "demoted epoch=2", 1);
+    wait_role(&trio.a, "a", "standby", 2);
+    wait_following(&trio.b, "a to follow b, caught up");
+    assert_eq!(
+        count(&trio.a.log(), "dropped our divergent records"),
+        1,
+        "a rewound its log:\n{}",
+        ha_lines(&trio.a)
+    );
+    assert_eq!(count(&trio.b.log(), "sending a snapshot"), 0, "b sent a snapshot");
+    assert_eq!(held(&trio.a), [x], "a holds what b holds, and only that");
+}
