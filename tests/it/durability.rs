@@ -59,17 +59,19 @@ fn restart_finds_every_message_and_the_log_orders_them() {
         spool.messages().map(|m| m.expect("record").envelope.id.to_string()).collect();
     assert_eq!(queued, acknowledged);
 
-    // The change log: epoch 1 began at seq 1, then one Accepted record per message, in order.
+    // The change log: epoch 1 began at seq 1 (and its note, who began it and why, at seq 2),
+    // then one Accepted record per message, in order.
     let log: Vec<_> = spool.log_from(1).collect::<Result<_, _>>().expect("log");
     assert_eq!(log[0].change, Change::EpochStarted);
     assert_eq!((log[0].position.epoch, log[0].position.seq), (1, 1));
+    assert!(matches!(&log[1].change, Change::EpochNoted(note) if note.epoch == 1), "{:?}", log[1]);
     // Besides one Accepted record per message, the log holds the delivery attempts (to a
     // closed port here: deferred), each an Attempted record.
     let accepted = log.iter().filter(|r| matches!(r.change, Change::Accepted(_))).count();
     assert_eq!(accepted, 40);
     assert!(
         log.iter()
-            .skip(1)
+            .skip(2)
             .all(|r| matches!(r.change, Change::Accepted(_) | Change::Attempted { .. }))
     );
     for pair in log.windows(2) {
