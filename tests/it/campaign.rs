@@ -1,7 +1,10 @@
 //! The black-box fault campaign (tests/it/common/campaign/): seeded schedules of kills, pauses,
-//! cuts, lost disks and start orders against a trio of real relayd processes under a steady
-//! load of mail, each checked for lost mail, two nodes serving at once, duplicates beyond what
-//! was in flight, and the time to serve once healed.
+//! cuts, lost disks and start orders, interleaved with the operator's actions (failover paused
+//! and resumed, a promote while paused, holds and releases, a switchover, a rebuild), against a
+//! trio of real relayd processes under a steady load of mail, each checked for lost mail, two
+//! nodes serving at once, duplicates beyond what was in flight, the time to serve once healed,
+//! held mail delivered, automatic promotions while paused, and a standby's queue unlike its
+//! primary's.
 //!
 //! `cargo test --test it campaign::` runs the short form (4 schedules, [`SHORT_FORM`], about three
 //! minutes) and the checker's and the generator's own tests. The long form: `scripts/campaign.sh` (or
@@ -26,7 +29,8 @@ use common::campaign::{self as campaign, Settings};
 /// reproduces: 14 and 36 (a standby started before the primary serves alone, and its mail is
 /// lost when the primary starts), 25 (that, then the primary's disk replaced: its empty spool
 /// wipes the standby), 65 (a deposed primary alone after its successor died never serves
-/// again). Each also has failovers that go right.
+/// again). Each also has failovers that go right, and between them they draw every operator's
+/// action ([`the_short_form_draws_every_operator_action`]).
 const SHORT_FORM: [u64; 4] = [14, 25, 36, 65];
 
 #[test]
@@ -429,4 +433,20 @@ fn the_checker_flags_a_standby_queue_unlike_the_primary_s() {
     let diverged = verdict.diverged.clone().unwrap_or_default();
     assert!(diverged.contains(r#"only a's ["X held", "Y"], only b's ["X"]"#), "{diverged}");
     assert!(verdict.violations().iter().any(|v| v.starts_with("diverged:")));
+}
+
+/// CI's short form exercises every operator's action (on top of the bug classes it keeps).
+#[test]
+fn the_short_form_draws_every_operator_action() {
+    let mut drawn = BTreeSet::new();
+    for seed in SHORT_FORM {
+        for step in Schedule::generate(seed, 3, AIM).steps {
+            if let Action::Operator(op) = step.action {
+                drawn.insert(op.to_string().split(' ').next().unwrap_or("").to_string());
+            }
+        }
+    }
+    for kind in ["pause", "resume", "promote", "switchover", "rebuild", "hold", "release"] {
+        assert!(drawn.contains(kind), "{kind} never drawn by {SHORT_FORM:?}: {drawn:?}");
+    }
 }

@@ -209,6 +209,8 @@ impl Schedule {
     /// episodes (each a fault and its end), starting 0.5 to 4 s apart, so that some overlap.
     /// In half the schedules the next hops refuse mail from the start (so that the nodes hold
     /// a queue when the faults strike) until some point of the faults, or until the heal.
+    /// Then one to [`OPERATOR_EPISODES`] operator episodes, each starting at a random moment of
+    /// the faults' span.
     pub fn generate(seed: u64, faults: usize, aim: Aim) -> Schedule {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut steps = Vec::new();
