@@ -374,14 +374,25 @@ fn the_checker_demands_service_only_where_the_faults_allow_it() {
 // The operator's actions.
 
 /// m3 held from 1 s (before its delivery at 2.72 s) and released at 5 s: its delivery is a
-/// violation; a delivery after the release is not, nor one that began before the hold.
+/// violation; a delivery after the release is not, nor one that began before the hold; one of
+/// a hold a primary took alone is counted apart.
 #[test]
 fn the_checker_flags_a_delivery_of_a_held_message() {
     let mut h = clean();
-    h.holds.push(Hold { id: "m5".into(), held: ms(6_000), released: None });
-    h.holds.push(Hold { id: "m4".into(), held: ms(1_000), released: Some(ms(2_000)) });
-    assert!(check::check(&h, &LIMITS).violations().is_empty());
-    h.holds.push(Hold { id: "m3".into(), held: ms(1_000), released: Some(ms(5_000)) });
+    let hold = |id: &str, held: u64, released: Option<u64>, alone: bool| Hold {
+        id: id.into(),
+        held: ms(held),
+        released: released.map(ms),
+        alone,
+    };
+    h.holds.push(hold("m5", 6_000, None, false));
+    h.holds.push(hold("m4", 1_000, Some(2_000), false));
+    // Taken by a primary alone: counted, not a violation.
+    h.holds.push(hold("m2", 1_000, None, true));
+    let verdict = check::check(&h, &LIMITS);
+    assert!(verdict.violations().is_empty(), "{verdict:#?}");
+    assert_eq!(verdict.held_alone_delivered, vec!["m2".to_string()]);
+    h.holds.push(hold("m3", 1_000, Some(5_000), false));
     let verdict = check::check(&h, &LIMITS);
     assert_eq!(verdict.held_delivered, vec!["m3".to_string()]);
     assert!(verdict.violations().iter().any(|v| v.starts_with("held: 1")), "{verdict:#?}");

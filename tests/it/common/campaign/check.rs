@@ -131,6 +131,11 @@ pub struct Hold {
     pub held: Duration,
     /// When its release was asked for, if it was.
     pub released: Option<Duration>,
+    /// The primary that took it was not in sync with its standby (degraded): deposed before
+    /// its standby had the hold, the new primary may deliver the message until the old one
+    /// returns with it (docs/operations.md, "Hold and release"), so such a delivery is counted
+    /// apart, not a violation.
+    pub alone: bool,
 }
 
 /// A data node became primary.
@@ -229,8 +234,11 @@ pub struct Verdict {
     pub recoveries: Vec<(Window, Option<Duration>)>,
     /// The recovery bound the stretches were held to.
     pub rto_bound: Duration,
-    /// Deliveries of a message while an operator held it.
+    /// Deliveries of a message while an operator held it (a hold its primary shared with
+    /// its standby).
     pub held_delivered: Vec<String>,
+    /// The same, of holds taken by a primary alone (the documented window).
+    pub held_alone_delivered: Vec<String>,
     /// Automatic promotions while failover was paused.
     pub paused_promotions: Vec<Promotion>,
     /// How the standby's queue differed from the primary's once healed.
@@ -342,17 +350,19 @@ pub fn check(history: &History, limits: &Limits) -> Verdict {
             .collect(),
         recoveries: recoveries(history, limits),
         rto_bound: limits.rto,
-        held_delivered: held_delivered(history),
+        held_delivered: held_delivered(history, false),
+        held_alone_delivered: held_delivered(history, true),
         paused_promotions: paused_promotions(history),
         diverged: diverged(history),
     }
 }
 
 /// The messages delivered (the delivery's MAIL FROM) after their hold was answered and before
-/// its release was asked for (a delivery already under way when the hold came may finish).
-pub fn held_delivered(history: &History) -> Vec<String> {
+/// its release was asked for (a delivery already under way when the hold came may finish), of
+/// the holds taken by a primary `alone` or not.
+pub fn held_delivered(history: &History, alone: bool) -> Vec<String> {
     let mut found = BTreeSet::new();
-    for hold in &history.holds {
+    for hold in history.holds.iter().filter(|h| h.alone == alone) {
         let held = |at: Duration| at > hold.held && hold.released.is_none_or(|r| at < r);
         if history.deliveries.iter().any(|d| d.id == hold.id && held(d.window.start)) {
             found.insert(hold.id.clone());

@@ -113,6 +113,9 @@ impl Run {
             "duplicates": v.duplicates,
             "in_flight": v.in_flight,
             "two_serving_observations": v.overlaps.len(),
+            "held_delivered": v.held_delivered,
+            "held_alone_delivered": v.held_alone_delivered,
+            "paused_promotions": v.paused_promotions.len(),
             "rto_max_ms": v.rto_max().map(|r| r.as_millis() as u64),
             "rto_final_ms": v.rto_final().map(|r| r.as_millis() as u64),
             "recoveries": v
@@ -847,8 +850,9 @@ impl Episode {
                 self.rng.shuffle(&mut ids);
                 self.hold_asked = true;
                 let before = self.holds.len();
+                let alone = !self.in_sync();
                 for queue_id in ids.into_iter().take(count) {
-                    self.hold(port, &queue_id);
+                    self.hold(port, &queue_id, alone);
                 }
                 if self.holds.len() == before {
                     return Err("nothing held".into());
@@ -870,7 +874,7 @@ impl Episode {
 
     /// Holds the message `queue_id` on the node of admin `port`, recording its Message-ID when
     /// the node says it held it.
-    fn hold(&mut self, port: u16, queue_id: &str) {
+    fn hold(&mut self, port: u16, queue_id: &str, alone: bool) {
         let content = format!("/queue/{queue_id}/content");
         let Some((_, body)) = super::cluster::admin_get(port, &content, ADMIN_PATIENCE) else {
             return;
@@ -883,7 +887,7 @@ impl Episode {
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
             .is_some_and(|json| json["held"] == 1);
         if held {
-            self.holds.push(Hold { id, held: self.at(Instant::now()), released: None });
+            self.holds.push(Hold { id, held: self.at(Instant::now()), released: None, alone });
         }
     }
 
