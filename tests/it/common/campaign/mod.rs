@@ -552,6 +552,23 @@ impl Gates {
     }
 }
 
+/// Why an operator's request did not succeed.
+#[derive(Debug)]
+enum AdminError {
+    /// Nothing answered in time: the request may have been carried out.
+    NoAnswer(String),
+    /// A non-2xx answer.
+    Refused(String),
+}
+
+impl From<AdminError> for String {
+    fn from(error: AdminError) -> String {
+        match error {
+            AdminError::NoAnswer(why) | AdminError::Refused(why) => why,
+        }
+    }
+}
+
 /// The trio, its sinks, and the threads that load and watch it.
 struct Episode {
     trio: Trio,
@@ -827,13 +844,10 @@ impl Episode {
                 }
                 let standby = self.find("standby").ok_or("no standby answers")?;
                 // Asked for, it may have emptied the spool even without an answer in time.
-                if let Err(why) = self.post(standby, "/rebuild") {
-                    if why.contains("no answer") {
-                        return Ok(Some(standby));
-                    }
-                    return Err(why);
-                }
-                return Ok(Some(standby));
+                return match self.post(standby, "/rebuild") {
+                    Ok(_) | Err(AdminError::NoAnswer(_)) => Ok(Some(standby)),
+                    Err(refused) => Err(refused.into()),
+                };
             }
             Operator::Hold(count) => {
                 let primary = self.find("primary").ok_or("no primary serves")?;
@@ -903,17 +917,17 @@ impl Episode {
 
     /// `POST path` to the data node `m`'s admin endpoint (what the CLI's command does, with
     /// a patience of the run's own); the body of a 2xx answer, or why not.
-    fn post(&self, m: Member, path: &str) -> Result<String, String> {
+    fn post(&self, m: Member, path: &str) -> Result<String, AdminError> {
         let port = self.trio.node(m.name()).admin_port;
         match super::cluster::admin_request(port, "POST", path, "", ADMIN_PATIENCE) {
             Some((head, body)) if head.starts_with("HTTP/1.1 2") => Ok(body),
-            Some((head, body)) => Err(format!(
+            Some((head, body)) => Err(AdminError::Refused(format!(
                 "{path} on {}: {}: {}",
                 m.name(),
                 head.lines().next().unwrap_or(""),
                 body.trim()
-            )),
-            None => Err(format!("{path} on {}: no answer", m.name())),
+            ))),
+            None => Err(AdminError::NoAnswer(format!("{path} on {}: no answer", m.name()))),
         }
     }
 
