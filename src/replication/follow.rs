@@ -436,7 +436,30 @@ async fn salvage(
         tracing::warn!(id = %id, "salvaging: acknowledged here, never replicated");
         count += 1;
     }
+    // The holds an operator took here on our branch go too: dropped with the branch, the new
+    // primary would deliver what the operator was told is held. (An older primary is not sent
+    // them: the Sender leaves a protocol 2 frame out.)
+    let held = branch_holds(spool.log_from(from), spool.held()?)?;
+    if !held.is_empty() {
+        tracing::warn!(messages = held.len(), "salvaging holds taken here, never replicated");
+        writer.send(Frame::Held(held)).await?;
+    }
     Ok(count)
+}
+
+/// The holds of `held` (this node's held table) that a `Held` record of our divergent branch
+/// (`branch`, the log from the fork on) took; one released since is no longer in `held`.
+fn branch_holds(
+    branch: impl IntoIterator<Item = Result<LogRecord, SpoolError>>,
+    held: Vec<(QueueId, u64)>,
+) -> Result<Vec<(QueueId, u64)>, SpoolError> {
+    let mut taken = HashSet::new();
+    for record in branch {
+        if let Change::Held { ids, .. } = record?.change {
+            taken.extend(ids);
+        }
+    }
+    Ok(held.into_iter().filter(|(id, _)| taken.contains(id)).collect())
 }
 
 #[cfg(test)]
@@ -562,5 +585,25 @@ mod tests {
         let last = 49 + MAX_REWIND_MESSAGES as u64;
         let branch = branch_of(ours, &theirs, last, fits).expect("reads").expect("a branch");
         assert_eq!(branch.touched.len(), MAX_REWIND_MESSAGES);
+    }
+
+    /// Seed 2 of the fault campaign: an operator held messages on a primary cut off from its
+    /// standby; deposed, it rejoined and its branch (the holds with it) was dropped, and the
+    /// new primary delivered them. The holds its branch took, and kept, are salvaged; one
+    /// from before the fork (the new primary has it) or released since is not.
+    #[test]
+    fn the_holds_a_branch_took_and_kept_are_salvaged() {
+        let branch = vec![
+            record(2, 50, Change::Held { ids: vec![id(1), id(2)], since_ms: 7 }),
+            record(2, 51, Change::Attempted { id: id(3), results: vec![] }),
+            record(2, 52, Change::Held { ids: vec![id(4)], since_ms: 9 }),
+            record(2, 53, Change::Released { ids: vec![id(2)] }),
+        ];
+        // The held table after the branch: 2 released, 5 held before the fork.
+        let held = vec![(id(1), 7), (id(4), 9), (id(5), 3)];
+        let salvaged = branch_holds(branch, held).expect("reads");
+        assert_eq!(salvaged, vec![(id(1), 7), (id(4), 9)]);
+        let unreadable = vec![Err(SpoolError::corrupt("log"))];
+        assert!(branch_holds(unreadable, vec![(id(1), 7)]).is_err());
     }
 }

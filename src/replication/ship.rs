@@ -400,7 +400,8 @@ async fn stream(
 }
 
 /// Reads what an old primary hands over before its Hello: salvaged messages, accepted here as
-/// new (their pending recipients only), then its Hello.
+/// new (their pending recipients only), the holds it took on its branch (taken here for those
+/// still queued), then its Hello.
 async fn receive_salvage(
     reader: &mut (impl AsyncRead + Unpin),
     replication: &Replicator,
@@ -424,6 +425,16 @@ async fn receive_salvage(
                 }
             }
             Frame::Dsn(received) => requests.extend(received),
+            Frame::Held(held) => {
+                let ids: Vec<QueueId> = held.into_iter().map(|(id, _)| id).collect();
+                let taken = replication.state.delivery.hold_all(&ids).await?;
+                if !taken.is_empty() {
+                    tracing::warn!(
+                        messages = taken.len(),
+                        "salvaged holds the old primary took and we lacked"
+                    );
+                }
+            }
             Frame::Salvage(message) => {
                 let id = message.envelope.id;
                 let body = bodies.remove(&id).unwrap_or_else(|| spool.body_writer(id));

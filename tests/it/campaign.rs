@@ -1,7 +1,10 @@
 //! The black-box fault campaign (tests/it/common/campaign/): seeded schedules of kills, pauses,
-//! cuts, lost disks and start orders against a trio of real relayd processes under a steady
-//! load of mail, each checked for lost mail, two nodes serving at once, duplicates beyond what
-//! was in flight, and the time to serve once healed.
+//! cuts, lost disks and start orders, interleaved with the operator's actions (failover paused
+//! and resumed, a promote while paused, holds and releases, a switchover, a rebuild), against a
+//! trio of real relayd processes under a steady load of mail, each checked for lost mail, two
+//! nodes serving at once, duplicates beyond what was in flight, the time to serve once healed,
+//! held mail delivered, automatic promotions while paused, and a standby's queue unlike its
+//! primary's.
 //!
 //! `cargo test --test it campaign::` runs the short form (4 schedules, [`SHORT_FORM`], about three
 //! minutes) and the checker's and the generator's own tests. The long form: `scripts/campaign.sh` (or
@@ -15,9 +18,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::campaign::check::{
-    self, Ack, DataNode, Delivery, FaultState, History, Limits, Observation, StateChange, Window,
+    self, Ack, DataNode, Delivery, FaultState, History, Hold, Limits, Observation, Promotion,
+    StateChange, Window,
 };
-use common::campaign::schedule::{Action, Aim, Link, Member, Schedule};
+use common::campaign::schedule::{Action, Aim, Link, Member, Operator, Schedule};
 use common::campaign::{self as campaign, Settings};
 
 /// The short form's schedules in `cargo test`, picked from the long runs on 83bdc73
@@ -25,7 +29,8 @@ use common::campaign::{self as campaign, Settings};
 /// reproduces: 14 and 36 (a standby started before the primary serves alone, and its mail is
 /// lost when the primary starts), 25 (that, then the primary's disk replaced: its empty spool
 /// wipes the standby), 65 (a deposed primary alone after its successor died never serves
-/// again). Each also has failovers that go right.
+/// again). Each also has failovers that go right, and between them they draw every operator's
+/// action ([`the_short_form_draws_every_operator_action`]).
 const SHORT_FORM: [u64; 4] = [14, 25, 36, 65];
 
 #[test]
@@ -93,6 +98,51 @@ fn schedules_start_every_node_before_any_fault_and_wipe_at_most_one_data_disk() 
     }
 }
 
+/// Every operator's action is drawn; a pause is always resumed within the schedule (so that
+/// the heal's demand of service means something), a promote only within a pause.
+#[test]
+fn schedules_draw_every_operator_action_and_resume_every_pause() {
+    let mut drawn = BTreeSet::new();
+    for seed in 0..500 {
+        let schedule = Schedule::generate(seed, 3, AIM);
+        let mut paused = 0i32;
+        for step in &schedule.steps {
+            let Action::Operator(op) = step.action else { continue };
+            drawn.insert(op.to_string().split(' ').next().unwrap_or("").to_string());
+            match op {
+                Operator::PauseFailover => paused += 1,
+                Operator::ResumeFailover => paused -= 1,
+                Operator::Promote => assert!(paused > 0, "{schedule}"),
+                _ => {}
+            }
+        }
+        assert_eq!(paused, 0, "{schedule}");
+    }
+    for kind in ["pause", "resume", "promote", "switchover", "rebuild", "hold", "release"] {
+        assert!(drawn.contains(kind), "{kind} never drawn: {drawn:?}");
+    }
+}
+
+/// The operator's stream is apart from the faults': a schedule's faults are what its seed drew
+/// before the operator's actions were added (the seeds of past findings still replay them).
+#[test]
+fn operator_actions_leave_the_faults_of_a_seed_as_they_were() {
+    let faults = |seed| -> Vec<String> {
+        let schedule = Schedule::generate(seed, 3, AIM);
+        let steps = schedule.steps.iter().filter(|s| !matches!(s.action, Action::Operator(_)));
+        steps.map(|s| format!("{:?} {}", s.at, s.action)).collect()
+    };
+    // Seed 14 as 83bdc73 drew it: its first steps.
+    let fourteen = faults(14);
+    assert_eq!(fourteen[..4], ["0ns hold mail", "0ns start b", "3.5s start w", "4.5s start a"]);
+    assert!(
+        Schedule::generate(14, 3, AIM)
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Operator(_)))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checker, on fabricated histories: each invariant it guards must be seen broken.
 
@@ -126,6 +176,12 @@ fn seen(node: DataNode, start: u64, end: u64, serving: bool) -> Observation {
 
 fn state(down: &[Member]) -> FaultState {
     FaultState { down: down.iter().copied().collect(), ..FaultState::default() }
+}
+
+fn paused(at: u64, down: &[Member]) -> StateChange {
+    let mut change = change(at, down);
+    change.state.paused = true;
+    change
 }
 
 fn change(at: u64, down: &[Member]) -> StateChange {
@@ -313,4 +369,95 @@ fn the_checker_demands_service_only_where_the_faults_allow_it() {
     wiped.wiped = Some(Member::A);
     let recoveries = quiet(vec![change(0, &[]), change(10_000, &[Member::A]), wiped]);
     assert_eq!(recoveries.iter().map(|(w, _)| w.start).collect::<Vec<_>>(), [ms(0), ms(10_000)]);
+}
+
+// The operator's actions.
+
+/// m3 held from 1 s (before its delivery at 2.72 s) and released at 5 s: its delivery is a
+/// violation; a delivery after the release is not, nor one that began before the hold; one of
+/// a hold a primary took alone is counted apart.
+#[test]
+fn the_checker_flags_a_delivery_of_a_held_message() {
+    let mut h = clean();
+    let hold = |id: &str, held: u64, released: Option<u64>, alone: bool| Hold {
+        id: id.into(),
+        held: ms(held),
+        released: released.map(ms),
+        alone,
+    };
+    h.holds.push(hold("m5", 6_000, None, false));
+    h.holds.push(hold("m4", 1_000, Some(2_000), false));
+    // Taken by a primary alone: counted, not a violation.
+    h.holds.push(hold("m2", 1_000, None, true));
+    let verdict = check::check(&h, &LIMITS);
+    assert!(verdict.violations().is_empty(), "{verdict:#?}");
+    assert_eq!(verdict.held_alone_delivered, vec!["m2".to_string()]);
+    h.holds.push(hold("m3", 1_000, Some(5_000), false));
+    let verdict = check::check(&h, &LIMITS);
+    assert_eq!(verdict.held_delivered, vec!["m3".to_string()]);
+    assert!(verdict.violations().iter().any(|v| v.starts_with("held: 1")), "{verdict:#?}");
+}
+
+/// b's failover at 13 s while failover was paused on both nodes from 10 s is flagged; an
+/// operator's promote in the pause, or a failover after it, is not.
+#[test]
+fn the_checker_flags_an_automatic_promotion_while_paused() {
+    let mut h = clean();
+    let promotion = |epoch, at, cause: &str| Promotion {
+        node: DataNode::B,
+        epoch,
+        at: ms(at),
+        cause: cause.into(),
+    };
+    h.promotions.push(promotion(2, 13_000, "promote"));
+    h.promotions.push(promotion(3, 16_000, "failover"));
+    h.pauses.push(window(10_000, 15_000));
+    assert!(check::check(&h, &LIMITS).violations().is_empty());
+    h.promotions.push(promotion(4, 14_000, "failover"));
+    let verdict = check::check(&h, &LIMITS);
+    assert_eq!(verdict.paused_promotions.len(), 1, "{verdict:#?}");
+    assert!(verdict.violations().iter().any(|v| v.starts_with("paused: 1")), "{verdict:#?}");
+}
+
+/// While paused, a standby alone with the witness is not expected to take over; the pair whole
+/// still must serve.
+#[test]
+fn the_checker_demands_no_failover_while_paused() {
+    let quiet = |states: Vec<StateChange>| {
+        let h = History { states, end: ms(30_000), ..History::default() };
+        check::recoveries(&h, &LIMITS).iter().map(|(w, _)| w.start).collect::<Vec<_>>()
+    };
+    let unpaused = quiet(vec![change(0, &[]), change(10_000, &[Member::A]), change(20_000, &[])]);
+    assert_eq!(unpaused, [ms(0), ms(10_000), ms(20_000)]);
+    let paused = quiet(vec![change(0, &[]), paused(10_000, &[Member::A]), paused(20_000, &[])]);
+    assert_eq!(paused, [ms(0), ms(20_000)]);
+}
+
+#[test]
+fn the_checker_flags_a_standby_queue_unlike_the_primary_s() {
+    let mut h = clean();
+    let queue = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+    h.final_queues = Some([queue(&["X held"]), queue(&["X held"])]);
+    assert!(check::check(&h, &LIMITS).violations().is_empty());
+    h.final_queues = Some([queue(&["X held", "Y"]), queue(&["X"])]);
+    let verdict = check::check(&h, &LIMITS);
+    let diverged = verdict.diverged.clone().unwrap_or_default();
+    assert!(diverged.contains(r#"only a's ["X held", "Y"], only b's ["X"]"#), "{diverged}");
+    assert!(verdict.violations().iter().any(|v| v.starts_with("diverged:")));
+}
+
+/// CI's short form exercises every operator's action (on top of the bug classes it keeps).
+#[test]
+fn the_short_form_draws_every_operator_action() {
+    let mut drawn = BTreeSet::new();
+    for seed in SHORT_FORM {
+        for step in Schedule::generate(seed, 3, AIM).steps {
+            if let Action::Operator(op) = step.action {
+                drawn.insert(op.to_string().split(' ').next().unwrap_or("").to_string());
+            }
+        }
+    }
+    for kind in ["pause", "resume", "promote", "switchover", "rebuild", "hold", "release"] {
+        assert!(drawn.contains(kind), "{kind} never drawn by {SHORT_FORM:?}: {drawn:?}");
+    }
 }

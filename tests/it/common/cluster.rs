@@ -224,11 +224,23 @@ pub fn admin_get_with(
     headers: &str,
     patience: Duration,
 ) -> Option<(String, String)> {
+    admin_request(port, "GET", path, headers, patience)
+}
+
+/// `METHOD path` (no body) on the admin endpoint at `port` of 127.0.0.1, as [`admin_get_with`].
+pub fn admin_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    patience: Duration,
+) -> Option<(String, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, patience).ok()?;
     stream.set_read_timeout(Some(patience)).ok()?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: relayd\r\n{headers}Connection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relayd\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;

@@ -16,6 +16,13 @@
 //! every stretch of time in which the faults left the cluster able to serve ([`serviceable`])
 //! and that lasted at least the recovery bound, some node must be seen serving within that
 //! bound of the stretch's start. The last stretch, after everything healed, is one of them.
+//! While the operator has paused automatic failover, only the pair itself is held to it: a
+//! paused standby alone with the witness never takes over (the schedule resumes or promotes).
+//!
+//! **The operator's actions** are held to what they promise: a message held (and not released
+//! since) is never delivered; no automatic promotion (an epoch whose cause is `failover`)
+//! begins while the failover is paused on both data nodes; and once healed, the standby holds
+//! the primary's queue, holds included (after a rebuild too).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -103,6 +110,43 @@ pub struct History {
     pub states: Vec<StateChange>,
     /// When the recording ended.
     pub end: Duration,
+    /// The operator's holds of messages.
+    pub holds: Vec<Hold>,
+    /// The stretches in which automatic failover was paused on both data nodes (from the
+    /// second pause's answer to the resume's request).
+    pub pauses: Vec<Window>,
+    /// Every epoch a data node began, as its log and its `/history` say.
+    pub promotions: Vec<Promotion>,
+    /// Each data node's queue once healed and drained, holds still in place (`ID` or
+    /// `ID held`): None when the run could not read both.
+    pub final_queues: Option<[BTreeSet<String>; 2]>,
+}
+
+/// A message an operator held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Its Message-ID.
+    pub id: String,
+    /// When the hold was answered.
+    pub held: Duration,
+    /// When its release was asked for, if it was.
+    pub released: Option<Duration>,
+    /// The primary that took it was not in sync with its standby (degraded): deposed before
+    /// its standby had the hold, the new primary may deliver the message until the old one
+    /// returns with it (docs/operations.md, "Hold and release"), so such a delivery is counted
+    /// apart, not a violation.
+    pub alone: bool,
+}
+
+/// A data node became primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promotion {
+    pub node: DataNode,
+    pub epoch: u64,
+    /// When its `promoted` line was logged.
+    pub at: Duration,
+    /// The epoch's cause in `/history` (`failover`, `switchover`, `promote`, ...).
+    pub cause: String,
 }
 
 /// What the faults left of the trio at some moment.
@@ -114,14 +158,18 @@ pub struct FaultState {
     pub stopped: BTreeSet<Member>,
     /// Links broken in any way (severed, silent, one direction silent).
     pub broken: BTreeSet<Link>,
+    /// The operator paused automatic failover (on some node at least).
+    pub paused: bool,
 }
 
 impl FaultState {
+    /// Nothing broken (a pause of the failover breaks nothing).
     pub fn healthy(&self) -> bool {
         self.down.is_empty() && self.stopped.is_empty() && self.broken.is_empty()
     }
 
-    fn up(&self, member: Member) -> bool {
+    /// Running and awake.
+    pub fn up(&self, member: Member) -> bool {
         !self.down.contains(&member) && !self.stopped.contains(&member)
     }
 
@@ -130,7 +178,8 @@ impl FaultState {
     }
 }
 
-/// The state the faults left from `at` on; `wiped` when this change emptied a data node's disk.
+/// The state the faults left from `at` on; `wiped` when this change emptied a data node's
+/// spool (its disk lost, or the operator's rebuild).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChange {
     pub at: Duration,
@@ -185,6 +234,15 @@ pub struct Verdict {
     pub recoveries: Vec<(Window, Option<Duration>)>,
     /// The recovery bound the stretches were held to.
     pub rto_bound: Duration,
+    /// Deliveries of a message while an operator held it (a hold its primary shared with
+    /// its standby).
+    pub held_delivered: Vec<String>,
+    /// The same, of holds taken by a primary alone (the documented window).
+    pub held_alone_delivered: Vec<String>,
+    /// Automatic promotions while failover was paused.
+    pub paused_promotions: Vec<Promotion>,
+    /// How the standby's queue differed from the primary's once healed.
+    pub diverged: Option<String>,
 }
 
 impl Verdict {
@@ -236,6 +294,26 @@ impl Verdict {
                 self.duplicates, self.in_flight, self.unexplained_duplicates
             ));
         }
+        if !self.held_delivered.is_empty() {
+            out.push(format!(
+                "held: {} messages delivered while held (first: {:?})",
+                self.held_delivered.len(),
+                &self.held_delivered[..self.held_delivered.len().min(5)]
+            ));
+        }
+        if let Some(p) = self.paused_promotions.first() {
+            out.push(format!(
+                "paused: {} automatic promotions while failover was paused (first: {} in epoch \
+                 {} at {:.1} s)",
+                self.paused_promotions.len(),
+                p.node.name(),
+                p.epoch,
+                p.at.as_secs_f64()
+            ));
+        }
+        if let Some(diverged) = &self.diverged {
+            out.push(format!("diverged: {diverged}"));
+        }
         for (stretch, rto) in self.late(self.rto_bound) {
             let (from, to) = (stretch.start.as_secs_f64(), stretch.end.as_secs_f64());
             out.push(match rto {
@@ -272,7 +350,49 @@ pub fn check(history: &History, limits: &Limits) -> Verdict {
             .collect(),
         recoveries: recoveries(history, limits),
         rto_bound: limits.rto,
+        held_delivered: held_delivered(history, false),
+        held_alone_delivered: held_delivered(history, true),
+        paused_promotions: paused_promotions(history),
+        diverged: diverged(history),
     }
+}
+
+/// The messages delivered (the delivery's MAIL FROM) after their hold was answered and before
+/// its release was asked for (a delivery already under way when the hold came may finish), of
+/// the holds taken by a primary `alone` or not.
+pub fn held_delivered(history: &History, alone: bool) -> Vec<String> {
+    let mut found = BTreeSet::new();
+    for hold in history.holds.iter().filter(|h| h.alone == alone) {
+        let held = |at: Duration| at > hold.held && hold.released.is_none_or(|r| at < r);
+        if history.deliveries.iter().any(|d| d.id == hold.id && held(d.window.start)) {
+            found.insert(hold.id.clone());
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// The automatic promotions (cause `failover`) logged while failover was paused everywhere.
+pub fn paused_promotions(history: &History) -> Vec<Promotion> {
+    let paused = |at: Duration| history.pauses.iter().any(|w| w.start <= at && at <= w.end);
+    history.promotions.iter().filter(|p| p.cause == "failover" && paused(p.at)).cloned().collect()
+}
+
+/// How the two nodes' final queues differ, if they do.
+pub fn diverged(history: &History) -> Option<String> {
+    let [a, b] = history.final_queues.as_ref()?;
+    if a == b {
+        return None;
+    }
+    let only = |x: &BTreeSet<String>, y: &BTreeSet<String>| -> Vec<String> {
+        x.difference(y).take(5).cloned().collect()
+    };
+    Some(format!(
+        "a's queue ({} messages) and b's ({}) differ: only a's {:?}, only b's {:?}",
+        a.len(),
+        b.len(),
+        only(a, b),
+        only(b, a)
+    ))
 }
 
 /// Acknowledged messages that no sink received and no bounce names, in order.
@@ -349,9 +469,10 @@ pub fn in_flight(history: &History, limits: &Limits) -> BTreeSet<String> {
 }
 
 /// Whether the faults of `state` leave the cluster able to serve: both data nodes up with
-/// their link whole both ways (the primary's lease comes from its standby); or a data node up,
-/// in touch with an awake witness, that is `eligible` (it has followed a primary and holds
-/// the cluster's mail: it may take over).
+/// their link whole both ways (the primary's lease comes from its standby); or, unless the
+/// operator paused the failover (a standby alone never takes over then), a data node up, in
+/// touch with an awake witness, that is `eligible` (it has followed a primary and holds the
+/// cluster's mail: it may take over).
 pub fn serviceable(state: &FaultState, eligible: impl Fn(Member) -> bool) -> bool {
     let pair = state.up(Member::A)
         && state.up(Member::B)
@@ -360,7 +481,9 @@ pub fn serviceable(state: &FaultState, eligible: impl Fn(Member) -> bool) -> boo
     let with_witness = |node: Member, link: Link| {
         state.up(node) && state.up(Member::W) && state.whole(link) && eligible(node)
     };
-    pair || with_witness(Member::A, Link::Aw) || with_witness(Member::B, Link::Bw)
+    let alone =
+        !state.paused && (with_witness(Member::A, Link::Aw) || with_witness(Member::B, Link::Bw));
+    pair || alone
 }
 
 /// The serviceable stretches at least `limits.rto` long, each with its recovery time. A data

@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use self::check::{
-    Ack, DataNode, Delivery, FaultState, History, Limits, Observation, StateChange, Verdict, Window,
+    Ack, DataNode, Delivery, FaultState, History, Hold, Limits, Observation, Promotion,
+    StateChange, Verdict, Window,
 };
-use self::schedule::{Action, Aim, Break, Member, Schedule};
+use self::schedule::{Action, Aim, Break, Member, Operator, Schedule};
 use super::client::{self, Greeting, Outcome};
 use super::cluster::{Timings, Trio, TrioOptions};
 use super::proxy::Proxy;
@@ -112,6 +113,9 @@ impl Run {
             "duplicates": v.duplicates,
             "in_flight": v.in_flight,
             "two_serving_observations": v.overlaps.len(),
+            "held_delivered": v.held_delivered,
+            "held_alone_delivered": v.held_alone_delivered,
+            "paused_promotions": v.paused_promotions.len(),
             "rto_max_ms": v.rto_max().map(|r| r.as_millis() as u64),
             "rto_final_ms": v.rto_final().map(|r| r.as_millis() as u64),
             "recoveries": v
@@ -548,6 +552,23 @@ impl Gates {
     }
 }
 
+/// Why an operator's request did not succeed.
+#[derive(Debug)]
+enum AdminError {
+    /// Nothing answered in time: the request may have been carried out.
+    NoAnswer(String),
+    /// A non-2xx answer.
+    Refused(String),
+}
+
+impl From<AdminError> for String {
+    fn from(error: AdminError) -> String {
+        match error {
+            AdminError::NoAnswer(why) | AdminError::Refused(why) => why,
+        }
+    }
+}
+
 /// The trio, its sinks, and the threads that load and watch it.
 struct Episode {
     trio: Trio,
@@ -561,6 +582,17 @@ struct Episode {
     states: Vec<StateChange>,
     /// For each data node killed, whether the pair was in sync just before.
     in_sync_at_kill: BTreeMap<Member, bool>,
+    /// The wall clock at `t0`, to place the nodes' log lines.
+    t0_wall: SystemTime,
+    /// What the operator's actions did: the holds, and the pauses held by both data nodes.
+    holds: Vec<Hold>,
+    pauses: Vec<Window>,
+    /// Since when the failover is paused on both data nodes, while it is.
+    paused_since: Option<Duration>,
+    /// Whether the operator asked for a hold (the run releases every hold at the end).
+    hold_asked: bool,
+    /// Picks the messages an operator holds (seeded, though what is queued varies by run).
+    rng: fastrand::Rng,
 }
 
 /// Clients of the campaign's steady load.
@@ -569,6 +601,10 @@ const LOAD_CLIENTS: usize = 2;
 const LOAD_PERIOD: Duration = Duration::from_millis(300);
 /// How long a probe waits for an answer.
 const PROBE_PATIENCE: Duration = Duration::from_millis(300);
+/// How long an operator's request waits for its answer.
+const ADMIN_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a switchover's request waits for the handover.
+const SWITCHOVER_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Episode {
     fn start(schedule: &Schedule) -> Episode {
@@ -577,6 +613,7 @@ impl Episode {
             TrioOptions { timings: TIMINGS, witness_timings: false, ..TrioOptions::default() };
         let trio = Trio::configure(options, gates.next_hops());
         let t0 = Instant::now();
+        let t0_wall = SystemTime::now();
         let nothing_started = FaultState { down: Member::ALL.into(), ..FaultState::default() };
         let mx = [(DataNode::A, trio.a.addr()), (DataNode::B, trio.b.addr())];
         let tag = format!("s{}", schedule.seed);
@@ -591,6 +628,12 @@ impl Episode {
             state: nothing_started.clone(),
             states: vec![StateChange { at: Duration::ZERO, state: nothing_started, wiped: None }],
             in_sync_at_kill: BTreeMap::new(),
+            t0_wall,
+            holds: Vec::new(),
+            pauses: Vec::new(),
+            paused_since: None,
+            hold_asked: false,
+            rng: fastrand::Rng::with_seed(schedule.seed),
         }
     }
 
@@ -627,15 +670,30 @@ impl Episode {
         std::thread::sleep((healed_at + healed_for).saturating_duration_since(Instant::now()));
         let (acks, resent) = self.load.take().map(Load::finish).unwrap_or_default();
         let mut history = History { acks, resent, faults, ..History::default() };
-        within(Duration::from_secs(20), || {
-            let (deliveries, bounced) = self.gates.received(self.t0);
-            check::lost(&History { deliveries, bounced, ..history.clone() }).is_empty()
+        // Everything not held is delivered; then the standby must hold what the primary holds
+        // (the held messages, after a rebuild too); then every hold is released.
+        let held: BTreeSet<String> =
+            self.holds.iter().filter(|h| h.released.is_none()).map(|h| h.id.clone()).collect();
+        self.wait_delivered(&history, &held);
+        let mut final_queues = None;
+        within(Duration::from_secs(15), || {
+            final_queues = self.queue_views();
+            final_queues.as_ref().is_some_and(|[a, b]| a == b && a.len() <= held.len())
         });
+        history.final_queues = final_queues;
+        // Every hold asked for, even one whose answer did not come in time.
+        if self.hold_asked {
+            within(Duration::from_secs(10), || self.operate(Operator::Release).is_ok());
+        }
+        self.wait_delivered(&history, &BTreeSet::new());
         // Redeliveries still under way settle before the duplicates are counted.
         within(Duration::from_secs(10), || self.queues_empty());
         history.observations = self.watch.take().map(Watch::finish).unwrap_or_default();
         (history.deliveries, history.bounced) = self.gates.received(self.t0);
         history.states = self.states.clone();
+        history.holds = self.holds.clone();
+        history.pauses = self.pauses.clone();
+        history.promotions = self.promotions();
         history.end = self.at(Instant::now());
         let verdict = check::check(&history, &limits);
         let run = Run {
@@ -652,6 +710,10 @@ impl Episode {
     }
 
     fn apply(&mut self, action: Action) -> Result<(), String> {
+        let mut wiped = match action {
+            Action::Wipe(m) if m != Member::W => Some(m),
+            _ => None,
+        };
         match action {
             Action::Start(m) => {
                 if !self.state.down.remove(&m) {
@@ -713,14 +775,215 @@ impl Episode {
             }
             Action::HoldMail => self.gates.hold(),
             Action::ReleaseMail => self.gates.release(),
+            Action::Operator(op) => wiped = self.operate(op)?,
         }
-        let wiped = match action {
-            Action::Wipe(m) if m != Member::W => Some(m),
-            _ => None,
-        };
         let at = self.at(Instant::now());
         self.states.push(StateChange { at, state: self.state.clone(), wiped });
         Ok(())
+    }
+
+    /// Does what an operator's action says, to the node it is for; the data node whose spool
+    /// it emptied (a rebuild).
+    fn operate(&mut self, op: Operator) -> Result<Option<Member>, String> {
+        let asked = self.at(Instant::now());
+        match op {
+            Operator::PauseFailover => {
+                let targets = [self.find("primary"), self.find("standby")];
+                let answered = targets
+                    .iter()
+                    .flatten()
+                    .filter(|&&m| self.post(m, "/failover/pause").is_ok())
+                    .count();
+                if answered == 0 {
+                    return Err("no data node paused".into());
+                }
+                self.state.paused = true;
+                if answered == 2 && self.paused_since.is_none() {
+                    self.paused_since = Some(self.at(Instant::now()));
+                }
+            }
+            Operator::ResumeFailover => {
+                let up: Vec<Member> =
+                    [Member::A, Member::B].into_iter().filter(|&m| self.state.up(m)).collect();
+                let resumed =
+                    up.iter().filter(|&&m| self.post(m, "/failover/resume").is_ok()).count();
+                if let Some(start) = self.paused_since.take() {
+                    self.pauses.push(Window { start, end: asked });
+                }
+                if resumed == 0 {
+                    return Err("no data node resumed".into());
+                }
+                // A node that did not hear it may still hold its own pause (the run resumes
+                // every node once healed).
+                self.state.paused = resumed < 2;
+            }
+            Operator::Promote => {
+                if !self.state.paused {
+                    return Err("failover is not paused".into());
+                }
+                if self.find("primary").is_some() {
+                    return Err("a primary serves".into());
+                }
+                let standby = self.find("standby").ok_or("no standby answers")?;
+                self.post(standby, "/promote")?;
+            }
+            Operator::Switchover => {
+                let primary = self.find("primary").ok_or("no primary serves")?;
+                // The handover waits for the standby to take over, which the faults may
+                // delay for long: the schedule goes on meanwhile, as the operator's faults do.
+                let port = self.trio.node(primary.name()).admin_port;
+                std::thread::spawn(move || {
+                    super::cluster::admin_request(port, "POST", "/demote", "", SWITCHOVER_PATIENCE)
+                });
+            }
+            Operator::Rebuild => {
+                // Only as the runbook says: the primary healthy and its standby in sync (else
+                // the standby may hold the only copy of some mail: a double fault).
+                if !self.in_sync() {
+                    return Err("no primary in sync with its standby".into());
+                }
+                let standby = self.find("standby").ok_or("no standby answers")?;
+                // Asked for, it may have emptied the spool even without an answer in time.
+                return match self.post(standby, "/rebuild") {
+                    Ok(_) | Err(AdminError::NoAnswer(_)) => Ok(Some(standby)),
+                    Err(refused) => Err(refused.into()),
+                };
+            }
+            Operator::Hold(count) => {
+                let primary = self.find("primary").ok_or("no primary serves")?;
+                let port = self.trio.node(primary.name()).admin_port;
+                let queue = client::get_json(port, "/queue", PROBE_PATIENCE * 3)
+                    .ok_or("the queue could not be listed")?;
+                let mut ids: Vec<String> = queue
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["held_since"].is_null())
+                    .filter_map(|m| m["id"].as_str().map(str::to_string))
+                    .collect();
+                self.rng.shuffle(&mut ids);
+                self.hold_asked = true;
+                let before = self.holds.len();
+                let alone = !self.in_sync();
+                for queue_id in ids.into_iter().take(count) {
+                    self.hold(port, &queue_id, alone);
+                }
+                if self.holds.len() == before {
+                    return Err("nothing held".into());
+                }
+            }
+            Operator::Release => {
+                if !self.hold_asked {
+                    return Err("nothing held".into());
+                }
+                let primary = self.find("primary").ok_or("no primary serves")?;
+                self.post(primary, "/queue/release?all=true")?;
+                for hold in self.holds.iter_mut().filter(|h| h.released.is_none()) {
+                    hold.released = Some(asked);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Holds the message `queue_id` on the node of admin `port`, recording its Message-ID when
+    /// the node says it held it.
+    fn hold(&mut self, port: u16, queue_id: &str, alone: bool) {
+        let content = format!("/queue/{queue_id}/content");
+        let Some((_, body)) = super::cluster::admin_get(port, &content, ADMIN_PATIENCE) else {
+            return;
+        };
+        let Some(id) = campaign_ids(&body).into_iter().next() else { return };
+        let path = format!("/queue/hold?id={queue_id}");
+        let answer = super::cluster::admin_request(port, "POST", &path, "", ADMIN_PATIENCE);
+        let held = answer
+            .filter(|(head, _)| head.starts_with("HTTP/1.1 200"))
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .is_some_and(|json| json["held"] == 1);
+        if held {
+            self.holds.push(Hold { id, held: self.at(Instant::now()), released: None, alone });
+        }
+    }
+
+    /// The data node that is up and says (in `/status`) it is in `role`: for "primary", one
+    /// that serves.
+    fn find(&self, role: &str) -> Option<Member> {
+        [Member::A, Member::B].into_iter().filter(|&m| self.state.up(m)).find(|&m| {
+            client::status_sample(self.trio.node(m.name()).admin_port, PROBE_PATIENCE)
+                .0
+                .is_some_and(|s| s.role == role && (role != "primary" || s.serving))
+        })
+    }
+
+    /// `POST path` to the data node `m`'s admin endpoint (what the CLI's command does, with
+    /// a patience of the run's own); the body of a 2xx answer, or why not.
+    fn post(&self, m: Member, path: &str) -> Result<String, AdminError> {
+        let port = self.trio.node(m.name()).admin_port;
+        match super::cluster::admin_request(port, "POST", path, "", ADMIN_PATIENCE) {
+            Some((head, body)) if head.starts_with("HTTP/1.1 2") => Ok(body),
+            Some((head, body)) => Err(AdminError::Refused(format!(
+                "{path} on {}: {}: {}",
+                m.name(),
+                head.lines().next().unwrap_or(""),
+                body.trim()
+            ))),
+            None => Err(AdminError::NoAnswer(format!("{path} on {}: no answer", m.name()))),
+        }
+    }
+
+    /// Waits (with a deadline) until every acknowledged message but those of `held` reached a
+    /// sink or a bounce.
+    fn wait_delivered(&self, history: &History, held: &BTreeSet<String>) {
+        let acks: Vec<Ack> =
+            history.acks.iter().filter(|a| !held.contains(&a.id)).cloned().collect();
+        within(Duration::from_secs(20), || {
+            let (deliveries, bounced) = self.gates.received(self.t0);
+            let seen = History { acks: acks.clone(), deliveries, bounced, ..History::default() };
+            check::lost(&seen).is_empty()
+        });
+    }
+
+    /// Both data nodes' queues (`ID`, or `ID held`), when both answer.
+    fn queue_views(&self) -> Option<[BTreeSet<String>; 2]> {
+        let view = |node: &super::Node| -> Option<BTreeSet<String>> {
+            let queue = client::get_json(node.admin_port, "/queue", ADMIN_PATIENCE)?;
+            let entries = queue.as_array()?.iter().filter_map(|m| {
+                let id = m["id"].as_str()?;
+                Some(if m["held_since"].is_null() { id.to_string() } else { format!("{id} held") })
+            });
+            Some(entries.collect())
+        };
+        Some([view(&self.trio.a)?, view(&self.trio.b)?])
+    }
+
+    /// Every epoch begun by a data node: when its log says it was promoted, and the epoch's
+    /// cause in that node's `/history`.
+    fn promotions(&self) -> Vec<Promotion> {
+        let t0 = chrono::DateTime::<chrono::Utc>::from(self.t0_wall);
+        let mut found = Vec::new();
+        for (by, node) in [(DataNode::A, &self.trio.a), (DataNode::B, &self.trio.b)] {
+            let history = client::get_json(node.admin_port, "/history", ADMIN_PATIENCE);
+            let cause = |epoch: u64| -> String {
+                let entries =
+                    history.as_ref().and_then(|h| h.as_array().cloned()).unwrap_or_default();
+                entries
+                    .iter()
+                    .find(|e| e["epoch"] == epoch)
+                    .and_then(|e| e["cause"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "unknown".into())
+            };
+            for line in node.log().lines().filter(|l| l.contains(" promoted")) {
+                let stamp = line.split_whitespace().next().unwrap_or("");
+                let Ok(logged) = chrono::DateTime::parse_from_rfc3339(stamp) else { continue };
+                let epoch = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("epoch=")?.parse::<u64>().ok());
+                let Some(epoch) = epoch else { continue };
+                let at = (logged.with_timezone(&chrono::Utc) - t0).to_std().unwrap_or_default();
+                found.push(Promotion { node: by, epoch, at, cause: cause(epoch) });
+            }
+        }
+        found
     }
 
     /// Every link whole, every process running and awake.
@@ -737,6 +1000,16 @@ impl Episode {
             self.trio.launch(m.name());
         }
         self.gates.release();
+        // Failover resumed on both data nodes (each may hold its own pause).
+        if self.state.paused {
+            let resumed = within(Duration::from_secs(10), || {
+                [Member::A, Member::B].into_iter().all(|m| self.post(m, "/failover/resume").is_ok())
+            });
+            if let Some(start) = self.paused_since.take() {
+                self.pauses.push(Window { start, end: self.at(Instant::now()) });
+            }
+            self.state.paused = !resumed;
+        }
         let at = self.at(Instant::now());
         self.states.push(StateChange { at, state: self.state.clone(), wiped: None });
     }

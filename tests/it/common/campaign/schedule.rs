@@ -92,12 +92,58 @@ pub enum Action {
     HoldMail,
     /// The next hops take mail again.
     ReleaseMail,
+    /// An operator's command, given to whichever node it is meant for when its time comes.
+    Operator(Operator),
+}
+
+/// What an operator does to a running cluster (docs/operations.md, "Maintenance" and "Queue
+/// control"), drawn between the faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operator {
+    /// `relayd failover pause` on the primary, and on the standby (which holds it even if the
+    /// primary's record has not reached it).
+    PauseFailover,
+    /// `relayd failover resume` on every data node running.
+    ResumeFailover,
+    /// `relayd promote` on the standby, done only while the failover is paused and no node
+    /// serves: what an operator does when the primary died in a maintenance window.
+    Promote,
+    /// `relayd demote` on the primary (a planned switchover).
+    Switchover,
+    /// `relayd rebuild` on the standby.
+    Rebuild,
+    /// `relayd queue hold ID` of up to this many messages of the primary's queue.
+    Hold(usize),
+    /// `relayd queue release --all` on the primary.
+    Release,
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operator::PauseFailover => write!(f, "pause failover"),
+            Operator::ResumeFailover => write!(f, "resume failover"),
+            Operator::Promote => write!(f, "promote the standby"),
+            Operator::Switchover => write!(f, "switchover"),
+            Operator::Rebuild => write!(f, "rebuild the standby"),
+            Operator::Hold(n) => write!(f, "hold {n} messages"),
+            Operator::Release => write!(f, "release the holds"),
+        }
+    }
 }
 
 impl Action {
-    /// True for what breaks something (the faults counted in the report).
+    /// True for what breaks something or hands the service to the other node (the faults
+    /// counted in the report, at which a message may be in flight).
     pub fn is_fault(self) -> bool {
-        matches!(self, Action::Kill(_) | Action::Wipe(_) | Action::Stop(_) | Action::Break(..))
+        matches!(
+            self,
+            Action::Kill(_)
+                | Action::Wipe(_)
+                | Action::Stop(_)
+                | Action::Break(..)
+                | Action::Operator(Operator::Promote | Operator::Switchover)
+        )
     }
 }
 
@@ -120,6 +166,7 @@ impl fmt::Display for Action {
             Action::Heal(l) => write!(f, "heal {}", l.name()),
             Action::HoldMail => write!(f, "hold mail"),
             Action::ReleaseMail => write!(f, "release mail"),
+            Action::Operator(op) => write!(f, "operator: {op}"),
         }
     }
 }
@@ -162,6 +209,8 @@ impl Schedule {
     /// episodes (each a fault and its end), starting 0.5 to 4 s apart, so that some overlap.
     /// In half the schedules the next hops refuse mail from the start (so that the nodes hold
     /// a queue when the faults strike) until some point of the faults, or until the heal.
+    /// Then one to [`OPERATOR_EPISODES`] operator episodes, each starting at a random moment of
+    /// the faults' span.
     pub fn generate(seed: u64, faults: usize, aim: Aim) -> Schedule {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut steps = Vec::new();
@@ -185,6 +234,7 @@ impl Schedule {
         if let (true, Some(after)) = (hold, release) {
             steps.push(Step { at: at + after, action: Action::ReleaseMail });
         }
+        let faults_from = at;
         let mut wiped_data_node = false;
         for _ in 0..faults {
             let episode = episode(&mut rng, aim, &mut wiped_data_node);
@@ -201,6 +251,16 @@ impl Schedule {
             steps.extend(
                 episode.into_iter().map(|(offset, action)| Step { at: at + offset, action }),
             );
+        }
+        // The operator's actions, interleaved with the faults, from a stream of their own too.
+        let mut operator = fastrand::Rng::with_seed(seed ^ 0x0be7_a70e);
+        for _ in 0..operator.usize(1..=OPERATOR_EPISODES) {
+            let start = faults_from + MS(operator.u64(0..=(at - faults_from).as_millis() as u64));
+            let episode = operator_episode(&mut operator);
+            steps.extend(episode.into_iter().map(|(offset, action)| Step {
+                at: start + offset,
+                action: Action::Operator(action),
+            }));
         }
         // Stable: same-time steps keep their episode's order.
         steps.sort_by_key(|s| s.at);
@@ -265,6 +325,37 @@ fn episode(
             actions.extend(links.iter().map(|&l| (length, Action::Heal(l))));
             actions
         }
+    }
+}
+
+/// The most operator episodes a schedule draws.
+pub const OPERATOR_EPISODES: usize = 3;
+
+/// One operator episode, as (offset from its start, action) pairs: a pause of the failover
+/// resumed 1.5, 4 or 8 s later (half the time with a promote of the standby halfway, which the
+/// run makes only if no node serves then); a hold of a few queued messages, released 1 to 8 s
+/// later or kept until the end (the run releases every hold once everything is healed); a
+/// switchover; a rebuild of the standby.
+fn operator_episode(rng: &mut fastrand::Rng) -> Vec<(Duration, Operator)> {
+    match rng.usize(..4) {
+        0 => {
+            let length = [MS(1500), MS(4000), MS(8000)][rng.usize(..3)];
+            let mut actions = vec![(Duration::ZERO, Operator::PauseFailover)];
+            if rng.bool() {
+                actions.push((length / 2, Operator::Promote));
+            }
+            actions.push((length, Operator::ResumeFailover));
+            actions
+        }
+        1 => {
+            let mut actions = vec![(Duration::ZERO, Operator::Hold(rng.usize(1..=6)))];
+            if rng.bool() {
+                actions.push((MS(rng.u64(1000..8000)), Operator::Release));
+            }
+            actions
+        }
+        2 => vec![(Duration::ZERO, Operator::Switchover)],
+        _ => vec![(Duration::ZERO, Operator::Rebuild)],
     }
 }
 
