@@ -308,6 +308,9 @@ pub struct OldRules {
     /// Before `relayd failover pause` (issue 15): a silent primary is succeeded whatever the
     /// operator said.
     pub pause_ignored: bool,
+    /// Before the stall rule: a standby counts the time its own decisions were held up (a slow
+    /// disk, a pause) as its primary's silence, and claims as soon as it steps again.
+    pub stall_is_silence: bool,
 }
 
 /// One data node's failover state.
@@ -329,6 +332,10 @@ pub struct Core {
     /// A standby: when the primary last showed a sign of life.
     heard_primary: Ms,
     last_ping: Option<Ms>,
+    /// When the last tick was stepped: a longer gap than a heartbeat between two ticks is
+    /// time this node was not running its decisions (its driver blocked on a slow disk, its
+    /// process paused), which is not the primary's silence.
+    last_tick: Option<Ms>,
     claim: Option<Claim>,
     beginning: Option<Begin>,
     /// A standby asked to take over, until then.
@@ -390,6 +397,7 @@ impl Core {
             lease_until: None,
             heard_primary: now,
             last_ping: None,
+            last_tick: None,
             claim: None,
             beginning: None,
             handover_until: None,
@@ -573,6 +581,7 @@ impl Core {
     }
 
     fn tick(&mut self, now: Ms, out: &mut Vec<Action>) {
+        self.discount_own_stall(now);
         if self.yielding_until.is_some_and(|until| now >= until) {
             self.yielding_until = None;
             let reason = "handed over, and the standby did not take over in time".to_string();
@@ -613,6 +622,24 @@ impl Core {
                 self.fail_over(now, out)
             }
             _ => {}
+        }
+    }
+
+    /// Ticks come every quarter heartbeat. A gap of more than a heartbeat since the last one
+    /// means that this node was not stepping: its driver was held up carrying out an action (a
+    /// synced write of the role, seconds long on a loaded disk, right after a demotion) or its
+    /// process was paused. Frames of the primary that arrived meanwhile are still queued, or
+    /// were never read: the gap is this node's deafness, not the primary's silence, and a
+    /// standby that counted it would claim at once, keep its acks back for as long as the
+    /// (equally slow) witness takes to answer, and degrade or fence a primary that is alive.
+    /// So the primary's silence is counted without it: a claim comes only after
+    /// failover_timeout of listening.
+    fn discount_own_stall(&mut self, now: Ms) {
+        if let Some(previous) = self.last_tick.replace(now) {
+            let gap = now.saturating_sub(previous);
+            if gap > self.setup.heartbeat && !self.old().stall_is_silence {
+                self.heard_primary = now.min(self.heard_primary.saturating_add(gap));
+            }
         }
     }
 
@@ -1008,6 +1035,10 @@ impl Core {
         self.yielding_until = None;
         let epoch = ended_by.unwrap_or(self.epoch);
         self.highest = self.highest.max(epoch);
+        // One synced write: the highest epoch this step saw already (the grant or the Hello
+        // that ends ours) is in this one, with the role. Each is seconds on a loaded disk,
+        // and the node steps nothing else until they are done.
+        out.retain(|action| !matches!(action, Action::Persist { .. }));
         out.push(Action::Persist { role: Role::Standby, highest: self.highest });
         out.push(Action::Note(Note::Demoted { epoch, reason }));
     }
@@ -1225,6 +1256,46 @@ mod tests {
         assert_eq!(claims(&asked), vec![2]);
         let failed = core.step(Event::ClaimFailed { epoch: 2, error: "refused".into() }, 30);
         assert!(begins(&failed).is_empty(), "{failed:?}");
+    }
+
+    /// The drill's stall (CI, a loaded 2-core machine): a primary handing over is demoted by
+    /// the witness's pong; the synced write of its standby role takes seconds, and the ticks
+    /// queued meanwhile are stepped only then. Counted as the new primary's silence, that wait
+    /// made the node claim the next epoch at once (the drill's claim 63 ms after the
+    /// "demoted" line) and keep its acks back while the slow witness answered: the new
+    /// primary lost its standby. Its own stall is not the primary's silence: it claims only
+    /// after failover_timeout of listening, and then only if the primary is silent.
+    #[test]
+    fn a_node_held_up_after_its_demotion_does_not_count_the_wait_as_the_primarys_silence() {
+        let demoted = |old: OldRules| {
+            let (mut core, _) = Core::start(setup("b"), disk(Role::Primary, 4), 0);
+            core.old = old;
+            core.step(Event::StandbyAck { sent: 9000 }, 9000);
+            run(&mut core, 9000, 9600);
+            core.step(Event::Hold(true), 9600);
+            let pong = Event::Pong { sent: 9600, granted: 5, granted_to: "a".into() };
+            let stepped = core.step(pong, 9650);
+            let persists: Vec<_> =
+                stepped.iter().filter(|a| matches!(a, Action::Persist { .. })).collect();
+            assert_eq!(persists, [&Action::Persist { role: Role::Standby, highest: 5 }]);
+            core
+        };
+        // The persist done 4 s later: the queued ticks, then the new primary's first frame.
+        let mut core = demoted(OldRules::default());
+        let woken = run(&mut core, 13_650, 13_700);
+        assert!(claims(&woken).is_empty(), "claimed right after its own stall: {woken:?}");
+        assert!(!core.status().claiming, "acks are not held back");
+        core.step(Event::PrimaryFrame, 13_700);
+        let listening = run(&mut core, 13_700, 16_000);
+        assert!(claims(&listening).is_empty(), "{listening:?}");
+        // A primary that really is silent is still succeeded, failover_timeout after the stall.
+        let mut core = demoted(OldRules::default());
+        assert!(claims(&run(&mut core, 13_650, 16_600)).is_empty());
+        assert_eq!(claims(&run(&mut core, 16_600, 16_800)), vec![6]);
+        // The old rule: the wait counted as silence, a claim (and no acks) at the first tick.
+        let mut old = demoted(OldRules { stall_is_silence: true, ..OldRules::default() });
+        assert_eq!(claims(&run(&mut old, 13_650, 13_700)), vec![6]);
+        assert!(old.status().claiming);
     }
 
     #[test]

@@ -1144,6 +1144,7 @@ mod tests {
             empty_standby_claims: true,
             claim_ignores_witness: true,
             pause_ignored: true,
+            stall_is_silence: true,
         }
     }
 
