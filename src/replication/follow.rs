@@ -166,20 +166,36 @@ async fn session(
     let replaced = async move {
         let _ = replaced.wait_for(|&generation| generation != mine).await;
     };
-    let reading =
-        read_stream(replication, spool, context, &mut reader, branch, &in_flight, replaced);
-    let acking = async {
-        while let Some(commit) = landing.recv().await {
-            commit.land(&mut writer, context, replication, spool).await?;
+    let mut reading = std::pin::pin!(read_stream(
+        replication,
+        spool,
+        context,
+        &mut reader,
+        branch,
+        in_flight,
+        replaced
+    ));
+    let read = {
+        let acking = async {
+            while let Some(commit) = landing.recv().await {
+                commit.land(Some(&mut writer), context, replication, spool).await?;
+            }
+            Ok(())
+        };
+        tokio::select! {
+            read = &mut reading => read,
+            // Acking ends only on a failed commit or ack: while reading lives, so does the queue.
+            landed = acking => return landed.and(Err(LinkError::AcksStopped)),
         }
-        Ok::<_, LinkError>(None)
     };
-    let last_word = tokio::select! {
-        result = reading => result?,
-        result = acking => result?,
-    };
-    // Said once the stream is over (acking, which held the writer, is gone).
-    if let Some(frame) = last_word {
+    // The reading is over (its end of the queue dropped with it), but what it queued still
+    // lands: a commit that failed is the error to report (a refused record, above all, rather
+    // than the end of the stream that followed it). The link is over: no more acks.
+    while let Some(commit) = landing.recv().await {
+        commit.land(None::<&mut Sender<tokio::io::Sink>>, context, replication, spool).await?;
+    }
+    // Said once the stream is over.
+    if let Some(frame) = read? {
         send_now(&mut writer, frame).await?;
     }
     Ok(())
@@ -213,9 +229,10 @@ enum InFlight {
 
 impl InFlight {
     /// Waits for this commit and says so: the ack and the reports it calls for.
+    /// Without a writer (the link is over) the acks are left out.
     async fn land(
         self,
-        writer: &mut Sender<impl AsyncWrite + Unpin>,
+        mut writer: Option<&mut Sender<impl AsyncWrite + Unpin>>,
         context: &Context,
         replication: &Replicator,
         spool: &Spool,
@@ -230,18 +247,18 @@ impl InFlight {
                     context.reporter.report(Report::FailoverPaused(paused));
                 }
                 replication.primary_at(primary_last, applied.seq);
-                ack(writer, context, applied.seq, beat).await
+                ack_on(writer.as_deref_mut(), context, applied.seq, beat).await
             }
             InFlight::Install(queued) => queued.durable().await.map(|_| ()).map_err(Into::into),
             InFlight::Heartbeat { beat } => {
-                ack(writer, context, spool.last_position().seq, beat).await
+                ack_on(writer, context, spool.last_position().seq, beat).await
             }
             InFlight::Barrier(passed) => {
                 // The reader may have ended meanwhile: nobody waits any more.
                 let _ = passed.send(());
                 Ok(())
             }
-            InFlight::Ack { seq, beat } => ack(writer, context, seq, beat).await,
+            InFlight::Ack { seq, beat } => ack_on(writer, context, seq, beat).await,
         }
     }
 }
@@ -254,7 +271,7 @@ async fn read_stream(
     context: &Context,
     reader: &mut (impl AsyncRead + Unpin),
     mut branch: Option<Branch>,
-    in_flight: &mpsc::Sender<InFlight>,
+    in_flight: mpsc::Sender<InFlight>,
     replaced: impl std::future::Future<Output = ()>,
 ) -> Result<Option<Frame>, LinkError> {
     let reporter = &context.reporter;
@@ -422,6 +439,19 @@ async fn ack(
         return Ok(());
     }
     send_now(writer, Frame::Ack { seq, beat }).await
+}
+
+/// [`ack`] on the link, if it still is one.
+async fn ack_on(
+    writer: Option<&mut Sender<impl AsyncWrite + Unpin>>,
+    context: &Context,
+    seq: u64,
+    beat: u64,
+) -> Result<(), LinkError> {
+    match writer {
+        Some(writer) => ack(writer, context, seq, beat).await,
+        None => Ok(()),
+    }
 }
 
 /// The primary asks us to take over (a planned switchover, or it found us ahead of it): ha
