@@ -37,12 +37,12 @@ rm -f "$W/dd.test"
 
 "$relayd" --config "$W/a.toml" > "$W/a.log" 2>&1 & pids+=($!)
 for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2547) 2>/dev/null && break; sleep 0.1; done
-if [ "$mode" = catchup ]; then
-  # The standby is known, in sync with an empty log, then goes away.
-  "$relayd" --config "$W/b.toml" > "$W/b.log" 2>&1 & b=$!
-  until [ "$(lag | cut -d' ' -f3)" = 1 ]; do sleep 0.05; done
-  kill "$b"; wait "$b" 2>/dev/null
-fi
+# The standby is known, in sync with an empty log (the cluster's first epoch needs both
+# nodes), then goes away; for a snapshot its data_dir goes too.
+"$relayd" --config "$W/b.toml" > "$W/b.log" 2>&1 & b=$!
+until [ "$(lag | cut -d' ' -f3)" = 1 ]; do sleep 0.05; done
+kill "$b"; wait "$b" 2>/dev/null
+if [ "$mode" = snapshot ]; then rm -rf "${W:?}/b"; fi
 t0=$(now)
 smtp-source -s 20 -m "$N" -l "$SIZE" -f bench@src.test -t rcpt@example.test 127.0.0.1:2547 > "$W/src.out" 2>&1
 t1=$(now)
