@@ -74,6 +74,9 @@ pub enum LinkError {
     StreamedBeforeRewind,
     /// A rewind came that our Hello did not ask for.
     UnaskedRewind,
+    /// The follower's acknowledgements stopped before its reading did (only as the link ends:
+    /// the failed commit that stops them is the error reported).
+    AcksStopped,
     /// The peer's Hello names a cluster protocol this node does not speak.
     Incompatible {
         peer: String,
@@ -160,6 +163,7 @@ impl fmt::Display for LinkError {
                 write!(f, "the primary streamed before it answered our rewind")
             }
             LinkError::UnaskedRewind => write!(f, "a rewind nobody asked for"),
+            LinkError::AcksStopped => write!(f, "the acknowledgements stopped"),
             LinkError::Incompatible { peer, release, protocol } => write!(
                 f,
                 "peer {peer} runs relayd {release}, cluster protocol {protocol}; this node runs \

@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{Awaiting, LinkError};
 use super::frame::{self, Frame, Hello, Sender};
@@ -19,8 +19,8 @@ use super::{
 use crate::config::Role;
 use crate::role::{LinkVerdict, Report, Side};
 use crate::spool::{
-    BodyWriter, Change, Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Rewound,
-    Spool, SpoolError,
+    BodyWriter, Change, Dsn, EpochStart, LogPosition, LogRecord, MessageRecord, QueueId, Queued,
+    Rewound, Spool, SpoolError,
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -150,7 +150,7 @@ async fn session(
     }
     // Our log may go on where the new primary's does not: that branch goes (what it accepted
     // was salvaged just now), and so the log resumes where the two part, without a snapshot.
-    let mut branch = divergent_branch(spool, &theirs)?;
+    let branch = divergent_branch(spool, &theirs)?;
     let ours = match &branch {
         Some(branch) => branch.hello(node),
         None => hello(node, Role::Standby, spool)?,
@@ -161,6 +161,129 @@ async fn session(
     *linked = true;
     tracing::info!(peer = %theirs.node, at, protocol = writer.protocol(), "following the primary");
 
+    // Commits in flight, in the order they were queued, for `acking` to wait on.
+    let (in_flight, mut landing) = mpsc::channel(IN_FLIGHT);
+    let replaced = async move {
+        let _ = replaced.wait_for(|&generation| generation != mine).await;
+    };
+    let mut reading = std::pin::pin!(read_stream(
+        replication,
+        spool,
+        context,
+        &mut reader,
+        branch,
+        in_flight,
+        replaced
+    ));
+    let read = {
+        let acking = async {
+            while let Some(commit) = landing.recv().await {
+                commit.land(Some(&mut writer), context, replication, spool).await?;
+            }
+            Ok(())
+        };
+        tokio::select! {
+            read = &mut reading => read,
+            // Acking ends only on a failed commit or ack: while reading lives, so does the queue.
+            landed = acking => return landed.and(Err(LinkError::AcksStopped)),
+        }
+    };
+    // The reading is over (its end of the queue dropped with it), but what it queued still
+    // lands: a commit that failed is the error to report (a refused record, above all, rather
+    // than the end of the stream that followed it). The link is over: no more acks.
+    while let Some(commit) = landing.recv().await {
+        commit.land(None::<&mut Sender<tokio::io::Sink>>, context, replication, spool).await?;
+    }
+    // Said once the stream is over.
+    if let Some(frame) = read? {
+        send_now(&mut writer, frame).await?;
+    }
+    Ok(())
+}
+
+/// Frames of one primary's stream whose commits may be in flight at once: the committer takes
+/// those queued while it commits the previous ones in its next durable commit.
+const IN_FLIGHT: usize = 4;
+
+/// A commit the follower queued, or an answer that waits for every commit queued before it.
+enum InFlight {
+    /// Records being applied: acknowledged once durable.
+    Records {
+        queued: Queued,
+        primary_last: u64,
+        beat: u64,
+        epoch: Option<u64>,
+        paused: Option<bool>,
+    },
+    /// Snapshot messages being installed: nothing to acknowledge, but a failure ends the link.
+    Install(Queued),
+    /// A heartbeat: acknowledged with the last durable position.
+    Heartbeat { beat: u64 },
+    /// Everything queued before it is durable: the reader waits on this before a request that
+    /// must not be applied past a failed one (a snapshot's end above all: a snapshot is
+    /// complete only if every message of it was installed).
+    Barrier(oneshot::Sender<()>),
+    /// An acknowledgement of `seq`, durable already.
+    Ack { seq: u64, beat: u64 },
+}
+
+impl InFlight {
+    /// Waits for this commit and says so: the ack and the reports it calls for.
+    /// Without a writer (the link is over) the acks are left out.
+    async fn land(
+        self,
+        mut writer: Option<&mut Sender<impl AsyncWrite + Unpin>>,
+        context: &Context,
+        replication: &Replicator,
+        spool: &Spool,
+    ) -> Result<(), LinkError> {
+        match self {
+            InFlight::Records { queued, primary_last, beat, epoch, paused } => {
+                let applied = queued.durable().await?;
+                if let Some(epoch) = epoch {
+                    context.reporter.report(Report::Followed { epoch });
+                }
+                if let Some(paused) = paused {
+                    context.reporter.report(Report::FailoverPaused(paused));
+                }
+                replication.primary_at(primary_last, applied.seq);
+                ack_on(writer.as_deref_mut(), context, applied.seq, beat).await
+            }
+            InFlight::Install(queued) => queued.durable().await.map(|_| ()).map_err(Into::into),
+            InFlight::Heartbeat { beat } => {
+                ack_on(writer, context, spool.last_position().seq, beat).await
+            }
+            InFlight::Barrier(passed) => {
+                // The reader may have ended meanwhile: nobody waits any more.
+                let _ = passed.send(());
+                Ok(())
+            }
+            InFlight::Ack { seq, beat } => ack_on(writer, context, seq, beat).await,
+        }
+    }
+}
+
+/// Reads and applies one primary's stream, queuing its commits to `in_flight`; returns when
+/// the link is over, with the frame to send the primary last if there is one.
+async fn read_stream(
+    replication: &Replicator,
+    spool: &Spool,
+    context: &Context,
+    reader: &mut (impl AsyncRead + Unpin),
+    mut branch: Option<Branch>,
+    in_flight: mpsc::Sender<InFlight>,
+    replaced: impl std::future::Future<Output = ()>,
+) -> Result<Option<Frame>, LinkError> {
+    let reporter = &context.reporter;
+    let queue = |commit| async {
+        // The receiver lives as long as the reader: it is gone only once the link is over.
+        in_flight.send(commit).await.map_err(|_| LinkError::AcksStopped)
+    };
+    let settle = || async {
+        let (passed, settled) = oneshot::channel();
+        queue(InFlight::Barrier(passed)).await?;
+        settled.await.map_err(|_| LinkError::AcksStopped)
+    };
     // Bodies arrive chunk by chunk before the record that accepts them.
     let mut bodies: HashMap<QueueId, BodyWriter> = HashMap::new();
     // DSN requests arrive, like bodies, before the snapshot or rewind frame that needs them.
@@ -171,16 +294,16 @@ async fn session(
     // The last beat received: acks echo it.
     let mut beat = 0;
     let restarted = replication.restarted();
-    tokio::pin!(restarted);
+    tokio::pin!(restarted, replaced);
     loop {
         let frame = tokio::select! {
-            frame = frame::read(&mut reader) => frame?,
+            frame = frame::read(reader) => frame?,
             // `relayd rebuild` emptied our spool: the primary's next link sends a snapshot.
-            () = &mut restarted => return Ok(()),
+            () = &mut restarted => return Ok(None),
             // Promoted meanwhile (the primary was silent): this link is over.
-            _ = roles.wait_for(|status| status.role == Role::Primary) => return Ok(()),
+            _ = roles.wait_for(|status| status.role == Role::Primary) => return Ok(None),
             // A newer link from the primary replaced this one.
-            _ = replaced.wait_for(|&generation| generation != mine) => return Ok(()),
+            () = &mut replaced => return Ok(None),
         };
         reporter.report(Report::PrimaryFrame);
         replication.heard();
@@ -197,6 +320,18 @@ async fn session(
             )
         {
             return Err(LinkError::StreamedBeforeRewind);
+        }
+        // Chunks, records and a snapshot's messages are queued without waiting for their
+        // commit; anything else first waits for every commit in flight.
+        if !matches!(
+            frame,
+            Frame::Chunk { .. }
+                | Frame::Dsn(_)
+                | Frame::Records { .. }
+                | Frame::SnapshotMessages(_)
+                | Frame::Heartbeat { .. }
+        ) {
+            settle().await?;
         }
         match frame {
             Frame::Rewind { messages, absent } => {
@@ -231,15 +366,8 @@ async fn session(
                     Change::FailoverPaused { paused } => Some(paused),
                     _ => None,
                 });
-                let applied = spool.apply(records, needed).await?;
-                if let Some(epoch) = epoch {
-                    reporter.report(Report::Followed { epoch });
-                }
-                if let Some(paused) = paused {
-                    reporter.report(Report::FailoverPaused(paused));
-                }
-                replication.primary_at(primary_last, applied.seq);
-                ack(&mut writer, context, applied.seq, beat).await?;
+                let queued = spool.queue_apply(records, needed).await?;
+                queue(InFlight::Records { queued, primary_last, beat, epoch, paused }).await?;
             }
             Frame::SnapshotBegin { last } => {
                 tracing::info!(at = last.seq, "receiving a snapshot from the primary");
@@ -255,28 +383,30 @@ async fn session(
                 let needed =
                     messages.iter().filter_map(|m| bodies.remove(&m.envelope.id)).collect();
                 let requests = take_dsn(&mut dsn, &messages);
-                spool.install(messages, requests, needed).await?;
+                queue(InFlight::Install(spool.queue_install(messages, requests, needed).await?))
+                    .await?;
             }
             Frame::SnapshotState { notes, failover_paused } => {
                 spool.install_state(notes, failover_paused).await?;
                 reporter.report(Report::FailoverPaused(failover_paused));
             }
             Frame::SnapshotEnd { history, last } => {
+                // Every message of the snapshot is installed (settled above): only now may
+                // it be taken as complete.
                 let epoch = last_epoch(&history);
                 spool.resume(history, last).await?;
                 reporter.report(Report::Followed { epoch });
                 replication.primary_at(last.seq, last.seq);
                 tracing::info!(at = last.seq, messages = spool.queue_len(), "snapshot installed");
-                ack(&mut writer, context, last.seq, beat).await?;
+                queue(InFlight::Ack { seq: last.seq, beat }).await?;
             }
             Frame::Heartbeat { beat: sent, .. } => {
                 beat = sent;
-                ack(&mut writer, context, spool.last_position().seq, beat).await?;
+                queue(InFlight::Heartbeat { beat }).await?;
             }
             Frame::Handover { epoch } => {
                 let taken = take_over(context, epoch).await?;
-                send_now(&mut writer, Frame::TookOver { epoch: taken }).await?;
-                return Ok(());
+                return Ok(Some(Frame::TookOver { epoch: taken }));
             }
             frame => {
                 return Err(LinkError::Unexpected {
@@ -309,6 +439,19 @@ async fn ack(
         return Ok(());
     }
     send_now(writer, Frame::Ack { seq, beat }).await
+}
+
+/// [`ack`] on the link, if it still is one.
+async fn ack_on(
+    writer: Option<&mut Sender<impl AsyncWrite + Unpin>>,
+    context: &Context,
+    seq: u64,
+    beat: u64,
+) -> Result<(), LinkError> {
+    match writer {
+        Some(writer) => ack(writer, context, seq, beat).await,
+        None => Ok(()),
+    }
 }
 
 /// The primary asks us to take over (a planned switchover, or it found us ahead of it): ha

@@ -216,7 +216,7 @@ impl Spool {
         records: Vec<LogRecord>,
         bodies: Vec<BodyWriter>,
     ) -> Result<LogPosition, SpoolError> {
-        self.submit_with(bodies, |done| commit::Request::Apply(records, done)).await
+        self.queue_apply(records, bodies).await?.durable().await
     }
 
     /// A standby starts taking a snapshot: erases everything it holds.
@@ -232,9 +232,7 @@ impl Spool {
         dsn: Vec<(QueueId, Dsn)>,
         bodies: Vec<BodyWriter>,
     ) -> Result<(), SpoolError> {
-        self.submit_with(bodies, |done| commit::Request::Install(messages, dsn, done))
-            .await
-            .map(|_| ())
+        self.queue_install(messages, dsn, bodies).await?.durable().await.map(|_| ())
     }
 
     /// A standby stores a snapshot's holds: these messages, stored already, are held since
@@ -600,9 +598,19 @@ impl Spool {
     /// and they are marked committed (kept) once the request is durable.
     async fn submit_with(
         &self,
-        mut bodies: Vec<BodyWriter>,
+        bodies: Vec<BodyWriter>,
         request: impl FnOnce(commit::Reply) -> commit::Request,
     ) -> Result<LogPosition, SpoolError> {
+        self.queue_with(bodies, request).await?.durable().await
+    }
+
+    /// [`Self::submit_with`]'s first half: the request is in the committer's queue (behind
+    /// every request sent before it, ahead of every one sent after) when this returns.
+    async fn queue_with(
+        &self,
+        mut bodies: Vec<BodyWriter>,
+        request: impl FnOnce(commit::Reply) -> commit::Request,
+    ) -> Result<Queued, SpoolError> {
         let mut chunks = Vec::with_capacity(bodies.len());
         for body in &mut bodies {
             chunks.push((body.id(), body.finish()?));
@@ -610,11 +618,28 @@ impl Spool {
         // The committer refuses the request unless it stored every chunk of these bodies.
         let (done, result) = oneshot::channel();
         self.inner.committer.send(chunks, request(done)).await?;
-        let position = result.await.map_err(|_| SpoolError::closed())??;
-        for body in &mut bodies {
-            body.mark_committed();
-        }
-        Ok(position)
+        Ok(Queued { bodies, result })
+    }
+
+    /// [`Self::apply`] without waiting for the commit: the records are queued, and the
+    /// returned [`Queued`] says when they are durable. A standby reads the primary's next
+    /// frame meanwhile, so that the committer takes several frames in one durable commit.
+    pub async fn queue_apply(
+        &self,
+        records: Vec<LogRecord>,
+        bodies: Vec<BodyWriter>,
+    ) -> Result<Queued, SpoolError> {
+        self.queue_with(bodies, |done| commit::Request::Apply(records, done)).await
+    }
+
+    /// [`Self::install`] without waiting for the commit (see [`Self::queue_apply`]).
+    pub async fn queue_install(
+        &self,
+        messages: Vec<MessageRecord>,
+        dsn: Vec<(QueueId, Dsn)>,
+        bodies: Vec<BodyWriter>,
+    ) -> Result<Queued, SpoolError> {
+        self.queue_with(bodies, |done| commit::Request::Install(messages, dsn, done)).await
     }
 
     async fn submit(
@@ -624,6 +649,24 @@ impl Spool {
         let (done, result) = oneshot::channel();
         self.inner.committer.send(Vec::new(), request(done)).await?;
         result.await.map_err(|_| SpoolError::closed())?
+    }
+}
+
+/// A request in the committer's queue, with the bodies its records accept: they are kept once
+/// it is durable, and removed if it fails or is dropped unanswered.
+pub struct Queued {
+    bodies: Vec<BodyWriter>,
+    result: oneshot::Receiver<Result<LogPosition, SpoolError>>,
+}
+
+impl Queued {
+    /// Waits for the request's commit: the position of its last record once durable.
+    pub async fn durable(mut self) -> Result<LogPosition, SpoolError> {
+        let position = (&mut self.result).await.map_err(|_| SpoolError::closed())??;
+        for body in &mut self.bodies {
+            body.mark_committed();
+        }
+        Ok(position)
     }
 }
 
