@@ -78,6 +78,16 @@ impl Selection {
         .filter_map(|(key, value)| value.as_deref().map(|value| (key, value)))
         .collect()
     }
+
+    /// The parameters that select messages for a change: one `id`, these filters, or `all`.
+    fn with<'a>(&'a self, id: Option<&'a str>, all: bool) -> Vec<(&'static str, &'a str)> {
+        let mut parameters = self.parameters();
+        parameters.extend(id.map(|id| ("id", id)));
+        if all {
+            parameters.push(("all", "true"));
+        }
+        parameters
+    }
 }
 
 /// `path?key=value&…`, the values percent-encoded; `path` alone without parameters.
@@ -168,11 +178,7 @@ pub fn queue_requeue(
     all: bool,
 ) -> ExitCode {
     let id = id.map(|id| id.to_string());
-    let mut parameters = selection.parameters();
-    parameters.extend(id.as_deref().map(|id| ("id", id)));
-    if all {
-        parameters.push(("all", "true"));
-    }
+    let parameters = selection.with(id.as_deref(), all);
     run(config, |client| {
         let answer = client.post(&with_query("/queue/requeue", &parameters))?;
         let count = answer["requeued"].as_u64().unwrap_or(0);
@@ -212,11 +218,7 @@ pub fn queue_bulk(
     dry_run: bool,
 ) -> ExitCode {
     let id = id.map(|id| id.to_string());
-    let mut parameters = selection.parameters();
-    parameters.extend(id.as_deref().map(|id| ("id", id)));
-    if all {
-        parameters.push(("all", "true"));
-    }
+    let mut parameters = selection.with(id.as_deref(), all);
     if dry_run {
         parameters.push(("dry_run", "true"));
     }
